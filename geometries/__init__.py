@@ -1,0 +1,1 @@
+"""Anatomy and material data (YAML/CSV with sources), installed as ``sim.geometries``."""

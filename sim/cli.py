@@ -1,0 +1,152 @@
+"""Command-line interface: ``pce-sim validate | run | sweep | report | view | bench | cohort``.
+
+User errors (bad config, existing output folder, missing tool) print one line in red and exit
+with code 2, never a traceback. ``--quiet`` silences progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from sim.errors import PceSimError
+
+app = typer.Typer(
+    name="pce-sim",
+    help="Vertebroplasty cement injection -> venous leakage -> pulmonary cement embolism simulator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+console = Console()
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line user error and exit without a traceback."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn pce-sim's own errors into one clear line and exit code 2."""
+    try:
+        yield
+    except PceSimError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool, total: float = 1.0) -> Iterator[Callable[[float], None]]:
+    """A rich progress bar; yields ``update(fraction)``. Silent with ``--quiet``."""
+    if quiet:
+        yield lambda fraction: None
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda fraction: prog.update(task, completed=min(max(fraction, 0.0), 1.0) * total)
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the SI scenario as JSON.")] = False,
+) -> None:
+    """Validate a scenario and print it resolved, in SI units."""
+    from sim.config import load_scenario
+
+    with user_errors():
+        scenario = load_scenario(config)
+        si = scenario.si()
+        if as_json:
+            print(json.dumps(si, indent=2))
+        else:
+            console.print(f"[green]valid[/] {config}  (scenario '{scenario.name}', SI units)")
+            _print_tree(si)
+
+
+def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
+    for key, value in data.items():
+        if isinstance(value, dict):
+            console.print(" " * indent + f"[bold]{key}[/]:")
+            _print_tree(value, indent + 2)
+        else:
+            shown = f"{value:.6g}" if isinstance(value, float) else value
+            console.print(" " * indent + f"{key}: {shown}", highlight=False)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")] = Path("results/run"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Simulate one vertebroplasty and write the run folder (summary.json, tables, VTK)."""
+    from sim.config import load_scenario
+
+    with user_errors():
+        scenario = load_scenario(config)  # validate before importing the (JIT-heavy) solvers
+        from sim.pipeline import run_scenario, write_run
+
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            fail(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
+        with progress_bar(f"injecting {scenario.name}", quiet) as update:
+            result = run_scenario(scenario, progress=update)
+        write_run(result, out, overwrite=overwrite)
+        if not quiet:
+            _print_summary(result.summary)
+            console.print(f"[green]wrote[/] {out}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="run summary", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            shown = f"{value:.4g}"
+        elif isinstance(value, dict | list):
+            continue
+        else:
+            shown = str(value)
+        table.add_row(key, shown)
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except PceSimError as exc:  # errors escaping a command body
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The real `pce-sim` command: exit codes and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+def pce_sim(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sim.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["validate", "--help"], ["run", "--help"]):
+        res = pce_sim(*args)
+        assert res.returncode == 0, res.stderr
+        assert "Usage" in res.stdout
+
+
+def test_validate_prints_si():
+    res = pce_sim("validate", "configs/default.yaml", "--json")
+    assert res.returncode == 0, res.stderr
+    assert '"volume_m3": 4e-06' in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("patient: {porosity_mean: 1.3}\n", "patient.porosity_mean = 1.3"),
+        ("injection: {volume_ml: -2}\n", "injection.volume_ml = -2"),
+        ("patient: {levle: L1}\n", "unknown key 'patient.levle'"),
+        ("grid: {spacing_mm: [1, 2]}\n", "grid.spacing_mm"),
+        ("patient: {level: L1\n", "YAML syntax error"),
+    ],
+)
+def test_bad_config_one_line_exit_2(tmp_path, text, expect):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    for command in ("validate", "run"):
+        args = [command, str(cfg)] + (["--out", str(tmp_path / "o"), "--quiet"] if command == "run" else [])
+        res = pce_sim(*args)
+        assert res.returncode == 2, (command, res.stdout, res.stderr)
+        assert "Traceback" not in res.stderr + res.stdout
+        assert expect in res.stderr
+        assert len(res.stderr.strip().splitlines()) <= 2
+
+
+def test_missing_file_exit_2(tmp_path):
+    res = pce_sim("validate", str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2
+    assert "not found" in res.stderr and "Traceback" not in res.stderr
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=st.sampled_from(["porosity_mean", "seed", "level", "size_scale", "nonsense"]),
+    value=st.one_of(st.floats(allow_nan=True), st.text(max_size=6), st.integers(), st.none()),
+)
+def test_hypothesis_invalid_patient_values_never_traceback(tmp_path, key, value):
+    import yaml
+
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(yaml.safe_dump({"patient": {key: value}}))
+    res = pce_sim("validate", str(cfg))
+    assert res.returncode in (0, 2)
+    assert "Traceback" not in res.stderr + res.stdout

@@ -1,0 +1,118 @@
+"""Scenario validation, unit conversion and error messages."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.config import Scenario, load_scenario, scenario_from_dict
+from sim.errors import ConfigError
+from sim.units import MMHG_PA, si_name, to_si
+
+
+def test_default_config_file_validates_and_matches_model_defaults():
+    s = load_scenario("configs/default.yaml")
+    assert s.patient.level == "L1"
+    assert s.injection.stop_after_leak_s == 0
+
+
+def test_round_trip_through_yaml(tmp_path):
+    s = load_scenario("configs/default.yaml")
+    path = tmp_path / "rt.yaml"
+    path.write_text(yaml.safe_dump(s.model_dump(mode="json")))
+    s2 = load_scenario(path)
+    assert s2 == s
+    assert s2.content_hash() == s.content_hash()
+
+
+def test_content_hash_changes_with_any_field():
+    a = Scenario()
+    b = Scenario.model_validate({"injection": {"volume_ml": 4.5}})
+    assert a.content_hash() != b.content_hash()
+
+
+def test_si_conversion_of_clinical_fields():
+    si = Scenario.model_validate(
+        {"injection": {"volume_ml": 3.0, "rate_ml_per_s": 0.1}, "veins": {"cvp_mmhg": 6.0}}
+    ).si()
+    assert si["injection"]["volume_m3"] == pytest.approx(3.0e-6)
+    assert si["injection"]["rate_m3_per_s"] == pytest.approx(1.0e-7)
+    assert si["veins"]["cvp_pa"] == pytest.approx(6.0 * MMHG_PA)
+    assert si["cement"]["time_after_mixing_s"] == pytest.approx(360.0)
+    assert si["cement"]["body_temperature_k"] == pytest.approx(310.15)
+    assert si["grid"]["spacing_m"] == pytest.approx(1.0e-3)
+    assert si["veins"]["cardiac_output_m3_per_s"] == pytest.approx(5.0e-3 / 60.0)
+    assert si["injection"]["stop_after_leak_s"] == 0.0
+
+
+def test_si_names_and_none_passthrough():
+    assert si_name("volume_ml") == "volume_m3"
+    assert si_name("rate_ml_per_s") == "rate_m3_per_s"
+    assert si_name("porosity_mean") == "porosity_mean"
+    assert to_si({"max_duration_s": None, "x_mm": None}) == {"max_duration_s": None, "x_m": None}
+
+
+@pytest.mark.parametrize(
+    ("data", "fragments"),
+    [
+        ({"patient": {"porosity_mean": 1.3}}, ["patient.porosity_mean", "1.3", "<= 0.99"]),
+        ({"injection": {"volume_ml": -1}}, ["injection.volume_ml", "-1", "> 0"]),
+        ({"patient": {"levl": "L1"}}, ["unknown key", "patient.levl", "level"]),
+        ({"pateint": {}}, ["unknown key", "pateint"]),
+        ({"patient": {"level": "C3"}}, ["patient.level", "C3", "T5"]),
+        ({"grid": {"spacing_mm": "fine"}}, ["grid.spacing_mm", "fine", "number"]),
+        ({"injection": {"stop_after_leak_s": -5}}, ["injection.stop_after_leak_s", "-5", "or null"]),
+        ({"cement": {"preset": "super"}}, ["cement.preset", "low", "high"]),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(data, fragments):
+    with pytest.raises(ConfigError) as info:
+        scenario_from_dict(data, source="x.yaml")
+    msg = str(info.value)
+    assert msg.startswith("x.yaml: ")
+    for frag in fragments:
+        assert frag in msg
+
+
+def test_missing_file_and_yaml_syntax(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_scenario(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("patient: {level: L1\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_scenario(bad)
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_scenario(notmap)
+
+
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+_sections = st.sampled_from(
+    ["patient", "cement", "needle", "injection", "grid", "veins", "lungs", "output", "bogus"]
+)
+_keys = st.sampled_from(
+    ["level", "porosity_mean", "volume_ml", "rate_ml_per_s", "spacing_mm", "seed", "preset", "gauge", "typo"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_sections, st.one_of(_leaf, st.dictionaries(_keys, _leaf, max_size=4)), max_size=4))
+def test_random_configs_either_validate_or_raise_config_error(data):
+    try:
+        s = scenario_from_dict(data)
+    except ConfigError as exc:
+        assert str(exc).strip()
+        return
+    # anything accepted must be fully finite where it matters
+    assert math.isfinite(s.injection.volume_ml)

@@ -137,6 +137,85 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file (base scenario, method, parameters).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (created, or resumed).")] = Path(
+        "results/sweep"
+    ),
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Override the executor's worker count.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Switch a folder holding a different sweep to this one.")
+    ] = False,
+    skip_failed: Annotated[
+        bool, typer.Option("--skip-failed", help="On resume, do not retry runs that failed before.")
+    ] = False,
+    runner: Annotated[
+        str, typer.Option("--runner", help="Advanced: 'module:function' mapping a Scenario to a RunResult.")
+    ] = "sim.pipeline:run_scenario",
+    quiet: QuietOpt = False,
+) -> None:
+    """Run (or resume) a parameter sweep; record every run in OUT/ledger.sqlite and export results.csv."""
+    from rich.progress import MofNCompleteColumn
+
+    from sim.sweep import load_expansion, run_sweep
+
+    with user_errors():
+        expansion = load_expansion(sweep_file)
+        n = len(expansion.points)
+        if not quiet:
+            console.print(f"sweep '{expansion.spec.name}': {n} scenarios ({expansion.spec.method}) -> {out}")
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console, disable=quiet) as prog:
+            task = prog.add_task("runs", total=n, failed=0)
+            outcome = run_sweep(
+                expansion,
+                out,
+                workers=workers,
+                runner=runner,
+                force=force,
+                retry_failed=not skip_failed,
+                progress=lambda finished, total, failed: prog.update(task, completed=finished, failed=failed),
+            )
+    if not quiet:
+        console.print(
+            f"[green]{outcome.done}[/] done, [red]{len(outcome.failed)}[/] failed, "
+            f"{outcome.skipped} already finished; wrote {out / 'results.csv'}"
+        )
+    if outcome.failed:
+        for index, run_id, error in outcome.failed[:10]:
+            line = f"failed: scenario {index} ({run_id}): {error}"
+            err_console.print(line, highlight=False, soft_wrap=True)
+        if len(outcome.failed) > 10:
+            err_console.print(f"... and {len(outcome.failed) - 10} more (see {out / 'results.csv'})")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="Run folder (summary.json) or sweep folder (results.csv).")],
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also write PDF versions of the figures.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Figures (PNG, optional PDF) and report.md for a run or a sweep folder."""
+    from sim.report import write_report
+
+    with user_errors():
+        files = write_report(folder, pdf=pdf)
+    if not quiet:
+        for path in files:
+            console.print(f"[green]wrote[/] {path}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

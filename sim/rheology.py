@@ -544,3 +544,51 @@ def cannula_pressure_drop_pa(
         )
         tau_w = math.exp(lg)
     return sign * 2.0 * length * tau_w / r
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_preset(
+    base: CementModel,
+    points: list[dict[str, float]],
+    free: tuple[str, ...] = ("viscosity_ref_pa_s", "divergence_exponent", "exponential_rate_per_s"),
+) -> tuple[CementModel, np.ndarray]:
+    """Least-squares fit of ``base``'s consistency law to published viscosity-time points.
+
+    Each point is a mapping with ``time_after_mixing_s``, ``temperature_k`` (constant during the
+    measurement), ``shear_rate_per_s`` and ``viscosity_pa_s``. Times are converted to equivalent
+    age with the model's Arrhenius rate; residuals are log(eta_model / eta_measured). The fields
+    in ``free`` are varied (positive; log-parametrised except ``exponential_rate_per_s``, which
+    is bounded to [0, 0.05] 1/s). Returns the fitted model and the relative errors per point.
+    """
+    from scipy.optimize import least_squares
+
+    if not points:
+        raise ConfigError(f"fit_preset('{base.name}'): no viscosity points given")
+    t = np.array([p["time_after_mixing_s"] for p in points], dtype=np.float64)
+    temp = np.array([p["temperature_k"] for p in points], dtype=np.float64)
+    g = np.array([p["shear_rate_per_s"] for p in points], dtype=np.float64)
+    eta = np.array([p["viscosity_pa_s"] for p in points], dtype=np.float64)
+    if np.any(eta <= 0.0) or np.any(t < 0.0):
+        raise ConfigError(f"fit_preset('{base.name}'): viscosities must be > 0 and times >= 0")
+    logged = [f != "exponential_rate_per_s" for f in free]
+    x0 = np.array(
+        [math.log(getattr(base, f)) if lg else getattr(base, f) for f, lg in zip(free, logged, strict=True)]
+    )
+    lo = np.array([-np.inf if lg else 0.0 for lg in logged])
+    hi = np.array([np.inf if lg else 0.05 for lg in logged])
+    x0 = np.clip(x0, lo, hi)
+
+    def build(x: np.ndarray) -> CementModel:
+        vals = {f: (math.exp(v) if lg else float(v)) for f, v, lg in zip(free, x, logged, strict=True)}
+        return replace(base, **vals)
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        m = build(x)
+        age = t * np.array([age_rate(m, tk) for tk in temp])
+        return np.log(cement_viscosity(m, g, age) / eta)
+
+    sol = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac")
+    model = build(sol.x)
+    return model, np.expm1(residual(sol.x))

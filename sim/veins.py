@@ -350,7 +350,13 @@ def build_venous_network(level: str, veins_si: dict[str, Any], rng: np.random.Ge
         cardiac_output_m3_s=float(veins_si["cardiac_output_m3_per_s"]),
         azygos_edge=az_edge,
         ivc_edge=ivc_edge,
-        meta={"template": TEMPLATE, "hemiazygos_present": hemi, "levels": order},
+        meta={
+            "template": TEMPLATE,
+            "hemiazygos_present": hemi,
+            "levels": order,
+            "level_center_m": np.array([0.0, 0.0, levels[level]["z_mm"] * MM_M]),
+            "region": levels[level]["region"],
+        },
     )
     validate_network(net)
     _set_boundary_inflows(net, veins_si, phys, index)
@@ -435,8 +441,8 @@ def _set_boundary_inflows(
     q_t = (q_az - f0) / slope if slope > 0 else -1.0
     if not np.isfinite(q_t) or q_t < 0.0:
         raise ConfigError(
-            f"veins.azygos_flow = {q_az:.3g} m3/s cannot be reached: lumbar, plexus and IVC drainage alone put "
-            f"{f0:.3g} m3/s through the azygos arch"
+            f"veins.azygos_flow = {q_az:.3g} m3/s cannot be reached: lumbar, plexus and IVC "
+            f"drainage alone put {f0:.3g} m3/s through the azygos arch"
         )
     s = sources(q_t)
     if np.any(s < 0.0):

@@ -45,8 +45,13 @@ from ``strength_fresh_pa`` (dough yield stress at mixing, 1e2-1e3 Pa) to ``stren
 (tensile strength of set PMMA, 25-40 MPa). Both end values and the proportionality to K are
 modelling estimates [U]; see geometries/cement.yaml for the numbers and their sources.
 
-Presets ``low``, ``medium``, ``high`` (geometries/cement.yaml) are fitted to published
-viscosity-time points recorded in the same file with their sources.
+Presets ``low``, ``medium``, ``high`` (geometries/cement.yaml) fix t_set, Ea and eta_max from
+sources and fit K_ref, p and b (:func:`fit_preset`, least squares in log eta) to the viscosity-time
+points recorded in the same file, each tagged [S]/[S~]/[TB]/[U]. Read the caveat there: the
+setting times and eta_max are sourced, the viscosity points are class targets, not digitised
+curves. ``cure_degree`` is the normalised clock a/t_set, not a chemical conversion. At fixed shear
+rate the viscosity rises with age as long as d ln K/da > -ln(gamma) dn/da, true for every preset
+up to 1e3 1/s (tested); the age at injection start comes from :func:`equivalent_age_s`.
 
 Porous media: :func:`porous_shear_rate` (Christopher & Middleman 1965). Cannula:
 :func:`cannula_pressure_drop_pa` (exact fully developed laminar pipe flow of the clipped power
@@ -381,22 +386,30 @@ def consistency_kernel(age_s: float, params: np.ndarray) -> float:
 
 
 @numba.njit(cache=True)
-def viscosity_kernel(shear_rate: float, age_s: float, params: np.ndarray) -> float:
-    """Clipped power-law viscosity (Pa s) at one shear rate and equivalent age."""
-    eta_min = params[P_ETA_MIN]
+def _power_law_index_kernel(age_s: float, params: np.ndarray) -> float:
+    c = min(max(age_s / params[P_T_SET], 0.0), 1.0)
+    return params[P_N_FRESH] + (params[P_N_SET] - params[P_N_FRESH]) * c
+
+
+@numba.njit(cache=True)
+def _clipped_power_law(shear_rate: float, k: float, n: float, params: np.ndarray) -> float:
+    """clip(K max(|g|, g_floor)^(n-1), eta_min, eta_max) for given K and n."""
     eta_max = params[P_ETA_MAX]
-    k = consistency_kernel(age_s, params)
     if k == math.inf:
         return eta_max
-    c = age_s / params[P_T_SET]
-    c = min(max(c, 0.0), 1.0)
-    n = params[P_N_FRESH] + (params[P_N_SET] - params[P_N_FRESH]) * c
     if n >= 1.0:
         eta = k
     else:
         g = max(abs(shear_rate), params[P_SHEAR_FLOOR])
         eta = eta_max if g <= 0.0 else k * g ** (n - 1.0)
-    return min(max(eta, eta_min), eta_max)
+    return min(max(eta, params[P_ETA_MIN]), eta_max)
+
+
+@numba.njit(cache=True)
+def viscosity_kernel(shear_rate: float, age_s: float, params: np.ndarray) -> float:
+    """Clipped power-law viscosity (Pa s) at one shear rate and equivalent age."""
+    k = consistency_kernel(age_s, params)
+    return _clipped_power_law(shear_rate, k, _power_law_index_kernel(age_s, params), params)
 
 
 @numba.njit(cache=True)
@@ -412,9 +425,11 @@ def strength_kernel(age_s: float, params: np.ndarray) -> float:
 
 @numba.njit(cache=True)
 def viscosity_field(shear_rate: np.ndarray, age_s: float, params: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = viscosity_kernel(shear_rate[i], age_s, params) over a flat array."""
+    """out[i] = viscosity_kernel(shear_rate[i], age_s, params) over a flat array (K, n computed once)."""
+    k = consistency_kernel(age_s, params)
+    n = _power_law_index_kernel(age_s, params)
     for i in range(shear_rate.shape[0]):
-        out[i] = viscosity_kernel(shear_rate[i], age_s, params)
+        out[i] = _clipped_power_law(shear_rate[i], k, n, params)
 
 
 # --------------------------------------------------------------------------- porous media

@@ -141,11 +141,16 @@ class SweepPoint:
 
 @dataclass(frozen=True)
 class Expansion:
-    """All scenarios of a sweep, in a deterministic order, plus the resolved base config."""
+    """All scenarios of a sweep, in a deterministic order, plus the resolved base config.
+
+    Sampled (lhs/random) points that repeat an earlier scenario exactly (possible when every
+    parameter is a ``values`` list) are run once; ``duplicates_dropped`` counts them.
+    """
 
     spec: SweepSpec
     base_config: dict[str, Any]
     points: list[SweepPoint]
+    duplicates_dropped: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -340,9 +345,10 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
     points: list[SweepPoint] = []
     seen: dict[str, int] = {}
     problems: list[str] = []
+    dropped = 0
     for values in parameter_points(spec):
         for rep, seed in enumerate(seeds):
-            index = len(points) + len(problems)
+            index = len(points) + len(problems)  # indices count valid + invalid scenarios
             config = copy.deepcopy(base)
             inputs = dict(values)
             if SEED_PATH not in spec.parameters:
@@ -355,6 +361,9 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
                 problems.append(str(exc))
                 continue
             digest = scenario.content_hash()
+            if digest in seen and spec.method != "grid":
+                dropped += 1  # a sampled point repeated (categorical values only): same run, keep one
+                continue
             if digest in seen:
                 raise ConfigError(
                     f"{source}: scenarios {seen[digest]} and {index} are identical ({_short(inputs)}); "
@@ -369,7 +378,7 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
         raise ConfigError("\n".join(shown))
     if not points:
         raise ConfigError(f"{source}: the sweep expands to no scenarios")
-    return Expansion(spec, base, points)
+    return Expansion(spec, base, points, dropped)
 
 
 def load_expansion(path: str | Path) -> Expansion:

@@ -1,0 +1,510 @@
+"""Sweeps: expansion (grid, Latin hypercube, random, replicates), ledger, resume after SIGKILL,
+failed runs, local vs Dask executors, and an end-to-end sweep with the real pipeline.
+
+Most tests drive the sweep engine with ``deterministic_runner``, a test double defined here: a
+pure function of the scenario (so results can be compared exactly between executors and between
+an interrupted and a clean sweep) that fails on purpose for ``injection.volume_ml > 9``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.config import Scenario, scenario_from_dict
+from sim.errors import ConfigError, SolverError
+from sim.executors import LocalExecutor, SerialExecutor
+from sim.ledger import open_ledger
+from sim.results import RunResult
+from sim.sweep import expand_sweep, load_expansion, run_sweep, sweep_from_dict
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+TINY = {
+    "grid": {"spacing_mm": 2.0},
+    "injection": {"volume_ml": 0.5, "follow_up_s": 5.0},
+    "output": {"vtk": False, "fluoroscopy_png": False, "fields": False},
+}
+CALLS: list[str] = []
+
+
+def deterministic_runner(scenario: Scenario) -> RunResult:
+    """Test double for sim.pipeline.run_scenario: outputs are a closed-form function of the inputs."""
+    CALLS.append(scenario.content_hash())
+    delay = float(os.environ.get("PCE_TEST_RUN_SLEEP_S", "0"))
+    if delay:
+        time.sleep(delay)
+    volume = scenario.injection.volume_ml
+    if volume > 9.0:
+        raise SolverError(f"test double: refuses volume_ml = {volume}")
+    rng = np.random.default_rng(scenario.patient.seed)
+    n = int(volume * 4) + int(rng.integers(0, 3))
+    emboli = {
+        "fragment_id": np.arange(n),
+        "volume_mm3": rng.random(n) * volume,
+        "diameter_mm": 0.5 + rng.random(n),
+        "length_mm": 3.0 + 10.0 * rng.random(n),
+        "lobe": np.array(["RUL", "RML", "RLL", "LUL", "LLL"])[rng.integers(0, 5, n)],
+    }
+    summary = {
+        "injected_volume_ml": volume,
+        "n_emboli": n,
+        "embolised_volume_ml": float(emboli["volume_mm3"].sum() / 1000.0),
+        "stop_reason": "volume",
+        "leak_onset_s": math.nan,
+        "wall_time_s": 0.001,
+    }
+    return RunResult(scenario=scenario, summary=summary, emboli=emboli)
+
+
+def spec(**kw):
+    data = {"overrides": TINY, "method": "grid", "parameters": {}}
+    data.update(kw)
+    return sweep_from_dict(data)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def comparable(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Results rows without the columns that legitimately differ between runs (timings)."""
+    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def test_grid_is_full_factorial_times_replicates():
+    s = spec(
+        parameters={
+            "injection.volume_ml": {"values": [0.3, 0.4, 0.5]},
+            "injection.stop_after_leak_s": {"values": [0, 5, 10, None]},
+        },
+        replicates=2,
+        seed=11,
+    )
+    e = expand_sweep(s)
+    assert len(e.points) == 3 * 4 * 2
+    assert len({p.hash for p in e.points}) == len(e.points)
+    combos = {(p.inputs["injection.volume_ml"], p.inputs["injection.stop_after_leak_s"]) for p in e.points}
+    assert len(combos) == 12
+    never = [p for p in e.points if p.inputs["injection.stop_after_leak_s"] is None]
+    assert len(never) == 6 and all(p.scenario.injection.stop_after_leak_s is None for p in never)
+    assert [p.index for p in e.points] == list(range(24))
+
+
+def unit_of(value: float, lo: float, hi: float, scale: str) -> float:
+    if scale == "log":
+        return math.log(value / lo) / math.log(hi / lo)
+    return (value - lo) / (hi - lo)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(min_value=2, max_value=40), seed=st.integers(min_value=0, max_value=2**32))
+def test_lhs_hits_every_stratum_once_per_parameter(n, seed):
+    ranges = {
+        "injection.volume_ml": (0.3, 6.0, "linear"),
+        "patient.permeability_ref_m2": (1e-9, 1e-7, "log"),
+        "cement.time_after_mixing_min": (3.0, 9.0, "linear"),
+    }
+    s = spec(
+        method="lhs",
+        samples=n,
+        seed=seed,
+        parameters={k: {"range": [lo, hi], "scale": sc} for k, (lo, hi, sc) in ranges.items()},
+    )
+    e = expand_sweep(s)
+    assert len(e.points) == n
+    for path, (lo, hi, scale) in ranges.items():
+        values = np.array([p.inputs[path] for p in e.points])
+        assert np.all((values >= lo) & (values <= hi))
+        strata = np.floor([unit_of(v, lo, hi, scale) * n for v in values]).astype(int)
+        assert sorted(strata.tolist()) == list(range(n)), path
+
+
+def test_log_scale_strata_are_equal_in_log_space():
+    s = spec(
+        method="lhs",
+        samples=4,
+        seed=3,
+        parameters={"patient.permeability_ref_m2": {"range": [1e-10, 1e-6], "scale": "log"}},
+    )
+    decades = sorted(
+        int(math.floor(math.log10(p.inputs["patient.permeability_ref_m2"]))) for p in expand_sweep(s).points
+    )
+    assert decades == [-10, -9, -8, -7]  # one sample per decade
+
+
+def test_lhs_categorical_values_are_balanced():
+    presets = {"values": ["low", "medium", "high"]}
+    params = {"cement.preset": presets, "injection.volume_ml": {"range": [0.3, 0.6]}}
+    drawn = [
+        p.scenario.cement.preset
+        for p in expand_sweep(spec(method="lhs", samples=12, seed=5, parameters=params)).points
+    ]
+    assert {v: drawn.count(v) for v in set(drawn)} == {"low": 4, "medium": 4, "high": 4}
+    e = expand_sweep(spec(method="lhs", samples=12, seed=5, parameters={"cement.preset": presets}))
+    assert len(e.points) == 3 and e.duplicates_dropped == 9  # identical scenarios run once
+
+
+def test_random_and_lhs_are_deterministic_per_seed():
+    for method in ("lhs", "random"):
+        make = lambda seed, m=method: [  # noqa: E731
+            p.hash
+            for p in expand_sweep(
+                spec(
+                    method=m, samples=6, seed=seed, parameters={"injection.volume_ml": {"range": [0.3, 0.6]}}
+                )
+            ).points
+        ]
+        assert make(1) == make(1)
+        assert make(1) != make(2)
+
+
+def test_replicates_distinct_deterministic_and_common_across_points():
+    s = spec(parameters={"injection.volume_ml": {"values": [0.3, 0.5]}}, replicates=4, seed=99)
+    a, b = expand_sweep(s), expand_sweep(s)
+    seeds = [p.scenario.patient.seed for p in a.points]
+    assert seeds == [p.scenario.patient.seed for p in b.points]
+    assert len(set(seeds[:4])) == 4
+    assert seeds[:4] == seeds[4:]  # the same virtual patients see every protocol
+    other = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3]}}, replicates=4, seed=100))
+    assert not set(seeds) & {p.scenario.patient.seed for p in other.points}
+    single = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3]}}))
+    assert single.points[0].scenario.patient.seed == Scenario().patient.seed  # base seed kept
+
+
+def test_dotted_paths_and_overrides_reach_nested_fields(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"name": "b", "patient": {"level": "T12", "porosity_mean": 0.91}}))
+    s = sweep_from_dict(
+        {
+            "base": "base.yaml",
+            "overrides": {"grid.spacing_mm": 2.0, "output": {"vtk": False}},
+            "parameters": {"cement.overrides.viscosity_ref_pa_s": {"values": [50.0, 500.0]}},
+        }
+    )
+    e = expand_sweep(s, tmp_path)
+    assert [p.scenario.cement.overrides.viscosity_ref_pa_s for p in e.points] == [50.0, 500.0]
+    sc = e.points[0].scenario
+    assert (sc.patient.level, sc.patient.porosity_mean, sc.grid.spacing_mm, sc.output.vtk) == (
+        "T12",
+        0.91,
+        2.0,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "expect"),
+    [
+        ("patient.porosity_meen", ["patient.porosity_meen", "porosity_mean", "permeability_ref_m2"]),
+        ("patien.seed", ["patien", "known keys", "patient"]),
+        ("injection.volume_ml.x", ["is a value"]),
+    ],
+)
+def test_bad_dotted_path_names_path_and_known_keys(path, expect):
+    with pytest.raises(ConfigError) as err:
+        expand_sweep(spec(parameters={path: {"values": [1]}}))
+    for text in expect:
+        assert text in str(err.value)
+
+
+def test_bad_value_names_scenario_index_and_field():
+    with pytest.raises(ConfigError) as err:
+        expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.5, -2.0]}}))
+    msg = str(err.value)
+    assert "scenario 1" in msg and "injection.volume_ml = -2.0" in msg
+    assert len(msg.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "expect"),
+    [
+        ({"methd": "grid"}, "unknown key 'methd'"),
+        ({"method": "lhs", "parameters": {"injection.volume_ml": {"range": [1, 2]}}}, "needs 'samples'"),
+        ({"parameters": {"injection.volume_ml": {"range": [1, 2]}}}, "needs 'values'"),
+        (
+            {"method": "lhs", "samples": 3, "parameters": {"a.b": {"range": [0, 1], "scale": "log"}}},
+            "positive range",
+        ),
+        ({"parameters": {"a.b": {"values": [1], "rnage": [1, 2]}}}, "unknown key 'parameters.a.b.rnage'"),
+        ({"executor": {"kind": "local", "address": "tcp://x:1"}}, "only used with kind 'dask'"),
+        ({"parameters": {"injection.volume_ml": {"values": [0.5, 0.5]}}}, "identical"),
+    ],
+)
+def test_bad_sweep_files_give_clear_errors(data, expect):
+    with pytest.raises(ConfigError) as err:
+        expand_sweep(sweep_from_dict(data, source="s.yaml"))
+    assert expect in str(err.value)
+
+
+def test_shipped_sweep_files_expand():
+    files = sorted((REPO / "configs").glob("sweep_*.yaml"))
+    assert files
+    for f in files:
+        e = load_expansion(f)
+        assert len(e.points) >= 1
+
+
+# ---------------------------------------------------------------------------- ledger
+
+
+def _register(ledger, hashes, fingerprint="f1"):
+    ledger.register_expansion(
+        "t", fingerprint, [(i, h, 0, {"x": i}, {"name": h}) for i, h in enumerate(hashes)]
+    )
+
+
+def test_ledger_states_attempts_and_refusal(tmp_path):
+    with open_ledger(tmp_path) as led:
+        _register(led, ["a", "b", "c"])
+        assert led.pending() == ["a", "b", "c"]
+        assert led.mark_running("a") == 1
+        led.record_done("a", {"n": 1.5, "bad": math.inf}, {"x": [1, 2]}, "runs/a", 0.5)
+        led.mark_running("b")
+        led.record_failed("b", "SolverError: diverged")
+        led.mark_running("c")  # left running: an interrupted run
+        assert led.counts() == {"pending": 0, "running": 1, "done": 1, "failed": 1}
+        assert led.pending() == ["b", "c"] and led.pending(retry_failed=False) == ["c"]
+        assert led.mark_running("c") == 2
+        rows = {r.hash: r for r in led.rows()}
+        assert rows["a"].summary == {"n": 1.5, "bad": None} and rows["a"].emboli == {"x": [1, 2]}
+        assert rows["b"].error.startswith("SolverError") and rows["c"].attempts == 2
+        _register(led, ["a", "b", "c"])  # same expansion: accepted, nothing lost
+        assert led.counts()["done"] == 1
+        with pytest.raises(ConfigError, match="different sweep"):
+            _register(led, ["a", "d"], fingerprint="f2")
+        led.register_expansion("t", "f2", [(0, "a", 0, {}, {}), (1, "d", 0, {}, {})], force=True)
+        assert led.pending() == ["d"]  # 'a' is still done: same hash, same scenario
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("SELECT COUNT(*) FROM runs WHERE hash = 'a'").fetchone()[0] == 1
+
+
+def test_ledger_lock_refuses_a_second_sweep(tmp_path):
+    with open_ledger(tmp_path):
+        with pytest.raises(ConfigError, match="another pce-sim sweep"):
+            with open_ledger(tmp_path):
+                pass
+    with open_ledger(tmp_path):  # released
+        pass
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def test_failed_run_is_recorded_and_sweep_continues(tmp_path):
+    s = spec(parameters={"injection.volume_ml": {"values": [0.3, 10.0, 0.5]}}, replicates=2, seed=1)
+    e = expand_sweep(s)
+    out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    assert out.total == 6 and out.done == 4 and not out.ok
+    assert sorted(i for i, _, _ in out.failed) == [2, 3]
+    assert all("refuses volume_ml = 10.0" in err for _, _, err in out.failed)
+    rows = read_csv(tmp_path / "results.csv")
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "failed", "done", "done"]
+    assert rows[2]["n_emboli"] == "" and rows[2]["error"].startswith("SolverError")
+    assert rows[0]["leak_onset_s"] == ""  # NaN metric -> empty cell
+    for p, r in zip(e.points, rows, strict=True):
+        assert r["hash"] == p.hash and float(r["injection.volume_ml"]) == p.inputs["injection.volume_ml"]
+        if r["status"] == "done":
+            assert (tmp_path / "runs" / p.run_id / "summary.json").exists()
+    emboli = read_csv(tmp_path / "emboli.csv")
+    assert len(emboli) == sum(int(r["n_emboli"]) for r in rows if r["status"] == "done")
+    assert (tmp_path / "results.parquet").exists() and (tmp_path / "emboli.parquet").exists()
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "results.parquet")
+    assert table.num_rows == 6 and "embolised_volume_ml" in table.column_names
+
+
+def test_resume_redoes_only_unfinished_runs(tmp_path):
+    e = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3, 0.4, 0.5, 0.6]}}))
+    run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    with sqlite3.connect(
+        tmp_path / "ledger.sqlite"
+    ) as con:  # simulate a kill: one running, one never started
+        con.execute("UPDATE runs SET status = 'running' WHERE hash = ?", (e.points[1].hash,))
+        con.execute("DELETE FROM runs WHERE hash = ?", (e.points[3].hash,))
+    CALLS.clear()
+    out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    assert sorted(CALLS) == sorted([e.points[1].hash, e.points[3].hash])
+    assert out.ok and out.skipped == 2 and out.ran == 2
+    clean = tmp_path / "clean"
+    run_sweep(e, clean, executor=SerialExecutor(), runner=deterministic_runner)
+    assert comparable(read_csv(tmp_path / "results.csv")) == comparable(read_csv(clean / "results.csv"))
+    changed = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3, 0.7]}}))
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(changed, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    CALLS.clear()
+    out = run_sweep(changed, tmp_path, executor=SerialExecutor(), runner=deterministic_runner, force=True)
+    assert CALLS == [changed.points[1].hash] and out.total == 2 and out.ok
+    assert len(read_csv(tmp_path / "results.csv")) == 2
+
+
+def _write_sweep(path: Path, n_volumes: int, workers: int) -> Path:
+    doc = {
+        "name": "resume-test",
+        "overrides": TINY,
+        "method": "grid",
+        "parameters": {
+            "injection.volume_ml": {"values": [round(0.3 + 0.05 * i, 3) for i in range(n_volumes)]}
+        },
+        "replicates": 2,
+        "seed": 4,
+        "executor": {"kind": "local", "workers": workers},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sim.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _done_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkilled_sweep_resumes_to_the_clean_result(tmp_path):
+    sweep = _write_sweep(tmp_path / "sweep.yaml", n_volumes=5, workers=2)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+        "PCE_TEST_RUN_SLEEP_S": "0.4",
+    }
+    args = ("sweep", str(sweep), "--quiet", "--runner", "test_sweep:deterministic_runner")
+    out = tmp_path / "killed"
+    proc = _cli(*args, "--out", str(out), env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _done_count(out / "ledger.sqlite") < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"sweep finished before it could be killed: {proc.communicate()}"
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers die at once
+    proc.wait()
+    with sqlite3.connect(out / "ledger.sqlite") as con:
+        states = dict(con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+    assert 1 <= states.get("done", 0) < 10 and states.get("running", 0) >= 1, states
+
+    env["PCE_TEST_RUN_SLEEP_S"] = "0"
+    resumed = _cli(*args, "--out", str(out), env=env)
+    assert resumed.wait(timeout=120) == 0, resumed.communicate()
+    clean = _cli(*args, "--out", str(tmp_path / "clean"), env=env)
+    assert clean.wait(timeout=120) == 0, clean.communicate()
+    with sqlite3.connect(out / "ledger.sqlite") as con:
+        runs = con.execute("SELECT hash, status FROM runs").fetchall()
+        scenarios = [r[0] for r in con.execute("SELECT hash FROM scenarios ORDER BY idx")]
+    assert len(runs) == len(scenarios) == 10 and {h for h, _ in runs} == set(scenarios)
+    assert all(status == "done" for _, status in runs)
+    assert comparable(read_csv(out / "results.csv")) == comparable(
+        read_csv(tmp_path / "clean" / "results.csv")
+    )
+    assert read_csv(out / "emboli.csv") == read_csv(tmp_path / "clean" / "emboli.csv")
+    assert not list((out / "runs").glob(".*partial*"))  # no half-written run folder is left visible
+
+
+def test_cli_exit_code_1_names_failed_runs(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "overrides": TINY,
+                "parameters": {"injection.volume_ml": {"values": [0.3, 12.0]}},
+                "executor": {"kind": "serial"},
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    proc = _cli(
+        "sweep",
+        str(sweep),
+        "--out",
+        str(tmp_path / "o"),
+        "--quiet",
+        "--runner",
+        "test_sweep:deterministic_runner",
+        env=env,
+    )
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "scenario 1" in stderr and "refuses volume_ml = 12.0" in stderr and "Traceback" not in stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"parameters": {"patient.porosity_meen": {"values": [0.9]}}}))
+    proc = _cli("sweep", str(bad), "--out", str(tmp_path / "b"), env=env)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "patient.porosity_meen" in stderr and "Traceback" not in stderr
+
+
+def test_dask_localcluster_matches_local_pool(tmp_path):
+    pytest.importorskip("dask.distributed")
+    from sim.executors import DaskExecutor
+
+    e = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3, 0.4]}}, replicates=2, seed=8))
+    assert len(e.points) == 4
+    local = run_sweep(e, tmp_path / "local", executor=LocalExecutor(2), runner=deterministic_runner)
+    dask = run_sweep(e, tmp_path / "dask", executor=DaskExecutor(workers=2), runner=deterministic_runner)
+    assert local.ok and dask.ok
+    assert comparable(read_csv(tmp_path / "local" / "results.csv")) == comparable(
+        read_csv(tmp_path / "dask" / "results.csv")
+    )
+    assert read_csv(tmp_path / "local" / "emboli.csv") == read_csv(tmp_path / "dask" / "emboli.csv")
+
+
+# ---------------------------------------------------------------------------- real pipeline
+
+
+@pytest.mark.slow
+def test_real_pipeline_sweep_end_to_end(tmp_path):
+    """Two tiny real scenarios (2 mm grid, 0.5 ml) on the local pool, resumed, then reported."""
+    from sim.report import write_report
+
+    base = scenario_from_dict({**TINY, "name": "tiny"}).model_dump(mode="json")
+    s = sweep_from_dict(
+        {
+            "overrides": base,
+            "parameters": {"injection.stop_after_leak_s": {"values": [0.0, None]}},
+            "executor": {"kind": "local", "workers": 2},
+        }
+    )
+    e = expand_sweep(s)
+    out = run_sweep(e, tmp_path)
+    assert out.ok, out.failed
+    rows = read_csv(tmp_path / "results.csv")
+    for r in rows:
+        assert float(r["injected_volume_ml"]) <= 0.5 * (1 + 1e-9)
+        if r.get("mass_balance_error"):
+            assert abs(float(r["mass_balance_error"])) < 1e-6
+    again = run_sweep(e, tmp_path)
+    assert again.skipped == 2 and again.ran == 0
+    assert comparable(read_csv(tmp_path / "results.csv")) == comparable(rows)
+    files = write_report(tmp_path)
+    assert all(p.stat().st_size > 0 for p in files)

@@ -392,7 +392,7 @@ def validate_network(net: VenousNetwork) -> None:
             e = int(bad[0])
             raise GeometryError(
                 f"venous network of {net.level}: edge {net.node_names[net.edge_u[e]]} - "
-                f"{net.node_names[net.edge_v[e]]} has {what} {arr[e]!r}"
+                f"{net.node_names[net.edge_v[e]]} has {what} {float(arr[e])!r}"
             )
     adj = sp.coo_matrix((np.ones(net.n_edges), (net.edge_u, net.edge_v)), shape=(net.n_nodes,) * 2)
     n_comp, labels = connected_components(adj, directed=False)
@@ -452,6 +452,84 @@ def _set_boundary_inflows(
         )
     net.node_inflow_m3_s = s
     net.meta["thoracic_segmental_inflow_m3_s"] = float(q_t)
+
+
+def network_from_edges(
+    node_pos_m: np.ndarray,
+    edge_u: np.ndarray,
+    edge_v: np.ndarray,
+    diameter_m: np.ndarray,
+    node_inflow_m3_s: np.ndarray,
+    right_atrium: int,
+    length_m: np.ndarray | None = None,
+    edge_kind: list[str] | None = None,
+    exit_nodes: dict[str, int] | None = None,
+    ra_pressure_pa: float = 0.0,
+    blood_viscosity_pa_s: float = 0.0035,
+    blood_density_kg_per_m3: float = 1055.0,
+    azygos_edge: int | None = None,
+    ivc_edge: int | None = None,
+) -> VenousNetwork:
+    """A custom network (verification cases, other anatomies) with straight edges.
+
+    A pulmonary trunk node and the pump edge from ``right_atrium`` are appended. ``length_m``
+    defaults to the straight distance between the nodes. ``azygos_edge`` / ``ivc_edge`` (reported
+    in time series) default to the pump edge.
+    """
+    pos = np.asarray(node_pos_m, dtype=np.float64)
+    n = pos.shape[0]
+    eu = np.asarray(edge_u, dtype=np.int64)
+    ev = np.asarray(edge_v, dtype=np.int64)
+    ne = eu.shape[0]
+    if np.any((eu < 0) | (eu >= n) | (ev < 0) | (ev >= n)):
+        raise GeometryError("network_from_edges: edge endpoint outside the node range")
+    if not 0 <= right_atrium < n:
+        raise GeometryError(f"network_from_edges: right_atrium {right_atrium} is not a node")
+    pt_pos = pos[right_atrium] + np.array([0.0, -0.01, 0.0])
+    pos = np.vstack([pos, pt_pos])
+    eu = np.append(eu, right_atrium)
+    ev = np.append(ev, n)
+    d = np.append(np.asarray(diameter_m, dtype=np.float64), 0.02)
+    polylines = [np.vstack([pos[a], pos[b]]) for a, b in zip(eu, ev, strict=True)]
+    if length_m is None:
+        lengths = np.array([np.linalg.norm(p[1] - p[0]) for p in polylines])
+    else:
+        lengths = np.append(np.asarray(length_m, dtype=np.float64), 0.01)
+    kinds = list(edge_kind) if edge_kind is not None else ["segmental"] * ne
+    kinds.append("right_heart")
+    names = [f"n{i}" for i in range(n)] + ["pulmonary_trunk"]
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n + 1))
+    graph.add_edges_from((int(a), int(b), {"index": e}) for e, (a, b) in enumerate(zip(eu, ev, strict=True)))
+    net = VenousNetwork(
+        level="custom",
+        graph=graph,
+        node_names=names,
+        node_pos_m=pos,
+        node_kind=np.array(["custom"] * n + ["pulmonary_trunk"]),
+        edge_u=eu,
+        edge_v=ev,
+        edge_diameter_m=d,
+        edge_length_m=lengths,
+        edge_kind=np.array(kinds),
+        edge_route=np.array([ROUTE_OF_KIND.get(k, "plexus") for k in kinds]),
+        edge_source=["custom"] * (ne + 1),
+        polylines=polylines,
+        exit_nodes=dict(exit_nodes or {}),
+        right_atrium=int(right_atrium),
+        pulmonary_trunk=n,
+        pump_edge=ne,
+        node_inflow_m3_s=np.append(np.asarray(node_inflow_m3_s, dtype=np.float64), 0.0),
+        ra_pressure_pa=float(ra_pressure_pa),
+        blood_viscosity_pa_s=float(blood_viscosity_pa_s),
+        blood_density_kg_per_m3=float(blood_density_kg_per_m3),
+        cardiac_output_m3_s=float(np.sum(node_inflow_m3_s)),
+        azygos_edge=ne if azygos_edge is None else int(azygos_edge),
+        ivc_edge=ne if ivc_edge is None else int(ivc_edge),
+        meta={"level_center_m": pos[:n].mean(axis=0)},
+    )
+    validate_network(net)
+    return net
 
 
 # ----------------------------------------------------------------------------- blood flow

@@ -59,7 +59,7 @@ def push_kernel(
     """Deposit ``volume`` of cement entering ``start_node``; returns the number of hops (-1: overflow).
 
     ``adj_sign`` is +1 where the node is the edge's u end (outflow = +flow), -1 otherwise.
-    ``blocked`` edges (the heart pump) never take cement. ``through[e]`` accumulates the volume
+    ``blocked`` edges never take cement. ``through[e]`` accumulates the volume
     that entered edge e (for back-pressure and shear rate).
     """
     cap_stack = 4 * edge_flow.shape[0] + 16
@@ -187,8 +187,8 @@ class CementColumns:
             owner_exit=np.full(ne, -1, dtype=np.int64),
         )
         obj._adj = adjacency(network)
+        # no edge refuses cement: cement reaching the atrium follows the pump edge into the heart
         obj._blocked = np.zeros(ne, dtype=np.bool_)
-        obj._blocked[network.pump_edge] = True
         return obj
 
     def push(

@@ -1,0 +1,210 @@
+"""Cement columns: fill, overflow, flow-proportional split, hydraulics, routes, coupled mass balance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.columns import CementColumns, adjacency, back_pressure, push_kernel
+from sim.config import Scenario
+from sim.errors import SolverError
+from sim.grid import VenousExit
+from sim.rheology import CementModel, equivalent_age_s, load_cement_preset
+from sim.veins import build_venous_network, edge_conductance, network_from_edges, solve_blood_flow
+from sim.venous_system import VenousSystem
+
+MM = 1e-3
+
+
+def chain(diams, inflow=1e-6):
+    """Straight chain 0 -> 1 -> ... -> n (atrium), 10 mm per edge."""
+    n = len(diams)
+    pos = np.array([[0.0, 0.0, 0.01 * (n - i)] for i in range(n + 1)])
+    infl = np.zeros(n + 1)
+    infl[0] = inflow
+    return network_from_edges(pos, np.arange(n), np.arange(1, n + 1), np.asarray(diams), infl, right_atrium=n)
+
+
+def push(net, cols, node, vol, feed):
+    bf = solve_blood_flow(net)
+    return cols.push(node, vol, feed, bf.edge_flow_m3_s, edge_conductance(net))
+
+
+def test_chain_fills_in_order_and_conserves_volume():
+    net = chain([2 * MM, 2 * MM, 2 * MM])
+    cols = CementColumns.empty(net)
+    cap = 0.25 * np.pi * (2 * MM) ** 2 * 0.01
+    push(net, cols, 0, 1.5 * cap, 2 * MM)
+    assert cols.fill_m3[:3] == pytest.approx([cap, 0.5 * cap, 0.0], rel=1e-12)
+    assert cols.fill_length_m()[1] == pytest.approx(0.005, rel=1e-12)
+    assert cols.is_full()[0] and not cols.is_full()[1]
+    push(net, cols, 0, 1.0 * cap, 2 * MM)
+    assert cols.total_m3() == pytest.approx(2.5 * cap, rel=1e-14)
+    assert cols.fill_m3[2] == pytest.approx(0.5 * cap, rel=1e-12)
+    assert np.all(cols.entry_end[:3] == 0)
+
+
+def test_split_follows_blood_outflow():
+    # node 0 feeds node 1, which splits into edges to 2 and 3 (both draining to the atrium 4)
+    pos = np.array([[0, 0, 0.03], [0, 0, 0.02], [-0.01, 0, 0.01], [0.01, 0, 0.01], [0, 0, 0.0]], dtype=float)
+    d = np.array([3, 3, 3, 2, 3]) * MM
+    net = network_from_edges(pos, [0, 1, 1, 2, 3], [1, 2, 3, 4, 4], d, [1e-6, 0, 0, 0, 0], right_atrium=4)
+    bf = solve_blood_flow(net)
+    cols = CementColumns.empty(net)
+    cap0 = 0.25 * np.pi * d[0] ** 2 * net.edge_length_m[0]
+    vol = cap0 + 1e-9
+    cols.push(0, vol, 3 * MM, bf.edge_flow_m3_s, edge_conductance(net))
+    share = bf.edge_flow_m3_s[1] / (bf.edge_flow_m3_s[1] + bf.edge_flow_m3_s[2])
+    assert cols.fill_m3[1] == pytest.approx(1e-9 * share, rel=1e-12)
+    assert cols.fill_m3[2] == pytest.approx(1e-9 * (1 - share), rel=1e-12)
+    assert cols.total_m3() == pytest.approx(vol, rel=1e-14)
+
+
+def test_thread_in_wide_vein_and_resistance():
+    net = chain([2 * MM, 10 * MM])
+    cols = CementColumns.empty(net)
+    cap0 = 0.25 * np.pi * (2 * MM) ** 2 * 0.01
+    push(net, cols, 0, 1.5 * cap0, 2 * MM)
+    assert cols.col_diameter_m[:2] == pytest.approx([2 * MM, 2 * MM])
+    assert cols.full_bore()[0] and not cols.full_bore()[1]
+    mu_c = np.full(net.n_edges, 100.0)
+    extra = cols.extra_resistance(mu_c)
+    assert extra[0] == pytest.approx(128 * (100.0 - 0.0035) * 0.01 / (np.pi * (2 * MM) ** 4), rel=1e-12)
+    assert extra[1] == 0.0  # a thread leaves the lumen open
+
+
+def test_back_pressure_series_and_split():
+    r = np.array([2.0, 3.0, 5.0])
+    # series: the whole volume passes every edge -> sum R q
+    assert back_pressure(np.array([1.0, 1.0, 1.0]), r, 1.0, 0.5) == pytest.approx((2 + 3 + 5) * 2.0)
+    # root then 30/70 split: q (R0 + R1 f1^2 + R2 f2^2)
+    v = np.array([1.0, 0.3, 0.7])
+    assert back_pressure(v, r, 1.0, 1.0) == pytest.approx(2 + 3 * 0.09 + 5 * 0.49)
+
+
+def test_kernel_matches_interpreted_reference():
+    net = build_venous_network("T9", Scenario().si()["veins"], np.random.default_rng(0))
+    bf = solve_blood_flow(net)
+    g = edge_conductance(net)
+    ptr, ae, ao, asg = adjacency(net)
+    outs = []
+    for fn in (push_kernel, push_kernel.py_func):
+        fill = np.zeros(net.n_edges)
+        cd = np.zeros(net.n_edges)
+        ee = np.full(net.n_edges, -1, dtype=np.int8)
+        th = np.zeros(net.n_edges)
+        blocked = np.zeros(net.n_edges, dtype=np.bool_)
+        blocked[net.pump_edge] = True
+        for node in net.exit_nodes.values():
+            fn(node, 2e-7, 2.5e-3, ptr, ae, ao, asg, bf.edge_flow_m3_s, g, net.edge_diameter_m,
+               net.edge_length_m, blocked, fill, cd, ee, th, 1_000_000)  # fmt: skip
+        outs.append((fill, cd, ee, th))
+    for a, b in zip(*outs, strict=True):
+        assert np.array_equal(a, b)
+    assert outs[0][0].sum() == pytest.approx(5 * 2e-7, rel=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("level", "hemi", "reach", "never"),
+    [
+        ("T8", True, "azygos", "ivc"),
+        ("T6", False, "azygos", "ivc"),
+        ("L3", True, "ivc", None),
+        ("L4", False, "ivc", None),
+    ],
+)
+def test_route_by_level(level, hemi, reach, never):
+    si = Scenario().si()["veins"]
+    si["hemiazygos_present"] = hemi
+    net = build_venous_network(level, si, np.random.default_rng(0))
+    bf = solve_blood_flow(net)
+    for exit_name in ("anterior_left", "anterior_right"):
+        cols = CementColumns.empty(net)
+        cols.push(net.exit_nodes[exit_name], 1.0e-6, 2.5e-3, bf.edge_flow_m3_s, edge_conductance(net))
+        by_route = cols.volume_by_route()
+        assert by_route[reach] > 0.0, (exit_name, by_route)
+        if never is not None:
+            assert by_route[never] == 0.0
+        assert sum(by_route.values()) == pytest.approx(1.0e-6, rel=1e-13)
+
+
+def synthetic_exits(net, d=2.5e-3):
+    kinds = {
+        "basivertebral": "basivertebral",
+        "anterior_left": "anterior",
+        "anterior_right": "anterior",
+        "lateral_left": "lateral",
+        "lateral_right": "lateral",
+    }
+    return [
+        VenousExit(
+            name=n,
+            kind=k,
+            cells=np.zeros(0, dtype=np.int64),
+            position_m=net.node_pos_m[net.exit_nodes[n]],
+            diameter_m=d,
+            length_m=2e-3,
+        )  # fmt: skip
+        for n, k in kinds.items()
+    ]
+
+
+def make_system(level="T8", stop=None, seed=3, cement=None, **fluoro):
+    si = Scenario().si()
+    si["fluoroscopy"].update(fluoro)
+    net = build_venous_network(level, si["veins"], np.random.default_rng(seed))
+    cem = cement or load_cement_preset("medium")
+    return VenousSystem(
+        net, synthetic_exits(net), cem, equivalent_age_s(cem, 360.0, 294.15), 310.15, 0.04,
+        si["fluoroscopy"], si["fragmentation"], stop, np.random.default_rng(seed),
+    )  # fmt: skip
+
+
+def test_coupled_mass_balance_under_synthetic_flux_history():
+    vs = make_system("L2")
+    rng = np.random.default_rng(11)
+    t, dt = 0.0, 0.25
+    total = 0.0
+    for _ in range(200):
+        qc = rng.uniform(0.0, 4e-9, 5) * (rng.random(5) < 0.6)
+        qm = rng.uniform(0.0, 1e-9, 5)
+        vs.accept_flux(t, dt, qc, qm)
+        total += qc.sum() * dt
+        t += dt
+        p = vs.exit_pressure(t)
+        assert p.shape == (5,) and np.all(np.isfinite(p))
+    vs.finish(t, 30.0)
+    held = vs.columns.total_m3() + vs.fragments.volume_m3.sum()
+    assert vs.received_m3 == pytest.approx(total, rel=1e-12)
+    assert abs(held - total) <= 1e-12 * total
+    assert vs.mass_balance_error() <= 1e-12
+    assert sum(vs.leaked_by_exit_kind().values()) == pytest.approx(total, rel=1e-12)
+    assert sum(vs.volume_by_route().values()) == pytest.approx(total, rel=1e-12)
+    assert vs.edge_cement_volume_m3().sum() == pytest.approx(vs.columns.total_m3(), rel=1e-14)
+    ts = vs.time_series()
+    assert np.all(np.diff(ts["t_s"]) > 0)
+    assert np.all(np.diff(ts["fragments_shed"]) >= 0)
+
+
+def test_columns_raise_exit_pressure_and_reroute_blood():
+    vs = make_system("T8", cement=CementModel.newtonian(200.0))
+    p0 = vs.exit_pressure(0.0).copy()
+    q = np.array([0.0, 1e-8, 0.0, 0.0, 0.0])
+    t = 0.0
+    for _ in range(100):
+        vs.accept_flux(t, 0.2, q, np.zeros(5))
+        t += 0.2
+    p1 = vs.exit_pressure(t)
+    assert p1[1] > p0[1] + 100.0  # pushing 200 Pa s cement through filled veins costs pressure
+    # blood reroutes but is conserved: still the whole cardiac output into the atrium
+    net = vs.network
+    assert vs.flow.edge_flow_m3_s[net.pump_edge] == pytest.approx(net.cardiac_output_m3_s, rel=1e-12)
+    assert vs.flow.residual <= 1e-12
+
+
+def test_negative_cement_flux_is_rejected():
+    vs = make_system("T8")
+    with pytest.raises(SolverError, match="anterior_right"):
+        vs.accept_flux(0.0, 0.1, np.array([0, 0, -1e-9, 0, 0.0]), np.zeros(5))
+    with pytest.raises(SolverError, match="expected 5 exit fluxes"):
+        vs.accept_flux(0.0, 0.1, np.zeros(3), np.zeros(3))

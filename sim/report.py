@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from sim.errors import ConfigError
 
 LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 LOBE_COLORS = {"RUL": "#1f4e79", "RML": "#2e75b6", "RLL": "#9dc3e6", "LUL": "#c55a11", "LLL": "#f4b183"}
+SERIES_COLORS = ("#1f4e79", "#c55a11", "#548235", "#7030a0", "#bf9000", "#2e75b6")
 STOP_DELAY = "injection.stop_after_leak_s"
 VOLUME = "injection.volume_ml"
 STYLE = {
@@ -391,9 +393,8 @@ def spread_plot(
     x: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray | None,
-    group_label: str,
+    group_label: Callable[[float], str],
     nan_x_text: str = "n/a",
-    nan_group_text: str = "n/a",
 ) -> None:
     """Median and IQR of y per distinct x (binned into quantiles when x is continuous), per group."""
     ok = np.isfinite(y)
@@ -417,10 +418,9 @@ def spread_plot(
         ticks = [_key_text(k, nan_x_text) for k in xs]
     group_keys = [math.nan] if groups is None else _group_keys(groups)
     width = (np.ptp(positions) if len(positions) > 1 else 1.0) * 0.012
-    cmap = matplotlib.colormaps["viridis"]
     for g_i, gk in enumerate(group_keys):
         in_group = np.ones(y.size, dtype=bool) if groups is None else _same(groups, gk)
-        color = "#1f4e79" if groups is None else cmap(g_i / max(len(group_keys) - 1, 1) * 0.9)
+        color = SERIES_COLORS[g_i % len(SERIES_COLORS)]
         offset = (g_i - (len(group_keys) - 1) / 2) * width * 2
         med, lo, hi, px = [], [], [], []
         for p_i, pos in enumerate(positions):
@@ -432,13 +432,23 @@ def spread_plot(
                 hi.append(q75 - m)
                 px.append(pos + offset)
             jitter = np.full(int(sel.sum()), pos + offset)
-            ax.scatter(jitter, y[sel], s=6, color=color, alpha=0.25, linewidths=0)
-        label = None if groups is None else nan_group_text if np.isnan(gk) else group_label.format(_fmt(gk))
+            ax.scatter(jitter, y[sel], s=7, color=color, alpha=0.35, linewidths=0)
+        label = None if groups is None else group_label(gk)
         ax.errorbar(px, med, yerr=[lo, hi], color=color, marker="o", markersize=4, capsize=2.5, label=label)
     if ticks is not None:
         ax.set_xticks(positions, ticks)
     if groups is not None:
         ax.legend(loc="best")
+
+
+def _stop_text(delay: float) -> str:
+    if np.isnan(delay):
+        return "never stopped"
+    return "stopped at detection" if delay == 0 else f"stopped {_fmt(delay)} s after detection"
+
+
+def _volume_text(volume: float) -> str:
+    return "volume n/a" if np.isnan(volume) else f"{_fmt(volume)} ml planned"
 
 
 def _sweep_groups(results: dict[str, np.ndarray], name: str, n: int) -> np.ndarray | None:
@@ -455,10 +465,9 @@ def sweep_metric_figure(
     x: np.ndarray,
     xlabel: str,
     groups: np.ndarray | None,
-    group_label: str,
+    group_label: Callable[[float], str],
     title: str,
     nan_x_text: str = "n/a",
-    nan_group_text: str = "n/a",
 ) -> Figure:
     """Emboli count and embolised volume (median, IQR, runs) vs one input."""
     n = _nrows(results)
@@ -468,7 +477,7 @@ def sweep_metric_figure(
         (axes[0], "n_emboli", "pulmonary emboli (count)"),
         (axes[1], "embolised_volume_ml", "embolised cement volume (ml)"),
     ):
-        spread_plot(ax, x, _column(results, key, n), groups, group_label, nan_x_text, nan_group_text)
+        spread_plot(ax, x, _column(results, key, n), groups, group_label, nan_x_text)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     fig.suptitle(f"{title}: median and interquartile range (dots: single runs)")
@@ -539,7 +548,7 @@ def report_sweep(folder: Path, out_dir: Path, pdf: bool = False) -> list[Path]:
             delay_label = "stop time − detection time (s)"
         if np.isfinite(x_delay).any() or STOP_DELAY in results:
             fig = sweep_metric_figure(
-                results, x_delay, delay_label, vol_groups, "{} ml", "Emboli vs stop delay", "never"
+                results, x_delay, delay_label, vol_groups, _volume_text, "Emboli vs stop delay", "never"
             )
             files += _save(fig, out_dir, "emboli_vs_stop_delay", pdf)
         else:
@@ -554,10 +563,8 @@ def report_sweep(folder: Path, out_dir: Path, pdf: bool = False) -> list[Path]:
                 x_vol,
                 vol_label,
                 stop_groups,
-                "stop {} s after detection",
+                _stop_text,
                 "Emboli vs volume",
-                "n/a",
-                "never stopped",
             )
             files += _save(fig, out_dir, "emboli_vs_volume", pdf)
         else:

@@ -150,7 +150,7 @@ def load_vertebra(level: str) -> dict:
     _unpack(data["shape"], "shape", sources, out, notes)
     _unpack(data["channels"], "channels", sources, out, notes)
     out["height_m"] = 0.5 * (out["height_anterior_m"] + out["height_posterior_m"])
-    notes["height_m"] = "mean of height_anterior_m and height_posterior_m"
+    notes["height_m"] = f"{notes['height_anterior_m']} mean of anterior and posterior body heights"
     out["basivertebral_branch_count"] = int(out["basivertebral_branch_count"])
     out["sources"] = notes
     out["citations"] = dict(sources)
@@ -281,8 +281,24 @@ class _Axes:
         return np.stack([self.x[i], self.y[j], self.z[k]], axis=-1)
 
 
-def _symmetric_axis(half_extent: float, h: float, margin_cells: int) -> np.ndarray:
+def _symmetric_axis(
+    half_extent: float, h: float, margin_cells: int, fit_half: float | None = None
+) -> np.ndarray:
+    """Cell centres symmetric about 0 covering +-half_extent plus ``margin_cells``.
+
+    Centres sit on integer multiples of h, or on half-integers when that makes the number of
+    centres inside +-fit_half closer to 2*fit_half/h (halves the worst layer-quantisation error
+    of a flat boundary such as the endplates).
+    """
     n_half = int(np.ceil(half_extent / h)) + margin_cells
+    shift = 0.0
+    if fit_half is not None:
+        x = fit_half / h
+        err_int = abs(2 * np.floor(x) + 1 - 2 * x)
+        err_half = abs(2 * np.floor(x + 0.5) - 2 * x)
+        shift = 0.5 if err_half < err_int else 0.0
+    if shift:
+        return (np.arange(2 * n_half + 2, dtype=np.float64) - n_half - 0.5) * h
     return (np.arange(2 * n_half + 1, dtype=np.float64) - n_half) * h
 
 
@@ -436,7 +452,7 @@ def build_vertebral_body(
     axes = _Axes(
         _symmetric_axis(outer.a, h, margin),
         _symmetric_axis(outer.b, h, margin),
-        _symmetric_axis(outer.half_height, h, margin),
+        _symmetric_axis(outer.half_height, h, margin, fit_half=inner.half_height),
         h,
     )
     X, Y = np.meshgrid(axes.x, axes.y, indexing="ij")
@@ -452,6 +468,7 @@ def build_vertebral_body(
     bv_out = np.array([0.0, float(outer.posterior_y(0.0)), z_bv])
     bv_in = bv_out - np.array([0.0, canal_len, 0.0])
     canal = _tube_cells(axes, bv_out + np.array([0.0, h, 0.0]), bv_in, 0.5 * d_bv)
+    canal = canal[body.reshape(-1)[canal]]
     porous_flat = porous.reshape(-1)
     porous_flat[canal] = False
 

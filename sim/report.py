@@ -597,16 +597,26 @@ def _sweep_markdown(
         "",
     ]
     keys = [k for k in SWEEP_KEYS if k in results]
-    group_col = STOP_DELAY if STOP_DELAY in results else None
-    header = ["stop delay (s)" if group_col else "runs", "n", *[_label(k) for k in keys]]
+    group_cols = [
+        (c, title, nan)
+        for c, title, nan in ((STOP_DELAY, "stop delay (s)", "never"), (VOLUME, "planned volume (ml)", "n/a"))
+        if c in results and len(_group_keys(_column(results, c, n)[done])) <= 12
+    ]
+    header = [t for _, t, _ in group_cols] or ["runs"]
+    header += ["n", *[_label(k) for k in keys]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    if group_col:
-        g = _column(results, group_col, n)
-        groups = [(_key_text(k, "never"), done & _same(g, k)) for k in _group_keys(g[done])]
-    else:
-        groups = [("all", done)]
-    for name, sel in groups:
-        cells = [name, str(int(sel.sum()))] + [_fmt_spread(_column(results, k, n)[sel]) for k in keys]
+    groups: list[tuple[list[str], np.ndarray]] = [([], done)] if group_cols else [(["all"], done)]
+    for col, _, nan_text in group_cols:  # one row per combination of the grouped inputs
+        g = _column(results, col, n)
+        groups = [
+            (names + [_key_text(k, nan_text)], sel & _same(g, k))
+            for names, sel in groups
+            for k in _group_keys(g[done])
+        ]
+    for names, sel in groups:
+        if not sel.any():
+            continue
+        cells = [*names, str(int(sel.sum()))] + [_fmt_spread(_column(results, k, n)[sel]) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     if n_failed:
         lines += ["", "## Failed runs", ""]

@@ -148,8 +148,9 @@ def test_sweep_report_groups_by_stop_delay(tmp_path):
     md = (folder / "report" / "report.md").read_text()
     assert "12 scenarios: 11 done, 1 failed, 0 not run." in md
     # stop at detection: n = volume + rep -> {2,3,4,4,5,6}: median 4; never: 5*volume + rep, one run failed
-    assert "| 0 | 6 | 3 [2–4] | 4 [3.25–4.75] | 0.04 [0.0325–0.0475] |" in md
-    assert "| never | 5 |" in md
+    # one row per (stop delay, volume); stop at detection, 2 ml: n = 2 + rep -> 2, 3, 4
+    assert "| 0 | 2 | 3 | 2 [2–2] | 3 [2.5–3.5] | 0.03 [0.025–0.035] |" in md
+    assert "| never | 4 | 2 | 4 [4–4] | 20.5 [20.2–20.8] |" in md  # n = 5 * 4 + rep, rep 2 failed
     assert "run011" in md and "SolverError: test" in md
 
 
@@ -158,7 +159,7 @@ def test_sweep_report_without_stop_delay_column(tmp_path):
     files = write_report(folder)
     assert (folder / "report" / "emboli_vs_volume.png") in files
     md = (folder / "report" / "report.md").read_text()
-    assert "| all | 11 |" in md
+    assert "| 2 | 6 | 2 [2–2] |" in md and "| 4 | 5 | 4 [4–4] |" in md
 
 
 def test_report_rejects_other_folders(tmp_path):

@@ -371,3 +371,11 @@ def test_half_mm_grid_pore_volume_matches_1mm(si, l1_1mm, l1_half_mm):
     bone = build_vertebral_body("L1", si["patient"], 0.5e-3, np.random.default_rng(8))
     n = place_needle(bone, si["needle"])
     assert n.tip_cells.size > 8 and n.path_cells.size > 100
+
+
+def test_size_scale_scales_volume(si):
+    base = build_vertebral_body("L2", si["patient"], 0.5e-3, np.random.default_rng(4))
+    big = build_vertebral_body("L2", dict(si["patient"], size_scale=1.2), 0.5e-3, np.random.default_rng(4))
+    # Outer volume scales as s^3 (cortex thickness is not scaled, so compare the outer body).
+    assert big.body.sum() / base.body.sum() == pytest.approx(1.2**3, rel=0.03)
+    np.testing.assert_allclose(big.meta["center_m"], base.meta["center_m"])

@@ -7,8 +7,9 @@ in the patient frame (parallel projection, no magnification): ``lateral`` projec
   BoneGrid raster, sampled at the detector pixels (nearest cell);
 - vein columns: each column is a cylinder along its edge polyline from the entry end to the front.
   The centreline is sampled every ~pixel/2; each sample deposits its volume (A ds) on the pixels
-  within one radius of its projection, weighted by the chord length 2 sqrt(r^2 - s^2) of a
-  cylinder seen side-on, normalised so the deposited volume is exact.
+  within one radius of its projected axis, weighted by the chord length 2 sqrt(r^2 - s^2) of a
+  cylinder seen side-on (times a one-pixel hat along the axis), normalised so the deposited
+  volume is exact.
 
 Detection. A leak is "seen" when the extra-vertebral cement (vein columns) of any view has a
 visible volume above ``visibility_threshold_m3``: the sum over pixels of thickness * pixel area,
@@ -106,32 +107,46 @@ def project_bone(
     return img, mask
 
 
-def column_samples(columns: CementColumns, max_step_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centreline samples of all vein columns: (points (n, 3), radius (n,), volume (n,))."""
+def column_samples(
+    columns: CementColumns, max_step_m: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centreline samples of the vein columns: points (n, 3), radius, volume (n,), unit tangent (n, 3)."""
     net = columns.network
     lengths = columns.fill_length_m()
-    area = columns.column_area_m2()
-    pts, rad, vol = [], [], []
+    pts, rad, vol, tan = [], [], [], []
     for e in np.flatnonzero((columns.fill_m3 > 0.0) & (columns.entry_end >= 0)):
         poly = net.polylines[e] if columns.entry_end[e] == 0 else net.polylines[e][::-1]
-        seg = np.linalg.norm(np.diff(poly, axis=0), axis=1)
+        seg_vec = np.diff(poly, axis=0)
+        seg = np.linalg.norm(seg_vec, axis=1)
         cum = np.concatenate([[0.0], np.cumsum(seg)])
         length = float(lengths[e])
         n = max(int(np.ceil(length / max_step_m)), 1)
         s = (np.arange(n) + 0.5) * (length / n)
-        p = np.column_stack([np.interp(s, cum, poly[:, k]) for k in range(3)])
-        pts.append(p)
+        pts.append(np.column_stack([np.interp(s, cum, poly[:, k]) for k in range(3)]))
+        i_seg = np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1)
+        tan.append(seg_vec[i_seg] / np.maximum(seg[i_seg], 1e-300)[:, None])
         rad.append(np.full(n, 0.5 * columns.col_diameter_m[e]))
         # the whole column volume (incl. any overfill beyond the edge end) is drawn
         vol.append(np.full(n, columns.fill_m3[e] / n))
     if not pts:
-        return np.zeros((0, 3)), np.zeros(0), np.zeros(0)
-    del area
-    return np.vstack(pts), np.concatenate(rad), np.concatenate(vol)
+        return np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros((0, 3))
+    return np.vstack(pts), np.concatenate(rad), np.concatenate(vol), np.vstack(tan)
 
 
-def project_points(det: Detector, pts: np.ndarray, radius: np.ndarray, volume: np.ndarray) -> np.ndarray:
-    """Thickness image of cylinder samples (volume-exact chord-weighted splats; off-detector dropped)."""
+def project_points(
+    det: Detector,
+    pts: np.ndarray,
+    radius: np.ndarray,
+    volume: np.ndarray,
+    tangent: np.ndarray | None = None,
+) -> np.ndarray:
+    """Thickness image of cylinder samples; volume-exact splats (volume off the detector is dropped).
+
+    With the centreline ``tangent`` a sample is a short cylinder: weight = chord 2 sqrt(r^2 - s^2)
+    across the projected axis (s the perpendicular distance) times a hat of one pixel along it, so
+    a column seen side-on shows its diameter as peak thickness. Samples seen nearly end-on, or
+    without tangent, use the disc footprint 2 sqrt(r^2 - |delta|^2).
+    """
     img = np.zeros(det.shape)
     if pts.shape[0] == 0:
         return img
@@ -146,7 +161,20 @@ def project_points(det: Detector, pts: np.ndarray, radius: np.ndarray, volume: n
     da = (ia - pa[:, None, None]) * h
     db = (ib - pb[:, None, None]) * h
     r = radius[:, None, None]
-    w = 2.0 * np.sqrt(np.maximum(r**2 - (da**2 + db**2), 0.0))
+    disc = 2.0 * np.sqrt(np.maximum(r**2 - (da**2 + db**2), 0.0))
+    if tangent is None:
+        w = disc
+    else:
+        ta, tb = tangent[:, a], tangent[:, b]
+        tn = np.hypot(ta, tb)
+        side = tn > 0.3  # axis visibly inclined to the ray
+        ua = np.where(side, ta / np.maximum(tn, 1e-300), 0.0)[:, None, None]
+        ub = np.where(side, tb / np.maximum(tn, 1e-300), 0.0)[:, None, None]
+        s_par = da * ua + db * ub
+        s_perp2 = da**2 + db**2 - s_par**2
+        chord = 2.0 * np.sqrt(np.maximum(r**2 - s_perp2, 0.0))
+        hat = np.maximum(1.0 - np.abs(s_par) / h, 0.0)
+        w = np.where(side[:, None, None], chord * hat, disc)
     wsum = w.sum(axis=(1, 2))
     tiny = wsum <= 0.0
     if np.any(tiny):  # radius below the pixel: all volume to the nearest pixel
@@ -213,17 +241,16 @@ class LeakDetector:
 
     def extra_vertebral_image(self, view: str, columns: CementColumns) -> np.ndarray:
         det = self.detectors[view]
-        pts, rad, vol = column_samples(columns, 0.5 * self.pixel_size_m)
-        return project_points(det, pts, rad, vol)
+        return project_points(det, *column_samples(columns, 0.5 * self.pixel_size_m))
 
     def visible_m3(self, columns: CementColumns) -> float:
         """Largest visible extra-vertebral volume over the views."""
         if columns.total_m3() <= 0.0:
             return 0.0
-        pts, rad, vol = column_samples(columns, 0.5 * self.pixel_size_m)
+        samples = column_samples(columns, 0.5 * self.pixel_size_m)
         best = 0.0
         for view, det in self.detectors.items():
-            img = project_points(det, pts, rad, vol)
+            img = project_points(det, *samples)
             best = max(
                 best, visible_volume_m3(img, self.pixel_size_m, self.min_thickness_m, self.hidden[view])
             )

@@ -1,0 +1,166 @@
+"""Synthetic fluoroscopy and leak detection: exact projected volumes, thresholds, detection timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.columns import CementColumns
+from sim.config import Scenario
+from sim.fluoroscopy import (
+    LeakDetector,
+    column_samples,
+    make_detector,
+    project_bone,
+    project_points,
+    visible_volume_m3,
+)
+from sim.grid import BoneGrid, VenousExit
+from sim.rheology import equivalent_age_s, load_cement_preset
+from sim.veins import build_venous_network, edge_conductance, network_from_edges, solve_blood_flow
+from sim.venous_system import VenousSystem
+
+MM = 1e-3
+
+
+def fluoro_si(**over):
+    si = Scenario().si()["fluoroscopy"]
+    si.update(over)
+    return si
+
+
+def straight_column(d=2 * MM, length=0.04):
+    """One straight vein along z, completely filled with cement."""
+    pos = np.array([[0.0, 0.0, length / 2], [0.0, 0.0, -length / 2]])
+    net = network_from_edges(pos, [0], [1], [d], [1e-6, 0.0], right_atrium=1)
+    cols = CementColumns.empty(net)
+    bf = solve_blood_flow(net)
+    cols.push(0, 0.25 * np.pi * d**2 * length, d, bf.edge_flow_m3_s, edge_conductance(net))
+    return net, cols
+
+
+def box_bone(h=1 * MM, n=(30, 24, 20), porosity=0.5):
+    nx, ny, nz = n
+    origin = -0.5 * (np.array(n) - 1) * h
+    body = np.ones(n, dtype=bool)
+    return BoneGrid(
+        level="L1", spacing_m=h, origin_m=origin, porous=body.copy(), body=body,
+        porosity=np.full(n, porosity), permeability=np.full((3, *n), 1e-8), exits=[],
+    )  # fmt: skip
+
+
+def test_projected_volume_is_exact():
+    rng = np.random.default_rng(0)
+    det = make_detector("lateral", np.zeros(3), 0.02, 0.25 * MM)
+    pts = rng.uniform(-0.01, 0.01, (200, 3))
+    rad = rng.uniform(0.05 * MM, 2 * MM, 200)  # includes radii below the pixel size
+    vol = rng.uniform(1e-10, 1e-9, 200)
+    img = project_points(det, pts, rad, vol)
+    assert img.sum() * det.pixel_size_m**2 == pytest.approx(vol.sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("view", ["lateral", "ap"])
+def test_cylinder_seen_side_on_has_its_diameter_as_peak_thickness(view):
+    d = 2 * MM
+    net, cols = straight_column(d)
+    det = make_detector(view, np.zeros(3), 0.03, 0.05 * MM)
+    img = project_points(det, *column_samples(cols, 0.025 * MM))
+    assert img.sum() * det.pixel_size_m**2 == pytest.approx(cols.total_m3(), rel=1e-12)
+    mid = img[:, img.shape[1] // 2]
+    assert mid.max() == pytest.approx(d, rel=0.03)  # chord through the axis = diameter
+    # width of the shadow = diameter
+    assert (mid > 0).sum() * det.pixel_size_m == pytest.approx(d, rel=0.1)
+
+
+def test_bone_projection_thickness_and_silhouette():
+    bone = box_bone()
+    frac = np.zeros(bone.shape)
+    frac[10:20, 8:16, 5:15] = 1.0  # a 10 x 8 x 10 mm cement block
+    det = make_detector("lateral", np.zeros(3), 0.02, 0.5 * MM)
+    thick, mask = project_bone(det, bone, frac)
+    # along x the block is 10 cells of porosity 0.5 and 1 mm: 5 mm of cement
+    assert thick.max() == pytest.approx(10 * 0.5 * MM, rel=1e-12)
+    assert mask.sum() * det.pixel_size_m**2 == pytest.approx(24 * 20 * MM**2, rel=0.1)
+    det_ap = make_detector("ap", np.zeros(3), 0.02, 0.5 * MM)
+    assert project_bone(det_ap, bone, frac)[0].max() == pytest.approx(8 * 0.5 * MM, rel=1e-12)
+
+
+def test_min_thickness_and_body_shadow_hide_cement():
+    thin_net, thin = straight_column(d=0.3 * MM)
+    det = LeakDetector(fluoro_si(min_thickness_m=0.5 * MM, visibility_threshold_m3=0.0), np.zeros(3))
+    assert det.visible_m3(thin) == 0.0
+    det_lo = LeakDetector(fluoro_si(min_thickness_m=0.1 * MM, visibility_threshold_m3=0.0), np.zeros(3))
+    assert det_lo.visible_m3(thin) > 0.5 * thin.total_m3()
+    # a 2 mm column inside the vertebral body's silhouette is hidden when the bone is known
+    _, thick = straight_column(d=2 * MM, length=0.015)
+    open_det = LeakDetector(fluoro_si(), np.zeros(3))
+    shadow_det = LeakDetector(fluoro_si(), np.zeros(3), bone=box_bone())
+    assert open_det.visible_m3(thick) > 0.5 * thick.total_m3()
+    assert shadow_det.visible_m3(thick) == 0.0
+    assert visible_volume_m3(np.full((2, 2), 1 * MM), 1 * MM, 0.5 * MM) == pytest.approx(4e-9)
+
+
+def system(threshold_m3, seed=1):
+    si = Scenario().si()
+    si["fluoroscopy"]["visibility_threshold_m3"] = threshold_m3
+    net = build_venous_network("L2", si["veins"], np.random.default_rng(seed))
+    exits = [
+        VenousExit(
+            name=n,
+            kind=n.split("_")[0],
+            cells=np.zeros(0, dtype=np.int64),
+            position_m=net.node_pos_m[net.exit_nodes[n]],
+            diameter_m=2.5e-3,
+            length_m=2e-3,
+        )  # fmt: skip
+        for n in ("basivertebral", "anterior_right")
+    ]
+    cem = load_cement_preset("medium")
+    age0 = equivalent_age_s(cem, 360.0, 294.15)
+    return VenousSystem(net, exits, cem, age0, 310.15, 0.04, si["fluoroscopy"], si["fragmentation"], None,
+                        np.random.default_rng(seed))  # fmt: skip
+
+
+def run(vs, leak_start=10.0, t_max=40.0, dt=0.2, rate=5e-9):
+    t = 0.0
+    while t < t_max - 1e-9:
+        q = np.array([0.0, rate if t >= leak_start - 1e-9 else 0.0])
+        vs.accept_flux(t, dt, q, np.zeros(2))
+        t += dt
+
+
+def test_no_detection_before_cement_leaves_the_body():
+    vs = system(5e-9)
+    run(vs, leak_start=10.0)
+    assert vs.leak_onset_s == pytest.approx(10.0)
+    assert vs.detection_time_s is not None and vs.detection_time_s >= vs.leak_onset_s
+    frames_t = np.asarray(vs.detector.frames_t)
+    frames_v = np.asarray(vs.detector.frames_visible_m3)
+    assert np.all(frames_v[frames_t < 10.0] == 0.0)
+    # the frame interval sets the detection times
+    assert vs.detection_time_s / vs.detector.frame_interval_s == pytest.approx(
+        round(vs.detection_time_s / vs.detector.frame_interval_s)
+    )
+
+
+def test_larger_threshold_detects_later():
+    times = []
+    for thr in (2e-9, 2e-8, 6e-8):
+        vs = system(thr)
+        run(vs, leak_start=5.0, t_max=60.0)
+        assert vs.detection_time_s is not None
+        times.append(vs.detection_time_s)
+    assert times[0] <= times[1] < times[2]
+    vs = system(1e-6)  # more than will ever leak here
+    run(vs, leak_start=5.0, t_max=20.0)
+    assert vs.detection_time_s is None and not vs.stop_requested(1e9)
+
+
+def test_image_accessor_views():
+    vs = system(5e-9)
+    run(vs, leak_start=0.0, t_max=10.0)
+    for view in ("lateral", "ap"):
+        img = vs.fluoroscopy_image(view)
+        px = vs.detector.pixel_size_m
+        # everything that leaked is inside the 20 cm field of view
+        assert img.sum() * px**2 == pytest.approx(vs.columns.total_m3(), rel=1e-9)

@@ -156,6 +156,30 @@ class BloodFlow:
 # ----------------------------------------------------------------------------- building
 
 
+def level_table(tpl: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Level centres and body sizes (mm): ``geometries/vertebrae.yaml`` (bone model) where it has the
+    level, so bone and veins share one frame; the template's own table otherwise (T4, which only
+    anchors the azygos arch, keeps its offset from T5)."""
+    from sim.bone import load_vertebra
+
+    table = {k: dict(v) for k, v in tpl["levels"].items()}
+    for name, row in table.items():
+        try:
+            vb = load_vertebra(name)
+        except GeometryError:
+            continue
+        row.update(
+            z_mm=vb["z_center_m"] / MM_M,
+            width_mm=vb["width_m"] / MM_M,
+            depth_mm=vb["depth_m"] / MM_M,
+            height_mm=vb["height_m"] / MM_M,
+            source="vertebrae.yaml",
+        )
+    if "T4" in table and "T5" in table and table["T5"].get("source"):
+        table["T4"]["z_mm"] = table["T5"]["z_mm"] + tpl["levels"]["T4"]["z_mm"] - tpl["levels"]["T5"]["z_mm"]
+    return table
+
+
 def _level_geometry(levels: dict[str, Any], name: str) -> dict[str, float]:
     row = levels.get(name)
     if row is None:
@@ -220,7 +244,7 @@ def build_venous_network(level: str, veins_si: dict[str, Any], rng: np.random.Ge
     """
     _check_veins_si(veins_si)
     tpl = load_geometry_yaml(TEMPLATE)
-    levels = tpl["levels"]
+    levels = level_table(tpl)
     seg_levels = list(tpl["segment_levels"])
     if level not in seg_levels:
         raise ConfigError(f"level '{level}' has no venous template (available: {', '.join(seg_levels)})")

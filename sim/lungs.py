@@ -151,7 +151,9 @@ def conductance_kernel(child_ptr, child_idx, resistance, distal_g, occluded, g_e
 
 
 @numba.njit(cache=True)
-def update_ancestors(v, parent, child_ptr, child_idx, resistance, distal_g, occluded, g_eq, g_sub):  # pragma: no cover
+def update_ancestors(
+    v, parent, child_ptr, child_idx, resistance, distal_g, occluded, g_eq, g_sub
+):  # pragma: no cover
     """Occlude vessel v and refresh G / S of its ancestors (same arithmetic as the full sweep)."""
     occluded[v] = 1
     g_eq[v] = 0.0
@@ -169,7 +171,9 @@ def update_ancestors(v, parent, child_ptr, child_idx, resistance, distal_g, occl
 
 
 @numba.njit(cache=True)
-def flow_kernel(child_ptr, child_idx, resistance, g_eq, g_sub, inflow, p_sink, q, p_in, p_out):  # pragma: no cover
+def flow_kernel(
+    child_ptr, child_idx, resistance, g_eq, g_sub, inflow, p_sink, q, p_in, p_out
+):  # pragma: no cover
     """Downward sweep at constant inflow: Q_c = Q_v G_c / S_v; pressures from the sink up."""
     n = child_ptr.shape[0] - 1
     q[0] = inflow if g_eq[0] > 0.0 else 0.0
@@ -219,7 +223,9 @@ def solve_tree_flow(
     return q, np.stack([p_in, p_out], axis=1)
 
 
-def occlude_vessel(tree: PulmonaryTree, v: int, occluded: np.ndarray, g_eq: np.ndarray, g_sub: np.ndarray) -> None:
+def occlude_vessel(
+    tree: PulmonaryTree, v: int, occluded: np.ndarray, g_eq: np.ndarray, g_sub: np.ndarray
+) -> None:
     """Occlude vessel ``v`` in place, updating the ancestors' conductances (O(depth))."""
     if not 0 <= v < tree.n_vessels:
         raise GeometryError(f"occlude_vessel: vessel id {v} outside 0..{tree.n_vessels - 1}")
@@ -252,7 +258,9 @@ class LungMetrics:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, frac0, frac in zip(self.lobe_names, self.lobe_perfusion_baseline, self.lobe_perfusion, strict=True):
+        for name, frac0, frac in zip(
+            self.lobe_names, self.lobe_perfusion_baseline, self.lobe_perfusion, strict=True
+        ):
             out[f"perfusion_{name}_baseline"] = float(frac0)
             out[f"perfusion_{name}"] = float(frac)
         out.update(
@@ -339,7 +347,9 @@ def _require(lungs_si: dict[str, Any], key: str) -> float:
     return float(lungs_si[key])
 
 
-def _segment_plan(data: dict[str, Any], m: float) -> tuple[list[tuple[int, str, np.ndarray, float]], np.ndarray]:
+def _segment_plan(
+    data: dict[str, Any], m: float
+) -> tuple[list[tuple[int, str, np.ndarray, float]], np.ndarray]:
     """[(lobe index, segment name, direction hint, flow fraction)], lobar fractions."""
     plan = []
     fracs = []
@@ -362,7 +372,9 @@ def _lung_points(spec: dict[str, Any], n: int, rng: np.random.Generator) -> np.n
     out = np.empty((0, 3))
     while out.shape[0] < n:
         u = rng.random((2 * n, 3))
-        p = np.column_stack([cx + ax * (2 * u[:, 0] - 1), cy + ay * (2 * u[:, 1] - 1), z0 + (z1 - z0) * u[:, 2]])
+        p = np.column_stack(
+            [cx + ax * (2 * u[:, 0] - 1), cy + ay * (2 * u[:, 1] - 1), z0 + (z1 - z0) * u[:, 2]]
+        )
         s = 1.0 - ((p[:, 2] - z0) / (z1 - z0)) ** 2
         inside = ((p[:, 0] - cx) / ax) ** 2 + ((p[:, 1] - cy) / ay) ** 2 <= s
         out = np.vstack([out, p[inside]])
@@ -525,7 +537,9 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     lap = _require(lungs_si, "left_atrial_pressure_pa")
     posture = str(lungs_si.get("posture", "supine"))
     if posture not in data["posture_down_vector"]:
-        raise ConfigError(f"lungs.posture = {posture!r}: expected one of {', '.join(data['posture_down_vector'])}")
+        raise ConfigError(
+            f"lungs.posture = {posture!r}: expected one of {', '.join(data['posture_down_vector'])}"
+        )
     if not mpap > lap:
         raise ConfigError(f"lungs: mean_pap ({mpap:.0f} Pa) must exceed left_atrial_pressure ({lap:.0f} Pa)")
     co = float(lungs_si.get("cardiac_output_m3_per_s") or data["cardiac_output_l_per_min"] * 1e-3 / 60.0)
@@ -535,7 +549,9 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     orders_tab, _ = huang_order_table(data)
     d13 = float(huang_d[orders_tab == 13][0])
     if not cutoff < 0.5 * d13:
-        raise ConfigError(f"lungs.cutoff_diameter = {cutoff * 1e3:.2f} mm: must be below {0.5 * d13 * 1e3:.2f} mm")
+        raise ConfigError(
+            f"lungs.cutoff_diameter = {cutoff * 1e3:.2f} mm: must be below {0.5 * d13 * 1e3:.2f} mm"
+        )
 
     plan, lobe_frac = _segment_plan(data, m)
     n_seg = len(plan)
@@ -543,13 +559,21 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     seg_d = np.array([d13 * (p[3] / f_mean) ** (1.0 / m) for p in plan])
 
     # ---- named proximal vessels: ids 0..8, then the 20 segmental arteries
-    lobe_d = np.array([sum(seg_d[i] ** m for i, p in enumerate(plan) if p[0] == li) ** (1.0 / m) for li in range(5)])
+    lobe_d = np.array(
+        [sum(seg_d[i] ** m for i, p in enumerate(plan) if p[0] == li) ** (1.0 / m) for li in range(5)]
+    )
     interlobar_d = (lobe_d[1] ** m + lobe_d[2] ** m) ** (1.0 / m)
     lay = data["layout"]
     lobar_len = float(data["lobar_length_mm"]) * MM
     # id: (parent, diameter, length, lobe, name)
     named = [
-        (-1, float(data["main_pa"]["diameter_mm"]) * MM, float(data["main_pa"]["length_mm"]) * MM, -1, "main_pa"),
+        (
+            -1,
+            float(data["main_pa"]["diameter_mm"]) * MM,
+            float(data["main_pa"]["length_mm"]) * MM,
+            -1,
+            "main_pa",
+        ),
         (0, float(data["rpa"]["diameter_mm"]) * MM, float(data["rpa"]["length_mm"]) * MM, -1, "rpa"),
         (0, float(data["lpa"]["diameter_mm"]) * MM, float(data["lpa"]["length_mm"]) * MM, -1, "lpa"),
         (1, lobe_d[0], lobar_len, 0, "RUL_artery"),
@@ -596,7 +620,11 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     r_mm = diam[below] / 2.0 / MM
     scatter = np.exp(0.25 * rng.standard_normal(below.size) - 0.5 * 0.25**2)
     length[below] = (
-        float(data["segment_length_factor"]) * float(fit["coefficient_mm"]) * r_mm ** float(fit["exponent"]) * MM * scatter
+        float(data["segment_length_factor"])
+        * float(fit["coefficient_mm"])
+        * r_mm ** float(fit["exponent"])
+        * MM
+        * scatter
     )
     length[seg_ids] /= float(data["segment_length_factor"])  # a segmental artery is one whole element
 
@@ -610,11 +638,15 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     # ---- 3D layout
     start = np.zeros((n, 3))
     end = np.zeros((n, 3))
-    anchors = {k: np.asarray(lay[k], dtype=np.float64) * MM for k in ("valve_mm", "bifurcation_mm", "right_hilum_mm", "left_hilum_mm")}
+    anchors = {
+        k: np.asarray(lay[k], dtype=np.float64) * MM
+        for k in ("valve_mm", "bifurcation_mm", "right_hilum_mm", "left_hilum_mm")
+    }
     n_leaves = int(is_leaf.sum())
     pts, offsets, lobe_centroid = _territories(
         data, plan, max(20000, int(lay["territory_points_per_leaf"]) * n_leaves), rng
     )
+
     def toward(v: int, s: np.ndarray, target: np.ndarray) -> None:
         d = target - s
         start[v] = s

@@ -213,7 +213,7 @@ def report(
         files = write_report(folder, pdf=pdf)
     if not quiet:
         for path in files:
-            console.print(f"[green]wrote[/] {path}", highlight=False)
+            console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

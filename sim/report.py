@@ -401,7 +401,7 @@ def spread_plot(
     x, y = x[ok], y[ok]
     groups = None if groups is None else groups[ok]
     if y.size == 0:
-        _empty_panel(ax, "no finished runs")
+        _empty_panel(ax, "no finished run reports this metric")
         return
     xs = _group_keys(x)
     binned = len(xs) > 12

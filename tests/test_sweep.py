@@ -499,8 +499,13 @@ def test_real_pipeline_sweep_end_to_end(tmp_path):
     out = run_sweep(e, tmp_path)
     assert out.ok, out.failed
     rows = read_csv(tmp_path / "results.csv")
-    for r in rows:
-        assert float(r["injected_volume_ml"]) <= 0.5 * (1 + 1e-9)
+    for r, p in zip(rows, e.points, strict=True):
+        series = read_csv(tmp_path / "runs" / p.run_id / "time_series.csv")
+        final = float(series[-1]["injected_volume_ml"])
+        assert final <= 0.5 * (1 + 1e-9)
+        if p.scenario.injection.stop_after_leak_s is None:  # never stops: the full target goes in
+            assert final == pytest.approx(0.5, rel=1e-6)
+        assert float(r["injected_volume_ml"]) == pytest.approx(final, rel=1e-9)  # export = run folder
         if r.get("mass_balance_error"):
             assert abs(float(r["mass_balance_error"])) < 1e-6
     again = run_sweep(e, tmp_path)

@@ -184,9 +184,14 @@ def project_points(
     ia = np.broadcast_to(ia, w.shape)
     ib = np.broadcast_to(ib, w.shape)
     ok = (ia >= 0) & (ia < det.shape[0]) & (ib >= 0) & (ib < det.shape[1]) & (w > 0)
-    flat = ia[ok] * det.shape[1] + ib[ok]
-    img.ravel()[:] += np.bincount(flat, weights=w[ok], minlength=img.size)
-    return img / (h * h)
+    if not np.any(ok):
+        return img
+    ia, ib, w = ia[ok], ib[ok], w[ok]
+    a0, b0 = int(ia.min()), int(ib.min())
+    na, nb = int(ia.max()) - a0 + 1, int(ib.max()) - b0 + 1
+    box = np.bincount((ia - a0) * nb + (ib - b0), weights=w, minlength=na * nb).reshape(na, nb)
+    img[a0 : a0 + na, b0 : b0 + nb] += box / (h * h)
+    return img
 
 
 def visible_volume_m3(
@@ -238,6 +243,8 @@ class LeakDetector:
         self.detection_time_s: float | None = None
         self.frames_t: list[float] = []
         self.frames_visible_m3: list[float] = []
+        self._last_fill: np.ndarray | None = None  # columns at the last evaluated frame (skip repeats)
+        self._last_vis = 0.0
 
     def extra_vertebral_image(self, view: str, columns: CementColumns) -> np.ndarray:
         det = self.detectors[view]
@@ -259,7 +266,10 @@ class LeakDetector:
     def update(self, t: float, columns: CementColumns) -> float | None:
         """Take every frame due up to time t; returns the detection time once detected."""
         while self.detection_time_s is None and self.next_frame_s <= t + 1e-12:
-            vis = self.visible_m3(columns)
+            if self._last_fill is None or not np.array_equal(self._last_fill, columns.fill_m3):
+                self._last_vis = self.visible_m3(columns)
+                self._last_fill = columns.fill_m3.copy()
+            vis = self._last_vis
             self.frames_t.append(self.next_frame_s)
             self.frames_visible_m3.append(vis)
             if vis > self.threshold_m3:

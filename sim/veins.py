@@ -27,6 +27,7 @@ shares. Hence total venous return = CO exactly.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,25 +157,38 @@ class BloodFlow:
 # ----------------------------------------------------------------------------- building
 
 
+@functools.cache
+def _vertebra_dims_cached(level: str) -> tuple[tuple[str, Any], ...] | None:
+    from sim.bone import load_vertebra
+
+    try:
+        vb = load_vertebra(level)
+    except GeometryError:
+        return None
+    return (
+        ("z_mm", vb["z_center_m"] / MM_M),
+        ("width_mm", vb["width_m"] / MM_M),
+        ("depth_mm", vb["depth_m"] / MM_M),
+        ("height_mm", vb["height_m"] / MM_M),
+        ("source", "vertebrae.yaml"),
+    )
+
+
+def _vertebra_dims(level: str) -> dict[str, Any] | None:
+    """Body centre and size of a level from the bone model's data (parsed once per process)."""
+    dims = _vertebra_dims_cached(level)
+    return None if dims is None else dict(dims)
+
+
 def level_table(tpl: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Level centres and body sizes (mm): ``geometries/vertebrae.yaml`` (bone model) where it has the
     level, so bone and veins share one frame; the template's own table otherwise (T4, which only
     anchors the azygos arch, keeps its offset from T5)."""
-    from sim.bone import load_vertebra
-
     table = {k: dict(v) for k, v in tpl["levels"].items()}
     for name, row in table.items():
-        try:
-            vb = load_vertebra(name)
-        except GeometryError:
-            continue
-        row.update(
-            z_mm=vb["z_center_m"] / MM_M,
-            width_mm=vb["width_m"] / MM_M,
-            depth_mm=vb["depth_m"] / MM_M,
-            height_mm=vb["height_m"] / MM_M,
-            source="vertebrae.yaml",
-        )
+        dims = _vertebra_dims(name)
+        if dims is not None:
+            row.update(dims)
     if "T4" in table and "T5" in table and table["T5"].get("source"):
         table["T4"]["z_mm"] = table["T5"]["z_mm"] + tpl["levels"]["T4"]["z_mm"] - tpl["levels"]["T5"]["z_mm"]
     return table

@@ -114,6 +114,7 @@ class VenousSystem:
         self.flow: BloodFlow = solve_blood_flow(network)
         self.baseline_flow = self.flow
         self._extra = np.zeros(network.n_edges)
+        self._push_flux = np.zeros(network.n_edges)  # cement flux into each edge over the last step
         n = len(self.exits)
         self.received_m3 = 0.0
         self.cement_by_exit_m3 = np.zeros(n)
@@ -171,14 +172,14 @@ class VenousSystem:
         t_new = float(t) + float(dt)
         vol_c = qc * dt
         self.cement_by_exit_m3 += vol_c
-        self.marrow_by_exit_m3 += np.maximum(qm, 0.0) * dt
+        self.marrow_by_exit_m3 += qm * dt  # net: blood drawn back into the bone counts negative
         newly = np.isnan(self.exit_onset_s) & (vol_c > 0.0)
         self.exit_onset_s[newly] = float(t)
         through_sum = np.zeros(self.network.n_edges)
         bp = np.zeros(n)
         if np.any(vol_c > 0.0):
             g = edge_conductance(self.network, self._extra)
-            mu_now = self._edge_viscosity(np.zeros(self.network.n_edges), t_new)
+            mu_now = self._edge_viscosity(self._push_flux, t_new)
             r_cem = self.columns.cement_resistance(mu_now)
             for e in np.flatnonzero(vol_c > 0.0):
                 through = self.columns.push(
@@ -192,7 +193,10 @@ class VenousSystem:
                 self.received_m3 += float(vol_c[e])
                 through_sum += through
                 bp[e] = back_pressure(through, r_cem, float(vol_c[e]), float(dt))
-            self._resolve(through_sum / max(dt, 1e-300), t_new)
+            self._push_flux = through_sum / max(dt, 1e-300)
+            self._resolve(self._push_flux, t_new)
+        else:
+            self._push_flux = np.zeros(self.network.n_edges)
         self._shed(t_new)
         self._update_exit_pressure(qc, qm, bp, t_new)
         self.detector.update(t_new, self.columns)

@@ -353,6 +353,13 @@ class VenousSystem:
         """Projected cement thickness (m) of ``view``; pass the bone cement fraction to include the body."""
         return self.detector.image(view, self.columns, cement_fraction)
 
+    def fluoroscopy_extent_m(self, view: str) -> tuple[float, float, float, float]:
+        """(a_min, a_max, b_min, b_max) of the view's image axes (lateral: y, z; ap: x, z), metres."""
+        det = self.detector.detectors[view]
+        h = det.pixel_size_m
+        a0, b0 = (float(v) for v in det.origin_m)
+        return a0, a0 + det.shape[0] * h, b0, b0 + det.shape[1] * h
+
     def summary(self) -> dict[str, Any]:
         by_kind = self.leaked_by_exit_kind()
         routes = self.volume_by_route()

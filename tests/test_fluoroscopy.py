@@ -164,3 +164,6 @@ def test_image_accessor_views():
         px = vs.detector.pixel_size_m
         # everything that leaked is inside the 20 cm field of view
         assert img.sum() * px**2 == pytest.approx(vs.columns.total_m3(), rel=1e-9)
+        a0, a1, b0, b1 = vs.fluoroscopy_extent_m(view)
+        assert (a1 - a0) == pytest.approx(img.shape[0] * px) and (b1 - b0) == pytest.approx(img.shape[1] * px)
+        assert a0 < 0.0 < a1  # the field of view is centred on the treated level

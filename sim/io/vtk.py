@@ -966,7 +966,8 @@ def write_run_vtk(
             t_emb = emb["time_s"]
             bone_times = [t for t, _ in parts[0][1]] if parts and parts[0][0] == "bone" else [0.0]
             finite = t_emb[np.isfinite(t_emb)]
-            steps = sorted(set(bone_times) | ({float(finite.max())} if finite.size else set()))
+            late = {float(finite.max())} if finite.size and finite.max() > bone_times[-1] else set()
+            steps = sorted(set(bone_times) | late)
             for i, t in enumerate(steps):
                 sel = np.isfinite(t_emb) & (t_emb <= t * (1 + 1e-12))
                 rel = f"emboli/emboli_{i:04d}.vtp"

@@ -308,3 +308,34 @@ def test_write_run_vtk_accepts_a_run_result_and_partial_inputs(tmp_path):
     write_run_vtk(tmp_path / "e", emboli=emboli)
     assert read_pvd(tmp_path / "e" / "emboli.pvd") == [(0.0, "emboli.vtp")]
     assert re.search(r"part=\"0\"", (tmp_path / "e" / "pce_sim.pvd").read_text())
+
+
+def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
+    from matplotlib.image import imread
+
+    from sim.io.images import write_fluoroscopy_pngs, write_grayscale_png
+
+    n, h = 64, 0.5e-3
+    a = (np.arange(n) - n / 2 + 0.5) * h
+    disc = np.where(np.hypot(*np.meshgrid(a, a, indexing="ij")) < 5e-3, 4e-3, 0.0)  # 4 mm of cement
+    det = SimpleNamespace(origin_m=np.array([a[0] - h / 2] * 2), pixel_size_m=h)
+    venous = SimpleNamespace(
+        detector=SimpleNamespace(detectors={"lateral": det, "ap": det}),
+        fluoroscopy_image=lambda view, cf: disc if cf is not None else 0 * disc,
+        detection_time_s=12.0,
+    )
+    injection = SimpleNamespace(snapshots=[(5.0, np.ones(3)), (20.0, np.ones(3))], end_time_s=20.0)
+    files = write_fluoroscopy_pngs(
+        tmp_path, SimpleNamespace(artifacts={"venous": venous, "injection": injection})
+    )
+    assert sorted(p.name for p in files) == ["fluoroscopy_ap_end.png", "fluoroscopy_lateral_end.png"]
+    img = imread(files[0])[..., :3].mean(axis=-1)
+    assert img.var() > 0
+    single = imread(write_grayscale_png(tmp_path / "one.png", disc, h, "disc"))[..., :3].mean(axis=-1)
+    rows, cols = single.shape
+    # the disc centre (middle of the axes, left of the colour bar) is darker than the field
+    centre = single[rows // 2 - 3 : rows // 2 + 3, int(cols * 0.35) : int(cols * 0.45)].mean()
+    assert centre < 0.2
+    with pytest.raises(GeometryError, match="2-D"):
+        write_grayscale_png(tmp_path / "bad.png", np.zeros(5), h, "bad")
+    assert write_fluoroscopy_pngs(tmp_path, SimpleNamespace(artifacts={})) == []

@@ -33,7 +33,6 @@ from paraview.simple import (
     GetAnimationScene,
     GetColorTransferFunction,
     GetScalarBar,
-    Hide,
     PVDReader,
     RenameSource,
     SaveScreenshot,
@@ -76,7 +75,7 @@ def _open(vtk_dir, stem, label):
     elif os.path.isfile(vtp):
         src = XMLPolyDataReader(FileName=[vtp])
     else:
-        print("pce-sim view: no %s in %s (left out)" % (stem, vtk_dir))
+        print(f"pce-sim view: no {stem} in {vtk_dir} (left out)")
         return None
     RenameSource(label, src)
     return src
@@ -130,7 +129,7 @@ def _bounds(srcs):
 def _frame(view, bounds, direction, up, zoom=1.0):
     """Look at ``bounds`` along ``direction`` (unit, camera -> scene), fit it, then dolly by ``zoom``."""
     lo, hi = bounds
-    c = [(a + b) / 2.0 for a, b in zip(lo, hi)]
+    c = [(a + b) / 2.0 for a, b in zip(lo, hi, strict=True)]
     view.CameraFocalPoint = c
     view.CameraPosition = [c[i] - direction[i] for i in range(3)]
     view.CameraViewUp = up
@@ -196,13 +195,13 @@ def build(run_dir, title=None, time=None):
         near = vein_tubes
         body_b = _bounds([body_surface])
         if body_b is not None:
-            # close-up: only the paravertebral veins within 20 mm of the body (segmental veins
+            # close-up: only the paravertebral veins within 12 mm of the body (segmental veins
             # running towards the lateral camera would hide the vertebra)
             near = Clip(Input=vein_tubes, ClipType="Box", Invert=1, Exact=1)
-            near.ClipType.Position = [l - 20.0 for l in body_b[0]]
-            near.ClipType.Length = [h - l + 40.0 for l, h in zip(*body_b)]
+            near.ClipType.Position = [lo - 12.0 for lo in body_b[0]]
+            near.ClipType.Length = [hi - lo + 24.0 for lo, hi in zip(*body_b, strict=True)]
             RenameSource("veins near the body", near)
-        for view, src, op in ((overview, vein_tubes, 0.9), (closeup, near, 0.6)):
+        for view, src, op in ((overview, vein_tubes, 0.9), (closeup, near, 0.45)):
             d = Show(src, view)
             if "cement_fill" in _arrays(vein_tubes, "CELLS"):
                 ColorBy(d, ("CELLS", "cement_fill"))
@@ -251,19 +250,28 @@ def build(run_dir, title=None, time=None):
     close_b = _bounds([body_surface]) or all_b
     if close_b is not None:
         lo, hi = close_b
-        pad = [0.15 * (h - l) for l, h in zip(lo, hi)]
-        _frame(closeup, ([l - p for l, p in zip(lo, pad)], [h + p for h, p in zip(hi, pad)]),
-               [-0.97, 0.24, 0.0], [0.0, 0.0, 1.0], zoom=1.0)
+        pad = [0.15 * (h - l) for l, h in zip(lo, hi, strict=True)]
+        _frame(
+            closeup,
+            ([l - p for l, p in zip(lo, pad, strict=True)], [h + p for h, p in zip(hi, pad, strict=True)]),
+            [-0.97, 0.24, 0.0],
+            [0.0, 0.0, 1.0],
+            zoom=1.0,
+        )
 
     head = title or os.path.basename(os.path.abspath(run_dir.rstrip("/")))
-    _label(overview, "pce-sim  %s   t = %.1f s" % (head, t_show), 18)
-    _label(overview, "veins: blue blood, yellow cement | pulmonary arteries: red | emboli: yellow",
-           13, "Lower Right Corner")
+    _label(overview, f"pce-sim  {head}   t = {t_show:.1f} s", 18)
+    _label(
+        overview,
+        "veins: blue blood, yellow cement | pulmonary arteries: red | emboli: yellow",
+        13,
+        "Lower Right Corner",
+    )
     _label(closeup, "treated vertebra (lateral): cement white, cannula grey", 14)
     if emboli is not None:
         emboli.UpdatePipeline(t_show)
         n = emboli.GetDataInformation().GetNumberOfCells()
-        _label(closeup, "%d emboli in the lungs" % n, 14, "Lower Left Corner")
+        _label(closeup, f"{n} emboli drawn", 14, "Lower Left Corner")
     SetActiveView(overview)
     return layout, (overview, closeup)
 
@@ -275,7 +283,7 @@ def main():
         w, h = (int(x) for x in a.size.lower().split("x"))
         layout.SetSize(w, h)
         SaveScreenshot(a.png, layout, ImageResolution=[w, h])
-        print("pce-sim view: wrote %s" % a.png)
+        print(f"pce-sim view: wrote {a.png}")
 
 
 if __name__ in ("__main__", "__vtkconsole__") or not hasattr(sys.modules.get("__main__"), "__file__"):

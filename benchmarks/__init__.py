@@ -1,0 +1,1 @@
+"""pce-sim benchmark cases, run by ``pce-sim bench`` (see :mod:`sim.bench`)."""

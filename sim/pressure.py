@@ -348,7 +348,7 @@ class PressureSolver:
                     f"pressure matrix has a non-positive diagonal at unknown {int(np.argmin(d))}"
                 )
             inv = 1.0 / d
-            return spla.LinearOperator((n, n), matvec=lambda x: inv * x.ravel())
+            return spla.LinearOperator((n, n), matvec=lambda x: inv * x.ravel(), dtype=np.float64)
         import pyamg
 
         full_key = (key, nb)
@@ -356,7 +356,9 @@ class PressureSolver:
         if stale or self._ml_iters > max(15, 2 * self._setup_iters):
             t0 = time.perf_counter()
             cell_block = mat[:nb, :nb].tocsr() if nb < n else mat
-            self._ml = pyamg.smoothed_aggregation_solver(cell_block, symmetry="symmetric", max_coarse=300)
+            self._ml = pyamg.smoothed_aggregation_solver(
+                cell_block, symmetry="symmetric", max_coarse=300, coarse_solver="splu"
+            )
             self.stats.setup_time_s += time.perf_counter() - t0
             self.stats.n_setups += 1
             self._ml_key = full_key
@@ -373,7 +375,7 @@ class PressureSolver:
             y[nb:] = tail_inv * x[nb:]
             return y
 
-        return spla.LinearOperator((n, n), matvec=apply)
+        return spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
 
     def _cg(self, mat, b, x0, prec):
         count = [0]

@@ -197,23 +197,46 @@ def fractional_flow(s: np.ndarray, visc_ratio: np.ndarray) -> np.ndarray:
     return s / (s + visc_ratio * (1.0 - s))
 
 
-def cement_inflow_rate(
+def front_time_step(
     face_a: np.ndarray,
     face_b: np.ndarray,
     face_flux: np.ndarray,
     source: np.ndarray,
-    carries_cement: np.ndarray,
-) -> np.ndarray:
-    """Upper bound of the cement inflow per cell (m^3/s) over an implicit step.
+    exit_out: np.ndarray,
+    pore_volume: np.ndarray,
+    s: np.ndarray,
+    visc_ratio: np.ndarray,
+    cfl: float,
+    full_s: float,
+) -> float:
+    """Largest step that lets no filling cell gain more than ``cfl`` of its pore volume in cement.
 
-    Counts the whole flux arriving from upstream cells that hold any cement (``carries_cement``)
-    plus the injection source: within one implicit sweep a nearly full upstream cell can pass
-    almost all of its outflow as cement, so the explicit f(S_upstream) would underestimate it.
+    Accuracy: cells below ``full_s`` with a positive explicit cement accumulation
+    a = sum_in F f(S_up) + source - (sum_out F) f(S) get dt <= cfl V / a (front cells fill at
+    most cfl of a cell per step; cells in steady mixed flow, a ~ 0, do not limit the step).
+    Boundedness: a cell without outflow (a marrow cell next to the front in the lumped system)
+    gets dt <= V (1 - S) / (whole inflow from cement-bearing cells), because within one implicit
+    sweep a nearly full upstream cell may pass almost all its outflow as cement. Returns inf when
+    no cell limits the step.
     """
-    n = source.shape[0]
+    n = s.shape[0]
     up = np.where(face_flux > 0.0, face_a, face_b)
     down = np.where(face_flux > 0.0, face_b, face_a)
-    return source + np.bincount(down, weights=np.abs(face_flux) * carries_cement[up], minlength=n)
+    mag = np.abs(face_flux)
+    frac = fractional_flow(s, visc_ratio)
+    cin = source + np.bincount(down, weights=mag * frac[up], minlength=n)
+    out = exit_out + np.bincount(up, weights=mag, minlength=n)
+    accum = cin - out * frac
+    dt = np.inf
+    ok = (s < full_s) & (accum > 0.0)
+    if ok.any():
+        dt = cfl * float(np.min(pore_volume[ok] / accum[ok]))
+    bearing = (s > 0.0).astype(np.float64)
+    cin_max = source + np.bincount(down, weights=mag * bearing[up], minlength=n)
+    closed = (out <= 0.0) & (cin_max > 0.0)
+    if closed.any():
+        dt = min(dt, float(np.min(pore_volume[closed] * (1.0 - s[closed]) / cin_max[closed])))
+    return dt
 
 
 def throughput_rate(

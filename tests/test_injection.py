@@ -37,7 +37,9 @@ def _bone(porous, perm, h, exits, phi=PHI):
 
 def _needle(shape, ijk, d=2.5e-3, length=0.125):
     c = np.ravel_multi_index(ijk, shape)
-    return Needle(np.array([c]), np.array([1.0]), np.zeros((1, 3)), np.zeros((1, 3)), np.zeros(0, np.int64), d, length)
+    return Needle(
+        np.array([c]), np.array([1.0]), np.zeros((1, 3)), np.zeros((1, 3)), np.zeros(0, np.int64), d, length
+    )
 
 
 def sphere_case(radius_mm: float, h_mm: float):
@@ -232,7 +234,18 @@ def test_numba_transport_matches_numpy_reference(m_scale):
     dt = 0.7 * float(np.min(pore / np.maximum(source + exit_out + 1e-30, 1e-30)))
     dt = max(dt, 1e-3)
     s1, f1 = transport_step(
-        order, g.cell_ptr, g.cell_face, g.cell_nbr, g.cell_sign, flux, source, exit_out, pore, ratio, s_old, dt
+        order,
+        g.cell_ptr,
+        g.cell_face,
+        g.cell_nbr,
+        g.cell_sign,
+        flux,
+        source,
+        exit_out,
+        pore,
+        ratio,
+        s_old,
+        dt,
     )
     s2, f2 = transport_step_numpy(g.face_a, g.face_b, flux, source, exit_out, pore, ratio, s_old, dt)
     np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-12)
@@ -263,7 +276,18 @@ def test_transport_piston_limit_single_column():
     dt = 0.8  # cfl 0.8
     for _ in range(25):  # 20 pore volumes of cells
         s, _ = transport_step(
-            order, g.cell_ptr, g.cell_face, g.cell_nbr, g.cell_sign, flux, source, exit_out, pore, ratio, s, dt
+            order,
+            g.cell_ptr,
+            g.cell_face,
+            g.cell_nbr,
+            g.cell_sign,
+            flux,
+            source,
+            exit_out,
+            pore,
+            ratio,
+            s,
+            dt,
         )
     assert s.sum() == pytest.approx(20.0, rel=1e-12)
     assert np.all(s[:18] > 0.999) and np.all(s[23:] < 1e-3)
@@ -317,7 +341,13 @@ def test_determinism_bit_identical():
     perm[:, ~porous] = 0.0
     bone = _bone(porous, perm, h, exits)
     runs = [_run(bone, _needle(n, (8, 8, 6)), volume=0.4e-6) for _ in range(2)]
-    for name in ("cement_fraction", "arrival_time_s", "pressure_pa", "needle_pressure_pa", "exit_cement_flux_m3_s"):
+    for name in (
+        "cement_fraction",
+        "arrival_time_s",
+        "pressure_pa",
+        "needle_pressure_pa",
+        "exit_cement_flux_m3_s",
+    ):
         np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))
 
 

@@ -124,7 +124,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         )
     return {
         "name": "injection_scaling",
-        "title": f"Injection scaling ({cfg['volume_ml']:g} ml at {cfg['rate_ml_per_s']:g} ml/s, front method)",
+        "title": f"Injection scaling ({cfg['volume_ml']:g} ml at {cfg['rate_ml_per_s']:g} ml/s, front)",
         "columns": [
             "spacing_mm",
             "grid_cells",

@@ -273,6 +273,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         parts.append("")
     for s in doc["sections"]:
         parts += [f"## {s['title']}", "", markdown_table(s["columns"], s["rows"]), ""]
+        for extra in s.get("extra_tables", []):
+            parts += [f"### {extra['title']}", "", markdown_table(extra["columns"], extra["rows"]), ""]
         for note in s.get("notes", []):
             parts.append(f"- {note}")
         if s.get("notes"):

@@ -216,6 +216,31 @@ def report(
             console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes; finishes in about 2 minutes.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for JSON, markdown, plot.")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only these cases (e.g. pressure, transport).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Benchmark suite: timings as ratios to same-run baselines, targets, profile (benchmarks/results/)."""
+    from sim.bench import markdown_table, run_suite
+
+    with user_errors():
+        doc = run_suite(
+            quick=quick,
+            out_dir=out,
+            only=only,
+            progress=None if quiet else lambda name, i, n: err_console.print(f"[{i + 1}/{n}] {name}"),
+        )
+    if not quiet:
+        console.print(markdown_table(["name", "target", "value", "met"], doc["targets"]), highlight=False)
+        for path in doc["files"]:
+            console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

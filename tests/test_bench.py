@@ -1,0 +1,123 @@
+"""Benchmark harness: timing helpers, targets, scaling fit, JSON/markdown/plot output, CLI errors.
+
+No timed assertions: speed lives in benchmarks/results/. The real cases are exercised on their
+smallest sizes, checking what they must get right regardless of speed (numba == numpy,
+independent network solvers agree to 1e-10).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sim import bench
+from sim.errors import ConfigError
+
+
+def test_min_time_returns_minimum_and_last_result():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return len(calls)
+
+    best, out = bench.min_time(fn, repeat=4)
+    assert out == 4 and len(calls) == 4
+    assert best >= 0.0
+    wall, cpu, out = bench.min_wall_cpu(fn, repeat=2)
+    assert out == 6 and wall >= 0.0 and cpu >= 0.0
+    with pytest.raises(ConfigError, match="repeat"):
+        bench.min_time(fn, repeat=0)
+
+
+def test_target_direction_and_margin():
+    t = bench.target("wall", 12.0, 10.0, "s")
+    assert t["met"] is False and t["margin"] == pytest.approx(1.2)
+    assert bench.target("wall", 8.0, 10.0, "s")["met"] is True
+    assert bench.target("rate", 2e6, 1e6, "steps/s", below=False)["met"] is True
+    assert bench.target("rate", 5e5, 1e6, "steps/s", below=False)["met"] is False
+
+
+def test_fit_exponent_recovers_power_law():
+    x = np.array([1e3, 1e4, 1e5])
+    assert bench.fit_exponent(x, 3.0 * x**1.5) == pytest.approx(1.5, rel=1e-12)
+
+
+def test_markdown_table_shape():
+    text = bench.markdown_table(["a", "b"], [{"a": 1, "b": 0.5}, {"a": 12345, "b": float("nan")}])
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert all(line.count("|") == 3 for line in lines)
+    assert "12,345" in text and "–" in text
+
+
+def test_unknown_case_is_named():
+    with pytest.raises(ConfigError, match="nosuchcase"):
+        bench._select(["nosuchcase"])
+    assert bench._select(["pressure", "transport"]) == ["bench_transport", "bench_pressure"]
+
+
+def _fake_case(quick: bool = False) -> dict:
+    rows = [
+        {"spacing_mm": h, "porous_cells": c, "wall_s": 1e-4 * c**1.2, "ms_per_step": 1e-3 * c, "steps": 10}
+        for h, c in ((2.0, 3000), (1.0, 25000))
+    ]
+    return {
+        "name": "injection_scaling",
+        "title": "fake scaling",
+        "columns": ["spacing_mm", "porous_cells", "wall_s"],
+        "rows": rows,
+        "exponent_wall": bench.fit_exponent([3000, 25000], [r["wall_s"] for r in rows]),
+        "notes": ["a note"],
+        "targets": [bench.target("fake", 1.0, 2.0, "s")],
+        "extra_tables": [{"title": "extra", "columns": ["x"], "rows": [{"x": np.float64(1.5)}]}],
+    }
+
+
+def test_run_suite_writes_valid_json_markdown_and_plot(tmp_path, monkeypatch):
+    module = types.ModuleType("benchmarks.bench_fake")
+    module.run = _fake_case
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_fake", module)
+    monkeypatch.setattr(bench, "CASES", ("bench_fake",))
+    doc = bench.run_suite(quick=True, out_dir=tmp_path)
+    data = json.loads((tmp_path / "bench_quick.json").read_text())
+    assert data["mode"] == "quick"
+    assert data["machine"]["cores"] >= 1 and data["machine"]["numpy"] == np.__version__
+    assert data["sections"][0]["exponent_wall"] == pytest.approx(1.2, rel=1e-9)
+    assert data["targets"][0]["met"] is True
+    md = (tmp_path / "bench_quick.md").read_text()
+    assert "## fake scaling" in md and "### extra" in md and "- a note" in md
+    assert (tmp_path / "scaling_quick.png").stat().st_size > 1000
+    assert doc["files"][0].endswith("bench_quick.json")
+
+
+def test_transport_kernel_case_numba_equals_numpy():
+    from benchmarks.bench_transport import bench_transport_step
+
+    row = bench_transport_step(2.0, 1)
+    assert row["max_abs_diff"] < 1e-12
+    assert row["numba_ms"] > 0.0 and row["numpy_ms"] > 0.0
+
+
+def test_network_case_solvers_agree():
+    from benchmarks.bench_network import AGREEMENT, pulmonary_rows, venous_rows
+
+    rows = venous_rows(1) + pulmonary_rows(1)
+    assert len(rows) >= 3
+    for r in rows:
+        assert r["max_rel_diff_p"] <= AGREEMENT, r["solver"]
+        if np.isfinite(r["max_rel_diff_q"]):
+            assert r["max_rel_diff_q"] <= AGREEMENT, r["solver"]
+
+
+def test_cli_bench_unknown_case_exits_2():
+    from sim.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--quick", "--only", "nosuchcase", "--quiet"])
+    assert result.exit_code == 2
+    assert "nosuchcase" in result.output

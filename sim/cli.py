@@ -217,6 +217,78 @@ def report(
 
 
 @app.command()
+def cohort(
+    cohort_file: Annotated[Path, typer.Argument(help="Cohort YAML file (distributions, policies).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort folder (created, or resumed).")] = Path(
+        "results/cohort"
+    ),
+    n: Annotated[int | None, typer.Option("--n", min=1, help="Number of virtual patients.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Override the executor's worker count.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Switch a folder holding a different cohort to this one.")
+    ] = False,
+    no_sensitivity: Annotated[
+        bool, typer.Option("--no-sensitivity", help="Skip the Morris/Sobol sensitivity design.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run (or resume) a virtual patient cohort under its stop policies and write OUT/cohort_report.md."""
+    from rich.progress import MofNCompleteColumn
+
+    from sim.cohort import load_cohort, plan_cohort, run_cohort
+    from sim.cohort_report import write_cohort_report
+
+    with user_errors():
+        spec, base_dir = load_cohort(cohort_file)
+        plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file))
+        if not quiet:
+            console.print(
+                f"cohort '{spec.name}': {len(plan.patients)} virtual patients x {len(spec.policies)} "
+                f"policies -> {out}"
+            )
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console, disable=quiet) as prog:
+            tasks: dict[str, Any] = {}
+
+            def update(phase: str, finished: int, total: int, failed: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = prog.add_task(phase, total=total, failed=0)
+                prog.update(tasks[phase], completed=finished, total=total, failed=failed)
+
+            result = run_cohort(
+                plan, out, workers=workers, force=force, sensitivity=not no_sensitivity, progress=update
+            )
+        files = write_cohort_report(result, out)
+    if not quiet:
+        console.print(
+            f"{len(result.arms) - len(result.failed)} of {len(result.arms)} patient-policy results, "
+            f"{result.n_runs} runs executed now; wrote {out / 'cohort_report.md'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for path in files:
+            console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
+    if result.failed:
+        for arm in result.failed[:10]:
+            error = (arm.error or arm.status).splitlines()[0]
+            err_console.print(
+                f"failed: patient {arm.patient} policy '{arm.policy}' ({arm.hash[:12]}): {error}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(1)
+
+
+@app.command()
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes; finishes in about 2 minutes.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for JSON, markdown, plot.")] = None,

@@ -205,8 +205,16 @@ def descend(
             at_end[f] = 0
             continue
         v = 0
-        q = inflow if g_eq[0] > 0.0 else 0.0
         steps += 1
+        if g_eq[0] <= 0.0:  # nothing flows through the trunk: stuck at its inlet, occluding it
+            if not occluded[0]:
+                lodge(0, parent, child_ptr, child_idx, resistance, distal_g, occluded, g_eq, g_sub)
+            status[f] = LODGED
+            vessel[f] = 0
+            t_out[f] = t
+            at_end[f] = 0
+            continue
+        q = inflow
         st = ERROR
         for k in range(max_steps):
             if q > 0.0:
@@ -378,7 +386,7 @@ def descend_numpy(
         idx = np.arange(start, n)
         res = _descend_round(
             frag_d[idx], margin[idx], branched[idx], t_arrival[idx], uniforms[idx], child_ptr, child_idx,
-            diameter, length, area, is_leaf, cutoff, inflow, slip, g_eq, g_sub, width,
+            diameter, length, area, is_leaf, cutoff, inflow, slip, g_eq, g_sub, width, bool(occluded[0]),
         )  # fmt: skip
         r_status, r_vessel, r_saddle, r_t, r_end, r_steps, r_occ = res
         hits = np.flatnonzero(r_occ)
@@ -420,7 +428,7 @@ def _lodge_numpy(v, parent, child_ptr, child_idx, resistance, distal_g, occluded
 
 
 def _descend_round(d, m, branched, t, uniforms, child_ptr, child_idx, diameter, length, area, is_leaf,
-                   cutoff, inflow, slip, g_eq, g_sub, width):  # fmt: skip
+                   cutoff, inflow, slip, g_eq, g_sub, width, trunk_occluded):  # fmt: skip
     n = d.shape[0]
     status = np.full(n, ERROR, dtype=np.int8)
     vessel = np.zeros(n, dtype=np.int64)
@@ -434,7 +442,13 @@ def _descend_round(d, m, branched, t, uniforms, child_ptr, child_idx, diameter, 
     vessel[arrested] = -1
     active = ~arrested
     steps[active] = 1
-    q = np.full(n, inflow if g_eq[0] > 0.0 else 0.0)
+    if g_eq[0] <= 0.0:  # nothing flows through the trunk: every fragment is stuck at its inlet
+        status[active] = LODGED
+        first = np.flatnonzero(active)
+        if first.size and not trunk_occluded:
+            occ[first[0]] = True  # the first one occludes the trunk (no change of flows)
+        return status, vessel, saddle, t, at_end, steps, occ
+    q = np.full(n, inflow)
     for k in range(uniforms.shape[1]):
         idx = np.flatnonzero(active)
         if idx.size == 0:

@@ -235,3 +235,19 @@ def test_determinism(tree, cement, scenario_si):
     for key in a.emboli:
         assert np.array_equal(a.emboli[key], b.emboli[key], equal_nan=True), key
     assert not np.array_equal(a.emboli["vessel_id"], c.emboli["vessel_id"])
+
+
+def test_total_occlusion_is_handled(tree, cement, scenario_si):
+    """Casts wider than both main branches block them; later ones stop at the trunk inlet."""
+    rng = np.random.default_rng(10)
+    si = dict(scenario_si["lungs"], deformability_margin=0.0)
+    veins = small_veins()
+    veins.edge_diameter_m = np.full(6, 40e-3)
+    frags = fragments(30, 18e-3, rng)
+    a = run(frags, tree, cement, si, veins=veins, seed=2)
+    b = run(frags, tree, cement, si, veins=veins, seed=2, use_numba=False)
+    for key in a.emboli:
+        assert np.array_equal(a.emboli[key], b.emboli[key], equal_nan=True), key
+    assert np.all(a.status == LODGED)
+    assert set(np.unique(a.emboli["vessel_id"])) == {0, 1, 2}
+    assert a.metrics.perfusion_lost_fraction == pytest.approx(1.0) and a.metrics.qanadli_index == 40

@@ -537,14 +537,18 @@ def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
         w = csv.writer(fh)
         w.writerow(names)
         for r in rows:
-            w.writerow(
-                [
-                    "" if r.get(k) is None else repr(r[k]) if isinstance(r.get(k), float) else r.get(k)
-                    for k in names
-                ]
-            )
+            w.writerow([_cell(r.get(k)) for k in names])
     os.replace(tmp, path)
     return path
+
+
+def _cell(v: Any) -> Any:
+    """CSV cell: exact float text, plain ints, empty for missing."""
+    if v is None:
+        return ""
+    if isinstance(v, np.generic):
+        v = v.item()
+    return repr(v) if isinstance(v, float) else v
 
 
 def _fmt(v: Any) -> str:

@@ -459,7 +459,7 @@ def test_tiny_cohort_end_to_end_local_cli(local_cli_cohort):
         assert float(r["injected_volume_ml"]) <= float(r["injection.volume_ml"]) * (1 + 1e-9)
     with (out / "cohort_sensitivity.csv").open() as fh:
         sens = list(csv.DictReader(fh))
-    assert {r["input"] for r in sens} >= {"patient.level", "patient.seed"}
+    assert {r["input"] for r in sens} == {"cement.preset", "injection.volume_ml", "patient.seed"}
     assert all(float(r["mu_star"]) >= 0 for r in sens)
 
 

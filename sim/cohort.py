@@ -35,7 +35,9 @@ never-stop result (marked ``shared``). ``share_runs: false`` runs every pair.
 Sensitivity (``sensitivity:``): a Morris (default; cheap: trajectories x (k + 1) runs) or Sobol
 (N (k + 2) runs) design over the cohort's inputs plus ``patient.seed`` (a pseudo-input standing
 for the anatomy/random-field noise, mapped to a pool of 1024 seeds), run under one policy in
-``<out>/sensitivity`` (its own ledger).
+``<out>/sensitivity`` (its own ledger). Inputs left out of ``sensitivity.inputs`` are held at their
+medians; Morris grid levels are moved to the centres of equiprobable bins (level j of p maps to
+u = (j + 1/2)/p) so unbounded distributions never see u = 0 or 1.
 """
 
 from __future__ import annotations

@@ -438,7 +438,16 @@ def build_vertebral_body(
             f"(got {phi_sd}, {corr}, {k_ref}, {aniso}, {scale})"
         )
 
-    dims = load_vertebra(level)
+    dims = dict(load_vertebra(level))
+    # Venous anatomy variation: foramina and intraosseous veins enlarge with age (Wang et al. 2023)
+    # and vary between patients; one factor scales every venous diameter of the body.
+    venous_scale = float(patient_si.get("venous_scale", 1.0))
+    if not venous_scale > 0.0:
+        raise ConfigError(f"patient.venous_scale = {venous_scale}: must be > 0")
+    for key in [k for k in dims if k.endswith("diameter_m") and ("foramen" in k or "channel" in k)]:
+        dims[key] = venous_scale * dims[key]
+    for key in ("basivertebral_trunk_diameter_m", "basivertebral_branch_diameter_m"):
+        dims[key] = venous_scale * dims[key]
     width, depth, height = (scale * dims[k] for k in ("width_m", "depth_m", "height_m"))
     t_cort = dims["cortical_thickness_m"]
     t_end = dims["endplate_thickness_m"]

@@ -313,6 +313,23 @@ def bench(
             console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `pce-sim run`.")],
+    png: Annotated[
+        Path | None, typer.Option("--png", help="PNG to write (default RUN_DIR/view.png).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Render the standard ParaView view (vertebra + cement, veins, lungs with emboli) to PNG."""
+    from sim.view import render_view
+
+    with user_errors():
+        out = render_view(run_dir, png, quiet=quiet)
+        if not quiet:
+            console.print(f"[green]wrote[/] {out}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

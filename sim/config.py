@@ -60,6 +60,7 @@ class PatientConfig(StrictModel):
     permeability_ref_m2: Annotated[float, Field(ge=1.0e-11, le=1.0e-6)] = 4.0e-8
     permeability_anisotropy: Annotated[float, Field(ge=1.0, le=5.0)] = 2.0
     size_scale: Annotated[float, Field(ge=0.7, le=1.3)] = 1.0
+    venous_scale: Annotated[float, Field(ge=0.5, le=3.0)] = 1.0
     fracture_cleft: FractureCleftConfig = FractureCleftConfig()
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 2025
 

@@ -647,7 +647,7 @@ def network_geometry(net: Any) -> tuple[Any, Any, np.ndarray | None, dict[str, n
         edges = np.stack([np.asarray(cols["edge_u"]), np.asarray(cols["edge_v"])], axis=1).astype(np.int64)
     elif "edges" in cols and np.ndim(cols["edges"]) == 2:
         edges = np.asarray(cols["edges"], dtype=np.int64)
-    elif "parent" in cols:
+    elif "parent" in cols and pos is not None:
         parent = np.asarray(cols["parent"], dtype=np.int64)
         pick = np.flatnonzero(parent >= 0)
         edges = np.stack([parent[pick], pick], axis=1)

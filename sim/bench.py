@@ -301,6 +301,8 @@ def plot_scaling(section: dict[str, Any], path: Path) -> Path:
     cells = [r["porous_cells"] for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 4.0), dpi=120)
     ax.loglog(cells, [r["wall_s"] for r in rows], "o-", label="injection wall time (s)")
+    if all("cpu_s" in r for r in rows):
+        ax.loglog(cells, [r["cpu_s"] for r in rows], "^-", label="injection CPU time (s)")
     ax.loglog(cells, [r["ms_per_step"] / 1e3 for r in rows], "s--", label="time per step (s)")
     for r in rows:
         ax.annotate(f"{r['spacing_mm']:g} mm", (r["porous_cells"], r["wall_s"]), textcoords="offset points",

@@ -181,13 +181,18 @@ def run_suite(
         if progress is not None:
             progress(name, i, len(cases))
         module = importlib.import_module(f"benchmarks.{name}")
+        load = _load_average()
         t0 = time.perf_counter()
         section = module.run(quick=quick)
         section["elapsed_s"] = time.perf_counter() - t0
+        section["load_average_start"] = load
+        section["measured"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         doc["sections"].append(section)
     doc["total_s"] = time.perf_counter() - t_suite
-    doc["targets"] = [t for s in doc["sections"] for t in s.get("targets", [])]
     stem = "bench_quick" if quick else "bench"
+    if only:
+        _merge_previous(doc, out / f"{stem}.json")
+    doc["targets"] = [t for s in doc["sections"] for t in s.get("targets", [])]
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
     (out / f"{stem}.md").write_text(to_markdown(doc))
     scaling = next((s for s in doc["sections"] if s["name"] == "injection_scaling"), None)
@@ -195,6 +200,28 @@ def run_suite(
         plot_scaling(scaling, out / ("scaling_quick.png" if quick else "scaling.png"))
     doc["files"] = [str(out / f"{stem}.json"), str(out / f"{stem}.md")]
     return doc
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _merge_previous(doc: dict[str, Any], path: Path) -> None:
+    """With ``--only``: keep the other cases' sections of an earlier document of the same mode."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    fresh = {s["name"] for s in doc["sections"]}
+    kept = [s for s in old.get("sections", []) if s.get("name") not in fresh]
+    order = {n: i for i, n in enumerate(s["name"] for s in old.get("sections", []))}
+    doc["sections"] = sorted(kept + doc["sections"], key=lambda s: order.get(s["name"], len(order)))
+    doc["merged_from"] = old.get("started")
 
 
 def _select(only: list[str] | None) -> list[str]:
@@ -258,8 +285,10 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"{m.get('memory_gb')} GB, load average {_fmt(m.get('load_average_1min'))} at start; "
         f"Python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}, numba {m['numba']}, "
         f"pyamg {m['pyamg']}, OpenPNM {m.get('openpnm') or 'not installed'}. "
-        f"Suite wall time {doc['total_s']:.0f} s. Timings are min-of-N; ratios are against a "
-        "baseline measured in the same run.",
+        f"Suite wall time {doc['total_s']:.0f} s"
+        + (f" (other sections kept from the run of {doc['merged_from']})" if doc.get("merged_from") else "")
+        + ". Timings are min-of-N; ratios are against a baseline measured in the same run. The "
+        "machine is shared: compare CPU-time columns and ratios, not wall clocks, across runs.",
         "",
     ]
     if doc.get("targets"):
@@ -272,7 +301,12 @@ def to_markdown(doc: dict[str, Any]) -> str:
         )
         parts.append("")
     for s in doc["sections"]:
-        parts += [f"## {s['title']}", "", markdown_table(s["columns"], s["rows"]), ""]
+        when = f"measured {s['measured']}, " if s.get("measured") else ""
+        load = s.get("load_average_start")
+        parts += [f"## {s['title']}", ""]
+        if when or load is not None:
+            parts += [f"_{when}load average {_fmt(load)} at start, {s.get('elapsed_s', 0.0):.0f} s_", ""]
+        parts += [markdown_table(s["columns"], s["rows"]), ""]
         for extra in s.get("extra_tables", []):
             parts += [f"### {extra['title']}", "", markdown_table(extra["columns"], extra["rows"]), ""]
         for note in s.get("notes", []):

@@ -121,3 +121,23 @@ def test_cli_bench_unknown_case_exits_2():
     result = CliRunner().invoke(app, ["bench", "--quick", "--only", "nosuchcase", "--quiet"])
     assert result.exit_code == 2
     assert "nosuchcase" in result.output
+
+
+def test_only_merges_into_previous_document(tmp_path, monkeypatch):
+    def make(name: str, value: float):
+        module = types.ModuleType(f"benchmarks.bench_{name}")
+        module.run = lambda quick=False: {
+            "name": name, "title": name, "columns": ["v"], "rows": [{"v": value}], "targets": [],
+        }  # fmt: skip
+        monkeypatch.setitem(sys.modules, f"benchmarks.bench_{name}", module)
+
+    make("alpha", 1.0)
+    make("beta", 2.0)
+    monkeypatch.setattr(bench, "CASES", ("bench_alpha", "bench_beta"))
+    bench.run_suite(quick=True, out_dir=tmp_path)
+    make("beta", 3.0)
+    doc = bench.run_suite(quick=True, out_dir=tmp_path, only=["beta"])
+    assert [s["name"] for s in doc["sections"]] == ["alpha", "beta"]
+    assert [s["rows"][0]["v"] for s in doc["sections"]] == [1.0, 3.0]
+    saved = json.loads((tmp_path / "bench_quick.json").read_text())
+    assert saved["merged_from"] and [s["rows"][0]["v"] for s in saved["sections"]] == [1.0, 3.0]

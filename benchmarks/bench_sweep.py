@@ -6,13 +6,15 @@ the default scenario on a coarse grid with a small volume (quick: 2 mm, 0.5 ml; 
 PNG off), exactly as ``pce-sim sweep`` does. Baseline: the same sweep with the serial
 (in-process) executor, so ``ratio`` = serial time / local time is the parallel speed-up on
 the machine's cores (2 workers). Worker processes pay their own start-up (imports, numba
-cache load) once per pool.
+cache load) once per pool. A third row spawns the workers with one OpenBLAS thread each.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,26 @@ def sweep_spec(quick: bool) -> dict[str, Any]:
     }
 
 
-def time_sweep(quick: bool, kind: str, workers: int) -> dict[str, Any]:
+@contextmanager
+def blas_threads(n: int | None):
+    """Environment for worker processes spawned inside: OpenBLAS/OpenMP/MKL thread count ``n``."""
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        if n is not None:
+            os.environ.update({k: str(n) for k in names})
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def time_sweep(
+    quick: bool, kind: str, workers: int, worker_blas_threads: int | None = None
+) -> dict[str, Any]:
     from sim.executors import make_executor
     from sim.sweep import expand_sweep, run_sweep, sweep_from_dict
 
@@ -43,12 +64,16 @@ def time_sweep(quick: bool, kind: str, workers: int) -> dict[str, Any]:
     spec = sweep_from_dict(sweep_spec(quick), source="bench_sweep")
     expansion = expand_sweep(spec, root / "configs", source="bench_sweep")
     with tempfile.TemporaryDirectory(prefix="pce-bench-sweep-") as tmp:
-        t0 = time.perf_counter()
-        outcome = run_sweep(expansion, Path(tmp) / "sweep", executor=make_executor(kind, workers))
-        wall = time.perf_counter() - t0
+        with blas_threads(worker_blas_threads):
+            t0 = time.perf_counter()
+            outcome = run_sweep(expansion, Path(tmp) / "sweep", executor=make_executor(kind, workers))
+            wall = time.perf_counter() - t0
     n = len(expansion.points)
+    label = f"{kind} ({workers} worker{'s' if workers > 1 else ''})"
+    if worker_blas_threads is not None:
+        label += f", OPENBLAS_NUM_THREADS={worker_blas_threads}"
     return {
-        "executor": f"{kind} ({workers} worker{'s' if workers > 1 else ''})",
+        "executor": label,
         "scenarios": n,
         "done": int(outcome.done),
         "failed": len(outcome.failed),
@@ -63,7 +88,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     serial = time_sweep(quick, "serial", 1)
     local = time_sweep(quick, "local", 2)
-    for r in (serial, local):
+    local1 = time_sweep(quick, "local", 2, worker_blas_threads=1)
+    for r in (serial, local, local1):
         r["ratio_vs_serial"] = serial["wall_s"] / r["wall_s"]
     cfg = sweep_spec(quick)["overrides"]
     return {
@@ -82,9 +108,12 @@ def run(quick: bool = False) -> dict[str, Any]:
             "scenarios_per_hour",
             "ratio_vs_serial",
         ],  # fmt: skip
-        "rows": [serial, local],
+        "rows": [serial, local, local1],
         "notes": [
             "ratio_vs_serial = serial wall time / this executor's wall time (parallel speed-up)",
+            "OpenBLAS starts one thread per core in every process; they add CPU but no speed to these "
+            "sparse solves, so 2 workers x 2 BLAS threads oversubscribe 2 cores. The last row spawns the "
+            "workers with OPENBLAS_NUM_THREADS=1 (results then differ from 2-thread runs in the last bits)",
             f"grid over injection.stop_after_leak_s in {{0, null}} x {sweep_spec(quick)['replicates']} "
             "seed replicates",
         ],

@@ -120,6 +120,7 @@ def machine_info() -> dict[str, Any]:
         "numba": numba.__version__,
         "pyamg": pyamg.__version__,
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
     }
     try:
         import openpnm
@@ -287,8 +288,9 @@ def to_markdown(doc: dict[str, Any]) -> str:
         f"pyamg {m['pyamg']}, OpenPNM {m.get('openpnm') or 'not installed'}. "
         f"Suite wall time {doc['total_s']:.0f} s"
         + (f" (other sections kept from the run of {doc['merged_from']})" if doc.get("merged_from") else "")
-        + ". Timings are min-of-N; ratios are against a baseline measured in the same run. The "
-        "machine is shared: compare CPU-time columns and ratios, not wall clocks, across runs.",
+        + ". Timings are min-of-N wall times; ratios are against a baseline measured in the same run "
+        "(compare ratios across machines, not clocks). Each section shows the machine's load average "
+        f"when it started; BLAS threads: OPENBLAS_NUM_THREADS={m.get('openblas_threads') or 'unset'}.",
         "",
     ]
     if doc.get("targets"):

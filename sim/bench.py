@@ -42,7 +42,9 @@ CASES: tuple[str, ...] = (
 
 def repo_root() -> Path:
     """The source checkout holding ``benchmarks/`` (the suite is not shipped in the wheel)."""
-    root = Path(__file__).resolve().parents[1]
+    # the checkout the package came from (editable install), else the working directory
+    candidates = (Path(__file__).resolve().parents[1], Path.cwd())
+    root = next((c for c in candidates if (c / "benchmarks" / "__init__.py").exists()), candidates[0])
     if not (root / "benchmarks" / "__init__.py").exists():
         raise ConfigError(
             f"pce-sim bench needs the source checkout: {root / 'benchmarks'} not found "

@@ -46,7 +46,7 @@ from sim.stats import (
     sobol_indices,
 )
 
-TARGETS_FILE = Path(__file__).resolve().parent.parent / "geometries" / "clinical_targets.yaml"
+TARGETS_FILE = "clinical_targets.yaml"  # under geometries/ (installed as sim.geometries)
 LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 LOCATIONS = ("central", "segmental", "subsegmental", "distal")
 REQUIRED = (
@@ -328,9 +328,11 @@ def risk_factor_rows(table: ArmTable) -> list[dict[str, Any]]:
     return rows
 
 
-def load_targets(path: str | Path = TARGETS_FILE) -> list[dict[str, Any]]:
-    """Literature figures with citations (geometries/clinical_targets.yaml)."""
-    p = Path(path)
+def load_targets(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Literature figures with citations (geometries/clinical_targets.yaml by default)."""
+    from sim.geometry_data import geometry_path
+
+    p = geometry_path(TARGETS_FILE) if path is None else Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: clinical targets file not found")
     data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
@@ -633,7 +635,7 @@ def sensitivity_figure(rows: list[dict[str, Any]], method: str) -> Figure:
 
 
 def write_cohort_report(
-    run: CohortRun, out_dir: str | Path, targets_path: str | Path = TARGETS_FILE
+    run: CohortRun, out_dir: str | Path, targets_path: str | Path | None = None
 ) -> list[Path]:
     """Write the CSV tables, PNG figures and cohort_report.md of a finished cohort into ``out_dir``."""
     out = Path(out_dir)

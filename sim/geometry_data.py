@@ -13,7 +13,11 @@ from sim.errors import GeometryError
 
 def geometry_path(relative: str) -> Path:
     """Path of a file under ``geometries/`` (works from a checkout and from an installed wheel)."""
-    path = Path(str(resources.files("sim.geometries").joinpath(relative)))
+    try:
+        base = Path(str(resources.files("sim.geometries")))
+    except ModuleNotFoundError:  # plain source tree on sys.path: geometries/ sits beside sim/
+        base = Path(__file__).resolve().parent.parent / "geometries"
+    path = base / relative
     if not path.exists():
         raise GeometryError(f"geometry data file '{relative}' not found (looked in {path.parent})")
     return path

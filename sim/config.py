@@ -263,20 +263,13 @@ def _allowed_text(info: Any) -> str:
     """Human description of a field's allowed values from its annotation and constraints."""
     if info is None:
         return ""
-    lo = hi = None
-    lo_op = hi_op = ""
-    for meta in info.metadata:
-        for attr, op in (("ge", ">="), ("gt", ">")):
-            if getattr(meta, attr, None) is not None:
-                lo, lo_op = getattr(meta, attr), op
-        for attr, op in (("le", "<="), ("lt", "<")):
-            if getattr(meta, attr, None) is not None:
-                hi, hi_op = getattr(meta, attr), op
     ann = info.annotation
-    metas = []
+    metas = list(info.metadata)  # constraints on the field itself, then inside Optional[Annotated]
     for arg in (ann, *getattr(ann, "__args__", ())):
         for meta in getattr(arg, "__metadata__", ()):
             metas.extend([meta, *getattr(meta, "metadata", [])])
+    lo = hi = None
+    lo_op = hi_op = ""
     for meta in metas:
         for attr, op in (("ge", ">="), ("gt", ">")):
             if getattr(meta, attr, None) is not None:

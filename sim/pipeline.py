@@ -162,8 +162,6 @@ def _summary(injection: Any, venous: Any, transport: Any) -> dict[str, Any]:
     vol = injection.injected_volume_m3
     det = vs["detection_time_s"]
     after = float(vol[-1] - np.interp(det, t, vol, left=0.0)) if det is not None and len(t) else 0.0
-    by_kind = venous.leaked_by_exit_kind()
-    routes = venous.volume_by_route()
     out: dict[str, Any] = {
         "stop_reason": injection.stop_reason,
         "injected_volume_ml": injection.injected_m3 / ML_M3,
@@ -173,13 +171,13 @@ def _summary(injection: Any, venous: Any, transport: Any) -> dict[str, Any]:
         "stop_time_s": _nan(vs["stop_time_s"]),
         "injected_after_detection_ml": after / ML_M3,
         "leaked_volume_ml": vs["leaked_cement_m3"] / ML_M3,
-        "leaked_basivertebral_ml": by_kind.get("basivertebral", 0.0) / ML_M3,
-        "leaked_anterior_ml": by_kind.get("anterior", 0.0) / ML_M3,
-        "leaked_lateral_ml": by_kind.get("lateral", 0.0) / ML_M3,
-        "leaked_to_azygos_ml": routes.get("azygos", 0.0) / ML_M3,
-        "leaked_to_ivc_ml": routes.get("ivc", 0.0) / ML_M3,
-        "leaked_in_plexus_ml": routes.get("plexus", 0.0) / ML_M3,
-        "leaked_in_segmental_ml": routes.get("segmental", 0.0) / ML_M3,
+        "leaked_basivertebral_ml": vs.get("leaked_basivertebral_m3", 0.0) / ML_M3,
+        "leaked_anterior_ml": vs.get("leaked_anterior_m3", 0.0) / ML_M3,
+        "leaked_lateral_ml": vs.get("leaked_lateral_m3", 0.0) / ML_M3,
+        "leaked_to_azygos_ml": vs["route_azygos_m3"] / ML_M3,
+        "leaked_to_ivc_ml": vs["route_ivc_m3"] / ML_M3,
+        "leaked_in_plexus_ml": vs["route_plexus_m3"] / ML_M3,
+        "leaked_in_segmental_ml": vs["route_segmental_m3"] / ML_M3,
         "marrow_leaked_ml": vs["leaked_marrow_m3"] / ML_M3,
         "cement_in_bone_ml": injection.cement_in_bone_m3 / ML_M3,
         "cement_in_veins_ml": vs["vein_cement_m3"] / ML_M3,

@@ -12,9 +12,10 @@ IMPES splitting: each step solves the pressure with mobilities lagged from the p
 (TPFA, :mod:`sim.pressure`), then advances S along the resulting fluxes (:mod:`sim.transport`,
 implicit upwind in flow order, exact volume conservation). Sources: the injected flow enters
 the needle-tip cells split by ``Needle.tip_weights``. Exits: Robin coupling
-q_e = G_e lambda_rel(cell) (p_cell - p_vein,e) with G_e = pi d^4/(128 L) of the foramen split
-equally over its cells and p_vein from the :class:`ExitCoupling`; what leaves an exit cell is
-upwinded (cement leaves only once cement has reached that cell).
+q_e = (p_cell - p_vein,e) / (1/(G_e lambda_rel(cell)) + R_e) with G_e = pi d^4/(128 L) of the
+foramen split equally over its cells, and p_vein,e and the series resistance R_e of a cement
+column already in the vein from the :class:`ExitCoupling`; what leaves an exit cell is upwinded
+(cement leaves only once cement has reached that cell).
 
 Cement viscosity. Power law with cure from :mod:`sim.rheology`; the pore shear rate comes from
 the cell's Darcy speed (Christopher & Middleman 1965 type, ``porous_shear_rate``) of the previous
@@ -84,12 +85,15 @@ class ExitCoupling(Protocol):
     """Two-way bone <-> vein interface (docs/architecture.md).
 
     ``exit_pressure(t)`` gives the venous pressure (Pa) outside each exit before each pressure
-    solve; ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of
+    solve; ``exit_resistance(t)`` a resistance (Pa s/m^3) in series with each exit's foramen (a
+    cement column in the vein beyond it that any flow through the exit has to push); ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of
     the bone) that the solver removed through each exit over [t, t + dt]; ``stop_requested``
     is polled once per step (leak-detection stop policy).
     """
 
     def exit_pressure(self, t: float) -> np.ndarray: ...
+
+    def exit_resistance(self, t: float) -> np.ndarray: ...
 
     def accept_flux(self, t: float, dt: float, q_cement: np.ndarray, q_marrow: np.ndarray) -> None: ...
 
@@ -120,6 +124,9 @@ class ConstantPressureCoupling:
 
     def exit_pressure(self, t: float) -> np.ndarray:
         return self.pressure_pa.copy()
+
+    def exit_resistance(self, t: float) -> np.ndarray:
+        return np.zeros(self.n_exits)
 
     def accept_flux(self, t: float, dt: float, q_cement: np.ndarray, q_marrow: np.ndarray) -> None:
         self.times_s.append(float(t))
@@ -413,6 +420,7 @@ def run_injection(
     exit_cell = np.concatenate(ent_cell)
     exit_id = np.concatenate(ent_exit)
     exit_geo = np.concatenate(ent_geo)
+    exit_cells_per_exit = np.bincount(exit_id, minlength=n_exits).astype(np.float64)
 
     tips = graph.compact[np.asarray(needle.tip_cells, dtype=np.int64)]
     tip_w = np.asarray(needle.tip_weights, dtype=np.float64)
@@ -477,6 +485,14 @@ def run_injection(
                 f"coupling.exit_pressure({t:.4g}) returned shape {p_vein.shape} / non-finite values; "
                 f"expected {n_exits} finite pressures"
             )
+        r_series = np.asarray(coupling.exit_resistance(t), dtype=np.float64)
+        if r_series.shape != (n_exits,) or not np.all(np.isfinite(r_series) & (r_series >= 0.0)):
+            raise SolverError(
+                f"coupling.exit_resistance({t:.4g}) returned shape {r_series.shape} / negative or "
+                f"non-finite values; expected {n_exits} finite resistances >= 0"
+            )
+        # a series resistance R of an exit split over its n cells in parallel: R n per cell
+        r_cell = r_series[exit_id] * exit_cells_per_exit[exit_id]
         shift = float(p_vein.mean())
         ent_pv = p_vein[exit_id] - shift
 
@@ -489,6 +505,7 @@ def run_injection(
             lam = s_c / mu_c + (1.0 - s_c) / mu_m
             trans = face_transmissibility(graph, lam)
             g = exit_geo * lam[exit_cell]
+            g = g / (1.0 + g * r_cell)
             if method == "front":
                 in_cement = (s > CEMENT_CELL_MIN_S) | tip_mask
                 system = assemble_front(graph, in_cement, trans, exit_cell, g)

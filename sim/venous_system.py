@@ -31,6 +31,8 @@ Mass balance: cement received = cement in columns + cement in fragments (checked
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,21 @@ def map_exits(network: VenousNetwork, exits: list[VenousExit]) -> np.ndarray:
     return np.asarray(nodes, dtype=np.int64)
 
 
+def fit_exit_veins(network: VenousNetwork, exits: list[VenousExit], exit_nodes: np.ndarray) -> VenousNetwork:
+    """Give the vein that leaves through each foramen the foramen's own diameter.
+
+    The template's first segment beyond an exit is a generic 1-2 mm vein [U]; the bone model
+    sizes each foramen per patient (``patient.venous_scale``: foramina enlarge with age, Wang et al.
+    2023 Front Surg 10:1115654). A vessel fills the foramen it runs through, so the two must agree;
+    otherwise a 2 mm foramen would empty into a 1 mm vein (Poiseuille resistance ~ d^-4).
+    """
+    d = network.edge_diameter_m.copy()
+    for ex, node in zip(exits, exit_nodes, strict=True):
+        incident = (network.edge_u == node) | (network.edge_v == node)
+        d[incident] = float(ex.diameter_m)
+    return dataclasses.replace(network, edge_diameter_m=d)
+
+
 class VenousSystem:
     """Venous network + cement columns + leak detection + fragmentation, coupled to the bone."""
 
@@ -92,9 +109,9 @@ class VenousSystem:
             raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
         if not marrow_viscosity_pa_s > 0:
             raise SolverError(f"marrow_viscosity_pa_s = {marrow_viscosity_pa_s}: must be > 0")
-        self.network = network
         self.exits = list(exits)
         self.exit_nodes = map_exits(network, self.exits)
+        self.network = network = fit_exit_veins(network, self.exits, self.exit_nodes)
         self.cement = cement
         self.age0_s = float(cement_age_at_start_s)
         self.age_rate = float(rheology.age_rate(cement, body_temperature_k))
@@ -120,7 +137,8 @@ class VenousSystem:
         self.cement_by_exit_m3 = np.zeros(n)
         self.marrow_by_exit_m3 = np.zeros(n)
         self.exit_onset_s = np.full(n, np.nan)
-        self._p_exit = self.flow.node_pressure_pa[self.exit_nodes].copy()
+        self._p_exit = self._static_exit_pressure()
+        self._r_exit = np.zeros(n)
         self._q_last = np.zeros(n)
         self._t_last = 0.0
         self.stop_time_s: float | None = None
@@ -154,6 +172,15 @@ class VenousSystem:
     def exit_pressure(self, t: float) -> np.ndarray:
         """Venous pressure (Pa) at each exit, same order as the exits."""
         return self._p_exit.copy()
+
+    def exit_resistance(self, t: float) -> np.ndarray:
+        """Resistance (Pa s/m^3) of the cement column each exit has pushed into its veins.
+
+        Flow through the exit in either direction has to move that column, so it acts in series
+        with the foramen (implicit in the bone's pressure solve, unlike a lagged back-pressure,
+        which would drive blood backwards through the exit into the marrow).
+        """
+        return self._r_exit.copy()
 
     def accept_flux(self, t: float, dt: float, q_cement: np.ndarray, q_marrow: np.ndarray) -> None:
         """Take the cement and marrow fluxes (m^3/s per exit) that left the bone over [t, t + dt]."""
@@ -266,21 +293,25 @@ class VenousSystem:
             self.fragments = self.fragments.concat(new)
             self._resolve(np.zeros(self.network.n_edges), t)
 
+    def _static_exit_pressure(self) -> np.ndarray:
+        """Venous pressure the marrow drains against: the mean over the exit nodes, the same at every exit.
+
+        Intraosseous pressure is one hydrostatic venous pressure, tied to the IVC pressure
+        (Spine 1981;6:159; Esses & Moro 1992 Spine); the marrow's net outflow is the bone's arterial
+        inflow, not a vein-to-vein shunt. The rigid-tube network puts its exit nodes a few Pa apart
+        (< 0.1 mmHg), and the isobaric marrow lump of the ``front`` method has no resistance of its
+        own, so those differences alone would drive ml/s of blood from one foramen through the body
+        to another. The exits therefore share the mean node pressure; what a cement column adds at
+        its own exit (``back_pressure``) stays per exit.
+        """
+        p = self.flow.node_pressure_pa[self.exit_nodes]
+        return np.full(p.shape, float(p.mean()))
+
     def _update_exit_pressure(self, qc: np.ndarray, qm: np.ndarray, bp: np.ndarray, t: float) -> None:
-        p_node = self.flow.node_pressure_pa[self.exit_nodes]
-        q_tot = qc + np.maximum(qm, 0.0)
-        p_new = p_node.copy()
-        for e in np.flatnonzero(q_tot > 0.0):
-            ex = self.exits[e]
-            d = ex.diameter_m
-            shear = 32.0 * q_tot[e] / (np.pi * d**3)
-            mu_c = float(rheology.cement_viscosity(self.cement, shear, self.cement_age_s(t)))
-            mobility = (qc[e] / mu_c + max(qm[e], 0.0) / self.mu_marrow) / q_tot[e]
-            r_f = 1.0 / (ex.poiseuille_factor_m3 * mobility)
-            r_col = bp[e] / q_tot[e] if qc[e] > 0 else 0.0
-            p_cell = self._p_exit[e] + r_f * q_tot[e]
-            p_new[e] = p_node[e] + max(r_col / (r_f + r_col) * (p_cell - p_node[e]), 0.0)
-        self._p_exit = p_new
+        """Static venous pressure at every exit; column resistance R = dp / q for exits that pushed cement."""
+        self._p_exit = self._static_exit_pressure()
+        pushed = qc > 0.0
+        self._r_exit[pushed] = bp[pushed] / qc[pushed]
 
     def _check_mass(self) -> None:
         held = self.columns.total_m3() + float(self.fragments.volume_m3.sum())

@@ -86,9 +86,10 @@ class ExitCoupling(Protocol):
 
     ``exit_pressure(t)`` gives the venous pressure (Pa) outside each exit before each pressure
     solve; ``exit_resistance(t)`` a resistance (Pa s/m^3) in series with each exit's foramen (a
-    cement column in the vein beyond it that any flow through the exit has to push); ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of
-    the bone) that the solver removed through each exit over [t, t + dt]; ``stop_requested``
-    is polled once per step (leak-detection stop policy).
+    cement column in the vein beyond it that any flow through the exit has to push);
+    ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of the bone)
+    that the solver removed through each exit over [t, t + dt]; ``stop_requested`` is polled
+    once per step (leak-detection stop policy).
     """
 
     def exit_pressure(self, t: float) -> np.ndarray: ...

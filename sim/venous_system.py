@@ -32,7 +32,6 @@ Mass balance: cement received = cement in columns + cement in fragments (checked
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
 import numpy as np

@@ -186,16 +186,31 @@ def test_coupled_mass_balance_under_synthetic_flux_history():
     assert np.all(np.diff(ts["fragments_shed"]) >= 0)
 
 
-def test_columns_raise_exit_pressure_and_reroute_blood():
-    vs = make_system("T8", cement=CementModel.newtonian(200.0))
+def test_columns_resist_exit_flow_and_reroute_blood():
+    mu = 200.0
+    vs = make_system("T8", cement=CementModel.newtonian(mu))
+    vs.strength_pa = lambda t: np.inf  # a column that never sheds (strength-free Newtonian cement would)
     p0 = vs.exit_pressure(0.0).copy()
+    # the marrow drains against one static venous pressure: no vein-to-vein shunt through the body
+    assert np.ptp(p0) == 0.0
+    assert np.all(vs.exit_resistance(0.0) == 0.0)
     q = np.array([0.0, 1e-8, 0.0, 0.0, 0.0])
     t = 0.0
     for _ in range(100):
         vs.accept_flux(t, 0.2, q, np.zeros(5))
         t += 0.2
-    p1 = vs.exit_pressure(t)
-    assert p1[1] > p0[1] + 100.0  # pushing 200 Pa s cement through filled veins costs pressure
+    assert np.ptp(vs.exit_pressure(t)) == 0.0
+    r = vs.exit_resistance(t)
+    assert np.all(r[[0, 2, 3, 4]] == 0.0)
+    # all the pushed cement passes the exit's own vein first: its filled length alone is a lower
+    # bound on the column's Poiseuille resistance 128 mu L / (pi d^4)
+    net = vs.network
+    node = vs.exit_nodes[1]
+    first = int(np.flatnonzero((net.edge_u == node) | (net.edge_v == node))[0])
+    d = net.edge_diameter_m[first]
+    filled = min(net.edge_length_m[first], float(q[1]) * t / (0.25 * np.pi * d**2))
+    assert d == pytest.approx(vs.exits[1].diameter_m, rel=1e-15)  # the vein fills its foramen
+    assert r[1] >= 128.0 * mu * filled / (np.pi * d**4) * (1.0 - 1e-9)
     # blood reroutes but is conserved: still the whole cardiac output into the atrium
     net = vs.network
     assert vs.flow.edge_flow_m3_s[net.pump_edge] == pytest.approx(net.cardiac_output_m3_s, rel=1e-12)

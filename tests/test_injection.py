@@ -432,3 +432,28 @@ def test_errors_name_the_culprit():
         _run(bone, _needle(n, (5, 5, 5)), ctl=control(1e-7, rate=0.0))
     with pytest.raises(SolverError, match="direct"):
         PressureSolver("direct")._choose(40_000)
+
+
+class _SeriesResistance(ConstantPressureCoupling):
+    """Constant venous pressure plus a fixed resistance in series with every exit."""
+
+    def __init__(self, r_series, n_exits):
+        super().__init__(0.0, n_exits)
+        self.r_series = r_series
+
+    def exit_resistance(self, t):
+        return np.full(self.n_exits, self.r_series)
+
+
+@pytest.mark.parametrize("method", ["front", "impes"])
+def test_series_exit_resistance_adds_q_times_r_to_the_needle_pressure(method):
+    # all injected volume leaves through the one rim exit, so a resistance R in series with it
+    # (a cement column in the vein) raises every pressure in the ball by Q R
+    bone, needle, _ = sphere_case(6.0, 1.0)
+    q, r_series = 1e-7, 1e11
+    ctl = control(0.2e-6, rate=q)
+    base = _run(bone, needle, volume=0.2e-6, method=method, ctl=ctl)
+    plugged = _run(bone, needle, method=method, ctl=ctl, coupling=_SeriesResistance(r_series, 1))
+    shift = plugged.needle_pressure_pa[-1] - base.needle_pressure_pa[-1]
+    assert shift == pytest.approx(q * r_series, rel=1e-3)
+    assert plugged.exit_marrow_volume_m3[0] == pytest.approx(base.exit_marrow_volume_m3[0], rel=1e-9)

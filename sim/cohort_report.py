@@ -61,7 +61,8 @@ REQUIRED = (
     "embolised_volume_ml",
 )
 ARM_COLUMNS = (
-    "injected_volume_ml", "embolised_volume_ml", "injected_after_detection_ml", "leak_b", "leak_s",
+    "injected_volume_ml", "embolised_volume_ml", "leaked_volume_ml", "injected_after_detection_ml",
+    "leak_b", "leak_s",
     "leak_any", "azygos_leak", "detected", "continued", "thoracic", "low_viscosity", "n_emboli", "pce",
     *(f"loc_{k}" for k in LOCATIONS), "right", "left", *(f"lobe_{k}" for k in LOBES),
 )  # fmt: skip
@@ -170,6 +171,7 @@ def arm_table(run: CohortRun, policy: str) -> ArmTable:
         row = {
             "injected_volume_ml": m["injected_volume_ml"],
             "embolised_volume_ml": m["embolised_volume_ml"],
+            "leaked_volume_ml": m["leaked_basivertebral_ml"] + leak_s,
             "injected_after_detection_ml": m["injected_after_detection_ml"],
             "leak_b": float(m["leaked_basivertebral_ml"] > ep.leak_min_ml),
             "leak_s": float(leak_s > ep.leak_min_ml),
@@ -418,7 +420,7 @@ def calibration_rows(
 
 
 def policy_rows(run: CohortRun, tables: dict[str, ArmTable]) -> list[dict[str, Any]]:
-    """Each policy vs the reference policy on the same patients: PCE and embolised volume differences."""
+    """Each policy vs the reference policy on the same patients: PCE, embolised and leaked volume."""
     ref = run.plan.spec.reference
     b = run.plan.spec.bootstrap
     rows = []
@@ -432,6 +434,7 @@ def policy_rows(run: CohortRun, tables: dict[str, ArmTable]) -> list[dict[str, A
                 ("pce", "PCE incidence"),
                 ("embolised_volume_ml", "embolised volume (ml)"),
                 ("n_emboli", "emboli per patient"),
+                ("leaked_volume_ml", "venous leak volume (ml)"),
             )
         ):
             x, y = rt[key][ir], t[key][it]
@@ -456,21 +459,31 @@ def policy_rows(run: CohortRun, tables: dict[str, ArmTable]) -> list[dict[str, A
 
 
 def sensitivity_rows(run: CohortRun) -> tuple[list[dict[str, Any]], str]:
-    """Morris mu*/sigma (or Sobol S1/ST) of embolised volume and PCE; '' or a reason it was skipped."""
+    """Morris mu*/sigma (or Sobol S1/ST) of embolised volume, PCE and venous leak volume.
+
+    Returns the rows and '' or the reason they were not computed.
+    """
     sens: SensitivityRun | None = run.sensitivity
     if sens is None:
         return [], "no sensitivity design was run"
     if sens.failed:
         return [], f"{len(sens.failed)} of {len(sens.results)} sensitivity runs failed; indices not computed"
     min_d = run.plan.spec.endpoints.embolus_min_diameter_mm
-    y_vol, y_pce = [], []
+    y_vol, y_pce, y_leak = [], [], []
     for h in sens.hashes:
         r = sens.results[h]
         s = r.summary or {}
-        y_vol.append(_metric(s, "embolised_volume_ml", f"sensitivity run {h[:12]}"))
-        y_pce.append(float(_emboli_counts(r.emboli, s, min_d, f"sensitivity run {h[:12]}")["n"] >= 1))
+        where = f"sensitivity run {h[:12]}"
+        y_vol.append(_metric(s, "embolised_volume_ml", where))
+        y_pce.append(float(_emboli_counts(r.emboli, s, min_d, where)["n"] >= 1))
+        kinds = ("basivertebral", "anterior", "lateral")
+        y_leak.append(sum(_metric(s, f"leaked_{k}_ml", where) for k in kinds))
     rows = []
-    for label, y in (("embolised volume (ml)", np.array(y_vol)), ("PCE (0/1)", np.array(y_pce))):
+    for label, y in (
+        ("embolised volume (ml)", np.array(y_vol)),
+        ("PCE (0/1)", np.array(y_pce)),
+        ("venous leak volume (ml)", np.array(y_leak)),
+    ):
         if sens.method == "morris":
             idx = morris_indices(sens.names, sens.design, y, sens.levels, sens.seed)
             for j, name in enumerate(sens.names):

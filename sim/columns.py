@@ -14,7 +14,8 @@ diameter along the wall instead of filling the lumen.
 Hydraulics. A full-bore column of length l in an edge of diameter d replaces blood by cement in
 series: R_extra = 128 (mu_c - mu_b) l / (pi d^4) (Hagen-Poiseuille), so the blood reroutes and a
 fully filled small vein blocks. Threads leave the lumen open (no extra resistance). Pushing the
-cement through full-bore columns costs a back-pressure at the exit; for a column tree fed by
+cement through full-bore columns costs a back-pressure at the exit (the coupling passes it to the
+bone as the series resistance dp / q); for a column tree fed by
 flux q that splits with shares f_e, p_exit - <p_tips>_q = q sum_e R_c,e f_e^2 (flux-weighted mean
 of the tip pressures; exact on a tree of Poiseuille segments), computed by :func:`back_pressure`.
 

@@ -1,7 +1,7 @@
 """VenousSystem: the venous side of the bone <-> vein coupling (implements ``ExitCoupling``).
 
-Per injection step the solver calls ``exit_pressure(t)``, then ``accept_flux(t, dt, q_cement,
-q_marrow)`` with the volumes that left the bone through each exit, then ``stop_requested(t)``.
+Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t)``, then
+``accept_flux(t, dt, q_cement, q_marrow)`` with the volumes that left the bone through each exit, then ``stop_requested(t)``.
 ``accept_flux``:
 1. pushes each exit's cement volume into the venous graph at the exit's node
    (:class:`sim.columns.CementColumns`); marrow is tallied (it mixes with blood);
@@ -10,12 +10,16 @@ q_marrow)`` with the volumes that left the bone through each exit, then ``stop_r
    extra resistance (:func:`sim.veins.solve_blood_flow`);
 3. sheds fragments where blood loads beat the cement's strength (:mod:`sim.fragmentation`);
 4. takes the fluoroscopy frames due (:class:`sim.fluoroscopy.LeakDetector`);
-5. updates the exit pressures: blood pressure at the exit node plus the back-pressure needed to
-   push cement through full-bore columns. That back-pressure is stiff relative to the foramen
-   resistance R_f, so it is not lagged explicitly: with the column resistance R_col = dp/q and the
-   bone-side pressure estimated from the last step, p_cell ~ p_exit + R_f q, the exit pressure is
-   the series split p_exit = p_node + R_col / (R_f + R_col) (p_cell - p_node), whose fixed point
-   is p_exit = p_node + R_col q for any R_f (R_f only damps).
+5. updates what the bone sees at each exit. Pressure: one static venous pressure, the mean of the
+   exit nodes' blood pressures, the same at every exit (intraosseous pressure is one venous
+   pressure; see :meth:`VenousSystem._static_exit_pressure`). Resistance: R_col = dp / q of the
+   cement columns the exit has pushed (``back_pressure``), returned by ``exit_resistance`` and put
+   in series with the foramen inside the bone's pressure solve, so it is implicit and can only
+   resist flow through that exit. (A lagged back-pressure applied as the exit's venous pressure
+   drove blood backwards through the foramen and across the lumped marrow to the other exits, up
+   to 40 ml/s in the seed case; that was an artefact.)
+
+The vein leaving through each foramen is given the foramen's diameter (:func:`fit_exit_veins`).
 
 Cement in the veins is at body temperature from the moment it leaves the bone: its equivalent age
 is a(t) = a0 + r_body t (a0 at injection start, r_body = rheology.age_rate at body temperature);

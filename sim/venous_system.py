@@ -1,7 +1,8 @@
 """VenousSystem: the venous side of the bone <-> vein coupling (implements ``ExitCoupling``).
 
 Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t)``, then
-``accept_flux(t, dt, q_cement, q_marrow)`` with the volumes that left the bone through each exit, then ``stop_requested(t)``.
+``accept_flux(t, dt, q_cement, q_marrow)`` with the volumes that left the bone through each exit,
+then ``stop_requested(t)``.
 ``accept_flux``:
 1. pushes each exit's cement volume into the venous graph at the exit's node
    (:class:`sim.columns.CementColumns`); marrow is tallied (it mixes with blood);

@@ -65,6 +65,7 @@ def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = 
         stop_after_leak_s=si["injection"]["stop_after_leak_s"],
         rng=rngs["fragmentation"],
         bone=bone,
+        room_temperature_k=si["cement"]["room_temperature_k"],
     )
     inj_si = si["injection"]
     control = InjectionControl(

@@ -22,9 +22,10 @@ then ``stop_requested(t)``.
 
 The vein leaving through each foramen is given the foramen's diameter (:func:`fit_exit_veins`).
 
-Cement in the veins is at body temperature from the moment it leaves the bone: its equivalent age
-is a(t) = a0 + r_body t (a0 at injection start, r_body = rheology.age_rate at body temperature);
-this slightly overstates the cure of cement that waited at room temperature in the syringe.
+Cement age in the veins: cement leaves the syringe with the syringe's equivalent age
+a0 + r_room t_in (it waited at room temperature) and ages at r_body = rheology.age_rate(T_body) in
+the veins; one clock for all vein cement, the volume-weighted mean a(t) = offset + r_body t. This
+treats leaked cement as fresh from the syringe (cement that sat in the bone first is older).
 
 Stop policy: ``stop_requested(t)`` is True once t >= detection + reaction_delay + stop_after_leak_s
 (never when ``stop_after_leak_s`` is None). ``finish(t_end, follow_up_s)`` continues without
@@ -108,6 +109,7 @@ class VenousSystem:
         stop_after_leak_s: float | None,
         rng: np.random.Generator,
         bone: BoneGrid | None = None,
+        room_temperature_k: float | None = None,
     ):
         if not exits:
             raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
@@ -119,6 +121,9 @@ class VenousSystem:
         self.cement = cement
         self.age0_s = float(cement_age_at_start_s)
         self.age_rate = float(rheology.age_rate(cement, body_temperature_k))
+        room = body_temperature_k if room_temperature_k is None else room_temperature_k
+        self.syringe_age_rate = float(rheology.age_rate(cement, room))
+        self._age_offset_s = self.age0_s  # vein cement age = offset + r_body t (volume-weighted)
         self.mu_marrow = float(marrow_viscosity_pa_s)
         self.stop_after_leak_s = None if stop_after_leak_s is None else float(stop_after_leak_s)
         self.params = FragmentationParams.from_si(fragmentation_si)
@@ -163,8 +168,15 @@ class VenousSystem:
 
     # ------------------------------------------------------------------ clocks
     def cement_age_s(self, t: float) -> float:
-        """Equivalent age of the cement in the veins at time t after injection start."""
-        return self.age0_s + self.age_rate * float(t)
+        """Equivalent age of the cement in the veins at time t after injection start.
+
+        Cement leaves the syringe with the syringe's age a0 + r_room t_in and ages at the body rate
+        once it is in the patient; the veins hold the volume-weighted mean of their cement,
+        a(t) = offset + r_body t. Before any cement arrives this is the syringe age.
+        """
+        if self.received_m3 <= 0.0:
+            return self.age0_s + self.syringe_age_rate * float(t)
+        return self._age_offset_s + self.age_rate * float(t)
 
     def strength_pa(self, t: float) -> float:
         age = self.cement_age_s(t)
@@ -202,6 +214,11 @@ class VenousSystem:
             )
         t_new = float(t) + float(dt)
         vol_c = qc * dt
+        v_in = float(vol_c.sum())
+        if v_in > 0.0:
+            a_in = self.age0_s + self.syringe_age_rate * float(t)  # fresh from the syringe
+            w = v_in / (self.received_m3 + v_in)
+            self._age_offset_s += w * (a_in - self.age_rate * float(t) - self._age_offset_s)
         self.cement_by_exit_m3 += vol_c
         self.marrow_by_exit_m3 += qm * dt  # net: blood drawn back into the bone counts negative
         newly = np.isnan(self.exit_onset_s) & (vol_c > 0.0)

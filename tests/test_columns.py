@@ -223,3 +223,27 @@ def test_negative_cement_flux_is_rejected():
         vs.accept_flux(0.0, 0.1, np.array([0, 0, -1e-9, 0, 0.0]), np.zeros(5))
     with pytest.raises(SolverError, match="expected 5 exit fluxes"):
         vs.accept_flux(0.0, 0.1, np.zeros(3), np.zeros(3))
+
+
+def test_vein_cement_leaves_the_syringe_with_the_syringe_age_then_ages_at_body_rate():
+    si = Scenario().si()
+    net = build_venous_network("L1", si["veins"], np.random.default_rng(1))
+    cem = load_cement_preset("medium")
+    a0 = equivalent_age_s(cem, 360.0, 294.15)
+    vs = VenousSystem(
+        net, synthetic_exits(net), cem, a0, 310.15, 0.04, si["fluoroscopy"], si["fragmentation"], None,
+        np.random.default_rng(1), room_temperature_k=294.15,
+    )  # fmt: skip
+    r_room, r_body = vs.syringe_age_rate, vs.age_rate
+    assert r_body > 1.5 * r_room  # curing roughly doubles from room to body temperature
+    assert vs.cement_age_s(10.0) == pytest.approx(a0 + r_room * 10.0, rel=1e-14)
+    # one pulse at t1, a second of equal volume at t2: the mean of the two entry ages, both at body rate
+    q = np.array([0.0, 1e-9, 0.0, 0.0, 0.0])
+    t1, t2, dt = 20.0, 50.0, 0.5
+    vs.accept_flux(t1, dt, q, np.zeros(5))
+    t = 40.0
+    assert vs.cement_age_s(t) == pytest.approx(a0 + r_room * t1 + r_body * (t - t1), rel=1e-12)
+    vs.accept_flux(t2, dt, q, np.zeros(5))
+    t = 80.0
+    expect = 0.5 * (a0 + r_room * t1 + r_body * (t - t1)) + 0.5 * (a0 + r_room * t2 + r_body * (t - t2))
+    assert vs.cement_age_s(t) == pytest.approx(expect, rel=1e-12)

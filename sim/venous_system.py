@@ -37,6 +37,7 @@ Mass balance: cement received = cement in columns + cement in fragments (checked
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -136,6 +137,7 @@ class VenousSystem:
                 center = bone.cell_centers_m(idx).mean(axis=0)
         self.detector = LeakDetector(fluoroscopy_si, center, bone)
         self.columns = CementColumns.empty(network)
+        self.columns_at_detection: CementColumns | None = None
         self.fragments = FragmentSet.empty()
         self.flow: BloodFlow = solve_blood_flow(network)
         self.baseline_flow = self.flow
@@ -248,6 +250,7 @@ class VenousSystem:
         self._shed(t_new)
         self._update_exit_pressure(qc, qm, bp, t_new)
         self.detector.update(t_new, self.columns)
+        self._keep_detection_columns()
         self._t_last = t_new
         self._check_mass()
         self._record(t_new)
@@ -275,6 +278,7 @@ class VenousSystem:
             self._resolve(np.zeros(self.network.n_edges), t)
             self._shed(t)
             self.detector.update(t, self.columns)
+            self._keep_detection_columns()
             self._check_mass()
             self._record(t)
 
@@ -333,6 +337,15 @@ class VenousSystem:
         self._p_exit = self._static_exit_pressure()
         pushed = qc > 0.0
         self._r_exit[pushed] = bp[pushed] / qc[pushed]
+
+    def _keep_detection_columns(self) -> None:
+        """Copy the vein columns once, when the leak is first seen (for the detection-time images)."""
+        if self.columns_at_detection is not None or self.detector.detection_time_s is None:
+            return
+        snap = copy.copy(self.columns)
+        for name in ("fill_m3", "col_diameter_m", "entry_end", "owner_exit"):
+            setattr(snap, name, getattr(self.columns, name).copy())
+        self.columns_at_detection = snap
 
     def _check_mass(self) -> None:
         held = self.columns.total_m3() + float(self.fragments.volume_m3.sum())

@@ -339,3 +339,35 @@ def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
     with pytest.raises(GeometryError, match="2-D"):
         write_grayscale_png(tmp_path / "bad.png", np.zeros(5), h, "bad")
     assert write_fluoroscopy_pngs(tmp_path, SimpleNamespace(artifacts={})) == []
+
+
+def test_detection_frame_shows_the_bone_cement_that_had_arrived_by_then():
+    from sim.io.images import _snapshot_at
+
+    final = np.array([1.0, 0.8, 0.0, 0.6])
+    arrival = np.array([1.0, 5.0, np.nan, 10.0])
+    inj = SimpleNamespace(cement_fraction=final, arrival_time_s=arrival, end_time_s=20.0, snapshots=[])
+    np.testing.assert_array_equal(_snapshot_at(inj, 5.0), [1.0, 0.8, 0.0, 0.0])
+    np.testing.assert_array_equal(_snapshot_at(inj, 0.5), [0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(_snapshot_at(inj, 20.0), final)
+
+
+def test_seed_case_writes_fluoroscopy_at_detection(tmp_path):
+    from sim.config import load_scenario
+    from sim.pipeline import run_scenario, write_run
+
+    sc = load_scenario("configs/lai2025_case.yaml")
+    sc.output.vtk = False
+    res = run_scenario(sc)
+    venous = res.artifacts["venous"]
+    assert venous.columns_at_detection is not None
+    # the copy is the state when the leak was seen: less cement in the veins than at the end
+    assert venous.columns_at_detection.fill_m3.sum() < venous.columns.fill_m3.sum()
+    out = write_run(res, tmp_path / "run")
+    names = sorted(p.name for p in out.glob("fluoroscopy_*.png"))
+    assert names == [
+        "fluoroscopy_ap_detection.png",
+        "fluoroscopy_ap_end.png",
+        "fluoroscopy_lateral_detection.png",
+        "fluoroscopy_lateral_end.png",
+    ]

@@ -69,13 +69,27 @@ def write_grayscale_png(
 
 
 def _snapshot_at(injection: Any, t: float) -> np.ndarray | None:
-    """Bone cement fraction of the last snapshot at or before t (the final field if none)."""
+    """Bone cement fraction at time t.
+
+    At or after the end of injection: the final field. Before it: the final field restricted to
+    the cells the cement had reached by t (arrival time, S >= 0.5, at or before t), which is exact
+    for the cells that count on a radiograph; without arrival times, the last snapshot at or
+    before t.
+    """
+    final = getattr(injection, "cement_fraction", None)
+    end = getattr(injection, "end_time_s", None)
+    if final is not None and (end is None or t >= float(end) - 1e-9):
+        return final
+    arrival = getattr(injection, "arrival_time_s", None)
+    if final is not None and arrival is not None:
+        arrival = np.asarray(arrival, dtype=float)
+        return np.where(np.isfinite(arrival) & (arrival <= t + 1e-9), final, 0.0)
     snaps = list(getattr(injection, "snapshots", None) or [])
     before = [s for s in snaps if s[0] <= t + 1e-9]
     if before:
         frame = before[-1][1]
         return frame["cement_fraction"] if isinstance(frame, dict) else frame
-    return getattr(injection, "cement_fraction", None)
+    return final
 
 
 def write_fluoroscopy_pngs(out_dir: str | Path, result: Any) -> list[Path]:
@@ -107,15 +121,17 @@ def write_fluoroscopy_pngs(out_dir: str | Path, result: Any) -> list[Path]:
                 img = venous.fluoroscopy_image(view, cf)
             else:
                 img = detector.image(view, cols, cf)
-            label = f"{tag}, t = {t:.1f} s" + (
-                "" if t_det is None else f" (leak seen at {float(t_det):.1f} s)"
-            )
+            if tag == "detection":
+                label = f"leak seen, t = {t:.1f} s"
+            else:
+                seen = "" if t_det is None else f", leak seen {float(t_det):.1f} s"
+                label = f"{tag}, t = {t:.1f} s{seen}"
             written.append(
                 write_grayscale_png(
                     out / f"fluoroscopy_{view}_{tag}.png",
                     img,
                     float(det.pixel_size_m),
-                    f"synthetic {view} fluoroscopy, {label}",
+                    f"{view} fluoroscopy, {label}",
                     origin_m=tuple(np.asarray(det.origin_m, dtype=float)[:2]),
                     axis_labels=VIEW_AXES.get(view, ("[mm]", "[mm]")),
                 )

@@ -138,6 +138,7 @@ class VenousSystem:
         self.detector = LeakDetector(fluoroscopy_si, center, bone)
         self.columns = CementColumns.empty(network)
         self.columns_at_detection: CementColumns | None = None
+        self._edge_frames: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.fragments = FragmentSet.empty()
         self.flow: BloodFlow = solve_blood_flow(network)
         self.baseline_flow = self.flow
@@ -366,6 +367,41 @@ class VenousSystem:
         s["ivc_flow_m3_s"].append(float(self.flow.edge_flow_m3_s[self.network.ivc_edge]))
         fr = self.detector.frames_visible_m3
         s["visible_m3"].append(fr[-1] if fr else 0.0)
+        cols = self.columns
+        self._edge_frames.append(
+            (
+                float(t),
+                cols.fill_m3.copy(),
+                cols.col_diameter_m.copy(),
+                (cols.is_full() & cols.full_bore()).astype(np.uint8),
+                self.flow.edge_flow_m3_s.copy(),
+            )
+        )
+
+    def edge_series(self) -> list[tuple[float, dict[str, np.ndarray]]]:
+        """Per-edge state at every recorded time (SI): cement volume and fill, column, blood flow.
+
+        For ParaView time series of the veins (:func:`sim.io.vtk.write_run_vtk` thins it to the
+        output interval).
+        """
+        net = self.network
+        lumen = 0.25 * np.pi * net.edge_diameter_m**2 * net.edge_length_m
+        out = []
+        for t, fill, col_d, occluded, q in self._edge_frames:
+            out.append(
+                (
+                    t,
+                    {
+                        "cement_volume_m3": fill,
+                        "cement_fill": np.clip(fill / np.where(lumen > 0, lumen, 1.0), 0.0, 1.0),
+                        "cement_column_diameter_m": col_d,
+                        "occluded": occluded,
+                        "blood_flow_m3_s": q,
+                        "blood_flow_abs_m3_s": np.abs(q),
+                    },
+                )
+            )
+        return out
 
     # ------------------------------------------------------------------ results
     @property

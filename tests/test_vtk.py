@@ -363,6 +363,16 @@ def test_seed_case_writes_fluoroscopy_at_detection(tmp_path):
     assert venous.columns_at_detection is not None
     # the copy is the state when the leak was seen: less cement in the veins than at the end
     assert venous.columns_at_detection.fill_m3.sum() < venous.columns.fill_m3.sum()
+    # the veins as a ParaView time series: cement volume per vein grows from zero to the end state
+    from sim.io.vtk import read_pvd, read_vtp, write_run_vtk
+
+    write_run_vtk(tmp_path / "vtk", res)
+    frames = read_pvd(tmp_path / "vtk" / "veins.pvd")
+    times = [t for t, _ in frames]
+    assert len(frames) > 3 and times[0] == 0.0 and np.all(np.diff(times) > 0)
+    vol = [read_vtp(tmp_path / "vtk" / f)[2]["cell"]["cement_volume_mm3"].sum() for _, f in frames]
+    assert vol[0] == 0.0 and vol[-1] == pytest.approx(1e9 * venous.columns.total_m3(), rel=1e-6)
+    assert max(vol) > 0.0
     out = write_run(res, tmp_path / "run")
     names = sorted(p.name for p in out.glob("fluoroscopy_*.png"))
     assert names == [

@@ -933,6 +933,9 @@ def write_run_vtk(
     if venous is not None:
         polys, diam, cells = venous_edge_data(venous)
         series = list(venous_series or [])
+        if not series and hasattr(venous, "edge_series"):
+            full = venous.edge_series()
+            series = [full[i] for i in select_times([t for t, _ in full], interval_s)]
         if series:
             entries = []
             _check_times("veins", [t for t, _ in series])

@@ -633,7 +633,9 @@ def sensitivity_figure(rows: list[dict[str, Any]], method: str) -> Figure:
     key, conf = ("mu_star", "mu_star_conf") if method == "morris" else ("ST", "ST_conf")
     outputs = list(dict.fromkeys(r["output"] for r in rows))
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(8.0, 0.35 * max(4, len(rows) // max(1, len(outputs))) + 1.2))
+        n_in = max(4, len(rows) // max(1, len(outputs)))
+        # one row of panels; the input names need room on the left of every panel
+        fig = Figure(figsize=(4.2 * len(outputs), 0.35 * n_in + 1.2))
         axes = np.atleast_1d(fig.subplots(1, len(outputs)))
         for ax, out in zip(axes, outputs, strict=True):
             sub = [r for r in rows if r["output"] == out]
@@ -643,7 +645,7 @@ def sensitivity_figure(rows: list[dict[str, Any]], method: str) -> Figure:
                 y, [r[key] for r in sub], xerr=[r[conf] for r in sub], color="#c55a11", alpha=0.8, capsize=2
             )
             ax.set_yticks(y, [r["input"] for r in sub])
-            ax.set_title(f"{out}: {'Morris mu*' if method == 'morris' else 'Sobol total index'}")
+            ax.set_title(f"{out}\n{'Morris mu*' if method == 'morris' else 'Sobol total index'}")
         return fig
 
 

@@ -15,6 +15,7 @@ real cohort. Baseline: 1 worker; ``speedup`` = 1-worker wall time / this wall ti
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -55,11 +56,14 @@ def time_cohort(config: str, n: int, kind: str, workers: int) -> dict[str, Any]:
     }
 
 
-def run(quick: bool = False, n: int | None = None, dask: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, n: int | None = None, dask: bool | None = None) -> dict[str, Any]:
+    """Time the cohort; ``dask=None`` adds the Dask rows when dask.distributed is installed."""
     from sim.pipeline import run_scenario  # noqa: F401  (JIT cache warm in this process)
 
+    if dask is None:
+        dask = importlib.util.find_spec("distributed") is not None
     config = "cohort_small.yaml" if quick else "cohort_default.yaml"
-    n = n or (4 if quick else 8)
+    n = n or (4 if quick else 24)
     rows = [time_cohort(config, n, "local", 1), time_cohort(config, n, "local", 2)]
     if dask:
         rows += [time_cohort(config, n, "dask", 1), time_cohort(config, n, "dask", 2)]
@@ -104,7 +108,7 @@ def run(quick: bool = False, n: int | None = None, dask: bool = False) -> dict[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="cohort_small (2 mm grid, <= 1 ml)")
-    ap.add_argument("--n", type=int, default=None, help="virtual patients (default 8; quick 4)")
+    ap.add_argument("--n", type=int, default=None, help="virtual patients (default 24; quick 4)")
     ap.add_argument("--dask", action="store_true", help="also time a Dask LocalCluster with 1 and 2 workers")
     args = ap.parse_args()
     section = run(quick=args.quick, n=args.n, dask=args.dask)

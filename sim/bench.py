@@ -37,6 +37,7 @@ CASES: tuple[str, ...] = (
     "bench_scaling",
     "bench_full_run",
     "bench_sweep",
+    "bench_cohort",
 )
 
 

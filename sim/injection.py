@@ -547,12 +547,15 @@ def run_injection(
 
         src = q * src_unit
         q_ent = g * (p_shifted[exit_cell] - ent_pv)
-        # close the global volume balance left by the iterative solver's residual (|d| <= 1e-9 Q):
-        # Q = sum of exit flows must hold to round-off for the 1e-10 marrow balance
+        # close the global volume balance left by the iterative solver's residual: Q = sum of exit
+        # flows must hold to round-off for the 1e-10 marrow balance. The window matches the solver's
+        # own acceptance (relative residual <= 1e-6, PressureSolver.solve); the largest correction
+        # is reported as max_relative_flux_imbalance. (At 1e-9 Q, a rare 1e-8 Q residual of the lumped front
+        # system went uncorrected and failed the balance check on a loaded machine.)
         imbalance = q - float(q_ent.sum())
         max_imbalance = max(max_imbalance, abs(imbalance) / max(q, 1e-300))
         pos = np.maximum(q_ent, 0.0)
-        if 0.0 < abs(imbalance) <= 1e-9 * q and pos.sum() > 0.0:
+        if 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
             q_ent = q_ent + imbalance * pos / pos.sum()
         exit_cell_flux = np.bincount(exit_cell, weights=q_ent, minlength=n)
         visc_ratio = mu_c / mu_m

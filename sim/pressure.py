@@ -270,6 +270,30 @@ class SolverStats:
         return d
 
 
+AMG_SETUP_SEED = 20251125
+
+
+def _seeded_amg_setup(mat: sp.csr_matrix):
+    """Smoothed-aggregation hierarchy that is the same in every process.
+
+    pyamg estimates the spectral radius for its Jacobi prolongation smoother by power iteration
+    from ``np.random.rand`` (the global, entropy-seeded generator), so the hierarchy, and with it
+    the last bits of every pressure, changed from process to process. The setup runs on a fixed
+    seed and the caller's global random state is restored afterwards.
+    """
+    import pyamg
+
+    # pyamg draws from the legacy global generator; there is no Generator to pass it
+    state = np.random.get_state()  # noqa: NPY002
+    try:
+        np.random.seed(AMG_SETUP_SEED)  # noqa: NPY002
+        return pyamg.smoothed_aggregation_solver(
+            mat, symmetry="symmetric", max_coarse=300, coarse_solver="splu"
+        )
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+
+
 class PressureSolver:
     """SPD solve ``A x = b`` by direct, AMG-CG (hierarchy reuse) or Jacobi-CG.
 
@@ -349,16 +373,12 @@ class PressureSolver:
                 )
             inv = 1.0 / d
             return spla.LinearOperator((n, n), matvec=lambda x: inv * x.ravel(), dtype=np.float64)
-        import pyamg
-
         full_key = (key, nb)
         stale = self._ml is None or self._ml_key != full_key or key is None
         if stale or self._ml_iters > max(15, 2 * self._setup_iters):
             t0 = time.perf_counter()
             cell_block = mat[:nb, :nb].tocsr() if nb < n else mat
-            self._ml = pyamg.smoothed_aggregation_solver(
-                cell_block, symmetry="symmetric", max_coarse=300, coarse_solver="splu"
-            )
+            self._ml = _seeded_amg_setup(cell_block)
             self.stats.setup_time_s += time.perf_counter() - t0
             self.stats.n_setups += 1
             self._ml_key = full_key

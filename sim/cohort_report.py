@@ -84,6 +84,11 @@ def location_class(order: np.ndarray) -> np.ndarray:
     return np.select([o >= 14, o == 13, o >= 11], [0, 1, 2], default=3)
 
 
+def _leaked_ml(summary: dict[str, Any], where: str) -> float:
+    """Cement that left the bone through all foramina (basivertebral + anterior + lateral), ml."""
+    return sum(_metric(summary, f"leaked_{k}_ml", where) for k in ("basivertebral", "anterior", "lateral"))
+
+
 def _metric(summary: dict[str, Any], name: str, where: str) -> float:
     if name not in summary:
         known = ", ".join(sorted(summary))
@@ -167,11 +172,11 @@ def arm_table(run: CohortRun, policy: str) -> ArmTable:
         scenario = run.plan.arms[(pt.index, policy)]
         em = _emboli_counts(res.emboli, s, ep.embolus_min_diameter_mm, where)
         detected = math.isfinite(m["detection_time_s"])
-        leak_s = m["leaked_anterior_ml"] + m["leaked_lateral_ml"]
+        leak_s = m["leaked_anterior_ml"] + m["leaked_lateral_ml"]  # Yeom type S: segmental veins
         row = {
             "injected_volume_ml": m["injected_volume_ml"],
             "embolised_volume_ml": m["embolised_volume_ml"],
-            "leaked_volume_ml": m["leaked_basivertebral_ml"] + leak_s,
+            "leaked_volume_ml": _leaked_ml(s, where),
             "injected_after_detection_ml": m["injected_after_detection_ml"],
             "leak_b": float(m["leaked_basivertebral_ml"] > ep.leak_min_ml),
             "leak_s": float(leak_s > ep.leak_min_ml),
@@ -476,8 +481,7 @@ def sensitivity_rows(run: CohortRun) -> tuple[list[dict[str, Any]], str]:
         where = f"sensitivity run {h[:12]}"
         y_vol.append(_metric(s, "embolised_volume_ml", where))
         y_pce.append(float(_emboli_counts(r.emboli, s, min_d, where)["n"] >= 1))
-        kinds = ("basivertebral", "anterior", "lateral")
-        y_leak.append(sum(_metric(s, f"leaked_{k}_ml", where) for k in kinds))
+        y_leak.append(_leaked_ml(s, where))
     rows = []
     for label, y in (
         ("embolised volume (ml)", np.array(y_vol)),

@@ -249,6 +249,10 @@ class CementColumns:
         """Columns that fill the vein's lumen (not threads)."""
         return (self.entry_end >= 0) & (self.col_diameter_m >= self.network.edge_diameter_m * (1.0 - 1e-12))
 
+    def occluded(self) -> np.ndarray:
+        """Veins whose whole lumen is cement (full-bore and filled to the edge length)."""
+        return self.is_full() & self.full_bore()
+
     def is_full(self) -> np.ndarray:
         cap = self.column_area_m2() * self.network.edge_length_m
         return (self.entry_end >= 0) & (self.fill_m3 >= cap * (1.0 - FULL_TOL))
@@ -285,6 +289,12 @@ class CementColumns:
     def tip_position_m(self, edge: int) -> np.ndarray:
         """Patient-frame position of the column front in ``edge``."""
         return point_along(self.network, edge, float(self.fill_length_m()[edge]), int(self.entry_end[edge]))
+
+
+def lumen_fill_fraction(network: VenousNetwork, fill_m3: np.ndarray) -> np.ndarray:
+    """Share of each vein's lumen pi d^2 / 4 * L that cement fills, in [0, 1]."""
+    lumen = 0.25 * np.pi * network.edge_diameter_m**2 * network.edge_length_m
+    return np.clip(fill_m3 / np.where(lumen > 0, lumen, 1.0), 0.0, 1.0)
 
 
 def back_pressure(

@@ -59,7 +59,6 @@ def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = 
         cement=cement,
         cement_age_at_start_s=age0,
         body_temperature_k=body_t,
-        marrow_viscosity_pa_s=si["veins"]["marrow_viscosity_pa_s"],
         fluoroscopy_si=si["fluoroscopy"],
         fragmentation_si=si["fragmentation"],
         stop_after_leak_s=si["injection"]["stop_after_leak_s"],

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from sim import rheology
-from sim.columns import CementColumns, back_pressure
+from sim.columns import CementColumns, back_pressure, lumen_fill_fraction
 from sim.errors import GeometryError, SolverError
 from sim.fluoroscopy import LeakDetector
 from sim.fragment_set import FragmentSet, VenousFlowSnapshot
@@ -104,7 +104,6 @@ class VenousSystem:
         cement: CementModel,
         cement_age_at_start_s: float,
         body_temperature_k: float,
-        marrow_viscosity_pa_s: float,
         fluoroscopy_si: dict[str, Any],
         fragmentation_si: dict[str, Any],
         stop_after_leak_s: float | None,
@@ -114,8 +113,6 @@ class VenousSystem:
     ):
         if not exits:
             raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
-        if not marrow_viscosity_pa_s > 0:
-            raise SolverError(f"marrow_viscosity_pa_s = {marrow_viscosity_pa_s}: must be > 0")
         self.exits = list(exits)
         self.exit_nodes = map_exits(network, self.exits)
         self.network = network = fit_exit_veins(network, self.exits, self.exit_nodes)
@@ -125,7 +122,6 @@ class VenousSystem:
         room = body_temperature_k if room_temperature_k is None else room_temperature_k
         self.syringe_age_rate = float(rheology.age_rate(cement, room))
         self._age_offset_s = self.age0_s  # vein cement age = offset + r_body t (volume-weighted)
-        self.mu_marrow = float(marrow_viscosity_pa_s)
         self.stop_after_leak_s = None if stop_after_leak_s is None else float(stop_after_leak_s)
         self.params = FragmentationParams.from_si(fragmentation_si)
         self.rng = rng
@@ -151,7 +147,6 @@ class VenousSystem:
         self.exit_onset_s = np.full(n, np.nan)
         self._p_exit = self._static_exit_pressure()
         self._r_exit = np.zeros(n)
-        self._q_last = np.zeros(n)
         self._t_last = 0.0
         self.stop_time_s: float | None = None
         self.set_time_s: float | None = None
@@ -249,7 +244,7 @@ class VenousSystem:
         else:
             self._push_flux = np.zeros(self.network.n_edges)
         self._shed(t_new)
-        self._update_exit_pressure(qc, qm, bp, t_new)
+        self._update_exit_coupling(qc, bp)
         self.detector.update(t_new, self.columns)
         self._keep_detection_columns()
         self._t_last = t_new
@@ -333,7 +328,7 @@ class VenousSystem:
         p = self.flow.node_pressure_pa[self.exit_nodes]
         return np.full(p.shape, float(p.mean()))
 
-    def _update_exit_pressure(self, qc: np.ndarray, qm: np.ndarray, bp: np.ndarray, t: float) -> None:
+    def _update_exit_coupling(self, qc: np.ndarray, bp: np.ndarray) -> None:
         """Static venous pressure at every exit; column resistance R = dp / q for exits that pushed cement."""
         self._p_exit = self._static_exit_pressure()
         pushed = qc > 0.0
@@ -373,7 +368,7 @@ class VenousSystem:
                 float(t),
                 cols.fill_m3.copy(),
                 cols.col_diameter_m.copy(),
-                (cols.is_full() & cols.full_bore()).astype(np.uint8),
+                cols.occluded().astype(np.uint8),
                 self.flow.edge_flow_m3_s.copy(),
             )
         )
@@ -384,8 +379,6 @@ class VenousSystem:
         For ParaView time series of the veins (:func:`sim.io.vtk.write_run_vtk` thins it to the
         output interval).
         """
-        net = self.network
-        lumen = 0.25 * np.pi * net.edge_diameter_m**2 * net.edge_length_m
         out = []
         for t, fill, col_d, occluded, q in self._edge_frames:
             out.append(
@@ -393,7 +386,7 @@ class VenousSystem:
                     t,
                     {
                         "cement_volume_m3": fill,
-                        "cement_fill": np.clip(fill / np.where(lumen > 0, lumen, 1.0), 0.0, 1.0),
+                        "cement_fill": lumen_fill_fraction(self.network, fill),
                         "cement_column_diameter_m": col_d,
                         "occluded": occluded,
                         "blood_flow_m3_s": q,

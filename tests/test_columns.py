@@ -155,7 +155,7 @@ def make_system(level="T8", stop=None, seed=3, cement=None, **fluoro):
     net = build_venous_network(level, si["veins"], np.random.default_rng(seed))
     cem = cement or load_cement_preset("medium")
     return VenousSystem(
-        net, synthetic_exits(net), cem, equivalent_age_s(cem, 360.0, 294.15), 310.15, 0.04,
+        net, synthetic_exits(net), cem, equivalent_age_s(cem, 360.0, 294.15), 310.15,
         si["fluoroscopy"], si["fragmentation"], stop, np.random.default_rng(seed),
     )  # fmt: skip
 
@@ -231,7 +231,7 @@ def test_vein_cement_leaves_the_syringe_with_the_syringe_age_then_ages_at_body_r
     cem = load_cement_preset("medium")
     a0 = equivalent_age_s(cem, 360.0, 294.15)
     vs = VenousSystem(
-        net, synthetic_exits(net), cem, a0, 310.15, 0.04, si["fluoroscopy"], si["fragmentation"], None,
+        net, synthetic_exits(net), cem, a0, 310.15, si["fluoroscopy"], si["fragmentation"], None,
         np.random.default_rng(1), room_temperature_k=294.15,
     )  # fmt: skip
     r_room, r_body = vs.syringe_age_rate, vs.age_rate

@@ -117,7 +117,7 @@ def system(threshold_m3, seed=1):
     ]
     cem = load_cement_preset("medium")
     age0 = equivalent_age_s(cem, 360.0, 294.15)
-    return VenousSystem(net, exits, cem, age0, 310.15, 0.04, si["fluoroscopy"], si["fragmentation"], None,
+    return VenousSystem(net, exits, cem, age0, 310.15, si["fluoroscopy"], si["fragmentation"], None,
                         np.random.default_rng(seed))  # fmt: skip
 
 

@@ -153,7 +153,7 @@ def system(stop, seed=4, level="T8", **frag):
     ]
     cem = load_cement_preset("medium")
     age0 = equivalent_age_s(cem, 360.0, 294.15)
-    return VenousSystem(net, exits, cem, age0, 310.15, 0.04, si["fluoroscopy"], si["fragmentation"], stop,
+    return VenousSystem(net, exits, cem, age0, 310.15, si["fluoroscopy"], si["fragmentation"], stop,
                         np.random.default_rng(seed))  # fmt: skip
 
 

@@ -615,13 +615,14 @@ def venous_edge_data(venous: Any) -> tuple[list[np.ndarray], np.ndarray, dict[st
         cells["baseline_flow_abs_ml_per_s"] = np.abs(np.asarray(base.edge_flow_m3_s)) * 1.0e6
     cols = getattr(venous, "columns", None)
     if cols is not None:
+        from sim.columns import lumen_fill_fraction
+
         fill = np.asarray(cols.fill_m3, dtype=np.float64)
-        lumen = 0.25 * np.pi * diam**2 * np.asarray(net.edge_length_m)
         cells["cement_volume_mm3"] = fill * 1.0e9
-        cells["cement_fill"] = np.clip(fill / np.where(lumen > 0, lumen, 1.0), 0.0, 1.0)
+        cells["cement_fill"] = lumen_fill_fraction(net, fill)
         cells["cement_column_diameter_mm"] = np.asarray(cols.col_diameter_m) * MM_PER_M
-        if hasattr(cols, "is_full") and hasattr(cols, "full_bore"):
-            cells["occluded"] = (np.asarray(cols.is_full()) & np.asarray(cols.full_bore())).astype(np.uint8)
+        if hasattr(cols, "occluded"):
+            cells["occluded"] = np.asarray(cols.occluded()).astype(np.uint8)
     return list(polys), diam, cells
 
 

@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 
 from sim.cohort import SEED_PATH, CohortRun, SensitivityRun
 from sim.errors import ConfigError
+from sim.report import LOBES, STYLE
 from sim.stats import (
     bootstrap_mean,
     bootstrap_ratio,
@@ -47,7 +48,6 @@ from sim.stats import (
 )
 
 TARGETS_FILE = "clinical_targets.yaml"  # under geometries/ (installed as sim.geometries)
-LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 LOCATIONS = ("central", "segmental", "subsegmental", "distal")
 REQUIRED = (
     "injected_volume_ml",
@@ -62,20 +62,9 @@ REQUIRED = (
 )
 ARM_COLUMNS = (
     "injected_volume_ml", "embolised_volume_ml", "leaked_volume_ml", "injected_after_detection_ml",
-    "leak_b", "leak_s",
-    "leak_any", "azygos_leak", "detected", "continued", "thoracic", "low_viscosity", "n_emboli", "pce",
+    "leak_b", "leak_s", "leak_any", "azygos_leak", "detected", "continued", "thoracic", "low_viscosity", "n_emboli", "pce",
     *(f"loc_{k}" for k in LOCATIONS), "right", "left", *(f"lobe_{k}" for k in LOBES),
 )  # fmt: skip
-STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "savefig.dpi": 150,
-    "figure.constrained_layout.use": True,
-}
 
 
 def location_class(order: np.ndarray) -> np.ndarray:

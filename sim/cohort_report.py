@@ -62,7 +62,8 @@ REQUIRED = (
 )
 ARM_COLUMNS = (
     "injected_volume_ml", "embolised_volume_ml", "leaked_volume_ml", "injected_after_detection_ml",
-    "leak_b", "leak_s", "leak_any", "azygos_leak", "detected", "continued", "thoracic", "low_viscosity", "n_emboli", "pce",
+    "leak_b", "leak_s", "leak_any", "azygos_leak", "detected", "continued", "thoracic", "low_viscosity",
+    "n_emboli", "pce",
     *(f"loc_{k}" for k in LOCATIONS), "right", "left", *(f"lobe_{k}" for k in LOBES),
 )  # fmt: skip
 

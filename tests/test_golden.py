@@ -1,0 +1,110 @@
+"""Golden results: the stored outputs of six scenarios must come out again, number for number.
+
+A change that should not alter the physics (refactoring, speed, output) must pass this unchanged.
+A change that should alter it refreshes the files on purpose (``python tests/golden/refresh.py``)
+and says why in the commit message. Every number of the summary, the emboli table and the time
+series is compared with relative tolerance 1e-9 (plus 1e-9 of the column's largest magnitude, so
+round-off-sized values near zero do not count as changes); strings must match exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.golden.cases import CASES, golden_run, golden_scenario
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+RTOL = 1e-9
+
+
+def _read_csv(path: Path) -> dict[str, list[str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    return {name: [r[i] for r in body] for i, name in enumerate(header)}
+
+
+def _as_float(values: list[str]) -> np.ndarray | None:
+    try:
+        return np.array([float(v) for v in values])
+    except ValueError:
+        return None
+
+
+def _compare_column(case: str, table: str, name: str, want: list[str], got: list) -> list[str]:
+    got_s = [repr(v) if isinstance(v, float) else str(v) for v in np.asarray(got).tolist()]
+    if len(want) != len(got_s):
+        return [f"{case}/{table}.{name}: {len(got_s)} rows, golden has {len(want)}"]
+    w, g = _as_float(want), _as_float(got_s)
+    if w is None or g is None:
+        bad = [i for i, (a, b) in enumerate(zip(want, got_s, strict=True)) if a != b]
+        return (
+            [f"{case}/{table}.{name}[{bad[0]}]: {got_s[bad[0]]!r} != golden {want[bad[0]]!r}"] if bad else []
+        )
+    finite = np.isfinite(w)
+    if not np.array_equal(finite, np.isfinite(g)) or not np.array_equal(w[~finite], g[~finite]):
+        return [f"{case}/{table}.{name}: non-finite entries differ"]
+    scale = float(np.max(np.abs(w[finite]), initial=0.0))
+    off = np.abs(g[finite] - w[finite]) > RTOL * (np.abs(w[finite]) + scale)
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        return [f"{case}/{table}.{name}[{i}]: {g[finite][i]!r} != golden {w[finite][i]!r}"]
+    return []
+
+
+def _compare_summary(case: str, want: dict, got: dict) -> list[str]:
+    problems = []
+    if set(want) != set(got):
+        problems.append(
+            f"{case}/summary keys differ: +{sorted(set(got) - set(want))} -{sorted(set(want) - set(got))}"
+        )
+    for key in sorted(set(want) & set(got)):
+        a, b = want[key], got[key]
+        if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+            a, b = float(a), float(b)
+            same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= RTOL * max(abs(a), abs(b))
+            if not same and not (abs(a) < 1e-300 and abs(b) < 1e-300):
+                problems.append(f"{case}/summary.{key}: {b!r} != golden {a!r}")
+        elif a != b:
+            problems.append(f"{case}/summary.{key}: {b!r} != golden {a!r}")
+    return problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden_results_are_reproduced(case: str) -> None:
+    from sim.config import scenario_from_dict
+
+    folder = GOLDEN / case
+    stored = yaml.safe_load((folder / "scenario.yaml").read_text(encoding="utf-8"))
+    scenario = scenario_from_dict(stored, source=str(folder / "scenario.yaml"))
+    result = golden_run(scenario)
+    want = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    got = {k: v for k, v in result.summary.items() if k != "wall_time_s"}
+    problems = _compare_summary(case, want, got)
+    for table, columns in (("emboli", result.emboli), ("time_series", result.time_series)):
+        stored_cols = _read_csv(folder / f"{table}.csv")
+        if list(stored_cols) != list(columns):
+            problems.append(f"{case}/{table} columns differ: {list(columns)} vs golden {list(stored_cols)}")
+            continue
+        for name in columns:
+            problems += _compare_column(case, table, name, stored_cols[name], columns[name])
+    assert not problems, "golden results changed (refresh on purpose: python tests/golden/refresh.py):\n" + (
+        "\n".join(problems[:20])
+    )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden_scenarios_match_todays_config_files(case: str) -> None:
+    """The stored scenarios are what today's config files and cohort sampling produce."""
+    stored = yaml.safe_load((GOLDEN / case / "scenario.yaml").read_text(encoding="utf-8"))
+    assert golden_scenario(case).model_dump(mode="json") == stored, (
+        f"configs changed for golden case {case}: refresh on purpose (python tests/golden/refresh.py)"
+    )

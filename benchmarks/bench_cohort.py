@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def time_cohort(config: str, n: int, kind: str, workers: int) -> dict[str, Any]:
-    from sim.cohort import load_cohort, plan_cohort, run_cohort
-    from sim.executors import make_executor
+    from sim.studies.cohort import load_cohort, plan_cohort, run_cohort
+    from sim.studies.executors import make_executor
 
     spec, base_dir = load_cohort(ROOT / "configs" / config)
     plan = plan_cohort(spec, base_dir, n=n, source=config)
@@ -58,7 +58,7 @@ def time_cohort(config: str, n: int, kind: str, workers: int) -> dict[str, Any]:
 
 def run(quick: bool = False, n: int | None = None, dask: bool | None = None) -> dict[str, Any]:
     """Time the cohort; ``dask=None`` adds the Dask rows when dask.distributed is installed."""
-    from sim.pipeline import run_scenario  # noqa: F401  (JIT cache warm in this process)
+    from sim.run.pipeline import run_scenario  # noqa: F401  (JIT cache warm in this process)
 
     if dask is None:
         dask = importlib.util.find_spec("distributed") is not None

@@ -21,9 +21,9 @@ TARGET_STEPS_PER_S = 1.0e6
 def run(quick: bool = False) -> dict[str, Any]:
     from benchmarks.bench_fragments import ladder_veins, make_fragments, time_run
     from sim.bench import target
-    from sim.config import Scenario
-    from sim.lungs import build_pulmonary_tree
-    from sim.rheology import cement_model_from_si
+    from sim.core.config import Scenario
+    from sim.physics.pulmonary_tree import build_pulmonary_tree
+    from sim.physics.rheology import cement_model_from_si
 
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
     numpy_max = 1_000 if quick else 10_000

@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 
-from sim.config import Scenario
-from sim.fragment_set import FragmentSet, VenousFlowSnapshot
-from sim.fragments import transport_fragments
-from sim.lungs import build_pulmonary_tree
-from sim.rheology import cement_model_from_si
+from sim.core.config import Scenario
+from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
+from sim.physics.fragment_transport import transport_fragments
+from sim.physics.pulmonary_tree import build_pulmonary_tree
+from sim.physics.rheology import cement_model_from_si
 
 
 def ladder_veins(levels: int = 40) -> VenousFlowSnapshot:

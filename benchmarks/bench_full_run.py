@@ -2,7 +2,7 @@
 
 Full run: the default L1 scenario at 1 mm with 5 ml at 0.1 ml/s injected to the end
 (``stop_after_leak_s: null``), venous coupling (columns, fluoroscopy, fragmentation) and fragment
-transport to the lungs included, VTK off; ``sim.pipeline.run_scenario`` timed after a warm-up
+transport to the lungs included, VTK off; ``sim.run.pipeline.run_scenario`` timed after a warm-up
 run (1 mm, 2 ml: JIT cache load and first AMG use), min of N, wall and process CPU time.
 Target: <= 10 s.
 
@@ -45,34 +45,34 @@ TINY = {
 }
 # (label, file suffix, function name) of the stage entry points reported by the profile
 STAGES = (
-    ("run_scenario (total)", "sim/pipeline.py", "run_scenario"),
-    ("bone grid + needle", "sim/bone.py", "build_vertebral_body"),
-    ("venous network build", "sim/veins.py", "build_venous_network"),
-    ("injection driver", "sim/injection.py", "run_injection"),
-    ("  pressure: linear solves", "sim/pressure.py", "solve"),
-    ("    AMG setup + preconditioner", "sim/pressure.py", "_preconditioner"),
-    ("    CG iterations", "sim/pressure.py", "_cg"),
-    ("  pressure: front assembly", "sim/pressure.py", "assemble_front"),
-    ("  Darcy speed per cell", "sim/injection.py", "cell_darcy_speed"),
-    ("  transport kernel", "sim/transport.py", "transport_step"),
-    ("  front time step", "sim/transport.py", "front_time_step"),
-    ("  venous coupling (accept_flux)", "sim/venous_system.py", "accept_flux"),
-    ("    blood-flow re-solves", "sim/veins.py", "solve_blood_flow"),
-    ("venous follow-up (finish)", "sim/venous_system.py", "finish"),
-    ("pulmonary tree build", "sim/lungs.py", "build_pulmonary_tree"),
-    ("fragment transport + lodging", "sim/fragments.py", "transport_fragments"),
+    ("run_scenario (total)", "sim/run/pipeline.py", "run_scenario"),
+    ("bone grid + needle", "sim/physics/bone.py", "build_vertebral_body"),
+    ("venous network build", "sim/physics/venous_network.py", "build_venous_network"),
+    ("injection driver", "sim/physics/injection.py", "run_injection"),
+    ("  pressure: linear solves", "sim/physics/pressure.py", "solve"),
+    ("    AMG setup + preconditioner", "sim/physics/pressure.py", "_preconditioner"),
+    ("    CG iterations", "sim/physics/pressure.py", "_cg"),
+    ("  pressure: front assembly", "sim/physics/pressure.py", "assemble_front"),
+    ("  Darcy speed per cell", "sim/physics/injection.py", "cell_darcy_speed"),
+    ("  transport kernel", "sim/physics/cement_transport.py", "transport_step"),
+    ("  front time step", "sim/physics/cement_transport.py", "front_time_step"),
+    ("  venous coupling (accept_flux)", "sim/run/venous_system.py", "accept_flux"),
+    ("    blood-flow re-solves", "sim/physics/venous_network.py", "solve_blood_flow"),
+    ("venous follow-up (finish)", "sim/run/venous_system.py", "finish"),
+    ("pulmonary tree build", "sim/physics/pulmonary_tree.py", "build_pulmonary_tree"),
+    ("fragment transport + lodging", "sim/physics/fragment_transport.py", "transport_fragments"),
 )
 
 
 def scenario(overrides: dict[str, Any]):
-    from sim.config import scenario_from_dict
+    from sim.core.config import scenario_from_dict
 
     return scenario_from_dict({**overrides, "name": "bench"})
 
 
 def full_run(repeat: int) -> dict[str, Any]:
     from sim.bench import min_wall_cpu
-    from sim.pipeline import run_scenario
+    from sim.run.pipeline import run_scenario
 
     run_scenario(scenario(WARMUP))  # JIT cache load / compile, first AMG use
     sc = scenario(FULL_RUN)
@@ -98,7 +98,8 @@ def full_run(repeat: int) -> dict[str, Any]:
 
 
 _STARTUP_CODE = (
-    "import json, sys; from sim.config import scenario_from_dict; from sim.pipeline import run_scenario; "
+    "import json, sys; from sim.core.config import scenario_from_dict; "
+    "from sim.run.pipeline import run_scenario; "
     "run_scenario(scenario_from_dict(json.loads(sys.argv[1])))"
 )
 
@@ -125,7 +126,7 @@ def startup_time(cold: bool) -> float:
 
 def profile_run(overrides: dict[str, Any]) -> dict[str, Any]:
     """cProfile one run; stage cumulative times and the top functions by own time."""
-    from sim.pipeline import run_scenario
+    from sim.run.pipeline import run_scenario
 
     sc = scenario(overrides)
     run_scenario(scenario(WARMUP))

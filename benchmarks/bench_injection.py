@@ -6,7 +6,7 @@ JIT warm-up, min over repeats), steps, time per step, pressure/transport split, 
 peak cement unknowns, and the numba transport kernel against its pure-numpy reference on the
 same step states of the same run (ratio = numpy time / numba time).
 
-Geometry: ``sim.bone`` (default scenario: L1, 11G transpedicular needle, medium cement preset at
+Geometry: ``sim.physics.bone`` (default scenario: L1, 11G transpedicular needle, medium cement preset at
 6 min after mixing). Timings depend on machine load; record ``os.getloadavg()`` with them.
 """
 
@@ -23,15 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim import transport  # noqa: E402
-from sim.bone import build_vertebral_body, place_needle  # noqa: E402
-from sim.config import Scenario  # noqa: E402
-from sim.injection import ConstantPressureCoupling, InjectionControl, run_injection  # noqa: E402
-from sim.rheology import cement_model_from_si, equivalent_age_s  # noqa: E402
+from sim.core.config import Scenario  # noqa: E402
+from sim.physics import cement_transport as transport  # noqa: E402
+from sim.physics.bone import build_vertebral_body, place_needle  # noqa: E402
+from sim.physics.injection import ConstantPressureCoupling, InjectionControl, run_injection  # noqa: E402
+from sim.physics.rheology import cement_model_from_si, equivalent_age_s  # noqa: E402
 
 
 class _RecordingTransport:
-    """Wraps sim.transport.transport_step to time it and keep a few step states for the numpy replay."""
+    """Wraps cement_transport.transport_step to time it and keep a few step states for the numpy replay."""
 
     def __init__(self, keep: int = 5):
         self.calls = 0
@@ -77,7 +77,7 @@ def _case(spacing_m: float):
 
 
 def bench(spacing_mm: float, repeat: int) -> dict:
-    import sim.injection as inj
+    import sim.physics.injection as inj
 
     bone, needle, cement, mu_m, control, cvp = _case(spacing_mm * 1e-3)
     warm = InjectionControl(**{**control.__dict__, "target_volume_m3": 0.05e-6})

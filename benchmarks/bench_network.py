@@ -1,6 +1,6 @@
 """Network flow: our venous and pulmonary solves vs OpenPNM's StokesFlow on the same networks.
 
-Venous: the default L1 network (``sim.veins.build_venous_network``), Poiseuille conductances,
+Venous: the default L1 network (``sim.physics.venous_network.build_venous_network``), Poiseuille conductances,
 prescribed inflows, right atrium at CVP. Ours: ``solve_blood_flow`` (symmetric elimination of
 the Dirichlet node, SuperLU). OpenPNM 3 (Gostick et al. 2016, Comput Sci Eng 18:60): a
 ``Network`` from the same node coordinates and edges (the pump edge to the pulmonary trunk is
@@ -8,7 +8,7 @@ left out: it carries an imposed flow, not a conductance), ``throat.hydraulic_con
 our conductance, ``set_rate_BC`` for the inflows, ``set_value_BC`` for the atrium, solved with
 its scipy and (default) Pardiso solvers.
 
-Pulmonary: the default pulmonary arterial tree (``sim.lungs``). Ours: ``solve_tree_flow``, an
+Pulmonary: the default pulmonary arterial tree (``sim.physics.pulmonary_tree``). Ours: ``solve_tree_flow``, an
 O(N) upward conductance sweep and downward flow split (numba). Same network in OpenPNM: one
 pore per vessel end plus the inlet and a common left-atrial sink pore; each vessel a throat of
 conductance 1/R; each leaf joined to the sink by its distal-bed conductance; cardiac output in
@@ -68,9 +68,9 @@ def _rel(a: np.ndarray, b: np.ndarray, scale: float) -> float:
 
 def venous_rows(repeat: int) -> list[dict[str, Any]]:
     from sim.bench import min_time
-    from sim.config import Scenario
-    from sim.pipeline import stage_rngs
-    from sim.veins import build_venous_network, edge_conductance, solve_blood_flow
+    from sim.core.config import Scenario
+    from sim.physics.venous_network import build_venous_network, edge_conductance, solve_blood_flow
+    from sim.run.pipeline import stage_rngs
 
     si = Scenario().si()
     net = build_venous_network("L1", si["veins"], stage_rngs(2025)["veins"])
@@ -147,9 +147,9 @@ def _tree_graph(tree) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
 
 def pulmonary_rows(repeat: int) -> list[dict[str, Any]]:
     from sim.bench import min_time
-    from sim.config import Scenario
-    from sim.lungs import build_pulmonary_tree, solve_tree_flow
-    from sim.pipeline import stage_rngs
+    from sim.core.config import Scenario
+    from sim.physics.pulmonary_tree import build_pulmonary_tree, solve_tree_flow
+    from sim.run.pipeline import stage_rngs
 
     si = Scenario().si()
     tree = build_pulmonary_tree(si["lungs"], stage_rngs(2025)["lungs"])

@@ -11,7 +11,7 @@ mobilities change by a few per cent from one solve to the next (as between injec
 - ``amg_reuse``: the hierarchy built once and reused while CG converges fast (``PressureSolver``);
 - ``jacobi_cg``: diagonal-preconditioned CG.
 
-All through :class:`sim.pressure.PressureSolver` at rtol 1e-12, warm start off. ``ratio`` is
+All through :class:`sim.physics.pressure.PressureSolver` at rtol 1e-12, warm start off. ``ratio`` is
 wall time per solve relative to ``amg_reuse``; ``max_rel_diff`` is the largest relative difference
 (inf-norm) from the direct solution, or from ``amg_setup_each`` where direct is refused.
 """
@@ -28,7 +28,7 @@ N_SEQ = 5
 
 def _sequence(case, kind: str, n_seq: int, seed: int = 3) -> list[tuple[Any, np.ndarray]]:
     """``n_seq`` (matrix, rhs) pairs with mobilities perturbed by a few per cent each."""
-    from sim.pressure import assemble_front, assemble_full
+    from sim.physics.pressure import assemble_front, assemble_full
 
     rng = np.random.default_rng(seed)
     out = []
@@ -47,8 +47,8 @@ def _sequence(case, kind: str, n_seq: int, seed: int = 3) -> list[tuple[Any, np.
 
 
 def _time_solver(method: str, seq, reuse: bool) -> tuple[float, list[np.ndarray], dict[str, Any]]:
-    from sim.errors import SolverError
-    from sim.pressure import PressureSolver
+    from sim.core.errors import SolverError
+    from sim.physics.pressure import PressureSolver
 
     solver = PressureSolver(method)
     xs = []
@@ -66,7 +66,7 @@ def _time_solver(method: str, seq, reuse: bool) -> tuple[float, list[np.ndarray]
 
 def bench_system(spacing_mm: float, kind: str, n_seq: int = N_SEQ) -> list[dict[str, Any]]:
     from benchmarks.fixtures import bone_case
-    from sim.pressure import DIRECT_MAX_UNKNOWNS
+    from sim.physics.pressure import DIRECT_MAX_UNKNOWNS
 
     case = bone_case(spacing_mm)
     seq = _sequence(case, kind, n_seq)
@@ -130,7 +130,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "2.5 ml cement ball at the needle tip (mu_c/mu_m ~ 1e3-1e4), rtol 1e-12, no warm start",
             "ratio_vs_amg_reuse uses wall time; CPU time (all threads of the process) is shown too: CPU "
             "about 2x wall means OpenBLAS used both cores without gaining wall time",
-            "direct = SuperLU, only where unknowns <= 3e4 (sim.pressure refuses larger 3D systems)",
+            "direct = SuperLU, only where unknowns <= 3e4 (sim.physics.pressure refuses larger 3D systems)",
             "max_rel_diff: inf-norm difference from the direct solution (or from AMG with setup where "
             "direct is refused), relative to the largest pressure",
         ],

@@ -6,7 +6,7 @@ high-water mark of this address space; ``ru_maxrss`` is not used because Linux c
 from the parent across fork + exec, so it would report the harness's own peak),
 and after a small warm-up injection so JIT loading is not timed. The injection is the default
 L1 scenario's bone, needle and cement, front method, constant venous pressure at the exits
-(:class:`sim.injection.ConstantPressureCoupling`, no venous network: the coupled run is in
+(:class:`sim.physics.injection.ConstantPressureCoupling`, no venous network: the coupled run is in
 ``bench_full_run``). The scaling exponent is the least-squares slope of log(wall time) against
 log(reachable porous cells); the ratio column is wall time relative to the coarsest grid.
 """
@@ -32,11 +32,11 @@ MEMORY_TARGET_GB = 2.0
 
 def inject(spacing_mm: float, volume_ml: float, rate_ml_per_s: float) -> dict[str, Any]:
     """Build the default bone at ``spacing_mm`` and inject; returns counts and solver timings."""
-    from sim.bone import build_vertebral_body, place_needle
-    from sim.config import scenario_from_dict
-    from sim.injection import ConstantPressureCoupling, InjectionControl, run_injection
-    from sim.pipeline import stage_rngs
-    from sim.rheology import cement_model_from_si, equivalent_age_s
+    from sim.core.config import scenario_from_dict
+    from sim.physics.bone import build_vertebral_body, place_needle
+    from sim.physics.injection import ConstantPressureCoupling, InjectionControl, run_injection
+    from sim.physics.rheology import cement_model_from_si, equivalent_age_s
+    from sim.run.pipeline import stage_rngs
 
     sc = scenario_from_dict(
         {

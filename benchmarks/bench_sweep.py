@@ -57,8 +57,8 @@ def blas_threads(n: int | None):
 def time_sweep(
     quick: bool, kind: str, workers: int, worker_blas_threads: int | None = None
 ) -> dict[str, Any]:
-    from sim.executors import make_executor
-    from sim.sweep import expand_sweep, run_sweep, sweep_from_dict
+    from sim.studies.executors import make_executor
+    from sim.studies.sweep import expand_sweep, run_sweep, sweep_from_dict
 
     root = Path(__file__).resolve().parents[1]
     spec = sweep_from_dict(sweep_spec(quick), source="bench_sweep")
@@ -84,7 +84,7 @@ def time_sweep(
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from sim.pipeline import run_scenario  # noqa: F401  (JIT cache load in this process first)
+    from sim.run.pipeline import run_scenario  # noqa: F401  (JIT cache load in this process first)
 
     serial = time_sweep(quick, "serial", 1)
     local = time_sweep(quick, "local", 2)

@@ -1,11 +1,11 @@
 """Transport kernels: numba vs their pure-numpy references, same inputs, same run.
 
-- ``transport_step``: one implicit upwind saturation step (``sim.transport``), numba sweep in
+- ``transport_step``: one implicit upwind saturation step (``sim.physics.cement_transport``), numba sweep in
   pressure order vs the numpy flow-level reference ``transport_step_numpy``, on the full
   pressure field of the default L1 bone with a 2.5 ml cement ball (``benchmarks.fixtures``) and
   a volume-CFL time step. The numba timing includes the pressure argsort the driver pays.
-- ``viscosity_field``: cement viscosity of every cell (``sim.injection._viscosity_cells``,
-  numba scalar kernel) vs ``sim.rheology.cement_viscosity`` (numpy, broadcast).
+- ``viscosity_field``: cement viscosity of every cell (``sim.physics.injection._viscosity_cells``,
+  numba scalar kernel) vs ``sim.physics.rheology.cement_viscosity`` (numpy, broadcast).
 
 ``speedup`` = numpy time / numba time; ``max_abs_diff`` compares the outputs (saturations are
 in [0, 1]; viscosities relative).
@@ -19,8 +19,8 @@ import numpy as np
 
 
 def _flow_inputs(case) -> dict[str, Any]:
-    from sim.pressure import PressureSolver, assemble_full
-    from sim.transport import throughput_rate
+    from sim.physics.cement_transport import throughput_rate
+    from sim.physics.pressure import PressureSolver, assemble_full
 
     g = case.graph
     system = assemble_full(g, case.trans, case.exit_cell, case.exit_cond)
@@ -40,7 +40,7 @@ def _flow_inputs(case) -> dict[str, Any]:
 def bench_transport_step(spacing_mm: float, repeat: int) -> dict[str, Any]:
     from benchmarks.fixtures import bone_case
     from sim.bench import min_time
-    from sim.transport import transport_step, transport_step_numpy
+    from sim.physics.cement_transport import transport_step, transport_step_numpy
 
     case = bone_case(spacing_mm)
     g = case.graph
@@ -79,9 +79,9 @@ def bench_transport_step(spacing_mm: float, repeat: int) -> dict[str, Any]:
 def bench_viscosity(spacing_mm: float, repeat: int) -> dict[str, Any]:
     from benchmarks.fixtures import bone_case
     from sim.bench import min_time
-    from sim.config import Scenario
-    from sim.injection import _viscosity_cells
-    from sim.rheology import cement_model_from_si, cement_viscosity
+    from sim.core.config import Scenario
+    from sim.physics.injection import _viscosity_cells
+    from sim.physics.rheology import cement_model_from_si, cement_viscosity
 
     case = bone_case(spacing_mm)
     cement = cement_model_from_si(Scenario().si()["cement"])

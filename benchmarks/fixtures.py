@@ -13,7 +13,7 @@ from functools import cache
 
 import numpy as np
 
-from sim.grid import BoneGrid, Needle
+from sim.core.grid import BoneGrid, Needle
 
 
 @dataclass
@@ -22,7 +22,7 @@ class BoneCase:
 
     bone: BoneGrid
     needle: Needle
-    graph: object  # sim.pressure.CellGraph
+    graph: object  # sim.physics.pressure.CellGraph
     s: np.ndarray  # cement saturation per compact cell
     trans: np.ndarray  # face transmissibilities
     exit_cell: np.ndarray
@@ -37,11 +37,11 @@ class BoneCase:
 @cache
 def bone_case(spacing_mm: float, bolus_ml: float = 2.5, rate_ml_per_s: float = 0.1) -> BoneCase:
     """The default scenario's bone at ``spacing_mm`` with a cement ball of ``bolus_ml`` at the tip."""
-    from sim.bone import build_vertebral_body, place_needle
-    from sim.config import scenario_from_dict
-    from sim.pipeline import stage_rngs
-    from sim.pressure import build_cell_graph, face_transmissibility
-    from sim.rheology import cement_model_from_si, cement_viscosity, equivalent_age_s
+    from sim.core.config import scenario_from_dict
+    from sim.physics.bone import build_vertebral_body, place_needle
+    from sim.physics.pressure import build_cell_graph, face_transmissibility
+    from sim.physics.rheology import cement_model_from_si, cement_viscosity, equivalent_age_s
+    from sim.run.pipeline import stage_rngs
 
     si = scenario_from_dict({"grid": {"spacing_mm": spacing_mm}}).si()
     h = si["grid"]["spacing_m"]

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sim.errors import ConfigError
+from sim.core.errors import ConfigError
 
 # Order of the suite (module names in benchmarks/).
 CASES: tuple[str, ...] = (

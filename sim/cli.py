@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from sim.errors import PceSimError
+from sim.core.errors import PceSimError
 
 app = typer.Typer(
     name="pce-sim",
@@ -81,7 +81,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the SI scenario as JSON.")] = False,
 ) -> None:
     """Validate a scenario and print it resolved, in SI units."""
-    from sim.config import load_scenario
+    from sim.core.config import load_scenario
 
     with user_errors():
         scenario = load_scenario(config)
@@ -111,11 +111,11 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate one vertebroplasty and write the run folder (summary.json, tables, VTK)."""
-    from sim.config import load_scenario
+    from sim.core.config import load_scenario
 
     with user_errors():
         scenario = load_scenario(config)  # validate before importing the (JIT-heavy) solvers
-        from sim.pipeline import run_scenario, write_run
+        from sim.run.pipeline import run_scenario, write_run
 
         if out.exists() and any(out.iterdir()) and not overwrite:
             fail(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
@@ -161,13 +161,13 @@ def sweep(
     ] = False,
     runner: Annotated[
         str, typer.Option("--runner", help="Advanced: 'module:function' mapping a Scenario to a RunResult.")
-    ] = "sim.pipeline:run_scenario",
+    ] = "sim.run.pipeline:run_scenario",
     quiet: QuietOpt = False,
 ) -> None:
     """Run (or resume) a parameter sweep; record every run in OUT/ledger.sqlite and export results.csv."""
     from rich.progress import MofNCompleteColumn
 
-    from sim.sweep import load_expansion, run_sweep
+    from sim.studies.sweep import load_expansion, run_sweep
 
     with user_errors():
         expansion = load_expansion(sweep_file)
@@ -214,7 +214,7 @@ def report(
     quiet: QuietOpt = False,
 ) -> None:
     """Figures (PNG, optional PDF) and report.md for a run or a sweep folder."""
-    from sim.report import write_report
+    from sim.output.report import write_report
 
     with user_errors():
         files = write_report(folder, pdf=pdf)
@@ -244,8 +244,8 @@ def cohort(
     """Run (or resume) a virtual patient cohort under its stop policies and write OUT/cohort_report.md."""
     from rich.progress import MofNCompleteColumn
 
-    from sim.cohort import load_cohort, plan_cohort, run_cohort
-    from sim.cohort_report import write_cohort_report
+    from sim.studies.cohort import load_cohort, plan_cohort, run_cohort
+    from sim.studies.cohort_report import write_cohort_report
 
     with user_errors():
         spec, base_dir = load_cohort(cohort_file)
@@ -329,7 +329,7 @@ def view(
     quiet: QuietOpt = False,
 ) -> None:
     """Render the standard ParaView view (vertebra + cement, veins, lungs with emboli) to PNG."""
-    from sim.view import render_view
+    from sim.output.view import render_view
 
     with user_errors():
         out = render_view(run_dir, png, quiet=quiet)

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sim import bench
-from sim.errors import ConfigError
+from sim.core.errors import ConfigError
 
 
 def test_min_time_returns_minimum_and_last_result():

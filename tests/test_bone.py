@@ -1,4 +1,4 @@
-"""Tests of the vertebral body model (sim.bone), its data files and the random field.
+"""Tests of the vertebral body model (sim.physics.bone), its data files and the random field.
 
 Expected values come from the YAML data and closed-form geometry (areas by quadrature of the
 analytic section), the random-field covariance model, or symmetry; never from a previous run.
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from scipy import integrate, ndimage
 
-from sim.bone import (
+from sim.core.config import LEVELS, Scenario
+from sim.core.errors import GeometryError
+from sim.physics.bone import (
     build_vertebral_body,
     kozeny_carman,
     load_cannula,
@@ -18,9 +20,7 @@ from sim.bone import (
     permeability_from_porosity,
     place_needle,
 )
-from sim.config import LEVELS, Scenario
-from sim.errors import GeometryError
-from sim.random_field import gaussian_random_field
+from sim.physics.random_field import gaussian_random_field
 
 FACE6 = ndimage.generate_binary_structure(3, 1)
 
@@ -57,7 +57,7 @@ def _section_area(width: float, depth: float, dfrac: float, rfrac: float, inset:
 
 
 def _tip_expected(dims: dict, scale: float, ap: float, lat: float, cc: float) -> np.ndarray:
-    """Tip position from the fractions, from the YAML dimensions (independent of sim.bone)."""
+    """Tip position from the fractions, from the YAML dimensions (independent of sim.physics.bone)."""
     a = 0.5 * scale * dims["width_m"]
     b = 0.5 * scale * dims["depth_m"]
     depth = scale * dims["depth_m"]

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from sim.cohort import (
+from sim.core.config import Scenario
+from sim.core.errors import ConfigError
+from sim.run.results import RunResult
+from sim.studies.cohort import (
     STOP_PATH,
     cohort_from_dict,
     design_inputs,
@@ -23,11 +26,8 @@ from sim.cohort import (
     sample_patients,
     sensitivity_design,
 )
-from sim.cohort_report import arm_table, load_targets, location_class, write_cohort_report
-from sim.config import Scenario
-from sim.errors import ConfigError
-from sim.executors import SerialExecutor
-from sim.results import RunResult
+from sim.studies.cohort_report import arm_table, load_targets, location_class, write_cohort_report
+from sim.studies.executors import SerialExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"grid.spacing_mm": 2.0, "output": {"vtk": False, "fluoroscopy_png": False, "fields": False}}
@@ -465,7 +465,7 @@ def test_tiny_cohort_end_to_end_local_cli(local_cli_cohort):
 
 def test_tiny_cohort_on_dask_matches_local_without_sharing(local_cli_cohort, tmp_path):
     pytest.importorskip("dask.distributed")
-    from sim.executors import DaskExecutor
+    from sim.studies.executors import DaskExecutor
 
     spec, base_dir = load_cohort(ROOT / "configs" / "cohort_small.yaml")
     spec = spec.model_copy(update={"share_runs": False})

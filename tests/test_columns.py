@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.columns import CementColumns, adjacency, back_pressure, push_kernel
-from sim.config import Scenario
-from sim.errors import SolverError
-from sim.grid import VenousExit
-from sim.rheology import CementModel, equivalent_age_s, load_cement_preset
-from sim.veins import build_venous_network, edge_conductance, network_from_edges, solve_blood_flow
-from sim.venous_system import VenousSystem
+from sim.core.config import Scenario
+from sim.core.errors import SolverError
+from sim.core.grid import VenousExit
+from sim.physics.rheology import CementModel, equivalent_age_s, load_cement_preset
+from sim.physics.vein_columns import CementColumns, adjacency, back_pressure, push_kernel
+from sim.physics.venous_network import (
+    build_venous_network,
+    edge_conductance,
+    network_from_edges,
+    solve_blood_flow,
+)
+from sim.run.venous_system import VenousSystem
 
 MM = 1e-3
 

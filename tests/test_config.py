@@ -9,9 +9,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.config import Scenario, load_scenario, scenario_from_dict
-from sim.errors import ConfigError
-from sim.units import MMHG_PA, si_name, to_si
+from sim.core.config import Scenario, load_scenario, scenario_from_dict
+from sim.core.errors import ConfigError
+from sim.core.units import MMHG_PA, si_name, to_si
 
 
 def test_default_config_file_validates_and_matches_model_defaults():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.columns import CementColumns
-from sim.config import Scenario
-from sim.fluoroscopy import (
+from sim.core.config import Scenario
+from sim.core.grid import BoneGrid, VenousExit
+from sim.physics.fluoroscopy import (
     LeakDetector,
     column_samples,
     make_detector,
@@ -15,10 +15,15 @@ from sim.fluoroscopy import (
     project_points,
     visible_volume_m3,
 )
-from sim.grid import BoneGrid, VenousExit
-from sim.rheology import equivalent_age_s, load_cement_preset
-from sim.veins import build_venous_network, edge_conductance, network_from_edges, solve_blood_flow
-from sim.venous_system import VenousSystem
+from sim.physics.rheology import equivalent_age_s, load_cement_preset
+from sim.physics.vein_columns import CementColumns
+from sim.physics.venous_network import (
+    build_venous_network,
+    edge_conductance,
+    network_from_edges,
+    solve_blood_flow,
+)
+from sim.run.venous_system import VenousSystem
 
 MM = 1e-3
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.columns import CementColumns
-from sim.config import Scenario
-from sim.fragmentation import FragmentationParams, drag_coefficient, shed_fragments, shed_kernel
-from sim.grid import VenousExit
-from sim.rheology import equivalent_age_s, load_cement_preset
-from sim.veins import build_venous_network, edge_conductance, network_from_edges, solve_blood_flow
-from sim.venous_system import VenousSystem
+from sim.core.config import Scenario
+from sim.core.grid import VenousExit
+from sim.physics.fragmentation import FragmentationParams, drag_coefficient, shed_fragments, shed_kernel
+from sim.physics.rheology import equivalent_age_s, load_cement_preset
+from sim.physics.vein_columns import CementColumns
+from sim.physics.venous_network import (
+    build_venous_network,
+    edge_conductance,
+    network_from_edges,
+    solve_blood_flow,
+)
+from sim.run.venous_system import VenousSystem
 
 MM = 1e-3
 RHO, MU = 1055.0, 0.0035
@@ -108,7 +113,7 @@ def test_plug_is_torn_when_pressure_difference_beats_strength_and_lengths_are_lo
 
 def test_kernel_matches_interpreted_reference():
     net, bf, cols = thread_case(thread_len=0.05)
-    from sim.fragmentation import tip_loads
+    from sim.physics.fragmentation import tip_loads
 
     coef, flag, free = tip_loads(cols, bf.edge_flow_m3_s, bf.node_pressure_pa)
     rng = np.random.default_rng(5)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sim.config import Scenario
-from sim.fragment_set import (
+from sim.core.config import Scenario
+from sim.physics.fragment_set import (
     ARRESTED_HEART,
     IN_HEART,
     LODGED,
@@ -16,9 +16,9 @@ from sim.fragment_set import (
     FragmentSet,
     VenousFlowSnapshot,
 )
-from sim.fragments import RIGHT_HEART_TRANSIT_S, transport_fragments
-from sim.lungs import LOBE_NAMES, build_pulmonary_tree, lobe_perfusion, subtree_conductance
-from sim.rheology import age_rate, cement_model_from_si, cure_degree
+from sim.physics.fragment_transport import RIGHT_HEART_TRANSIT_S, transport_fragments
+from sim.physics.pulmonary_tree import LOBE_NAMES, build_pulmonary_tree, lobe_perfusion, subtree_conductance
+from sim.physics.rheology import age_rate, cement_model_from_si, cure_degree
 
 BODY_K = 310.15
 

@@ -80,7 +80,7 @@ def _compare_summary(case: str, want: dict, got: dict) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_golden_results_are_reproduced(case: str) -> None:
-    from sim.config import scenario_from_dict
+    from sim.core.config import scenario_from_dict
 
     folder = GOLDEN / case
     stored = yaml.safe_load((folder / "scenario.yaml").read_text(encoding="utf-8"))

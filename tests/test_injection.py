@@ -1,7 +1,9 @@
-"""Tests of the 3D two-phase Darcy injection solver (sim.injection, sim.pressure, sim.transport).
+"""Tests of the 3D two-phase Darcy injection solver.
+
+Modules: sim.physics.injection, sim.physics.pressure, sim.physics.cement_transport.
 
 Synthetic geometries only (homogeneous spheres and boxes), so these tests do not depend on
-sim.bone. Analytic references:
+sim.physics.bone. Analytic references:
 - constant-rate point source in an infinite homogeneous medium with a piston front: front radius
   r_f = (3 Q t / (4 pi phi))^(1/3), cement pressure drop Q mu/(4 pi k) (1/r_n - 1/r_f);
 - r_n of a single source cell on the 7-point TPFA lattice: the discrete Green's function at the
@@ -15,12 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.errors import ConfigError, GeometryError, SolverError
-from sim.grid import BoneGrid, Needle, VenousExit
-from sim.injection import ConstantPressureCoupling, InjectionControl, run_injection
-from sim.pressure import PressureSolver
-from sim.rheology import CementModel
-from sim.transport import transport_step, transport_step_numpy
+from sim.core.errors import ConfigError, GeometryError, SolverError
+from sim.core.grid import BoneGrid, Needle, VenousExit
+from sim.physics.cement_transport import transport_step, transport_step_numpy
+from sim.physics.injection import ConstantPressureCoupling, InjectionControl, run_injection
+from sim.physics.pressure import PressureSolver
+from sim.physics.rheology import CementModel
 
 WATSON_G0 = 0.505462 / 2.0
 K = 4.0e-8
@@ -205,7 +207,7 @@ def test_impes_mass_balance_and_analytic(front_and_impes):
 def _random_potential_flow(rng, shape=(7, 6, 5), m_scale=1e3):
     """Faces of a box, fluxes from a random pressure field (acyclic), a source and exits."""
     porous = np.ones(shape, dtype=bool)
-    from sim.pressure import build_cell_graph
+    from sim.physics.pressure import build_cell_graph
 
     perm = np.full((3, *shape), K)
     g = build_cell_graph(porous, perm, 1e-3, np.array([0]), np.array([porous.size - 1]))
@@ -258,7 +260,7 @@ def test_numba_transport_matches_numpy_reference(m_scale):
 
 def test_transport_piston_limit_single_column():
     """1D column, huge viscosity ratio: the cement front is a piston moving at Q/(phi A)."""
-    from sim.pressure import build_cell_graph
+    from sim.physics.pressure import build_cell_graph
 
     n = 40
     porous = np.ones((n, 1, 1), dtype=bool)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.config import Scenario
-from sim.errors import ConfigError
-from sim.lungs import (
+from sim.core.config import Scenario
+from sim.core.errors import ConfigError
+from sim.physics.pulmonary_tree import (
     LOBE_NAMES,
     build_pulmonary_tree,
     huang_order_table,

@@ -1,4 +1,4 @@
-"""ParaView opens what sim.io.vtk writes, and `render_view` draws the standard view headless.
+"""ParaView opens what sim.output.vtk writes, and `render_view` draws the standard view headless.
 
 Needs ParaView's pvpython/pvbatch (CI installs Debian's paraview, python3-paraview and xvfb);
 without them the ParaView tests are skipped with the reason printed.
@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from sim.errors import PceSimError
-from sim.io.vtk import read_pvd, write_run_vtk
-from sim.view import STATE_SCRIPT, render_view
+from sim.core.errors import PceSimError
+from sim.output.view import STATE_SCRIPT, render_view
+from sim.output.vtk import read_pvd, write_run_vtk
 
 PVPYTHON = shutil.which("pvpython")
 needs_paraview = pytest.mark.skipif(

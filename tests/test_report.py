@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.config import scenario_from_dict
-from sim.errors import ConfigError
-from sim.ledger import write_csv
-from sim.report import _lobe_counts, read_table, spread, write_report
-from sim.results import RunResult
+from sim.core.config import scenario_from_dict
+from sim.core.errors import ConfigError
+from sim.output.report import _lobe_counts, read_table, spread, write_report
+from sim.run.results import RunResult
+from sim.studies.ledger import write_csv
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

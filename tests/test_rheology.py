@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sim import rheology as rh
-from sim.config import Scenario
-from sim.errors import ConfigError
-from sim.geometry_data import load_geometry_yaml
-from sim.units import GAS_CONSTANT
+from sim.core.config import Scenario
+from sim.core.errors import ConfigError
+from sim.core.geometry_data import load_geometry_yaml
+from sim.core.units import GAS_CONSTANT
+from sim.physics import rheology as rh
 
 POINT_TOLERANCE = 0.05  # relative; the offline fit reaches ~1e-5 (parameters rounded to 6 digits)
 PRESET_DATA = load_geometry_yaml("cement.yaml")["presets"]

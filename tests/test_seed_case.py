@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.config import load_scenario
-from sim.fragment_set import LODGED
-from sim.pipeline import run_scenario
+from sim.core.config import load_scenario
+from sim.physics.fragment_set import LODGED
+from sim.run.pipeline import run_scenario
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from sim.errors import ConfigError
-from sim.stats import (
+from sim.core.errors import ConfigError
+from sim.studies.stats import (
     bootstrap_mean,
     bootstrap_ratio,
     clopper_pearson_ci,

@@ -24,12 +24,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.config import Scenario, scenario_from_dict
-from sim.errors import ConfigError, SolverError
-from sim.executors import LocalExecutor, SerialExecutor
-from sim.ledger import open_ledger
-from sim.results import RunResult
-from sim.sweep import expand_sweep, load_expansion, run_sweep, sweep_from_dict
+from sim.core.config import Scenario, scenario_from_dict
+from sim.core.errors import ConfigError, SolverError
+from sim.run.results import RunResult
+from sim.studies.executors import LocalExecutor, SerialExecutor
+from sim.studies.ledger import open_ledger
+from sim.studies.sweep import expand_sweep, load_expansion, run_sweep, sweep_from_dict
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -42,7 +42,7 @@ CALLS: list[str] = []
 
 
 def deterministic_runner(scenario: Scenario) -> RunResult:
-    """Test double for sim.pipeline.run_scenario: outputs are a closed-form function of the inputs."""
+    """Test double for sim.run.pipeline.run_scenario: outputs are a closed-form function of the inputs."""
     CALLS.append(scenario.content_hash())
     delay = float(os.environ.get("PCE_TEST_RUN_SLEEP_S", "0"))
     if delay:
@@ -466,7 +466,7 @@ def test_cli_exit_code_1_names_failed_runs(tmp_path):
 
 def test_dask_localcluster_matches_local_pool(tmp_path):
     pytest.importorskip("dask.distributed")
-    from sim.executors import DaskExecutor
+    from sim.studies.executors import DaskExecutor
 
     e = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3, 0.4]}}, replicates=2, seed=8))
     assert len(e.points) == 4
@@ -485,7 +485,7 @@ def test_dask_localcluster_matches_local_pool(tmp_path):
 @pytest.mark.slow
 def test_real_pipeline_sweep_end_to_end(tmp_path):
     """Two tiny real scenarios (2 mm grid, 0.5 ml) on the local pool, resumed, then reported."""
-    from sim.report import write_report
+    from sim.output.report import write_report
 
     base = scenario_from_dict({**TINY, "name": "tiny"}).model_dump(mode="json")
     s = sweep_from_dict(

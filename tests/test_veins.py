@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.config import LEVELS, Scenario
-from sim.errors import ConfigError, GeometryError, SolverError
-from sim.veins import (
+from sim.core.config import LEVELS, Scenario
+from sim.core.errors import ConfigError, GeometryError, SolverError
+from sim.physics.venous_network import (
     ROUTES,
     build_venous_network,
     kirchhoff_residual,
@@ -154,7 +154,7 @@ def test_bad_settings_raise_config_errors():
 
 
 def test_flow_snapshot_contract():
-    from sim.veins import flow_snapshot
+    from sim.physics.venous_network import flow_snapshot
 
     net = build_venous_network("L1", veins_si(), np.random.default_rng(0))
     snap = flow_snapshot(net, solve_blood_flow(net))

@@ -1,4 +1,4 @@
-"""ParaView files (sim.io.vtk): write, read back with VTK's own XML readers, compare."""
+"""ParaView files (sim.output.vtk): write, read back with VTK's own XML readers, compare."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from vtkmodules.vtkIOXML import vtkXMLImageDataReader
 
-from sim.errors import GeometryError, PceSimError
-from sim.io.vtk import (
+from sim.core.errors import GeometryError, PceSimError
+from sim.output.vtk import (
     network_geometry,
     read_pvd,
     read_vti,
@@ -313,7 +313,7 @@ def test_write_run_vtk_accepts_a_run_result_and_partial_inputs(tmp_path):
 def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
     from matplotlib.image import imread
 
-    from sim.io.images import write_fluoroscopy_pngs, write_grayscale_png
+    from sim.output.images import write_fluoroscopy_pngs, write_grayscale_png
 
     n, h = 64, 0.5e-3
     a = (np.arange(n) - n / 2 + 0.5) * h
@@ -342,7 +342,7 @@ def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
 
 
 def test_detection_frame_shows_the_bone_cement_that_had_arrived_by_then():
-    from sim.io.images import _snapshot_at
+    from sim.output.images import _snapshot_at
 
     final = np.array([1.0, 0.8, 0.0, 0.6])
     arrival = np.array([1.0, 5.0, np.nan, 10.0])
@@ -353,8 +353,8 @@ def test_detection_frame_shows_the_bone_cement_that_had_arrived_by_then():
 
 
 def test_seed_case_writes_fluoroscopy_at_detection(tmp_path):
-    from sim.config import load_scenario
-    from sim.pipeline import run_scenario, write_run
+    from sim.core.config import load_scenario
+    from sim.run.pipeline import run_scenario, write_run
 
     sc = load_scenario("configs/lai2025_case.yaml")
     sc.output.vtk = False
@@ -364,7 +364,7 @@ def test_seed_case_writes_fluoroscopy_at_detection(tmp_path):
     # the copy is the state when the leak was seen: less cement in the veins than at the end
     assert venous.columns_at_detection.fill_m3.sum() < venous.columns.fill_m3.sum()
     # the veins as a ParaView time series: cement volume per vein grows from zero to the end state
-    from sim.io.vtk import read_pvd, read_vtp, write_run_vtk
+    from sim.output.vtk import read_pvd, read_vtp, write_run_vtk
 
     write_run_vtk(tmp_path / "vtk", res)
     frames = read_pvd(tmp_path / "vtk" / "veins.pvd")

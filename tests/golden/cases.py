@@ -21,12 +21,12 @@ COHORT_POLICY = "clinical_practice"
 
 def golden_scenario(name: str):
     """The scenario of a golden case, built from today's config files (as the refresh stores it)."""
-    from sim.config import load_scenario
+    from sim.core.config import load_scenario
 
     kind, detail = CASES[name]
     if kind == "scenario":
         return load_scenario(ROOT / str(detail))
-    from sim.cohort import load_cohort, plan_cohort
+    from sim.studies.cohort import load_cohort, plan_cohort
 
     spec, base_dir = load_cohort(ROOT / COHORT_FILE)
     plan = plan_cohort(spec, base_dir, n=int(detail) + 1, source=COHORT_FILE)
@@ -35,7 +35,7 @@ def golden_scenario(name: str):
 
 def golden_run(scenario):
     """Run a scenario the way the golden results were made (no files written)."""
-    from sim.pipeline import run_scenario
+    from sim.run.pipeline import run_scenario
 
     scenario = scenario.model_copy(deep=True)
     scenario.output.vtk = False

@@ -32,7 +32,7 @@ from tests.golden.cases import CASES, golden_run, golden_scenario  # noqa: E402
 def refresh(names: list[str]) -> None:
     import yaml
 
-    from sim.results import write_table_csv
+    from sim.run.results import write_table_csv
 
     for name in names:
         scenario = golden_scenario(name)

@@ -1,0 +1,29 @@
+"""Locate and load the data files of ``geometries/`` (installed as ``sim.geometries``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.core.errors import GeometryError
+
+
+def geometry_path(relative: str) -> Path:
+    """Path of a file under ``geometries/`` (works from a checkout and from an installed wheel)."""
+    try:
+        base = Path(str(resources.files("sim.geometries")))
+    except ModuleNotFoundError:  # plain source tree on sys.path: geometries/ sits beside sim/
+        base = Path(__file__).resolve().parents[2] / "geometries"
+    path = base / relative
+    if not path.exists():
+        raise GeometryError(f"geometry data file '{relative}' not found (looked in {path.parent})")
+    return path
+
+
+def load_geometry_yaml(relative: str) -> Any:
+    """Parse a YAML file under ``geometries/``."""
+    with geometry_path(relative).open("r", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)

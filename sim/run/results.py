@@ -1,0 +1,157 @@
+"""RunResult: what one simulated vertebroplasty produced, and how it is written to a run folder.
+
+A run folder holds ``summary.json`` (scalar metrics in report units, the resolved config, the same
+config in SI, and provenance: version, git hash, seed), ``config.resolved.yaml`` (re-runnable),
+``time_series.csv``, ``emboli.csv``, ``fragments.csv``, ``fields.npz`` and, when asked, VTK files
+for ParaView and fluoroscopy PNGs. Folders are written to a temporary sibling and renamed into
+place, so a killed run never leaves a half-written folder that looks finished, and an existing
+folder is never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sim.core.config import Scenario
+from sim.core.errors import ConfigError
+
+
+@dataclass
+class RunResult:
+    """Summary metrics, time series, emboli table and in-memory artefacts of one run."""
+
+    scenario: Scenario
+    summary: dict[str, Any]
+    time_series: dict[str, np.ndarray] = field(default_factory=dict)
+    emboli: dict[str, np.ndarray] = field(default_factory=dict)
+    fragments: dict[str, np.ndarray] = field(default_factory=dict)
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # stage objects for VTK/PNG; not serialised
+
+    def write(
+        self,
+        out_dir: str | Path,
+        overwrite: bool = False,
+        extra_writers: list[Callable[[Path], None]] | None = None,
+    ) -> Path:
+        """Write the run folder atomically; refuse to replace an existing non-empty folder."""
+        out = Path(out_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise ConfigError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            self._write_files(tmp)
+            for writer in extra_writers or []:
+                writer(tmp)
+            _replace_dir(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def summary_document(self) -> dict[str, Any]:
+        return {
+            "summary": _jsonable(self.summary),
+            "config": self.scenario.model_dump(mode="json"),
+            "config_si": self.scenario.si(),
+            "provenance": self.provenance,
+        }
+
+    def _write_files(self, d: Path) -> None:
+        with (d / "summary.json").open("w", encoding="utf-8") as fh:
+            json.dump(self.summary_document(), fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        with (d / "config.resolved.yaml").open("w", encoding="utf-8") as fh:
+            fh.write(f"# resolved scenario; pce-sim {self.provenance.get('pce_sim_version')}")
+            fh.write(f" git {self.provenance.get('git_hash')} seed {self.provenance.get('seed')}\n")
+            yaml.safe_dump(self.scenario.model_dump(mode="json"), fh, sort_keys=False)
+        if self.time_series:
+            write_table_csv(d / "time_series.csv", self.time_series)
+        write_table_csv(d / "emboli.csv", self.emboli)
+        write_table_csv(d / "fragments.csv", self.fragments)
+        if self.fields and self.scenario.output.fields:
+            np.savez_compressed(d / "fields.npz", **self.fields)
+        if self.scenario.output.parquet and self.emboli:
+            write_table_parquet(d / "emboli.parquet", self.emboli)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished temporary folder into place (replacing an old one only after success)."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_table_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Write equal-length columns as CSV (header only when the table is empty)."""
+    names = list(columns)
+    arrays = [np.asarray(columns[n]) for n in names]
+    n = len(arrays[0]) if arrays else 0
+    if any(len(a) != n for a in arrays):
+        lengths = {k: len(a) for k, a in zip(names, arrays, strict=True)}
+        raise ValueError(f"{path.name}: columns of unequal length {lengths}")
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        for row in zip(*[a.tolist() for a in arrays], strict=True):
+            w.writerow([repr(v) if isinstance(v, float) else v for v in row])
+
+
+def read_table_csv(path: Path) -> dict[str, np.ndarray]:
+    """Read a CSV written by :func:`write_table_csv` (numeric columns become float arrays)."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return {}
+    header, body = rows[0], rows[1:]
+    out: dict[str, np.ndarray] = {}
+    for i, name in enumerate(header):
+        col = [r[i] for r in body]
+        try:
+            out[name] = np.array([float(v) for v in col])
+        except ValueError:
+            out[name] = np.array(col, dtype=object)
+    return out
+
+
+def write_table_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Write columns as Parquet (needs the ``parquet`` extra: pyarrow)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ConfigError("Parquet output needs pyarrow: pip install 'pce-sim[parquet]'") from exc
+    table = pa.table({k: np.asarray(v) for k, v in columns.items()})
+    pq.write_table(table, path)

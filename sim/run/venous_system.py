@@ -1,0 +1,480 @@
+"""VenousSystem: the venous side of the bone <-> vein coupling (implements ``ExitCoupling``).
+
+Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t)``, then
+``accept_flux(t, dt, q_cement, q_marrow)`` with the volumes that left the bone through each exit,
+then ``stop_requested(t)``.
+``accept_flux``:
+1. pushes each exit's cement volume into the venous graph at the exit's node
+   (:class:`sim.physics.vein_columns.CementColumns`); marrow is tallied (it mixes with blood);
+2. updates the cement viscosity per edge (rheology at the venous cement's equivalent age and the
+   wall shear rate 8 u / d of the pushed column) and re-solves blood flow with the columns'
+   extra resistance (:func:`sim.physics.venous_network.solve_blood_flow`);
+3. sheds fragments where blood loads beat the cement's strength (:mod:`sim.physics.fragmentation`);
+4. takes the fluoroscopy frames due (:class:`sim.physics.fluoroscopy.LeakDetector`);
+5. updates what the bone sees at each exit. Pressure: one static venous pressure, the mean of the
+   exit nodes' blood pressures, the same at every exit (intraosseous pressure is one venous
+   pressure; see :meth:`VenousSystem._static_exit_pressure`). Resistance: R_col = dp / q of the
+   cement columns the exit has pushed (``back_pressure``), returned by ``exit_resistance`` and put
+   in series with the foramen inside the bone's pressure solve, so it is implicit and can only
+   resist flow through that exit. (A lagged back-pressure applied as the exit's venous pressure
+   drove blood backwards through the foramen and across the lumped marrow to the other exits, up
+   to 40 ml/s in the seed case; that was an artefact.)
+
+The vein leaving through each foramen is given the foramen's diameter (:func:`fit_exit_veins`).
+
+Cement age in the veins: cement leaves the syringe with the syringe's equivalent age
+a0 + r_room t_in (it waited at room temperature) and ages at r_body = rheology.age_rate(T_body) in
+the veins; one clock for all vein cement, the volume-weighted mean a(t) = offset + r_body t. This
+treats leaked cement as fresh from the syringe (cement that sat in the bone first is older).
+
+Stop policy: ``stop_requested(t)`` is True once t >= detection + reaction_delay + stop_after_leak_s
+(never when ``stop_after_leak_s`` is None). ``finish(t_end, follow_up_s)`` continues without
+pushing: fragments are shed only while loads beat the (growing) strength, until the cement sets.
+
+Mass balance: cement received = cement in columns + cement in fragments (checked every step to
+1e-12 relative; SolverError otherwise).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from sim.core.errors import GeometryError, SolverError
+from sim.core.grid import BoneGrid, VenousExit
+from sim.physics import rheology
+from sim.physics.fluoroscopy import LeakDetector
+from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
+from sim.physics.fragmentation import FragmentationParams, shed_fragments
+from sim.physics.rheology import CementModel
+from sim.physics.vein_columns import CementColumns, back_pressure, lumen_fill_fraction
+from sim.physics.venous_network import (
+    ROUTES,
+    BloodFlow,
+    VenousNetwork,
+    edge_conductance,
+    flow_snapshot,
+    solve_blood_flow,
+)
+
+MASS_TOL = 1.0e-12
+
+
+def map_exits(network: VenousNetwork, exits: list[VenousExit]) -> np.ndarray:
+    """Graph node of each exit: by name, else by kind and side (x > 0 is patient left)."""
+    nodes = []
+    for ex in exits:
+        if ex.name in network.exit_nodes:
+            nodes.append(network.exit_nodes[ex.name])
+            continue
+        if ex.kind == "basivertebral":
+            key = "basivertebral"
+        elif ex.kind in ("anterior", "lateral"):
+            side = "left" if float(np.asarray(ex.position_m)[0]) >= 0.0 else "right"
+            key = f"{ex.kind}_{side}"
+        else:
+            key = ""
+        if key not in network.exit_nodes:
+            raise GeometryError(
+                f"exit '{ex.name}' (kind '{ex.kind}') has no node in the venous network of {network.level} "
+                f"(known exits: {', '.join(network.exit_nodes)})"
+            )
+        nodes.append(network.exit_nodes[key])
+    return np.asarray(nodes, dtype=np.int64)
+
+
+def fit_exit_veins(network: VenousNetwork, exits: list[VenousExit], exit_nodes: np.ndarray) -> VenousNetwork:
+    """Give the vein that leaves through each foramen the foramen's own diameter.
+
+    The template's first segment beyond an exit is a generic 1-2 mm vein [U]; the bone model
+    sizes each foramen per patient (``patient.venous_scale``: foramina enlarge with age, Wang et al.
+    2023 Front Surg 10:1115654). A vessel fills the foramen it runs through, so the two must agree;
+    otherwise a 2 mm foramen would empty into a 1 mm vein (Poiseuille resistance ~ d^-4).
+    """
+    d = network.edge_diameter_m.copy()
+    for ex, node in zip(exits, exit_nodes, strict=True):
+        incident = (network.edge_u == node) | (network.edge_v == node)
+        d[incident] = float(ex.diameter_m)
+    return dataclasses.replace(network, edge_diameter_m=d)
+
+
+class VenousSystem:
+    """Venous network + cement columns + leak detection + fragmentation, coupled to the bone."""
+
+    def __init__(
+        self,
+        network: VenousNetwork,
+        exits: list[VenousExit],
+        cement: CementModel,
+        cement_age_at_start_s: float,
+        body_temperature_k: float,
+        fluoroscopy_si: dict[str, Any],
+        fragmentation_si: dict[str, Any],
+        stop_after_leak_s: float | None,
+        rng: np.random.Generator,
+        bone: BoneGrid | None = None,
+        room_temperature_k: float | None = None,
+    ):
+        if not exits:
+            raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
+        self.exits = list(exits)
+        self.exit_nodes = map_exits(network, self.exits)
+        self.network = network = fit_exit_veins(network, self.exits, self.exit_nodes)
+        self.cement = cement
+        self.age0_s = float(cement_age_at_start_s)
+        self.age_rate = float(rheology.age_rate(cement, body_temperature_k))
+        room = body_temperature_k if room_temperature_k is None else room_temperature_k
+        self.syringe_age_rate = float(rheology.age_rate(cement, room))
+        self._age_offset_s = self.age0_s  # vein cement age = offset + r_body t (volume-weighted)
+        self.stop_after_leak_s = None if stop_after_leak_s is None else float(stop_after_leak_s)
+        self.params = FragmentationParams.from_si(fragmentation_si)
+        self.rng = rng
+        self.bone = bone
+        center = network.meta.get("level_center_m", np.zeros(3))
+        if bone is not None:
+            idx = np.flatnonzero(bone.body.ravel())
+            if idx.size:
+                center = bone.cell_centers_m(idx).mean(axis=0)
+        self.detector = LeakDetector(fluoroscopy_si, center, bone)
+        self.columns = CementColumns.empty(network)
+        self.columns_at_detection: CementColumns | None = None
+        self._edge_frames: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.fragments = FragmentSet.empty()
+        self.flow: BloodFlow = solve_blood_flow(network)
+        self.baseline_flow = self.flow
+        self._extra = np.zeros(network.n_edges)
+        self._push_flux = np.zeros(network.n_edges)  # cement flux into each edge over the last step
+        n = len(self.exits)
+        self.received_m3 = 0.0
+        self.cement_by_exit_m3 = np.zeros(n)
+        self.marrow_by_exit_m3 = np.zeros(n)
+        self.exit_onset_s = np.full(n, np.nan)
+        self._p_exit = self._static_exit_pressure()
+        self._r_exit = np.zeros(n)
+        self._t_last = 0.0
+        self.stop_time_s: float | None = None
+        self.set_time_s: float | None = None
+        self._series: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "t_s",
+                "vein_cement_m3",
+                "fragment_volume_m3",
+                "fragments_shed",
+                "azygos_flow_m3_s",
+                "ivc_flow_m3_s",
+                "visible_m3",
+            )
+        }
+        self._record(0.0)
+
+    # ------------------------------------------------------------------ clocks
+    def cement_age_s(self, t: float) -> float:
+        """Equivalent age of the cement in the veins at time t after injection start.
+
+        Cement leaves the syringe with the syringe's age a0 + r_room t_in and ages at the body rate
+        once it is in the patient; the veins hold the volume-weighted mean of their cement,
+        a(t) = offset + r_body t. Before any cement arrives this is the syringe age.
+        """
+        if self.received_m3 <= 0.0:
+            return self.age0_s + self.syringe_age_rate * float(t)
+        return self._age_offset_s + self.age_rate * float(t)
+
+    def strength_pa(self, t: float) -> float:
+        age = self.cement_age_s(t)
+        if rheology.is_set(self.cement, age):
+            return np.inf
+        return float(self.params.strength_scale * rheology.cement_strength_pa(self.cement, age))
+
+    # ------------------------------------------------------------------ ExitCoupling
+    def exit_pressure(self, t: float) -> np.ndarray:
+        """Venous pressure (Pa) at each exit, same order as the exits."""
+        return self._p_exit.copy()
+
+    def exit_resistance(self, t: float) -> np.ndarray:
+        """Resistance (Pa s/m^3) of the cement column each exit has pushed into its veins.
+
+        Flow through the exit in either direction has to move that column, so it acts in series
+        with the foramen (implicit in the bone's pressure solve, unlike a lagged back-pressure,
+        which would drive blood backwards through the exit into the marrow).
+        """
+        return self._r_exit.copy()
+
+    def accept_flux(self, t: float, dt: float, q_cement: np.ndarray, q_marrow: np.ndarray) -> None:
+        """Take the cement and marrow fluxes (m^3/s per exit) that left the bone over [t, t + dt]."""
+        n = len(self.exits)
+        qc = np.asarray(q_cement, dtype=np.float64).reshape(-1)
+        qm = np.asarray(q_marrow, dtype=np.float64).reshape(-1)
+        if qc.shape != (n,) or qm.shape != (n,):
+            raise SolverError(f"accept_flux: expected {n} exit fluxes, got {qc.shape} and {qm.shape}")
+        if not dt >= 0 or not np.all(np.isfinite(qc)) or not np.all(np.isfinite(qm)):
+            raise SolverError(f"accept_flux: non-finite flux or negative dt ({dt}) at t = {t}")
+        if np.any(qc < 0.0):
+            e = int(np.argmin(qc))
+            raise SolverError(
+                f"accept_flux: negative cement flux {qc[e]:.3g} m3/s at exit '{self.exits[e].name}'"
+            )
+        t_new = float(t) + float(dt)
+        vol_c = qc * dt
+        v_in = float(vol_c.sum())
+        if v_in > 0.0:
+            a_in = self.age0_s + self.syringe_age_rate * float(t)  # fresh from the syringe
+            w = v_in / (self.received_m3 + v_in)
+            self._age_offset_s += w * (a_in - self.age_rate * float(t) - self._age_offset_s)
+        self.cement_by_exit_m3 += vol_c
+        self.marrow_by_exit_m3 += qm * dt  # net: blood drawn back into the bone counts negative
+        newly = np.isnan(self.exit_onset_s) & (vol_c > 0.0)
+        self.exit_onset_s[newly] = float(t)
+        through_sum = np.zeros(self.network.n_edges)
+        bp = np.zeros(n)
+        if np.any(vol_c > 0.0):
+            g = edge_conductance(self.network, self._extra)
+            mu_now = self._edge_viscosity(self._push_flux, t_new)
+            r_cem = self.columns.cement_resistance(mu_now)
+            for e in np.flatnonzero(vol_c > 0.0):
+                through = self.columns.push(
+                    int(self.exit_nodes[e]),
+                    float(vol_c[e]),
+                    float(self.exits[e].diameter_m),
+                    self.flow.edge_flow_m3_s,
+                    g,
+                    exit_index=int(e),
+                )
+                self.received_m3 += float(vol_c[e])
+                through_sum += through
+                bp[e] = back_pressure(through, r_cem, float(vol_c[e]), float(dt))
+            self._push_flux = through_sum / max(dt, 1e-300)
+            self._resolve(self._push_flux, t_new)
+        else:
+            self._push_flux = np.zeros(self.network.n_edges)
+        self._shed(t_new)
+        self._update_exit_coupling(qc, bp)
+        self.detector.update(t_new, self.columns)
+        self._keep_detection_columns()
+        self._t_last = t_new
+        self._check_mass()
+        self._record(t_new)
+
+    def stop_requested(self, t: float) -> bool:
+        """True once t >= detection + reaction delay + stop_after_leak_s (never if that is None)."""
+        det = self.detector.detection_time_s
+        if self.stop_after_leak_s is None or det is None:
+            return False
+        if float(t) >= det + self.detector.reaction_delay_s + self.stop_after_leak_s:
+            if self.stop_time_s is None:
+                self.stop_time_s = float(t)
+            return True
+        return False
+
+    def finish(self, t_end: float, follow_up_s: float) -> None:
+        """After injection: no more pushing; shed while loads beat the strength, until the cement sets."""
+        t = float(t_end)
+        t_stop = t + float(follow_up_s)
+        step = self.detector.frame_interval_s
+        while t < t_stop - 1e-12:
+            t = min(t + step, t_stop)
+            if self.set_time_s is None and rheology.is_set(self.cement, self.cement_age_s(t)):
+                self.set_time_s = t
+            self._resolve(np.zeros(self.network.n_edges), t)
+            self._shed(t)
+            self.detector.update(t, self.columns)
+            self._keep_detection_columns()
+            self._check_mass()
+            self._record(t)
+
+    # ------------------------------------------------------------------ internals
+    def _edge_viscosity(self, push_flux_m3_s: np.ndarray, t: float) -> np.ndarray:
+        """Cement viscosity per edge at the wall shear rate 8 u / d of the pushed column."""
+        d = np.where(
+            self.columns.col_diameter_m > 0, self.columns.col_diameter_m, self.network.edge_diameter_m
+        )
+        u = push_flux_m3_s / (0.25 * np.pi * d**2)
+        return np.asarray(rheology.cement_viscosity(self.cement, 8.0 * np.abs(u) / d, self.cement_age_s(t)))
+
+    def _resolve(self, push_flux_m3_s: np.ndarray, t: float) -> None:
+        if self.columns.total_m3() <= 0.0 and not np.any(self._extra):
+            return
+        mu = self._edge_viscosity(push_flux_m3_s, t)
+        self._extra = self.columns.extra_resistance(mu)
+        self.flow = solve_blood_flow(self.network, self._extra)
+
+    def _shed(self, t: float) -> None:
+        if self.columns.total_m3() <= 0.0:
+            return
+        strength = self.strength_pa(t)
+        if not np.isfinite(strength):
+            return
+        new = shed_fragments(
+            self.columns,
+            self.flow.edge_flow_m3_s,
+            self.flow.node_pressure_pa,
+            strength,
+            t,
+            self.cement_age_s(t),
+            self.params,
+            self.rng,
+        )
+        if len(new):
+            self.fragments = self.fragments.concat(new)
+            self._resolve(np.zeros(self.network.n_edges), t)
+
+    def _static_exit_pressure(self) -> np.ndarray:
+        """Venous pressure the marrow drains against: the mean over the exit nodes, the same at every exit.
+
+        Intraosseous pressure is one hydrostatic venous pressure, tied to the IVC pressure
+        (Spine 1981;6:159; Esses & Moro 1992 Spine); the marrow's net outflow is the bone's arterial
+        inflow, not a vein-to-vein shunt. The rigid-tube network puts its exit nodes a few Pa apart
+        (< 0.1 mmHg), and the isobaric marrow lump of the ``front`` method has no resistance of its
+        own, so those differences alone would drive ml/s of blood from one foramen through the body
+        to another. The exits therefore share the mean node pressure; what a cement column adds at
+        its own exit (``back_pressure``) stays per exit.
+        """
+        p = self.flow.node_pressure_pa[self.exit_nodes]
+        return np.full(p.shape, float(p.mean()))
+
+    def _update_exit_coupling(self, qc: np.ndarray, bp: np.ndarray) -> None:
+        """Static venous pressure at every exit; column resistance R = dp / q for exits that pushed cement."""
+        self._p_exit = self._static_exit_pressure()
+        pushed = qc > 0.0
+        self._r_exit[pushed] = bp[pushed] / qc[pushed]
+
+    def _keep_detection_columns(self) -> None:
+        """Copy the vein columns once, when the leak is first seen (for the detection-time images)."""
+        if self.columns_at_detection is not None or self.detector.detection_time_s is None:
+            return
+        snap = copy.copy(self.columns)
+        for name in ("fill_m3", "col_diameter_m", "entry_end", "owner_exit"):
+            setattr(snap, name, getattr(self.columns, name).copy())
+        self.columns_at_detection = snap
+
+    def _check_mass(self) -> None:
+        held = self.columns.total_m3() + float(self.fragments.volume_m3.sum())
+        err = abs(held - self.received_m3)
+        if err > MASS_TOL * max(self.received_m3, 1e-300) and err > 0.0:
+            raise SolverError(
+                f"venous cement mass balance: received {self.received_m3:.6e} m3, held {held:.6e} m3 "
+                f"(relative error {err / max(self.received_m3, 1e-300):.2e})"
+            )
+
+    def _record(self, t: float) -> None:
+        s = self._series
+        s["t_s"].append(float(t))
+        s["vein_cement_m3"].append(self.columns.total_m3())
+        s["fragment_volume_m3"].append(float(self.fragments.volume_m3.sum()))
+        s["fragments_shed"].append(float(len(self.fragments)))
+        s["azygos_flow_m3_s"].append(float(self.flow.edge_flow_m3_s[self.network.azygos_edge]))
+        s["ivc_flow_m3_s"].append(float(self.flow.edge_flow_m3_s[self.network.ivc_edge]))
+        fr = self.detector.frames_visible_m3
+        s["visible_m3"].append(fr[-1] if fr else 0.0)
+        cols = self.columns
+        self._edge_frames.append(
+            (
+                float(t),
+                cols.fill_m3.copy(),
+                cols.col_diameter_m.copy(),
+                cols.occluded().astype(np.uint8),
+                self.flow.edge_flow_m3_s.copy(),
+            )
+        )
+
+    def edge_series(self) -> list[tuple[float, dict[str, np.ndarray]]]:
+        """Per-edge state at every recorded time (SI): cement volume and fill, column, blood flow.
+
+        For ParaView time series of the veins (:func:`sim.output.vtk.write_run_vtk` thins it to the
+        output interval).
+        """
+        out = []
+        for t, fill, col_d, occluded, q in self._edge_frames:
+            out.append(
+                (
+                    t,
+                    {
+                        "cement_volume_m3": fill,
+                        "cement_fill": lumen_fill_fraction(self.network, fill),
+                        "cement_column_diameter_m": col_d,
+                        "occluded": occluded,
+                        "blood_flow_m3_s": q,
+                        "blood_flow_abs_m3_s": np.abs(q),
+                    },
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ results
+    @property
+    def leak_onset_s(self) -> float | None:
+        """Time the first cement left the bone through any exit."""
+        return None if np.all(np.isnan(self.exit_onset_s)) else float(np.nanmin(self.exit_onset_s))
+
+    @property
+    def detection_time_s(self) -> float | None:
+        return self.detector.detection_time_s
+
+    @property
+    def marrow_leaked_m3(self) -> float:
+        return float(self.marrow_by_exit_m3.sum())
+
+    def edge_cement_volume_m3(self) -> np.ndarray:
+        return self.columns.fill_m3.copy()
+
+    def leaked_by_exit_kind(self) -> dict[str, float]:
+        """Cement received per exit kind (basivertebral / anterior / lateral)."""
+        out: dict[str, float] = {}
+        for ex, v in zip(self.exits, self.cement_by_exit_m3, strict=True):
+            out[ex.kind] = out.get(ex.kind, 0.0) + float(v)
+        return out
+
+    def fragments_by_route(self) -> dict[str, float]:
+        route = (
+            self.network.edge_route[self.fragments.edge] if len(self.fragments) else np.array([], dtype=str)
+        )
+        return {r: float(self.fragments.volume_m3[route == r].sum()) for r in ROUTES}
+
+    def volume_by_route(self) -> dict[str, float]:
+        """Leaked cement by route: still in columns there plus fragments born there."""
+        cols = self.columns.volume_by_route()
+        frag = self.fragments_by_route()
+        return {r: cols[r] + frag[r] for r in ROUTES}
+
+    def mass_balance_error(self) -> float:
+        held = self.columns.total_m3() + float(self.fragments.volume_m3.sum())
+        return abs(held - self.received_m3) / max(self.received_m3, 1e-300)
+
+    def time_series(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self._series.items()}
+
+    def flow_snapshot(self) -> VenousFlowSnapshot:
+        """Current blood flows (with cement columns) for fragment transport."""
+        return flow_snapshot(self.network, self.flow)
+
+    def fluoroscopy_image(self, view: str, cement_fraction: np.ndarray | None = None) -> np.ndarray:
+        """Projected cement thickness (m) of ``view``; pass the bone cement fraction to include the body."""
+        return self.detector.image(view, self.columns, cement_fraction)
+
+    def fluoroscopy_extent_m(self, view: str) -> tuple[float, float, float, float]:
+        """(a_min, a_max, b_min, b_max) of the view's image axes (lateral: y, z; ap: x, z), metres."""
+        det = self.detector.detectors[view]
+        h = det.pixel_size_m
+        a0, b0 = (float(v) for v in det.origin_m)
+        return a0, a0 + det.shape[0] * h, b0, b0 + det.shape[1] * h
+
+    def summary(self) -> dict[str, Any]:
+        by_kind = self.leaked_by_exit_kind()
+        routes = self.volume_by_route()
+        return {
+            "leak_onset_s": self.leak_onset_s,
+            "detection_time_s": self.detection_time_s,
+            "stop_time_s": self.stop_time_s,
+            "cement_set_time_s": self.set_time_s,
+            "leaked_cement_m3": self.received_m3,
+            "leaked_marrow_m3": self.marrow_leaked_m3,
+            **{f"leaked_{k}_m3": v for k, v in by_kind.items()},
+            **{f"route_{k}_m3": v for k, v in routes.items()},
+            "vein_cement_m3": self.columns.total_m3(),
+            "fragments_shed": len(self.fragments),
+            "fragment_volume_m3": float(self.fragments.volume_m3.sum()),
+            "mass_balance_error": self.mass_balance_error(),
+        }

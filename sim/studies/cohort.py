@@ -1,0 +1,811 @@
+"""Virtual patient cohorts: seeded sampling of patients into ordinary Scenarios, run under stop policies.
+
+A cohort file (YAML, unknown keys rejected) names a base scenario (``base:`` path relative to the
+cohort file, and/or inline ``overrides:``), the number of virtual patients ``n``, a root ``seed``,
+``distributions:`` by dotted Scenario path, and ``policies:`` (stop policies applied to the SAME
+virtual patients, so policy comparisons are paired).
+
+Distributions (each maps a uniform u in [0, 1) through its inverse CDF, so the same machinery
+serves random cohorts and Morris/Sobol designs):
+``uniform {low, high}``, ``loguniform {low, high}``, ``normal {mean, sd}``, ``truncnormal {mean,
+sd, low, high}``, ``lognormal {median, sigma}`` (ln X ~ N(ln median, sigma^2)), ``categorical
+{values, weights}``, ``choice {values}`` (equal weights), ``bernoulli {p}`` (true with
+probability p), and ``conditional {given, cases}``: ``given`` is another dotted path and
+``cases`` maps a glob pattern of the parent's value (``"T*"``, ``"L*"``, ``"*"``) to a
+distribution; the first matching case is used (e.g. injected volume by level).
+
+Seeds: input ``path`` draws its n uniforms from ``SeedSequence(seed, spawn_key=(1, crc32(path)))``
+and patient ``i`` gets ``patient.seed`` = the i-th replicate seed of :func:`sim.studies.sweep.replicate_seeds`
+(one ``SeedSequence(seed)`` spawned per patient). Hence (a) the same file and seed give the same
+cohort bit for bit, (b) a cohort of n patients is the first n patients of a larger one (growing a
+cohort reuses finished runs), (c) adding or removing one distribution leaves the other inputs'
+draws unchanged, and (d) every policy arm of patient i has the same inputs and patient seed.
+
+Running: every (patient, policy) pair is an ordinary validated Scenario executed by the sweep
+machinery (:func:`sim.studies.sweep.run_sweep`: SQLite ledger keyed by content hash, local pool or Dask,
+resumable). With ``share_runs`` (default) the cohort runs in two phases: first every patient
+with ``injection.stop_after_leak_s = null`` (never stop); then the other arms, but only for
+patients whose never-stop run could differ. The stop policy contract of
+:meth:`sim.run.venous_system.VenousSystem.stop_requested` (stop once t >= detection + reaction delay
++ stop_after_leak_s; never before detection) makes an arm's run identical to the never-stop run
+when no leak was detected, or when detection + reaction delay + delay is later than the end of the
+never-stop injection, provided the two configs differ in that field only; such arms reuse the
+never-stop result (marked ``shared``). ``share_runs: false`` runs every pair.
+
+Sensitivity (``sensitivity:``): a Morris (default; cheap: trajectories x (k + 1) runs) or Sobol
+(N (k + 2) runs) design over the cohort's inputs plus ``patient.seed`` (a pseudo-input standing
+for the anatomy/random-field noise, mapped to a pool of 1024 seeds), run under one policy in
+``<out>/sensitivity`` (its own ledger). Inputs left out of ``sensitivity.inputs`` are held at their
+medians; Morris grid levels are moved to the centres of equiprobable bins (level j of p maps to
+u = (j + 1/2)/p) so unbounded distributions never see u = 0 or 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import json
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from scipy import stats as _st
+
+from sim.core.config import Scenario, read_yaml, scenario_from_dict
+from sim.core.errors import ConfigError
+from sim.studies.executors import DEFAULT_RUNNER, DEFAULT_WRITER, Executor, Runner
+from sim.studies.ledger import open_ledger
+from sim.studies.sweep import (
+    SEED_PATH,
+    ExecutorSpec,
+    Expansion,
+    SweepPoint,
+    SweepSpec,
+    apply_overrides,
+    check_dotted_path,
+    replicate_seeds,
+    run_sweep,
+    set_dotted,
+)
+
+STOP_PATH = "injection.stop_after_leak_s"
+SAMPLING_KEY = 1  # spawn_key prefix of the per-input sampling streams
+SEED_POOL = 1024  # sensitivity designs map u to one of this many patient seeds
+_U_EPS = 1e-12
+
+DistName = Literal[
+    "uniform", "loguniform", "normal", "truncnormal", "lognormal", "categorical", "choice", "bernoulli",
+    "conditional",
+]  # fmt: skip
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DistributionSpec(_Strict):
+    """One uncertain input: a named distribution and its parameters (see the module docstring)."""
+
+    dist: DistName
+    low: float | None = None
+    high: float | None = None
+    mean: float | None = None
+    sd: float | None = None
+    median: float | None = None
+    sigma: float | None = None
+    values: list[Any] | None = None
+    weights: list[float] | None = None
+    p: float | None = None
+    given: str | None = None
+    cases: dict[str, DistributionSpec] | None = None
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _params(self) -> DistributionSpec:
+        need = {
+            "uniform": ("low", "high"),
+            "loguniform": ("low", "high"),
+            "normal": ("mean", "sd"),
+            "truncnormal": ("mean", "sd", "low", "high"),
+            "lognormal": ("median", "sigma"),
+            "categorical": ("values", "weights"),
+            "choice": ("values",),
+            "bernoulli": ("p",),
+            "conditional": ("given", "cases"),
+        }[self.dist]
+        allowed = set(need) | {"source"}
+        given = {k for k in type(self).model_fields if getattr(self, k) is not None and k != "dist"}
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dist '{self.dist}' needs {', '.join(need)} (missing: {', '.join(missing)})")
+        extra = sorted(given - allowed)
+        if extra:
+            raise ValueError(f"dist '{self.dist}' takes {', '.join(need)}, not {', '.join(extra)}")
+        for name in ("low", "high", "mean", "sd", "median", "sigma", "p"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"'{name}' must be finite (got {v})")
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"need low < high (got low = {self.low}, high = {self.high})")
+        if self.dist == "loguniform" and self.low is not None and self.low <= 0.0:
+            raise ValueError(f"loguniform needs low > 0 (got {self.low})")
+        if self.sd is not None and self.sd <= 0.0:
+            raise ValueError(f"sd must be > 0 (got {self.sd})")
+        if self.dist == "lognormal" and (self.median <= 0.0 or self.sigma <= 0.0):  # type: ignore[operator]
+            raise ValueError(f"lognormal needs median > 0 and sigma > 0 (got {self.median}, {self.sigma})")
+        if self.p is not None and not 0.0 <= self.p <= 1.0:
+            raise ValueError(f"p must be in [0, 1] (got {self.p})")
+        if self.values is not None and len(self.values) == 0:
+            raise ValueError("'values' must not be empty")
+        if self.weights is not None:
+            if len(self.weights) != len(self.values or []):
+                raise ValueError(f"{len(self.weights)} weights for {len(self.values or [])} values")
+            if any(not math.isfinite(w) or w < 0.0 for w in self.weights) or sum(self.weights) <= 0.0:
+                raise ValueError("weights must be finite, non-negative and not all zero")
+        if self.cases is not None:
+            if not self.cases:
+                raise ValueError("'cases' must not be empty")
+            nested = [k for k, c in self.cases.items() if c.dist == "conditional"]
+            if nested:
+                raise ValueError(f"cases {nested} are conditional themselves (one level only)")
+        return self
+
+    def ppf(self, u: np.ndarray, parent: list[Any] | None = None) -> list[Any]:
+        """Values at cumulative probabilities u (the inverse CDF); ``parent`` values for conditionals."""
+        u = np.clip(np.asarray(u, dtype=np.float64), _U_EPS, 1.0 - _U_EPS)
+        d = self.dist
+        if d == "conditional":
+            assert self.cases is not None and parent is not None
+            out: list[Any] = [None] * len(u)
+            keys = list(self.cases)
+            chosen = [_match_case(keys, v, self.given or "") for v in parent]
+            for key in dict.fromkeys(chosen):
+                idx = np.array([i for i, c in enumerate(chosen) if c == key], dtype=np.int64)
+                for i, v in zip(idx, self.cases[key].ppf(u[idx]), strict=True):
+                    out[i] = v
+            return out
+        if d == "uniform":
+            x = self.low + u * (self.high - self.low)  # type: ignore[operator]
+        elif d == "loguniform":
+            x = np.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))  # type: ignore[arg-type]
+        elif d == "normal":
+            x = self.mean + self.sd * _st.norm.ppf(u)  # type: ignore[operator]
+        elif d == "truncnormal":
+            a = (self.low - self.mean) / self.sd  # type: ignore[operator]
+            b = (self.high - self.mean) / self.sd  # type: ignore[operator]
+            x = _st.truncnorm.ppf(u, a, b, loc=self.mean, scale=self.sd)
+        elif d == "lognormal":
+            x = self.median * np.exp(self.sigma * _st.norm.ppf(u))  # type: ignore[operator]
+        elif d == "bernoulli":
+            return [bool(v) for v in (u < self.p)]
+        else:  # categorical / choice
+            values = self.values or []
+            w = np.asarray(self.weights if self.weights is not None else [1.0] * len(values), dtype=float)
+            cum = np.cumsum(w / w.sum())
+            idx = np.minimum(np.searchsorted(cum, u, side="right"), len(values) - 1)
+            return [copy.deepcopy(values[i]) for i in idx]
+        if self.low is not None and d in ("uniform", "loguniform", "truncnormal"):
+            x = np.clip(x, self.low, self.high)
+        return [float(v) for v in np.atleast_1d(x)]
+
+
+def _match_case(keys: list[str], value: Any, given: str) -> str:
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    for key in keys:
+        if fnmatch.fnmatchcase(text, key):
+            return key
+    raise ConfigError(f"conditional on '{given}': no case matches value {text!r} (cases: {', '.join(keys)})")
+
+
+class PolicySpec(_Strict):
+    """A stop policy arm: ``stop_after_leak_s`` (number, null = never stop, or ``sampled`` = keep the
+    patient's sampled/base value) plus optional further dotted-path ``overrides``."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)]
+    stop_after_leak_s: float | None | Literal["sampled"] = "sampled"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+
+class EndpointSpec(_Strict):
+    """How clinical endpoints are read from a run (thresholds in report units)."""
+
+    leak_min_ml: Annotated[float, Field(ge=0.0)] = 0.01
+    embolus_min_diameter_mm: Annotated[float, Field(ge=0.0)] = 0.0
+    continued_injection_min_ml: Annotated[float, Field(ge=0.0)] = 0.1
+
+
+class SensitivitySpec(_Strict):
+    """Global sensitivity design: Morris (cheap) or Sobol, under one policy."""
+
+    method: Literal["morris", "sobol", "none"] = "morris"
+    policy: str | None = None
+    trajectories: Annotated[int, Field(ge=2, le=1000)] = 10
+    levels: Annotated[int, Field(ge=2, le=20)] = 4
+    base_samples: Annotated[int, Field(ge=2, le=65536)] = 64
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    inputs: list[str] | None = None
+
+
+class CohortSpec(_Strict):
+    """A validated cohort file."""
+
+    name: str = "cohort"
+    description: str = ""
+    base: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    n: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    distributions: dict[str, DistributionSpec] = Field(default_factory=dict)
+    policies: list[PolicySpec] = Field(min_length=1)
+    calibration_policy: str | None = None
+    reference_policy: str | None = None
+    share_runs: bool = True
+    endpoints: EndpointSpec = EndpointSpec()
+    sensitivity: SensitivitySpec = SensitivitySpec()
+    bootstrap: Annotated[int, Field(ge=100, le=100_000)] = 2000
+    executor: ExecutorSpec = ExecutorSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CohortSpec:
+        names = [p.name for p in self.policies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"policy names must be unique (repeated: {', '.join(dup)})")
+        for key in ("calibration_policy", "reference_policy"):
+            value = getattr(self, key)
+            if value is not None and value not in names:
+                raise ValueError(f"{key} '{value}' is not a policy (policies: {', '.join(names)})")
+        if self.sensitivity.policy is not None and self.sensitivity.policy not in names:
+            raise ValueError(f"sensitivity.policy '{self.sensitivity.policy}' is not a policy")
+        if SEED_PATH in self.distributions:
+            raise ValueError(f"'{SEED_PATH}' is set per patient from the cohort seed; do not sample it")
+        for path, spec in self.distributions.items():
+            if spec.dist == "conditional":
+                if spec.given == path:
+                    raise ValueError(f"distribution '{path}' is conditional on itself")
+                parent = self.distributions.get(spec.given or "")
+                if parent is not None and parent.dist == "conditional":
+                    raise ValueError(f"'{path}' is conditional on '{spec.given}', itself conditional")
+        return self
+
+    @property
+    def calibration(self) -> str:
+        return self.calibration_policy or self.policies[0].name
+
+    @property
+    def reference(self) -> str:
+        return self.reference_policy or self.policies[0].name
+
+    def policy(self, name: str) -> PolicySpec:
+        return next(p for p in self.policies if p.name == name)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def cohort_from_dict(data: Any, source: str = "cohort") -> CohortSpec:
+    """Validate a mapping as a cohort file; one line per problem naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a cohort file must be a mapping, got {type(data).__name__}")
+    try:
+        spec = CohortSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err.get("type") == "extra_forbidden":
+                lines.append(f"{source}: unknown key '{loc}'")
+            else:
+                msg = err.get("msg", "invalid").removeprefix("Value error, ")
+                lines.append(f"{source}: {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    for path in spec.distributions:
+        check_dotted_path(path, f"{source}: distributions")
+    for path, dist in spec.distributions.items():
+        if dist.given is not None:
+            check_dotted_path(dist.given, f"{source}: distributions.{path}.given")
+    for pol in spec.policies:
+        for path in pol.overrides:
+            check_dotted_path(path, f"{source}: policy '{pol.name}' overrides")
+    for path in spec.sensitivity.inputs or []:
+        if path not in spec.distributions:
+            raise ConfigError(f"{source}: sensitivity.inputs: '{path}' has no distribution")
+    return spec
+
+
+def load_cohort(path: str | Path) -> tuple[CohortSpec, Path]:
+    """Read and validate a cohort file; returns the spec and the folder relative paths resolve from."""
+    p = Path(path)
+    return cohort_from_dict(read_yaml(p), source=str(p)), p.resolve().parent
+
+
+def base_config(spec: CohortSpec, base_dir: str | Path, source: str = "cohort") -> dict[str, Any]:
+    """The resolved base scenario (base file + overrides) as a clinical-unit dict."""
+    config: dict[str, Any] = {}
+    if spec.base is not None:
+        base_path = Path(spec.base)
+        if not base_path.is_absolute():
+            base_path = Path(base_dir) / base_path
+        config = scenario_from_dict(read_yaml(base_path), source=str(base_path)).model_dump(mode="json")
+    apply_overrides(config, spec.overrides, f"{source}: overrides")
+    return scenario_from_dict(config, source=f"{source}: base scenario").model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class VirtualPatient:
+    """Patient ``index``: its sampled inputs (dotted path -> value, incl. ``patient.seed``)."""
+
+    index: int
+    inputs: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.inputs[SEED_PATH])
+
+
+def input_stream(seed: int, path: str) -> np.random.Generator:
+    """The sampling stream of one input: independent of every other input and of the input order."""
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(SAMPLING_KEY, zlib.crc32(path.encode())))
+    )
+
+
+def sampling_order(spec: CohortSpec) -> list[str]:
+    """Unconditional inputs first, then conditional ones (whose parents are then known)."""
+    plain = [p for p, d in spec.distributions.items() if d.dist != "conditional"]
+    return plain + [p for p, d in spec.distributions.items() if d.dist == "conditional"]
+
+
+def map_inputs(spec: CohortSpec, u: dict[str, np.ndarray], base: dict[str, Any]) -> dict[str, list[Any]]:
+    """Inputs from unit draws u[path] (same length for every path), conditionals after their parents."""
+    out: dict[str, list[Any]] = {}
+    for path in sampling_order(spec):
+        dist = spec.distributions[path]
+        parent = None
+        if dist.dist == "conditional":
+            given = dist.given or ""
+            parent = out[given] if given in out else [_get_dotted(base, given)] * len(u[path])
+        out[path] = dist.ppf(u[path], parent)
+    return out
+
+
+def sample_patients(
+    spec: CohortSpec, n: int | None = None, base: dict[str, Any] | None = None
+) -> list[VirtualPatient]:
+    """The first n virtual patients of the cohort (n defaults to the file's ``n``)."""
+    n = spec.n if n is None else int(n)
+    if n < 1:
+        raise ConfigError(f"cohort '{spec.name}': n = {n}: need at least one patient")
+    u = {path: input_stream(spec.seed, path).random(n) for path in spec.distributions}
+    values = map_inputs(spec, u, base or {})
+    seeds = replicate_seeds(spec.seed, n)
+    return [
+        VirtualPatient(i, {**{p: values[p][i] for p in sampling_order(spec)}, SEED_PATH: seeds[i]})
+        for i in range(n)
+    ]
+
+
+def _get_dotted(config: dict[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def arm_config(base: dict[str, Any], inputs: dict[str, Any], policy: PolicySpec | None) -> dict[str, Any]:
+    """Base scenario + a patient's inputs + a policy's overrides (clinical units)."""
+    config = copy.deepcopy(base)
+    for path, value in inputs.items():
+        set_dotted(config, path, copy.deepcopy(value))
+    if policy is not None:
+        for path, value in policy.overrides.items():
+            set_dotted(config, path, copy.deepcopy(value))
+        if policy.stop_after_leak_s != "sampled":
+            set_dotted(config, STOP_PATH, policy.stop_after_leak_s)
+    return config
+
+
+def _validated(config: dict[str, Any], source: str) -> Scenario:
+    return scenario_from_dict(config, source=source)
+
+
+def _short(inputs: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={json.dumps(v)}" for k, v in inputs.items() if k != SEED_PATH)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+@dataclass(frozen=True)
+class CohortExpansion(Expansion):
+    """A sweep expansion whose exported input columns are the cohort's (patient, policy, inputs)."""
+
+    columns: tuple[str, ...] = ()
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.columns)
+
+
+@dataclass
+class CohortPlan:
+    """Every (patient, policy) scenario of a cohort and the never-stop probe per patient."""
+
+    spec: CohortSpec
+    base: dict[str, Any]
+    patients: list[VirtualPatient]
+    arms: dict[tuple[int, str], Scenario]
+    probes: dict[int, Scenario]
+    shareable: dict[tuple[int, str], bool]
+
+    @property
+    def policy_names(self) -> list[str]:
+        return [p.name for p in self.spec.policies]
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["cohort.patient", "cohort.policy", *sampling_order(self.spec), SEED_PATH]
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of everything but n: growing a cohort in the same folder keeps its runs."""
+        doc = self.spec.model_dump(mode="json")
+        doc.pop("n", None)
+        doc.pop("executor", None)
+        blob = json.dumps({"spec": doc, "base": self.base}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan_cohort(
+    spec: CohortSpec, base_dir: str | Path = ".", n: int | None = None, source: str = "cohort"
+) -> CohortPlan:
+    """Sample the patients and validate every (patient, policy) scenario before anything runs."""
+    base = base_config(spec, Path(base_dir), source)
+    patients = sample_patients(spec, n, base)
+    arms: dict[tuple[int, str], Scenario] = {}
+    probes: dict[int, Scenario] = {}
+    shareable: dict[tuple[int, str], bool] = {}
+    problems: list[str] = []
+    never = PolicySpec(name="never_stop_probe", stop_after_leak_s=None)
+    for pt in patients:
+        probe_cfg = arm_config(base, pt.inputs, never)
+        for pol in spec.policies:
+            cfg = arm_config(base, pt.inputs, pol)
+            try:
+                arms[(pt.index, pol.name)] = _validated(
+                    cfg, f"{source}: patient {pt.index} policy '{pol.name}' ({_short(pt.inputs)})"
+                )
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+            a, b = copy.deepcopy(cfg), copy.deepcopy(probe_cfg)
+            set_dotted(a, STOP_PATH, None)
+            set_dotted(b, STOP_PATH, None)
+            shareable[(pt.index, pol.name)] = spec.share_runs and a == b
+        if spec.share_runs and any(shareable.get((pt.index, p.name), False) for p in spec.policies):
+            try:
+                probes[pt.index] = _validated(probe_cfg, f"{source}: patient {pt.index} never-stop probe")
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if len(problems) > 10:
+            break
+    if problems:
+        raise ConfigError("\n".join(problems[:10]))
+    return CohortPlan(spec, base, patients, arms, probes, shareable)
+
+
+def _expansion(plan: CohortPlan, keys: list[tuple[int, str]]) -> CohortExpansion:
+    """Sweep expansion of the given (patient, policy) keys (policy '' = the never-stop probe)."""
+    names = plan.policy_names
+    points: list[SweepPoint] = []
+    seen: set[str] = set()
+    for i, pol in keys:
+        scenario = plan.probes[i] if pol == "" else plan.arms[(i, pol)]
+        digest = scenario.content_hash()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        j = len(names) if pol == "" else names.index(pol)
+        inputs = {"cohort.patient": i, "cohort.policy": pol or "never_stop_probe", **plan.patients[i].inputs}
+        points.append(SweepPoint(i * (len(names) + 1) + j, i, inputs, scenario, digest))
+    spec = SweepSpec(name=plan.spec.name, description=plan.spec.description, executor=plan.spec.executor)
+    return CohortExpansion(spec, plan.base, points, 0, tuple(plan.input_names))
+
+
+# ---------------------------------------------------------------------------- running
+
+
+@dataclass
+class ArmResult:
+    """The outcome of one (patient, policy): which run produced it and what it reported."""
+
+    patient: int
+    policy: str
+    hash: str
+    status: str  # done / failed / pending
+    shared: bool  # result reused from the never-stop probe (identical by the stop-policy contract)
+    summary: dict[str, Any] | None
+    emboli: dict[str, list[Any]] | None
+    error: str | None
+
+
+@dataclass
+class SensitivityRun:
+    """A sensitivity design, the scenario hash per design row, and the ledger results."""
+
+    method: str
+    policy: str
+    names: list[str]
+    design: np.ndarray
+    hashes: list[str]
+    results: dict[str, ArmResult]
+    levels: int
+    seed: int
+    n_ran: int = 0
+
+    @property
+    def failed(self) -> list[ArmResult]:
+        return [r for r in self.results.values() if r.status != "done"]
+
+
+@dataclass
+class CohortRun:
+    """Everything a cohort produced: the plan, per-arm results, sensitivity runs, files, failures."""
+
+    plan: CohortPlan
+    arms: dict[tuple[int, str], ArmResult]
+    sensitivity: SensitivityRun | None = None
+    files: list[Path] = field(default_factory=list)
+    n_runs: int = 0
+
+    @property
+    def failed(self) -> list[ArmResult]:
+        return [a for a in self.arms.values() if a.status != "done"]
+
+
+CohortProgress = Callable[[str, int, int, int], None]  # (phase, finished, total, failed)
+
+
+def _guard_folder(plan: CohortPlan, out: Path, force: bool) -> None:
+    """Refuse a folder holding a different cohort (other inputs, policies or base) unless forced."""
+    marker = out / "cohort.resolved.yaml"
+    if marker.exists() and not force:
+        try:
+            old = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            old = {}
+        if old.get("fingerprint") not in (None, plan.fingerprint):
+            raise ConfigError(
+                f"{out}: holds a different cohort ('{old.get('name')}'); use another --out folder, or "
+                "--force to switch this folder to the new cohort"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "name": plan.spec.name,
+        "fingerprint": plan.fingerprint,
+        "n": len(plan.patients),
+        "cohort": plan.spec.model_dump(mode="json"),
+        "base_scenario": plan.base,
+    }
+    tmp = marker.with_name(f".{marker.name}.partial")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write("# resolved cohort: re-running `pce-sim cohort` with the same file resumes this folder\n")
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    tmp.replace(marker)
+
+
+def _ledger_results(folder: Path) -> dict[str, tuple[str, dict | None, dict | None, str | None]]:
+    with open_ledger(folder, exclusive=False) as ledger:
+        return {r.hash: (r.status or "pending", r.summary, r.emboli, r.error) for r in ledger.rows()}
+
+
+def reuses_probe(probe_summary: dict[str, Any] | None, scenario: Scenario) -> bool:
+    """True when the never-stop run is provably this arm's run too (see the module docstring)."""
+    if probe_summary is None:
+        return False
+    delay = scenario.injection.stop_after_leak_s
+    if delay is None:
+        return True
+    det = probe_summary.get("detection_time_s")
+    end = probe_summary.get("injection_duration_s")
+    if det is None or (isinstance(det, float) and math.isnan(det)):
+        return "detection_time_s" in probe_summary
+    if end is None or not math.isfinite(float(end)):
+        return False
+    stop_at = float(det) + scenario.fluoroscopy.reaction_delay_s + float(delay)
+    return stop_at > float(end) * (1.0 + 1e-9) + 1e-9
+
+
+def run_cohort(
+    plan: CohortPlan,
+    out_dir: str | Path,
+    *,
+    executor_factory: Callable[[], Executor] | None = None,
+    workers: int | None = None,
+    runner: Runner = DEFAULT_RUNNER,
+    writer: Runner = DEFAULT_WRITER,
+    force: bool = False,
+    sensitivity: bool = True,
+    progress: CohortProgress | None = None,
+) -> CohortRun:
+    """Run (or resume) a cohort in ``out_dir`` on the sweep machinery; returns per-arm results.
+
+    ``executor_factory`` makes a fresh executor per phase (default: the cohort file's executor,
+    ``workers`` overriding its worker count).
+    """
+    out = Path(out_dir)
+    _guard_folder(plan, out, force)
+    n_runs = 0
+
+    def sweep(expansion: CohortExpansion, folder: Path, phase: str) -> None:
+        nonlocal n_runs
+        if not expansion.points:
+            return
+        cb = None if progress is None else (lambda f, t, k: progress(phase, f, t, k))
+        outcome = run_sweep(
+            expansion,
+            folder,
+            executor=executor_factory() if executor_factory is not None else None,
+            workers=workers,
+            runner=runner,
+            writer=writer,
+            force=True,
+            progress=cb,
+        )
+        n_runs += outcome.ran
+
+    names = plan.policy_names
+    pids = [p.index for p in plan.patients]
+    if plan.probes:
+        first = [(i, "") for i in pids if i in plan.probes]
+        sweep(_expansion(plan, first), out, "never-stop runs")
+        done = _ledger_results(out)
+        keys = list(first)
+        shared: dict[tuple[int, str], bool] = {}
+        for i in pids:
+            probe = plan.probes.get(i)
+            probe_res = done.get(probe.content_hash()) if probe is not None else None
+            summary = probe_res[1] if probe_res is not None and probe_res[0] == "done" else None
+            for pol in names:
+                scenario = plan.arms[(i, pol)]
+                reuse = plan.shareable[(i, pol)] and reuses_probe(summary, scenario)
+                shared[(i, pol)] = reuse and scenario.content_hash() != probe.content_hash()  # type: ignore[union-attr]
+                if not reuse:
+                    keys.append((i, pol))
+        sweep(_expansion(plan, keys), out, "policy arms")
+    else:
+        shared = {(i, pol): False for i in pids for pol in names}
+        sweep(_expansion(plan, [(i, pol) for i in pids for pol in names]), out, "runs")
+    done = _ledger_results(out)
+    arms: dict[tuple[int, str], ArmResult] = {}
+    for i in pids:
+        for pol in names:
+            h = plan.probes[i].content_hash() if shared[(i, pol)] else plan.arms[(i, pol)].content_hash()
+            status, summary, emboli, error = done.get(h, ("pending", None, None, None))
+            arms[(i, pol)] = ArmResult(i, pol, h, status, shared[(i, pol)], summary, emboli, error)
+    run = CohortRun(plan, arms, n_runs=n_runs)
+    if sensitivity and plan.spec.sensitivity.method != "none":
+        run.sensitivity = run_sensitivity(
+            plan, out / "sensitivity", executor_factory, workers, runner, writer, progress
+        )
+        run.n_runs += run.sensitivity.n_ran
+    return run
+
+
+# ---------------------------------------------------------------------------- sensitivity
+
+
+def sensitivity_inputs(spec: CohortSpec) -> list[str]:
+    """The design's inputs: the listed (or all sampled) paths plus the patient-seed pseudo-input."""
+    names = list(spec.sensitivity.inputs or sampling_order(spec))
+    return [*names, SEED_PATH]
+
+
+def sensitivity_design(spec: CohortSpec) -> tuple[list[str], np.ndarray, int]:
+    """(input names, unit design, seed) for the cohort's sensitivity method."""
+    from sim.studies.stats import morris_design, sobol_design
+
+    s = spec.sensitivity
+    seed = spec.seed if s.seed is None else s.seed
+    names = sensitivity_inputs(spec)
+    if s.method == "morris":
+        return names, morris_design(names, s.trajectories, s.levels, seed), seed
+    if s.method == "sobol":
+        return names, sobol_design(names, s.base_samples, seed), seed
+    raise ConfigError(f"sensitivity method '{s.method}': allowed: morris, sobol")
+
+
+def design_inputs(
+    spec: CohortSpec, names: list[str], design: np.ndarray, base: dict[str, Any], seed: int
+) -> list[dict[str, Any]]:
+    """Scenario inputs per design row; u on Morris grid levels is moved to bin centres first."""
+    s = spec.sensitivity
+    u = np.asarray(design, dtype=np.float64)
+    if s.method == "morris":
+        u = (u * (s.levels - 1) + 0.5) / s.levels
+    cols = {name: u[:, j] for j, name in enumerate(names)}
+    full = {path: cols.get(path, np.full(len(u), 0.5)) for path in spec.distributions}
+    values = map_inputs(spec, full, base)
+    pool = replicate_seeds(seed, SEED_POOL)
+    seed_idx = np.minimum((cols[SEED_PATH] * SEED_POOL).astype(np.int64), SEED_POOL - 1)
+    return [
+        {**{p: values[p][r] for p in sampling_order(spec)}, SEED_PATH: pool[seed_idx[r]]}
+        for r in range(len(u))
+    ]
+
+
+def run_sensitivity(
+    plan: CohortPlan,
+    folder: Path,
+    executor_factory: Callable[[], Executor] | None = None,
+    workers: int | None = None,
+    runner: Runner = DEFAULT_RUNNER,
+    writer: Runner = DEFAULT_WRITER,
+    progress: CohortProgress | None = None,
+) -> SensitivityRun:
+    """Run the sensitivity design (one ordinary scenario per distinct design row) in ``folder``."""
+    spec = plan.spec
+    policy = spec.policy(spec.sensitivity.policy or spec.calibration)
+    names, design, seed = sensitivity_design(spec)
+    rows = design_inputs(spec, names, design, plan.base, seed)
+    points: list[SweepPoint] = []
+    hashes: list[str] = []
+    seen: set[str] = set()
+    for r, inputs in enumerate(rows):
+        scenario = _validated(
+            arm_config(plan.base, inputs, policy), f"{spec.name}: sensitivity design row {r}"
+        )
+        digest = scenario.content_hash()
+        hashes.append(digest)
+        if digest not in seen:
+            seen.add(digest)
+            points.append(SweepPoint(r, r, {"cohort.design_row": r, **inputs}, scenario, digest))
+    input_names = ["cohort.design_row", *sampling_order(spec), SEED_PATH]
+    expansion = CohortExpansion(
+        SweepSpec(name=f"{spec.name}-sensitivity", executor=spec.executor),
+        plan.base,
+        points,
+        0,
+        tuple(input_names),
+    )
+    cb = None if progress is None else (lambda f, t, k: progress("sensitivity", f, t, k))
+    outcome = run_sweep(
+        expansion,
+        folder,
+        executor=executor_factory() if executor_factory is not None else None,
+        workers=workers,
+        runner=runner,
+        writer=writer,
+        force=True,
+        progress=cb,
+    )
+    done = _ledger_results(folder)
+    results = {}
+    for h in seen:
+        status, summary, emboli, error = done.get(h, ("pending", None, None, None))
+        results[h] = ArmResult(-1, policy.name, h, status, False, summary, emboli, error)
+    return SensitivityRun(
+        spec.sensitivity.method,
+        policy.name,
+        names,
+        design,
+        hashes,
+        results,
+        spec.sensitivity.levels,
+        seed,
+        outcome.ran,
+    )

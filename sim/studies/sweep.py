@@ -1,0 +1,527 @@
+"""Sweep files: a base scenario, parameters by dotted path, a sampling method, replicates, an executor.
+
+A sweep file (YAML) names a base scenario (``base:``, a path relative to the sweep file) and/or
+inline ``overrides:`` (nested or dotted keys), a ``method`` (``grid`` = full factorial of the
+``values`` lists; ``lhs`` = Latin hypercube; ``random`` = independent uniform draws), a
+``samples`` count for lhs/random, ``replicates`` (patient seeds) and an ``executor``.
+
+Sampling (McKay, Beckman & Conover 1979, Technometrics 21:239, for the Latin hypercube): with N
+samples each parameter's unit interval is cut into N equal strata, each stratum is used exactly
+once (a random permutation per parameter assigns strata to samples) and the point inside a
+stratum is uniform. ``range: [lo, hi]`` maps u in [0, 1) to ``lo + u (hi - lo)`` (``scale:
+linear``) or ``lo (hi/lo)^u`` (``scale: log``, strata equal in log space); ``values: [...]`` maps
+u to ``values[floor(u * len(values))]``, so each listed value gets N/len strata.
+
+Seeds: one ``numpy.random.SeedSequence(seed)`` is spawned into a sampling stream and a
+replicate stream; replicate r gets ``patient.seed`` from the r-th child of the replicate stream,
+identical for every parameter point (common random numbers: the same virtual patients see every
+protocol, so differences between points are not sampling noise). With ``replicates: 1`` and no
+``seed`` the base scenario's own ``patient.seed`` is kept.
+
+Every expanded scenario is validated with :func:`sim.core.config.scenario_from_dict` before anything
+runs; errors name the dotted path (with the known keys) or the scenario index and field.
+
+:func:`run_sweep` drives a sweep folder: ``sweep.resolved.yaml`` and ``scenarios.csv`` (what will
+run), ``ledger.sqlite`` (:mod:`sim.studies.ledger`, resumable state), ``runs/<hash[:12]>/`` (one run folder
+per scenario) and the exports ``results.csv`` / ``emboli.csv`` (+ Parquet). Runs execute on an
+executor from :mod:`sim.studies.executors`; the runner and writer are parameters (default: the real
+``sim.run.pipeline.run_scenario`` / ``write_run``, imported lazily in the workers).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sim.core.config import Scenario, read_yaml, scenario_from_dict
+from sim.core.errors import ConfigError
+from sim.studies.executors import (
+    DEFAULT_RUNNER,
+    DEFAULT_WRITER,
+    Executor,
+    Outcome,
+    Runner,
+    RunTask,
+    make_executor,
+)
+from sim.studies.ledger import export_tables, open_ledger, write_csv
+
+SEED_PATH = "patient.seed"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParameterSpec(_Strict):
+    """One swept parameter: a list of ``values`` or a ``range`` sampled on a linear or log scale."""
+
+    values: list[Any] | None = None
+    range: tuple[float, float] | None = None
+    scale: Literal["linear", "log"] = "linear"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ParameterSpec:
+        if (self.values is None) == (self.range is None):
+            raise ValueError("give exactly one of 'values' or 'range'")
+        if self.values is not None and len(self.values) == 0:
+            raise ValueError("'values' must not be empty")
+        if self.range is not None:
+            lo, hi = self.range
+            if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+                raise ValueError(f"'range' must be [lo, hi] with finite lo <= hi (got [{lo}, {hi}])")
+            if self.scale == "log" and lo <= 0.0:
+                raise ValueError(f"'scale: log' needs a positive range (got lo = {lo})")
+        elif self.scale != "linear":
+            raise ValueError("'scale' applies to 'range' only")
+        return self
+
+
+class ExecutorSpec(_Strict):
+    """Where runs execute: ``local`` process pool, ``dask`` cluster, or ``serial`` (in-process, debugging)."""
+
+    kind: Literal["local", "dask", "serial"] = "local"
+    workers: Annotated[int, Field(ge=1, le=1024)] = 2
+    address: str | None = None
+
+    @model_validator(mode="after")
+    def _address_for_dask(self) -> ExecutorSpec:
+        if self.address is not None and self.kind != "dask":
+            raise ValueError(f"'address' is only used with kind 'dask' (kind is '{self.kind}')")
+        return self
+
+
+class SweepSpec(_Strict):
+    """A validated sweep file."""
+
+    name: str = "sweep"
+    description: str = ""
+    base: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    method: Literal["grid", "lhs", "random"] = "grid"
+    parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
+    samples: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    replicates: Annotated[int, Field(ge=1, le=100_000)] = 1
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    executor: ExecutorSpec = ExecutorSpec()
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> SweepSpec:
+        if self.method == "grid":
+            if self.samples is not None:
+                raise ValueError("'samples' is for method lhs/random; a grid runs every combination")
+            ranged = [p for p, s in self.parameters.items() if s.range is not None]
+            if ranged:
+                raise ValueError(f"method 'grid' needs 'values' lists, got 'range' for: {', '.join(ranged)}")
+        elif self.samples is None:
+            raise ValueError(f"method '{self.method}' needs 'samples' (number of parameter points)")
+        if SEED_PATH in self.parameters and self.replicates > 1:
+            raise ValueError(f"sweep '{SEED_PATH}' or use replicates, not both")
+        return self
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One expanded scenario: its position, the swept inputs (dotted path -> value) and its hash."""
+
+    index: int
+    replicate: int
+    inputs: dict[str, Any]
+    scenario: Scenario
+    hash: str
+
+    @property
+    def run_id(self) -> str:
+        return self.hash[:12]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """All scenarios of a sweep, in a deterministic order, plus the resolved base config.
+
+    Sampled (lhs/random) points that repeat an earlier scenario exactly (possible when every
+    parameter is a ``values`` list) are run once; ``duplicates_dropped`` counts them.
+    """
+
+    spec: SweepSpec
+    base_config: dict[str, Any]
+    points: list[SweepPoint]
+    duplicates_dropped: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the ordered scenario hashes: two sweeps with equal fingerprints run the same work."""
+        return hashlib.sha256("\n".join(p.hash for p in self.points).encode()).hexdigest()
+
+    @property
+    def input_names(self) -> list[str]:
+        names = list(self.spec.parameters)
+        return names if SEED_PATH in names else [*names, SEED_PATH]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
+    """Read and validate a sweep file; returns the spec and the folder relative paths resolve from."""
+    p = Path(path)
+    return sweep_from_dict(read_yaml(p), source=str(p)), p.resolve().parent
+
+
+def sweep_from_dict(data: Any, source: str = "sweep") -> SweepSpec:
+    """Validate a mapping as a sweep file; one line per problem, naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a sweep file must be a mapping, got {type(data).__name__}")
+    try:
+        return SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err.get("type") == "extra_forbidden":
+                known = _known_sweep_keys(err["loc"])
+                lines.append(f"{source}: unknown key '{loc}' (known keys here: {known})")
+            else:
+                msg = err.get("msg", "invalid").removeprefix("Value error, ")
+                lines.append(f"{source}: {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _known_sweep_keys(loc: tuple[Any, ...]) -> str:
+    if len(loc) <= 1:
+        model: type[BaseModel] = SweepSpec
+    elif loc[0] == "executor":
+        model = ExecutorSpec
+    else:
+        model = ParameterSpec
+    return ", ".join(model.model_fields)
+
+
+# ---------------------------------------------------------------------------- dotted paths
+
+
+def check_dotted_path(path: str, source: str = "sweep") -> None:
+    """Raise ConfigError unless ``path`` names a field of :class:`Scenario` (naming the known keys)."""
+    model: Any = Scenario
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            where = ".".join(parts[:depth])
+            raise ConfigError(f"{source}: parameter '{path}': '{where}' is a value, it has no key '{part}'")
+        if part not in model.model_fields:
+            where = ".".join(parts[:depth]) or "the scenario top level"
+            known = ", ".join(model.model_fields)
+            raise ConfigError(
+                f"{source}: parameter '{path}': no key '{part}' in {where} (known keys: {known})"
+            )
+        model = _nested_model(model.model_fields[part].annotation)
+
+
+def _nested_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``config[a][b][c] = value`` for path ``a.b.c``, creating (or replacing null) sections."""
+    parts = path.split(".")
+    node = config
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
+    """Merge overrides (nested mappings and/or dotted keys) into ``config`` in place."""
+    for key, value in overrides.items():
+        check_dotted_path(key, source)
+        if isinstance(value, dict) and _nested_model_at(key) is not None:
+            for sub_key, sub_value in value.items():
+                apply_overrides(config, {f"{key}.{sub_key}": sub_value}, source)
+        else:
+            set_dotted(config, key, copy.deepcopy(value))
+
+
+def _nested_model_at(path: str) -> Any:
+    model: Any = Scenario
+    for part in path.split("."):
+        model = _nested_model(model.model_fields[part].annotation)
+    return model
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def unit_samples(method: str, n: int, n_params: int, rng: np.random.Generator) -> np.ndarray:
+    """Points in [0, 1)^n_params, shape (n, n_params): Latin hypercube or independent uniform."""
+    if method == "lhs":
+        u = np.empty((n, n_params))
+        for j in range(n_params):
+            strata = rng.permutation(n)
+            u[:, j] = (strata + rng.random(n)) / n
+        return u
+    if method == "random":
+        return rng.random((n, n_params))
+    raise ConfigError(f"unknown sampling method '{method}' (allowed: lhs, random)")
+
+
+def map_unit(spec: ParameterSpec, u: np.ndarray) -> list[Any]:
+    """Map unit samples to parameter values (linear/log range, or a categorical ``values`` list)."""
+    if spec.values is not None:
+        idx = np.minimum((u * len(spec.values)).astype(np.int64), len(spec.values) - 1)
+        return [copy.deepcopy(spec.values[i]) for i in idx]
+    lo, hi = spec.range  # type: ignore[misc]
+    if spec.scale == "log":
+        out = np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    else:
+        out = lo + u * (hi - lo)
+    return [float(v) for v in np.clip(out, lo, hi)]
+
+
+def replicate_seeds(root: int, replicates: int) -> list[int]:
+    """Distinct deterministic patient seeds (63-bit) from the replicate stream of ``root``."""
+    stream = np.random.SeedSequence(root).spawn(2)[1]
+    seeds = [
+        int(child.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for child in stream.spawn(replicates)
+    ]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seed {root}: replicate seeds collided; choose another root seed")
+    return seeds
+
+
+def parameter_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The parameter combinations (before replicates) in a deterministic order."""
+    names = list(spec.parameters)
+    if spec.method == "grid":
+        lists = [spec.parameters[n].values for n in names]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*lists)]  # type: ignore[arg-type]
+    root = 0 if spec.seed is None else spec.seed
+    sampling = np.random.default_rng(np.random.SeedSequence(root).spawn(2)[0])
+    u = unit_samples(spec.method, spec.samples or 0, len(names), sampling)
+    columns = [map_unit(spec.parameters[n], u[:, j]) for j, n in enumerate(names)]
+    return [{n: columns[j][i] for j, n in enumerate(names)} for i in range(spec.samples or 0)]
+
+
+# ---------------------------------------------------------------------------- expansion
+
+
+def base_config(spec: SweepSpec, base_dir: Path, source: str = "sweep") -> dict[str, Any]:
+    """The resolved base scenario (base file + overrides) as a clinical-unit dict."""
+    config: dict[str, Any] = {}
+    if spec.base is not None:
+        base_path = Path(spec.base)
+        if not base_path.is_absolute():
+            base_path = base_dir / base_path
+        data = read_yaml(base_path)
+        config = scenario_from_dict(data, source=str(base_path)).model_dump(mode="json")
+    apply_overrides(config, spec.overrides, f"{source}: overrides")
+    return scenario_from_dict(config, source=f"{source}: base scenario").model_dump(mode="json")
+
+
+def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "sweep") -> Expansion:
+    """Expand a sweep into validated scenarios: parameter points (outer) x replicates (inner)."""
+    for path in spec.parameters:
+        check_dotted_path(path, source)
+    base = base_config(spec, Path(base_dir), source)
+    if spec.replicates == 1 and spec.seed is None:
+        seeds = [int(base["patient"]["seed"])]
+    else:
+        seeds = replicate_seeds(
+            spec.seed if spec.seed is not None else int(base["patient"]["seed"]), spec.replicates
+        )
+    points: list[SweepPoint] = []
+    seen: dict[str, int] = {}
+    problems: list[str] = []
+    dropped = 0
+    for values in parameter_points(spec):
+        for rep, seed in enumerate(seeds):
+            index = len(points) + len(problems)  # indices count valid + invalid scenarios
+            config = copy.deepcopy(base)
+            inputs = dict(values)
+            if SEED_PATH not in spec.parameters:
+                inputs[SEED_PATH] = seed
+            for path, value in inputs.items():
+                set_dotted(config, path, copy.deepcopy(value))
+            try:
+                scenario = scenario_from_dict(config, source=f"{source}: scenario {index} ({_short(inputs)})")
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+            digest = scenario.content_hash()
+            if digest in seen and spec.method != "grid":
+                dropped += 1  # a sampled point repeated (categorical values only): same run, keep one
+                continue
+            if digest in seen:
+                raise ConfigError(
+                    f"{source}: scenarios {seen[digest]} and {index} are identical ({_short(inputs)}); "
+                    "remove the duplicate value"
+                )
+            seen[digest] = index
+            points.append(SweepPoint(index, rep, inputs, scenario, digest))
+    if problems:
+        shown = problems[:10] + (
+            [f"... and {len(problems) - 10} more invalid scenarios"] if len(problems) > 10 else []
+        )
+        raise ConfigError("\n".join(shown))
+    if not points:
+        raise ConfigError(f"{source}: the sweep expands to no scenarios")
+    return Expansion(spec, base, points, dropped)
+
+
+def load_expansion(path: str | Path) -> Expansion:
+    """Load, validate and expand a sweep file."""
+    spec, base_dir = load_sweep(path)
+    return expand_sweep(spec, base_dir, source=str(path))
+
+
+def _short(inputs: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={json.dumps(v)}" for k, v in inputs.items())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# ---------------------------------------------------------------------------- running
+
+
+@dataclass
+class SweepOutcome:
+    """What a call to :func:`run_sweep` did: counts, failures (index, run id, error line), files."""
+
+    total: int
+    done: int
+    failed: list[tuple[int, str, str]]
+    skipped: int
+    ran: int
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.done == self.total
+
+
+ProgressFn = Callable[[int, int, int], None]  # (finished incl. skipped, total, failed)
+
+
+def write_sweep_manifest(expansion: Expansion, out_dir: Path) -> list[Path]:
+    """``sweep.resolved.yaml`` (spec, resolved base scenario, fingerprint) and ``scenarios.csv``."""
+    doc = {
+        "sweep": expansion.spec.model_dump(mode="json"),
+        "n_scenarios": len(expansion.points),
+        "fingerprint": expansion.fingerprint,
+        "base_scenario": expansion.base_config,
+    }
+    resolved = out_dir / "sweep.resolved.yaml"
+    tmp = resolved.with_name(f".{resolved.name}.partial")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write("# resolved sweep: re-running `pce-sim sweep` with the same file resumes this folder\n")
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    os.replace(tmp, resolved)
+    names = expansion.input_names
+    table: dict[str, list[Any]] = {k: [] for k in ("index", "run_id", "hash", "replicate", *names)}
+    for p in expansion.points:
+        for key, value in (
+            ("index", p.index),
+            ("run_id", p.run_id),
+            ("hash", p.hash),
+            ("replicate", p.replicate),
+        ):
+            table[key].append(value)
+        for name in names:
+            table[name].append(p.inputs.get(name))
+    write_csv(out_dir / "scenarios.csv", table)
+    return [resolved, out_dir / "scenarios.csv"]
+
+
+def run_sweep(
+    expansion: Expansion,
+    out_dir: str | Path,
+    *,
+    executor: Executor | None = None,
+    workers: int | None = None,
+    runner: Runner = DEFAULT_RUNNER,
+    writer: Runner = DEFAULT_WRITER,
+    force: bool = False,
+    retry_failed: bool = True,
+    progress: ProgressFn | None = None,
+) -> SweepOutcome:
+    """Run (or resume) a sweep in ``out_dir``; failed runs are recorded and the sweep goes on.
+
+    ``executor`` defaults to the sweep file's (``workers`` overrides its worker count). Done runs are
+    skipped; runs left ``running`` by a killed sweep are redone; failed runs are retried unless
+    ``retry_failed`` is false. ``out_dir`` holding a different expansion is refused unless ``force``.
+    """
+    out = Path(out_dir)
+    by_hash = {p.hash: p for p in expansion.points}
+    with open_ledger(out) as ledger:
+        ledger.register_expansion(
+            expansion.spec.name,
+            expansion.fingerprint,
+            [
+                (p.index, p.hash, p.replicate, p.inputs, p.scenario.model_dump(mode="json"))
+                for p in expansion.points
+            ],
+            force=force,
+        )
+        files = write_sweep_manifest(expansion, out)
+        todo = ledger.pending(retry_failed=retry_failed)
+        total = len(expansion.points)
+        skipped = total - len(todo)
+        counts = ledger.counts()
+        finished, n_failed = skipped, counts["failed"] if not retry_failed else 0
+        if progress is not None:
+            progress(finished, total, n_failed)
+        tasks = [
+            RunTask(
+                h, by_hash[h].scenario.model_dump(mode="json"), str(out / "runs" / h[:12]), runner, writer
+            )
+            for h in todo
+        ]
+        if tasks:
+            (out / "runs").mkdir(exist_ok=True)
+            if executor is None:
+                ex = expansion.spec.executor
+                executor = make_executor(ex.kind, workers or ex.workers, ex.address)
+            with executor:
+                for outcome in executor.run(tasks, on_start=lambda task: ledger.mark_running(task.hash)):
+                    _record(ledger, outcome, out)
+                    finished += 1
+                    n_failed += 0 if outcome.ok else 1
+                    if progress is not None:
+                        progress(finished, total, n_failed)
+        files += export_tables(ledger, out, expansion.input_names)
+        rows = ledger.rows()
+    failed = [
+        (r.index, r.hash[:12], (r.error or "").splitlines()[0] if r.error else "")
+        for r in rows
+        if r.status == "failed"
+    ]
+    done = sum(r.status == "done" for r in rows)
+    return SweepOutcome(total, done, failed, skipped, len(tasks), files)
+
+
+def _record(ledger: Any, outcome: Outcome, out: Path) -> None:
+    if outcome.ok:
+        run_dir = str(Path("runs") / outcome.hash[:12])
+        ledger.record_done(outcome.hash, outcome.summary, outcome.emboli, run_dir, outcome.wall_time_s)
+    else:
+        ledger.record_failed(outcome.hash, outcome.error or "unknown error", outcome.wall_time_s)

@@ -22,21 +22,22 @@ def run(quick: bool = False) -> dict[str, Any]:
     from benchmarks.bench_fragments import ladder_veins, make_fragments, time_run
     from sim.bench import target
     from sim.core.config import Scenario
+    from sim.core.parameters import RunParameters
     from sim.physics.pulmonary_tree import build_pulmonary_tree
-    from sim.physics.rheology import cement_model_from_si
+    from sim.physics.rheology import CementModel
 
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
     numpy_max = 1_000 if quick else 10_000
     repeat = 2 if quick else 3
-    si = Scenario().si()
-    cement = cement_model_from_si(si["cement"])
-    tree = build_pulmonary_tree(si["lungs"], np.random.default_rng(1))
+    params = RunParameters.from_scenario(Scenario())
+    cement = CementModel.from_params(params.cement)
+    tree = build_pulmonary_tree(params.lungs, np.random.default_rng(1))
     veins = ladder_veins()
-    time_run(make_fragments(50, np.random.default_rng(0)), veins, tree, cement, si["lungs"], True, 1)
+    time_run(make_fragments(50, np.random.default_rng(0)), veins, tree, cement, params.lungs, True, 1)
     rows = []
     for n in sizes:
         frags = make_fragments(n, np.random.default_rng(n))
-        t_nb, r_nb = time_run(frags, veins, tree, cement, si["lungs"], True, repeat)
+        t_nb, r_nb = time_run(frags, veins, tree, cement, params.lungs, True, repeat)
         steps = int(r_nb.venous_steps + r_nb.pulmonary_steps)
         row: dict[str, Any] = {
             "fragments": n,
@@ -50,7 +51,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "identical": None,
         }
         if n <= numpy_max:
-            t_np, r_np = time_run(frags, veins, tree, cement, si["lungs"], False, 1)
+            t_np, r_np = time_run(frags, veins, tree, cement, params.lungs, False, 1)
             row.update(numpy_s=t_np, numpy_steps_per_s=steps / t_np, speedup=t_np / t_nb)
             row["identical"] = all(
                 np.array_equal(r_nb.emboli[k], r_np.emboli[k], equal_nan=True) for k in r_nb.emboli

@@ -48,7 +48,7 @@ STAGES = (
     ("run_scenario (total)", "sim/run/pipeline.py", "run_scenario"),
     ("bone grid + needle", "sim/physics/bone.py", "build_vertebral_body"),
     ("venous network build", "sim/physics/venous_network.py", "build_venous_network"),
-    ("injection driver", "sim/physics/injection.py", "run_injection"),
+    ("injection driver", "sim/physics/injection.py", "drive_injection"),
     ("  pressure: linear solves", "sim/physics/pressure.py", "solve"),
     ("    AMG setup + preconditioner", "sim/physics/pressure.py", "_preconditioner"),
     ("    CG iterations", "sim/physics/pressure.py", "_cg"),
@@ -58,7 +58,7 @@ STAGES = (
     ("  front time step", "sim/physics/cement_transport.py", "front_time_step"),
     ("  venous coupling (accept_flux)", "sim/run/venous_system.py", "accept_flux"),
     ("    blood-flow re-solves", "sim/physics/venous_network.py", "solve_blood_flow"),
-    ("venous follow-up (finish)", "sim/run/venous_system.py", "finish"),
+    ("venous follow-up (relax)", "sim/run/venous_system.py", "relax"),
     ("pulmonary tree build", "sim/physics/pulmonary_tree.py", "build_pulmonary_tree"),
     ("fragment transport + lodging", "sim/physics/fragment_transport.py", "transport_fragments"),
 )
@@ -77,7 +77,7 @@ def full_run(repeat: int) -> dict[str, Any]:
     run_scenario(scenario(WARMUP))  # JIT cache load / compile, first AMG use
     sc = scenario(FULL_RUN)
     wall, cpu, res = min_wall_cpu(lambda: run_scenario(sc), repeat)
-    inj = res.artifacts["injection"]
+    inj = res.artifacts.injection
     st = inj.solver_stats
     s = res.summary
     return {

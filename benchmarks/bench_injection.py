@@ -23,11 +23,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataclasses import replace  # noqa: E402
+
 from sim.core.config import Scenario  # noqa: E402
+from sim.core.parameters import RunParameters  # noqa: E402
 from sim.physics import cement_transport as transport  # noqa: E402
 from sim.physics.bone import build_vertebral_body, place_needle  # noqa: E402
-from sim.physics.injection import ConstantPressureCoupling, InjectionControl, run_injection  # noqa: E402
-from sim.physics.rheology import cement_model_from_si, equivalent_age_s  # noqa: E402
+from sim.physics.cure_clock import CureClock  # noqa: E402
+from sim.physics.injection import ConstantPressureCoupling, run_injection  # noqa: E402
+from sim.physics.injection_control import InjectionControl  # noqa: E402
+from sim.physics.rheology import CementModel  # noqa: E402
 
 
 class _RecordingTransport:
@@ -56,32 +61,29 @@ class _RecordingTransport:
 
 
 def _case(spacing_m: float):
-    sc = Scenario()
-    si = sc.si()
-    rng = np.random.default_rng(si["patient"]["seed"])
-    bone = build_vertebral_body("L1", si["patient"], spacing_m, rng)
-    needle = place_needle(bone, si["needle"])
-    cement = cement_model_from_si(si["cement"])
-    age0 = equivalent_age_s(cement, si["cement"]["time_after_mixing_s"], si["cement"]["room_temperature_k"])
+    params = RunParameters.from_scenario(Scenario())
+    rng = np.random.default_rng(params.patient.seed)
+    bone = build_vertebral_body(replace(params.patient, level="L1"), spacing_m, rng)
+    needle = place_needle(bone, params.needle)
+    cement = CementModel.from_params(params.cement)
+    c = params.cement
+    clock = CureClock.for_cement(cement, c.time_after_mixing_s, c.room_temperature_k, c.body_temperature_k)
     control = InjectionControl(
         mode="rate",
         rate_m3_per_s=1e-7,
         max_syringe_pressure_pa=None,
         target_volume_m3=5e-6,
-        age_at_start_s=age0,
-        body_temperature_k=si["cement"]["body_temperature_k"],
-        room_temperature_k=si["cement"]["room_temperature_k"],
     )
-    cvp = si["veins"]["cvp_pa"]
-    return bone, needle, cement, si["veins"]["marrow_viscosity_pa_s"], control, cvp
+    cvp = params.veins.cvp_pa
+    return bone, needle, cement, clock, params.veins.marrow_viscosity_pa_s, control, cvp
 
 
 def bench(spacing_mm: float, repeat: int) -> dict:
     import sim.physics.injection as inj
 
-    bone, needle, cement, mu_m, control, cvp = _case(spacing_mm * 1e-3)
-    warm = InjectionControl(**{**control.__dict__, "target_volume_m3": 0.05e-6})
-    run_injection(bone, needle, cement, mu_m, warm, ConstantPressureCoupling(cvp, len(bone.exits)))
+    bone, needle, cement, clock, mu_m, control, cvp = _case(spacing_mm * 1e-3)
+    warm = replace(control, target_volume_m3=0.05e-6)
+    run_injection(bone, needle, cement, clock, mu_m, warm, ConstantPressureCoupling(cvp, len(bone.exits)))
     best = None
     for _ in range(repeat):
         rec = _RecordingTransport()
@@ -89,7 +91,7 @@ def bench(spacing_mm: float, repeat: int) -> dict:
         try:
             t0 = time.perf_counter()
             res = run_injection(
-                bone, needle, cement, mu_m, control, ConstantPressureCoupling(cvp, len(bone.exits))
+                bone, needle, cement, clock, mu_m, control, ConstantPressureCoupling(cvp, len(bone.exits))
             )
             wall = time.perf_counter() - t0
         finally:

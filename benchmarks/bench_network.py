@@ -69,11 +69,12 @@ def _rel(a: np.ndarray, b: np.ndarray, scale: float) -> float:
 def venous_rows(repeat: int) -> list[dict[str, Any]]:
     from sim.bench import min_time
     from sim.core.config import Scenario
+    from sim.core.parameters import RunParameters
     from sim.physics.venous_network import build_venous_network, edge_conductance, solve_blood_flow
     from sim.run.pipeline import stage_rngs
 
-    si = Scenario().si()
-    net = build_venous_network("L1", si["veins"], stage_rngs(2025)["veins"])
+    params = RunParameters.from_scenario(Scenario())
+    net = build_venous_network("L1", params.veins, stage_rngs(2025)["veins"])
     t_ours, flow = min_time(lambda: solve_blood_flow(net), repeat)
     p_ref = flow.node_pressure_pa
     scale_p = float(np.max(np.abs(p_ref - net.ra_pressure_pa)))
@@ -148,11 +149,12 @@ def _tree_graph(tree) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
 def pulmonary_rows(repeat: int) -> list[dict[str, Any]]:
     from sim.bench import min_time
     from sim.core.config import Scenario
+    from sim.core.parameters import RunParameters
     from sim.physics.pulmonary_tree import build_pulmonary_tree, solve_tree_flow
     from sim.run.pipeline import stage_rngs
 
-    si = Scenario().si()
-    tree = build_pulmonary_tree(si["lungs"], stage_rngs(2025)["lungs"])
+    params = RunParameters.from_scenario(Scenario())
+    tree = build_pulmonary_tree(params.lungs, stage_rngs(2025)["lungs"])
     solve_tree_flow(tree)  # JIT load
     t_ours, (q_ref, p_ref) = min_time(lambda: solve_tree_flow(tree), max(repeat, 5))
     conns, g, leaves, sink, n_pores = _tree_graph(tree)

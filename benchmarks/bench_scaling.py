@@ -33,9 +33,12 @@ MEMORY_TARGET_GB = 2.0
 def inject(spacing_mm: float, volume_ml: float, rate_ml_per_s: float) -> dict[str, Any]:
     """Build the default bone at ``spacing_mm`` and inject; returns counts and solver timings."""
     from sim.core.config import scenario_from_dict
+    from sim.core.parameters import RunParameters
     from sim.physics.bone import build_vertebral_body, place_needle
-    from sim.physics.injection import ConstantPressureCoupling, InjectionControl, run_injection
-    from sim.physics.rheology import cement_model_from_si, equivalent_age_s
+    from sim.physics.cure_clock import CureClock
+    from sim.physics.injection import ConstantPressureCoupling, run_injection
+    from sim.physics.injection_control import InjectionControl
+    from sim.physics.rheology import CementModel
     from sim.run.pipeline import stage_rngs
 
     sc = scenario_from_dict(
@@ -44,18 +47,19 @@ def inject(spacing_mm: float, volume_ml: float, rate_ml_per_s: float) -> dict[st
             "injection": {"volume_ml": volume_ml, "rate_ml_per_s": rate_ml_per_s},
         }
     )
-    si = sc.si()
-    rng = stage_rngs(int(si["patient"]["seed"]))["bone"]
+    params = RunParameters.from_scenario(sc)
+    rng = stage_rngs(int(params.patient.seed))["bone"]
     t0 = time.perf_counter()
-    bone = build_vertebral_body(si["patient"]["level"], si["patient"], si["grid"]["spacing_m"], rng)
-    needle = place_needle(bone, si["needle"])
+    bone = build_vertebral_body(params.patient, params.grid.spacing_m, rng)
+    needle = place_needle(bone, params.needle)
     build_s = time.perf_counter() - t0
-    cement = cement_model_from_si(si["cement"])
-    age0 = equivalent_age_s(cement, si["cement"]["time_after_mixing_s"], si["cement"]["room_temperature_k"])
-    control = InjectionControl.from_si(si["injection"], si["cement"], age0)
-    coupling = ConstantPressureCoupling(si["veins"]["cvp_pa"], len(bone.exits))
+    cement = CementModel.from_params(params.cement)
+    c = params.cement
+    clock = CureClock.for_cement(cement, c.time_after_mixing_s, c.room_temperature_k, c.body_temperature_k)
+    control = InjectionControl.from_params(params.injection)
+    coupling = ConstantPressureCoupling(params.veins.cvp_pa, len(bone.exits))
     c0, t0 = time.process_time(), time.perf_counter()
-    res = run_injection(bone, needle, cement, si["veins"]["marrow_viscosity_pa_s"], control, coupling)
+    res = run_injection(bone, needle, cement, clock, params.veins.marrow_viscosity_pa_s, control, coupling)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
     st = res.solver_stats

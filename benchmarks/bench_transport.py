@@ -80,11 +80,12 @@ def bench_viscosity(spacing_mm: float, repeat: int) -> dict[str, Any]:
     from benchmarks.fixtures import bone_case
     from sim.bench import min_time
     from sim.core.config import Scenario
+    from sim.core.parameters import RunParameters
     from sim.physics.injection import _viscosity_cells
-    from sim.physics.rheology import cement_model_from_si, cement_viscosity
+    from sim.physics.rheology import CementModel, cement_viscosity
 
     case = bone_case(spacing_mm)
-    cement = cement_model_from_si(Scenario().si()["cement"])
+    cement = CementModel.from_params(RunParameters.from_scenario(Scenario()).cement)
     params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
     shear = np.random.default_rng(0).lognormal(0.0, 2.0, case.graph.n)
     age = 400.0

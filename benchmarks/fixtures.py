@@ -38,21 +38,22 @@ class BoneCase:
 def bone_case(spacing_mm: float, bolus_ml: float = 2.5, rate_ml_per_s: float = 0.1) -> BoneCase:
     """The default scenario's bone at ``spacing_mm`` with a cement ball of ``bolus_ml`` at the tip."""
     from sim.core.config import scenario_from_dict
+    from sim.core.parameters import RunParameters
     from sim.physics.bone import build_vertebral_body, place_needle
     from sim.physics.pressure import build_cell_graph, face_transmissibility
-    from sim.physics.rheology import cement_model_from_si, cement_viscosity, equivalent_age_s
+    from sim.physics.rheology import CementModel, cement_viscosity, equivalent_age_s
     from sim.run.pipeline import stage_rngs
 
-    si = scenario_from_dict({"grid": {"spacing_mm": spacing_mm}}).si()
-    h = si["grid"]["spacing_m"]
-    bone = build_vertebral_body(si["patient"]["level"], si["patient"], h, stage_rngs(2025)["bone"])
-    needle = place_needle(bone, si["needle"])
+    params = RunParameters.from_scenario(scenario_from_dict({"grid": {"spacing_mm": spacing_mm}}))
+    h = params.grid.spacing_m
+    bone = build_vertebral_body(params.patient, h, stage_rngs(2025)["bone"])
+    needle = place_needle(bone, params.needle)
     exit_flat = np.concatenate([np.asarray(e.cells, dtype=np.int64) for e in bone.exits])
     graph = build_cell_graph(bone.porous, bone.permeability, h, np.asarray(needle.tip_cells), exit_flat)
-    cement = cement_model_from_si(si["cement"])
-    age0 = equivalent_age_s(cement, si["cement"]["time_after_mixing_s"], si["cement"]["room_temperature_k"])
+    cement = CementModel.from_params(params.cement)
+    age0 = equivalent_age_s(cement, params.cement.time_after_mixing_s, params.cement.room_temperature_k)
     mu_c = float(cement_viscosity(cement, 1.0, age0))
-    mu_m = float(si["veins"]["marrow_viscosity_pa_s"])
+    mu_m = float(params.veins.marrow_viscosity_pa_s)
 
     centers = bone.cell_centers_m(graph.cell_of)
     phi = bone.porosity.ravel()[graph.cell_of]

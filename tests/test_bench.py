@@ -19,20 +19,54 @@ from sim import bench
 from sim.core.errors import ConfigError
 
 
-def test_min_time_returns_minimum_and_last_result():
+class _ScriptedClock:
+    """Stands in for the ``time`` module: each clock advances by the next scripted duration per call.
+
+    Every call of ``fn`` reads each clock twice (start, stop); the recorded samples are the
+    durations the clock script puts between the two reads, so the harness's minimum is known.
+    """
+
+    def __init__(self, wall_durations: list[float], cpu_durations: list[float]):
+        self.wall = self._ticks(wall_durations)
+        self.cpu = self._ticks(cpu_durations)
+
+    @staticmethod
+    def _ticks(durations: list[float]):
+        t = 1000.0
+        for d in durations:
+            yield t  # read before the call
+            t += d
+            yield t  # read after the call
+            t += 7.0  # time outside the timed call is not counted
+
+    def perf_counter(self) -> float:
+        return next(self.wall)
+
+    def process_time(self) -> float:
+        return next(self.cpu)
+
+
+def test_min_time_returns_minimum_and_last_result(monkeypatch):
+    """min_time / min_wall_cpu report the minimum of the recorded samples and the last result."""
     calls = []
 
     def fn():
         calls.append(1)
         return len(calls)
 
+    walls = [0.5, 0.125, 0.75, 0.25]  # exact binary fractions: the differences are exact too
+    monkeypatch.setattr(bench, "time", _ScriptedClock(walls, []))
     best, out = bench.min_time(fn, repeat=4)
     assert out == 4 and len(calls) == 4
-    assert best >= 0.0
+    assert best == min(walls) == 0.125
+    walls, cpus = [0.375, 0.625], [0.5, 0.25]  # wall and CPU minima in different repeats
+    monkeypatch.setattr(bench, "time", _ScriptedClock(walls, cpus))
     wall, cpu, out = bench.min_wall_cpu(fn, repeat=2)
-    assert out == 6 and wall >= 0.0 and cpu >= 0.0
+    assert out == 6 and (wall, cpu) == (0.375, 0.25)
     with pytest.raises(ConfigError, match="repeat"):
         bench.min_time(fn, repeat=0)
+    with pytest.raises(ConfigError, match="repeat"):
+        bench.min_wall_cpu(fn, repeat=0)
 
 
 def test_target_direction_and_margin():

@@ -6,38 +6,41 @@ analytic section), the random-field covariance model, or symmetry; never from a 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import integrate, ndimage
 
-from sim.core.config import LEVELS, Scenario
+from sim.core.config import LEVELS
 from sim.core.errors import GeometryError
+from sim.core.parameters import RunParameters
 from sim.physics.bone import (
     build_vertebral_body,
-    kozeny_carman,
     load_cannula,
     load_vertebra,
-    permeability_from_porosity,
     place_needle,
 )
+from sim.physics.permeability import KozenyCarman, kozeny_carman
 from sim.physics.random_field import gaussian_random_field
+from tests.helpers import run_params
 
 FACE6 = ndimage.generate_binary_structure(3, 1)
 
 
 @pytest.fixture(scope="module")
-def si() -> dict:
-    return Scenario().si()
+def si() -> RunParameters:
+    return run_params()
 
 
 @pytest.fixture(scope="module")
 def l1_1mm(si):
-    return build_vertebral_body("L1", si["patient"], 1.0e-3, np.random.default_rng(7))
+    return build_vertebral_body(replace(si.patient, level="L1"), 1.0e-3, np.random.default_rng(7))
 
 
 @pytest.fixture(scope="module")
 def l1_half_mm(si):
-    return build_vertebral_body("L1", si["patient"], 0.5e-3, np.random.default_rng(7))
+    return build_vertebral_body(replace(si.patient, level="L1"), 0.5e-3, np.random.default_rng(7))
 
 
 def _section_area(width: float, depth: float, dfrac: float, rfrac: float, inset: float = 0.0) -> float:
@@ -127,7 +130,7 @@ def test_volumes_match_analytic(level, si):
     t, te = d["cortical_thickness_m"], d["endplate_thickness_m"]
     v_inner = _section_area(width, depth, dfrac, rfrac, inset=t) * (height - 2 * te)
     for h, tol_porous in ((1.0e-3, 0.04), (0.5e-3, 0.025)):
-        bone = build_vertebral_body(level, si["patient"], h, np.random.default_rng(1))
+        bone = build_vertebral_body(replace(si.patient, level=level), h, np.random.default_rng(1))
         canal = bone.meta["basivertebral_canal_cells"].size
         v_porous = (bone.porous.sum() + canal) * h**3
         assert v_porous == pytest.approx(v_inner, rel=tol_porous), (level, h)
@@ -230,8 +233,8 @@ def test_random_field_statistics_and_correlation_length():
 
 
 def test_porosity_field_matches_targets(si):
-    patient = dict(si["patient"], porosity_mean=0.88, porosity_sd=0.03, porosity_correlation_m=2.0e-3)
-    bone = build_vertebral_body("L3", patient, 1.0e-3, np.random.default_rng(5))
+    patient = replace(si.patient, porosity_mean=0.88, porosity_sd=0.03, porosity_correlation_m=2.0e-3)
+    bone = build_vertebral_body(replace(patient, level="L3"), 1.0e-3, np.random.default_rng(5))
     matrix = bone.porous & ~bone.channel
     phi = bone.porosity[matrix]
     assert phi.min() >= 0.5 and phi.max() <= 0.99
@@ -242,14 +245,14 @@ def test_porosity_field_matches_targets(si):
 
 
 def test_kozeny_carman_normalisation_and_anisotropy(l1_1mm, si):
-    p = si["patient"]
-    k_ref, phi_ref = p["permeability_ref_m2"], p["porosity_mean"]
-    assert permeability_from_porosity(np.array([phi_ref]), phi_ref, k_ref)[0] == k_ref
+    p = si.patient
+    k_ref, phi_ref = p.permeability_ref_m2, p.porosity_mean
+    assert KozenyCarman.from_params(p).transverse(np.array([phi_ref]))[0] == k_ref
     assert kozeny_carman(0.9) == pytest.approx(0.729 / 0.01)
     matrix = l1_1mm.porous & ~l1_1mm.channel
     kx, ky, kz = (l1_1mm.permeability[c][matrix] for c in range(3))
     np.testing.assert_array_equal(kx, ky)
-    np.testing.assert_allclose(kz / kx, p["permeability_anisotropy"], rtol=1e-13)
+    np.testing.assert_allclose(kz / kx, p.permeability_anisotropy, rtol=1e-13)
     phi = l1_1mm.porosity[matrix]
     np.testing.assert_allclose(kx, k_ref * kozeny_carman(phi) / kozeny_carman(phi_ref), rtol=1e-12)
     # Channel cells: at least the matrix value plus the thinnest tube's f d^2/32 at this spacing.
@@ -262,11 +265,11 @@ def test_kozeny_carman_normalisation_and_anisotropy(l1_1mm, si):
 
 
 def test_fracture_cleft(si):
-    base = dict(si["patient"])
-    cleft_cfg = dict(base["fracture_cleft"], enabled=True, permeability_factor=50.0)
-    with_cleft = dict(base, fracture_cleft=cleft_cfg)
-    b0 = build_vertebral_body("L1", base, 1.0e-3, np.random.default_rng(3))
-    b1 = build_vertebral_body("L1", with_cleft, 1.0e-3, np.random.default_rng(3))
+    base = replace(si.patient, level="L1")
+    cleft_cfg = replace(base.fracture_cleft, enabled=True, permeability_factor=50.0)
+    with_cleft = replace(base, fracture_cleft=cleft_cfg)
+    b0 = build_vertebral_body(replace(base, level="L1"), 1.0e-3, np.random.default_rng(3))
+    b1 = build_vertebral_body(replace(with_cleft, level="L1"), 1.0e-3, np.random.default_rng(3))
     assert b0.cleft is None and b1.cleft is not None and b1.cleft.sum() > 50
     c = b1.cleft
     np.testing.assert_allclose(b1.permeability[:, c], 50.0 * b0.permeability[:, c], rtol=1e-13)
@@ -275,9 +278,9 @@ def test_fracture_cleft(si):
 
 
 def test_determinism(si):
-    a = build_vertebral_body("T10", si["patient"], 1.0e-3, np.random.default_rng(42))
-    b = build_vertebral_body("T10", si["patient"], 1.0e-3, np.random.default_rng(42))
-    c = build_vertebral_body("T10", si["patient"], 1.0e-3, np.random.default_rng(43))
+    a = build_vertebral_body(replace(si.patient, level="T10"), 1.0e-3, np.random.default_rng(42))
+    b = build_vertebral_body(replace(si.patient, level="T10"), 1.0e-3, np.random.default_rng(42))
+    c = build_vertebral_body(replace(si.patient, level="T10"), 1.0e-3, np.random.default_rng(43))
     np.testing.assert_array_equal(a.porosity, b.porosity)
     np.testing.assert_array_equal(a.permeability, b.permeability)
     np.testing.assert_array_equal(a.channel, b.channel)
@@ -298,9 +301,9 @@ def test_determinism(si):
     ],
 )
 def test_needle_tip_at_requested_fractions(approach, side, ap, lat, cc, si):
-    bone = build_vertebral_body("L2", si["patient"], 1.0e-3, np.random.default_rng(0))
-    needle_si = dict(
-        si["needle"],
+    bone = build_vertebral_body(replace(si.patient, level="L2"), 1.0e-3, np.random.default_rng(0))
+    needle_si = replace(
+        si.needle,
         approach=approach,
         side=side,
         tip_ap_fraction=ap,
@@ -332,15 +335,15 @@ def test_needle_tip_at_requested_fractions(approach, side, ap, lat, cc, si):
 def test_extrapedicular_enters_more_laterally(si):
     entries = {}
     for approach in ("transpedicular", "extrapedicular"):
-        bone = build_vertebral_body("T9", si["patient"], 1.0e-3, np.random.default_rng(0))
-        n = place_needle(bone, dict(si["needle"], approach=approach, tip_lateral_fraction=0.0))
+        bone = build_vertebral_body(replace(si.patient, level="T9"), 1.0e-3, np.random.default_rng(0))
+        n = place_needle(bone, replace(si.needle, approach=approach, tip_lateral_fraction=0.0))
         entries[approach] = n.meta["cannulas"][0]
     assert entries["extrapedicular"]["medial_angle_deg"] > entries["transpedicular"]["medial_angle_deg"]
 
 
 def test_bipedicular_mirrored_and_weights(si):
-    bone = build_vertebral_body("L1", si["patient"], 1.0e-3, np.random.default_rng(9))
-    needle = place_needle(bone, dict(si["needle"], bipedicular=True, tip_lateral_fraction=0.3))
+    bone = build_vertebral_body(replace(si.patient, level="L1"), 1.0e-3, np.random.default_rng(9))
+    needle = place_needle(bone, replace(si.needle, bipedicular=True, tip_lateral_fraction=0.3))
     assert needle.tip_weights.sum() == pytest.approx(1.0, abs=1e-14)
     tips = needle.tip_positions_m - bone.meta["center_m"]
     assert tips.shape == (2, 3)
@@ -356,26 +359,28 @@ def test_bipedicular_mirrored_and_weights(si):
 
 
 def test_bad_tip_raises(si):
-    bone = build_vertebral_body("L1", si["patient"], 1.0e-3, np.random.default_rng(0))
+    bone = build_vertebral_body(replace(si.patient, level="L1"), 1.0e-3, np.random.default_rng(0))
     with pytest.raises(GeometryError, match="tip"):
-        place_needle(bone, dict(si["needle"], tip_cc_fraction=0.0))  # on the inferior endplate
+        place_needle(bone, replace(si.needle, tip_cc_fraction=0.0))  # on the inferior endplate
     with pytest.raises(GeometryError, match="tip"):
         place_needle(
-            bone, dict(si["needle"], tip_ap_fraction=1.0, tip_lateral_fraction=0.0)
+            bone, replace(si.needle, tip_ap_fraction=1.0, tip_lateral_fraction=0.0)
         )  # posterior wall
 
 
 def test_half_mm_grid_pore_volume_matches_1mm(si, l1_1mm, l1_half_mm):
     assert l1_half_mm.n_cells > 2.5e5
     assert l1_half_mm.pore_volume_m3() == pytest.approx(l1_1mm.pore_volume_m3(), rel=0.04)
-    bone = build_vertebral_body("L1", si["patient"], 0.5e-3, np.random.default_rng(8))
-    n = place_needle(bone, si["needle"])
+    bone = build_vertebral_body(replace(si.patient, level="L1"), 0.5e-3, np.random.default_rng(8))
+    n = place_needle(bone, si.needle)
     assert n.tip_cells.size > 8 and n.path_cells.size > 100
 
 
 def test_size_scale_scales_volume(si):
-    base = build_vertebral_body("L2", si["patient"], 0.5e-3, np.random.default_rng(4))
-    big = build_vertebral_body("L2", dict(si["patient"], size_scale=1.2), 0.5e-3, np.random.default_rng(4))
+    base = build_vertebral_body(replace(si.patient, level="L2"), 0.5e-3, np.random.default_rng(4))
+    big = build_vertebral_body(
+        replace(si.patient, size_scale=1.2, level="L2"), 0.5e-3, np.random.default_rng(4)
+    )
     # Outer volume scales as s^3 (cortex thickness is not scaled, so compare the outer body).
     assert big.body.sum() / base.body.sum() == pytest.approx(1.2**3, rel=0.03)
     np.testing.assert_allclose(big.meta["center_m"], base.meta["center_m"])

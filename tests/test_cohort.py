@@ -14,6 +14,7 @@ from scipy import stats as st
 
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
+from sim.physics.injection_control import StopPolicy
 from sim.run.results import RunResult
 from sim.studies.cohort import (
     STOP_PATH,
@@ -89,12 +90,9 @@ def contract_runner(scenario: Scenario) -> RunResult:
     rate = scenario.injection.rate_ml_per_s
     t_end = scenario.injection.volume_ml / rate
     det = 0.4 * t_end if scenario.patient.porosity_mean > 0.9 else math.nan
-    delay = scenario.injection.stop_after_leak_s
-    stop = (
-        math.inf
-        if (math.isnan(det) or delay is None)
-        else det + scenario.fluoroscopy.reaction_delay_s + delay
-    )
+    policy = StopPolicy(scenario.injection.stop_after_leak_s, scenario.fluoroscopy.reaction_delay_s)
+    stop_at = policy.stop_time_s(None if math.isnan(det) else det)
+    stop = math.inf if stop_at is None else stop_at
     end = min(t_end, stop)
     injected = rate * end
     after = 0.0 if math.isnan(det) else max(0.0, injected - rate * det)
@@ -460,7 +458,33 @@ def test_tiny_cohort_end_to_end_local_cli(local_cli_cohort):
     with (out / "cohort_sensitivity.csv").open() as fh:
         sens = list(csv.DictReader(fh))
     assert {r["input"] for r in sens} == {"cement.preset", "injection.volume_ml", "patient.seed"}
-    assert all(float(r["mu_star"]) >= 0 for r in sens)
+    # mu* = mean |elementary effect| over the Morris trajectories (Campolongo et al. 2007), recomputed
+    # by hand from the design and the outputs of the sensitivity runs
+    spec, base_dir = load_cohort(ROOT / "configs" / "cohort_small.yaml")
+    names, design, seed = sensitivity_design(spec)
+    inputs = design_inputs(spec, names, design, plan_cohort(spec, base_dir, n=2).base, seed)
+    with (out / "sensitivity" / "results.csv").open() as fh:
+        by_row = {int(r["cohort.design_row"]): r for r in csv.DictReader(fh)}
+    # a design row equal to an earlier one was run once, under the earlier row's index
+    first = [next(q for q in range(r + 1) if inputs[q] == inputs[r]) for r in range(len(inputs))]
+    outputs = {
+        "embolised volume (ml)": ("embolised_volume_ml",),
+        "venous leak volume (ml)": ("leaked_basivertebral_ml", "leaked_anterior_ml", "leaked_lateral_ml"),
+    }
+    mu_star = {(r["output"], r["input"]): float(r["mu_star"]) for r in sens}
+    k = len(names)
+    for label, keys in outputs.items():
+        y = np.array([sum(float(by_row[first[r]][m]) for m in keys) for r in range(len(design))])
+        effects: list[list[float]] = [[] for _ in names]
+        for t in range(len(design) // (k + 1)):
+            for r in range(t * (k + 1), (t + 1) * (k + 1) - 1):
+                step = design[r + 1] - design[r]
+                (j,) = np.flatnonzero(step)  # one input moves per step of a trajectory
+                effects[j].append((y[r + 1] - y[r]) / step[j])
+        for j, name in enumerate(names):
+            assert len(effects[j]) == len(design) // (k + 1)
+            hand = float(np.mean(np.abs(effects[j])))
+            assert mu_star[(label, name)] == pytest.approx(hand, rel=1e-9, abs=1e-300), (label, name)
 
 
 def test_tiny_cohort_on_dask_matches_local_without_sharing(local_cli_cohort, tmp_path):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sim.core.config import Scenario
 from sim.core.errors import SolverError
 from sim.core.grid import VenousExit
-from sim.physics.rheology import CementModel, equivalent_age_s, load_cement_preset
+from sim.physics.cure_clock import CureClock
+from sim.physics.fragmentation import DragVsStrength
+from sim.physics.rheology import CementModel, age_rate, equivalent_age_s, load_cement_preset
 from sim.physics.vein_columns import CementColumns, adjacency, back_pressure, push_kernel
 from sim.physics.venous_network import (
     build_venous_network,
@@ -16,7 +19,9 @@ from sim.physics.venous_network import (
     network_from_edges,
     solve_blood_flow,
 )
+from sim.run.recorder import RunRecorder
 from sim.run.venous_system import VenousSystem
+from tests.helpers import run_params
 
 MM = 1e-3
 
@@ -88,7 +93,7 @@ def test_back_pressure_series_and_split():
 
 
 def test_kernel_matches_interpreted_reference():
-    net = build_venous_network("T9", Scenario().si()["veins"], np.random.default_rng(0))
+    net = build_venous_network("T9", run_params().veins, np.random.default_rng(0))
     bf = solve_blood_flow(net)
     g = edge_conductance(net)
     ptr, ae, ao, asg = adjacency(net)
@@ -119,9 +124,8 @@ def test_kernel_matches_interpreted_reference():
     ],
 )
 def test_route_by_level(level, hemi, reach, never):
-    si = Scenario().si()["veins"]
-    si["hemiazygos_present"] = hemi
-    net = build_venous_network(level, si, np.random.default_rng(0))
+    veins = replace(run_params().veins, hemiazygos_present=hemi)
+    net = build_venous_network(level, veins, np.random.default_rng(0))
     bf = solve_blood_flow(net)
     for exit_name in ("anterior_left", "anterior_right"):
         cols = CementColumns.empty(net)
@@ -154,19 +158,21 @@ def synthetic_exits(net, d=2.5e-3):
     ]
 
 
-def make_system(level="T8", stop=None, seed=3, cement=None, **fluoro):
-    si = Scenario().si()
-    si["fluoroscopy"].update(fluoro)
-    net = build_venous_network(level, si["veins"], np.random.default_rng(seed))
+def make_system(level="T8", seed=3, cement=None, **fluoro):
+    params = run_params()
+    net = build_venous_network(level, params.veins, np.random.default_rng(seed))
     cem = cement or load_cement_preset("medium")
+    clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
     return VenousSystem(
-        net, synthetic_exits(net), cem, equivalent_age_s(cem, 360.0, 294.15), 310.15,
-        si["fluoroscopy"], si["fragmentation"], stop, np.random.default_rng(seed),
+        net, synthetic_exits(net), cem, clock, replace(params.fluoroscopy, **fluoro),
+        DragVsStrength(params.fragmentation), np.random.default_rng(seed),
     )  # fmt: skip
 
 
 def test_coupled_mass_balance_under_synthetic_flux_history():
     vs = make_system("L2")
+    rec = RunRecorder()
+    rec.record_venous(0.0, vs)
     rng = np.random.default_rng(11)
     t, dt = 0.0, 0.25
     total = 0.0
@@ -176,17 +182,22 @@ def test_coupled_mass_balance_under_synthetic_flux_history():
         vs.accept_flux(t, dt, qc, qm)
         total += qc.sum() * dt
         t += dt
+        rec.record_venous(t, vs)
         p = vs.exit_pressure(t)
         assert p.shape == (5,) and np.all(np.isfinite(p))
-    vs.finish(t, 30.0)
+    t_end = t + 30.0  # follow-up without pushing, one fluoroscopy frame at a time
+    while t < t_end - 1e-12:
+        t = min(t + vs.detector.frame_interval_s, t_end)
+        vs.relax(t)
+        rec.record_venous(t, vs)
     held = vs.columns.total_m3() + vs.fragments.volume_m3.sum()
     assert vs.received_m3 == pytest.approx(total, rel=1e-12)
     assert abs(held - total) <= 1e-12 * total
     assert vs.mass_balance_error() <= 1e-12
     assert sum(vs.leaked_by_exit_kind().values()) == pytest.approx(total, rel=1e-12)
     assert sum(vs.volume_by_route().values()) == pytest.approx(total, rel=1e-12)
-    assert vs.edge_cement_volume_m3().sum() == pytest.approx(vs.columns.total_m3(), rel=1e-14)
-    ts = vs.time_series()
+    assert vs.columns.fill_m3.sum() == pytest.approx(vs.columns.total_m3(), rel=1e-14)
+    ts = rec.venous_series()
     assert np.all(np.diff(ts["t_s"]) > 0)
     assert np.all(np.diff(ts["fragments_shed"]) >= 0)
 
@@ -194,7 +205,8 @@ def test_coupled_mass_balance_under_synthetic_flux_history():
 def test_columns_resist_exit_flow_and_reroute_blood():
     mu = 200.0
     vs = make_system("T8", cement=CementModel.newtonian(mu))
-    vs.strength_pa = lambda t: np.inf  # a column that never sheds (strength-free Newtonian cement would)
+    # a column that never sheds (strength-free Newtonian cement would)
+    vs.fragmentation.strength_pa = lambda cement, age: np.inf
     p0 = vs.exit_pressure(0.0).copy()
     # the marrow drains against one static venous pressure: no vein-to-vein shunt through the body
     assert np.ptp(p0) == 0.0
@@ -231,15 +243,18 @@ def test_negative_cement_flux_is_rejected():
 
 
 def test_vein_cement_leaves_the_syringe_with_the_syringe_age_then_ages_at_body_rate():
-    si = Scenario().si()
-    net = build_venous_network("L1", si["veins"], np.random.default_rng(1))
+    params = run_params()
+    net = build_venous_network("L1", params.veins, np.random.default_rng(1))
     cem = load_cement_preset("medium")
     a0 = equivalent_age_s(cem, 360.0, 294.15)
+    clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
     vs = VenousSystem(
-        net, synthetic_exits(net), cem, a0, 310.15, si["fluoroscopy"], si["fragmentation"], None,
-        np.random.default_rng(1), room_temperature_k=294.15,
+        net, synthetic_exits(net), cem, clock, params.fluoroscopy, DragVsStrength(params.fragmentation),
+        np.random.default_rng(1),
     )  # fmt: skip
-    r_room, r_body = vs.syringe_age_rate, vs.age_rate
+    r_room, r_body = vs.clock.room_rate, vs.clock.body_rate
+    assert clock.age_at_start_s == a0
+    assert (r_room, r_body) == (age_rate(cem, 294.15), age_rate(cem, 310.15))
     assert r_body > 1.5 * r_room  # curing roughly doubles from room to body temperature
     assert vs.cement_age_s(10.0) == pytest.approx(a0 + r_room * 10.0, rel=1e-14)
     # one pulse at t1, a second of equal volume at t2: the mean of the two entry ages, both at body rate

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sim.core.config import Scenario
 from sim.core.grid import BoneGrid, VenousExit
+from sim.physics.cure_clock import CureClock
 from sim.physics.fluoroscopy import (
     LeakDetector,
     column_samples,
@@ -15,7 +17,9 @@ from sim.physics.fluoroscopy import (
     project_points,
     visible_volume_m3,
 )
-from sim.physics.rheology import equivalent_age_s, load_cement_preset
+from sim.physics.fragmentation import DragVsStrength
+from sim.physics.injection_control import StopPolicy
+from sim.physics.rheology import load_cement_preset
 from sim.physics.vein_columns import CementColumns
 from sim.physics.venous_network import (
     build_venous_network,
@@ -24,14 +28,13 @@ from sim.physics.venous_network import (
     solve_blood_flow,
 )
 from sim.run.venous_system import VenousSystem
+from tests.helpers import run_params
 
 MM = 1e-3
 
 
 def fluoro_si(**over):
-    si = Scenario().si()["fluoroscopy"]
-    si.update(over)
-    return si
+    return replace(run_params().fluoroscopy, **over)
 
 
 def straight_column(d=2 * MM, length=0.04):
@@ -106,9 +109,9 @@ def test_min_thickness_and_body_shadow_hide_cement():
 
 
 def system(threshold_m3, seed=1):
-    si = Scenario().si()
-    si["fluoroscopy"]["visibility_threshold_m3"] = threshold_m3
-    net = build_venous_network("L2", si["veins"], np.random.default_rng(seed))
+    params = run_params()
+    fluoro = replace(params.fluoroscopy, visibility_threshold_m3=threshold_m3)
+    net = build_venous_network("L2", params.veins, np.random.default_rng(seed))
     exits = [
         VenousExit(
             name=n,
@@ -121,8 +124,8 @@ def system(threshold_m3, seed=1):
         for n in ("basivertebral", "anterior_right")
     ]
     cem = load_cement_preset("medium")
-    age0 = equivalent_age_s(cem, 360.0, 294.15)
-    return VenousSystem(net, exits, cem, age0, 310.15, si["fluoroscopy"], si["fragmentation"], None,
+    clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
+    return VenousSystem(net, exits, cem, clock, fluoro, DragVsStrength(params.fragmentation),
                         np.random.default_rng(seed))  # fmt: skip
 
 
@@ -158,17 +161,22 @@ def test_larger_threshold_detects_later():
     assert times[0] <= times[1] < times[2]
     vs = system(1e-6)  # more than will ever leak here
     run(vs, leak_start=5.0, t_max=20.0)
-    assert vs.detection_time_s is None and not vs.stop_requested(1e9)
+    # no leak seen, so even an operator who stops as soon as one is seen never stops
+    policy = StopPolicy(stop_after_leak_s=0.0, reaction_delay_s=run_params().stop.reaction_delay_s)
+    assert vs.detection_time_s is None and not policy.should_stop(1e9, vs.detection_time_s)
 
 
 def test_image_accessor_views():
     vs = system(5e-9)
     run(vs, leak_start=0.0, t_max=10.0)
     for view in ("lateral", "ap"):
-        img = vs.fluoroscopy_image(view)
+        img = vs.detector.image(view, vs.columns)
         px = vs.detector.pixel_size_m
         # everything that leaked is inside the 20 cm field of view
         assert img.sum() * px**2 == pytest.approx(vs.columns.total_m3(), rel=1e-9)
-        a0, a1, b0, b1 = vs.fluoroscopy_extent_m(view)
+        det = vs.detector.detectors[view]
+        assert det.pixel_size_m == px
+        a0, b0 = (float(v) for v in det.origin_m)
+        a1, b1 = a0 + det.shape[0] * px, b0 + det.shape[1] * px
         assert (a1 - a0) == pytest.approx(img.shape[0] * px) and (b1 - b0) == pytest.approx(img.shape[1] * px)
         assert a0 < 0.0 < a1  # the field of view is centred on the treated level

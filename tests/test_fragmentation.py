@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sim.core.config import Scenario
 from sim.core.grid import VenousExit
-from sim.physics.fragmentation import FragmentationParams, drag_coefficient, shed_fragments, shed_kernel
-from sim.physics.rheology import equivalent_age_s, load_cement_preset
+from sim.core.parameters import FragmentationParams
+from sim.physics.cure_clock import CureClock
+from sim.physics.fragmentation import DragVsStrength, drag_coefficient, shed_fragments, shed_kernel
+from sim.physics.injection_control import StopPolicy
+from sim.physics.rheology import load_cement_preset
 from sim.physics.vein_columns import CementColumns
 from sim.physics.venous_network import (
     build_venous_network,
@@ -16,7 +20,9 @@ from sim.physics.venous_network import (
     network_from_edges,
     solve_blood_flow,
 )
+from sim.run.recorder import RunRecorder
 from sim.run.venous_system import VenousSystem
+from tests.helpers import run_params
 
 MM = 1e-3
 RHO, MU = 1055.0, 0.0035
@@ -141,10 +147,9 @@ def test_kernel_matches_interpreted_reference():
 # ----------------------------------------------------------------------------- coupled policy
 
 
-def system(stop, seed=4, level="T8", **frag):
-    si = Scenario().si()
-    si["fragmentation"].update(frag)
-    net = build_venous_network(level, si["veins"], np.random.default_rng(seed))
+def system(seed=4, level="T8", **frag):
+    params = run_params()
+    net = build_venous_network(level, params.veins, np.random.default_rng(seed))
     exits = [
         VenousExit(
             name=n,
@@ -157,31 +162,50 @@ def system(stop, seed=4, level="T8", **frag):
         for n in ("basivertebral", "anterior_left", "anterior_right")
     ]
     cem = load_cement_preset("medium")
-    age0 = equivalent_age_s(cem, 360.0, 294.15)
-    return VenousSystem(net, exits, cem, age0, 310.15, si["fluoroscopy"], si["fragmentation"], stop,
-                        np.random.default_rng(seed))  # fmt: skip
+    clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
+    law = DragVsStrength(replace(params.fragmentation, **frag))
+    return VenousSystem(net, exits, cem, clock, params.fluoroscopy, law, np.random.default_rng(seed))
 
 
-def drive(vs, t_max=60.0, dt=0.25, rate=1.0e-8):
-    """Synthetic injection: leak at a constant rate through the anterior-left exit until told to stop."""
+def follow_up(vs, t, follow_up_s, recorder=None):
+    """After the injection: no pushing, one fluoroscopy frame at a time (as sim.run.coupling does)."""
+    t_stop = t + follow_up_s
+    while t < t_stop - 1e-12:
+        t = min(t + vs.detector.frame_interval_s, t_stop)
+        vs.relax(t)
+        if recorder is not None:
+            recorder.record_venous(t, vs)
+
+
+def drive(vs, stop, t_max=60.0, dt=0.25, rate=1.0e-8, recorder=None):
+    """Synthetic injection: leak at a constant rate through the anterior-left exit until the operator
+    (stop ``stop`` s after the reaction to a seen leak; None: never) stops. Returns (end, stop time)."""
+    policy = StopPolicy(stop, run_params().stop.reaction_delay_s)
     q = np.array([0.0, rate, 0.0])
-    t = 0.0
-    while t < t_max - 1e-9 and not vs.stop_requested(t):
+    t, stop_time = 0.0, None
+    if recorder is not None:
+        recorder.record_venous(t, vs)
+    while t < t_max - 1e-9:
+        if policy.should_stop(t, vs.detection_time_s):
+            stop_time = t
+            break
         vs.accept_flux(t, dt, q, 0.1 * q)
         t += dt
-    vs.finish(t, 20.0)
-    return t
+        if recorder is not None:
+            recorder.record_venous(t, vs)
+    follow_up(vs, t, 20.0, recorder)
+    return t, stop_time
 
 
 def test_stop_at_detection_sheds_fewer_fragments_than_never_stopping():
-    stop0 = system(0.0)
-    never = system(None)
-    t0 = drive(stop0)
-    t1 = drive(never)
-    assert stop0.detection_time_s is not None and stop0.stop_time_s is not None
-    assert stop0.stop_time_s == pytest.approx(t0)
-    assert stop0.stop_time_s >= stop0.detection_time_s
-    assert never.stop_time_s is None and t1 == pytest.approx(60.0)
+    stop0 = system()
+    never = system()
+    t0, stop0_time = drive(stop0, 0.0)
+    t1, never_time = drive(never, None)
+    assert stop0.detection_time_s is not None and stop0_time is not None
+    assert stop0_time == pytest.approx(t0)
+    assert stop0_time >= stop0.detection_time_s
+    assert never_time is None and t1 == pytest.approx(60.0)
     assert stop0.received_m3 < never.received_m3
     assert len(stop0.fragments) < len(never.fragments)
     assert stop0.fragments.volume_m3.sum() < never.fragments.volume_m3.sum()
@@ -190,8 +214,8 @@ def test_stop_at_detection_sheds_fewer_fragments_than_never_stopping():
 def test_fragment_count_grows_with_volume_pushed_after_detection():
     counts, volumes = [], []
     for delay in (0.0, 5.0, 15.0, 30.0, 60.0):
-        vs = system(delay)
-        drive(vs, t_max=100.0)
+        vs = system()
+        drive(vs, delay, t_max=100.0)
         counts.append(len(vs.fragments))
         volumes.append(vs.received_m3)
     assert np.all(np.diff(volumes) > 0)
@@ -200,20 +224,21 @@ def test_fragment_count_grows_with_volume_pushed_after_detection():
 
 
 def test_no_shedding_once_cement_is_set():
-    vs = system(None)
-    drive(vs, t_max=40.0)
-    vs.finish(60.0, 400.0)  # well past the setting time at body temperature
+    vs = system()
+    recorder = RunRecorder()
+    drive(vs, None, t_max=40.0, recorder=recorder)
+    follow_up(vs, 60.0, 400.0, recorder)  # well past the setting time at body temperature
     assert vs.set_time_s is not None
-    ts = vs.time_series()
+    ts = recorder.venous_series()
     after = ts["t_s"] >= vs.set_time_s
     assert np.ptp(ts["fragments_shed"][after]) == 0
     assert vs.strength_pa(vs.set_time_s) == np.inf
 
 
 def test_determinism_with_seed():
-    a, b, c = system(None, seed=9), system(None, seed=9), system(None, seed=10)
+    a, b, c = system(seed=9), system(seed=9), system(seed=10)
     for vs in (a, b, c):
-        drive(vs, t_max=40.0)
+        drive(vs, None, t_max=40.0)
     fa, fb = a.fragments.as_columns(), b.fragments.as_columns()
     assert len(a.fragments) > 0
     for key in fa:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from sim.core.config import Scenario
+from sim.core.parameters import RunParameters
+from sim.physics.cure_clock import CureClock
 from sim.physics.fragment_set import (
     ARRESTED_HEART,
     IN_HEART,
@@ -18,24 +21,25 @@ from sim.physics.fragment_set import (
 )
 from sim.physics.fragment_transport import RIGHT_HEART_TRANSIT_S, transport_fragments
 from sim.physics.pulmonary_tree import LOBE_NAMES, build_pulmonary_tree, lobe_perfusion, subtree_conductance
-from sim.physics.rheology import age_rate, cement_model_from_si, cure_degree
+from sim.physics.rheology import CementModel, age_rate, cure_degree
+from tests.helpers import run_params
 
 BODY_K = 310.15
 
 
 @pytest.fixture(scope="module")
-def scenario_si():
-    return Scenario().si()
+def params() -> RunParameters:
+    return run_params()
 
 
 @pytest.fixture(scope="module")
-def cement(scenario_si):
-    return cement_model_from_si(scenario_si["cement"])
+def cement(params):
+    return CementModel.from_params(params.cement)
 
 
 @pytest.fixture(scope="module")
-def tree(scenario_si):
-    return build_pulmonary_tree(scenario_si["lungs"], np.random.default_rng(21))
+def tree(params):
+    return build_pulmonary_tree(params.lungs, np.random.default_rng(21))
 
 
 def small_veins() -> VenousFlowSnapshot:
@@ -71,17 +75,19 @@ def fragments(n, diameter, rng, edge=0, branched=0.0, cure_age_s=0.0, birth=None
     )
 
 
-def run(frags, tree, cement, lungs_si, seed=0, use_numba=True, veins=None):
+def run(frags, tree, cement, lungs, seed=0, use_numba=True, veins=None):
+    clock = CureClock.for_cement(cement, 0.0, 294.15, BODY_K)  # fragments age at body temperature
     return transport_fragments(
-        frags, veins or small_veins(), tree, cement, BODY_K, lungs_si, np.random.default_rng(seed), use_numba
-    )
+        frags, veins or small_veins(), tree, cement, clock, lungs, np.random.default_rng(seed),
+        use_numba=use_numba,
+    )  # fmt: skip
 
 
-def test_numba_equals_numpy_reference(tree, cement, scenario_si):
+def test_numba_equals_numpy_reference(tree, cement, params):
     rng = np.random.default_rng(1)
     frags = fragments(400, rng.lognormal(np.log(1.2e-3), 0.7, 400), rng, branched=0.4, cure_age_s=300.0)
-    a = run(frags, tree, cement, scenario_si["lungs"], seed=4)
-    b = run(frags, tree, cement, scenario_si["lungs"], seed=4, use_numba=False)
+    a = run(frags, tree, cement, params.lungs, seed=4)
+    b = run(frags, tree, cement, params.lungs, seed=4, use_numba=False)
     assert set(np.unique(a.status)) >= {LODGED, PASSED_DISTAL, LODGED_VEIN}
     assert a.emboli["saddle"].sum() > 0
     for key in a.emboli:
@@ -90,15 +96,15 @@ def test_numba_equals_numpy_reference(tree, cement, scenario_si):
     assert (a.venous_steps, a.pulmonary_steps) == (b.venous_steps, b.pulmonary_steps)
 
 
-def test_venous_leg_follows_flow_to_outlet(tree, cement, scenario_si):
+def test_venous_leg_follows_flow_to_outlet(tree, cement, params):
     rng = np.random.default_rng(2)
     n = 4000
     frags = fragments(n, 0.3e-3, rng)
-    res = run(frags, tree, cement, scenario_si["lungs"], seed=9)
+    res = run(frags, tree, cement, params.lungs, seed=9)
     assert not np.any(res.status == LODGED_VEIN)
     assert np.all(res.emboli["vein_edge"] == 2)  # everything leaves through the outlet edge
     # the time to the heart tells which branch was taken: 0.05 m edges at slip * |Q| / A
-    slip = scenario_si["lungs"]["slip_factor"]
+    slip = params.lungs.slip_factor
     v = small_veins()
     speed = slip * np.abs(v.edge_flow_m3_s) / (np.pi * v.edge_diameter_m**2 / 4)
     t_direct = (0.05 / speed[0] + 0.05 / speed[1] + 0.1 / speed[2]).item()
@@ -111,9 +117,9 @@ def test_venous_leg_follows_flow_to_outlet(tree, cement, scenario_si):
     assert stats.binomtest(k, n, 0.7).pvalue > 1e-3  # choice proportional to flow
 
 
-def test_vein_lodging_and_no_flow_edge(tree, cement, scenario_si):
+def test_vein_lodging_and_no_flow_edge(tree, cement, params):
     rng = np.random.default_rng(3)
-    si = dict(scenario_si["lungs"], deformability_margin=0.0)
+    si = replace(params.lungs, deformability_margin=0.0)
     frags = fragments(2000, 2.5e-3, rng)  # wider than the 2 mm detour vein
     res = run(frags, tree, cement, si, seed=1)
     stuck = res.status == LODGED_VEIN
@@ -132,12 +138,12 @@ def _ancestors(tree, v):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lodging_rule_property(tree, cement, scenario_si, seed):
+def test_lodging_rule_property(tree, cement, params, seed):
     """No fragment passes a vessel narrower than it allows: d <= D (1 + margin) on its path."""
     rng = np.random.default_rng(seed)
     n = 300
     frags = fragments(n, rng.uniform(0.2e-3, 8e-3, n), rng, branched=0.5, cure_age_s=rng.uniform(0, 900))
-    res = run(frags, tree, cement, scenario_si["lungs"], seed=seed)
+    res = run(frags, tree, cement, params.lungs, seed=seed)
     e = res.emboli
     in_tree = np.flatnonzero(e["vessel_id"] >= 0)
     g_final, _ = subtree_conductance(tree, res.occluded)  # children's G ignore the parent's state
@@ -159,43 +165,45 @@ def test_lodging_rule_property(tree, cement, scenario_si, seed):
     assert np.all(e["diameter_m"][arrested] > tree.diameter_m[0] * (1 + e["margin"][arrested]))
 
 
-def test_margin_from_cure(tree, cement, scenario_si):
+def test_margin_from_cure(tree, cement, params):
     rng = np.random.default_rng(4)
-    si = scenario_si["lungs"]
+    si = params.lungs
     fresh = fragments(50, 1e-3, rng, cure_age_s=0.0)
     res = run(fresh, tree, cement, si)
     age = res.emboli["heart_arrival_s"] - fresh.birth_time_s
-    expected = si["deformability_margin"] * (1 - cure_degree(cement, age * age_rate(cement, BODY_K)))
+    expected = si.deformability_margin * (1 - cure_degree(cement, age * age_rate(cement, BODY_K)))
     np.testing.assert_allclose(res.emboli["margin"], expected, rtol=1e-12)
     set_frags = fragments(50, 1e-3, rng, cure_age_s=10 * cement.setting_time_s)
     assert np.all(run(set_frags, tree, cement, si).emboli["margin"] == 0.0)
 
 
-def test_fragments_below_cutoff_pass_distally(tree, cement, scenario_si):
+def test_fragments_below_cutoff_pass_distally(tree, cement, params):
     rng = np.random.default_rng(5)
     n = 3000
     frags = fragments(n, rng.uniform(0.05e-3, 0.499e-3, n), rng, branched=0.5)
-    res = run(frags, tree, cement, scenario_si["lungs"], seed=2)
+    res = run(frags, tree, cement, params.lungs, seed=2)
     assert np.all(res.status == PASSED_DISTAL)
     assert np.all(tree.is_leaf[res.emboli["vessel_id"]])
     assert res.occluded.sum() == 0 and res.metrics.perfusion_lost_fraction == 0.0
 
 
-def test_lobe_distribution_matches_perfusion(tree, cement, scenario_si):
+def test_lobe_distribution_matches_perfusion(tree, cement, params):
     rng = np.random.default_rng(6)
     n = 20000
-    res = run(fragments(n, 0.2e-3, rng), tree, cement, scenario_si["lungs"], seed=6)
+    res = run(fragments(n, 0.2e-3, rng), tree, cement, params.lungs, seed=6)
     counts = np.bincount(res.emboli["lobe"], minlength=5)
     expected = lobe_perfusion(tree, tree.baseline_flow_m3_s) * n
     assert stats.chisquare(counts, expected).pvalue > 1e-3
     assert counts.sum() == n and len(LOBE_NAMES) == 5
 
 
-def test_later_fragments_avoid_occluded_vessels(tree, cement, scenario_si):
+def test_later_fragments_avoid_occluded_vessels(tree, cement, params):
     rng = np.random.default_rng(7)
-    n = 1500
+    # 500 casts block ~90 % of the perfusion; 1500 blocked the trunk itself (loss exactly 1, which
+    # the partial-loss check below only passed by one ulp of the cardiac output)
+    n = 500
     frags = fragments(n, rng.uniform(0.3e-3, 3e-3, n), rng, branched=0.3)
-    res = run(frags, tree, cement, scenario_si["lungs"], seed=7)
+    res = run(frags, tree, cement, params.lungs, seed=7)
     e = res.emboli
     arrived = np.flatnonzero(~np.isnan(e["heart_arrival_s"]))
     order = arrived[np.lexsort((arrived, e["heart_arrival_s"][arrived]))]
@@ -214,9 +222,9 @@ def test_later_fragments_avoid_occluded_vessels(tree, cement, scenario_si):
     assert res.flows_m3_s[res.occluded.astype(bool)].max() == 0.0
 
 
-def test_arrest_in_heart_and_inactive_untouched(tree, cement, scenario_si):
+def test_arrest_in_heart_and_inactive_untouched(tree, cement, params):
     rng = np.random.default_rng(8)
-    si = dict(scenario_si["lungs"], deformability_margin=0.0)
+    si = replace(params.lungs, deformability_margin=0.0)
     frags = fragments(3, [30e-3, 0.2e-3, 0.2e-3], rng)
     veins = small_veins()
     veins.edge_diameter_m = np.full(6, 40e-3)
@@ -226,21 +234,21 @@ def test_arrest_in_heart_and_inactive_untouched(tree, cement, scenario_si):
     assert res.emboli["time_s"][1] > res.emboli["heart_arrival_s"][1] + RIGHT_HEART_TRANSIT_S
 
 
-def test_determinism(tree, cement, scenario_si):
+def test_determinism(tree, cement, params):
     rng = np.random.default_rng(9)
     frags = fragments(500, rng.uniform(0.3e-3, 3e-3, 500), rng, branched=0.3)
-    a = run(frags, tree, cement, scenario_si["lungs"], seed=3)
-    b = run(frags, tree, cement, scenario_si["lungs"], seed=3)
-    c = run(frags, tree, cement, scenario_si["lungs"], seed=4)
+    a = run(frags, tree, cement, params.lungs, seed=3)
+    b = run(frags, tree, cement, params.lungs, seed=3)
+    c = run(frags, tree, cement, params.lungs, seed=4)
     for key in a.emboli:
         assert np.array_equal(a.emboli[key], b.emboli[key], equal_nan=True), key
     assert not np.array_equal(a.emboli["vessel_id"], c.emboli["vessel_id"])
 
 
-def test_total_occlusion_is_handled(tree, cement, scenario_si):
+def test_total_occlusion_is_handled(tree, cement, params):
     """Casts wider than both main branches block them; later ones stop at the trunk inlet."""
     rng = np.random.default_rng(10)
-    si = dict(scenario_si["lungs"], deformability_margin=0.0)
+    si = replace(params.lungs, deformability_margin=0.0)
     veins = small_veins()
     veins.edge_diameter_m = np.full(6, 40e-3)
     frags = fragments(30, 18e-3, rng)

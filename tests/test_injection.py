@@ -20,9 +20,12 @@ import pytest
 from sim.core.errors import ConfigError, GeometryError, SolverError
 from sim.core.grid import BoneGrid, Needle, VenousExit
 from sim.physics.cement_transport import transport_step, transport_step_numpy
-from sim.physics.injection import ConstantPressureCoupling, InjectionControl, run_injection
+from sim.physics.cure_clock import CureClock
+from sim.physics.injection import ConstantPressureCoupling, run_injection
+from sim.physics.injection_control import InjectionControl
 from sim.physics.pressure import PressureSolver
 from sim.physics.rheology import CementModel
+from sim.run.recorder import RunRecorder
 
 WATSON_G0 = 0.505462 / 2.0
 K = 4.0e-8
@@ -85,7 +88,9 @@ def control(volume_m3, rate=1e-7, **kw):
 def _run(bone, needle, mu=100.0, volume=1e-6, method="front", coupling=None, **kw):
     coupling = coupling or ConstantPressureCoupling(0.0, len(bone.exits))
     ctl = kw.pop("ctl", None) or control(volume)
-    return run_injection(bone, needle, CementModel.newtonian(mu), MU_M, ctl, coupling, method=method, **kw)
+    cement = CementModel.newtonian(mu)
+    clock = CureClock.for_cement(cement, 0.0, 294.15, 310.15)
+    return run_injection(bone, needle, cement, clock, MU_M, ctl, coupling, method=method, **kw)
 
 
 def analytic_needle_pressure(q, mu, r_n, r_f, r_out):
@@ -379,19 +384,10 @@ def test_rate_mode_stops_at_pressure_limit():
     assert np.all(res.syringe_pressure_pa <= limit)
 
 
-class _StopAt(ConstantPressureCoupling):
-    def __init__(self, t_stop, n_exits):
-        super().__init__(600.0, n_exits)
-        self.t_stop = t_stop
-
-    def stop_requested(self, t):
-        return t >= self.t_stop
-
-
 def test_stop_signal_max_duration_and_coupling_volumes():
     bone, needle, _ = sphere_case(8.0, 1.0)
-    cp = _StopAt(1.5, 1)
-    res = _run(bone, needle, volume=1e-6, coupling=cp, max_step_s=0.2)
+    cp = ConstantPressureCoupling(600.0, 1)
+    res = _run(bone, needle, volume=1e-6, coupling=cp, max_step_s=0.2, stop_requested=lambda t: t >= 1.5)
     assert res.stop_reason == "stop_signal"
     assert 1.5 <= res.end_time_s <= 1.7 + 1e-12
     np.testing.assert_allclose(cp.cement_volume_m3, res.exit_cement_volume_m3, rtol=1e-12, atol=1e-20)
@@ -407,12 +403,19 @@ def test_stop_signal_max_duration_and_coupling_volumes():
 def test_progress_and_snapshots():
     bone, needle, _ = sphere_case(8.0, 1.0)
     seen = []
-    ctl = control(0.5e-6, snapshot_interval_s=1.0)
-    res = _run(bone, needle, ctl=ctl, progress=seen.append)
+    recorder = RunRecorder(bone_interval_s=1.0)  # snapshots are the driver's: on_step, as sim.run.coupling
+
+    def on_step(solver):
+        if recorder.bone_due(solver.state.t):
+            recorder.record_bone(solver.state.t, solver.cement_fraction_grid())
+
+    res = _run(bone, needle, ctl=control(0.5e-6), progress=seen.append, on_step=on_step)
+    recorder.record_bone(res.end_time_s, res.cement_fraction, final=True)
     assert seen[-1] == pytest.approx(1.0) and np.all(np.diff(seen) >= 0)
-    times = [t for t, _ in res.snapshots]
+    times = [t for t, _ in recorder.bone_snapshots]
     assert times[-1] == pytest.approx(res.end_time_s) and len(times) >= 4
-    assert res.snapshots[-1][1].dtype == np.float32
+    assert recorder.bone_snapshots[-1][1].dtype == np.float32
+    np.testing.assert_array_equal(recorder.bone_snapshots[-1][1], res.cement_fraction.astype(np.float32))
 
 
 # ------------------------------------------------------------------ errors

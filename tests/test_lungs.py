@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sim.core.config import Scenario
 from sim.core.errors import ConfigError
+from sim.core.parameters import LungParams
 from sim.physics.pulmonary_tree import (
     LOBE_NAMES,
     build_pulmonary_tree,
@@ -20,17 +22,16 @@ from sim.physics.pulmonary_tree import (
     subtree_conductance,
     tree_elements,
 )
+from tests.helpers import run_params
 
 
-def lungs_si(**over) -> dict:
-    si = Scenario().si()["lungs"]
-    si.update(over)
-    return si
+def lung_params(**over) -> LungParams:
+    return replace(run_params().lungs, **over)
 
 
 @pytest.fixture(scope="module")
 def tree():
-    return build_pulmonary_tree(lungs_si(), np.random.default_rng(11))
+    return build_pulmonary_tree(lung_params(), np.random.default_rng(11))
 
 
 def test_topology(tree):
@@ -103,7 +104,7 @@ def test_flow_conservation_and_pressures(tree):
 
 @pytest.mark.parametrize("seed,posture", [(1, "prone"), (2, "supine"), (3, "upright")])
 def test_lobar_perfusion_matches_data(seed, posture):
-    t = build_pulmonary_tree(lungs_si(posture=posture), np.random.default_rng(seed))
+    t = build_pulmonary_tree(lung_params(posture=posture), np.random.default_rng(seed))
     data = load_pulmonary_data()["lobes"]
     target = np.array([data[k]["perfusion_fraction"] for k in LOBE_NAMES])
     frac = lobe_perfusion(t, solve_tree_flow(t)[0])
@@ -172,9 +173,9 @@ def test_layout_inside_lungs(tree):
 
 
 def test_determinism():
-    a = build_pulmonary_tree(lungs_si(), np.random.default_rng(5))
-    b = build_pulmonary_tree(lungs_si(), np.random.default_rng(5))
-    c = build_pulmonary_tree(lungs_si(), np.random.default_rng(6))
+    a = build_pulmonary_tree(lung_params(), np.random.default_rng(5))
+    b = build_pulmonary_tree(lung_params(), np.random.default_rng(5))
+    c = build_pulmonary_tree(lung_params(), np.random.default_rng(6))
     for name in ("diameter_m", "length_m", "start_m", "end_m", "distal_conductance", "baseline_flow_m3_s"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.n_vessels != c.n_vessels or not np.array_equal(a.diameter_m, c.diameter_m)
@@ -182,8 +183,8 @@ def test_determinism():
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="cutoff_diameter"):
-        build_pulmonary_tree(lungs_si(cutoff_diameter_m=3e-3), np.random.default_rng(0))
+        build_pulmonary_tree(lung_params(cutoff_diameter_m=3e-3), np.random.default_rng(0))
     with pytest.raises(ConfigError, match="mean_pap"):
-        build_pulmonary_tree(lungs_si(mean_pap_pa=500.0), np.random.default_rng(0))
+        build_pulmonary_tree(lung_params(mean_pap_pa=500.0), np.random.default_rng(0))
     with pytest.raises(ConfigError, match="posture"):
-        build_pulmonary_tree(lungs_si(posture="sideways"), np.random.default_rng(0))
+        build_pulmonary_tree(lung_params(posture="sideways"), np.random.default_rng(0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -11,8 +11,10 @@ import pytest
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
 from sim.core.geometry_data import load_geometry_yaml
+from sim.core.parameters import CementOverrideParams, RunParameters
 from sim.core.units import GAS_CONSTANT
 from sim.physics import rheology as rh
+from tests.helpers import run_params
 
 POINT_TOLERANCE = 0.05  # relative; the offline fit reaches ~1e-5 (parameters rounded to 6 digits)
 PRESET_DATA = load_geometry_yaml("cement.yaml")["presets"]
@@ -61,12 +63,12 @@ def test_presets_hit_their_points(name: str) -> None:
 
 
 def test_preset_classes_are_ordered_at_the_default_injection_time() -> None:
-    si = Scenario().si()["cement"]
-    assert si["preset"] == "medium" and si["time_after_mixing_s"] == 360.0
+    c = run_params().cement
+    assert c.preset == "medium" and c.time_after_mixing_s == 360.0
     etas = {}
     for name in rh.PRESETS:
         m = rh.load_cement_preset(name)
-        age = rh.equivalent_age_s(m, si["time_after_mixing_s"], si["room_temperature_k"])
+        age = rh.equivalent_age_s(m, c.time_after_mixing_s, c.room_temperature_k)
         etas[name] = float(rh.cement_viscosity(m, 1.0, age))
     assert 10.0 <= etas["low"] < 100.0 <= etas["medium"] < 1000.0 <= etas["high"] < 1.0e4
 
@@ -283,24 +285,30 @@ def test_overrides_from_config_replace_preset_values() -> None:
         }
     )
     base = rh.load_cement_preset("high")
-    m = rh.cement_model_from_si(scen.si()["cement"])
+    m = rh.CementModel.from_params(RunParameters.from_scenario(scen).cement)
     assert m.viscosity_ref_pa_s == 999.0
     assert m.setting_time_s == 1200.0
     assert m.activation_energy_j_per_mol == 50000.0
     assert m.power_law_n_set == 0.2
     assert m.power_law_n_fresh == base.power_law_n_fresh  # None keeps the preset's value
     assert m.viscosity_max_pa_s == base.viscosity_max_pa_s
-    assert rh.cement_model_from_si(Scenario().si()["cement"]) == rh.load_cement_preset("medium")
+    assert rh.CementModel.from_params(run_params().cement) == rh.load_cement_preset("medium")
 
 
 def test_inconsistent_overrides_name_the_field() -> None:
-    si = Scenario().si()["cement"]
+    cement = run_params().cement
+    none = CementOverrideParams(**{f.name: None for f in fields(CementOverrideParams)})
+
+    def model(**overrides):
+        return rh.CementModel.from_params(replace(cement, overrides=replace(none, **overrides)))
+
     with pytest.raises(ConfigError, match="power_law_n_set"):
-        rh.cement_model_from_si({**si, "overrides": {"power_law_n_set": 0.9, "power_law_n_fresh": 0.5}})
+        model(power_law_n_set=0.9, power_law_n_fresh=0.5)
     with pytest.raises(ConfigError, match="reference_time_s"):
-        rh.cement_model_from_si({**si, "overrides": {"reference_time_s": 5000.0}})
+        model(reference_time_s=5000.0)
+    # an override no cement field has (typed parameters cannot carry one; a plain dict can)
     with pytest.raises(ConfigError, match="bogus"):
-        rh.cement_model_from_si({**si, "overrides": {"bogus": 1.0}})
+        rh.load_cement_preset(cement.preset).with_overrides({"bogus": 1.0})
     with pytest.raises(ConfigError, match="viscosity_min_pa_s"):
         replace(rh.load_cement_preset("low"), viscosity_min_pa_s=1e6)
 

@@ -43,7 +43,7 @@ def test_leak_is_anterior_and_seen_on_fluoroscopy(case):
     assert s["mass_balance_error"] <= 1e-10
     # the marrow drains out of every foramen: no blood is driven from one vein through the body
     # into another (the exits share one static venous pressure; cement columns only resist)
-    inj = case.artifacts["injection"]
+    inj = case.artifacts.injection
     assert np.all(inj.exit_marrow_volume_m3 >= 0.0)
     assert inj.exit_marrow_volume_m3.sum() <= inj.injected_volume_m3[-1] * (1.0 + 1e-9)
 
@@ -53,7 +53,7 @@ def test_continued_injection_embolises_both_lungs_with_tubular_casts(case):
     assert s["n_emboli_right"] >= 1 and s["n_emboli_left"] >= 1
     lobes_hit = sum(s[f"emboli_{lobe}"] > 0 for lobe in ("RUL", "RML", "RLL", "LUL", "LLL"))
     assert lobes_hit >= 2
-    emb = case.artifacts["transport"].emboli
+    emb = case.artifacts.transport.emboli
     lodged = emb["status"] == LODGED
     aspect = emb["length_m"][lodged] / emb["diameter_m"][lodged]
     assert np.mean(aspect > 3.0) > 0.5, f"aspect ratios {np.round(aspect, 2)}"

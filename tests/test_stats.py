@@ -167,3 +167,98 @@ def test_sobol_additive_function():
     assert idx["ST"] == pytest.approx([0.2, 0.8], abs=0.05)
     with pytest.raises(ConfigError, match="power of 2"):
         sobol_design(names, 100, seed=0)
+
+
+# ---------------------------------------------------------------------------- scipy vs the hand formulas
+# The intervals are computed by scipy (binomtest(...).proportion_ci, bootstrap); the hand formulas they
+# replaced are kept here as independent references.
+
+
+def wilson_by_hand(k: int, n: int, conf: float) -> tuple[float, float]:
+    """Wilson (1927): (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), clipped to [0, 1]."""
+    z = st.norm.ppf(0.5 + conf / 2.0)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def clopper_pearson_by_beta(k: int, n: int, conf: float) -> tuple[float, float]:
+    """Clopper & Pearson (1934) from beta quantiles B(a/2; k, n-k+1), B(1-a/2; k+1, n-k)."""
+    alpha = 1.0 - conf
+    lo = 0.0 if k == 0 else st.beta.ppf(alpha / 2.0, k, n - k + 1)
+    hi = 1.0 if k == n else st.beta.ppf(1.0 - alpha / 2.0, k + 1, n - k)
+    return lo, hi
+
+
+def bootstrap_by_hand(arrays, statistic, seed: int, n_boot: int, conf: float) -> tuple[float, float]:
+    """Percentile bootstrap (Efron & Tibshirani 1993): resample units, drop non-finite statistics."""
+    idx = np.random.default_rng(seed).integers(0, arrays[0].size, size=(n_boot, arrays[0].size))
+    theta = statistic(*[a[idx] for a in arrays])
+    theta = theta[np.isfinite(theta)]
+    lo, hi = np.quantile(theta, [0.5 - conf / 2.0, 0.5 + conf / 2.0])
+    return float(lo), float(hi)
+
+
+@pytest.mark.parametrize("conf", [0.8, 0.95, 0.99])
+def test_wilson_equals_the_score_formula(conf):
+    """scipy's Wilson interval is the score formula of Wilson 1927 to round-off, every k of n."""
+    for n in (1, 2, 7, 40, 54, 244):
+        for k in sorted({*range(0, n + 1, max(1, n // 20)), n - 1, n} - {-1}):
+            lo, hi = wilson_ci(k, n, conf)
+            ref = wilson_by_hand(k, n, conf)
+            assert (lo, hi) == (pytest.approx(ref[0], abs=1e-15), pytest.approx(ref[1], abs=1e-15)), (k, n)
+            assert proportion_ci(k, n, conf, method="wilson").lo == lo
+
+
+@pytest.mark.parametrize("conf", [0.9, 0.95])
+def test_clopper_pearson_equals_beta_quantiles(conf):
+    """scipy's exact interval equals the beta-quantile form to its root-finding tolerance (2e-12)."""
+    for n in (1, 5, 30, 244):
+        for k in sorted({*range(0, n + 1, max(1, n // 20)), n - 1, n} - {-1}):
+            lo, hi = clopper_pearson_ci(k, n, conf)
+            ref = clopper_pearson_by_beta(k, n, conf)
+            assert lo == pytest.approx(ref[0], abs=1e-11) and hi == pytest.approx(ref[1], abs=1e-11), (k, n)
+            assert (k > 0) or lo == 0.0
+            assert (k < n) or hi == 1.0
+
+
+def test_bootstrap_mean_and_paired_difference_equal_the_hand_bootstrap():
+    """Same unit draws as rng.integers(0, n, (B, n)); percentile interval of the resampled means."""
+    x = np.random.default_rng(4).lognormal(0.0, 1.0, 37)
+    y = x + np.random.default_rng(5).normal(0.2, 0.5, 37)
+    for conf, n_boot in ((0.95, 999), (0.9, 250)):
+        est = bootstrap_mean(x, np.random.default_rng(8), n_boot, conf)
+        ref = bootstrap_by_hand((x,), lambda a: a.mean(axis=1), 8, n_boot, conf)
+        assert est.value == x.mean()
+        assert (est.lo, est.hi) == (pytest.approx(ref[0], rel=1e-13), pytest.approx(ref[1], rel=1e-13))
+        d = paired_difference(x, y, np.random.default_rng(9), n_boot, conf)
+        ref = bootstrap_by_hand((y - x,), lambda a: a.mean(axis=1), 9, n_boot, conf)
+        assert (d.lo, d.hi) == (pytest.approx(ref[0], rel=1e-13), pytest.approx(ref[1], rel=1e-13))
+
+
+def test_bootstrap_ratio_equals_the_hand_cluster_bootstrap_with_empty_resamples():
+    """Ratio of sums resampled by unit; resamples with no denominator at all are left out."""
+    # 4 units, one with a denominator: ~(3/4)^4 = 32% of resamples have none (ratio undefined)
+    numer = np.array([0.0, 0.0, 2.0, 0.0])
+    denom = np.array([0.0, 0.0, 5.0, 0.0])
+    numer2 = np.array([1.0, 0.0, 2.0, 0.0, 3.0, 0.0])
+    denom2 = np.array([2.0, 0.0, 5.0, 1.0, 4.0, 0.0])
+
+    def ratio(a, b):
+        den = b.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, a.sum(axis=1) / np.where(den > 0, den, 1.0), np.nan)
+
+    for a, b in ((numer, denom), (numer2, denom2)):
+        est = bootstrap_ratio(a, b, np.random.default_rng(21), 800)
+        ref = bootstrap_by_hand((a, b), ratio, 21, 800, 0.95)
+        assert est.value == a.sum() / b.sum()
+        assert (est.lo, est.hi) == (pytest.approx(ref[0], rel=1e-13), pytest.approx(ref[1], rel=1e-13))
+    single = bootstrap_ratio([3.0], [4.0], np.random.default_rng(0), 50)  # one unit: one resample
+    assert (single.value, single.lo, single.hi) == (0.75, 0.75, 0.75)
+    with pytest.raises(ConfigError, match="resamples"):
+        bootstrap_mean([1.0, 2.0], np.random.default_rng(0), 0)
+    with pytest.raises(ConfigError, match="confidence level"):
+        bootstrap_mean([1.0, 2.0], np.random.default_rng(0), 10, conf=1.5)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from sim.core.config import LEVELS, Scenario
 from sim.core.errors import ConfigError, GeometryError, SolverError
+from sim.core.parameters import VeinParams, build
 from sim.physics.venous_network import (
     ROUTES,
     build_venous_network,
@@ -15,14 +18,13 @@ from sim.physics.venous_network import (
     solve_blood_flow,
     validate_network,
 )
+from tests.helpers import run_params
 
 MU = 0.0035
 
 
-def veins_si(**over):
-    si = Scenario().si()["veins"]
-    si.update(over)
-    return si
+def veins_si(**over) -> VeinParams:
+    return replace(run_params().veins, **over)
 
 
 def poiseuille_r(d, length, mu=MU):
@@ -82,7 +84,7 @@ def test_anatomical_network_kirchhoff_and_physiology(level, hemi):
     bf = solve_blood_flow(net)
     assert bf.residual <= 1e-12
     assert kirchhoff_residual(net, bf.edge_flow_m3_s) <= 1e-12
-    co = si["cardiac_output_m3_per_s"]
+    co = si.cardiac_output_m3_per_s
     # total inflow = cardiac output; all of it reaches the right atrium and leaves by the pump
     assert net.node_inflow_m3_s.sum() == pytest.approx(co, rel=1e-12)
     ra = net.right_atrium
@@ -90,10 +92,10 @@ def test_anatomical_network_kirchhoff_and_physiology(level, hemi):
     into_ra -= bf.edge_flow_m3_s[(net.edge_u == ra) & (np.arange(net.n_edges) != net.pump_edge)].sum()
     assert into_ra == pytest.approx(co, rel=1e-10)
     assert bf.edge_flow_m3_s[net.pump_edge] == pytest.approx(co, rel=1e-12)
-    assert bf.edge_flow_m3_s[net.azygos_edge] == pytest.approx(si["azygos_flow_m3_per_s"], rel=1e-9)
+    assert bf.edge_flow_m3_s[net.azygos_edge] == pytest.approx(si.azygos_flow_m3_per_s, rel=1e-9)
     assert np.all(net.node_inflow_m3_s >= 0.0)
     # veins drain toward the atrium: every pressure at or above CVP
-    assert bf.node_pressure_pa.min() >= si["cvp_pa"] - 1e-9
+    assert bf.node_pressure_pa.min() >= si.cvp_pa - 1e-9
     assert set(net.exit_nodes) == {
         "basivertebral",
         "anterior_left",
@@ -147,10 +149,11 @@ def test_bad_settings_raise_config_errors():
         build_venous_network("C5", veins_si(), np.random.default_rng(0))
     with pytest.raises(ConfigError, match="azygos_flow"):
         build_venous_network("T8", veins_si(azygos_flow_m3_per_s=1e-3), np.random.default_rng(0))
-    si = veins_si()
+    # a missing setting is refused where the typed parameters are built, naming it
+    si = Scenario().si()["veins"]
     del si["cvp_pa"]
     with pytest.raises(ConfigError, match="cvp_pa"):
-        build_venous_network("T8", si, np.random.default_rng(0))
+        build(VeinParams, si, "veins")
 
 
 def test_flow_snapshot_contract():

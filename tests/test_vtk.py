@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from vtkmodules.vtkIOXML import vtkXMLImageDataReader
 
+from sim.core.config import load_scenario
 from sim.core.errors import GeometryError, PceSimError
+from sim.core.units import ML_M3, MM_M
 from sim.output.vtk import (
-    network_geometry,
+    TISSUE_LABELS,
     read_pvd,
     read_vti,
     read_vtp,
     select_times,
+    tree_geometry,
     write_emboli_vtp,
     write_image_data,
     write_image_series,
@@ -23,6 +26,8 @@ from sim.output.vtk import (
     write_pvd,
     write_run_vtk,
 )
+from sim.physics.fragment_set import LODGED
+from sim.run.pipeline import run_scenario, write_run
 
 
 def _header(path) -> str:
@@ -181,136 +186,143 @@ def test_select_times_keeps_first_last_and_spacing():
     assert select_times([], 1.0) == []
 
 
-def test_parent_format_tree_becomes_one_line_per_vessel():
-    tree = SimpleNamespace(
-        node_pos_m=np.array([[0, 0, 0], [0, 0, -0.01], [0.01, 0, -0.02], [-0.01, 0, -0.02]], dtype=float),
-        parent=np.array([-1, 0, 1, 1]),
-        diameter_m=np.array([9e-3, 8e-3, 5e-3, 6e-3]),
-        lobe=np.array(["trunk", "trunk", "L", "R"]),
-        flow_m3_s=np.array([2.0, 2.0, 0.8, 1.2]) * 1e-6,
-    )
-    points, edges, diam, cells = network_geometry(tree)
-    assert edges.tolist() == [[0, 1], [1, 2], [1, 3]]
-    np.testing.assert_allclose(diam, [8e-3, 5e-3, 6e-3])  # each vessel is named by its distal node
-    np.testing.assert_allclose(cells["flow_ml_per_s"], [2.0, 0.8, 1.2])
-    assert cells["lobe"].tolist() == ["trunk", "L", "R"]
+@pytest.fixture(scope="module")
+def lai_run():
+    """The seed case (2 mm grid, a few seconds): an anterior leak, a detection, emboli in both lungs."""
+    scenario = load_scenario("configs/lai2025_case.yaml")
+    scenario.output.vtk = True
+    return run_scenario(scenario)
+
+
+@pytest.fixture(scope="module")
+def lai_vtk(lai_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lai") / "vtk"
+    top = write_run_vtk(out, lai_run, spine=False)
+    return lai_run, out, top
+
+
+def test_tree_becomes_one_line_per_vessel(lai_run):
+    tree = lai_run.artifacts.tree
+    points, edges, diam, cells = tree_geometry(tree)
+    n = tree.n_vessels
+    assert edges.shape == (n, 2)
+    np.testing.assert_array_equal(points[edges[:, 0]], tree.start_m)  # each vessel from its start ...
+    np.testing.assert_array_equal(points[edges[:, 1]], tree.end_m)  # ... to its end
+    np.testing.assert_array_equal(diam, tree.diameter_m)
+    np.testing.assert_allclose(cells["baseline_flow_ml_per_s"], tree.baseline_flow_m3_s / ML_M3, rtol=1e-15)
+    np.testing.assert_array_equal(cells["order"], tree.order)
+    names = np.asarray(tree.lobe_names)
+    lobe = tree.lobe
+    assert cells["lobe"][lobe < 0].tolist() == [""] * int((lobe < 0).sum())
+    assert cells["lobe"][lobe >= 0].tolist() == names[lobe[lobe >= 0]].tolist()
     assert "diameter_mm" not in cells  # written once, by the diameter argument
 
 
-def _synthetic_run():
-    """A 1 mm box 'bone' with a growing cement sphere, a 3-edge vein graph, a tree and emboli."""
-    shape = (12, 10, 8)
-    h = 1e-3
-    origin = np.array([-5.5e-3, -4.5e-3, -3.5e-3])
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
-    r = np.linalg.norm(origin + ijk * h, axis=-1)
-    porous = r < 4.2e-3
-    bone = SimpleNamespace(
-        level="L1",
-        spacing_m=h,
-        origin_m=origin,
-        porous=porous,
-        body=r < 5.2e-3,
-        porosity=np.where(porous, 0.9, 0.0),
-        permeability=np.stack([np.where(porous, 4e-8, 0.0)] * 3),
-    )
-    times = np.array([1.0, 1.6, 2.0, 2.4, 3.0, 4.0])
-    snaps = [(t, (r < 1e-3 * t).astype(np.float32)) for t in times]
-    injection = SimpleNamespace(
-        snapshots=snaps,
-        cement_fraction=snaps[-1][1],
-        arrival_time_s=np.where(r < 4e-3, r / 1e-3, np.nan),
-        pressure_pa=np.where(porous, 1000.0 - r / 1e-3, np.nan),
-        spacing_m=h,
-        origin_m=origin,
-    )
-    network = SimpleNamespace(
-        node_pos_m=np.array([[0, 0.006, 0], [0.01, 0.01, 0], [0.01, 0.01, 0.05], [0.0, 0.02, 0.05]]),
-        edge_u=np.array([0, 1, 2]),
-        edge_v=np.array([1, 2, 3]),
-        edge_diameter_m=np.array([2e-3, 3e-3, 4e-3]),
-        edge_length_m=np.array([0.011, 0.05, 0.022]),
-        edge_kind=np.array(["segmental", "azygos", "azygos"]),
-        polylines=None,
-    )
-    lumen = 0.25 * np.pi * network.edge_diameter_m**2 * network.edge_length_m
-    venous = SimpleNamespace(
-        network=network,
-        flow=SimpleNamespace(edge_flow_m3_s=np.array([1e-6, 2e-6, -3e-6])),
-        columns=SimpleNamespace(
-            fill_m3=np.array([1.0, 0.25, 0.0]) * lumen, col_diameter_m=network.edge_diameter_m
-        ),
-    )
-    tree = SimpleNamespace(
-        node_pos_m=np.array([[0, -0.09, 0.17], [0.03, -0.08, 0.16], [-0.03, -0.08, 0.16]]),
-        parent=np.array([-1, 0, 0]),
-        diameter_m=np.array([0.028, 0.02, 0.02]),
-        order=np.array([15, 14, 14]),
-    )
-    emboli = {
-        "position_m": np.array([[0.03, -0.08, 0.15], [-0.03, -0.08, 0.15], [0.0, 0.0, 0.0]]),
-        "length_m": np.array([8e-3, 5e-3, 4e-3]),
-        "diameter_m": np.array([3e-3, 2e-3, 1e-3]),
-        "lodge_time_s": np.array([1.5, 3.5, np.nan]),  # the third never lodged
-        "lobe": np.array(["LLL", "RLL", ""]),
-    }
-    return bone, injection, venous, tree, emboli, times
+def _expected_kept(times, interval):
+    """Output times at least ``interval`` apart, first and last always kept."""
+    kept = [times[0]]
+    for t in times[1:-1]:
+        if t >= kept[-1] + interval * (1 - 1e-9):
+            kept.append(t)
+    return kept + [times[-1]] if len(times) > 1 else kept
 
 
-def test_write_run_vtk_writes_a_consistent_run_folder(tmp_path):
-    bone, injection, venous, tree, emboli, times = _synthetic_run()
-    top = write_run_vtk(tmp_path, bone=bone, injection=injection, venous=venous, tree=tree, emboli=emboli,
-                        interval_s=0.9, spine=False)  # fmt: skip
-    bone_steps = read_pvd(tmp_path / "bone.pvd")
+def test_write_run_vtk_writes_a_consistent_run_folder(lai_vtk):
+    result, out, top = lai_vtk
+    art = result.artifacts
+    bone, injection, recording = art.bone, art.injection, art.recording
+    interval = result.scenario.output.vtk_interval_s
+    recorded = [t for t, _ in recording.bone_snapshots]
+    bone_steps = read_pvd(out / "bone.pvd")
     kept = [t for t, _ in bone_steps]
-    assert kept == [1.0, 2.0, 3.0, 4.0]  # >= 0.9 s apart, last kept
-    snap = dict(injection.snapshots)
+    assert kept == _expected_kept(recorded, interval)  # >= interval apart, last kept
+    assert len(kept) >= 4 and len(kept) < len(recorded)  # thinned
+    assert kept[-1] == pytest.approx(injection.end_time_s, rel=1e-12)
+    snap = dict(recording.bone_snapshots)
+    tissue = np.where(bone.porous, 2, np.where(bone.body, 1, 0))
+    for code, mask in ((3, bone.channel), (4, bone.cleft)):
+        if mask is not None:
+            tissue[mask] = code
+    tissue.ravel()[art.needle.path_cells] = 5
     for i, (t, rel) in enumerate(bone_steps):
-        g = read_vti(tmp_path / rel)["cell"]
+        back = read_vti(out / rel)
+        g = back["cell"]
         np.testing.assert_array_equal(g["cement_fraction"], snap[t])
         arrived = np.isfinite(g["arrival_time_s"])
         assert np.all(g["arrival_time_s"][arrived] <= t)
         assert np.array_equal(arrived, np.nan_to_num(injection.arrival_time_s, nan=np.inf) <= t)
         assert np.isnan(g["pressure_pa"]).all() == (i < len(bone_steps) - 1)
-        np.testing.assert_array_equal(g["tissue"], np.where(bone.porous, 2, np.where(bone.body, 1, 0)))
+        np.testing.assert_array_equal(g["tissue"], tissue)
+        assert back["field"]["tissue_labels"].tolist() == list(TISSUE_LABELS)
         assert g["permeability_m2"].shape == (*bone.porous.shape, 3)
+    assert np.any(snap[kept[-1]] > 0) and not np.array_equal(snap[kept[0]], snap[kept[-1]])
 
-    points, lines, data = read_vtp(tmp_path / "veins.vtp")
-    np.testing.assert_allclose(data["cell"]["cement_fill"], [1.0, 0.25, 0.0])
-    np.testing.assert_allclose(data["cell"]["blood_flow_ml_per_s"], [1.0, 2.0, -3.0])
-    assert len(lines) == 3
+    # veins: every frame's cement fill and blood flow are the run's arrays at that time
+    venous, net = art.venous, art.venous.network
+    lumen = 0.25 * np.pi * net.edge_diameter_m**2 * net.edge_length_m
+    recorded_edges = dict(recording.edge_series())
+    vein_steps = read_pvd(out / "veins.pvd")
+    for t, rel in vein_steps:
+        _, lines, data = read_vtp(out / rel)
+        assert len(lines) == net.n_edges
+        fill, q = recorded_edges[t]["cement_volume_m3"], recorded_edges[t]["blood_flow_m3_s"]
+        np.testing.assert_allclose(data["cell"]["cement_fill"], np.clip(fill / lumen, 0.0, 1.0), rtol=1e-12)
+        np.testing.assert_allclose(data["cell"]["blood_flow_ml_per_s"], q / ML_M3, rtol=1e-12)
+    _, _, data = read_vtp(out / vein_steps[-1][1])
+    assert venous.columns.fill_m3.sum() > 0.0
+    np.testing.assert_allclose(
+        data["cell"]["cement_fill"], np.clip(venous.columns.fill_m3 / lumen, 0.0, 1.0), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        data["cell"]["blood_flow_ml_per_s"], venous.flow.edge_flow_m3_s / ML_M3, rtol=1e-12
+    )
 
-    emb = read_pvd(tmp_path / "emboli.pvd")
-    counts = [len(read_vtp(tmp_path / rel)[1]) for _, rel in emb]
-    assert [t for t, _ in emb] == [1.0, 2.0, 3.0, 4.0]
-    assert counts == [0, 1, 1, 2]  # lodged by each time; the unlodged one is never drawn
+    # emboli: the ones lodged by each output time; fragments that never lodged are never drawn
+    e = art.transport.emboli
+    lodged = e["status"] == LODGED
+    assert lodged.sum() >= 2
+    t_last = float(e["time_s"][lodged].max())
+    emb = read_pvd(out / "emboli.pvd")
+    emb_times = [t for t, _ in emb]
+    assert emb_times == kept + ([t_last] if t_last > kept[-1] else [])
+    counts = [len(read_vtp(out / rel)[1]) for _, rel in emb]
+    assert counts == [int((lodged & (e["time_s"] <= t)).sum()) for t in emb_times]
+    assert np.all(np.diff(counts) >= 0) and counts[-1] == lodged.sum() and counts[0] < counts[-1]
 
     parts = read_pvd(top, with_parts=True)
     files = {rel for _, rel, _ in parts}
-    assert {"veins.vtp", "lungs.vtp"} <= files and {rel for _, rel in bone_steps} <= files
-    assert len({p for _, _, p in parts}) == len((tmp_path / "pce_sim_parts.txt").read_text().split())
-    _, lung_lines, lung_data = read_vtp(tmp_path / "lungs.vtp")
-    assert len(lung_lines) == 2 and lung_data["cell"]["order"].tolist() == [14, 14]
+    assert {"needle.vtp", "lungs.vtp"} <= files and {rel for _, rel in bone_steps} <= files
+    assert {rel for _, rel in vein_steps} <= files and {rel for _, rel in emb} <= files
+    names = (out / "pce_sim_parts.txt").read_text().split()
+    assert len({p for _, _, p in parts}) == len(names)
+    for p, name in enumerate(names):  # block i of pce_sim.pvd is line i of the index
+        if (out / f"{name}.pvd").exists():
+            assert {rel for _, rel, q in parts if q == p} == {rel for _, rel in read_pvd(out / f"{name}.pvd")}
+    _, lung_lines, lung_data = read_vtp(out / "lungs.vtp")
+    assert len(lung_lines) == art.tree.n_vessels
+    np.testing.assert_array_equal(lung_data["cell"]["order"], art.tree.order)
 
 
-def test_write_run_vtk_accepts_a_run_result_and_partial_inputs(tmp_path):
-    bone, injection, venous, tree, emboli, _ = _synthetic_run()
-    result = SimpleNamespace(
-        artifacts={"bone": bone, "injection": injection, "venous": venous},
-        scenario=SimpleNamespace(output=SimpleNamespace(vtk_interval_s=10.0)),
-        emboli={},
-    )
-    write_run_vtk(tmp_path / "r", result, spine=False)
-    assert [t for t, _ in read_pvd(tmp_path / "r" / "bone.pvd")] == [1.0, 4.0]
-    assert not (tmp_path / "r" / "emboli.pvd").exists() and not (tmp_path / "r" / "lungs.pvd").exists()
-    # only emboli (no time column): one file at t = 0
-    emboli.pop("lodge_time_s")
-    write_run_vtk(tmp_path / "e", emboli=emboli)
-    assert read_pvd(tmp_path / "e" / "emboli.pvd") == [(0.0, "emboli.vtp")]
-    assert re.search(r"part=\"0\"", (tmp_path / "e" / "pce_sim.pvd").read_text())
+def test_write_run_vtk_takes_the_scenario_interval_and_skips_what_the_run_lacks(lai_run, tmp_path):
+    sparse = lai_run.scenario.model_copy(deep=True)
+    sparse.output.vtk_interval_s = 600.0  # longer than the injection
+    write_run_vtk(tmp_path / "r", replace(lai_run, scenario=sparse), spine=False)
+    recorded = [t for t, _ in lai_run.artifacts.recording.bone_snapshots]
+    assert [t for t, _ in read_pvd(tmp_path / "r" / "bone.pvd")] == [recorded[0], recorded[-1]]
+    # a run without emboli: no emboli files, and the parts index still matches pce_sim.pvd
+    art = lai_run.artifacts
+    empty = {k: np.asarray(v)[:0] for k, v in art.transport.emboli.items()}
+    no_emboli = replace(lai_run, artifacts=replace(art, transport=replace(art.transport, emboli=empty)))
+    top = write_run_vtk(tmp_path / "e", no_emboli, spine=False)
+    assert not (tmp_path / "e" / "emboli.pvd").exists() and not (tmp_path / "e" / "emboli").exists()
+    names = (tmp_path / "e" / "pce_sim_parts.txt").read_text().split()
+    assert "emboli" not in names and {"bone", "veins", "lungs"} <= set(names)
+    assert sorted({p for _, _, p in read_pvd(top, with_parts=True)}) == list(range(len(names)))
+    with pytest.raises(PceSimError, match="no stage objects"):
+        write_run_vtk(tmp_path / "n", replace(lai_run, artifacts=None))
 
 
-def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
+def test_fluoroscopy_pngs_show_dense_cement_dark(lai_run, tmp_path):
     from matplotlib.image import imread
 
     from sim.output.images import write_fluoroscopy_pngs, write_grayscale_png
@@ -318,17 +330,13 @@ def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
     n, h = 64, 0.5e-3
     a = (np.arange(n) - n / 2 + 0.5) * h
     disc = np.where(np.hypot(*np.meshgrid(a, a, indexing="ij")) < 5e-3, 4e-3, 0.0)  # 4 mm of cement
-    det = SimpleNamespace(origin_m=np.array([a[0] - h / 2] * 2), pixel_size_m=h)
-    venous = SimpleNamespace(
-        detector=SimpleNamespace(detectors={"lateral": det, "ap": det}),
-        fluoroscopy_image=lambda view, cf: disc if cf is not None else 0 * disc,
-        detection_time_s=12.0,
-    )
-    injection = SimpleNamespace(snapshots=[(5.0, np.ones(3)), (20.0, np.ones(3))], end_time_s=20.0)
-    files = write_fluoroscopy_pngs(
-        tmp_path, SimpleNamespace(artifacts={"venous": venous, "injection": injection})
-    )
-    assert sorted(p.name for p in files) == ["fluoroscopy_ap_end.png", "fluoroscopy_lateral_end.png"]
+    files = write_fluoroscopy_pngs(tmp_path, lai_run)
+    assert sorted(p.name for p in files) == [
+        "fluoroscopy_ap_detection.png",
+        "fluoroscopy_ap_end.png",
+        "fluoroscopy_lateral_detection.png",
+        "fluoroscopy_lateral_end.png",
+    ]
     img = imread(files[0])[..., :3].mean(axis=-1)
     assert img.var() > 0
     single = imread(write_grayscale_png(tmp_path / "one.png", disc, h, "disc"))[..., :3].mean(axis=-1)
@@ -338,43 +346,35 @@ def test_fluoroscopy_pngs_show_dense_cement_dark(tmp_path):
     assert centre < 0.2
     with pytest.raises(GeometryError, match="2-D"):
         write_grayscale_png(tmp_path / "bad.png", np.zeros(5), h, "bad")
-    assert write_fluoroscopy_pngs(tmp_path, SimpleNamespace(artifacts={})) == []
+    assert write_fluoroscopy_pngs(tmp_path, replace(lai_run, artifacts=None)) == []
 
 
 def test_detection_frame_shows_the_bone_cement_that_had_arrived_by_then():
-    from sim.output.images import _snapshot_at
+    from sim.output.images import cement_seen_by
 
     final = np.array([1.0, 0.8, 0.0, 0.6])
     arrival = np.array([1.0, 5.0, np.nan, 10.0])
-    inj = SimpleNamespace(cement_fraction=final, arrival_time_s=arrival, end_time_s=20.0, snapshots=[])
-    np.testing.assert_array_equal(_snapshot_at(inj, 5.0), [1.0, 0.8, 0.0, 0.0])
-    np.testing.assert_array_equal(_snapshot_at(inj, 0.5), [0.0, 0.0, 0.0, 0.0])
-    np.testing.assert_array_equal(_snapshot_at(inj, 20.0), final)
+    inj = SimpleNamespace(cement_fraction=final, arrival_time_s=arrival, end_time_s=20.0)
+    np.testing.assert_array_equal(cement_seen_by(inj, 5.0), [1.0, 0.8, 0.0, 0.0])
+    np.testing.assert_array_equal(cement_seen_by(inj, 0.5), [0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(cement_seen_by(inj, 20.0), final)
 
 
-def test_seed_case_writes_fluoroscopy_at_detection(tmp_path):
-    from sim.core.config import load_scenario
-    from sim.run.pipeline import run_scenario, write_run
-
-    sc = load_scenario("configs/lai2025_case.yaml")
-    sc.output.vtk = False
-    res = run_scenario(sc)
-    venous = res.artifacts["venous"]
-    assert venous.columns_at_detection is not None
+def test_seed_case_writes_fluoroscopy_at_detection(lai_vtk, tmp_path):
+    res, out, _ = lai_vtk
+    venous, recording = res.artifacts.venous, res.artifacts.recording
+    assert recording.columns_at_detection is not None
     # the copy is the state when the leak was seen: less cement in the veins than at the end
-    assert venous.columns_at_detection.fill_m3.sum() < venous.columns.fill_m3.sum()
+    assert recording.columns_at_detection.fill_m3.sum() < venous.columns.fill_m3.sum()
     # the veins as a ParaView time series: cement volume per vein grows from zero to the end state
-    from sim.output.vtk import read_pvd, read_vtp, write_run_vtk
-
-    write_run_vtk(tmp_path / "vtk", res)
-    frames = read_pvd(tmp_path / "vtk" / "veins.pvd")
+    frames = read_pvd(out / "veins.pvd")
     times = [t for t, _ in frames]
     assert len(frames) > 3 and times[0] == 0.0 and np.all(np.diff(times) > 0)
-    vol = [read_vtp(tmp_path / "vtk" / f)[2]["cell"]["cement_volume_mm3"].sum() for _, f in frames]
-    assert vol[0] == 0.0 and vol[-1] == pytest.approx(1e9 * venous.columns.total_m3(), rel=1e-6)
+    vol = [read_vtp(out / f)[2]["cell"]["cement_volume_mm3"].sum() for _, f in frames]
+    assert vol[0] == 0.0 and vol[-1] == pytest.approx(venous.columns.total_m3() / MM_M**3, rel=1e-6)
     assert max(vol) > 0.0
-    out = write_run(res, tmp_path / "run")
-    names = sorted(p.name for p in out.glob("fluoroscopy_*.png"))
+    run = write_run(res, tmp_path / "run")
+    names = sorted(p.name for p in run.glob("fluoroscopy_*.png"))
     assert names == [
         "fluoroscopy_ap_detection.png",
         "fluoroscopy_ap_end.png",

@@ -179,6 +179,16 @@ class LungsConfig(StrictModel):
     left_atrial_pressure_mmhg: Annotated[float, Field(ge=0.0, le=30.0)] = 8.0
 
 
+class LawsConfig(StrictModel):
+    """Which constitutive law each physics seam uses, by name (see ``sim.physics.laws``)."""
+
+    permeability: Literal["kozeny_carman"] = "kozeny_carman"
+    rheology: Literal["power_law_cure"] = "power_law_cure"
+    exchange: Literal["foramen_poiseuille"] = "foramen_poiseuille"
+    fragmentation: Literal["drag_vs_strength"] = "drag_vs_strength"
+    lodging: Literal["diameter_margin"] = "diameter_margin"
+
+
 class OutputConfig(StrictModel):
     """What a run writes besides ``summary.json``."""
 
@@ -204,6 +214,7 @@ class Scenario(StrictModel):
     fluoroscopy: FluoroscopyConfig = FluoroscopyConfig()
     fragmentation: FragmentationConfig = FragmentationConfig()
     lungs: LungsConfig = LungsConfig()
+    laws: LawsConfig = LawsConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 MMHG_PA = 133.322387415  # 1 mmHg in Pa
 CMH2O_PA = 98.0665  # 1 cmH2O in Pa
 ML_M3 = 1.0e-6  # 1 ml in m^3
@@ -40,6 +42,24 @@ _SUFFIXES: tuple[tuple[str, str, Any], ...] = (
     ("_min", "_s", lambda v: v * MIN_S),
     ("_c", "_k", lambda v: v + CELSIUS_K),
 )
+
+
+# SI name suffix -> (report suffix, factor) for tables and files a person reads (mm, ml, ml/s).
+_REPORT: tuple[tuple[str, str, float], ...] = (
+    ("_m3_per_s", "_ml_per_s", 1.0 / ML_M3),
+    ("_m3_s", "_ml_per_s", 1.0 / ML_M3),
+    ("_m3", "_mm3", 1.0 / MM_M**3),
+    ("_m2", "_mm2", 1.0 / MM_M**2),
+    ("_m", "_mm", 1.0 / MM_M),
+)
+
+
+def report_units(name: str, values: Any) -> tuple[str, Any]:
+    """An SI-suffixed column in report units: ``diameter_m`` -> ``diameter_mm``, ``x_m3`` -> ``x_mm3``."""
+    for si, rep, factor in _REPORT:
+        if name.endswith(si):
+            return name[: -len(si)] + rep, np.asarray(values, dtype=np.float64) * factor
+    return name, values
 
 
 def si_name(name: str) -> str:
@@ -73,23 +93,3 @@ def to_si(data: Any) -> Any:
                 out[new_key] = new_value
         return out
     return data
-
-
-def m3_to_ml(v: float) -> float:
-    return v / ML_M3
-
-
-def pa_to_mmhg(v: float) -> float:
-    return v / MMHG_PA
-
-
-def pa_to_mpa(v: float) -> float:
-    return v / MPA_PA
-
-
-def m_to_mm(v: float) -> float:
-    return v / MM_M
-
-
-def m3_per_s_to_ml_per_s(v: float) -> float:
-    return v / ML_M3

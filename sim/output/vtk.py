@@ -37,10 +37,8 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields as dataclass_fields
-from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
@@ -54,8 +52,17 @@ from vtkmodules.vtkIOXML import (
 )
 
 from sim.core.errors import GeometryError, PceSimError
+from sim.core.units import ML_M3, MM_M, report_units
+from sim.physics.vein_columns import lumen_fill_fraction
 
-MM_PER_M = 1.0e3
+if TYPE_CHECKING:
+    from sim.core.grid import BoneGrid, Needle
+    from sim.physics.injection import InjectionResult
+    from sim.physics.pulmonary_tree import PulmonaryTree
+    from sim.run.results import RunResult
+    from sim.run.venous_system import VenousSystem
+
+MM_PER_M = 1.0 / MM_M
 FRAME_NOTE = (
     "coordinates in mm, patient frame DICOM LPS (+x left, +y posterior, +z cranial), origin L1 centre"
 )
@@ -462,85 +469,29 @@ def read_pvd(
     return out
 
 
-# ---------------------------------------------------------------------------- duck-typed columns
-
-
-def columns_of(obj: Any) -> dict[str, Any]:
-    """Name -> value of a dict, a FragmentSet-like object (``as_columns``), a dataclass or an object."""
-    if obj is None:
-        return {}
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if hasattr(obj, "as_columns"):
-        return dict(obj.as_columns())
-    if is_dataclass(obj):
-        return {f.name: getattr(obj, f.name) for f in dataclass_fields(obj)}
-    return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-
-
-# SI name suffix -> (report suffix, factor): what a user reads next to a paper.
-_REPORT_UNITS: tuple[tuple[str, str, float], ...] = (
-    ("_m3_per_s", "_ml_per_s", 1.0e6),
-    ("_m3_s", "_ml_per_s", 1.0e6),
-    ("_m3", "_mm3", 1.0e9),
-    ("_m2", "_mm2", 1.0e6),
-    ("_m", "_mm", 1.0e3),
-)
-
-
-def report_units(name: str, values: np.ndarray) -> tuple[str, np.ndarray]:
-    """Rename/convert an SI-suffixed array to the unit used in the files (m -> mm, m^3/s -> ml/s, ...)."""
-    for si, rep, factor in _REPORT_UNITS:
-        if name.endswith(si):
-            return name[: -len(si)] + rep, np.asarray(values, dtype=np.float64) * factor
-    return name, values
-
-
-def per_element_arrays(obj: Any, n: int, skip: Iterable[str] = ()) -> dict[str, np.ndarray]:
-    """Every 1-D attribute of length ``n`` (numbers, bools or labels), converted to report units."""
-    skip = set(skip)
-    out: dict[str, np.ndarray] = {}
-    for name, value in columns_of(obj).items():
-        if name in skip or not isinstance(value, np.ndarray | list | tuple):
-            continue
-        a = np.asarray(value)
-        if a.ndim != 1 or a.shape[0] != n or a.dtype.kind not in "biufUS":
-            continue
-        new_name, a = report_units(name, a) if a.dtype.kind in "iuf" else (name, a)
-        out[new_name] = a
-    return out
-
-
 # ---------------------------------------------------------------------------- one run folder
 
 TISSUE_LABELS = ("outside", "cortex", "cancellous", "venous_channel", "cleft", "cannula")
-_TIME_COLUMNS = ("lodge_time_s", "lodged_time_s", "time_s", "arrival_time_s", "birth_time_s")
 
 
-def bone_static_fields(bone: Any, needle: Any = None) -> dict[str, np.ndarray]:
+def bone_static_fields(bone: BoneGrid, needle: Needle | None = None) -> dict[str, np.ndarray]:
     """Time-independent bone arrays: tissue label, body mask, porosity, permeability (vector and mean)."""
     porous = np.asarray(bone.porous, dtype=bool)
-    body = np.asarray(getattr(bone, "body", porous), dtype=bool)
+    body = np.asarray(bone.body, dtype=bool)
     tissue = np.where(porous, 2, np.where(body, 1, 0)).astype(np.uint8)
-    for code, attr in ((3, "channel"), (4, "cleft")):
-        mask = getattr(bone, attr, None)
+    for code, mask in ((3, bone.channel), (4, bone.cleft)):
         if mask is not None:
             tissue[np.asarray(mask, dtype=bool)] = code
-    path_cells = getattr(needle, "path_cells", None)
-    if path_cells is not None and len(path_cells):
-        tissue.ravel()[np.asarray(path_cells, dtype=np.int64)] = 5
-    out = {"tissue": tissue, "body": (body | porous).astype(np.uint8)}
-    if getattr(bone, "porosity", None) is not None:
-        out["porosity"] = np.asarray(bone.porosity, dtype=np.float32)
-    k = getattr(bone, "permeability", None)
-    if k is not None:
-        k = np.asarray(k, dtype=np.float32)
-        if k.ndim == 4:
-            out["permeability_m2"] = k
-            out["permeability_mean_m2"] = k.mean(axis=0)
-        else:
-            out["permeability_m2"] = k
-    return out
+    if needle is not None and len(needle.path_cells):
+        tissue.ravel()[np.asarray(needle.path_cells, dtype=np.int64)] = 5
+    k = np.asarray(bone.permeability, dtype=np.float32)
+    return {
+        "tissue": tissue,
+        "body": (body | porous).astype(np.uint8),
+        "porosity": np.asarray(bone.porosity, dtype=np.float32),
+        "permeability_m2": k,
+        "permeability_mean_m2": k.mean(axis=0),
+    }
 
 
 def select_times(times_s: Sequence[float], interval_s: float | None) -> list[int]:
@@ -560,228 +511,135 @@ def select_times(times_s: Sequence[float], interval_s: float | None) -> list[int
 
 
 def bone_frames(
-    injection: Any, shape: tuple[int, int, int], interval_s: float | None
+    snapshots: Sequence[tuple[float, np.ndarray]], injection: InjectionResult, interval_s: float | None
 ) -> tuple[list[float], list[dict[str, np.ndarray]]]:
-    """Per-output-time cement fields from an InjectionResult-like object (``snapshots`` + final fields).
+    """Per-output-time cement fields: the recorded cement-fraction snapshots plus the final fields.
 
     ``arrival_time_s`` of a frame is the final arrival time where it is <= the frame's time (NaN
-    elsewhere); ``pressure_pa`` is only known at the end, so it is NaN in every earlier frame
-    unless a snapshot carries its own (a snapshot may be ``(t, fraction)`` or ``(t, {name: field})``).
+    elsewhere); ``pressure_pa`` is only known at the end, so it is NaN in every earlier frame.
     """
-    snaps = list(getattr(injection, "snapshots", None) or [])
-    final_cf = getattr(injection, "cement_fraction", None)
-    if not snaps and final_cf is not None:
-        snaps = [(float(getattr(injection, "end_time_s", 0.0)), final_cf)]
+    snaps = list(snapshots) or [(float(injection.end_time_s), injection.cement_fraction)]
     times = [float(t) for t, _ in snaps]
     keep = select_times(times, interval_s)
-    arrival = getattr(injection, "arrival_time_s", None)
-    arrival = None if arrival is None else np.asarray(arrival, dtype=np.float32)
-    pressure = getattr(injection, "pressure_pa", None)
+    arrival = np.asarray(injection.arrival_time_s, dtype=np.float32)
+    shape = arrival.shape
     nan = np.full(shape, np.nan, dtype=np.float32)
     frames: list[dict[str, np.ndarray]] = []
     for n, i in enumerate(keep):
-        t, snap = snaps[i]
-        frame = dict(snap) if isinstance(snap, Mapping) else {"cement_fraction": snap}
-        frame = {k: np.asarray(v, dtype=np.float32) for k, v in frame.items()}
-        if arrival is not None and "arrival_time_s" not in frame:
-            frame["arrival_time_s"] = np.where(arrival <= t * (1 + 1e-9) + 1e-12, arrival, np.float32(np.nan))
-        if pressure is not None and "pressure_pa" not in frame:
-            last = n == len(keep) - 1
-            frame["pressure_pa"] = np.asarray(pressure, dtype=np.float32) if last else nan
-        frames.append(frame)
+        t, fraction = snaps[i]
+        last = n == len(keep) - 1
+        frames.append(
+            {
+                "cement_fraction": np.asarray(fraction, dtype=np.float32),
+                "arrival_time_s": np.where(arrival <= t * (1 + 1e-9) + 1e-12, arrival, np.float32(np.nan)),
+                "pressure_pa": np.asarray(injection.pressure_pa, dtype=np.float32) if last else nan,
+            }
+        )
     return [times[i] for i in keep], frames
 
 
-def venous_edge_data(venous: Any) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """(polylines m, diameters m, cell arrays) of a VenousSystem (network, flow, columns) or a network."""
-    net = getattr(venous, "network", venous)
+def venous_edge_data(venous: VenousSystem) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """(polylines m, diameters m, cell arrays) of the venous side at the end of the run."""
+    net = venous.network
     diam = np.asarray(net.edge_diameter_m, dtype=np.float64)
-    ne = diam.shape[0]
-    polys = getattr(net, "polylines", None)
-    if polys is None or len(polys) != ne:
-        pos = np.asarray(net.node_pos_m, dtype=np.float64)
-        polys = [pos[[u, v]] for u, v in zip(net.edge_u, net.edge_v, strict=True)]
-    cells: dict[str, np.ndarray] = {"length_mm": np.asarray(net.edge_length_m) * MM_PER_M}
-    for attr in ("edge_kind", "edge_route"):
-        if getattr(net, attr, None) is not None:
-            cells[attr[5:]] = np.asarray(getattr(net, attr)).astype(str)
-    flow = getattr(venous, "flow", None)
-    if flow is not None and getattr(flow, "edge_flow_m3_s", None) is not None:
-        q = np.asarray(flow.edge_flow_m3_s, dtype=np.float64)
-        cells["blood_flow_ml_per_s"] = q * 1.0e6
-        cells["blood_flow_abs_ml_per_s"] = np.abs(q) * 1.0e6
-    base = getattr(venous, "baseline_flow", None)
-    if base is not None and getattr(base, "edge_flow_m3_s", None) is not None:
-        cells["baseline_flow_abs_ml_per_s"] = np.abs(np.asarray(base.edge_flow_m3_s)) * 1.0e6
-    cols = getattr(venous, "columns", None)
-    if cols is not None:
-        from sim.physics.vein_columns import lumen_fill_fraction
-
-        fill = np.asarray(cols.fill_m3, dtype=np.float64)
-        cells["cement_volume_mm3"] = fill * 1.0e9
-        cells["cement_fill"] = lumen_fill_fraction(net, fill)
-        cells["cement_column_diameter_mm"] = np.asarray(cols.col_diameter_m) * MM_PER_M
-        if hasattr(cols, "occluded"):
-            cells["occluded"] = np.asarray(cols.occluded()).astype(np.uint8)
-    return list(polys), diam, cells
-
-
-_POS_NAMES = ("node_pos_m", "node_position_m", "positions_m", "pos_m", "points_m")
-_DIAM_NAMES = ("edge_diameter_m", "diameter_m", "vessel_diameter_m")
-_SEGMENT_NAMES = (("start_m", "end_m"), ("proximal_m", "distal_m"), ("p0_m", "p1_m"))
-
-
-def network_geometry(net: Any) -> tuple[Any, Any, np.ndarray | None, dict[str, np.ndarray]]:
-    """(points_m or None, edges (E,2) or polylines, diameters m, per-edge cell arrays) of any vessel tree.
-
-    Recognised layouts: ``polylines`` per edge; node positions (``node_pos_m`` ...) with
-    ``edge_u``/``edge_v``, ``edges`` (E, 2) or ``parent`` (per node, -1 at roots); or per-vessel
-    end points (``start_m``/``end_m``). Every other 1-D attribute with one value per edge is
-    written as cell data in report units (``edge_`` prefixes dropped); a ``flow`` attribute
-    holding per-edge arrays is merged the same way.
-    """
-    cols = columns_of(net)
-    pos = next((np.asarray(cols[k], dtype=np.float64) for k in _POS_NAMES if k in cols), None)
-    pick = None  # index into per-node arrays when edges come from a parent array
-    points, edges = pos, None
-    if "edge_u" in cols and "edge_v" in cols:
-        edges = np.stack([np.asarray(cols["edge_u"]), np.asarray(cols["edge_v"])], axis=1).astype(np.int64)
-    elif "edges" in cols and np.ndim(cols["edges"]) == 2:
-        edges = np.asarray(cols["edges"], dtype=np.int64)
-    elif "parent" in cols and pos is not None:
-        parent = np.asarray(cols["parent"], dtype=np.int64)
-        pick = np.flatnonzero(parent >= 0)
-        edges = np.stack([parent[pick], pick], axis=1)
-    else:
-        for a, b in _SEGMENT_NAMES:
-            if a in cols and b in cols:
-                p0, p1 = np.asarray(cols[a], dtype=np.float64), np.asarray(cols[b], dtype=np.float64)
-                points = np.stack([p0, p1], axis=1).reshape(-1, 3)
-                edges = np.arange(points.shape[0], dtype=np.int64).reshape(-1, 2)
-                break
-    polys = cols.get("polylines")
-    if edges is None and polys is None:
-        raise GeometryError(
-            f"{type(net).__name__}: no vessel geometry found (expected polylines, node_pos_m with "
-            "edge_u/edge_v, edges or parent, or start_m/end_m)"
-        )
-    if edges is not None and points is None:
-        raise GeometryError(
-            f"{type(net).__name__}: edges given but no node positions ({', '.join(_POS_NAMES)})"
-        )
-    ne = edges.shape[0] if edges is not None else len(polys)
-    if polys is not None and len(polys) == ne:
-        geom: Any = list(polys)
-        points = None
-    else:
-        geom = edges
-    skip = (
-        set(_POS_NAMES)
-        | {"edge_u", "edge_v", "edges", "parent", "polylines"}
-        | {n for ab in _SEGMENT_NAMES for n in ab}
-    )
-    if pick is not None:
-        src = {k: np.asarray(v)[pick] for k, v in per_element_arrays(net, len(pos), skip).items()}
-    else:
-        src = per_element_arrays(net, ne, skip)
-    flow = cols.get("flow")
-    if flow is not None and not isinstance(flow, np.ndarray):
-        src.update(per_element_arrays(flow, ne))
-    cells: dict[str, np.ndarray] = {}
-    for name, values in src.items():
-        cells[name[5:] if name.startswith("edge_") else name] = values
-    diam = None
-    for k in _DIAM_NAMES:
-        if k in cols and np.shape(cols[k]) in ((ne,), (len(pos) if pos is not None else -1,)):
-            d = np.asarray(cols[k], dtype=np.float64)
-            diam = d[pick] if pick is not None else d
-            cells.pop(report_units(k, d)[0].removeprefix("edge_"), None)
-            break
-    return points, geom, diam, cells
-
-
-def emboli_columns(emboli: Any) -> dict[str, np.ndarray] | None:
-    """Centres (m), axes, lengths (m), diameters (m), time (s) and data of an emboli table/object.
-
-    Accepts a dict or object with ``position_m`` / ``center_m`` (n, 3) or ``x_m, y_m, z_m`` (or the
-    same in mm), ``length_m``/``length_mm``, ``diameter_m``/``diameter_mm``, optional
-    ``direction`` (n, 3) and a time column (lodging time preferred). An object with an
-    ``emboli`` attribute (a transport result) is unwrapped. Rows without a finite position
-    (fragments that passed beyond the modelled tree) are dropped.
-    """
-    if emboli is None:
-        return None
-    if not isinstance(emboli, Mapping) and getattr(emboli, "emboli", None) is not None:
-        emboli = emboli.emboli
-    cols = {k: v for k, v in columns_of(emboli).items() if isinstance(v, np.ndarray | list | tuple)}
-    if not cols:
-        return None
-    centers = None
-    for scale, names in (
-        (1.0, ("position_m", "center_m", "centers_m", "pos_m")),
-        (1e-3, ("position_mm", "center_mm")),
-    ):
-        for k in names:
-            if k in cols and np.ndim(cols[k]) == 2:
-                centers = np.asarray(cols[k], dtype=np.float64) * scale
-    for scale, sfx in ((1.0, "_m"), (1e-3, "_mm")):
-        if centers is None and all(f"{a}{sfx}" in cols for a in "xyz"):
-            centers = (
-                np.stack([np.asarray(cols[f"{a}{sfx}"], dtype=np.float64) for a in "xyz"], axis=1) * scale
-            )
-    if centers is None:
-        return None
-    n = centers.shape[0]
-
-    def metres(base: str, default: float) -> np.ndarray:
-        if f"{base}_m" in cols:
-            return np.asarray(cols[f"{base}_m"], dtype=np.float64)
-        if f"{base}_mm" in cols:
-            return np.asarray(cols[f"{base}_mm"], dtype=np.float64) * 1e-3
-        return np.full(n, default)
-
-    length, diam = metres("length", 1e-3), metres("diameter", 1e-3)
-    direction = next(
-        (np.asarray(cols[k], dtype=np.float64) for k in ("direction", "axis") if k in cols), None
-    )
-    time = next((np.asarray(cols[k], dtype=np.float64) for k in _TIME_COLUMNS if k in cols), None)
-    ok = np.all(np.isfinite(centers), axis=1)
-    skip = {"position_m", "center_m", "centers_m", "pos_m", "position_mm", "center_mm", "direction", "axis"}
-    skip |= {f"{a}{s}" for a in "xyz" for s in ("_m", "_mm")} | {
-        "length_m",
-        "length_mm",
-        "diameter_m",
-        "diameter_mm",
+    fill = np.asarray(venous.columns.fill_m3, dtype=np.float64)
+    q = np.asarray(venous.flow.edge_flow_m3_s, dtype=np.float64)
+    cells: dict[str, np.ndarray] = {
+        "length_mm": np.asarray(net.edge_length_m) * MM_PER_M,
+        "kind": np.asarray(net.edge_kind).astype(str),
+        "route": np.asarray(net.edge_route).astype(str),
+        "blood_flow_ml_per_s": q / ML_M3,
+        "blood_flow_abs_ml_per_s": np.abs(q) / ML_M3,
+        "baseline_flow_abs_ml_per_s": np.abs(np.asarray(venous.baseline_flow.edge_flow_m3_s)) / ML_M3,
+        "cement_volume_mm3": fill / MM_M**3,
+        "cement_fill": lumen_fill_fraction(net, fill),
+        "cement_column_diameter_mm": np.asarray(venous.columns.col_diameter_m) * MM_PER_M,
+        "occluded": np.asarray(venous.columns.occluded()).astype(np.uint8),
     }
-    data = {k: v[ok] for k, v in per_element_arrays(emboli, n, skip).items()}
+    return list(net.polylines), diam, cells
+
+
+def tree_geometry(tree: PulmonaryTree) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(points m, edges (n, 2), diameters m, cell arrays) of the pulmonary tree, one line per vessel."""
+    n = tree.n_vessels
+    points = np.stack([tree.start_m, tree.end_m], axis=1).reshape(-1, 3)
+    edges = np.arange(2 * n, dtype=np.int64).reshape(-1, 2)
+    lobe = np.where(tree.lobe >= 0, np.asarray(tree.lobe_names, dtype=object)[np.maximum(tree.lobe, 0)], "")
+    cells = {
+        "order": np.asarray(tree.order),
+        "depth": np.asarray(tree.depth),
+        "lobe": lobe.astype(str),
+        "segment": np.asarray(tree.segment),
+        "is_leaf": np.asarray(tree.is_leaf).astype(np.uint8),
+        "length_mm": np.asarray(tree.length_m) * MM_PER_M,
+        "baseline_flow_ml_per_s": np.asarray(tree.baseline_flow_m3_s) / ML_M3,
+    }
+    return points, edges, np.asarray(tree.diameter_m, dtype=np.float64), cells
+
+
+# emboli table columns (transport SI names) that are geometry, not data
+_EMBOLI_GEOMETRY = ("x_m", "y_m", "z_m", "length_m", "diameter_m")
+
+
+def emboli_columns(
+    emboli: Mapping[str, np.ndarray], tree: PulmonaryTree | None = None
+) -> dict[str, Any] | None:
+    """Centres, axes, lengths and diameters (m), lodging times (s) and data of a transport emboli table.
+
+    Each embolus is a cast along the vessel it lodged in: its axis is that vessel's axis (from the
+    tree), or none for emboli that stopped elsewhere. Rows without a finite position (fragments that
+    passed beyond the modelled tree) are dropped; None when there is nothing to draw.
+    """
+    if not emboli or len(emboli["x_m"]) == 0:
+        return None
+    centers = np.stack([np.asarray(emboli[f"{a}_m"], dtype=np.float64) for a in "xyz"], axis=1)
+    ok = np.all(np.isfinite(centers), axis=1)
+    if not ok.any():
+        return None
+    directions = None
+    if tree is not None:
+        vessel = np.asarray(emboli["vessel_id"], dtype=np.int64)
+        axis = tree.end_m - tree.start_m
+        directions = np.where((vessel >= 0)[:, None], axis[np.maximum(vessel, 0)], np.array([0.0, 0.0, 1.0]))
+        directions = directions[ok]
+    data: dict[str, np.ndarray] = {}
+    for name, values in emboli.items():
+        a = np.asarray(values)
+        if name in _EMBOLI_GEOMETRY or a.ndim != 1:
+            continue
+        new_name, a = report_units(name, a) if a.dtype.kind in "iuf" else (name, a)
+        data[new_name] = a[ok]
+    if tree is not None and "lobe" in emboli:
+        idx = np.asarray(emboli["lobe"], dtype=np.int64)[ok]
+        data["lobe"] = np.where(idx >= 0, np.asarray(tree.lobe_names, dtype=object)[np.maximum(idx, 0)], "")
+        data["lobe"] = data["lobe"].astype(str)
     return {
         "centers_m": centers[ok],
-        "directions": None if direction is None else direction[ok],
-        "lengths_m": length[ok],
-        "diameters_m": diam[ok],
-        "time_s": None if time is None else time[ok],
+        "directions": directions,
+        "lengths_m": np.asarray(emboli["length_m"], dtype=np.float64)[ok],
+        "diameters_m": np.asarray(emboli["diameter_m"], dtype=np.float64)[ok],
+        "time_s": np.asarray(emboli["time_s"], dtype=np.float64)[ok],
         "data": data,
     }
 
 
-def needle_polydata(needle: Any) -> vtkPolyData | None:
+def needle_polydata(needle: Needle) -> vtkPolyData:
     """The cannula(s): from the tip back along the shaft for the cannula length (out of the patient)."""
-    tips = getattr(needle, "tip_positions_m", None)
-    entries = getattr(needle, "entry_positions_m", None)
-    if tips is None or entries is None:
-        return None
-    tips = np.asarray(tips, dtype=np.float64).reshape(-1, 3)
-    entries = np.asarray(entries, dtype=np.float64).reshape(-1, 3)
+    tips = np.asarray(needle.tip_positions_m, dtype=np.float64).reshape(-1, 3)
+    entries = np.asarray(needle.entry_positions_m, dtype=np.float64).reshape(-1, 3)
     axis = entries - tips
     norm = np.linalg.norm(axis, axis=1, keepdims=True)
     axis = axis / np.where(norm > 0, norm, 1.0)
-    length = float(getattr(needle, "length_m", 0.125) or 0.125)
-    ends = tips + length * axis
+    ends = tips + float(needle.length_m) * axis
     pts = np.stack([tips, ends], axis=1).reshape(-1, 3)
     edges = np.arange(pts.shape[0], dtype=np.int64).reshape(-1, 2)
-    d = float(getattr(needle, "inner_diameter_m", 2.5e-3))
     return line_polydata(
-        pts, edges, None, None, np.full(len(tips), d), field_data={"note": "cannula inner diameter"}
+        pts,
+        edges,
+        None,
+        None,
+        np.full(len(tips), float(needle.inner_diameter_m)),
+        field_data={"note": "cannula inner diameter"},
     )
 
 
@@ -829,170 +687,127 @@ def spine_polydata(levels: Mapping[str, Mapping[str, float]], n_around: int = 40
 
 def spine_levels_from_geometry(skip: str | None = None) -> dict[str, dict[str, float]]:
     """Body size and height of every tabulated level (``geometries/vertebrae.yaml``), SI."""
-    from sim.core.geometry_data import load_geometry_yaml
+    from sim.core.config import LEVELS
+    from sim.physics.bone import load_vertebra
 
-    table = load_geometry_yaml("vertebrae.yaml")["levels"]
     out = {}
-    for name, lv in table.items():
+    for name in LEVELS:
         if name == skip:
             continue
-
-        def mm(key: str, lv: Mapping[str, Any] = lv) -> float:
-            v = lv[key]
-            return float(v[0] if isinstance(v, list | tuple) else v) * 1e-3
-
-        height = 0.5 * (mm("height_anterior_mm") + mm("height_posterior_mm"))
-        out[name] = {
-            "width_m": mm("width_mm"),
-            "depth_m": mm("depth_mm"),
-            "height_m": height,
-            "z_m": mm("z_center_mm"),
-        }
+        lv = load_vertebra(name)
+        out[name] = {k: lv[k] for k in ("width_m", "depth_m", "height_m")} | {"z_m": lv["z_center_m"]}
     return out
 
 
-def write_run_vtk(
-    out_dir: str | Path,
-    result: Any = None,
-    *,
-    bone: Any = None,
-    needle: Any = None,
-    injection: Any = None,
-    venous: Any = None,
-    tree: Any = None,
-    emboli: Any = None,
-    venous_series: Iterable[tuple[float, Mapping[str, np.ndarray]]] | None = None,
-    interval_s: float | None = None,
-    spine: bool = True,
-) -> Path:
-    """Write whatever is given as ParaView files in ``out_dir``; returns ``out_dir/pce_sim.pvd``.
+def write_run_vtk(out_dir: str | Path, result: RunResult, spine: bool = True) -> Path:
+    """Write a run as ParaView files in ``out_dir``; returns ``out_dir/pce_sim.pvd``.
 
-    ``result`` (a RunResult) supplies missing arguments from ``result.artifacts`` (``bone``,
-    ``needle``, ``injection``, ``venous``, ``tree``, ``transport`` for emboli) and the interval from
-    ``result.scenario.output.vtk_interval_s``. Files (one ``.pvd`` per object, plus
-    ``pce_sim.pvd`` holding all of them as parts of one multiblock time series):
+    Files (one ``.pvd`` per object, plus ``pce_sim.pvd`` holding all of them as parts of one
+    multiblock time series, ``pce_sim_parts.txt`` naming the parts in order):
 
     - ``bone.pvd`` + ``bone/bone_NNNN.vti``: cement_fraction, arrival_time_s, pressure_pa, tissue,
       body, porosity, permeability_m2 (kx, ky, kz), permeability_mean_m2, one frame per output
-      time (snapshots at least ``interval_s`` apart, plus the last);
-    - ``veins.pvd`` (+ ``veins/veins_NNNN.vtp`` when ``venous_series`` gives per-edge arrays over
-      time): vessel lines with diameter, blood flow, cement fill, occluded, kind, route;
-    - ``lungs.pvd`` / ``lungs.vtp``: the pulmonary arterial tree (any per-vessel arrays it has);
-    - ``emboli.pvd`` + ``emboli/emboli_NNNN.vtp``: emboli present by each output time (all in one
-      file when they carry no time); ``needle.vtp``: the cannula; ``spine.vtp`` (with ``bone`` and
-      ``spine``): the other tabulated vertebral bodies as context.
+      time (the recorded snapshots at least ``output.vtk_interval_s`` apart, plus the last);
+    - ``veins.pvd`` + ``veins/veins_NNNN.vtp``: vessel lines with diameter, blood flow, cement fill,
+      occluded, kind, route, over time;
+    - ``lungs.pvd`` / ``lungs.vtp``: the pulmonary arterial tree;
+    - ``emboli.pvd`` + ``emboli/emboli_NNNN.vtp``: the emboli lodged by each output time, each a cast
+      along its vessel; ``needle.vtp``: the cannula; ``spine.vtp`` (with ``spine``): the other
+      tabulated vertebral bodies as context.
     """
+    art = result.artifacts
+    if art is None:
+        raise PceSimError("write_run_vtk: the run result holds no stage objects (was it read from disk?)")
+    interval_s = result.scenario.output.vtk_interval_s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if result is not None:
-        art = getattr(result, "artifacts", None) or {}
-        bone = bone if bone is not None else art.get("bone")
-        needle = needle if needle is not None else art.get("needle")
-        injection = injection if injection is not None else art.get("injection")
-        venous = venous if venous is not None else art.get("venous")
-        tree = tree if tree is not None else art.get("tree")
-        if emboli is None:
-            emboli = art.get("emboli", art.get("transport"))
-            if emboli_columns(emboli) is None and getattr(result, "emboli", None):
-                emboli = result.emboli
-        if interval_s is None:
-            interval_s = getattr(
-                getattr(getattr(result, "scenario", None), "output", None), "vtk_interval_s", None
-            )
     parts: list[tuple[str, list[tuple[float, str]]]] = []
-    t_end = 0.0
 
-    if bone is not None or injection is not None:
-        grid_src = bone if bone is not None else injection
-        spacing, origin = float(grid_src.spacing_m), np.asarray(grid_src.origin_m, dtype=np.float64)
-        static = bone_static_fields(bone, needle) if bone is not None else {}
-        shape = tuple(static["body"].shape) if static else tuple(np.shape(injection.cement_fraction))
-        times, frames = bone_frames(injection, shape, interval_s) if injection is not None else ([0.0], [{}])
-        field = {"level": str(getattr(bone, "level", ""))}
-        if static:
-            field["tissue_labels"] = list(TISSUE_LABELS)
-        pvd = write_image_series(
-            out, "bone", times, ({**f, **static} for f in frames), spacing, origin, field
-        )
-        parts.append(("bone", read_pvd(pvd)))
-        t_end = max(t_end, times[-1])
+    bone, injection = art.bone, art.injection
+    static = bone_static_fields(bone, art.needle)
+    times, frames = bone_frames(art.recording.bone_snapshots, injection, interval_s)
+    field = {"level": str(bone.level), "tissue_labels": list(TISSUE_LABELS)}
+    pvd = write_image_series(
+        out, "bone", times, ({**f, **static} for f in frames), bone.spacing_m, bone.origin_m, field
+    )
+    parts.append(("bone", read_pvd(pvd)))
+    t_end = times[-1]
 
-    if needle is not None:
-        poly = needle_polydata(needle)
-        if poly is not None:
-            write_polydata(out / "needle.vtp", poly)
-            parts.append(("needle", [(0.0, "needle.vtp")]))
+    write_polydata(out / "needle.vtp", needle_polydata(art.needle))
+    parts.append(("needle", [(0.0, "needle.vtp")]))
 
-    if bone is not None and spine:
+    if spine:
         try:
-            levels = spine_levels_from_geometry(skip=str(getattr(bone, "level", "")))
+            levels = spine_levels_from_geometry(skip=str(bone.level))
         except (OSError, KeyError) as exc:
             raise GeometryError(f"spine context: geometries/vertebrae.yaml unreadable ({exc})") from exc
         write_polydata(out / "spine.vtp", spine_polydata(levels))
         parts.append(("spine", [(0.0, "spine.vtp")]))
 
-    if venous is not None:
-        polys, diam, cells = venous_edge_data(venous)
-        series = list(venous_series or [])
-        if not series and hasattr(venous, "edge_series"):
-            full = venous.edge_series()
-            series = [full[i] for i in select_times([t for t, _ in full], interval_s)]
-        if series:
-            entries = []
-            _check_times("veins", [t for t, _ in series])
-            for i, (t, extra) in enumerate(series):
-                rel = f"veins/veins_{i:04d}.vtp"
-                step = dict(cells)
-                step.update(dict(report_units(k, np.asarray(v)) for k, v in extra.items()))
-                write_network_vtp(out / rel, None, polys, step, diameter_m=diam, time_s=float(t))
-                entries.append((float(t), rel))
-            t_end = max(t_end, entries[-1][0])
-        else:
-            write_network_vtp(out / "veins.vtp", None, polys, cells, diameter_m=diam)
-            entries = [(0.0, "veins.vtp")]
-        write_pvd(out / "veins.pvd", entries)
-        parts.append(("veins", entries))
+    polys, diam, cells = venous_edge_data(art.venous)
+    full = art.recording.edge_series()
+    series = [full[i] for i in select_times([t for t, _ in full], interval_s)]
+    _check_times("veins", [t for t, _ in series])
+    entries = []
+    for i, (t, extra) in enumerate(series):
+        rel = f"veins/veins_{i:04d}.vtp"
+        step = dict(cells)
+        step.update(dict(report_units(k, np.asarray(v)) for k, v in extra.items()))
+        write_network_vtp(out / rel, None, polys, step, diameter_m=diam, time_s=float(t))
+        entries.append((float(t), rel))
+    t_end = max(t_end, entries[-1][0])
+    write_pvd(out / "veins.pvd", entries)
+    parts.append(("veins", entries))
 
-    if tree is not None:
-        points, geom, diam, cells = network_geometry(tree)
-        write_network_vtp(out / "lungs.vtp", points, geom, cells, diameter_m=diam)
-        write_pvd(out / "lungs.pvd", [(0.0, "lungs.vtp")])
-        parts.append(("lungs", [(0.0, "lungs.vtp")]))
+    points, edges, tdiam, tcells = tree_geometry(art.tree)
+    write_network_vtp(out / "lungs.vtp", points, edges, tcells, diameter_m=tdiam)
+    write_pvd(out / "lungs.pvd", [(0.0, "lungs.vtp")])
+    parts.append(("lungs", [(0.0, "lungs.vtp")]))
 
-    emb = emboli_columns(emboli)
+    emb = emboli_columns(art.transport.emboli, art.tree)
     if emb is not None:
+        t_emb = emb["time_s"]
+        finite = t_emb[np.isfinite(t_emb)]
+        late = {float(finite.max())} if finite.size and finite.max() > times[-1] else set()
         entries = []
-        if emb["time_s"] is None:
-            write_emboli_vtp(out / "emboli.vtp", emb["centers_m"], emb["directions"], emb["lengths_m"],
-                             emb["diameters_m"], emb["data"])  # fmt: skip
-            entries = [(0.0, "emboli.vtp")]
-        else:
-            t_emb = emb["time_s"]
-            bone_times = [t for t, _ in parts[0][1]] if parts and parts[0][0] == "bone" else [0.0]
-            finite = t_emb[np.isfinite(t_emb)]
-            late = {float(finite.max())} if finite.size and finite.max() > bone_times[-1] else set()
-            steps = sorted(set(bone_times) | late)
-            for i, t in enumerate(steps):
-                sel = np.isfinite(t_emb) & (t_emb <= t * (1 + 1e-12))
-                rel = f"emboli/emboli_{i:04d}.vtp"
-                write_emboli_vtp(
-                    out / rel,
-                    emb["centers_m"][sel],
-                    None if emb["directions"] is None else emb["directions"][sel],
-                    emb["lengths_m"][sel],
-                    emb["diameters_m"][sel],
-                    {k: v[sel] for k, v in emb["data"].items()} | {"time_s": t_emb[sel]},
-                    time_s=t,
-                )
-                entries.append((t, rel))
-            t_end = max(t_end, steps[-1])
+        for i, t in enumerate(sorted(set(times) | late)):
+            sel = np.isfinite(t_emb) & (t_emb <= t * (1 + 1e-12))
+            rel = f"emboli/emboli_{i:04d}.vtp"
+            write_emboli_vtp(
+                out / rel,
+                emb["centers_m"][sel],
+                None if emb["directions"] is None else emb["directions"][sel],
+                emb["lengths_m"][sel],
+                emb["diameters_m"][sel],
+                {k: v[sel] for k, v in emb["data"].items()},
+                time_s=t,
+            )
+            entries.append((t, rel))
+        t_end = max(t_end, entries[-1][0])
         write_pvd(out / "emboli.pvd", entries)
         parts.append(("emboli", entries))
 
-    all_entries = [(t, rel, p) for p, (_, entries) in enumerate(parts) for t, rel in entries]
-    top = write_pvd(out / "pce_sim.pvd", all_entries)
+    top = write_pvd(out / "pce_sim.pvd", _every_part_at_every_time(parts))
     _write_index(out, [name for name, _ in parts], t_end)
     return top
+
+
+def _every_part_at_every_time(
+    parts: list[tuple[str, list[tuple[float, str]]]],
+) -> list[tuple[float, str, int]]:
+    """Entries of the multiblock collection: every part at every time of any part.
+
+    ParaView's PVD reader shows, per part, only a dataset stamped with the current time, so each part
+    is listed at every time with its latest file at or before it (its first before it has any).
+    """
+    times = sorted({t for _, entries in parts for t, _ in entries})
+    out = []
+    for t in times:
+        for p, (_, entries) in enumerate(parts):
+            ts = [te for te, _ in entries]
+            i = max(int(np.searchsorted(ts, t * (1 + 1e-12) + 1e-15, side="right")) - 1, 0)
+            out.append((t, entries[i][1], p))
+    return out
 
 
 def _write_index(out: Path, names: list[str], t_end: float) -> None:

@@ -18,11 +18,9 @@ Cortex and endplates (impermeable)
 
 Porosity and permeability
     phi = clip(porosity_mean + porosity_sd * g, 0.5, 0.99), g a unit Gaussian random field with
-    covariance exp(-(r/l)^2) (``sim.physics.random_field``). Kozeny-Carman:
-    k_t(phi) = permeability_ref * KC(phi) / KC(porosity_mean), KC(phi) = phi^3 / (1 - phi)^2
-    (Kozeny-Carman form fitted to trabecular bone: Kohles & Roberts 2002; Baroud et al. 2004),
-    so k_t(porosity_mean) = permeability_ref exactly; kx = ky = k_t, kz = anisotropy * k_t
-    (axial/transverse ratio ~2.05, Nauman, Fong & Keaveny 1999).
+    covariance exp(-(r/l)^2) (``sim.physics.random_field``). Permeability from porosity by the
+    permeability law (``laws.permeability``, :mod:`sim.physics.permeability`; Kozeny-Carman
+    normalised to permeability_ref at porosity_mean), kx = ky = k_t, kz = anisotropy * k_t.
 
 Venous exits (``sim.core.grid.VenousExit``)
     * basivertebral: foramen on the posterior wall at the midline, basivertebral_cc_fraction of
@@ -75,33 +73,15 @@ from scipy import integrate, ndimage
 from sim.core.errors import ConfigError, GeometryError
 from sim.core.geometry_data import load_geometry_yaml
 from sim.core.grid import BoneGrid, Needle, VenousExit
+from sim.core.parameters import FractureCleftParams, NeedleParams, PatientParams
+from sim.core.units import MM_M
+from sim.physics.permeability import KozenyCarman
 from sim.physics.random_field import gaussian_random_field
 
-MM = 1.0e-3
 POROSITY_CLIP = (0.5, 0.99)
 CLEFT_SOLID_RETAINED = 0.3  # [U] fraction of the trabecular solid left inside a fracture cleft
 EXTRAPEDICULAR_OFFSET_M = 3.0e-3  # [U] extrapedicular entry lateral of the pedicle's lateral wall
 _FACE6 = ndimage.generate_binary_structure(3, 1)
-
-_PATIENT_KEYS = (
-    "porosity_mean",
-    "porosity_sd",
-    "porosity_correlation_m",
-    "permeability_ref_m2",
-    "permeability_anisotropy",
-    "size_scale",
-)
-_NEEDLE_KEYS = (
-    "approach",
-    "bipedicular",
-    "side",
-    "gauge",
-    "cannula_length_m",
-    "tip_ap_fraction",
-    "tip_lateral_fraction",
-    "tip_cc_fraction",
-)
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -109,7 +89,7 @@ _NEEDLE_KEYS = (
 def _si_entry(name: str, value: Any) -> tuple[str, Any]:
     """SI name and value of a tabulated field (``_mm`` -> ``_m``, ``_deg`` -> ``_rad``)."""
     if name.endswith("_mm"):
-        return name[:-3] + "_m", float(value) * MM
+        return name[:-3] + "_m", float(value) * MM_M
     if name.endswith("_deg"):
         return name[:-4] + "_rad", float(np.deg2rad(float(value)))
     return name, value
@@ -360,24 +340,7 @@ def _tube_cells(axes: _Axes, p0: np.ndarray, p1: np.ndarray, radius: float) -> n
     return chain
 
 
-def kozeny_carman(phi: np.ndarray | float) -> np.ndarray:
-    """Kozeny-Carman porosity factor phi^3 / (1 - phi)^2."""
-    phi = np.asarray(phi, dtype=np.float64)
-    return phi**3 / (1.0 - phi) ** 2
-
-
-def permeability_from_porosity(phi: np.ndarray, phi_ref: float, k_ref: float) -> np.ndarray:
-    """Transverse permeability k_ref * KC(phi) / KC(phi_ref) (equals k_ref at phi = phi_ref)."""
-    return k_ref * (kozeny_carman(phi) / kozeny_carman(phi_ref))
-
-
 # ----------------------------------------------------------------------------- build
-
-
-def _require(d: dict, keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
 def _wall_point(shape: BodyShape, angle_rad: float, side: float, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -410,23 +373,27 @@ def _ray_to_wall(shape: BodyShape, p0: np.ndarray, direction: np.ndarray) -> flo
 
 
 def build_vertebral_body(
-    level: str, patient_si: dict, spacing_m: float, rng: np.random.Generator
+    patient: PatientParams,
+    spacing_m: float,
+    rng: np.random.Generator,
+    permeability: KozenyCarman | None = None,
 ) -> BoneGrid:
-    """Rasterise the osteoporotic vertebral body ``level`` on a grid of spacing ``spacing_m``.
+    """Rasterise the patient's osteoporotic vertebral body on a grid of spacing ``spacing_m``.
 
-    ``patient_si`` is ``scenario.si()["patient"]``; ``rng`` supplies every random draw (porosity
-    field first, then channel jitter). See the module docstring for the models and sources.
+    ``rng`` supplies every random draw (porosity field first, then channel jitter);
+    ``permeability`` is the permeability law (``laws.permeability``; Kozeny-Carman by default).
+    See the module docstring for the models and sources.
     """
-    _require(patient_si, _PATIENT_KEYS, "patient")
+    level = patient.level
     h = float(spacing_m)
     if not (np.isfinite(h) and 5.0e-5 <= h <= 5.0e-3):
         raise ConfigError(f"grid spacing_m = {spacing_m!r}: expected 5e-5 .. 5e-3 m")
-    phi_mean = float(patient_si["porosity_mean"])
-    phi_sd = float(patient_si["porosity_sd"])
-    corr = float(patient_si["porosity_correlation_m"])
-    k_ref = float(patient_si["permeability_ref_m2"])
-    aniso = float(patient_si["permeability_anisotropy"])
-    scale = float(patient_si["size_scale"])
+    phi_mean = float(patient.porosity_mean)
+    phi_sd = float(patient.porosity_sd)
+    corr = float(patient.porosity_correlation_m)
+    k_ref = float(patient.permeability_ref_m2)
+    aniso = float(patient.permeability_anisotropy)
+    scale = float(patient.size_scale)
     if not (POROSITY_CLIP[0] <= phi_mean <= POROSITY_CLIP[1]):
         raise ConfigError(
             f"patient.porosity_mean = {phi_mean}: expected {POROSITY_CLIP[0]}..{POROSITY_CLIP[1]}"
@@ -441,7 +408,7 @@ def build_vertebral_body(
     dims = dict(load_vertebra(level))
     # Venous anatomy variation: foramina and intraosseous veins enlarge with age (Wang et al. 2023)
     # and vary between patients; one factor scales every venous diameter of the body.
-    venous_scale = float(patient_si.get("venous_scale", 1.0))
+    venous_scale = float(patient.venous_scale)
     if not venous_scale > 0.0:
         raise ConfigError(f"patient.venous_scale = {venous_scale}: must be > 0")
     for key in [k for k in dims if k.endswith("diameter_m") and ("foramen" in k or "channel" in k)]:
@@ -498,13 +465,9 @@ def build_vertebral_body(
     phi = np.clip(phi_mean + phi_sd * g, *POROSITY_CLIP)
     del g
     phi[~porous] = 0.0
-    k_t = np.zeros_like(phi)
-    k_t[porous] = permeability_from_porosity(phi[porous], phi_mean, k_ref)
-    perm = np.empty((3, *axes.shape), dtype=np.float64)
-    perm[0] = k_t
-    perm[1] = k_t
-    perm[2] = aniso * k_t
-    del k_t
+    law = permeability or KozenyCarman.from_params(patient)
+    perm = np.zeros((3, *axes.shape), dtype=np.float64)
+    perm[:, porous] = law.tensor_diagonal(phi[porous])
 
     # --- intraosseous venous channels.
     jitter = dims["endpoint_jitter_m"] * scale
@@ -544,10 +507,9 @@ def build_vertebral_body(
 
     # --- fracture cleft.
     cleft = None
-    cleft_si = patient_si.get("fracture_cleft") or {}
-    if cleft_si.get("enabled", False):
-        cleft = _fracture_cleft(axes, outer, porous, cleft_si)
-        factor = float(cleft_si["permeability_factor"])
+    if patient.fracture_cleft.enabled:
+        cleft = _fracture_cleft(axes, outer, porous, patient.fracture_cleft)
+        factor = float(patient.fracture_cleft.permeability_factor)
         perm[:, cleft] *= factor
         phi[cleft] = np.minimum(1.0 - CLEFT_SOLID_RETAINED * (1.0 - phi[cleft]), POROSITY_CLIP[1])
 
@@ -558,7 +520,7 @@ def build_vertebral_body(
         cells = _exit_cells(axes, porous_flat, p_in, radius)
         if cells.size == 0:
             raise GeometryError(
-                f"{level}: venous exit {name!r} at {np.round(1e3 * (p_out + center), 2)} mm "
+                f"{level}: venous exit {name!r} at {np.round((p_out + center) / MM_M, 2)} mm "
                 "has no porous cell nearby"
             )
         exits.append(
@@ -617,7 +579,7 @@ def build_vertebral_body(
             ],
             "isolated_porous_cells_removed": dropped,
             "porosity_model": "clip(mean + sd * GRF(exp(-(r/l)^2)), 0.5, 0.99)",
-            "permeability_model": "k_ref * KC(phi)/KC(phi_mean), KC = phi^3/(1-phi)^2; kz = anisotropy * k",
+            "permeability_model": type(law).law_name,
             "shell_rule": "porous: centre in inset shape; body: outer shape + 1-cell dilation",
             "sources": dims["sources"],
             "citations": dims["citations"],
@@ -626,18 +588,15 @@ def build_vertebral_body(
     return bone
 
 
-def _fracture_cleft(axes: _Axes, outer: BodyShape, porous: np.ndarray, cleft_si: dict) -> np.ndarray:
-    _require(
-        cleft_si,
-        ("center_ap_fraction", "center_cc_fraction", "thickness_m", "extent_fraction", "permeability_factor"),
-        "patient.fracture_cleft",
-    )
+def _fracture_cleft(
+    axes: _Axes, outer: BodyShape, porous: np.ndarray, cleft: FractureCleftParams
+) -> np.ndarray:
     y_ant = float(outer.anterior_y(0.0))
     y_post = float(outer.posterior_y(0.0))
-    yc = y_ant + float(cleft_si["center_ap_fraction"]) * (y_post - y_ant)
-    zc = -outer.half_height + float(cleft_si["center_cc_fraction"]) * 2.0 * outer.half_height
-    half_t = max(0.5 * float(cleft_si["thickness_m"]), 0.5 * axes.h)
-    e = float(cleft_si["extent_fraction"])
+    yc = y_ant + float(cleft.center_ap_fraction) * (y_post - y_ant)
+    zc = -outer.half_height + float(cleft.center_cc_fraction) * 2.0 * outer.half_height
+    half_t = max(0.5 * float(cleft.thickness_m), 0.5 * axes.h)
+    e = float(cleft.extent_fraction)
     X, Y = np.meshgrid(axes.x, axes.y, indexing="ij")
     foot = (X / (e * outer.a)) ** 2 + ((Y - yc) / (e * outer.b)) ** 2 <= 1.0
     slab = np.abs(axes.z - zc) <= half_t + 1e-12
@@ -682,20 +641,19 @@ def _tip_point(shape: BodyShape, ap: float, lat: float, cc: float) -> np.ndarray
     return np.array([x, y_ant + ap * (y_post - y_ant), -shape.half_height + cc * 2.0 * shape.half_height])
 
 
-def place_needle(bone: BoneGrid, needle_si: dict) -> Needle:
-    """Place the cannula(s) of ``needle_si`` (``scenario.si()["needle"]``) in ``bone``.
+def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
+    """Place the cannula(s) of ``needle`` in ``bone``.
 
     Modifies ``bone`` in place: the shaft's path cells stop being porous (porosity and
     permeability set to 0) and are dropped from exits. Raises GeometryError when a tip falls
     outside the porous region or a shaft leaves the body on its way to the tip.
     """
-    _require(needle_si, _NEEDLE_KEYS, "needle")
-    approach = needle_si["approach"]
+    approach = needle.approach
     if approach not in ("transpedicular", "extrapedicular"):
         raise ConfigError(f"needle.approach = {approach!r}: expected 'transpedicular' or 'extrapedicular'")
-    if needle_si["side"] not in ("left", "right"):
-        raise ConfigError(f"needle.side = {needle_si['side']!r}: expected 'left' or 'right'")
-    cannula = load_cannula(int(needle_si["gauge"]))
+    if needle.side not in ("left", "right"):
+        raise ConfigError(f"needle.side = {needle.side!r}: expected 'left' or 'right'")
+    cannula = load_cannula(int(needle.gauge))
     r_in = 0.5 * cannula["inner_diameter_m"]
     r_out = 0.5 * cannula["outer_diameter_m"]
     meta = bone.meta
@@ -715,13 +673,15 @@ def place_needle(bone: BoneGrid, needle_si: dict) -> Needle:
         h,
     )
     ap, lat, cc = (
-        float(needle_si[k]) for k in ("tip_ap_fraction", "tip_lateral_fraction", "tip_cc_fraction")
+        float(needle.tip_ap_fraction),
+        float(needle.tip_lateral_fraction),
+        float(needle.tip_cc_fraction),
     )
-    if bool(needle_si["bipedicular"]):
+    if bool(needle.bipedicular):
         sides = [1.0, -1.0]
         lats = [abs(lat), -abs(lat)]
     else:
-        sides = [1.0 if needle_si["side"] == "left" else -1.0]
+        sides = [1.0 if needle.side == "left" else -1.0]
         lats = [lat]
 
     porous_flat = bone.porous.reshape(-1)
@@ -735,7 +695,7 @@ def place_needle(bone: BoneGrid, needle_si: dict) -> Needle:
         tip_cell = axes.flat(tip_ijk)[0]
         where = (
             f"{side_name} cannula tip at (ap={ap:g}, lateral={lat_k:g}, cc={cc:g}) = "
-            f"{np.round(1e3 * (tip + center), 2).tolist()} mm (patient frame, level {bone.level})"
+            f"{np.round((tip + center) / MM_M, 2).tolist()} mm (patient frame, level {bone.level})"
         )
         if (
             np.any(np.abs(tip - axes.centers(np.array([tip_cell]))[0]) > 0.5 * h + 1e-12)
@@ -759,7 +719,7 @@ def place_needle(bone: BoneGrid, needle_si: dict) -> Needle:
             first = pts[np.argmax(outside)]
             raise GeometryError(
                 f"{where}: the shaft from the {side_name} {approach} entry leaves the vertebral body at "
-                f"{np.round(1e3 * (first + center), 2).tolist()} mm (spinal canal or cortex in the way)"
+                f"{np.round((first + center) / MM_M, 2).tolist()} mm (spinal canal or cortex in the way)"
             )
         # Tip cells: porous cells within the inner radius of the tip (at least the tip's own cell).
         flat, ctr = _box_cells(axes, tip - r_in, tip + r_in)
@@ -834,7 +794,7 @@ def place_needle(bone: BoneGrid, needle_si: dict) -> Needle:
         entry_positions_m=np.array(entries),
         path_cells=path_cells,
         inner_diameter_m=float(cannula["inner_diameter_m"]),
-        length_m=float(needle_si["cannula_length_m"]),
+        length_m=float(needle.cannula_length_m),
         meta={
             "gauge": cannula["gauge"],
             "outer_diameter_m": float(cannula["outer_diameter_m"]),

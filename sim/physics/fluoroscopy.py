@@ -16,7 +16,8 @@ visible volume above ``visibility_threshold_m3``: the sum over pixels of thickne
 counting only pixels whose extra-vertebral thickness is at least ``min_thickness_m`` and (with a
 bone grid) that lie outside the projected vertebral body, where the body and its cement hide small
 leaks. Images are taken every ``frame_interval_s``; the detection time is the first frame above
-threshold; ``reaction_delay_s`` is added by the stop policy (:mod:`sim.run.venous_system`).
+threshold; the operator's ``reaction_delay_s`` belongs to the stop policy
+(:class:`sim.physics.injection_control.StopPolicy`).
 
 Default threshold (config: 5 mm^3 above 0.5 mm thickness). A fluoroscopically visible leak needs
 a radiopaque column of roughly a vein's diameter over a few millimetres: 5 mm^3 is ~1.6 mm of a
@@ -29,23 +30,16 @@ not a measured detection limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from sim.core.errors import ConfigError
+from sim.core.geometry_data import load_geometry_yaml
 from sim.core.grid import BoneGrid
+from sim.core.parameters import FluoroscopyParams
 from sim.physics.vein_columns import CementColumns
 
 VIEW_AXES = {"lateral": (0, (1, 2)), "ap": (1, (0, 2))}  # view -> (ray axis, image axes)
-FLUORO_KEYS = (
-    "pixel_size_m",
-    "views",
-    "visibility_threshold_m3",
-    "min_thickness_m",
-    "frame_interval_s",
-    "reaction_delay_s",
-)
 
 
 @dataclass(frozen=True)
@@ -105,6 +99,28 @@ def project_bone(
     img[sub] = thick_grid[np.ix_(ia[va], ib[vb])]
     mask[sub] = body_grid[np.ix_(ia[va], ib[vb])]
     return img, mask
+
+
+def project_bone_mineral(det: Detector, bone: BoneGrid) -> np.ndarray:
+    """Projected bone-mineral thickness (m) on ``det``: sum of (1 - porosity) h over body cells."""
+    ray = VIEW_AXES[det.view][0]
+    h = bone.spacing_m
+    solid = np.where(bone.body, 1.0 - np.asarray(bone.porosity), 0.0).sum(axis=ray) * h
+    a, b = det.axes
+    ca, cb = det.pixel_centers()
+    ia = np.rint((ca - bone.origin_m[a]) / h).astype(np.int64)
+    ib = np.rint((cb - bone.origin_m[b]) / h).astype(np.int64)
+    va = (ia >= 0) & (ia < solid.shape[0])
+    vb = (ib >= 0) & (ib < solid.shape[1])
+    img = np.zeros(det.shape)
+    img[np.ix_(np.flatnonzero(va), np.flatnonzero(vb))] = solid[np.ix_(ia[va], ib[vb])]
+    return img
+
+
+def attenuation_coefficients() -> dict[str, float]:
+    """Linear X-ray attenuation (1/m) of bone mineral and cement (geometries/imaging.yaml)."""
+    data = load_geometry_yaml("imaging.yaml")["attenuation_per_m"]
+    return {name: float(entry[0]) for name, entry in data.items()}
 
 
 def column_samples(
@@ -213,21 +229,17 @@ class LeakDetector:
 
     def __init__(
         self,
-        fluoroscopy_si: dict[str, Any],
+        params: FluoroscopyParams,
         center_m: np.ndarray,
         bone: BoneGrid | None = None,
         half_extent_m: float = 0.1,
     ):
-        missing = [k for k in FLUORO_KEYS if k not in fluoroscopy_si]
-        if missing:
-            raise ConfigError(f"fluoroscopy settings missing keys: {', '.join(missing)}")
-        self.settings = dict(fluoroscopy_si)
-        self.pixel_size_m = float(fluoroscopy_si["pixel_size_m"])
-        self.threshold_m3 = float(fluoroscopy_si["visibility_threshold_m3"])
-        self.min_thickness_m = float(fluoroscopy_si["min_thickness_m"])
-        self.frame_interval_s = float(fluoroscopy_si["frame_interval_s"])
-        self.reaction_delay_s = float(fluoroscopy_si["reaction_delay_s"])
-        views = list(fluoroscopy_si["views"])
+        self.params = params
+        self.pixel_size_m = float(params.pixel_size_m)
+        self.threshold_m3 = float(params.visibility_threshold_m3)
+        self.min_thickness_m = float(params.min_thickness_m)
+        self.frame_interval_s = float(params.frame_interval_s)
+        views = list(params.views)
         if not views:
             raise ConfigError("fluoroscopy.views is empty: at least one of 'lateral', 'ap' is needed")
         if not self.frame_interval_s > 0:
@@ -276,6 +288,21 @@ class LeakDetector:
                 self.detection_time_s = self.next_frame_s
             self.next_frame_s += self.frame_interval_s
         return self.detection_time_s
+
+    def radiograph(
+        self, view: str, columns: CementColumns, cement_fraction: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Attenuation line integral mu_b t_bone + mu_c t_cement of a view (dimensionless).
+
+        Beer-Lambert: the detector sees exp(-integral) (soft tissue adds a uniform background that
+        a display window removes). Bone is the vertebral body's mineral, cement that of the bone
+        field and the veins; coefficients from geometries/imaging.yaml.
+        """
+        mu = attenuation_coefficients()
+        line = mu["cement"] * self.image(view, columns, cement_fraction)
+        if self.bone is not None:
+            line = line + mu["bone_mineral"] * project_bone_mineral(self.detectors[view], self.bone)
+        return line
 
     def image(
         self, view: str, columns: CementColumns, cement_fraction: np.ndarray | None = None

@@ -29,12 +29,13 @@ one column per junction), so the plain-numpy references :func:`advect_numpy` /
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numba
 import numpy as np
 
 from sim.core.errors import ConfigError, GeometryError
+from sim.core.parameters import LungParams
+from sim.physics.cure_clock import CureClock
 from sim.physics.fragment_set import (
     ACTIVE,
     ARRESTED_HEART,
@@ -46,7 +47,9 @@ from sim.physics.fragment_set import (
     FragmentSet,
     VenousFlowSnapshot,
 )
+from sim.physics.laws import register
 from sim.physics.pulmonary_tree import LungMetrics, PulmonaryTree, lung_metrics, update_ancestors
+from sim.physics.rheology import CementModel, cure_degree
 
 RIGHT_HEART_TRANSIT_S = 1.0  # [U] one cardiac cycle at 60 /min through RA/RV
 NO_FLOW_FRACTION = 1.0e-12  # venous edges below this fraction of the largest |Q| carry nothing
@@ -580,21 +583,40 @@ def _longest_path(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> int:
     return int(depth.max()) if n_nodes else 0
 
 
-def fragment_margin(cement: Any, age_s: np.ndarray, deformability_margin: float) -> np.ndarray:
-    """margin = deformability_margin * (1 - cure_degree(age)) (sim.physics.rheology cure clock)."""
-    from sim.physics.rheology import cure_degree
+@register("lodging", "diameter_margin")
+class DiameterMargin:
+    """A fragment lodges in the first vessel it is too wide for: d > D (1 + margin).
 
-    return deformability_margin * (1.0 - np.asarray(cure_degree(cement, age_s), dtype=np.float64))
+    margin = deformability_margin * (1 - c(a)): fresh, doughy cement squeezes into a vessel up to
+    (1 + margin) times narrower than itself, set cement not at all (c(a) the cure degree of
+    :mod:`sim.physics.rheology` at the fragment's equivalent age a). Lodging of vessel-cast
+    emboli in the first vessel narrower than the cast: Venmans et al. 2010 AJNR 31:1451 (emboli in
+    peripheral small vessels). ``deformability_margin`` is a modelling estimate [U]. Limiting
+    case (tested): set cement (c = 1) has margin 0, so it lodges exactly where d > D.
+    """
+
+    def __init__(self, deformability_margin: float):
+        self.deformability_margin = float(deformability_margin)
+
+    @classmethod
+    def from_params(cls, lungs: LungParams) -> DiameterMargin:
+        return cls(lungs.deformability_margin)
+
+    def margin(self, cement: CementModel, age_s: np.ndarray) -> np.ndarray:
+        """Relative width a fragment of equivalent age ``age_s`` may exceed a vessel by and pass."""
+        cure = np.asarray(cure_degree(cement, age_s), dtype=np.float64)
+        return self.deformability_margin * (1.0 - cure)
 
 
 def transport_fragments(
     fragments: FragmentSet,
     veins: VenousFlowSnapshot,
     tree: PulmonaryTree,
-    cement: Any,
-    body_temperature_k: float,
-    lungs_si: dict[str, Any],
+    cement: CementModel,
+    clock: CureClock,
+    lungs: LungParams,
     rng: np.random.Generator,
+    lodging: DiameterMargin | None = None,
     use_numba: bool = True,
 ) -> TransportResult:
     """Move every ACTIVE fragment through the veins, the right heart and the pulmonary tree.
@@ -606,19 +628,14 @@ def transport_fragments(
     it never arrived), margin (pulmonary deformability margin at arrival). Fragments that were
     not ACTIVE keep their status and get no position. ``use_numba=False`` runs the numpy twins.
     """
-    from sim.physics.rheology import age_rate
-
-    slip = float(lungs_si.get("slip_factor", 0.0))
-    dm = float(lungs_si.get("deformability_margin", -1.0))
+    slip = float(lungs.slip_factor)
     if not slip > 0.0:
         raise ConfigError(f"lungs.slip_factor = {slip}: must be > 0")
-    if not 0.0 <= dm:
-        raise ConfigError(f"lungs.deformability_margin = {dm}: must be >= 0")
+    lodging = lodging or DiameterMargin.from_params(lungs)
     n = len(fragments)
     for name, arr in fragments.as_columns().items():
         if np.asarray(arr).shape != (n,):
             raise GeometryError(f"FragmentSet.{name} has shape {np.asarray(arr).shape}, expected ({n},)")
-    rate = age_rate(cement, body_temperature_k)
     route = venous_routing(veins, slip)
     e_len = np.asarray(veins.edge_length_m, dtype=np.float64)
     e_d = np.asarray(veins.edge_diameter_m, dtype=np.float64)
@@ -628,7 +645,7 @@ def transport_fragments(
     status = np.asarray(fragments.status, dtype=np.int8).copy()
     act = np.flatnonzero(status == ACTIVE)
     d_all = np.asarray(fragments.diameter_m, dtype=np.float64)
-    margin_birth = fragment_margin(cement, fragments.cure_age_s[act], dm)
+    margin_birth = lodging.margin(cement, fragments.cure_age_s[act])
     uni_v = rng.random((act.size, max(route.max_steps, 1)))
     v_status = np.zeros(act.size, dtype=np.int8)
     v_edge = np.zeros(act.size, dtype=np.int64)
@@ -649,8 +666,8 @@ def transport_fragments(
     t_heart = v_t[v_status == IN_HEART]
     order = np.lexsort((heart, t_heart))
     heart, t_heart = heart[order], t_heart[order]
-    age = fragments.cure_age_s[heart] + (t_heart - fragments.birth_time_s[heart]) * rate
-    margin_p = fragment_margin(cement, age, dm)
+    age = clock.aged_in_body_s(fragments.cure_age_s[heart], t_heart - fragments.birth_time_s[heart])
+    margin_p = lodging.margin(cement, age)
     occluded = np.zeros(tree.n_vessels, dtype=np.int8)
     g_eq, g_sub = tree.baseline_conductance()
     uni_p = rng.random((heart.size, tree.max_depth + 2))

@@ -17,8 +17,8 @@ current strength sigma_s = strength_scale * rheology.cement_strength_pa(model, a
   on the plug's cross-section, sigma = |p_u - p_v|; it is torn away when sigma > sigma_s.
 
 While the load beats the strength, pieces are shed from the tip: length from a seeded lognormal
-(median ``length_median_m``, log-sd ``length_sigma``; cast lengths of a few mm to cm, parameters.md
-section 5 [U]), capped by the free length (a thread that just passed l* breaks at its root and
+(median ``length_median_m``, log-sd ``length_sigma``; cast lengths of a few mm to cm, docs/reference_values.md
+section 3 [U]), capped by the free length (a thread that just passed l* breaks at its root and
 leaves whole when the draw exceeds it); the criterion sets when, the distribution how long. Diameter
 = the column's diameter (= vessel diameter for plugs, the feeder's for threads: emboli are vein casts).
 A piece that contains a junction (it reaches the end of its edge or the thread root) is branched
@@ -32,40 +32,15 @@ shedding stops, and set cement never sheds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numba
 import numpy as np
 
-from sim.core.errors import ConfigError
+from sim.core.parameters import FragmentationParams
+from sim.physics import rheology
 from sim.physics.fragment_set import ACTIVE, FragmentSet
+from sim.physics.laws import register
 from sim.physics.vein_columns import CementColumns
 from sim.physics.venous_network import VenousNetwork
-
-FRAGMENTATION_KEYS = ("length_median_m", "length_sigma", "branching_probability", "strength_scale")
-
-
-@dataclass(frozen=True)
-class FragmentationParams:
-    """Fragment size distribution and strength scaling (SI)."""
-
-    length_median_m: float
-    length_sigma: float
-    branching_probability: float
-    strength_scale: float
-
-    @classmethod
-    def from_si(cls, fragmentation_si: dict[str, Any]) -> FragmentationParams:
-        missing = [k for k in FRAGMENTATION_KEYS if k not in fragmentation_si]
-        if missing:
-            raise ConfigError(f"fragmentation settings missing keys: {', '.join(missing)}")
-        p = cls(**{k: float(fragmentation_si[k]) for k in FRAGMENTATION_KEYS})
-        if not p.length_median_m > 0 or p.length_sigma < 0 or not 0 <= p.branching_probability <= 1:
-            raise ConfigError(f"fragmentation settings out of range: {p}")
-        if not p.strength_scale > 0:
-            raise ConfigError(f"fragmentation.strength_scale = {p.strength_scale}: must be > 0")
-        return p
 
 
 def drag_coefficient(reynolds: np.ndarray) -> np.ndarray:
@@ -97,6 +72,26 @@ def tip_loads(
     flag = thread.astype(np.int64)
     coef[net.pump_edge] = 0.0
     return coef, flag, columns.fill_length_m()
+
+
+@numba.njit(cache=True)
+def tip_stress(coef: float, is_thread: bool, free_len: float) -> float:
+    """Load on a column tip per unit cement section: c l^2 for a thread, c for a plug (Pa)."""
+    return coef * free_len * free_len if is_thread else coef
+
+
+@numba.njit(cache=True)
+def overloaded_tips(
+    coef: np.ndarray, is_thread: np.ndarray, free_len: np.ndarray, fill: np.ndarray, strength: float
+) -> np.ndarray:
+    """Edges whose tip stress beats ``strength`` and that still hold cement, ascending."""
+    out = np.empty(coef.shape[0], dtype=np.int64)
+    n = 0
+    for e in range(coef.shape[0]):
+        if fill[e] > 0.0 and tip_stress(coef[e], is_thread[e] == 1, free_len[e]) > strength:
+            out[n] = e
+            n += 1
+    return out[:n]
 
 
 @numba.njit(cache=True)
@@ -133,7 +128,7 @@ def shed_kernel(
         thread = is_thread[e] == 1
         root = avail
         # a thread breaks while its root stress c l^2 beats the strength; a plug while c does
-        while fill[e] > 0.0 and avail > 0.0 and (coef[e] * avail * avail if thread else coef[e]) > strength:
+        while fill[e] > 0.0 and avail > 0.0 and tip_stress(coef[e], thread, avail) > strength:
             if j >= z.shape[0] or nf >= nmax:
                 return -1
             piece = median * np.exp(sigma * z[j])
@@ -170,8 +165,7 @@ def shed_fragments(
     coef, flag, free_len = tip_loads(columns, edge_flow_m3_s, node_pressure_pa)
     if strength_pa == np.inf:
         return FragmentSet.empty()
-    load = np.where(flag == 1, coef * free_len**2, coef)
-    cand = np.flatnonzero((load > strength_pa) & (columns.fill_m3 > 0.0)).astype(np.int64)
+    cand = overloaded_tips(coef, flag, free_len, columns.fill_m3, float(strength_pa))
     if cand.size == 0:
         return FragmentSet.empty()
     net = columns.network
@@ -222,3 +216,42 @@ def shed_fragments(
         branched=branch[:nf].copy(),
         status=np.full(nf, ACTIVE, dtype=np.int8),
     )
+
+
+@register("fragmentation", "drag_vs_strength")
+class DragVsStrength:
+    """Tips break when blood loads beat the cement's strength (the force balance of this module).
+
+    Strength sigma_s(a) = strength_scale * rheology.cement_strength_pa(model, a), infinite once the
+    cement has set. Limiting cases (tested): a column whose tip stress stays below sigma_s sheds
+    nothing; set cement never sheds; every shed volume leaves the columns (mass conserved).
+    """
+
+    def __init__(self, params: FragmentationParams):
+        self.params = params
+
+    @classmethod
+    def from_params(cls, params: FragmentationParams) -> DragVsStrength:
+        return cls(params)
+
+    def strength_pa(self, cement: rheology.CementModel, age_s: float) -> float:
+        """Current strength of the vein cement (inf once set)."""
+        if rheology.is_set(cement, age_s):
+            return np.inf
+        return float(self.params.strength_scale * rheology.cement_strength_pa(cement, age_s))
+
+    def shed(
+        self,
+        columns: CementColumns,
+        edge_flow_m3_s: np.ndarray,
+        node_pressure_pa: np.ndarray,
+        cement: rheology.CementModel,
+        age_s: float,
+        t: float,
+        rng: np.random.Generator,
+    ) -> FragmentSet:
+        """Shed every overloaded tip at time ``t``; the pieces carry the cement's age ``age_s``."""
+        strength = self.strength_pa(cement, age_s)
+        if not np.isfinite(strength):
+            return FragmentSet.empty()
+        return shed_fragments(columns, edge_flow_m3_s, node_pressure_pa, strength, t, age_s, self.params, rng)

@@ -1,18 +1,17 @@
 """3D two-phase Darcy injection of PMMA cement into a vertebral body (IMPES and front methods).
 
-Model (DESIGN.md section 2, "Injection"). Cement (viscosity mu_c, shear-thinning and curing,
-from :mod:`sim.physics.rheology`) displaces Newtonian marrow (mu_m) through the porous cells of a
-:class:`sim.core.grid.BoneGrid`; both are incompressible and immiscible with linear relative
-permeabilities (Aziz & Settari 1979, Petroleum Reservoir Simulation, ch. 5):
+Model. Cement (viscosity mu_c, shear-thinning and curing, from :mod:`sim.physics.rheology`)
+displaces Newtonian marrow (mu_m) through the porous cells of a :class:`sim.core.grid.BoneGrid`;
+both are incompressible and immiscible with linear relative permeabilities (Aziz & Settari 1979,
+Petroleum Reservoir Simulation, ch. 5):
 
     div(lambda grad p) = -q,   lambda = k (S/mu_c + (1-S)/mu_m),
     phi dS/dt + div(f(S) u) = q_cement,   f(S) = (S/mu_c) / (S/mu_c + (1-S)/mu_m).
 
 IMPES splitting: each step solves the pressure with mobilities lagged from the previous step
 (TPFA, :mod:`sim.physics.pressure`), then advances S along the resulting fluxes
-(:mod:`sim.physics.cement_transport`,
-implicit upwind in flow order, exact volume conservation). Sources: the injected flow enters
-the needle-tip cells split by ``Needle.tip_weights``. Exits: Robin coupling
+(:mod:`sim.physics.cement_transport`, implicit upwind in flow order, exact volume conservation).
+Sources: the injected flow enters the needle-tip cells split by ``Needle.tip_weights``. Exits: Robin coupling
 q_e = (p_cell - p_vein,e) / (1/(G_e lambda_rel(cell)) + R_e) with G_e = pi d^4/(128 L) of the
 foramen split equally over its cells, and p_vein,e and the series resistance R_e of a cement
 column already in the vein from the :class:`ExitCoupling`; what leaves an exit cell is upwinded
@@ -20,10 +19,11 @@ column already in the vein from the :class:`ExitCoupling`; what leaves an exit c
 
 Cement viscosity. Power law with cure from :mod:`sim.physics.rheology`; the pore shear rate comes from
 the cell's Darcy speed (Christopher & Middleman 1965 type, ``porous_shear_rate``) of the previous
-step (Picard lag; three Picard passes on the first step). One cure clock for all cement in the
-bone: the volume-weighted mean equivalent age of the cement in the bone, where cement enters with
-the syringe's age (advancing at the room-temperature rate) and ages at the body-temperature rate
-once inside. Cement in the cannula uses the syringe age for the cannula pressure drop.
+step (Picard lag; three Picard passes on the first step). Cure (:mod:`sim.physics.cure_clock`): the
+cement in the bone is one pool with the volume-weighted mean equivalent age; cement enters with
+the syringe's age and ages at the body-temperature rate once inside. Cement in the cannula uses
+the syringe age for the cannula pressure drop. The exits' conductances come from the exchange law
+(:mod:`sim.physics.bone_vein_exchange`).
 
 Methods.
 - ``"impes"``: full pressure system on every reachable porous cell, time step from the volume
@@ -34,14 +34,19 @@ Methods.
   (cells not yet 99 % full that receive cement: dt = cfl * min phi V / cement inflow), not by the
   inlet, where cement-filled cells stay full. Same transport kernel and conservation as IMPES.
 
-Control. ``mode="rate"`` injects at ``rate_m3_per_s`` and stops with ``"pressure_limit"`` if
-the syringe pressure (needle pressure + cannula drop) would exceed ``max_syringe_pressure_pa``.
-``mode="pressure"`` reduces the rate so the syringe pressure equals the limit: for fixed
-mobilities p = p0 + Q p1 (two right-hand sides, one matrix), and Q solves the scalar equation
-p_needle(Q) + dp_cannula(Q) = limit; it stops with ``"pressure_limit"`` when Q falls below
-1e-3 of the nominal rate. Runs stop at the target volume (the last step is shortened to land
-on it exactly), at ``max_duration_s``, on ``coupling.stop_requested(t)`` or when the cement in
-the syringe has set (``"cement_set"``).
+Control (:class:`sim.physics.injection_control.InjectionControl`). ``mode="rate"`` injects at
+``rate_m3_per_s`` and stops with ``"pressure_limit"`` if the syringe pressure (needle pressure +
+cannula drop) would exceed ``max_syringe_pressure_pa``. ``mode="pressure"`` reduces the rate so the
+syringe pressure equals the limit: for fixed mobilities p = p0 + Q p1 (two right-hand sides, one
+matrix), and Q solves the scalar equation p_needle(Q) + dp_cannula(Q) = limit; it stops with
+``"pressure_limit"`` when Q falls below 1e-3 of the nominal rate. Runs stop at the target volume
+(the last step is shortened to land on it exactly), at ``max_duration_s``, when the driver's
+``stop_requested(t)`` says so (the operator's stop policy) or when the cement in the syringe has set
+(``"cement_set"``).
+
+State. :class:`InjectionSolver` holds the state (:class:`InjectionState`) and advances it with
+``step()``; :func:`run_injection` is the plain driver loop, and the coupled run of
+:mod:`sim.run.coupling` drives the same solver with the venous side and the stop policy.
 
 Mass balance. Every step checks injected = cement in bone + cement leaked and marrow displaced
 = marrow leaked, relative to the injected volume, and raises SolverError above 1e-10.
@@ -62,7 +67,10 @@ from scipy.optimize import brentq
 from sim.core.errors import ConfigError, GeometryError, SolverError
 from sim.core.grid import BoneGrid, Needle
 from sim.physics import rheology
+from sim.physics.bone_vein_exchange import ForamenPoiseuille
 from sim.physics.cement_transport import front_time_step, throughput_rate, transport_step
+from sim.physics.cure_clock import AgePool, CureClock
+from sim.physics.injection_control import InjectionControl
 from sim.physics.pressure import (
     PressureSolver,
     assemble_front,
@@ -89,8 +97,7 @@ class ExitCoupling(Protocol):
     solve; ``exit_resistance(t)`` a resistance (Pa s/m^3) in series with each exit's foramen (a
     cement column in the vein beyond it that any flow through the exit has to push);
     ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of the bone)
-    that the solver removed through each exit over [t, t + dt]; ``stop_requested`` is polled
-    once per step (leak-detection stop policy).
+    that the solver removed through each exit over [t, t + dt].
     """
 
     def exit_pressure(self, t: float) -> np.ndarray: ...
@@ -99,11 +106,9 @@ class ExitCoupling(Protocol):
 
     def accept_flux(self, t: float, dt: float, q_cement: np.ndarray, q_marrow: np.ndarray) -> None: ...
 
-    def stop_requested(self, t: float) -> bool: ...
-
 
 class ConstantPressureCoupling:
-    """Constant venous pressure at every exit; never asks to stop; records what it received."""
+    """Constant venous pressure at every exit; records what it received."""
 
     def __init__(self, pressure_pa: float | np.ndarray, n_exits: int):
         if n_exits < 1:
@@ -137,72 +142,6 @@ class ConstantPressureCoupling:
         self.q_marrow.append(np.array(q_marrow, dtype=np.float64))
         self.cement_volume_m3 += np.asarray(q_cement) * dt
         self.marrow_volume_m3 += np.asarray(q_marrow) * dt
-
-    def stop_requested(self, t: float) -> bool:
-        return False
-
-
-@dataclass
-class InjectionControl:
-    """Injection protocol in SI units (see module docstring for the modes)."""
-
-    mode: str = "rate"
-    rate_m3_per_s: float = 5.0e-8
-    max_syringe_pressure_pa: float | None = 10.0e6
-    target_volume_m3: float = 4.0e-6
-    max_duration_s: float | None = None
-    age_at_start_s: float = 0.0
-    body_temperature_k: float = 310.15
-    room_temperature_k: float = 294.15
-    snapshot_interval_s: float | None = None
-
-    @classmethod
-    def from_si(
-        cls,
-        injection_si: dict[str, Any],
-        cement_si: dict[str, Any],
-        age_at_start_s: float,
-        snapshot_interval_s: float | None = None,
-    ) -> InjectionControl:
-        """Build from ``scenario.si()['injection']`` and ``scenario.si()['cement']``."""
-        return cls(
-            mode=injection_si["mode"],
-            rate_m3_per_s=injection_si["rate_m3_per_s"],
-            max_syringe_pressure_pa=injection_si["max_syringe_pressure_pa"],
-            target_volume_m3=injection_si["volume_m3"],
-            max_duration_s=injection_si.get("max_duration_s"),
-            age_at_start_s=float(age_at_start_s),
-            body_temperature_k=cement_si["body_temperature_k"],
-            room_temperature_k=cement_si["room_temperature_k"],
-            snapshot_interval_s=snapshot_interval_s,
-        )
-
-    def validate(self) -> None:
-        if self.mode not in ("rate", "pressure"):
-            raise ConfigError(f"InjectionControl.mode = {self.mode!r}: must be 'rate' or 'pressure'")
-        if not (self.rate_m3_per_s > 0.0 and math.isfinite(self.rate_m3_per_s)):
-            raise ConfigError(f"InjectionControl.rate_m3_per_s = {self.rate_m3_per_s}: must be > 0")
-        if not (self.target_volume_m3 > 0.0 and math.isfinite(self.target_volume_m3)):
-            raise ConfigError(f"InjectionControl.target_volume_m3 = {self.target_volume_m3}: must be > 0")
-        if self.max_duration_s is not None and not self.max_duration_s > 0.0:
-            raise ConfigError(f"InjectionControl.max_duration_s = {self.max_duration_s}: must be > 0 or None")
-        if self.max_syringe_pressure_pa is not None and not self.max_syringe_pressure_pa > 0.0:
-            raise ConfigError(
-                "InjectionControl.max_syringe_pressure_pa = "
-                f"{self.max_syringe_pressure_pa}: must be > 0 or None"
-            )
-        if self.mode == "pressure" and self.max_syringe_pressure_pa is None:
-            raise ConfigError("InjectionControl.mode = 'pressure' needs max_syringe_pressure_pa")
-        if self.snapshot_interval_s is not None and not self.snapshot_interval_s > 0.0:
-            raise ConfigError(
-                f"InjectionControl.snapshot_interval_s = {self.snapshot_interval_s}: must be > 0"
-            )
-        for name in ("body_temperature_k", "room_temperature_k"):
-            v = getattr(self, name)
-            if not 200.0 < v < 400.0:
-                raise ConfigError(f"InjectionControl.{name} = {v}: expected a temperature in kelvin")
-        if self.age_at_start_s < 0.0:
-            raise ConfigError(f"InjectionControl.age_at_start_s = {self.age_at_start_s}: must be >= 0")
 
 
 @dataclass
@@ -242,7 +181,6 @@ class InjectionResult:
     cement_fraction: np.ndarray
     arrival_time_s: np.ndarray
     pressure_pa: np.ndarray  # final field, NaN outside the reachable porous cells
-    snapshots: list[tuple[float, np.ndarray]]
     stop_reason: str
     end_time_s: float
     n_steps: int
@@ -269,59 +207,6 @@ class InjectionResult:
         """Earliest leak onset over all exits (NaN if none)."""
         ok = np.isfinite(self.leak_onset_s)
         return float(self.leak_onset_s[ok].min()) if ok.any() else float("nan")
-
-    def time_series(self) -> dict[str, np.ndarray]:
-        """Per-step series as flat columns (exit series as ``<name>_cement_flux_m3_s`` etc.)."""
-        cols: dict[str, np.ndarray] = {
-            "time_s": self.times_s,
-            "dt_s": self.dt_s,
-            "injected_volume_m3": self.injected_volume_m3,
-            "injection_rate_m3_s": self.injection_rate_m3_s,
-            "needle_pressure_pa": self.needle_pressure_pa,
-            "syringe_pressure_pa": self.syringe_pressure_pa,
-            "cannula_pressure_drop_pa": self.cannula_pressure_drop_pa,
-            "needle_viscosity_pa_s": self.needle_viscosity_pa_s,
-            "cement_age_bone_s": self.cement_age_bone_s,
-            "cement_age_syringe_s": self.cement_age_syringe_s,
-            "cement_in_bone_m3": self.cement_in_bone_series_m3,
-            "cement_leaked_m3": self.cement_leaked_series_m3,
-            "marrow_leaked_m3": self.marrow_leaked_series_m3,
-        }
-        for e, name in enumerate(self.exit_names):
-            cols[f"{name}_cement_flux_m3_s"] = self.exit_cement_flux_m3_s[:, e]
-            cols[f"{name}_marrow_flux_m3_s"] = self.exit_marrow_flux_m3_s[:, e]
-        return cols
-
-    def summary(self) -> dict[str, Any]:
-        """Scalar results (JSON-ready)."""
-        return {
-            "method": self.method,
-            "stop_reason": self.stop_reason,
-            "end_time_s": self.end_time_s,
-            "injected_m3": self.injected_m3,
-            "cement_in_bone_m3": self.cement_in_bone_m3,
-            "cement_leaked_m3": self.cement_leaked_m3,
-            "marrow_leaked_m3": self.marrow_leaked_m3,
-            "leaked_fraction": self.leaked_fraction,
-            "first_leak_s": self.first_leak_s(),
-            "leak_onset_s": {n: float(v) for n, v in zip(self.exit_names, self.leak_onset_s, strict=True)},
-            "exit_cement_volume_m3": dict(
-                zip(self.exit_names, map(float, self.exit_cement_volume_m3), strict=True)
-            ),
-            "exit_marrow_volume_m3": dict(
-                zip(self.exit_names, map(float, self.exit_marrow_volume_m3), strict=True)
-            ),
-            "max_needle_pressure_pa": float(np.max(self.needle_pressure_pa))
-            if self.n_steps
-            else float("nan"),
-            "max_syringe_pressure_pa": float(np.max(self.syringe_pressure_pa))
-            if self.n_steps
-            else float("nan"),
-            "n_steps": self.n_steps,
-            "n_pressure_solves": self.n_pressure_solves,
-            "max_mass_balance_error": self.max_mass_balance_error,
-            "solver_stats": dict(self.solver_stats),
-        }
 
 
 @numba.njit(cache=True)
@@ -382,351 +267,491 @@ def _check_inputs(
             raise GeometryError(f"venous exit {ex.name!r}: diameter and length must be > 0")
 
 
-def run_injection(
-    bone: BoneGrid,
-    needle: Needle,
-    cement: CementModel,
-    marrow_viscosity_pa_s: float,
-    control: InjectionControl,
-    coupling: ExitCoupling,
-    method: str = "front",
-    cfl: float = 0.8,
-    pressure_solver: str = "auto",
-    progress: Callable[[float], None] | None = None,
-    max_step_s: float | None = None,
-    max_steps: int = 2_000_000,
-) -> InjectionResult:
-    """Inject cement into ``bone`` through ``needle`` until the control says stop.
+@dataclass
+class InjectionState:
+    """The evolving state of an injection (SI; arrays over the compact porous cells)."""
 
-    ``max_step_s`` optionally caps the time step (finer time series); ``max_steps`` guards
-    against runaway step counts (SolverError).
+    t: float  # time since injection start
+    step: int
+    injected_m3: float
+    saturation: np.ndarray  # cement fraction of the pore space
+    arrival_s: np.ndarray  # when the cement fraction first reached ARRIVAL_SATURATION (NaN: not yet)
+    pressure_shifted: np.ndarray  # pressure minus the mean venous pressure at the exits
+    darcy_speed: np.ndarray  # |u| of the last pressure solve (Picard lag of the shear rate)
+    exit_cement_m3: np.ndarray  # cumulative per exit
+    exit_marrow_m3: np.ndarray
+    exit_onset_s: np.ndarray  # leak onset per exit (NaN: none)
+    cement_in_bone_m3: float
+    bone_age: AgePool  # cure of the cement in the bone
+
+
+class InjectionSolver:
+    """Cement injection into a bone as a state and a ``step()``; see the module docstring.
+
+    A driver (:func:`run_injection`, or the coupled run of :mod:`sim.run.coupling`) calls
+    :meth:`limit_reached` and :meth:`step` until one returns a stop reason, then :meth:`result`.
+    Output cadence is the driver's business: :meth:`cement_fraction_grid` gives the field now.
     """
-    wall0 = time.perf_counter()
-    control.validate()
-    _check_inputs(bone, needle, marrow_viscosity_pa_s, method, cfl)
-    h = float(bone.spacing_m)
-    mu_m = float(marrow_viscosity_pa_s)
-    n_exits = len(bone.exits)
-    exit_flat = np.concatenate([np.asarray(e.cells, dtype=np.int64) for e in bone.exits])
-    graph = build_cell_graph(bone.porous, bone.permeability, h, np.asarray(needle.tip_cells), exit_flat)
-    n = graph.n
 
-    # exit entries (one per reachable exit cell); G_e shared equally by its reachable cells
-    ent_cell, ent_exit, ent_geo = [], [], []
-    for e, ex in enumerate(bone.exits):
-        cc = graph.compact[np.asarray(ex.cells, dtype=np.int64)]
-        cc = cc[cc >= 0]
-        ent_cell.append(cc)
-        ent_exit.append(np.full(cc.size, e, dtype=np.int64))
-        ent_geo.append(np.full(cc.size, ex.poiseuille_factor_m3 / max(cc.size, 1)))
-    exit_cell = np.concatenate(ent_cell)
-    exit_id = np.concatenate(ent_exit)
-    exit_geo = np.concatenate(ent_geo)
-    exit_cells_per_exit = np.bincount(exit_id, minlength=n_exits).astype(np.float64)
-
-    tips = graph.compact[np.asarray(needle.tip_cells, dtype=np.int64)]
-    tip_w = np.asarray(needle.tip_weights, dtype=np.float64)
-    src_unit = np.bincount(tips, weights=tip_w, minlength=n)
-    tip_mask = src_unit > 0.0
-    phi = bone.porosity.ravel()[graph.cell_of].astype(np.float64)
-    if np.any(phi <= 0.0):
-        raise GeometryError(
-            f"porous cell with porosity <= 0 at flat index {int(graph.cell_of[np.argmin(phi)])}"
+    def __init__(
+        self,
+        bone: BoneGrid,
+        needle: Needle,
+        cement: CementModel,
+        clock: CureClock,
+        marrow_viscosity_pa_s: float,
+        control: InjectionControl,
+        coupling: ExitCoupling,
+        method: str = "front",
+        cfl: float = 0.8,
+        pressure_solver: str = "auto",
+        exchange: ForamenPoiseuille | None = None,
+        max_step_s: float | None = None,
+        max_steps: int = 2_000_000,
+    ):
+        self._wall0 = time.perf_counter()
+        control.validate()
+        _check_inputs(bone, needle, marrow_viscosity_pa_s, method, cfl)
+        self.bone, self.cement, self.clock, self.control, self.coupling = (
+            bone,
+            cement,
+            clock,
+            control,
+            coupling,
         )
-    pore_vol = phi * h**3
-    k_mean = bone.permeability.reshape(3, -1)[:, graph.cell_of].mean(axis=0)
-    params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
-    r_room = float(rheology.age_rate(cement, control.room_temperature_k))
-    r_body = float(rheology.age_rate(cement, control.body_temperature_k))
-    solver = PressureSolver(pressure_solver)
+        self.method, self.cfl, self.max_step_s, self.max_steps = method, float(cfl), max_step_s, max_steps
+        self.pressure_solver_name = pressure_solver
+        self.mu_m = float(marrow_viscosity_pa_s)
+        self.h = float(bone.spacing_m)
+        self.n_exits = len(bone.exits)
+        exit_flat = np.concatenate([np.asarray(e.cells, dtype=np.int64) for e in bone.exits])
+        self.graph = graph = build_cell_graph(
+            bone.porous, bone.permeability, self.h, np.asarray(needle.tip_cells), exit_flat
+        )
+        n = graph.n
+        entries = (exchange or ForamenPoiseuille()).entries(bone.exits, graph)
+        self.exit_cell, self.exit_id, self.exit_geo = entries.cell, entries.exit, entries.conductance_m3
+        self.exit_cells_per_exit = entries.cells_per_exit
 
-    s = np.zeros(n)
-    arrival = np.full(n, np.nan)
-    p_shifted = np.zeros(n)
-    speed = np.zeros(n)
-    mu_c = np.empty(n)
-    t = 0.0
-    v_inj = 0.0
-    v_target = float(control.target_volume_m3)
-    leaked_c = np.zeros(n_exits)
-    leaked_m = np.zeros(n_exits)
-    onset = np.full(n_exits, np.nan)
-    age_syr = float(control.age_at_start_s)
-    age_bone = age_syr
-    v_bone = 0.0
-    rows: dict[str, list] = {k: [] for k in (
-        "t", "dt", "inj", "q", "pn", "ps", "pc", "mun", "ageb", "ages", "vb", "lc", "lm", "qc", "qm", "pv",
-    )}  # fmt: skip
-    snapshots: list[tuple[float, np.ndarray]] = []
-    next_snap = control.snapshot_interval_s
-    max_err_c = max_err_m = 0.0
-    stop_reason = ""
-    step = 0
-    t_transport = t_pressure = 0.0
-    max_cement_unknowns = 0
-    max_imbalance = 0.0
-    nominal = float(control.rate_m3_per_s)
-    limit = control.max_syringe_pressure_pa
-    d_in, l_can = float(needle.inner_diameter_m), float(needle.length_m)
+        tips = graph.compact[np.asarray(needle.tip_cells, dtype=np.int64)]
+        tip_w = np.asarray(needle.tip_weights, dtype=np.float64)
+        self.src_unit = np.bincount(tips, weights=tip_w, minlength=n)
+        self.tip_mask = self.src_unit > 0.0
+        self.phi = phi = bone.porosity.ravel()[graph.cell_of].astype(np.float64)
+        if np.any(phi <= 0.0):
+            raise GeometryError(
+                f"porous cell with porosity <= 0 at flat index {int(graph.cell_of[np.argmin(phi)])}"
+            )
+        self.pore_vol = phi * self.h**3
+        self.k_mean = bone.permeability.reshape(3, -1)[:, graph.cell_of].mean(axis=0)
+        self.params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
+        self.solver = PressureSolver(pressure_solver)
+        self.d_in, self.l_can = float(needle.inner_diameter_m), float(needle.length_m)
+        self._mu_c = np.empty(n)
+        self.state = InjectionState(
+            t=0.0,
+            step=0,
+            injected_m3=0.0,
+            saturation=np.zeros(n),
+            arrival_s=np.full(n, np.nan),
+            pressure_shifted=np.zeros(n),
+            darcy_speed=np.zeros(n),
+            exit_cement_m3=np.zeros(self.n_exits),
+            exit_marrow_m3=np.zeros(self.n_exits),
+            exit_onset_s=np.full(self.n_exits, np.nan),
+            cement_in_bone_m3=0.0,
+            bone_age=AgePool(clock),
+        )
+        self._rows: dict[str, list] = {k: [] for k in _ROW_KEYS}
+        self._max_err_c = self._max_err_m = 0.0
+        self._t_transport = self._t_pressure = 0.0
+        self._max_cement_unknowns = 0
+        self._max_imbalance = 0.0
+        self._p_vein_last: np.ndarray | None = None
 
-    while True:
-        if coupling.stop_requested(t):
-            stop_reason = "stop_signal"
-            break
-        if control.max_duration_s is not None and t >= control.max_duration_s * (1.0 - 1e-12):
-            stop_reason = "max_duration"
-            break
-        if rheology.is_set(cement, age_syr):
-            stop_reason = "cement_set"
-            break
-        if step >= max_steps:
-            raise SolverError(f"injection exceeded max_steps = {max_steps} at t = {t:.4g} s")
-        p_vein = np.asarray(coupling.exit_pressure(t), dtype=np.float64)
+    # ------------------------------------------------------------------ driving
+    def limit_reached(self) -> str:
+        """Why injection cannot go on before the next step ('' if it can): duration, set cement, step cap."""
+        st, control = self.state, self.control
+        if control.max_duration_s is not None and st.t >= control.max_duration_s * (1.0 - 1e-12):
+            return "max_duration"
+        if rheology.is_set(self.cement, self.clock.syringe_age_s(st.t)):
+            return "cement_set"
+        if st.step >= self.max_steps:
+            raise SolverError(f"injection exceeded max_steps = {self.max_steps} at t = {st.t:.4g} s")
+        return ""
+
+    def step(self) -> str:
+        """Solve the pressure, advance the cement one time step, hand the exit fluxes to the coupling.
+
+        Returns '' when the injection goes on, 'target_volume' when this step completed the planned
+        volume, or 'pressure_limit' when the syringe cannot deliver (nothing advanced then).
+        """
+        st, control, graph = self.state, self.control, self.graph
+        n, t = graph.n, st.t
+        n_exits = self.n_exits
+        p_vein = np.asarray(self.coupling.exit_pressure(t), dtype=np.float64)
         if p_vein.shape != (n_exits,) or not np.all(np.isfinite(p_vein)):
             raise SolverError(
                 f"coupling.exit_pressure({t:.4g}) returned shape {p_vein.shape} / non-finite values; "
                 f"expected {n_exits} finite pressures"
             )
-        r_series = np.asarray(coupling.exit_resistance(t), dtype=np.float64)
+        r_series = np.asarray(self.coupling.exit_resistance(t), dtype=np.float64)
         if r_series.shape != (n_exits,) or not np.all(np.isfinite(r_series) & (r_series >= 0.0)):
             raise SolverError(
                 f"coupling.exit_resistance({t:.4g}) returned shape {r_series.shape} / negative or "
                 f"non-finite values; expected {n_exits} finite resistances >= 0"
             )
         # a series resistance R of an exit split over its n cells in parallel: R n per cell
-        r_cell = r_series[exit_id] * exit_cells_per_exit[exit_id]
+        r_cell = r_series[self.exit_id] * self.exit_cells_per_exit[self.exit_id]
         shift = float(p_vein.mean())
-        ent_pv = p_vein[exit_id] - shift
+        ent_pv = p_vein[self.exit_id] - shift
+        age_bone = st.bone_age.age_s(t)
+        age_syr = self.clock.syringe_age_s(t)
+        s = st.saturation
+        mu_c, mu_m = self._mu_c, self.mu_m
+        nominal = float(control.rate_m3_per_s)
 
         tp0 = time.perf_counter()
-        for _ in range(3 if step == 0 else 1):
-            n_idx = float(rheology.power_law_index(cement, age_bone))
-            shear = np.asarray(rheology.porous_shear_rate(speed, k_mean, phi, n_idx), dtype=np.float64)
-            _viscosity_cells(np.ascontiguousarray(shear), age_bone, params, mu_c)
+        for _ in range(3 if st.step == 0 else 1):
+            n_idx = float(rheology.power_law_index(self.cement, age_bone))
+            shear = np.asarray(
+                rheology.porous_shear_rate(st.darcy_speed, self.k_mean, self.phi, n_idx), dtype=np.float64
+            )
+            _viscosity_cells(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
             lam = s_c / mu_c + (1.0 - s_c) / mu_m
             trans = face_transmissibility(graph, lam)
-            g = exit_geo * lam[exit_cell]
+            g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
-            if method == "front":
-                in_cement = (s > CEMENT_CELL_MIN_S) | tip_mask
-                system = assemble_front(graph, in_cement, trans, exit_cell, g)
+            if self.method == "front":
+                in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
+                system = assemble_front(graph, in_cement, trans, self.exit_cell, g)
                 key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
-                max_cement_unknowns = max(max_cement_unknowns, system.n_block)
+                self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
             else:
-                system = assemble_full(graph, trans, exit_cell, g)
+                system = assemble_full(graph, trans, self.exit_cell, g)
                 key = ("full",)
-            x0 = system.initial_guess(p_shifted)
+            x0 = system.initial_guess(st.pressure_shifted)
             if control.mode == "rate":
                 q = nominal
-                b = system.rhs(q * src_unit, g, ent_pv)
-                x = solver.solve(system.matrix, b, x0, block=system.n_block, key=key)
-                p_shifted = system.cell_values(x)
+                b = system.rhs(q * self.src_unit, g, ent_pv)
+                x = self.solver.solve(system.matrix, b, x0, block=system.n_block, key=key)
+                st.pressure_shifted = system.cell_values(x)
             else:
                 b = np.stack(
-                    [system.rhs(np.zeros(n), g, ent_pv), system.rhs(src_unit, g, np.zeros_like(ent_pv))], 1
+                    [
+                        system.rhs(np.zeros(n), g, ent_pv),
+                        system.rhs(self.src_unit, g, np.zeros_like(ent_pv)),
+                    ],
+                    1,
                 )
-                x = solver.solve(
+                x = self.solver.solve(
                     system.matrix, b, np.stack([x0, np.zeros_like(x0)], 1), block=system.n_block, key=key
                 )
                 p0, p1 = system.cell_values(x[:, 0]), system.cell_values(x[:, 1])
-                q = _admissible_rate(p0, p1, src_unit, shift, cement, nominal, limit, d_in, l_can, age_syr)
-                p_shifted = p0 + q * p1
-            flux = trans * (p_shifted[graph.face_a] - p_shifted[graph.face_b])
-            speed = cell_darcy_speed(graph, flux)
-        t_pressure += time.perf_counter() - tp0
+                q = _admissible_rate(
+                    p0, p1, self.src_unit, shift, self.cement, nominal,
+                    control.max_syringe_pressure_pa, self.d_in, self.l_can, age_syr,
+                )  # fmt: skip
+                st.pressure_shifted = p0 + q * p1
+            flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
+            st.darcy_speed = cell_darcy_speed(graph, flux)
+        self._t_pressure += time.perf_counter() - tp0
+        p_shifted = st.pressure_shifted
 
-        p_needle = float(np.dot(src_unit, p_shifted)) + shift
-        dp_can = float(rheology.cannula_pressure_drop_pa(cement, q, d_in, l_can, age_syr)) if q > 0 else 0.0
+        p_needle = float(np.dot(self.src_unit, p_shifted)) + shift
+        dp_can = (
+            float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
+            if q > 0
+            else 0.0
+        )
         p_syr = p_needle + dp_can
+        limit = control.max_syringe_pressure_pa
         if control.mode == "rate" and limit is not None and p_syr > limit:
-            stop_reason = "pressure_limit"
-            break
+            return "pressure_limit"
         if control.mode == "pressure" and q < STALL_FRACTION * nominal:
-            stop_reason = "pressure_limit"
-            break
+            return "pressure_limit"
 
-        src = q * src_unit
+        src = q * self.src_unit
+        exit_cell = self.exit_cell
         q_ent = g * (p_shifted[exit_cell] - ent_pv)
         # close the global volume balance left by the iterative solver's residual: Q = sum of exit
         # flows must hold to round-off for the 1e-10 marrow balance. The window matches the solver's
         # own acceptance (relative residual <= 1e-6, PressureSolver.solve); the largest correction
-        # is reported as max_relative_flux_imbalance. (At 1e-9 Q, a rare 1e-8 Q residual of the lumped front
-        # system went uncorrected and failed the balance check on a loaded machine.)
+        # is reported as max_relative_flux_imbalance. (At 1e-9 Q, a rare 1e-8 Q residual of the
+        # lumped front system went uncorrected and failed the balance check on a loaded machine.)
         imbalance = q - float(q_ent.sum())
-        max_imbalance = max(max_imbalance, abs(imbalance) / max(q, 1e-300))
+        self._max_imbalance = max(self._max_imbalance, abs(imbalance) / max(q, 1e-300))
         pos = np.maximum(q_ent, 0.0)
         if 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
             q_ent = q_ent + imbalance * pos / pos.sum()
         exit_cell_flux = np.bincount(exit_cell, weights=q_ent, minlength=n)
         visc_ratio = mu_c / mu_m
 
-        # time step
-        if method == "impes":
-            thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
-            ok = thr > 0.0
-            dt = cfl * float(np.min(pore_vol[ok] / thr[ok]))
-        else:
-            exit_out = np.bincount(exit_cell, weights=np.maximum(q_ent, 0.0), minlength=n)
-            dt = front_time_step(
-                graph.face_a, graph.face_b, flux, src, exit_out, pore_vol, s, visc_ratio, cfl, FULL_CELL_S
-            )
-            if not math.isfinite(dt):
-                thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
-                dt = cfl * float(np.min(pore_vol[thr > 0.0] / thr[thr > 0.0]))
-        if max_step_s is not None:
-            dt = min(dt, max_step_s)
-        last = False
-        if q * dt >= v_target - v_inj:
-            dt = (v_target - v_inj) / q
-            last = True
-        if control.max_duration_s is not None and t + dt >= control.max_duration_s:
-            dt = control.max_duration_s - t
-        if not (dt > 0.0 and math.isfinite(dt)):
-            raise SolverError(f"non-positive or non-finite time step {dt!r} at step {step}, t = {t:.6g} s")
+        dt, last = self._time_step(flux, src, q_ent, exit_cell_flux, visc_ratio, q)
 
-        # transport
         tt0 = time.perf_counter()
         order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
         exit_out = np.bincount(exit_cell, weights=np.maximum(q_ent, 0.0), minlength=n)
         s_new, f_out = transport_step(
             order, graph.cell_ptr, graph.cell_face, graph.cell_nbr, graph.cell_sign, flux, src, exit_out,
-            pore_vol, visc_ratio, s, dt,
+            self.pore_vol, visc_ratio, s, dt,
         )  # fmt: skip
-        t_transport += time.perf_counter() - tt0
+        self._t_transport += time.perf_counter() - tt0
 
         qc_ent = np.maximum(q_ent, 0.0) * f_out[exit_cell]
         qm_ent = q_ent - qc_ent
-        qc_exit = np.bincount(exit_id, weights=qc_ent, minlength=n_exits)
-        qm_exit = np.bincount(exit_id, weights=qm_ent, minlength=n_exits)
-        coupling.accept_flux(t, dt, qc_exit.copy(), qm_exit.copy())
+        qc_exit = np.bincount(self.exit_id, weights=qc_ent, minlength=n_exits)
+        qm_exit = np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits)
+        self.coupling.accept_flux(t, dt, qc_exit.copy(), qm_exit.copy())
 
-        prev_c = leaked_c.copy()
-        v_inj = v_target if last else v_inj + q * dt
-        leaked_c += qc_exit * dt
-        leaked_m += qm_exit * dt
-        crossed = np.isnan(onset) & (leaked_c > LEAK_ONSET_M3)
+        prev_c = st.exit_cement_m3.copy()
+        st.injected_m3 = float(control.target_volume_m3) if last else st.injected_m3 + q * dt
+        st.exit_cement_m3 += qc_exit * dt
+        st.exit_marrow_m3 += qm_exit * dt
+        onset = st.exit_onset_s
+        crossed = np.isnan(onset) & (st.exit_cement_m3 > LEAK_ONSET_M3)
         if crossed.any():
-            frac = (LEAK_ONSET_M3 - prev_c[crossed]) / np.maximum(leaked_c[crossed] - prev_c[crossed], 1e-300)
-            onset[crossed] = t + np.clip(frac, 0.0, 1.0) * dt
-        newly = np.isnan(arrival) & (s_new >= ARRIVAL_SATURATION)
+            grow = np.maximum(st.exit_cement_m3[crossed] - prev_c[crossed], 1e-300)
+            onset[crossed] = t + np.clip((LEAK_ONSET_M3 - prev_c[crossed]) / grow, 0.0, 1.0) * dt
+        newly = np.isnan(st.arrival_s) & (s_new >= ARRIVAL_SATURATION)
         if newly.any():
             ds = s_new[newly] - s[newly]
             frac = np.where(ds > 0, (ARRIVAL_SATURATION - s[newly]) / np.where(ds > 0, ds, 1.0), 1.0)
-            arrival[newly] = t + np.clip(frac, 0.0, 1.0) * dt
+            st.arrival_s[newly] = t + np.clip(frac, 0.0, 1.0) * dt
 
-        v_bone_new = float(np.dot(s_new, pore_vol))
-        c_leak = float(leaked_c.sum())
-        m_leak = float(leaked_m.sum())
-        scale = max(v_inj, 1e-300)
-        err_c = abs(v_inj - v_bone_new - c_leak) / scale
-        err_m = abs(v_bone_new - m_leak) / scale
-        max_err_c = max(max_err_c, err_c)
-        max_err_m = max(max_err_m, err_m)
+        v_bone_new = float(np.dot(s_new, self.pore_vol))
+        self._check_mass_balance(v_bone_new, t + dt)
+        # the cure clock of the bone's cement: what leaked left, what came in during the step
+        # entered on average at mid-step (half the step at room, half at body temperature)
+        pool = st.bone_age
+        pool.remove(float(qc_exit.sum()) * dt)
+        pool.mix_in(q * dt, age_syr + 0.5 * (self.clock.room_rate + self.clock.body_rate) * dt, t + dt)
+        pool.holds(v_bone_new)  # the exact content, from the saturation field
+        st.cement_in_bone_m3 = v_bone_new
+
+        mu_tip = float(np.dot(self.src_unit, mu_c))
+        c_leak, m_leak = float(st.exit_cement_m3.sum()), float(st.exit_marrow_m3.sum())
+        for key_, val in (
+            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("ps", p_syr),
+            ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
+            ("ages", self.clock.syringe_age_s(t + dt)), ("vb", v_bone_new), ("lc", c_leak), ("lm", m_leak),
+            ("qc", qc_exit), ("qm", qm_exit), ("pv", p_vein),
+        ):  # fmt: skip
+            self._rows[key_].append(val)
+        st.saturation = s_new
+        st.t = t + dt
+        st.step += 1
+        self._p_vein_last = p_vein
+        return "target_volume" if last else ""
+
+    def _time_step(
+        self,
+        flux: np.ndarray,
+        src: np.ndarray,
+        q_ent: np.ndarray,
+        exit_cell_flux: np.ndarray,
+        visc_ratio: np.ndarray,
+        q: float,
+    ) -> tuple[float, bool]:
+        """Step length (CFL of the method) and whether it lands on the target volume."""
+        graph, st, control = self.graph, self.state, self.control
+        if self.method == "impes":
+            thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
+            ok = thr > 0.0
+            dt = self.cfl * float(np.min(self.pore_vol[ok] / thr[ok]))
+        else:
+            exit_out = np.bincount(self.exit_cell, weights=np.maximum(q_ent, 0.0), minlength=graph.n)
+            dt = front_time_step(
+                graph.face_a, graph.face_b, flux, src, exit_out, self.pore_vol, st.saturation, visc_ratio,
+                self.cfl, FULL_CELL_S,
+            )  # fmt: skip
+            if not math.isfinite(dt):
+                thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
+                dt = self.cfl * float(np.min(self.pore_vol[thr > 0.0] / thr[thr > 0.0]))
+        if self.max_step_s is not None:
+            dt = min(dt, self.max_step_s)
+        last = False
+        v_target = float(control.target_volume_m3)
+        if q * dt >= v_target - st.injected_m3:
+            dt = (v_target - st.injected_m3) / q
+            last = True
+        if control.max_duration_s is not None and st.t + dt >= control.max_duration_s:
+            dt = control.max_duration_s - st.t
+        if not (dt > 0.0 and math.isfinite(dt)):
+            raise SolverError(
+                f"non-positive or non-finite time step {dt!r} at step {st.step}, t = {st.t:.6g} s"
+            )
+        return dt, last
+
+    def _check_mass_balance(self, v_bone_new: float, t_end: float) -> None:
+        st = self.state
+        scale = max(st.injected_m3, 1e-300)
+        err_c = abs(st.injected_m3 - v_bone_new - float(st.exit_cement_m3.sum())) / scale
+        err_m = abs(v_bone_new - float(st.exit_marrow_m3.sum())) / scale
+        self._max_err_c = max(self._max_err_c, err_c)
+        self._max_err_m = max(self._max_err_m, err_m)
         if err_c > MASS_BALANCE_TOL or err_m > MASS_BALANCE_TOL:
             raise SolverError(
-                f"mass balance violated at step {step} (t = {t + dt:.6g} s): cement error {err_c:.3e}, "
+                f"mass balance violated at step {st.step} (t = {t_end:.6g} s): cement error {err_c:.3e}, "
                 f"marrow error {err_m:.3e} (relative to injected volume; tolerance {MASS_BALANCE_TOL:g})"
             )
 
-        # cure clocks: syringe at room rate; bone = volume-weighted mean age, ageing at body rate
-        leak_dt = float(qc_exit.sum()) * dt
-        aged = age_bone + r_body * dt
-        incoming = age_syr + 0.5 * (r_room + r_body) * dt
-        if v_bone_new > 0.0:
-            age_bone = (max(v_bone - leak_dt, 0.0) * aged + q * dt * incoming) / max(
-                max(v_bone - leak_dt, 0.0) + q * dt, 1e-300
-            )
-        else:
-            age_bone = incoming
-        age_syr += r_room * dt
-        v_bone = v_bone_new
+    # ------------------------------------------------------------------ views of the state
+    def cement_fraction_grid(self) -> np.ndarray:
+        """The cement fraction of the pore space now, on the bone grid (0 outside the porous cells)."""
+        return _to_grid(self.graph, self.state.saturation, 0.0)
 
-        mu_tip = float(np.dot(src_unit, mu_c))
-        for key_, val in (
-            ("t", t + dt), ("dt", dt), ("inj", v_inj), ("q", q), ("pn", p_needle), ("ps", p_syr),
-            ("pc", dp_can), ("mun", mu_tip), ("ageb", age_bone), ("ages", age_syr), ("vb", v_bone_new),
-            ("lc", c_leak), ("lm", m_leak), ("qc", qc_exit), ("qm", qm_exit), ("pv", p_vein),
-        ):  # fmt: skip
-            rows[key_].append(val)
-        s = s_new
-        t = t + dt
-        step += 1
-        if next_snap is not None and t >= next_snap * (1.0 - 1e-12):
-            snapshots.append((t, _to_grid(graph, s, 0.0).astype(np.float32)))
-            while next_snap <= t * (1.0 + 1e-12):
-                next_snap += control.snapshot_interval_s
-        if progress is not None:
-            progress(min(v_inj / v_target, 1.0))
-        if last:
-            stop_reason = "target_volume"
+    def result(self, stop_reason: str) -> InjectionResult:
+        """Everything the injection produced, once it has ended for ``stop_reason``."""
+        st, rows, n_exits = self.state, self._rows, self.n_exits
+        nt = len(rows["t"])
+
+        def col(k: str) -> np.ndarray:
+            return np.asarray(rows[k], dtype=np.float64)
+
+        def mat(k: str) -> np.ndarray:
+            return np.asarray(rows[k], dtype=np.float64).reshape(nt, n_exits)
+
+        stats = self.solver.stats.as_dict()
+        stats.update(
+            pressure_solver=self.pressure_solver_name,
+            pressure_time_s=self._t_pressure,
+            transport_time_s=self._t_transport,
+            wall_time_s=time.perf_counter() - self._wall0,
+            n_cells=self.graph.n,
+            n_faces=self.graph.n_faces,
+            n_isolated_cells=self.graph.n_isolated,
+            max_cement_unknowns=self._max_cement_unknowns,
+            max_relative_flux_imbalance=self._max_imbalance,
+            max_saturation=float(st.saturation.max()) if self.graph.n else 0.0,
+        )
+        shift = float(self._p_vein_last.mean()) if self._p_vein_last is not None else 0.0
+        bone = self.bone
+        return InjectionResult(
+            method=self.method,
+            spacing_m=self.h,
+            origin_m=np.asarray(bone.origin_m, dtype=np.float64),
+            times_s=col("t"),
+            dt_s=col("dt"),
+            injected_volume_m3=col("inj"),
+            injection_rate_m3_s=col("q"),
+            needle_pressure_pa=col("pn"),
+            syringe_pressure_pa=col("ps"),
+            cannula_pressure_drop_pa=col("pc"),
+            needle_viscosity_pa_s=col("mun"),
+            cement_age_bone_s=col("ageb"),
+            cement_age_syringe_s=col("ages"),
+            cement_in_bone_series_m3=col("vb"),
+            cement_leaked_series_m3=col("lc"),
+            marrow_leaked_series_m3=col("lm"),
+            exit_names=[e.name for e in bone.exits],
+            exit_kinds=[e.kind for e in bone.exits],
+            exit_cement_flux_m3_s=mat("qc"),
+            exit_marrow_flux_m3_s=mat("qm"),
+            exit_pressure_pa=mat("pv"),
+            exit_cement_volume_m3=st.exit_cement_m3,
+            exit_marrow_volume_m3=st.exit_marrow_m3,
+            leak_onset_s=st.exit_onset_s,
+            cement_fraction=self.cement_fraction_grid(),
+            arrival_time_s=_to_grid(self.graph, st.arrival_s, np.nan),
+            pressure_pa=_to_grid(self.graph, st.pressure_shifted + shift, np.nan),
+            stop_reason=stop_reason,
+            end_time_s=st.t,
+            n_steps=st.step,
+            n_pressure_solves=self.solver.stats.n_solves,
+            cement_in_bone_m3=st.cement_in_bone_m3,
+            cement_leaked_m3=float(st.exit_cement_m3.sum()),
+            marrow_leaked_m3=float(st.exit_marrow_m3.sum()),
+            max_mass_balance_error=max(self._max_err_c, self._max_err_m),
+            max_cement_mass_balance_error=self._max_err_c,
+            max_marrow_mass_balance_error=self._max_err_m,
+            solver_stats=stats,
+        )
+
+
+_ROW_KEYS = (
+    "t",
+    "dt",
+    "inj",
+    "q",
+    "pn",
+    "ps",
+    "pc",
+    "mun",
+    "ageb",
+    "ages",
+    "vb",
+    "lc",
+    "lm",
+    "qc",
+    "qm",
+    "pv",
+)
+
+
+def run_injection(
+    bone: BoneGrid,
+    needle: Needle,
+    cement: CementModel,
+    clock: CureClock,
+    marrow_viscosity_pa_s: float,
+    control: InjectionControl,
+    coupling: ExitCoupling,
+    method: str = "front",
+    cfl: float = 0.8,
+    pressure_solver: str = "auto",
+    exchange: ForamenPoiseuille | None = None,
+    stop_requested: Callable[[float], bool] | None = None,
+    on_step: Callable[[InjectionSolver], None] | None = None,
+    progress: Callable[[float], None] | None = None,
+    max_step_s: float | None = None,
+    max_steps: int = 2_000_000,
+) -> InjectionResult:
+    """Inject cement into ``bone`` through ``needle`` until the control, a limit or a stop request.
+
+    ``stop_requested(t)`` is polled before every step (the operator's stop policy).
+
+    ``on_step(solver)`` is called after every step (outputs, coupling); ``max_step_s`` optionally
+    caps the time step (finer time series); ``max_steps`` guards against runaway step counts.
+    """
+    solver = InjectionSolver(
+        bone, needle, cement, clock, marrow_viscosity_pa_s, control, coupling, method=method, cfl=cfl,
+        pressure_solver=pressure_solver, exchange=exchange, max_step_s=max_step_s, max_steps=max_steps,
+    )  # fmt: skip
+    return drive_injection(solver, stop_requested, on_step, progress)
+
+
+def drive_injection(
+    solver: InjectionSolver,
+    stop_requested: Callable[[float], bool] | None = None,
+    on_step: Callable[[InjectionSolver], None] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> InjectionResult:
+    """Step ``solver`` until the control, a limit or ``stop_requested(t)`` ends the injection.
+
+    ``stop_requested`` is polled before every step, ``on_step(solver)`` called after every step that
+    advanced, ``progress`` given the injected fraction of the target volume.
+    """
+    target = float(solver.control.target_volume_m3)
+    while True:
+        if stop_requested is not None and stop_requested(solver.state.t):
+            reason = "stop_signal"
             break
-
-    if not snapshots or snapshots[-1][0] != t:
-        snapshots.append((t, _to_grid(graph, s, 0.0).astype(np.float32)))
-    nt = len(rows["t"])
-
-    def col(k: str) -> np.ndarray:
-        return np.asarray(rows[k], dtype=np.float64)
-
-    def mat(k: str) -> np.ndarray:
-        return np.asarray(rows[k], dtype=np.float64).reshape(nt, n_exits)
-
-    stats = solver.stats.as_dict()
-    stats.update(
-        pressure_solver=pressure_solver,
-        pressure_time_s=t_pressure,
-        transport_time_s=t_transport,
-        wall_time_s=time.perf_counter() - wall0,
-        n_cells=n,
-        n_faces=graph.n_faces,
-        n_isolated_cells=graph.n_isolated,
-        max_cement_unknowns=max_cement_unknowns,
-        max_relative_flux_imbalance=max_imbalance,
-        max_saturation=float(s.max()) if n else 0.0,
-    )
-    p_out = p_shifted + (float(rows["pv"][-1].mean()) if nt else 0.0)
-    return InjectionResult(
-        method=method,
-        spacing_m=h,
-        origin_m=np.asarray(bone.origin_m, dtype=np.float64),
-        times_s=col("t"),
-        dt_s=col("dt"),
-        injected_volume_m3=col("inj"),
-        injection_rate_m3_s=col("q"),
-        needle_pressure_pa=col("pn"),
-        syringe_pressure_pa=col("ps"),
-        cannula_pressure_drop_pa=col("pc"),
-        needle_viscosity_pa_s=col("mun"),
-        cement_age_bone_s=col("ageb"),
-        cement_age_syringe_s=col("ages"),
-        cement_in_bone_series_m3=col("vb"),
-        cement_leaked_series_m3=col("lc"),
-        marrow_leaked_series_m3=col("lm"),
-        exit_names=[e.name for e in bone.exits],
-        exit_kinds=[e.kind for e in bone.exits],
-        exit_cement_flux_m3_s=mat("qc"),
-        exit_marrow_flux_m3_s=mat("qm"),
-        exit_pressure_pa=mat("pv"),
-        exit_cement_volume_m3=leaked_c,
-        exit_marrow_volume_m3=leaked_m,
-        leak_onset_s=onset,
-        cement_fraction=_to_grid(graph, s, 0.0),
-        arrival_time_s=_to_grid(graph, arrival, np.nan),
-        pressure_pa=_to_grid(graph, p_out, np.nan) if nt else _to_grid(graph, p_shifted, np.nan),
-        snapshots=snapshots,
-        stop_reason=stop_reason,
-        end_time_s=t,
-        n_steps=step,
-        n_pressure_solves=solver.stats.n_solves,
-        cement_in_bone_m3=v_bone,
-        cement_leaked_m3=float(leaked_c.sum()),
-        marrow_leaked_m3=float(leaked_m.sum()),
-        max_mass_balance_error=max(max_err_c, max_err_m),
-        max_cement_mass_balance_error=max_err_c,
-        max_marrow_mass_balance_error=max_err_m,
-        solver_stats=stats,
-    )
+        reason = solver.limit_reached()
+        if reason:
+            break
+        reason = solver.step()
+        if reason == "pressure_limit":  # nothing advanced
+            break
+        if on_step is not None:
+            on_step(solver)
+        if progress is not None:
+            progress(min(solver.state.injected_m3 / target, 1.0))
+        if reason:
+            break
+    return solver.result(reason)
 
 
 def _to_grid(graph, values: np.ndarray, fill: float) -> np.ndarray:

@@ -40,11 +40,12 @@ import numpy as np
 
 from sim.core.errors import ConfigError, GeometryError
 from sim.core.geometry_data import load_geometry_yaml
+from sim.core.labels import LOBE_NAMES
+from sim.core.parameters import LungParams
+from sim.core.units import L_PER_MIN_M3_PER_S, MM_M, MMHG_PA
 
 DATA_FILE = "pulmonary/pulmonary_arteries.yaml"
-LOBE_NAMES: tuple[str, ...] = ("RUL", "RML", "RLL", "LUL", "LLL")
 QANADLI_MAX = 40  # 20 segmental arteries x weight 2
-MM = 1.0e-3
 
 
 def load_pulmonary_data() -> dict[str, Any]:
@@ -65,7 +66,7 @@ def huang_order_table(data: dict[str, Any] | None = None) -> tuple[np.ndarray, n
     data = data or load_pulmonary_data()
     table = data["huang1996_orders"]
     orders = np.array(sorted(int(k) for k in table), dtype=np.int64)
-    diam = np.array([float(table[k][0]) for k in orders]) * MM
+    diam = np.array([float(table[k][0]) for k in orders]) * MM_M
     orders = np.append(orders, orders[-1] + 1)
     diam = np.append(diam, diam[-1] / 0.637)
     return orders, diam
@@ -118,10 +119,6 @@ class PulmonaryTree:
     @property
     def max_depth(self) -> int:
         return int(self.depth.max())
-
-    @property
-    def max_children(self) -> int:
-        return int(np.diff(self.child_ptr).max())
 
     def children(self, v: int) -> np.ndarray:
         return self.child_idx[self.child_ptr[v] : self.child_ptr[v + 1]]
@@ -310,7 +307,7 @@ class LungMetrics:
             pvr_baseline_wood=self.pvr_baseline_pa_s_m3 / WOOD_UNIT,
             pvr_wood=self.pvr_pa_s_m3 / WOOD_UNIT,
             pvr_rise_fraction=self.pvr_rise_fraction,
-            mpap_mmhg=self.mpap_pa / 133.322387415,
+            mpap_mmhg=self.mpap_pa / MMHG_PA,
             n_occluded_vessels=self.n_occluded,
             qanadli_index=self.qanadli_index,
             qanadli_percent=self.qanadli_percent,
@@ -320,7 +317,7 @@ class LungMetrics:
         return out
 
 
-WOOD_UNIT = 133.322387415 * 60.0 / 1.0e-3  # 1 mmHg min / L in Pa s / m^3
+WOOD_UNIT = MMHG_PA / L_PER_MIN_M3_PER_S  # 1 mmHg min / L in Pa s / m^3
 
 
 def lobe_perfusion(tree: PulmonaryTree, flows: np.ndarray) -> np.ndarray:
@@ -383,12 +380,6 @@ def lung_metrics(tree: PulmonaryTree, occluded: np.ndarray) -> LungMetrics:
 # ------------------------------------------------------------------------------------ builder
 
 
-def _require(lungs_si: dict[str, Any], key: str) -> float:
-    if key not in lungs_si or lungs_si[key] is None:
-        raise ConfigError(f"lungs: missing '{key}' in the SI lungs section")
-    return float(lungs_si[key])
-
-
 def _segment_plan(
     data: dict[str, Any], m: float
 ) -> tuple[list[tuple[int, str, np.ndarray, float]], np.ndarray]:
@@ -408,9 +399,9 @@ def _segment_plan(
 
 def _lung_points(spec: dict[str, Any], n: int, rng: np.random.Generator) -> np.ndarray:
     """Uniform points (m) in a half-ellipsoidal lung volume (see the YAML layout notes)."""
-    cx, cy = (float(v) * MM for v in spec["center_xy_mm"])
-    ax, ay = (float(v) * MM for v in spec["semi_axes_xy_mm"])
-    z0, z1 = float(spec["z_base_mm"]) * MM, float(spec["z_apex_mm"]) * MM
+    cx, cy = (float(v) * MM_M for v in spec["center_xy_mm"])
+    ax, ay = (float(v) * MM_M for v in spec["semi_axes_xy_mm"])
+    z0, z1 = float(spec["z_base_mm"]) * MM_M, float(spec["z_apex_mm"]) * MM_M
     out = np.empty((0, 3))
     while out.shape[0] < n:
         u = rng.random((2 * n, 3))
@@ -427,12 +418,12 @@ def _lobe_of_points(points: np.ndarray, right: bool, layout: dict[str, Any]) -> 
     """Lobe index of lung points from the oblique / horizontal fissure planes."""
     key = "right_oblique" if right else "left_oblique"
     ob = layout[key]
-    z_fissure = float(ob["z_posterior_mm"]) * MM - float(ob["slope"]) * (
-        float(ob["y_posterior_mm"]) * MM - points[:, 1]
+    z_fissure = float(ob["z_posterior_mm"]) * MM_M - float(ob["slope"]) * (
+        float(ob["y_posterior_mm"]) * MM_M - points[:, 1]
     )
     lower = points[:, 2] < z_fissure
     if right:
-        upper = points[:, 2] >= float(layout["right_horizontal_z_mm"]) * MM
+        upper = points[:, 2] >= float(layout["right_horizontal_z_mm"]) * MM_M
         return np.where(lower, 2, np.where(upper, 0, 1))
     return np.where(lower, 4, 3)
 
@@ -566,33 +557,28 @@ def _grow_murray(
     return gens_parent, gens_d
 
 
-def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> PulmonaryTree:
-    """Seeded pulmonary arterial tree from ``scenario.si()['lungs']``.
-
-    Uses ``cutoff_diameter_m``, ``mean_pap_pa``, ``left_atrial_pressure_pa``, ``posture`` and,
-    if present, ``cardiac_output_m3_per_s`` / ``blood_viscosity_pa_s`` (defaults from the data
-    file: 5 L/min, 3.5 mPa s).
-    """
+def build_pulmonary_tree(lungs: LungParams, rng: np.random.Generator) -> PulmonaryTree:
+    """Seeded pulmonary arterial tree for ``lungs`` (cutoff, pressures, posture, cardiac output, blood)."""
     data = load_pulmonary_data()
-    cutoff = _require(lungs_si, "cutoff_diameter_m")
-    mpap = _require(lungs_si, "mean_pap_pa")
-    lap = _require(lungs_si, "left_atrial_pressure_pa")
-    posture = str(lungs_si.get("posture", "supine"))
+    cutoff = float(lungs.cutoff_diameter_m)
+    mpap = float(lungs.mean_pap_pa)
+    lap = float(lungs.left_atrial_pressure_pa)
+    posture = str(lungs.posture)
     if posture not in data["posture_down_vector"]:
         raise ConfigError(
             f"lungs.posture = {posture!r}: expected one of {', '.join(data['posture_down_vector'])}"
         )
     if not mpap > lap:
         raise ConfigError(f"lungs: mean_pap ({mpap:.0f} Pa) must exceed left_atrial_pressure ({lap:.0f} Pa)")
-    co = float(lungs_si.get("cardiac_output_m3_per_s") or data["cardiac_output_l_per_min"] * 1e-3 / 60.0)
-    mu = float(lungs_si.get("blood_viscosity_pa_s") or data["blood_viscosity_pa_s"])
+    co = float(lungs.cardiac_output_m3_per_s)
+    mu = float(lungs.blood_viscosity_pa_s)
     m = float(data["murray_exponent"])
     _, huang_d = huang_order_table(data)
     orders_tab, _ = huang_order_table(data)
     d13 = float(huang_d[orders_tab == 13][0])
     if not cutoff < 0.5 * d13:
         raise ConfigError(
-            f"lungs.cutoff_diameter = {cutoff * 1e3:.2f} mm: must be below {0.5 * d13 * 1e3:.2f} mm"
+            f"lungs.cutoff_diameter = {cutoff / MM_M:.2f} mm: must be below {0.5 * d13 / MM_M:.2f} mm"
         )
 
     plan, lobe_frac = _segment_plan(data, m)
@@ -606,18 +592,18 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     )
     interlobar_d = (lobe_d[1] ** m + lobe_d[2] ** m) ** (1.0 / m)
     lay = data["layout"]
-    lobar_len = float(data["lobar_length_mm"]) * MM
+    lobar_len = float(data["lobar_length_mm"]) * MM_M
     # id: (parent, diameter, length, lobe, name)
     named = [
         (
             -1,
-            float(data["main_pa"]["diameter_mm"]) * MM,
-            float(data["main_pa"]["length_mm"]) * MM,
+            float(data["main_pa"]["diameter_mm"]) * MM_M,
+            float(data["main_pa"]["length_mm"]) * MM_M,
             -1,
             "main_pa",
         ),
-        (0, float(data["rpa"]["diameter_mm"]) * MM, float(data["rpa"]["length_mm"]) * MM, -1, "rpa"),
-        (0, float(data["lpa"]["diameter_mm"]) * MM, float(data["lpa"]["length_mm"]) * MM, -1, "lpa"),
+        (0, float(data["rpa"]["diameter_mm"]) * MM_M, float(data["rpa"]["length_mm"]) * MM_M, -1, "rpa"),
+        (0, float(data["lpa"]["diameter_mm"]) * MM_M, float(data["lpa"]["length_mm"]) * MM_M, -1, "lpa"),
         (1, lobe_d[0], lobar_len, 0, "RUL_artery"),
         (1, interlobar_d, lobar_len, -1, "right_interlobar"),
         (2, lobe_d[3], lobar_len, 3, "LUL_artery"),
@@ -659,13 +645,13 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     # lengths below the lobar arteries: Olufsen element fit per Murray segment, log-normal scatter
     fit = data["olufsen_length_fit"]
     below = np.arange(n_named, n)
-    r_mm = diam[below] / 2.0 / MM
+    r_mm = diam[below] / 2.0 / MM_M
     scatter = np.exp(0.25 * rng.standard_normal(below.size) - 0.5 * 0.25**2)
     length[below] = (
         float(data["segment_length_factor"])
         * float(fit["coefficient_mm"])
         * r_mm ** float(fit["exponent"])
-        * MM
+        * MM_M
         * scatter
     )
     length[seg_ids] /= float(data["segment_length_factor"])  # a segmental artery is one whole element
@@ -681,7 +667,7 @@ def build_pulmonary_tree(lungs_si: dict[str, Any], rng: np.random.Generator) -> 
     start = np.zeros((n, 3))
     end = np.zeros((n, 3))
     anchors = {
-        k: np.asarray(lay[k], dtype=np.float64) * MM
+        k: np.asarray(lay[k], dtype=np.float64) * MM_M
         for k in ("valve_mm", "bifurcation_mm", "right_hilum_mm", "left_hilum_mm")
     }
     n_leaves = int(is_leaf.sum())

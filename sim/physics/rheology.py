@@ -1,6 +1,6 @@
 """PMMA bone-cement rheology: curing, shear-thinning viscosity, temperature and strength.
 
-Model (DESIGN.md section 2, "Cement rheology"), SI units throughout.
+SI units throughout.
 
 Equivalent age. All cure quantities are functions of the cement's equivalent age ``a``: the
 time after mixing it would have needed at the reference temperature ``T_ref`` to reach its
@@ -63,7 +63,7 @@ the indices of that vector are the ``P_*`` constants below.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numba
@@ -71,7 +71,9 @@ import numpy as np
 from scipy.optimize import brentq
 
 from sim.core.errors import ConfigError
+from sim.core.parameters import CementParams
 from sim.core.units import GAS_CONSTANT
+from sim.physics.laws import register
 
 # Indices of the parameter vector returned by CementModel.as_array().
 P_K_REF = 0
@@ -109,9 +111,14 @@ OVERRIDE_FIELDS = (
 )
 
 
+@register("rheology", "power_law_cure")
 @dataclass(frozen=True)
 class CementModel:
-    """PMMA cement rheology parameters (SI). See the module docstring for the equations."""
+    """PMMA cement rheology parameters (SI). See the module docstring for the equations.
+
+    The ``power_law_cure`` rheology law. Limiting cases (tested): n = 1 and no cure is a Newtonian
+    fluid (Hagen-Poiseuille in the cannula); viscosity grows monotonically with age at fixed shear.
+    """
 
     name: str
     viscosity_ref_pa_s: float  # K at reference age, shear rate 1/s, T_ref (Pa s^n)
@@ -244,8 +251,11 @@ class CementModel:
             return self
         return replace(self, name=f"{self.name}+overrides", **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def from_params(cls, cement: CementParams) -> CementModel:
+        """The preset of ``cement`` with its overrides applied."""
+        model = load_cement_preset(str(cement.preset))
+        return model.with_overrides(cement.overrides.given() if cement.overrides is not None else None)
 
 
 # --------------------------------------------------------------------------- presets
@@ -275,14 +285,6 @@ def load_cement_preset(name: str) -> CementModel:
         return CementModel(name=name, **{k: float(v) for k, v in params.items()})
     except TypeError as exc:
         raise ConfigError(f"geometries/{PRESET_FILE}: preset '{name}': {exc}") from None
-
-
-def cement_model_from_si(cement_si: dict[str, Any]) -> CementModel:
-    """Cement model from ``scenario.si()['cement']``: the preset with its overrides applied."""
-    if "preset" not in cement_si:
-        raise ConfigError("cement: missing 'preset'")
-    model = load_cement_preset(str(cement_si["preset"]))
-    return model.with_overrides(cement_si.get("overrides"))
 
 
 # --------------------------------------------------------------------------- scalar physics

@@ -277,19 +277,6 @@ class CementColumns:
         r = 128.0 * np.maximum(cement_viscosity - mu_b, 0.0) * self.fill_length_m() / (np.pi * d**4)
         return np.where(self.full_bore(), r, 0.0)
 
-    # ------------------------------------------------------------------ shedding
-    def remove_from_tip(self, edge: int, volume_m3: float) -> None:
-        """Take ``volume_m3`` off the front of edge's column (fragment shed); empties cleanly."""
-        if volume_m3 > self.fill_m3[edge] * (1.0 + 1e-12):
-            raise SolverError(
-                f"cannot shed {volume_m3:.3g} m3 from edge {edge} holding {self.fill_m3[edge]:.3g} m3"
-            )
-        self.fill_m3[edge] = max(self.fill_m3[edge] - volume_m3, 0.0)
-
-    def tip_position_m(self, edge: int) -> np.ndarray:
-        """Patient-frame position of the column front in ``edge``."""
-        return point_along(self.network, edge, float(self.fill_length_m()[edge]), int(self.entry_end[edge]))
-
 
 def lumen_fill_fraction(network: VenousNetwork, fill_m3: np.ndarray) -> np.ndarray:
     """Share of each vein's lumen pi d^2 / 4 * L that cement fills, in [0, 1]."""
@@ -307,16 +294,3 @@ def back_pressure(
     if exit_volume_m3 <= 0.0 or dt <= 0.0:
         return 0.0
     return float(np.sum(cement_resistance * through_m3**2) / (exit_volume_m3 * dt))
-
-
-def point_along(network: VenousNetwork, edge: int, s: float, from_end: int) -> np.ndarray:
-    """Point at arc length ``s`` along the edge's polyline measured from end ``from_end`` (0 = u)."""
-    poly = network.polylines[edge]
-    if from_end == 1:
-        poly = poly[::-1]
-    seg = np.linalg.norm(np.diff(poly, axis=0), axis=1)
-    cum = np.concatenate([[0.0], np.cumsum(seg)])
-    s = min(max(s, 0.0), cum[-1])
-    i = int(np.clip(np.searchsorted(cum, s, side="right") - 1, 0, len(seg) - 1))
-    t = (s - cum[i]) / seg[i] if seg[i] > 0 else 0.0
-    return poly[i] + t * (poly[i + 1] - poly[i])

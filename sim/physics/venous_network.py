@@ -21,7 +21,7 @@ the total venous return (= cardiac output); it is not part of the Poiseuille sys
 Boundary flows. Upper-body return = ``svc_upper_body_fraction`` * CO into the SVC; the thoracic
 segmental inflows are calibrated (two linear solves, flows are linear in the sources) so that the
 azygos arch carries ``azygos_flow_m3_per_s`` (320 ml/min in healthy adults, MR bolus imaging,
-parameters.md); the IVC receives the remainder of CO split into lower-body, renal and hepatic
+docs/reference_values.md); the IVC receives the remainder of CO split into lower-body, renal and hepatic
 shares. Hence total venous return = CO exactly.
 """
 
@@ -39,6 +39,7 @@ from scipy.sparse.csgraph import connected_components
 
 from sim.core.errors import ConfigError, GeometryError, SolverError
 from sim.core.geometry_data import load_geometry_yaml
+from sim.core.parameters import VeinParams
 from sim.core.units import ML_PER_MIN_M3_PER_S, MM_M
 from sim.physics.fragment_set import VenousFlowSnapshot
 
@@ -63,16 +64,6 @@ ROUTE_OF_KIND = {
     "right_heart": "heart",
 }
 ROUTES = ("plexus", "segmental", "azygos", "ivc", "heart")
-VEINS_SI_KEYS = (
-    "hemiazygos_present",
-    "diameter_scale",
-    "diameter_scatter",
-    "cardiac_output_m3_per_s",
-    "azygos_flow_m3_per_s",
-    "cvp_pa",
-    "blood_viscosity_pa_s",
-    "blood_density_kg_per_m3",
-)
 
 
 @dataclass
@@ -123,16 +114,6 @@ class VenousNetwork:
         except ValueError:
             raise GeometryError(f"venous network of {self.level} has no node '{name}'") from None
 
-    def edge_index(self, u: str, v: str) -> int:
-        """Index of the edge joining nodes named u and v (either orientation)."""
-        a, b = self.node_index(u), self.node_index(v)
-        hit = np.flatnonzero(
-            ((self.edge_u == a) & (self.edge_v == b)) | ((self.edge_u == b) & (self.edge_v == a))
-        )
-        if hit.size == 0:
-            raise GeometryError(f"venous network of {self.level} has no edge {u} - {v}")
-        return int(hit[0])
-
     def poiseuille_resistance(self, viscosity_pa_s: float | None = None) -> np.ndarray:
         """R = 128 mu L / (pi d^4) per edge in Pa s / m^3 (blood viscosity by default)."""
         mu = self.blood_viscosity_pa_s if viscosity_pa_s is None else viscosity_pa_s
@@ -140,9 +121,6 @@ class VenousNetwork:
 
     def edge_area_m2(self) -> np.ndarray:
         return 0.25 * np.pi * self.edge_diameter_m**2
-
-    def edge_volume_m3(self) -> np.ndarray:
-        return self.edge_area_m2() * self.edge_length_m
 
 
 @dataclass
@@ -234,35 +212,28 @@ def _diameter_mm(spec: dict[str, Any], level: str, region: str, tpl: dict[str, A
     return float(d)
 
 
-def _check_veins_si(veins_si: dict[str, Any]) -> None:
-    missing = [k for k in VEINS_SI_KEYS if k not in veins_si]
-    if missing:
-        raise ConfigError(f"veins settings missing keys: {', '.join(missing)}")
-    for key in VEINS_SI_KEYS[1:]:
-        v = float(veins_si[key])
-        if not np.isfinite(v) or (v < 0.0) or (v == 0.0 and key not in ("diameter_scatter", "cvp_pa")):
-            raise ConfigError(f"veins.{key} = {v} must be positive and finite")
-    if veins_si["azygos_flow_m3_per_s"] >= veins_si["cardiac_output_m3_per_s"]:
+def _check_veins(veins: VeinParams) -> None:
+    if veins.azygos_flow_m3_per_s >= veins.cardiac_output_m3_per_s:
         raise ConfigError(
-            f"veins.azygos_flow ({veins_si['azygos_flow_m3_per_s']:.3g} m3/s) must be below the cardiac "
-            f"output ({veins_si['cardiac_output_m3_per_s']:.3g} m3/s)"
+            f"veins.azygos_flow ({veins.azygos_flow_m3_per_s:.3g} m3/s) must be below the cardiac "
+            f"output ({veins.cardiac_output_m3_per_s:.3g} m3/s)"
         )
 
 
-def build_venous_network(level: str, veins_si: dict[str, Any], rng: np.random.Generator) -> VenousNetwork:
+def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator) -> VenousNetwork:
     """Generate the venous network for treated ``level`` (T5..L5) from the YAML template.
 
-    ``veins_si`` is ``scenario.si()["veins"]``. Diameters are multiplied by ``diameter_scale``
+    Diameters are multiplied by ``diameter_scale``
     and, when ``diameter_scatter`` > 0, by a median-preserving lognormal factor exp(sigma z)
     drawn per edge from ``rng`` (pump edge excluded).
     """
-    _check_veins_si(veins_si)
+    _check_veins(veins)
     tpl = load_geometry_yaml(TEMPLATE)
     levels = level_table(tpl)
     seg_levels = list(tpl["segment_levels"])
     if level not in seg_levels:
         raise ConfigError(f"level '{level}' has no venous template (available: {', '.join(seg_levels)})")
-    hemi = bool(veins_si["hemiazygos_present"])
+    hemi = bool(veins.hemiazygos_present)
     order = [lv for lv in LEVEL_ORDER if lv in seg_levels]
 
     names: list[str] = []
@@ -341,8 +312,8 @@ def build_venous_network(level: str, veins_si: dict[str, Any], rng: np.random.Ge
     pump = np.flatnonzero(edge_kind == "right_heart")
     if pump.size != 1:
         raise GeometryError(f"{TEMPLATE}: expected exactly one right_heart edge, found {pump.size}")
-    d_m = np.asarray(ed) * MM_M * float(veins_si["diameter_scale"])
-    sigma = float(veins_si["diameter_scatter"])
+    d_m = np.asarray(ed) * MM_M * float(veins.diameter_scale)
+    sigma = float(veins.diameter_scatter)
     factors = np.exp(sigma * rng.standard_normal(d_m.size)) if sigma > 0 else np.ones(d_m.size)
     factors[pump[0]] = 1.0
     d_m = d_m * factors
@@ -382,10 +353,10 @@ def build_venous_network(level: str, veins_si: dict[str, Any], rng: np.random.Ge
         pulmonary_trunk=index["pulmonary_trunk"],
         pump_edge=int(pump[0]),
         node_inflow_m3_s=np.zeros(len(names)),
-        ra_pressure_pa=float(veins_si["cvp_pa"]),
-        blood_viscosity_pa_s=float(veins_si["blood_viscosity_pa_s"]),
-        blood_density_kg_per_m3=float(veins_si["blood_density_kg_per_m3"]),
-        cardiac_output_m3_s=float(veins_si["cardiac_output_m3_per_s"]),
+        ra_pressure_pa=float(veins.cvp_pa),
+        blood_viscosity_pa_s=float(veins.blood_viscosity_pa_s),
+        blood_density_kg_per_m3=float(veins.blood_density_kg_per_m3),
+        cardiac_output_m3_s=float(veins.cardiac_output_m3_per_s),
         azygos_edge=az_edge,
         ivc_edge=ivc_edge,
         meta={
@@ -397,7 +368,7 @@ def build_venous_network(level: str, veins_si: dict[str, Any], rng: np.random.Ge
         },
     )
     validate_network(net)
-    _set_boundary_inflows(net, veins_si, phys, index)
+    _set_boundary_inflows(net, veins, phys, index)
     return net
 
 
@@ -443,11 +414,9 @@ def validate_network(net: VenousNetwork) -> None:
         )
 
 
-def _set_boundary_inflows(
-    net: VenousNetwork, veins_si: dict[str, Any], phys: dict[str, Any], index: dict
-) -> None:
-    co = float(veins_si["cardiac_output_m3_per_s"])
-    q_az = float(veins_si["azygos_flow_m3_per_s"])
+def _set_boundary_inflows(net: VenousNetwork, veins: VeinParams, phys: dict[str, Any], index: dict) -> None:
+    co = float(veins.cardiac_output_m3_per_s)
+    q_az = float(veins.azygos_flow_m3_per_s)
     s = np.zeros(net.n_nodes)
     names = net.node_names
     is_wall = net.node_kind == "tributary"

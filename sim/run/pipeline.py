@@ -16,13 +16,26 @@ from typing import Any
 import numpy as np
 
 from sim.core.config import Scenario
+from sim.core.grid import EXIT_KINDS
+from sim.core.parameters import RunParameters
 from sim.core.provenance import provenance
-from sim.core.units import ML_M3, MM_M, MPA_PA
-from sim.run.results import RunResult
+from sim.core.units import KPA_PA, ML_M3, MM_M, MPA_PA, report_units
+from sim.physics.bone import build_vertebral_body, place_needle
+from sim.physics.cure_clock import CureClock
+from sim.physics.fragment_set import LODGED, PASSED_DISTAL, STATUS_NAMES, FragmentSet
+from sim.physics.fragment_transport import TransportResult, transport_fragments
+from sim.physics.injection import InjectionResult, InjectionSolver
+from sim.physics.injection_control import InjectionControl, StopPolicy
+from sim.physics.laws import law_class
+from sim.physics.pulmonary_tree import build_pulmonary_tree
+from sim.physics.venous_network import build_venous_network
+from sim.run.coupling import run_coupled
+from sim.run.recorder import RunRecorder
+from sim.run.results import RunArtifacts, RunResult
+from sim.run.venous_system import VenousSummary, VenousSystem
 
 # Independent random streams, one per stage (order fixed: adding a stage appends a stream).
 STREAMS = ("bone", "veins", "fragmentation", "lungs", "transport")
-LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 
 
 def stage_rngs(seed: int) -> dict[str, np.random.Generator]:
@@ -33,83 +46,62 @@ def stage_rngs(seed: int) -> dict[str, np.random.Generator]:
 
 def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None) -> RunResult:
     """Simulate one vertebroplasty; ``progress`` receives the injected fraction in [0, 1]."""
-    from sim.physics.bone import build_vertebral_body, place_needle
-    from sim.physics.fragment_transport import transport_fragments
-    from sim.physics.injection import InjectionControl, run_injection
-    from sim.physics.pulmonary_tree import build_pulmonary_tree
-    from sim.physics.rheology import cement_model_from_si, equivalent_age_s
-    from sim.physics.venous_network import build_venous_network
-    from sim.run.venous_system import VenousSystem
-
     wall0 = time.perf_counter()
-    si = scenario.si()
-    rngs = stage_rngs(int(si["patient"]["seed"]))
-    level = si["patient"]["level"]
+    params = RunParameters.from_scenario(scenario)
+    rngs = stage_rngs(int(params.patient.seed))
+    laws = params.laws
 
-    cement = cement_model_from_si(si["cement"])
-    age0 = equivalent_age_s(cement, si["cement"]["time_after_mixing_s"], si["cement"]["room_temperature_k"])
-    body_t = si["cement"]["body_temperature_k"]
-
-    bone = build_vertebral_body(level, si["patient"], si["grid"]["spacing_m"], rngs["bone"])
-    needle = place_needle(bone, si["needle"])
-    network = build_venous_network(level, si["veins"], rngs["veins"])
+    cement = law_class("rheology", laws.rheology).from_params(params.cement)
+    c = params.cement
+    clock = CureClock.for_cement(cement, c.time_after_mixing_s, c.room_temperature_k, c.body_temperature_k)
+    permeability = law_class("permeability", laws.permeability).from_params(params.patient)
+    bone = build_vertebral_body(params.patient, params.grid.spacing_m, rngs["bone"], permeability)
+    needle = place_needle(bone, params.needle)
+    network = build_venous_network(params.patient.level, params.veins, rngs["veins"])
     venous = VenousSystem(
         network,
         bone.exits,
-        cement=cement,
-        cement_age_at_start_s=age0,
-        body_temperature_k=body_t,
-        fluoroscopy_si=si["fluoroscopy"],
-        fragmentation_si=si["fragmentation"],
-        stop_after_leak_s=si["injection"]["stop_after_leak_s"],
-        rng=rngs["fragmentation"],
+        cement,
+        clock,
+        params.fluoroscopy,
+        law_class("fragmentation", laws.fragmentation).from_params(params.fragmentation),
+        rngs["fragmentation"],
         bone=bone,
-        room_temperature_k=si["cement"]["room_temperature_k"],
     )
-    inj_si = si["injection"]
-    control = InjectionControl(
-        mode=inj_si["mode"],
-        rate_m3_per_s=inj_si["rate_m3_per_s"],
-        max_syringe_pressure_pa=inj_si["max_syringe_pressure_pa"],
-        target_volume_m3=inj_si["volume_m3"],
-        max_duration_s=inj_si["max_duration_s"],
-        age_at_start_s=age0,
-        body_temperature_k=body_t,
-        room_temperature_k=si["cement"]["room_temperature_k"],
-        snapshot_interval_s=si["output"]["vtk_interval_s"] if si["output"]["vtk"] else None,
-    )
-    injection = run_injection(
+    solver = InjectionSolver(
         bone,
         needle,
         cement,
-        si["veins"]["marrow_viscosity_pa_s"],
-        control,
+        clock,
+        params.veins.marrow_viscosity_pa_s,
+        InjectionControl.from_params(params.injection),
         venous,
-        method=si["grid"]["method"],
-        cfl=si["grid"]["cfl"],
-        pressure_solver=si["grid"]["pressure_solver"],
-        progress=progress,
+        method=params.grid.method,
+        cfl=params.grid.cfl,
+        pressure_solver=params.grid.pressure_solver,
+        exchange=law_class("exchange", laws.exchange).from_params(),
     )
-    venous.finish(injection.end_time_s, inj_si["follow_up_s"])
+    out = params.output
+    recorder = RunRecorder(bone_interval_s=out.vtk_interval_s if out.vtk else None)
+    coupled = run_coupled(
+        solver, venous, StopPolicy.from_params(params.stop), recorder, params.injection.follow_up_s, progress
+    )
+    injection = coupled.injection
 
-    # The tree carries the same cardiac output and blood as the venous side.
-    lungs_si = {
-        **si["lungs"],
-        "cardiac_output_m3_per_s": si["veins"]["cardiac_output_m3_per_s"],
-        "blood_viscosity_pa_s": si["veins"]["blood_viscosity_pa_s"],
-    }
-    tree = build_pulmonary_tree(lungs_si, rngs["lungs"])
+    tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
+    lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     transport = transport_fragments(
-        venous.fragments, venous.flow_snapshot(), tree, cement, body_t, lungs_si, rngs["transport"]
-    )
+        venous.fragments, venous.flow_snapshot(), tree, cement, clock, params.lungs, rngs["transport"],
+        lodging,
+    )  # fmt: skip
 
-    summary = _summary(injection, venous, transport)
+    summary = _summary(injection, venous.summary(), coupled.stop_time_s, transport)
     summary["wall_time_s"] = time.perf_counter() - wall0
-    result = RunResult(
+    return RunResult(
         scenario=scenario,
         summary=summary,
-        time_series=_time_series(injection, venous),
-        emboli=_emboli_table(transport),
+        time_series=_time_series(injection, recorder),
+        emboli=emboli_table(transport),
         fragments=_fragment_table(venous.fragments),
         fields={
             "cement_fraction": injection.cement_fraction.astype(np.float32),
@@ -117,17 +109,17 @@ def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = 
             "pressure_pa": injection.pressure_pa.astype(np.float32),
             "porosity": bone.porosity.astype(np.float32),
         },
-        provenance=provenance(int(si["patient"]["seed"])),
-        artifacts={
-            "bone": bone,
-            "needle": needle,
-            "injection": injection,
-            "venous": venous,
-            "tree": tree,
-            "transport": transport,
-        },
+        provenance=provenance(int(params.patient.seed)),
+        artifacts=RunArtifacts(
+            bone=bone,
+            needle=needle,
+            injection=injection,
+            venous=venous,
+            recording=recorder,
+            tree=tree,
+            transport=transport,
+        ),
     )
-    return result
 
 
 def write_run(result: RunResult, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -149,42 +141,39 @@ def _nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _summary(injection: Any, venous: Any, transport: Any) -> dict[str, Any]:
+def _summary(
+    injection: InjectionResult, vs: VenousSummary, stop_time_s: float | None, transport: TransportResult
+) -> dict[str, Any]:
     """Scalar metrics of a run in report units (ml, s, kPa, MPa, mm^3)."""
-    from sim.physics.fragment_set import LODGED, PASSED_DISTAL
-
-    vs = venous.summary()
     emb = transport.emboli
     lodged = emb["status"] == LODGED
     lobe_names = transport.metrics.lobe_names
     right = np.isin(emb["lobe"], [i for i, n in enumerate(lobe_names) if n.startswith("R")])
     t = injection.times_s
     vol = injection.injected_volume_m3
-    det = vs["detection_time_s"]
+    det = vs.detection_time_s
     after = float(vol[-1] - np.interp(det, t, vol, left=0.0)) if det is not None and len(t) else 0.0
     out: dict[str, Any] = {
         "stop_reason": injection.stop_reason,
         "injected_volume_ml": injection.injected_m3 / ML_M3,
         "injection_duration_s": float(injection.end_time_s),
-        "leak_onset_s": _nan(vs["leak_onset_s"]),
+        "leak_onset_s": _nan(vs.leak_onset_s),
         "detection_time_s": _nan(det),
-        "stop_time_s": _nan(vs["stop_time_s"]),
+        "stop_time_s": _nan(stop_time_s),
         "injected_after_detection_ml": after / ML_M3,
-        "leaked_volume_ml": vs["leaked_cement_m3"] / ML_M3,
-        "leaked_basivertebral_ml": vs.get("leaked_basivertebral_m3", 0.0) / ML_M3,
-        "leaked_anterior_ml": vs.get("leaked_anterior_m3", 0.0) / ML_M3,
-        "leaked_lateral_ml": vs.get("leaked_lateral_m3", 0.0) / ML_M3,
-        "leaked_to_azygos_ml": vs["route_azygos_m3"] / ML_M3,
-        "leaked_to_ivc_ml": vs["route_ivc_m3"] / ML_M3,
-        "leaked_in_plexus_ml": vs["route_plexus_m3"] / ML_M3,
-        "leaked_in_segmental_ml": vs["route_segmental_m3"] / ML_M3,
-        "marrow_leaked_ml": vs["leaked_marrow_m3"] / ML_M3,
+        "leaked_volume_ml": vs.leaked_cement_m3 / ML_M3,
+        **{f"leaked_{kind}_ml": vs.leaked_by_exit_kind_m3.get(kind, 0.0) / ML_M3 for kind in EXIT_KINDS},
+        "leaked_to_azygos_ml": vs.leaked_by_route_m3["azygos"] / ML_M3,
+        "leaked_to_ivc_ml": vs.leaked_by_route_m3["ivc"] / ML_M3,
+        "leaked_in_plexus_ml": vs.leaked_by_route_m3["plexus"] / ML_M3,
+        "leaked_in_segmental_ml": vs.leaked_by_route_m3["segmental"] / ML_M3,
+        "marrow_leaked_ml": vs.leaked_marrow_m3 / ML_M3,
         "cement_in_bone_ml": injection.cement_in_bone_m3 / ML_M3,
-        "cement_in_veins_ml": vs["vein_cement_m3"] / ML_M3,
-        "max_needle_pressure_kpa": float(np.max(injection.needle_pressure_pa, initial=0.0)) / 1e3,
+        "cement_in_veins_ml": vs.vein_cement_m3 / ML_M3,
+        "max_needle_pressure_kpa": float(np.max(injection.needle_pressure_pa, initial=0.0)) / KPA_PA,
         "max_syringe_pressure_mpa": float(np.max(injection.syringe_pressure_pa, initial=0.0)) / MPA_PA,
-        "n_fragments": int(vs["fragments_shed"]),
-        "fragment_volume_ml": vs["fragment_volume_m3"] / ML_M3,
+        "n_fragments": int(vs.fragments_shed),
+        "fragment_volume_ml": vs.fragment_volume_m3 / ML_M3,
         "n_emboli": int(lodged.sum()),
         "embolised_volume_ml": float(emb["volume_m3"][lodged].sum()) / ML_M3,
         "n_emboli_right": int((lodged & right).sum()),
@@ -199,15 +188,15 @@ def _summary(injection: Any, venous: Any, transport: Any) -> dict[str, Any]:
         pvr_rise_fraction=float(m.pvr_rise_fraction),
         qanadli_index=int(m.qanadli_index),
         n_occluded_vessels=int(m.n_occluded),
-        mass_balance_error=max(float(injection.max_mass_balance_error), float(vs["mass_balance_error"])),
+        mass_balance_error=max(float(injection.max_mass_balance_error), float(vs.mass_balance_error)),
     )
     return out
 
 
-def _time_series(injection: Any, venous: Any) -> dict[str, np.ndarray]:
+def _time_series(injection: InjectionResult, recorder: RunRecorder) -> dict[str, np.ndarray]:
     """Injection time series in report units, with venous quantities interpolated onto its times."""
     t = injection.times_s
-    vts = venous.time_series()
+    vts = recorder.venous_series()
 
     def on_t(key: str) -> np.ndarray:
         if key not in vts or len(vts[key]) == 0:
@@ -218,7 +207,7 @@ def _time_series(injection: Any, venous: Any) -> dict[str, np.ndarray]:
         "t_s": t,
         "injected_volume_ml": injection.injected_volume_m3 / ML_M3,
         "injection_rate_ml_per_s": injection.injection_rate_m3_s / ML_M3,
-        "needle_pressure_kpa": injection.needle_pressure_pa / 1e3,
+        "needle_pressure_kpa": injection.needle_pressure_pa / KPA_PA,
         "syringe_pressure_mpa": injection.syringe_pressure_pa / MPA_PA,
         "cement_in_bone_ml": injection.cement_in_bone_series_m3 / ML_M3,
         "leaked_volume_ml": injection.cement_leaked_series_m3 / ML_M3,
@@ -229,43 +218,34 @@ def _time_series(injection: Any, venous: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _emboli_table(transport: Any) -> dict[str, np.ndarray]:
+# columns of the emboli table (transport's SI names, in file order); lobe and status as labels
+EMBOLI_COLUMNS = (
+    "fragment_id", "status", "volume_m3", "length_m", "diameter_m", "branched", "saddle", "vessel_id",
+    "vessel_diameter_m", "lobe", "order", "time_s", "heart_arrival_s", "x_m", "y_m", "z_m",
+)  # fmt: skip
+FRAGMENT_COLUMNS = (
+    "birth_time_s",
+    "edge",
+    "diameter_m",
+    "length_m",
+    "volume_m3",
+    "cure_age_s",
+    "branched",
+    "status",
+)
+
+
+def emboli_table(transport: TransportResult) -> dict[str, np.ndarray]:
     """Emboli table (one row per fragment that reached the lungs or stopped) in report units."""
-    from sim.physics.fragment_set import STATUS_NAMES
-
-    emb = transport.emboli
+    emb = dict(transport.emboli)
     names = transport.metrics.lobe_names
-    lobe = np.array([names[i] if i >= 0 else "" for i in emb["lobe"]], dtype=object)
-    status = np.array([STATUS_NAMES.get(int(s), str(s)) for s in emb["status"]], dtype=object)
-    return {
-        "fragment_id": emb["fragment_id"],
-        "status": status,
-        "volume_mm3": emb["volume_m3"] / MM_M**3,
-        "length_mm": emb["length_m"] / MM_M,
-        "diameter_mm": emb["diameter_m"] / MM_M,
-        "branched": emb["branched"],
-        "saddle": emb["saddle"],
-        "vessel_id": emb["vessel_id"],
-        "vessel_diameter_mm": emb["vessel_diameter_m"] / MM_M,
-        "lobe": lobe,
-        "order": emb["order"],
-        "time_s": emb["time_s"],
-        "heart_arrival_s": emb["heart_arrival_s"],
-        "x_mm": emb["x_m"] / MM_M,
-        "y_mm": emb["y_m"] / MM_M,
-        "z_mm": emb["z_m"] / MM_M,
-    }
+    emb["lobe"] = np.array([names[i] if i >= 0 else "" for i in emb["lobe"]], dtype=object)
+    emb["status"] = np.array([STATUS_NAMES.get(int(s), str(s)) for s in emb["status"]], dtype=object)
+    return dict(report_units(k, emb[k]) for k in EMBOLI_COLUMNS)
 
 
-def _fragment_table(fragments: Any) -> dict[str, np.ndarray]:
-    return {
-        "fragment_id": np.arange(len(fragments)),
-        "birth_time_s": fragments.birth_time_s,
-        "edge": fragments.edge,
-        "diameter_mm": fragments.diameter_m / MM_M,
-        "length_mm": fragments.length_m / MM_M,
-        "volume_mm3": fragments.volume_m3 / MM_M**3,
-        "cure_age_s": fragments.cure_age_s,
-        "branched": fragments.branched,
-        "status": fragments.status,
-    }
+def _fragment_table(fragments: FragmentSet) -> dict[str, np.ndarray]:
+    cols = fragments.as_columns()
+    return {"fragment_id": np.arange(len(fragments))} | dict(
+        report_units(k, cols[k]) for k in FRAGMENT_COLUMNS
+    )

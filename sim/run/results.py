@@ -19,13 +19,34 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
+
+if TYPE_CHECKING:  # the stage types, without importing the physics (numba) into light tools
+    from sim.core.grid import BoneGrid, Needle
+    from sim.physics.fragment_transport import TransportResult
+    from sim.physics.injection import InjectionResult
+    from sim.physics.pulmonary_tree import PulmonaryTree
+    from sim.run.recorder import RunRecorder
+    from sim.run.venous_system import VenousSystem
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """The stage objects of a run, for ParaView files and images (not serialised)."""
+
+    bone: BoneGrid
+    needle: Needle
+    injection: InjectionResult
+    venous: VenousSystem
+    recording: RunRecorder
+    tree: PulmonaryTree
+    transport: TransportResult
 
 
 @dataclass
@@ -39,7 +60,7 @@ class RunResult:
     fragments: dict[str, np.ndarray] = field(default_factory=dict)
     fields: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, Any] = field(default_factory=dict)  # stage objects for VTK/PNG; not serialised
+    artifacts: RunArtifacts | None = None  # stage objects for VTK/PNG; not serialised
 
     def write(
         self,
@@ -127,23 +148,6 @@ def write_table_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
         w.writerow(names)
         for row in zip(*[a.tolist() for a in arrays], strict=True):
             w.writerow([repr(v) if isinstance(v, float) else v for v in row])
-
-
-def read_table_csv(path: Path) -> dict[str, np.ndarray]:
-    """Read a CSV written by :func:`write_table_csv` (numeric columns become float arrays)."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        return {}
-    header, body = rows[0], rows[1:]
-    out: dict[str, np.ndarray] = {}
-    for i, name in enumerate(header):
-        col = [r[i] for r in body]
-        try:
-            out[name] = np.array([float(v) for v in col])
-        except ValueError:
-            out[name] = np.array(col, dtype=object)
-    return out
 
 
 def write_table_parquet(path: Path, columns: dict[str, np.ndarray]) -> None:

@@ -1,16 +1,17 @@
 """VenousSystem: the venous side of the bone <-> vein coupling (implements ``ExitCoupling``).
 
 Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t)``, then
-``accept_flux(t, dt, q_cement, q_marrow)`` with the volumes that left the bone through each exit,
-then ``stop_requested(t)``.
+``accept_flux(t, dt, q_cement, q_marrow)`` with the volumes that left the bone through each exit.
 ``accept_flux``:
 1. pushes each exit's cement volume into the venous graph at the exit's node
    (:class:`sim.physics.vein_columns.CementColumns`); marrow is tallied (it mixes with blood);
 2. updates the cement viscosity per edge (rheology at the venous cement's equivalent age and the
    wall shear rate 8 u / d of the pushed column) and re-solves blood flow with the columns'
    extra resistance (:func:`sim.physics.venous_network.solve_blood_flow`);
-3. sheds fragments where blood loads beat the cement's strength (:mod:`sim.physics.fragmentation`);
-4. takes the fluoroscopy frames due (:class:`sim.physics.fluoroscopy.LeakDetector`);
+3. sheds fragments by the fragmentation law (``laws.fragmentation``, :mod:`sim.physics.fragmentation`);
+4. takes the fluoroscopy frames due (:class:`sim.physics.fluoroscopy.LeakDetector`): the venous
+   side reports when a leak is seen; the operator's stop policy
+   (:class:`sim.physics.injection_control.StopPolicy`) decides what that means;
 5. updates what the bone sees at each exit. Pressure: one static venous pressure, the mean of the
    exit nodes' blood pressures, the same at every exit (intraosseous pressure is one venous
    pressure; see :meth:`VenousSystem._static_exit_pressure`). Resistance: R_col = dp / q of the
@@ -22,14 +23,14 @@ then ``stop_requested(t)``.
 
 The vein leaving through each foramen is given the foramen's diameter (:func:`fit_exit_veins`).
 
-Cement age in the veins: cement leaves the syringe with the syringe's equivalent age
-a0 + r_room t_in (it waited at room temperature) and ages at r_body = rheology.age_rate(T_body) in
-the veins; one clock for all vein cement, the volume-weighted mean a(t) = offset + r_body t. This
-treats leaked cement as fresh from the syringe (cement that sat in the bone first is older).
+Cement age in the veins (:mod:`sim.physics.cure_clock`): cement leaves the syringe with the
+syringe's age and ages at the body rate in the veins; the veins hold one pool, the volume-weighted
+mean age. This treats leaked cement as fresh from the syringe (cement that sat in the bone first
+is older).
 
-Stop policy: ``stop_requested(t)`` is True once t >= detection + reaction_delay + stop_after_leak_s
-(never when ``stop_after_leak_s`` is None). ``finish(t_end, follow_up_s)`` continues without
-pushing: fragments are shed only while loads beat the (growing) strength, until the cement sets.
+After the injection, :meth:`VenousSystem.relax` advances the venous side one fluoroscopy frame
+without pushing: fragments are shed only while loads beat the (growing) strength, until the cement
+sets. Time series and frames are kept by the run's recorder (:mod:`sim.run.recorder`), not here.
 
 Mass balance: cement received = cement in columns + cement in fragments (checked every step to
 1e-12 relative; SolverError otherwise).
@@ -37,20 +38,21 @@ Mass balance: cement received = cement in columns + cement in fragments (checked
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from sim.core.errors import GeometryError, SolverError
 from sim.core.grid import BoneGrid, VenousExit
+from sim.core.parameters import FluoroscopyParams
 from sim.physics import rheology
+from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.fluoroscopy import LeakDetector
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
-from sim.physics.fragmentation import FragmentationParams, shed_fragments
+from sim.physics.fragmentation import DragVsStrength
 from sim.physics.rheology import CementModel
-from sim.physics.vein_columns import CementColumns, back_pressure, lumen_fill_fraction
+from sim.physics.vein_columns import CementColumns, back_pressure
 from sim.physics.venous_network import (
     ROUTES,
     BloodFlow,
@@ -109,14 +111,11 @@ class VenousSystem:
         network: VenousNetwork,
         exits: list[VenousExit],
         cement: CementModel,
-        cement_age_at_start_s: float,
-        body_temperature_k: float,
-        fluoroscopy_si: dict[str, Any],
-        fragmentation_si: dict[str, Any],
-        stop_after_leak_s: float | None,
+        clock: CureClock,
+        fluoroscopy: FluoroscopyParams,
+        fragmentation: DragVsStrength,
         rng: np.random.Generator,
         bone: BoneGrid | None = None,
-        room_temperature_k: float | None = None,
     ):
         if not exits:
             raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
@@ -124,13 +123,9 @@ class VenousSystem:
         self.exit_nodes = map_exits(network, self.exits)
         self.network = network = fit_exit_veins(network, self.exits, self.exit_nodes)
         self.cement = cement
-        self.age0_s = float(cement_age_at_start_s)
-        self.age_rate = float(rheology.age_rate(cement, body_temperature_k))
-        room = body_temperature_k if room_temperature_k is None else room_temperature_k
-        self.syringe_age_rate = float(rheology.age_rate(cement, room))
-        self._age_offset_s = self.age0_s  # vein cement age = offset + r_body t (volume-weighted)
-        self.stop_after_leak_s = None if stop_after_leak_s is None else float(stop_after_leak_s)
-        self.params = FragmentationParams.from_si(fragmentation_si)
+        self.clock = clock
+        self.vein_age = AgePool(clock)  # received cement (columns and fragments shed from them)
+        self.fragmentation = fragmentation
         self.rng = rng
         self.bone = bone
         center = network.meta.get("level_center_m", np.zeros(3))
@@ -138,56 +133,34 @@ class VenousSystem:
             idx = np.flatnonzero(bone.body.ravel())
             if idx.size:
                 center = bone.cell_centers_m(idx).mean(axis=0)
-        self.detector = LeakDetector(fluoroscopy_si, center, bone)
+        self.detector = LeakDetector(fluoroscopy, center, bone)
         self.columns = CementColumns.empty(network)
-        self.columns_at_detection: CementColumns | None = None
-        self._edge_frames: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.fragments = FragmentSet.empty()
         self.flow: BloodFlow = solve_blood_flow(network)
         self.baseline_flow = self.flow
         self._extra = np.zeros(network.n_edges)
         self._push_flux = np.zeros(network.n_edges)  # cement flux into each edge over the last step
         n = len(self.exits)
-        self.received_m3 = 0.0
         self.cement_by_exit_m3 = np.zeros(n)
         self.marrow_by_exit_m3 = np.zeros(n)
         self.exit_onset_s = np.full(n, np.nan)
         self._p_exit = self._static_exit_pressure()
         self._r_exit = np.zeros(n)
-        self._t_last = 0.0
-        self.stop_time_s: float | None = None
         self.set_time_s: float | None = None
-        self._series: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "t_s",
-                "vein_cement_m3",
-                "fragment_volume_m3",
-                "fragments_shed",
-                "azygos_flow_m3_s",
-                "ivc_flow_m3_s",
-                "visible_m3",
-            )
-        }
-        self._record(0.0)
+
+    @property
+    def received_m3(self) -> float:
+        """Cement received from the bone so far (in columns or shed as fragments)."""
+        return self.vein_age.volume_m3
 
     # ------------------------------------------------------------------ clocks
     def cement_age_s(self, t: float) -> float:
-        """Equivalent age of the cement in the veins at time t after injection start.
-
-        Cement leaves the syringe with the syringe's age a0 + r_room t_in and ages at the body rate
-        once it is in the patient; the veins hold the volume-weighted mean of their cement,
-        a(t) = offset + r_body t. Before any cement arrives this is the syringe age.
-        """
-        if self.received_m3 <= 0.0:
-            return self.age0_s + self.syringe_age_rate * float(t)
-        return self._age_offset_s + self.age_rate * float(t)
+        """Equivalent age of the cement in the veins at time t (the syringe's before any arrived)."""
+        return self.vein_age.age_s(t)
 
     def strength_pa(self, t: float) -> float:
-        age = self.cement_age_s(t)
-        if rheology.is_set(self.cement, age):
-            return np.inf
-        return float(self.params.strength_scale * rheology.cement_strength_pa(self.cement, age))
+        """Strength of the vein cement at time t (inf once set), by the fragmentation law."""
+        return self.fragmentation.strength_pa(self.cement, self.cement_age_s(t))
 
     # ------------------------------------------------------------------ ExitCoupling
     def exit_pressure(self, t: float) -> np.ndarray:
@@ -219,11 +192,8 @@ class VenousSystem:
             )
         t_new = float(t) + float(dt)
         vol_c = qc * dt
-        v_in = float(vol_c.sum())
-        if v_in > 0.0:
-            a_in = self.age0_s + self.syringe_age_rate * float(t)  # fresh from the syringe
-            w = v_in / (self.received_m3 + v_in)
-            self._age_offset_s += w * (a_in - self.age_rate * float(t) - self._age_offset_s)
+        # leaked cement arrives with the syringe's age (treated as fresh, see the module docstring)
+        self.vein_age.mix_in(float(vol_c.sum()), self.clock.syringe_age_s(t), float(t))
         self.cement_by_exit_m3 += vol_c
         self.marrow_by_exit_m3 += qm * dt  # net: blood drawn back into the bone counts negative
         newly = np.isnan(self.exit_onset_s) & (vol_c > 0.0)
@@ -243,7 +213,6 @@ class VenousSystem:
                     g,
                     exit_index=int(e),
                 )
-                self.received_m3 += float(vol_c[e])
                 through_sum += through
                 bp[e] = back_pressure(through, r_cem, float(vol_c[e]), float(dt))
             self._push_flux = through_sum / max(dt, 1e-300)
@@ -253,37 +222,16 @@ class VenousSystem:
         self._shed(t_new)
         self._update_exit_coupling(qc, bp)
         self.detector.update(t_new, self.columns)
-        self._keep_detection_columns()
-        self._t_last = t_new
         self._check_mass()
-        self._record(t_new)
 
-    def stop_requested(self, t: float) -> bool:
-        """True once t >= detection + reaction delay + stop_after_leak_s (never if that is None)."""
-        det = self.detector.detection_time_s
-        if self.stop_after_leak_s is None or det is None:
-            return False
-        if float(t) >= det + self.detector.reaction_delay_s + self.stop_after_leak_s:
-            if self.stop_time_s is None:
-                self.stop_time_s = float(t)
-            return True
-        return False
-
-    def finish(self, t_end: float, follow_up_s: float) -> None:
-        """After injection: no more pushing; shed while loads beat the strength, until the cement sets."""
-        t = float(t_end)
-        t_stop = t + float(follow_up_s)
-        step = self.detector.frame_interval_s
-        while t < t_stop - 1e-12:
-            t = min(t + step, t_stop)
-            if self.set_time_s is None and rheology.is_set(self.cement, self.cement_age_s(t)):
-                self.set_time_s = t
-            self._resolve(np.zeros(self.network.n_edges), t)
-            self._shed(t)
-            self.detector.update(t, self.columns)
-            self._keep_detection_columns()
-            self._check_mass()
-            self._record(t)
+    def relax(self, t: float) -> None:
+        """Advance to ``t`` after the injection: no pushing; blood flow, shedding and fluoroscopy go on."""
+        if self.set_time_s is None and rheology.is_set(self.cement, self.cement_age_s(t)):
+            self.set_time_s = t
+        self._resolve(np.zeros(self.network.n_edges), t)
+        self._shed(t)
+        self.detector.update(t, self.columns)
+        self._check_mass()
 
     # ------------------------------------------------------------------ internals
     def _edge_viscosity(self, push_flux_m3_s: np.ndarray, t: float) -> np.ndarray:
@@ -304,17 +252,13 @@ class VenousSystem:
     def _shed(self, t: float) -> None:
         if self.columns.total_m3() <= 0.0:
             return
-        strength = self.strength_pa(t)
-        if not np.isfinite(strength):
-            return
-        new = shed_fragments(
+        new = self.fragmentation.shed(
             self.columns,
             self.flow.edge_flow_m3_s,
             self.flow.node_pressure_pa,
-            strength,
-            t,
+            self.cement,
             self.cement_age_s(t),
-            self.params,
+            t,
             self.rng,
         )
         if len(new):
@@ -341,67 +285,13 @@ class VenousSystem:
         pushed = qc > 0.0
         self._r_exit[pushed] = bp[pushed] / qc[pushed]
 
-    def _keep_detection_columns(self) -> None:
-        """Copy the vein columns once, when the leak is first seen (for the detection-time images)."""
-        if self.columns_at_detection is not None or self.detector.detection_time_s is None:
-            return
-        snap = copy.copy(self.columns)
-        for name in ("fill_m3", "col_diameter_m", "entry_end", "owner_exit"):
-            setattr(snap, name, getattr(self.columns, name).copy())
-        self.columns_at_detection = snap
-
     def _check_mass(self) -> None:
-        held = self.columns.total_m3() + float(self.fragments.volume_m3.sum())
-        err = abs(held - self.received_m3)
-        if err > MASS_TOL * max(self.received_m3, 1e-300) and err > 0.0:
+        err = self.mass_balance_error()
+        if err > MASS_TOL:
             raise SolverError(
-                f"venous cement mass balance: received {self.received_m3:.6e} m3, held {held:.6e} m3 "
-                f"(relative error {err / max(self.received_m3, 1e-300):.2e})"
+                f"venous cement mass balance: received {self.received_m3:.6e} m3, relative error {err:.2e} "
+                f"between it and the cement in columns plus fragments"
             )
-
-    def _record(self, t: float) -> None:
-        s = self._series
-        s["t_s"].append(float(t))
-        s["vein_cement_m3"].append(self.columns.total_m3())
-        s["fragment_volume_m3"].append(float(self.fragments.volume_m3.sum()))
-        s["fragments_shed"].append(float(len(self.fragments)))
-        s["azygos_flow_m3_s"].append(float(self.flow.edge_flow_m3_s[self.network.azygos_edge]))
-        s["ivc_flow_m3_s"].append(float(self.flow.edge_flow_m3_s[self.network.ivc_edge]))
-        fr = self.detector.frames_visible_m3
-        s["visible_m3"].append(fr[-1] if fr else 0.0)
-        cols = self.columns
-        self._edge_frames.append(
-            (
-                float(t),
-                cols.fill_m3.copy(),
-                cols.col_diameter_m.copy(),
-                cols.occluded().astype(np.uint8),
-                self.flow.edge_flow_m3_s.copy(),
-            )
-        )
-
-    def edge_series(self) -> list[tuple[float, dict[str, np.ndarray]]]:
-        """Per-edge state at every recorded time (SI): cement volume and fill, column, blood flow.
-
-        For ParaView time series of the veins (:func:`sim.output.vtk.write_run_vtk` thins it to the
-        output interval).
-        """
-        out = []
-        for t, fill, col_d, occluded, q in self._edge_frames:
-            out.append(
-                (
-                    t,
-                    {
-                        "cement_volume_m3": fill,
-                        "cement_fill": lumen_fill_fraction(self.network, fill),
-                        "cement_column_diameter_m": col_d,
-                        "occluded": occluded,
-                        "blood_flow_m3_s": q,
-                        "blood_flow_abs_m3_s": np.abs(q),
-                    },
-                )
-            )
-        return out
 
     # ------------------------------------------------------------------ results
     @property
@@ -416,9 +306,6 @@ class VenousSystem:
     @property
     def marrow_leaked_m3(self) -> float:
         return float(self.marrow_by_exit_m3.sum())
-
-    def edge_cement_volume_m3(self) -> np.ndarray:
-        return self.columns.fill_m3.copy()
 
     def leaked_by_exit_kind(self) -> dict[str, float]:
         """Cement received per exit kind (basivertebral / anterior / lateral)."""
@@ -440,41 +327,43 @@ class VenousSystem:
         return {r: cols[r] + frag[r] for r in ROUTES}
 
     def mass_balance_error(self) -> float:
+        """|received - (in columns + shed)| / received."""
         held = self.columns.total_m3() + float(self.fragments.volume_m3.sum())
         return abs(held - self.received_m3) / max(self.received_m3, 1e-300)
-
-    def time_series(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in self._series.items()}
 
     def flow_snapshot(self) -> VenousFlowSnapshot:
         """Current blood flows (with cement columns) for fragment transport."""
         return flow_snapshot(self.network, self.flow)
 
-    def fluoroscopy_image(self, view: str, cement_fraction: np.ndarray | None = None) -> np.ndarray:
-        """Projected cement thickness (m) of ``view``; pass the bone cement fraction to include the body."""
-        return self.detector.image(view, self.columns, cement_fraction)
+    def summary(self) -> VenousSummary:
+        """What the venous side ended with (SI)."""
+        return VenousSummary(
+            leak_onset_s=self.leak_onset_s,
+            detection_time_s=self.detection_time_s,
+            cement_set_time_s=self.set_time_s,
+            leaked_cement_m3=self.received_m3,
+            leaked_marrow_m3=self.marrow_leaked_m3,
+            leaked_by_exit_kind_m3=self.leaked_by_exit_kind(),
+            leaked_by_route_m3=self.volume_by_route(),
+            vein_cement_m3=self.columns.total_m3(),
+            fragments_shed=len(self.fragments),
+            fragment_volume_m3=float(self.fragments.volume_m3.sum()),
+            mass_balance_error=self.mass_balance_error(),
+        )
 
-    def fluoroscopy_extent_m(self, view: str) -> tuple[float, float, float, float]:
-        """(a_min, a_max, b_min, b_max) of the view's image axes (lateral: y, z; ap: x, z), metres."""
-        det = self.detector.detectors[view]
-        h = det.pixel_size_m
-        a0, b0 = (float(v) for v in det.origin_m)
-        return a0, a0 + det.shape[0] * h, b0, b0 + det.shape[1] * h
 
-    def summary(self) -> dict[str, Any]:
-        by_kind = self.leaked_by_exit_kind()
-        routes = self.volume_by_route()
-        return {
-            "leak_onset_s": self.leak_onset_s,
-            "detection_time_s": self.detection_time_s,
-            "stop_time_s": self.stop_time_s,
-            "cement_set_time_s": self.set_time_s,
-            "leaked_cement_m3": self.received_m3,
-            "leaked_marrow_m3": self.marrow_leaked_m3,
-            **{f"leaked_{k}_m3": v for k, v in by_kind.items()},
-            **{f"route_{k}_m3": v for k, v in routes.items()},
-            "vein_cement_m3": self.columns.total_m3(),
-            "fragments_shed": len(self.fragments),
-            "fragment_volume_m3": float(self.fragments.volume_m3.sum()),
-            "mass_balance_error": self.mass_balance_error(),
-        }
+@dataclass(frozen=True)
+class VenousSummary:
+    """The venous side's outcome (SI; times in s from injection start, None if never)."""
+
+    leak_onset_s: float | None
+    detection_time_s: float | None
+    cement_set_time_s: float | None
+    leaked_cement_m3: float
+    leaked_marrow_m3: float  # net: blood drawn back into the bone counts negative
+    leaked_by_exit_kind_m3: dict[str, float]  # basivertebral / anterior / lateral (those present)
+    leaked_by_route_m3: dict[str, float]  # plexus / segmental / azygos / ivc / heart
+    vein_cement_m3: float
+    fragments_shed: int
+    fragment_volume_m3: float
+    mass_balance_error: float

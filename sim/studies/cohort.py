@@ -26,7 +26,7 @@ machinery (:func:`sim.studies.sweep.run_sweep`: SQLite ledger keyed by content h
 resumable). With ``share_runs`` (default) the cohort runs in two phases: first every patient
 with ``injection.stop_after_leak_s = null`` (never stop); then the other arms, but only for
 patients whose never-stop run could differ. The stop policy contract of
-:meth:`sim.run.venous_system.VenousSystem.stop_requested` (stop once t >= detection + reaction delay
+:class:`sim.physics.injection_control.StopPolicy` (stop once t >= detection + reaction delay
 + stop_after_leak_s; never before detection) makes an arm's run identical to the never-stop run
 when no leak was detected, or when detection + reaction delay + delay is later than the end of the
 never-stop injection, provided the two configs differ in that field only; such arms reuse the
@@ -60,6 +60,7 @@ from scipy import stats as _st
 
 from sim.core.config import Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
+from sim.physics.injection_control import StopPolicy
 from sim.studies.executors import DEFAULT_RUNNER, DEFAULT_WRITER, Executor, Runner
 from sim.studies.ledger import open_ledger
 from sim.studies.sweep import (
@@ -626,8 +627,8 @@ def reuses_probe(probe_summary: dict[str, Any] | None, scenario: Scenario) -> bo
         return "detection_time_s" in probe_summary
     if end is None or not math.isfinite(float(end)):
         return False
-    stop_at = float(det) + scenario.fluoroscopy.reaction_delay_s + float(delay)
-    return stop_at > float(end) * (1.0 + 1e-9) + 1e-9
+    stop_at = StopPolicy(delay, scenario.fluoroscopy.reaction_delay_s).stop_time_s(float(det))
+    return stop_at is not None and stop_at > float(end) * (1.0 + 1e-9) + 1e-9
 
 
 def run_cohort(

@@ -206,21 +206,25 @@ class Ledger:
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE runs SET status = 'done', error = NULL, summary_json = ?, emboli_json = ?, "
-                "run_dir = ?, finished_utc = ?, wall_time_s = ? WHERE hash = ?",
+                "run_dir = ?, finished_utc = ?, wall_time_s = ? WHERE hash = ? AND status = 'running'",
                 (to_json(summary), to_json(emboli), run_dir, utc_now(), float(wall_time_s), digest),
             )
             if cur.rowcount != 1:
-                raise ConfigError(f"{self.path}: run {digest[:12]} finished but was never marked running")
+                raise ConfigError(
+                    f"{self.path}: run {digest[:12]} finished but was never marked running (or already done)"
+                )
 
     def record_failed(self, digest: str, error: str, wall_time_s: float | None = None) -> None:
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE runs SET status = 'failed', error = ?, summary_json = NULL, emboli_json = NULL, "
-                "finished_utc = ?, wall_time_s = ? WHERE hash = ?",
+                "finished_utc = ?, wall_time_s = ? WHERE hash = ? AND status = 'running'",
                 (error, utc_now(), wall_time_s, digest),
             )
             if cur.rowcount != 1:
-                raise ConfigError(f"{self.path}: run {digest[:12]} failed but was never marked running")
+                raise ConfigError(
+                    f"{self.path}: run {digest[:12]} failed but was never marked running (or already done)"
+                )
 
     # ------------------------------------------------------------------ reading
 

@@ -5,8 +5,10 @@ Every interval is two-sided at level ``conf`` (default 0.95).
 - **Wilson score interval** for a binomial proportion (Wilson 1927, JASA 22:209; recommended over
   the Wald interval by Brown, Cai & DasGupta 2001, Stat Sci 16:101):
   ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = k/n``.
-- **Clopper-Pearson exact interval** (Clopper & Pearson 1934, Biometrika 26:404) from beta
-  quantiles: ``lo = B(a/2; k, n-k+1)``, ``hi = B(1-a/2; k+1, n-k)`` (0 and 1 at k = 0 and k = n).
+- **Clopper-Pearson exact interval** (Clopper & Pearson 1934, Biometrika 26:404), equal to the beta
+  quantiles ``lo = B(a/2; k, n-k+1)``, ``hi = B(1-a/2; k+1, n-k)`` (0 and 1 at k = 0 and k = n).
+  Both intervals are computed by ``scipy.stats.binomtest(k, n).proportion_ci``; the formulas above
+  are checked against it in ``tests/test_stats.py``.
   :func:`proportion_ci` uses it when n < 40 or fewer than 5 successes or failures (where Wilson's
   normal approximation is weakest), otherwise Wilson.
 - **Odds ratio with the Woolf (logit) interval** (Woolf 1955, Ann Hum Genet 19:251):
@@ -14,7 +16,8 @@ Every interval is two-sided at level ``conf`` (default 0.95).
   When any cell is zero the Haldane-Anscombe correction adds 0.5 to every cell (Haldane 1956,
   Ann Hum Genet 20:309).
 - **Bootstrap percentile intervals** (Efron & Tibshirani 1993, ch. 13), resampling units (patients)
-  with replacement from an explicit ``numpy.random.Generator``; paired differences resample the
+  with replacement from an explicit ``numpy.random.Generator`` (``scipy.stats.bootstrap``, method
+  ``percentile``, :func:`percentile_bootstrap`); paired differences resample the
   same patient indices for both arms, so within-patient correlation is kept. Ratios of sums
   (e.g. the share of emboli in segmental arteries, pooled over patients) are bootstrapped by
   patient too (cluster bootstrap), because emboli of one patient are not independent.
@@ -29,6 +32,7 @@ Every interval is two-sided at level ``conf`` (default 0.95).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,28 +73,27 @@ class Proportion:
 
 
 def wilson_ci(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for k/n (nan, nan when n = 0)."""
+    """Wilson score interval for k/n (nan, nan when n = 0), by ``scipy.stats.binomtest``."""
     _check_counts(k, n)
     if n == 0:
         return float("nan"), float("nan")
-    z = _z(conf)
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2.0 * n)) / denom
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    _z(conf)
+    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=conf, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def clopper_pearson_ci(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval for k/n from beta quantiles (nan, nan when n = 0)."""
+    """Exact (Clopper-Pearson) interval for k/n (nan, nan when n = 0), by ``scipy.stats.binomtest``.
+
+    SciPy finds the limits as roots of the binomial tails (``brentq``, absolute tolerance 2e-12)
+    rather than from beta quantiles; the two agree to that tolerance.
+    """
     _check_counts(k, n)
     if n == 0:
         return float("nan"), float("nan")
-    alpha = 1.0 - conf
     _z(conf)
-    lo = 0.0 if k == 0 else float(_st.beta.ppf(alpha / 2.0, k, n - k + 1))
-    hi = 1.0 if k == n else float(_st.beta.ppf(1.0 - alpha / 2.0, k + 1, n - k))
-    return lo, hi
+    ci = _st.binomtest(int(k), int(n)).proportion_ci(confidence_level=conf, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def proportion_ci(k: int, n: int, conf: float = 0.95, method: str = "auto") -> Proportion:
@@ -173,20 +176,60 @@ class Estimate:
     n: int
 
 
-def bootstrap_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n) resampled unit indices."""
+def percentile_bootstrap(
+    data: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    rng: np.random.Generator,
+    n_boot: int,
+    conf: float,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic`` over paired unit resamples, by ``scipy.stats.bootstrap``.
+
+    ``data`` holds equal-length arrays over the same units; each resample draws unit indices
+    ``rng.integers(0, n, (n_boot, n))`` and applies them to every array (``paired=True``), and
+    ``statistic(*arrays, axis=-1)`` must be vectorised. Resamples whose statistic is not finite
+    (e.g. a ratio whose resampled denominator is 0) are left out of the quantiles. With a single
+    unit every resample is that unit, so the interval collapses to the statistic's value.
+    """
+    _z(conf)
     if n_boot < 1:
         raise ConfigError(f"bootstrap resamples = {n_boot}: need at least 1")
-    return rng.integers(0, n, size=(n_boot, n))
-
-
-def _percentile(samples: np.ndarray, conf: float) -> tuple[float, float]:
-    _z(conf)
-    finite = samples[np.isfinite(samples)]
+    arrays = tuple(np.asarray(a, dtype=np.float64) for a in data)
+    if arrays[0].size < 2:  # scipy needs two units; one unit has one resample
+        value = float(statistic(*arrays, axis=-1))
+        return (value, value) if math.isfinite(value) else (float("nan"), float("nan"))
+    with warnings.catch_warnings():
+        # scipy warns when a quantile is nan; non-finite resamples are handled below
+        warnings.simplefilter("ignore", _st.DegenerateDataWarning)
+        res = _st.bootstrap(
+            arrays,
+            statistic,
+            n_resamples=n_boot,
+            vectorized=True,
+            paired=True,
+            confidence_level=conf,
+            method="percentile",
+            random_state=rng,
+        )
+    dist = np.asarray(res.bootstrap_distribution)
+    if np.all(np.isfinite(dist)):
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    finite = dist[np.isfinite(dist)]
     if finite.size == 0:
         return float("nan"), float("nan")
-    lo, hi = np.quantile(finite, [0.5 - conf / 2.0, 0.5 + conf / 2.0])
+    alpha = (1.0 - conf) / 2.0
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def _ratio_of_sums(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    den = np.sum(b, axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0.0, np.sum(a, axis=axis) / np.where(den > 0.0, den, 1.0), np.nan)
 
 
 def bootstrap_mean(
@@ -196,8 +239,7 @@ def bootstrap_mean(
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    idx = bootstrap_indices(x.size, n_boot, rng)
-    lo, hi = _percentile(x[idx].mean(axis=1), conf)
+    lo, hi = percentile_bootstrap((x,), _mean, rng, n_boot, conf)
     return Estimate(float(x.mean()), lo, hi, int(x.size))
 
 
@@ -215,11 +257,7 @@ def bootstrap_ratio(
         raise ConfigError(f"ratio numerator and denominator differ in shape: {a.shape} vs {b.shape}")
     if a.size == 0 or b.sum() <= 0.0:
         return Estimate(float("nan"), float("nan"), float("nan"), int(a.size))
-    idx = bootstrap_indices(a.size, n_boot, rng)
-    den = b[idx].sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = np.where(den > 0.0, a[idx].sum(axis=1) / np.where(den > 0.0, den, 1.0), np.nan)
-    lo, hi = _percentile(ratios, conf)
+    lo, hi = percentile_bootstrap((a, b), _ratio_of_sums, rng, n_boot, conf)
     return Estimate(float(a.sum() / b.sum()), lo, hi, int(a.size))
 
 
@@ -258,8 +296,7 @@ def paired_difference(
         nan = float("nan")
         return PairedDifference(nan, nan, nan, nan, nan, 0)
     diff = y - x
-    idx = bootstrap_indices(x.size, n_boot, rng)
-    lo, hi = _percentile(diff[idx].mean(axis=1), conf)
+    lo, hi = percentile_bootstrap((diff,), _mean, rng, n_boot, conf)
     p_value = discordant = None
     if binary:
         only_t = int(((y > 0) & (x == 0)).sum())
@@ -353,10 +390,3 @@ def sobol_indices(
         return {"S1": zeros, "S1_conf": zeros, "ST": zeros, "ST_conf": zeros}
     res = sobol_analyze.analyze(salib_problem(names), y, calc_second_order=False, conf_level=conf, seed=seed)
     return {k: np.asarray(res[k], dtype=float) for k in ("S1", "S1_conf", "ST", "ST_conf")}
-
-
-def summarize(values: np.ndarray, fn: Callable[[np.ndarray], float] = np.mean) -> float:
-    """fn of the finite values (nan when there are none)."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    return float(fn(x)) if x.size else float("nan")

@@ -1,0 +1,217 @@
+"""Pressure equation (sim.physics.pressure): TPFA vs 1D Darcy, solvers agree, AMG reuse, front system."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sim.core.errors import GeometryError, SolverError
+from sim.core.grid import VenousExit
+from sim.physics.bone_vein_exchange import ForamenPoiseuille
+from sim.physics.pressure import (
+    PressureSolver,
+    assemble_front,
+    assemble_full,
+    build_cell_graph,
+    face_transmissibility,
+)
+
+H = 1e-3  # grid spacing (m)
+Q = 5e-8  # injected flow (m^3/s), 3 ml/min
+
+
+def flat(shape, *ijk):
+    return np.array([np.ravel_multi_index(c, shape) for c in ijk], dtype=np.int64)
+
+
+def foramen(cells, d=2e-3, length=2e-3):
+    return VenousExit("exit", "anterior", np.asarray(cells, dtype=np.int64), np.zeros(3), d, length)
+
+
+class Problem:
+    """A porous box with a needle tip, venous exits and a mobility field, assembled as in InjectionSolver."""
+
+    def __init__(self, perm, tip, exits, p_vein, mobility=None, porous=None):
+        shape = perm.shape[1:]
+        porous = np.ones(shape, dtype=bool) if porous is None else porous
+        self.graph = build_cell_graph(porous, perm, H, tip, np.concatenate([e.cells for e in exits]))
+        self.ent = ForamenPoiseuille().entries(exits, self.graph)
+        n = self.graph.n
+        self.lam = np.full(n, 1.0 / 30.0) if mobility is None else mobility(self.graph)
+        self.trans = face_transmissibility(self.graph, self.lam)
+        self.g = self.ent.conductance_m3 * self.lam[self.ent.cell]
+        self.shift = float(np.mean(p_vein))
+        self.pv = np.asarray(p_vein, dtype=np.float64)[self.ent.exit] - self.shift
+        self.source = np.zeros(n)
+        self.source[self.graph.compact[tip]] = Q / len(tip)
+
+    def full(self):
+        return assemble_full(self.graph, self.trans, self.ent.cell, self.g)
+
+    def front(self, in_cement):
+        return assemble_front(self.graph, in_cement, self.trans, self.ent.cell, self.g)
+
+    def solve(self, system, method="direct", solver=None, key=None):
+        """Cell pressures (Pa, unshifted)."""
+        solver = solver or PressureSolver(method)
+        b = system.rhs(self.source, self.g, self.pv)
+        return system.cell_values(solver.solve(system.matrix, b, block=system.n_block, key=key)) + self.shift
+
+
+def box_3d(seed=1, shape=(9, 8, 7)):
+    """Heterogeneous anisotropic box (lognormal k), tip in the middle, two exits at opposite corners."""
+    perm = np.exp(np.random.default_rng(seed).normal(np.log(4e-9), 0.5, (3, *shape)))
+    exits = [
+        foramen(flat(shape, (0, 0, 0), (0, 1, 0), (1, 0, 0))),
+        foramen(flat(shape, (8, 7, 6), (8, 7, 5)), d=2.5e-3, length=3e-3),
+    ]
+    return perm, flat(shape, (4, 4, 3)), exits
+
+
+def near_tip(graph, radius2=4):
+    ijk = np.stack(np.unravel_index(graph.cell_of, graph.shape), axis=1)
+    return np.sum((ijk - np.array([4, 4, 3])) ** 2, axis=1) <= radius2
+
+
+# ----------------------------------------------------------------------------- 1D Darcy
+
+
+@pytest.mark.parametrize("p_vein", [0.0, 1330.0])
+def test_1d_column_reproduces_the_linear_darcy_profile(p_vein):
+    """Uniform column, source at one end, Robin exit at the other: p_i = p_v + Q/g + (n-1-i) Q mu / (k h)."""
+    nx, k, mu = 12, 3e-9, 30.0
+    perm = np.empty((3, nx, 1, 1))
+    perm[0], perm[1], perm[2] = k, 1e-14, 7e-7  # only k_x may matter along an x column
+    exit_ = foramen(flat((nx, 1, 1), (nx - 1, 0, 0)))
+    prob = Problem(perm, flat((nx, 1, 1), (0, 0, 0)), [exit_], [p_vein])
+    p = prob.solve(prob.full())
+    g = math.pi * exit_.diameter_m**4 / (128.0 * exit_.length_m) / mu
+    i = np.arange(nx)
+    exact = p_vein + Q / g + (nx - 1 - i) * Q * mu / (k * H)
+    assert p == pytest.approx(exact, rel=1e-12)
+    flux = prob.trans * (p[prob.graph.face_a] - p[prob.graph.face_b])
+    assert flux == pytest.approx(np.full(nx - 1, Q), rel=1e-12)  # Darcy: the same Q through every face
+
+
+def test_1d_layered_column_is_exact_series_resistance():
+    """Piecewise-constant k along z: TPFA's harmonic faces are the exact 1D series resistances
+    sum over half cells of (h/2) mu / (k h^2)."""
+    nz, mu = 10, 30.0
+    kz = np.exp(np.random.default_rng(7).normal(np.log(2e-9), 1.0, nz))
+    perm = np.full((3, 1, 1, nz), 5e-9)
+    perm[2, 0, 0, :] = kz
+    exit_ = foramen(flat((1, 1, nz), (0, 0, nz - 1)))
+    prob = Problem(perm, flat((1, 1, nz), (0, 0, 0)), [exit_], [800.0])
+    p = prob.solve(prob.full())
+    half = 0.5 * mu / (kz * H)  # (h/2) / (k/mu * h^2)
+    face_r = half[:-1] + half[1:]
+    g = math.pi * exit_.diameter_m**4 / (128.0 * exit_.length_m) / mu
+    exact = 800.0 + Q / g + Q * np.concatenate([np.cumsum(face_r[::-1])[::-1], [0.0]])
+    assert p == pytest.approx(exact, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+def test_direct_cg_and_amg_agree_on_a_3d_box():
+    """The three linear solvers give the same pressures to 1e-9 (relative to the largest)."""
+    perm, tip, exits = box_3d()
+    prob = Problem(perm, tip, exits, [1000.0, 1200.0], mobility=lambda g: np.where(near_tip(g), 1e-2, 1.0))
+    system = prob.full()
+    assert system.n_unknowns == 9 * 8 * 7
+    ref = prob.solve(system, "direct")
+    for method in ("cg", "amg", "auto"):
+        p = prob.solve(system, method)
+        assert np.max(np.abs(p - ref)) <= 1e-9 * np.max(np.abs(ref)), method
+    # volume balance: what the needle injects leaves through the exits
+    q_exit = prob.g * (ref[prob.ent.cell] - (prob.pv + prob.shift))
+    assert q_exit.sum() == pytest.approx(Q, rel=1e-10)
+
+
+def test_amg_hierarchy_is_reused_for_the_same_key():
+    """Same key: one AMG setup for two solves and the same answer; a new key or no key sets up again."""
+    perm, tip, exits = box_3d()
+    prob = Problem(perm, tip, exits, [1000.0, 1000.0])
+    system = prob.full()
+    solver = PressureSolver("amg")
+    p1 = prob.solve(system, solver=solver, key=("full",))
+    assert (solver.stats.n_setups, solver.stats.n_solves) == (1, 1)
+    p2 = prob.solve(system, solver=solver, key=("full",))
+    assert (solver.stats.n_setups, solver.stats.n_solves) == (1, 2)  # reused
+    assert np.array_equal(p1, p2)
+    prob.solve(system, solver=solver, key=("other",))
+    assert solver.stats.n_setups == 2
+    prob.solve(system, solver=solver, key=None)
+    prob.solve(system, solver=solver, key=None)
+    assert solver.stats.n_setups == 4  # without a key nothing is reused
+    assert solver.stats.n_iterations > 0 and solver.stats.max_unknowns == system.n_unknowns
+    assert solver.stats.max_relative_residual <= 1e-6
+
+
+def test_amg_setup_is_seeded_and_leaves_the_global_random_state_alone():
+    """Two solvers give bit-identical pressures whatever the global numpy random state, which is restored."""
+    perm, tip, exits = box_3d(seed=3)
+    prob = Problem(perm, tip, exits, [900.0, 1100.0])
+    system = prob.full()
+    np.random.seed(11)  # noqa: NPY002 (pyamg draws from the legacy global generator)
+    state = np.random.get_state()  # noqa: NPY002
+    a = prob.solve(system, "amg", key=("k",))
+    after = np.random.get_state()  # noqa: NPY002
+    assert after[0] == state[0] and np.array_equal(after[1], state[1]) and after[2:] == state[2:]
+    np.random.seed(12345)  # noqa: NPY002
+    b = prob.solve(system, "amg", key=("k",))
+    assert np.array_equal(a, b)
+
+
+def test_unknown_solver_and_unreachable_exit_are_refused():
+    """A misspelt solver name and a tip region no exit drains are errors, not silent results."""
+    with pytest.raises(SolverError, match="pressure_solver"):
+        PressureSolver("lu")
+    shape = (6, 1, 1)
+    porous = np.ones(shape, dtype=bool)
+    porous[3] = False  # the column is cut between the tip and the exit
+    perm = np.where(porous, 1e-9, 0.0)[None].repeat(3, axis=0)
+    with pytest.raises(GeometryError, match="no venous exit is reachable"):
+        build_cell_graph(porous, perm, H, flat(shape, (0, 0, 0)), flat(shape, (5, 0, 0)))
+
+
+# ----------------------------------------------------------------------------- front system
+
+
+def test_front_system_with_all_cells_in_cement_is_the_full_system():
+    """No marrow left: the front system has one unknown per cell and the full system's matrix and rhs."""
+    perm, tip, exits = box_3d()
+    prob = Problem(perm, tip, exits, [1000.0, 1200.0])
+    full = prob.full()
+    front = prob.front(np.ones(prob.graph.n, dtype=bool))
+    assert front.n_unknowns == full.n_unknowns == front.n_block
+    assert np.array_equal(front.unknown_of_cell, np.arange(prob.graph.n))
+    assert np.array_equal(front.exit_unknown, full.exit_unknown)
+    assert abs(front.matrix - full.matrix).max() == 0.0
+    b_full = full.rhs(prob.source, prob.g, prob.pv)
+    assert np.array_equal(front.rhs(prob.source, prob.g, prob.pv), b_full)
+    assert np.array_equal(prob.solve(front), prob.solve(full))
+
+
+def test_front_system_lumps_marrow_conserves_volume_and_converges_as_marrow_thins():
+    """Marrow lumped into one isobaric unknown: exits still drain exactly Q, and the cement pressures
+    approach the full system's as mu_marrow / mu_cement -> 0 (error ~ that ratio)."""
+    perm, tip, exits = box_3d()
+    errors = []
+    for ratio in (1e-2, 1e-3, 1e-4):
+        prob = Problem(
+            perm, tip, exits, [1000.0, 1000.0], mobility=lambda g, r=ratio: np.where(near_tip(g), 1.0, 1 / r)
+        )
+        cement = near_tip(prob.graph)
+        front = prob.front(cement)
+        assert front.n_block == cement.sum() and front.n_unknowns == cement.sum() + 1  # one marrow lump
+        p_front, p_full = prob.solve(front), prob.solve(prob.full())
+        assert np.ptp(p_front[~cement]) == 0.0  # the lump is isobaric
+        q_exit = prob.g * (p_front[prob.ent.cell] - (prob.pv + prob.shift))
+        assert q_exit.sum() == pytest.approx(Q, rel=1e-10)
+        errors.append(np.max(np.abs(p_front[cement] - p_full[cement])) / np.ptp(p_full[cement]))
+    assert errors[0] < 0.05
+    assert errors[0] / errors[1] == pytest.approx(10.0, rel=0.1)
+    assert errors[1] / errors[2] == pytest.approx(10.0, rel=0.1)

@@ -33,66 +33,14 @@ few per cent of the body's pore volume for 1-2 mm veins).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from sim.core.errors import GeometryError
+from sim.core.grid import EmbeddedVessels, VesselTree
 
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel at any spacing)
-
-
-@dataclass(frozen=True)
-class VesselSegment:
-    """A straight piece of intraosseous vein between two points of a :class:`VesselTree`."""
-
-    name: str
-    start: int  # point index
-    end: int  # point index
-    diameter_m: float
-    exchanges: bool  # False where the vein runs in a cortical canal (no contact with the marrow)
-
-
-@dataclass(frozen=True)
-class VesselTree:
-    """Intraosseous veins in continuous space: points, straight segments between them, and the
-    point of each foramen (where the vein leaves the bone and joins the venous network)."""
-
-    points_m: np.ndarray  # (n_points, 3), patient frame
-    segments: tuple[VesselSegment, ...]
-    exits: dict[str, int]  # foramen name -> point index
-
-
-@dataclass
-class EmbeddedVessels:
-    """A :class:`VesselTree` discretised on a grid: nodes, node-node edges, node-cell connections."""
-
-    node_pos_m: np.ndarray  # (nv, 3)
-    node_length_m: np.ndarray  # (nv,) vein length a node stands for
-    node_diameter_m: np.ndarray  # (nv,)
-    edge_a: np.ndarray  # (ne,) node indices
-    edge_b: np.ndarray
-    edge_length_m: np.ndarray  # (ne,) centre to centre
-    edge_diameter_m: np.ndarray  # (ne,)
-    well_node: np.ndarray  # (nw,) node of each node-cell connection
-    well_cell: np.ndarray  # (nw,) flat grid index of its cell
-    well_index_m3: np.ndarray  # (nw,) T_c = WI w_c (times a mobility 1/(Pa s) gives m^3/(Pa s))
-    exit_node: dict[str, int]  # foramen name -> node
-    kernel_radius_m: float
-
-    @property
-    def n_nodes(self) -> int:
-        return int(self.node_pos_m.shape[0])
-
-    @property
-    def node_volume_m3(self) -> np.ndarray:
-        """Lumen volume of each node, pi d^2 / 4 L."""
-        return 0.25 * np.pi * self.node_diameter_m**2 * self.node_length_m
-
-    def edge_conductance_m3(self) -> np.ndarray:
-        """Poiseuille factor pi d^4 / (128 L) of every node-node edge (m^3; divide by mu)."""
-        return np.pi * self.edge_diameter_m**4 / (128.0 * self.edge_length_m)
 
 
 def kernel_radius(radius_m: float, spacing_m: float) -> float:

@@ -120,16 +120,27 @@ class FourierField:
         phi = rng.uniform(0.0, 2.0 * np.pi, n_modes)
         return cls(np.ascontiguousarray(k), np.ascontiguousarray(phi))
 
-    def on_grid(self, origin_m: np.ndarray, spacing_m: float, shape: tuple[int, int, int]) -> np.ndarray:
-        """Field values at the cell centres of a uniform grid (``origin_m`` = centre of cell 0, 0, 0).
+    def on_grid(
+        self, origin_m: np.ndarray, spacing_m: float, shape: tuple[int, int, int], cell_average: bool = True
+    ) -> np.ndarray:
+        """The field on a uniform grid (``origin_m`` = centre of cell 0, 0, 0).
 
-        Same values as :meth:`at` on those points (to round-off), computed with separable complex
-        exponentials: e^{i k.x} = e^{i k_x x} e^{i k_y y} e^{i k_z z}, one complex product per mode
-        and cell instead of a cosine.
+        ``cell_average`` (default): the exact mean of the field over each cubic cell, each mode
+        scaled by prod_d sinc(k_d h / 2) (the mean of cos(k.x + phi) over a cube of side h centred at
+        c is cos(k.c + phi) prod_d sin(k_d h/2) / (k_d h/2)), so a coarse cell holds the average of
+        the tissue it stands for and block averages agree between grids. Otherwise the values at the
+        cell centres (as :meth:`at`). Computed with separable complex exponentials,
+        e^{i k.x} = e^{i k_x x} e^{i k_y y} e^{i k_z z}: one complex product per mode and cell.
         """
-        axes = [float(origin_m[d]) + float(spacing_m) * np.arange(shape[d]) for d in range(3)]
+        h = float(spacing_m)
+        axes = [float(origin_m[d]) + h * np.arange(shape[d]) for d in range(3)]
+        amp = np.ones(self.phases.shape[0])
+        if cell_average:
+            amp = np.prod(
+                np.sinc(self.wavevectors * h / (2.0 * np.pi)), axis=1
+            )  # np.sinc(x) = sin(pi x)/(pi x)
         out = np.zeros(shape)
-        _fourier_grid(axes[0], axes[1], axes[2], self.wavevectors, self.phases, out)
+        _fourier_grid(axes[0], axes[1], axes[2], self.wavevectors, self.phases, amp, out)
         return out
 
     def at(self, points_m: np.ndarray) -> np.ndarray:
@@ -154,7 +165,13 @@ def _fourier_sum(pts: np.ndarray, k: np.ndarray, phi: np.ndarray, out: np.ndarra
 
 @numba.njit(cache=True)
 def _fourier_grid(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, k: np.ndarray, phi: np.ndarray, out: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    k: np.ndarray,
+    phi: np.ndarray,
+    amp: np.ndarray,
+    out: np.ndarray,
 ) -> None:
     n_modes = k.shape[0]
     scale = np.sqrt(2.0 / n_modes)
@@ -162,7 +179,7 @@ def _fourier_grid(
     exy = np.empty((nx, ny), dtype=np.complex128)
     ez = np.empty(nz, dtype=np.complex128)
     for m in range(n_modes):
-        cphi = np.exp(1j * phi[m])
+        cphi = amp[m] * np.exp(1j * phi[m])
         for j in range(ny):
             ey = np.exp(1j * k[m, 1] * y[j])
             for i in range(nx):

@@ -32,6 +32,7 @@ homogeneous block at several spacings). Anisotropy enters through k = (k_x k_y k
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -83,6 +84,35 @@ def point_source_correction(spacing_m: float, tip_radius_m: float, k_xyz: np.nda
     k_g = float(np.prod(k) ** (1.0 / 3.0))
     r_e = POINT_SOURCE_RADIUS_FACTOR * float(spacing_m)
     return (1.0 / float(tip_radius_m) - 1.0 / r_e) / (4.0 * math.pi * k_g)
+
+
+def point_source_near_field_pa(
+    flow_m3_s: float,
+    spacing_m: float,
+    tip_radius_m: float,
+    k_xyz: np.ndarray,
+    viscosity: Callable[[np.ndarray], np.ndarray],
+    n_points: int = 24,
+) -> float:
+    """p(tip surface) - p(source cell) for a possibly shear-thinning fluid leaving a point source.
+
+    Radial Darcy flow u(r) = Q / (4 pi r^2) with the apparent viscosity mu(gamma(r)) at the pore shear
+    rate of that flow (``viscosity`` maps a Darcy speed to a viscosity): the integral
+    int_{r_w}^{r_e} mu(u(r)) u(r) / k dr between the tip radius and the source cell's equivalent
+    radius r_e = 0.31488 h (Gauss-Legendre in ln r). For a constant viscosity it is
+    Q mu / (4 pi k) (1/r_w - 1/r_e) exactly (:func:`point_source_correction`).
+    """
+    k = np.asarray(k_xyz, dtype=np.float64)
+    k_g = float(np.prod(k) ** (1.0 / 3.0))
+    r_e = POINT_SOURCE_RADIUS_FACTOR * float(spacing_m)
+    r_w = float(tip_radius_m)
+    x, w = np.polynomial.legendre.leggauss(n_points)
+    a, b = math.log(r_w), math.log(r_e)
+    ln_r = 0.5 * (b - a) * x + 0.5 * (b + a)
+    r = np.exp(ln_r)
+    u = abs(float(flow_m3_s)) / (4.0 * math.pi * r * r)
+    integrand = np.asarray(viscosity(u), dtype=np.float64) * u / k_g * r  # d r = r d ln r
+    return float(0.5 * (b - a) * np.dot(w, integrand)) * (1.0 if flow_m3_s >= 0 else -1.0)
 
 
 def segment_cell_pieces(

@@ -35,7 +35,7 @@ from sim.run.results import RunArtifacts, RunResult
 from sim.run.venous_system import VenousSummary, VenousSystem
 
 # Independent random streams, one per stage (order fixed: adding a stage appends a stream).
-STREAMS = ("bone", "veins", "fragmentation", "lungs", "transport")
+STREAMS = ("veins", "fragmentation", "lungs", "transport")  # the bone's anatomy has named streams
 
 
 def stage_rngs(seed: int) -> dict[str, np.random.Generator]:
@@ -55,7 +55,7 @@ def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = 
     c = params.cement
     clock = CureClock.for_cement(cement, c.time_after_mixing_s, c.room_temperature_k, c.body_temperature_k)
     permeability = law_class("permeability", laws.permeability).from_params(params.patient)
-    bone = build_vertebral_body(params.patient, params.grid.spacing_m, rngs["bone"], permeability)
+    bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
     needle = place_needle(bone, params.needle)
     network = build_venous_network(params.patient.level, params.veins, rngs["veins"])
     venous = VenousSystem(
@@ -80,6 +80,7 @@ def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = 
         cfl=params.grid.cfl,
         pressure_solver=params.grid.pressure_solver,
         exchange=law_class("exchange", laws.exchange).from_params(),
+        vein_fluid_viscosity_pa_s=params.veins.blood_viscosity_pa_s,
     )
     out = params.output
     recorder = RunRecorder(bone_interval_s=out.vtk_interval_s if out.vtk else None)

@@ -161,8 +161,9 @@ def _check_nodes(root: Node) -> None:
 
 def load_yaml_text(text: str, source: str) -> Any:
     """Parse YAML text with the bounds of this module; ConfigError (one line) on any problem."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader checks the characters here already
         root = loader.get_single_node()
         if root is None:
             return None
@@ -183,7 +184,8 @@ def load_yaml_text(text: str, source: str) -> Any:
     except (ValueError, RecursionError, OverflowError) as exc:
         raise ConfigError(f"{source}: cannot read the YAML: {type(exc).__name__}: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _os_reason(exc: OSError) -> str:

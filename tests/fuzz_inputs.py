@@ -347,6 +347,17 @@ def cross_field_cases() -> list[FuzzCase]:
         ("cfl-tiny", {"grid": {"cfl": 1.0e-9}}, "grid.cfl"),
         ("frame-tiny", {"fluoroscopy": {"frame_interval_s": 1.0e-9}}, "fluoroscopy.frame_interval_s"),
         (
+            "follow-up-steps",
+            {"injection": {"follow_up_s": 3600}, "fluoroscopy": {"frame_interval_s": 0.02}},
+            "injection.follow_up_s",
+        ),
+        ("rate-1e-300", {"injection": {"rate_ml_per_s": 1.0e-300}}, "injection.rate_ml_per_s"),
+        (
+            "vtk-interval-1e-300",
+            {"output": {"vtk": True, "vtk_interval_s": 1.0e-300}},
+            "output.vtk_interval_s",
+        ),
+        (
             "bipedicular-extra",
             {"needle": {"bipedicular": True, "approach": "extrapedicular"}},
             "needle.bipedicular",

@@ -93,6 +93,7 @@ def pce_sim(*args: str | Path, **kwargs: object) -> subprocess.Popen:
         (lambda d: None, "/sys/kernel/pce", "under /sys"),
         (lambda d: ((d / "full").mkdir(), (d / "full" / "x").write_text("x")), "full", "use --overwrite"),
         (lambda d: None, "..", "not the current folder"),
+        (lambda d: None, "x" * 250, "folder name too long"),
     ],
 )
 def test_bad_out_is_refused_before_the_simulation(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -161,7 +162,15 @@ class InjectionConfig(StrictModel):
     """
 
     mode: Literal["rate", "pressure"] = "rate"
-    rate_ml_per_s: Annotated[float, Field(gt=0.0, le=2.0)] = 0.05
+    rate_ml_per_s: Annotated[
+        float,
+        Field(
+            ge=0.001,
+            le=2.0,
+            description="Injection rate (clinical 0.02-0.3 ml/s). Below 1 microlitre per second the cannula "
+            "flow underflows the wall-stress solve.",
+        ),
+    ] = 0.05
     max_syringe_pressure_mpa: Annotated[float, Field(gt=0.0, le=50.0)] = 10.0
     volume_ml: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
     max_duration_s: Annotated[float, Field(gt=0.0, le=3600.0)] | None = None
@@ -214,7 +223,8 @@ class FluoroscopyConfig(StrictModel):
             ge=0.02,
             le=10.0,
             description="Time between fluoroscopy frames. Pulsed fluoroscopy runs at most 30 frames/s; "
-            "the bound (50 frames/s) keeps the follow-up loop, one step per frame, under 180,000 steps.",
+            "the bound is 50 frames/s. The follow-up after the injection takes one step per frame, and "
+            "follow_up_s / frame_interval_s may not exceed 20,000 steps (about half a minute).",
         ),
     ] = 0.5
     reaction_delay_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.0
@@ -255,7 +265,15 @@ class OutputConfig(StrictModel):
     time_series: bool = True
     fields: bool = True
     vtk: bool = True
-    vtk_interval_s: Annotated[float, Field(gt=0.0, le=600.0)] = 5.0
+    vtk_interval_s: Annotated[
+        float,
+        Field(
+            ge=0.1,
+            le=600.0,
+            description="Time between VTK snapshots of the cement field; each holds the whole grid, and "
+            "at most one is taken per injection step.",
+        ),
+    ] = 5.0
     fluoroscopy_png: bool = True
     parquet: bool = False
 
@@ -278,7 +296,7 @@ class Scenario(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
-        problem = _cement_problem(self.cement) or _lungs_problem(self.lungs)
+        problem = _cement_problem(self.cement) or _lungs_problem(self.lungs) or _work_problem(self)
         if problem is None and self.needle.bipedicular and self.needle.approach == "extrapedicular":
             problem = "needle.bipedicular = true: not supported with needle.approach = 'extrapedicular'"
         if problem is not None:
@@ -398,6 +416,26 @@ def _lungs_problem(lungs: LungsConfig) -> str | None:
         return (
             f"lungs.mean_pap_mmhg = {_num(mpap)}: must be above lungs.left_atrial_pressure_mmhg "
             f"({_num(lap)}); blood must flow from the pulmonary artery to the left atrium"
+        )
+    return None
+
+
+# After the injection the venous side is stepped once per fluoroscopy frame for follow_up_s; with cement
+# in the veins a step costs about 1.7 ms (a blood-flow solve), so 180,000 steps took 5 minutes.
+MAX_FOLLOW_UP_STEPS = 20_000
+FOLLOW_UP_STEP_S = 1.7e-3
+
+
+def _work_problem(scenario: Scenario) -> str | None:
+    """Combinations whose step count would make a run take minutes for nothing, with the estimate."""
+    follow_up, frame = scenario.injection.follow_up_s, scenario.fluoroscopy.frame_interval_s
+    steps = math.ceil(follow_up / frame)
+    if steps > MAX_FOLLOW_UP_STEPS:
+        minutes = steps * FOLLOW_UP_STEP_S / 60.0
+        return (
+            f"injection.follow_up_s = {_num(follow_up)} with fluoroscopy.frame_interval_s = {_num(frame)}: "
+            f"{steps:,} follow-up steps (one per frame, about {minutes:.0f} min); allowed: at most "
+            f"{MAX_FOLLOW_UP_STEPS:,} (follow_up_s / frame_interval_s)"
         )
     return None
 

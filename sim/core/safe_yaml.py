@@ -214,6 +214,8 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
         raise ConfigError(f"{p}: {what} not found") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read {what}: {_os_reason(exc)}") from None
+    except ValueError as exc:  # e.g. an embedded NUL character
+        raise ConfigError(f"{str(p)!r}: cannot read {what}: {exc}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):

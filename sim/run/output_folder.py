@@ -29,6 +29,7 @@ from types import TracebackType
 
 from sim.core.errors import ConfigError
 
+MAX_NAME_BYTES = 200  # file systems allow 255; ".<name>.partial-<pid>-<random>" must fit too
 SPECIAL_ROOTS = ("/proc", "/sys")  # kernel views: nothing can be written there
 
 
@@ -95,11 +96,25 @@ def check_output_folder(out: Path, overwrite: bool, flag: str = "--out", resume:
     text = str(out)
     if text in ("", ".") or out.name in ("", ".", ".."):
         raise ConfigError(f"{flag} {text!r}: name a new folder for the results (not the current folder)")
+    if "\0" in text:
+        raise ConfigError(f"{flag} {text!r}: a path cannot contain a NUL character")
+    if len(out.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{flag} {text}: folder name too long (allowed: at most {MAX_NAME_BYTES} bytes, with room for "
+            "the hidden temporary and lock names beside it)"
+        )
     try:
-        resolved = out.resolve()
-        cwd = Path.cwd().resolve()
-    except (OSError, RuntimeError) as exc:
+        _check_existing(out, text, flag, overwrite, resume)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
+    except RuntimeError as exc:  # a symlink loop while resolving
         raise ConfigError(f"{flag} {text}: cannot resolve the path ({exc})") from None
+    return out
+
+
+def _check_existing(out: Path, text: str, flag: str, overwrite: bool, resume: bool) -> None:
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise ConfigError(
             f"{flag} {text}: is the current folder or holds it; name a new folder for the results"
@@ -133,7 +148,6 @@ def check_output_folder(out: Path, overwrite: bool, flag: str = "--out", resume:
     existing = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {text}: cannot create the folder in {existing} (permission denied)")
-    return out
 
 
 def _owner_pid(name: str, prefix: str) -> int | None:

@@ -115,7 +115,9 @@ def _named(scenario: Scenario, candidates: tuple[str, ...]) -> str:
     hits: list[str] = []
     for cand in candidates:
         for path, value in written.items():
-            if (path == cand or path.startswith(cand + ".")) and not any(h.startswith(path) for h in hits):
+            if (path == cand or path.startswith(cand + ".")) and not any(
+                h.startswith(path + " = ") for h in hits
+            ):
                 hits.append(f"{path} = {shown_value(value)}")
     if hits:
         more = len(hits) - MAX_NAMED_FIELDS
@@ -175,7 +177,7 @@ def _rephrase(message: str, scenario: Scenario) -> str | None:
             pap_min = lungs.left_atrial_pressure_mmhg + drop * conduit / (0.9 * target)
             allowed = (
                 f" (allowed with these settings: veins.blood_viscosity_pa_s below {mu_max:.3g}, or "
-                f"lungs.mean_pap_mmhg above {pap_min:.3g})"
+                f"lungs.mean_pap_mmhg above {pap_min:.4g})"
             )
         return (
             f"{culprit} = {value}: the pulmonary arteries down to {lungs.cutoff_diameter_mm:g} mm alone "

@@ -353,6 +353,15 @@ def cross_field_cases() -> list[FuzzCase]:
         ),
         ("rate-1e-300", {"injection": {"rate_ml_per_s": 1.0e-300}}, "injection.rate_ml_per_s"),
         (
+            "needle-tip-outside",
+            {
+                "patient": {"level": "T5"},
+                "grid": {"spacing_mm": 4.0},
+                "needle": {"tip_ap_fraction": 0.05, "tip_lateral_fraction": -0.9, "tip_cc_fraction": 0.1},
+            },
+            "needle.tip_ap_fraction = 0.05",
+        ),  # fmt: skip
+        (
             "vtk-interval-1e-300",
             {"output": {"vtk": True, "vtk_interval_s": 1.0e-300}},
             "output.vtk_interval_s",

@@ -356,11 +356,11 @@ def cross_field_cases() -> list[FuzzCase]:
             "needle-tip-outside",
             {
                 "patient": {"level": "T5"},
-                "grid": {"spacing_mm": 4.0},
+                "grid": {"spacing_mm": 2.0},
                 "needle": {"tip_ap_fraction": 0.05, "tip_lateral_fraction": -0.9, "tip_cc_fraction": 0.1},
             },
             "needle.tip_ap_fraction = 0.05",
-        ),  # fmt: skip
+        ),
         (
             "vtk-interval-1e-300",
             {"output": {"vtk": True, "vtk_interval_s": 1.0e-300}},

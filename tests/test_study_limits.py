@@ -208,3 +208,25 @@ def test_format_duration() -> None:
     assert format_duration(7200) == "2.0 h"
     assert format_duration(10 * 86400) == "10 days"
     assert "years" in format_duration(1e12)
+
+
+def test_a_cohort_folder_has_one_writer(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "cohort"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+         "from sim.run.output_folder import OutputClaim; OutputClaim(sys.argv[1]).acquire();"
+         "print('held', flush=True); time.sleep(60)", str(out), str(ROOT)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cohort = ROOT / "configs" / "cohort_small.yaml"
+        res, _ = invoke("cohort", cohort, "--n", 1, "--out", out, "--no-sensitivity", "--quiet")
+        assert res.exit_code == 2 and f"another pce-sim run (pid {holder.pid})" in res.stderr, res.stderr
+        assert not (out / "ledger.sqlite").exists()
+    finally:
+        holder.kill()
+        holder.wait()

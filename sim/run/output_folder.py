@@ -8,9 +8,10 @@ and (with ``--overwrite``) a folder holding files this user could not delete.
 :class:`OutputClaim` makes one process the writer of a run folder: it creates the lock file
 ``.<name>.lock`` next to the folder, locks it (``flock``, exclusive, non-blocking) and writes its pid
 into it, so of two runs into one ``--out`` exactly one gets it and the other stops at once, naming
-the holder. The kernel releases the lock of a killed run, so its stale lock file is reclaimed.
-Holding the claim, the writer also removes the hidden ``.<name>.partial-<pid>-*`` and
-``.<name>.old-<pid>`` folders that killed runs of dead pids left.
+the holder. The kernel releases the lock of a killed run, so its stale lock file is reclaimed; finding
+one, the new writer also removes the hidden ``.<name>.partial-<pid>-*`` and ``.<name>.old-<pid>``
+folders that killed runs of dead pids left (these are only made under a claim, so a killed writer
+always leaves its lock file too).
 The folder itself is written to ``.<name>.partial-<pid>-*`` and renamed into place
 (:meth:`sim.run.results.RunResult.write`).
 """
@@ -226,8 +227,19 @@ class OutputClaim:
                 f"{self.flag} {self.out}: cannot create {self.out.parent}: {_describe(exc)}"
             ) from None
         for _ in range(5):
+            stale = False  # a lock file left behind: its writer died (only claims create partial folders)
             try:
-                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                stale = True
+                try:
+                    fd = os.open(self.lock, os.O_RDWR)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise ConfigError(
+                        f"{self.flag} {self.out}: cannot open {self.lock}: {_describe(exc)}"
+                    ) from None
             except OSError as exc:
                 raise ConfigError(
                     f"{self.flag} {self.out}: cannot write in {self.out.parent}: {_describe(exc)}"
@@ -252,7 +264,8 @@ class OutputClaim:
             os.write(fd, f"{os.getpid()}\n".encode())
             self._fd = fd
             _HELD[self._key] = 1
-            clean_leftovers(self.out)
+            if stale:  # listing the parent only then keeps 20,000-run sweep folders fast
+                clean_leftovers(self.out)
             return self
         raise ConfigError(
             f"{self.flag} {self.out}: could not claim the folder (lock file {self.lock} keeps changing)"

@@ -207,3 +207,20 @@ def test_unsearchable_folder_as_another_user(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "permission denied" in res.stderr
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.bad is False], ids=lambda c: c.name)
+def test_accepted_edge_cases_really_run(case: FuzzCase, tmp_path: Path) -> None:
+    """What validate now accepts (e.g. the pressure-mode case whose root bracket used to raise) runs."""
+    import yaml
+
+    data = yaml.safe_load(case.text or b"") or {}
+    small = {"injection": {"volume_ml": 0.3, "follow_up_s": 5.0},
+             "output": {"vtk": False, "fluoroscopy_png": False, "fields": False}}  # fmt: skip
+    for section, values in small.items():
+        data.setdefault(section, {}).update(values)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    out = invoke("run", cfg, "--out", tmp_path / "out", "--quiet")
+    assert out.exception is None and out.code == 0, out.stderr
+    assert (tmp_path / "out" / "summary.json").exists()

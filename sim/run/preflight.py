@@ -135,6 +135,12 @@ def _stage(source: str, scenario: Scenario, candidates: tuple[str, ...]) -> Iter
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         line = _rephrase(message, scenario) or f"{_named(scenario, candidates)}: {message}"
         raise ConfigError(f"{source}: {line}") from None
+    except (ArithmeticError, ValueError, IndexError) as exc:  # a stage that breaks on extreme values
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(
+            f"{source}: {_named(scenario, candidates)}: the simulation cannot be set up with these values "
+            f"({type(exc).__name__}: {text})"
+        ) from None
 
 
 def _number(pattern: str, text: str) -> float | None:

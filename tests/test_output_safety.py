@@ -229,14 +229,18 @@ def test_killed_run_leaves_nothing_half_written_and_the_next_run_cleans_up(
     proc = pce_sim("run", tiny, "--out", out, "--quiet")
     deadline = time.monotonic() + 300
     while not lock_path(out).exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # while it holds the claim: simulating or writing
     proc.communicate()
     assert not out.exists() or (out / "summary.json").exists()  # absent or complete
-    dead = dead_pid()
-    (tmp_path / f".out.partial-{dead}-x").mkdir()  # as a run killed while writing leaves it
     shutil.rmtree(out, ignore_errors=True)
+    # what a writer killed while renaming leaves: its lock file, a partial and an old folder
+    dead = dead_pid()
+    if not lock_path(out).exists():
+        lock_path(out).write_text(f"{dead}\n")
+    for name in (f".out.partial-{dead}-x", f".out.old-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
     again = pce_sim("run", tiny, "--out", out, "--quiet")
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err

@@ -1,7 +1,11 @@
 """Command-line interface: ``pce-sim validate | run | sweep | report | view | bench | cohort``.
 
 User errors (bad config, existing output folder, missing tool) print one line in red and exit
-with code 2, never a traceback. ``--quiet`` silences progress bars.
+with code 2, never a traceback, before any simulation work starts: ``validate`` and ``run`` share
+one preflight (:mod:`sim.run.preflight`), ``run`` checks and claims its output folder
+(:mod:`sim.run.output_folder`) before simulating, and sweeps and cohorts are counted and limited
+(:mod:`sim.studies.sizing`) before they are expanded. Everything the user wrote (values, names,
+paths) is printed literally, never read as rich markup. ``--quiet`` silences progress bars.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from sim.core.errors import PceSimError
 
@@ -37,23 +43,36 @@ err_console = Console(stderr=True)
 console = Console()
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+AllowLargeOpt = Annotated[
+    bool,
+    typer.Option("--allow-large", help="Start a study above the size limit (see the README, CLI tour)."),
+]
+
+
+def say(target: Console, *parts: str | tuple[str, str]) -> None:
+    """Print one line built from literal text parts (``(text, style)`` for styled ones): no markup,
+    no highlighting, no emoji codes, no wrapping; user values appear exactly as written."""
+    target.print(Text.assemble(*parts), soft_wrap=True, highlight=False)
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line user error and exit without a traceback."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say(err_console, ("error:", "bold red"), " ", message)
     raise typer.Exit(code)
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn pce-sim's own errors into one clear line and exit code 2."""
+    """Turn pce-sim's own errors into one clear line and exit code 2 (1 for a failing disk)."""
     try:
         yield
     except PceSimError as exc:
         fail(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        fail(f"{where}{exc.strerror or exc}", code=1)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        say(err_console, ("interrupted", "yellow"))
         raise typer.Exit(130) from None
 
 
@@ -80,27 +99,29 @@ def validate(
     config: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the SI scenario as JSON.")] = False,
 ) -> None:
-    """Validate a scenario and print it resolved, in SI units."""
+    """Validate a scenario (every check `run` makes before its first step) and print it in SI units."""
     from sim.core.config import load_scenario
+    from sim.run.preflight import preflight
 
     with user_errors():
         scenario = load_scenario(config)
+        preflight(scenario, source=str(config))
         si = scenario.si()
         if as_json:
             print(json.dumps(si, indent=2))
         else:
-            console.print(f"[green]valid[/] {config}  (scenario '{scenario.name}', SI units)")
+            say(console, ("valid", "green"), f" {config}  (scenario '{scenario.name}', SI units)")
             _print_tree(si)
 
 
 def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
     for key, value in data.items():
         if isinstance(value, dict):
-            console.print(" " * indent + f"[bold]{key}[/]:")
+            say(console, " " * indent, (str(key), "bold"), ":")
             _print_tree(value, indent + 2)
         else:
             shown = f"{value:.6g}" if isinstance(value, float) else value
-            console.print(" " * indent + f"{key}: {shown}", highlight=False)
+            say(console, " " * indent + f"{key}: {shown}")
 
 
 @app.command()
@@ -110,21 +131,29 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Simulate one vertebroplasty and write the run folder (summary.json, tables, VTK)."""
+    """Simulate one vertebroplasty and write the run folder (summary.json, tables, VTK).
+
+    Order: validate the file, check --out, run the preflight (as `validate`), claim --out (a second
+    run into the same folder stops here with exit 2), simulate, write atomically, release.
+    """
     from sim.core.config import load_scenario
+    from sim.run.output_folder import OutputClaim, check_output_folder
+    from sim.run.preflight import preflight
 
     with user_errors():
-        scenario = load_scenario(config)  # validate before importing the (JIT-heavy) solvers
+        scenario = load_scenario(config)
+        check_output_folder(out, overwrite)
+        report = preflight(scenario, source=str(config))
         from sim.run.pipeline import run_scenario, write_run
 
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            fail(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
-        with progress_bar(f"injecting {scenario.name}", quiet) as update:
-            result = run_scenario(scenario, progress=update)
-        write_run(result, out, overwrite=overwrite)
+        with OutputClaim(out):
+            check_output_folder(out, overwrite)  # again, now that no other run can write it
+            with progress_bar(f"injecting {escape(scenario.name)}", quiet) as update:
+                result = run_scenario(scenario, progress=update, stages=report.stages)
+            write_run(result, out, overwrite=overwrite)
         if not quiet:
             _print_summary(result.summary)
-            console.print(f"[green]wrote[/] {out}")
+            say(console, ("wrote", "green"), f" {out}")
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -140,7 +169,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             continue
         else:
             shown = str(value)
-        table.add_row(key, shown)
+        table.add_row(Text(key), Text(shown))
     console.print(table)
 
 
@@ -162,18 +191,33 @@ def sweep(
     runner: Annotated[
         str, typer.Option("--runner", help="Advanced: 'module:function' mapping a Scenario to a RunResult.")
     ] = "sim.run.pipeline:run_scenario",
+    allow_large: AllowLargeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run (or resume) a parameter sweep; record every run in OUT/ledger.sqlite and export results.csv."""
+    """Run (or resume) a parameter sweep; record every run in OUT/ledger.sqlite and export results.csv.
+
+    The runs are counted (and refused above the size limit without --allow-large) before the sweep
+    is expanded; the count and an estimated wall time are printed first.
+    """
     from rich.progress import MofNCompleteColumn
 
-    from sim.studies.sweep import load_expansion, run_sweep
+    from sim.run.output_folder import check_output_folder
+    from sim.studies.executors import DEFAULT_WRITER, resolve_callable
+    from sim.studies.sizing import SWEEP_RUN_LIMIT, check_study_size, sweep_estimate, sweep_run_count
+    from sim.studies.sweep import expand_sweep, load_sweep, run_sweep
 
     with user_errors():
-        expansion = load_expansion(sweep_file)
-        n = len(expansion.points)
+        spec, base_dir = load_sweep(sweep_file)
+        count = sweep_run_count(spec)
+        estimate = sweep_estimate(count, workers or spec.executor.workers)
         if not quiet:
-            console.print(f"sweep '{expansion.spec.name}': {n} scenarios ({expansion.spec.method}) -> {out}")
+            say(console, f"sweep '{spec.name}': {count:,} runs ({spec.method}), {estimate} -> {out}")
+        check_study_size(str(sweep_file), "runs", count, SWEEP_RUN_LIMIT, allow_large, estimate)
+        check_output_folder(out, overwrite=False, resume=True)
+        resolve_callable(runner)
+        resolve_callable(DEFAULT_WRITER)
+        expansion = expand_sweep(spec, base_dir, source=str(sweep_file))
+        n = len(expansion.points)
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -194,16 +238,18 @@ def sweep(
                 progress=lambda finished, total, failed: prog.update(task, completed=finished, failed=failed),
             )
     if not quiet:
-        console.print(
-            f"[green]{outcome.done}[/] done, [red]{len(outcome.failed)}[/] failed, "
-            f"{outcome.skipped} already finished; wrote {out / 'results.csv'}"
+        say(
+            console,
+            (str(outcome.done), "green"),
+            " done, ",
+            (str(len(outcome.failed)), "red"),
+            f" failed, {outcome.skipped} already finished; wrote {out / 'results.csv'}",
         )
     if outcome.failed:
         for index, run_id, error in outcome.failed[:10]:
-            line = f"failed: scenario {index} ({run_id}): {error}"
-            err_console.print(line, highlight=False, soft_wrap=True)
+            say(err_console, f"failed: scenario {index} ({run_id}): {error}")
         if len(outcome.failed) > 10:
-            err_console.print(f"... and {len(outcome.failed) - 10} more (see {out / 'results.csv'})")
+            say(err_console, f"... and {len(outcome.failed) - 10} more (see {out / 'results.csv'})")
         raise typer.Exit(1)
 
 
@@ -220,7 +266,7 @@ def report(
         files = write_report(folder, pdf=pdf)
     if not quiet:
         for path in files:
-            console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
+            say(console, ("wrote", "green"), f" {path}")
 
 
 @app.command()
@@ -239,22 +285,44 @@ def cohort(
     no_sensitivity: Annotated[
         bool, typer.Option("--no-sensitivity", help="Skip the Morris/Sobol sensitivity design.")
     ] = False,
+    allow_large: AllowLargeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run (or resume) a virtual patient cohort under its stop policies and write OUT/cohort_report.md."""
+    """Run (or resume) a virtual patient cohort under its stop policies and write OUT/cohort_report.md.
+
+    The patients and scenarios are counted (and refused above the size limit without --allow-large)
+    before any patient is sampled; the count and an estimated wall time are printed first.
+    """
     from rich.progress import MofNCompleteColumn
 
+    from sim.run.output_folder import check_output_folder
     from sim.studies.cohort import load_cohort, plan_cohort, run_cohort
     from sim.studies.cohort_report import write_cohort_report
+    from sim.studies.sizing import COHORT_PATIENT_LIMIT, check_study_size, cohort_counts, cohort_estimate
 
     with user_errors():
         spec, base_dir = load_cohort(cohort_file)
-        plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file))
+        n_patients = spec.n if n is None else n
+        scenarios, design_rows = cohort_counts(spec, n_patients, sensitivity=not no_sensitivity)
+        estimate = cohort_estimate(n_patients, workers or spec.executor.workers, design_rows)
         if not quiet:
-            console.print(
-                f"cohort '{spec.name}': {len(plan.patients)} virtual patients x {len(spec.policies)} "
-                f"policies -> {out}"
+            say(
+                console,
+                f"cohort '{spec.name}': {n_patients:,} virtual patients x {len(spec.policies)} policies"
+                + (f" + {design_rows:,} sensitivity runs" if design_rows else "")
+                + f", {estimate} -> {out}",
             )
+        check_study_size(
+            str(cohort_file),
+            "patients",
+            n_patients,
+            COHORT_PATIENT_LIMIT,
+            allow_large,
+            estimate,
+            scenarios + design_rows,
+        )
+        check_output_folder(out, overwrite=False, resume=True)
+        plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file))
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -276,22 +344,21 @@ def cohort(
             )
         files = write_cohort_report(result, out)
     if not quiet:
-        console.print(
+        say(
+            console,
             f"{len(result.arms) - len(result.failed)} of {len(result.arms)} patient-policy results, "
             f"{result.n_runs} runs executed now; wrote {out / 'cohort_report.md'}",
-            highlight=False,
-            soft_wrap=True,
         )
         for path in files:
-            console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
+            say(console, ("wrote", "green"), f" {path}")
     if result.failed:
         for arm in result.failed[:10]:
             error = (arm.error or arm.status).splitlines()[0]
-            err_console.print(
-                f"failed: patient {arm.patient} policy '{arm.policy}' ({arm.hash[:12]}): {error}",
-                highlight=False,
-                soft_wrap=True,
+            say(
+                err_console, f"failed: patient {arm.patient} policy '{arm.policy}' ({arm.hash[:12]}): {error}"
             )
+        if len(result.failed) > 10:
+            say(err_console, f"... and {len(result.failed) - 10} more failed patient-policy results")
         raise typer.Exit(1)
 
 
@@ -312,12 +379,14 @@ def bench(
             quick=quick,
             out_dir=out,
             only=only,
-            progress=None if quiet else lambda name, i, n: err_console.print(f"[{i + 1}/{n}] {name}"),
+            progress=None if quiet else lambda name, i, n: say(err_console, f"[{i + 1}/{n}] {name}"),
         )
     if not quiet:
-        console.print(markdown_table(["name", "target", "value", "met"], doc["targets"]), highlight=False)
+        console.print(
+            Text(markdown_table(["name", "target", "value", "met"], doc["targets"])), highlight=False
+        )
         for path in doc["files"]:
-            console.print(f"[green]wrote[/] {path}", highlight=False, soft_wrap=True)
+            say(console, ("wrote", "green"), f" {path}")
 
 
 @app.command()
@@ -334,7 +403,7 @@ def view(
     with user_errors():
         out = render_view(run_dir, png, quiet=quiet)
         if not quiet:
-            console.print(f"[green]wrote[/] {out}")
+            say(console, ("wrote", "green"), f" {out}")
 
 
 def main() -> None:
@@ -344,7 +413,7 @@ def main() -> None:
     except SystemExit:
         raise
     except PceSimError as exc:  # errors escaping a command body
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        say(err_console, ("error:", "bold red"), f" {exc}")
         sys.exit(2)
 
 

@@ -329,3 +329,17 @@ def test_fit_preset_recovers_known_parameters() -> None:
     assert np.max(np.abs(rel)) < 1e-6
     assert fitted.viscosity_ref_pa_s == pytest.approx(truth.viscosity_ref_pa_s, rel=1e-4)
     assert fitted.divergence_exponent == pytest.approx(truth.divergence_exponent, rel=1e-3)
+
+
+def test_cannula_drop_on_the_newtonian_clip_does_not_lose_its_bracket():
+    """Issue 14: high preset, 15 min after mixing, pressure mode: the wall stress sits on the eta_max
+    bound, where exp(log(tau)) != tau made brentq see no sign change and raise."""
+    import math
+
+    from sim.physics.rheology import cannula_pressure_drop_pa, load_cement_preset
+
+    model = load_cement_preset("high")
+    q, d, length, age = 2.178630681412737e-10, 0.00254, 0.125, 926.8480727205015
+    dp = cannula_pressure_drop_pa(model, q, d, length, age)
+    hagen_poiseuille = 8.0 * model.viscosity_max_pa_s * length * q / (math.pi * (0.5 * d) ** 4)
+    assert dp == pytest.approx(hagen_poiseuille, rel=1e-9)

@@ -309,14 +309,16 @@ def test_write_run_vtk_takes_the_scenario_interval_and_skips_what_the_run_lacks(
     write_run_vtk(tmp_path / "r", replace(lai_run, scenario=sparse), spine=False)
     recorded = [t for t, _ in lai_run.artifacts.recording.bone_snapshots]
     assert [t for t, _ in read_pvd(tmp_path / "r" / "bone.pvd")] == [recorded[0], recorded[-1]]
-    # a run without emboli: no emboli files, and the parts index still matches pce_sim.pvd
+    # a run without emboli writes the same files (an emboli series with no emboli in any frame),
+    # and the parts index still matches pce_sim.pvd
     art = lai_run.artifacts
     empty = {k: np.asarray(v)[:0] for k, v in art.transport.emboli.items()}
     no_emboli = replace(lai_run, artifacts=replace(art, transport=replace(art.transport, emboli=empty)))
     top = write_run_vtk(tmp_path / "e", no_emboli, spine=False)
-    assert not (tmp_path / "e" / "emboli.pvd").exists() and not (tmp_path / "e" / "emboli").exists()
+    frames = read_pvd(tmp_path / "e" / "emboli.pvd")
+    assert frames and all(len(read_vtp(tmp_path / "e" / rel)[1]) == 0 for _, rel in frames)
     names = (tmp_path / "e" / "pce_sim_parts.txt").read_text().split()
-    assert "emboli" not in names and {"bone", "veins", "lungs"} <= set(names)
+    assert {"bone", "veins", "lungs", "emboli"} <= set(names)
     assert sorted({p for _, _, p in read_pvd(top, with_parts=True)}) == list(range(len(names)))
     with pytest.raises(PceSimError, match="no stage objects"):
         write_run_vtk(tmp_path / "n", replace(lai_run, artifacts=None))

@@ -6,8 +6,14 @@ fragmentation, pulmonary tree and outputs. Fields carry clinical units in their 
 (``volume_ml``, ``spacing_mm``); :func:`sim.core.units.to_si` converts them in one place.
 
 Unknown keys are rejected (typos are errors, not silently ignored). Every numeric field
-declares its allowed range, and :func:`format_validation_error` turns a pydantic error into
-one line naming the field path, the bad value and what is allowed.
+declares its allowed range (booleans are not numbers here: ``volume_ml: true`` is an error), and
+:func:`format_validation_error` turns a pydantic error into one line naming the field path, the
+bad value and what is allowed. Checks that involve several fields (cement overrides against the
+preset they modify, pulmonary pressures, the tree cutoff against the segmental arteries) run in
+:meth:`Scenario._consistent` and name the field the user wrote. YAML files are read by
+:mod:`sim.core.safe_yaml` (regular files only, size, depth, alias, tag and duplicate-key bounds).
+Checks that need the anatomy (needle tip, venous flows, pulmonary tree) are in
+:mod:`sim.run.preflight`.
 
 Defaults describe a typical lumbar PVP: L1 osteoporotic body (porosity 0.90, reference
 permeability 4e-8 m^2 from Baroud et al. 2004), medium-viscosity PMMA injected from 6 min
@@ -17,15 +23,30 @@ stopping as soon as a venous leak is seen (stop_after_leak_s = 0).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from sim.core.errors import ConfigError
+from sim.core.geometry_data import load_geometry_yaml
+from sim.core.safe_yaml import read_yaml_file
 
 LEVELS: tuple[str, ...] = (
     "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5",
@@ -33,10 +54,34 @@ LEVELS: tuple[str, ...] = (
 Level = Literal["T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5"]
 
 
+def _is_number(annotation: Any) -> bool:
+    """True when a field annotation takes a float or int (not a bool, not a Literal)."""
+    if annotation in (float, int):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return False
+    if origin is Annotated:
+        return _is_number(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_number(a) for a in typing.get_args(annotation))
+    return False
+
+
 class StrictModel(BaseModel):
-    """Base model: unknown keys are errors, values are validated on assignment too."""
+    """Base model: unknown keys are errors, values are validated on assignment too, and a boolean
+    is never taken for a number (pydantic's lax mode would read ``true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _is_number(field.annotation):
+                raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
+        return value
 
 
 class FractureCleftConfig(StrictModel):
@@ -126,7 +171,15 @@ class InjectionConfig(StrictModel):
     """
 
     mode: Literal["rate", "pressure"] = "rate"
-    rate_ml_per_s: Annotated[float, Field(gt=0.0, le=2.0)] = 0.05
+    rate_ml_per_s: Annotated[
+        float,
+        Field(
+            ge=0.001,
+            le=2.0,
+            description="Injection rate (clinical 0.02-0.3 ml/s). Below 1 microlitre per second the cannula "
+            "flow underflows the wall-stress solve.",
+        ),
+    ] = 0.05
     max_syringe_pressure_mpa: Annotated[float, Field(gt=0.0, le=50.0)] = 10.0
     volume_ml: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
     max_duration_s: Annotated[float, Field(gt=0.0, le=3600.0)] | None = None
@@ -138,7 +191,16 @@ class GridConfig(StrictModel):
     """Uniform Cartesian grid of the vertebral body and the injection solver's numerics."""
 
     spacing_mm: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
-    cfl: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    cfl: Annotated[
+        float,
+        Field(
+            ge=0.05,
+            le=1.0,
+            description="Fraction of a cell's pore volume the front may fill per step. The step count "
+            "grows as 1/cfl (a 1 mm, 4 ml run takes about 700 steps at 0.05); below 0.05 runs take "
+            "hours without a more accurate answer.",
+        ),
+    ] = 0.8
     pressure_solver: Literal["auto", "amg", "direct", "cg"] = "auto"
     method: Literal["front", "impes"] = "front"
 
@@ -161,10 +223,19 @@ class FluoroscopyConfig(StrictModel):
     """Synthetic fluoroscopy used to decide when a venous leak is seen."""
 
     pixel_size_mm: Annotated[float, Field(ge=0.05, le=5.0)] = 0.3
-    views: list[Literal["lateral", "ap"]] = ["lateral", "ap"]
+    views: Annotated[list[Literal["lateral", "ap"]], Field(min_length=1, max_length=2)] = ["lateral", "ap"]
     visibility_threshold_mm3: Annotated[float, Field(ge=0.0, le=1000.0)] = 5.0
     min_thickness_mm: Annotated[float, Field(ge=0.0, le=10.0)] = 0.5
-    frame_interval_s: Annotated[float, Field(gt=0.0, le=10.0)] = 0.5
+    frame_interval_s: Annotated[
+        float,
+        Field(
+            ge=0.02,
+            le=10.0,
+            description="Time between fluoroscopy frames. Pulsed fluoroscopy runs at most 30 frames/s; "
+            "the bound is 50 frames/s. The follow-up after the injection takes one step per frame, and "
+            "follow_up_s / frame_interval_s may not exceed 20,000 steps (about half a minute).",
+        ),
+    ] = 0.5
     reaction_delay_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.0
 
 
@@ -180,7 +251,16 @@ class FragmentationConfig(StrictModel):
 class LungsConfig(StrictModel):
     """Pulmonary arterial tree and fragment lodging."""
 
-    cutoff_diameter_mm: Annotated[float, Field(ge=0.02, le=5.0)] = 0.5
+    cutoff_diameter_mm: Annotated[
+        float,
+        Field(
+            ge=0.25,
+            le=5.0,
+            description="Smallest arteries of the pulmonary tree. The vessel count grows as cutoff^-3 "
+            "(about 14,000 at 0.5 mm, 110,000 at 0.25 mm, built in under a second); finer trees take "
+            "minutes and gigabytes. Must also be below half the smallest segmental artery (2.1 mm).",
+        ),
+    ] = 0.5
     deformability_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     slip_factor: Annotated[float, Field(gt=0.0, le=1.5)] = 0.9
     posture: Literal["prone", "supine", "upright"] = "prone"
@@ -204,7 +284,15 @@ class OutputConfig(StrictModel):
     time_series: bool = True
     fields: bool = True
     vtk: bool = True
-    vtk_interval_s: Annotated[float, Field(gt=0.0, le=600.0)] = 5.0
+    vtk_interval_s: Annotated[
+        float,
+        Field(
+            ge=0.1,
+            le=600.0,
+            description="Time between VTK snapshots of the cement field; each holds the whole grid, and "
+            "at most one is taken per injection step.",
+        ),
+    ] = 5.0
     fluoroscopy_png: bool = True
     parquet: bool = False
 
@@ -228,15 +316,11 @@ class Scenario(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
-        o = self.cement.overrides
-        if o is not None and o.viscosity_min_pa_s and o.viscosity_max_pa_s:
-            if o.viscosity_min_pa_s >= o.viscosity_max_pa_s:
-                raise ValueError(
-                    "cement.overrides.viscosity_min_pa_s must be below viscosity_max_pa_s "
-                    f"(got {o.viscosity_min_pa_s} >= {o.viscosity_max_pa_s})"
-                )
-        if self.needle.bipedicular and self.needle.approach == "extrapedicular":
-            raise ValueError("needle.bipedicular with approach 'extrapedicular' is not supported")
+        problem = _cement_problem(self.cement) or _lungs_problem(self.lungs) or _work_problem(self)
+        if problem is None and self.needle.bipedicular and self.needle.approach == "extrapedicular":
+            problem = "needle.bipedicular = true: not supported with needle.approach = 'extrapedicular'"
+        if problem is not None:
+            raise PydanticCustomError("scenario_consistency", problem)
         return self
 
     def si(self) -> dict[str, Any]:
@@ -249,6 +333,131 @@ class Scenario(StrictModel):
         """Stable SHA-256 of the resolved scenario (keys sorted), used to key sweep ledgers."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- cross-field checks
+
+# Cement override fields (clinical units) -> (SI preset parameter, factor to SI, unit shown).
+_CEMENT_OVERRIDE_SI: dict[str, tuple[str, float, str]] = {
+    "viscosity_ref_pa_s": ("viscosity_ref_pa_s", 1.0, "Pa s"),
+    "reference_time_min": ("reference_time_s", 60.0, "min"),
+    "setting_time_min": ("setting_time_s", 60.0, "min"),
+    "divergence_exponent": ("divergence_exponent", 1.0, ""),
+    "power_law_n_fresh": ("power_law_n_fresh", 1.0, ""),
+    "power_law_n_set": ("power_law_n_set", 1.0, ""),
+    "viscosity_min_pa_s": ("viscosity_min_pa_s", 1.0, "Pa s"),
+    "viscosity_max_pa_s": ("viscosity_max_pa_s", 1.0, "Pa s"),
+    "activation_energy_kj_per_mol": ("activation_energy_j_per_mol", 1.0e3, "kJ/mol"),
+    "density_kg_per_m3": ("density_kg_per_m3", 1.0, "kg/m^3"),
+}
+# (lower field, upper field, strict): the rheology model needs lower < upper (strict) or <=.
+_CEMENT_PAIRS = (
+    ("reference_time_min", "setting_time_min", True),
+    ("power_law_n_set", "power_law_n_fresh", False),
+    ("viscosity_min_pa_s", "viscosity_max_pa_s", True),
+)
+
+
+@functools.lru_cache(maxsize=1)
+def cement_preset_parameters() -> dict[str, dict[str, float]]:
+    """SI rheology parameters of each cement preset (``geometries/cement.yaml``)."""
+    data = load_geometry_yaml("cement.yaml")
+    presets = data.get("presets", {}) if isinstance(data, dict) else {}
+    return {
+        str(name): {str(k): float(v) for k, v in (entry or {}).get("parameters", {}).items()}
+        for name, entry in presets.items()
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def max_lung_cutoff_mm() -> float:
+    """Largest allowed pulmonary tree cutoff: half the mean order-13 (segmental) artery diameter."""
+    table = load_geometry_yaml("pulmonary/pulmonary_arteries.yaml")["huang1996_orders"]
+    entry = table.get(13, table.get("13"))
+    return 0.5 * float(entry[0])
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _cement_problem(cement: CementConfig) -> str | None:
+    """The first override that makes the preset's rheology inconsistent, named as written."""
+    o = cement.overrides
+    if o is None:
+        return None
+    preset = cement_preset_parameters().get(cement.preset, {})
+    given = {name: getattr(o, name) for name in _CEMENT_OVERRIDE_SI if getattr(o, name) is not None}
+    if not given:
+        return None
+
+    def value(name: str) -> float | None:
+        if name in given:
+            return float(given[name])
+        si_name, factor, _ = _CEMENT_OVERRIDE_SI[name]
+        return preset[si_name] / factor if si_name in preset else None
+
+    for lower, upper, strict in _CEMENT_PAIRS:
+        lo, hi = value(lower), value(upper)
+        if lo is None or hi is None or (lo < hi if strict else lo <= hi):
+            continue
+        unit = _CEMENT_OVERRIDE_SI[lower][2]
+        unit = f" {unit}" if unit else ""
+        if upper in given and lower not in given:
+            return (
+                f"cement.overrides.{upper} = {_num(hi)}: must be {'above' if strict else 'at least'} "
+                f"{lower} of preset '{cement.preset}' ({_num(lo)}{unit}; override {lower} too)"
+            )
+        other = (
+            f"cement.overrides.{upper} = {_num(hi)}"
+            if upper in given
+            else f"{upper} of preset '{cement.preset}' ({_num(hi)}{unit})"
+        )
+        return f"cement.overrides.{lower} = {_num(lo)}: must be {'below' if strict else 'at most'} {other}"
+    return None
+
+
+def _lungs_problem(lungs: LungsConfig) -> str | None:
+    """Pulmonary pressures and cutoff the tree builder would refuse, named as written."""
+    cutoff_max = max_lung_cutoff_mm()
+    if not lungs.cutoff_diameter_mm < cutoff_max:
+        return (
+            f"lungs.cutoff_diameter_mm = {_num(lungs.cutoff_diameter_mm)}: must be below "
+            f"{_num(cutoff_max)} mm (half the smallest segmental artery)"
+        )
+    if not lungs.mean_pap_mmhg > lungs.left_atrial_pressure_mmhg:
+        mpap, lap = lungs.mean_pap_mmhg, lungs.left_atrial_pressure_mmhg
+        written = lungs.model_fields_set
+        if "left_atrial_pressure_mmhg" in written and "mean_pap_mmhg" not in written:
+            return (
+                f"lungs.left_atrial_pressure_mmhg = {_num(lap)}: must be below lungs.mean_pap_mmhg "
+                f"({_num(mpap)}, the default); blood must flow from the pulmonary artery to the left atrium"
+            )
+        return (
+            f"lungs.mean_pap_mmhg = {_num(mpap)}: must be above lungs.left_atrial_pressure_mmhg "
+            f"({_num(lap)}); blood must flow from the pulmonary artery to the left atrium"
+        )
+    return None
+
+
+# After the injection the venous side is stepped once per fluoroscopy frame for follow_up_s; with cement
+# in the veins a step costs about 1.7 ms (a blood-flow solve), so 180,000 steps took 5 minutes.
+MAX_FOLLOW_UP_STEPS = 20_000
+FOLLOW_UP_STEP_S = 1.7e-3
+
+
+def _work_problem(scenario: Scenario) -> str | None:
+    """Combinations whose step count would make a run take minutes for nothing, with the estimate."""
+    follow_up, frame = scenario.injection.follow_up_s, scenario.fluoroscopy.frame_interval_s
+    steps = math.ceil(follow_up / frame)
+    if steps > MAX_FOLLOW_UP_STEPS:
+        minutes = steps * FOLLOW_UP_STEP_S / 60.0
+        return (
+            f"injection.follow_up_s = {_num(follow_up)} with fluoroscopy.frame_interval_s = {_num(frame)}: "
+            f"{steps:,} follow-up steps (one per frame, about {minutes:.0f} min); allowed: at most "
+            f"{MAX_FOLLOW_UP_STEPS:,} (follow_up_s / frame_interval_s)"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------- errors
@@ -313,29 +522,54 @@ def _allowed_text(info: Any) -> str:
     return ""
 
 
+MAX_ERROR_LINES = 5
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """A user value as one literal line (JSON for scalars, never escaped non-ASCII), cut to ``limit``."""
+    if isinstance(value, str | int | float | bool | type(None)):
+        text = json.dumps(value, ensure_ascii=False)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=repr)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def summarise_lines(lines: list[str], limit: int = MAX_ERROR_LINES, what: str = "problems") -> str:
+    """The first ``limit`` lines, then one line counting the rest."""
+    if len(lines) <= limit:
+        return "\n".join(lines)
+    return "\n".join([*lines[:limit], f"... and {len(lines) - limit} more {what}"])
+
+
 def format_validation_error(exc: ValidationError, source: str = "config") -> str:
-    """One line per problem: ``source: field.path = value: message (allowed: ...)``."""
+    """One line per problem (at most MAX_ERROR_LINES, then a count):
+    ``source: field.path = value: message (allowed: ...)``."""
     lines = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = shown_value(".".join(str(p) for p in loc), 80)[1:-1] if loc else "(top level)"
         value = err.get("input")
         kind = err.get("type", "")
+        msg = str(err.get("msg", "invalid"))
+        if kind == "scenario_consistency":
+            lines.append(f"{source}: {msg}")
+            continue
         if kind == "extra_forbidden":
-            parent = _unwrap_model(_field_info(Scenario, loc[:-1]).annotation) if len(loc) > 1 else Scenario
+            parent_info = _field_info(Scenario, loc[:-1]) if len(loc) > 1 else None
+            parent = Scenario if len(loc) <= 1 else _unwrap_model(getattr(parent_info, "annotation", None))
             known = ", ".join(parent.model_fields) if parent is not None else ""
             lines.append(f"{source}: unknown key '{path}' (known keys here: {known})")
             continue
-        msg = err.get("msg", "invalid")
+        msg = re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
         allowed = _allowed_text(_field_info(Scenario, loc))
-        shown = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        line = f"{source}: {path} = {shown}: {msg}"
+        line = f"{source}: {path} = {shown_value(value)}: {msg}"
         if allowed and not msg.startswith("Input should be '"):
             line += f" ({allowed})"
         lines.append(line)
-    return "\n".join(lines)
+    return summarise_lines(lines)
 
 
 def scenario_from_dict(data: Any, source: str = "config") -> Scenario:
@@ -351,22 +585,8 @@ def scenario_from_dict(data: Any, source: str = "config") -> Scenario:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file, turning missing files and syntax errors into ConfigError."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a directory, expected a YAML file")
-    try:
-        with p.open("r", encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc}") from None
+    """Read a user YAML file (see :mod:`sim.core.safe_yaml`); every problem is one-line ConfigError."""
+    return read_yaml_file(path)
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -623,6 +623,16 @@ def emboli_columns(
     }
 
 
+_NO_EMBOLI: dict[str, Any] = {
+    "centers_m": np.empty((0, 3)),
+    "directions": None,
+    "lengths_m": np.empty(0),
+    "diameters_m": np.empty(0),
+    "time_s": np.empty(0),
+    "data": {},
+}
+
+
 def needle_polydata(needle: Needle) -> vtkPolyData:
     """The cannula(s): from the tip back along the shaft for the cannula length (out of the patient)."""
     tips = np.asarray(needle.tip_positions_m, dtype=np.float64).reshape(-1, 3)
@@ -764,28 +774,28 @@ def write_run_vtk(out_dir: str | Path, result: RunResult, spine: bool = True) ->
     write_pvd(out / "lungs.pvd", [(0.0, "lungs.vtp")])
     parts.append(("lungs", [(0.0, "lungs.vtp")]))
 
-    emb = emboli_columns(art.transport.emboli, art.tree)
-    if emb is not None:
-        t_emb = emb["time_s"]
-        finite = t_emb[np.isfinite(t_emb)]
-        late = {float(finite.max())} if finite.size and finite.max() > times[-1] else set()
-        entries = []
-        for i, t in enumerate(sorted(set(times) | late)):
-            sel = np.isfinite(t_emb) & (t_emb <= t * (1 + 1e-12))
-            rel = f"emboli/emboli_{i:04d}.vtp"
-            write_emboli_vtp(
-                out / rel,
-                emb["centers_m"][sel],
-                None if emb["directions"] is None else emb["directions"][sel],
-                emb["lengths_m"][sel],
-                emb["diameters_m"][sel],
-                {k: v[sel] for k, v in emb["data"].items()},
-                time_s=t,
-            )
-            entries.append((t, rel))
-        t_end = max(t_end, entries[-1][0])
-        write_pvd(out / "emboli.pvd", entries)
-        parts.append(("emboli", entries))
+    # an empty series too when nothing embolised, so every run folder has the same files
+    emb = emboli_columns(art.transport.emboli, art.tree) or _NO_EMBOLI
+    t_emb = emb["time_s"]
+    finite = t_emb[np.isfinite(t_emb)]
+    late = {float(finite.max())} if finite.size and finite.max() > times[-1] else set()
+    entries = []
+    for i, t in enumerate(sorted(set(times) | late)):
+        sel = np.isfinite(t_emb) & (t_emb <= t * (1 + 1e-12))
+        rel = f"emboli/emboli_{i:04d}.vtp"
+        write_emboli_vtp(
+            out / rel,
+            emb["centers_m"][sel],
+            None if emb["directions"] is None else emb["directions"][sel],
+            emb["lengths_m"][sel],
+            emb["diameters_m"][sel],
+            {k: v[sel] for k, v in emb["data"].items()},
+            time_s=t,
+        )
+        entries.append((t, rel))
+    t_end = max(t_end, entries[-1][0])
+    write_pvd(out / "emboli.pvd", entries)
+    parts.append(("emboli", entries))
 
     top = write_pvd(out / "pce_sim.pvd", _every_part_at_every_time(parts))
     _write_index(out, [name for name, _ in parts], t_end)

@@ -552,14 +552,19 @@ def cannula_pressure_drop_pa(
     elif f_hi <= 0.0:
         tau_w = hi
     else:
-        lg = brentq(
-            lambda x: math.log(_pipe_flow(math.exp(x), r, pieces) / q),
-            math.log(lo),
-            math.log(hi),
-            xtol=1e-14,
-            rtol=1e-15,
-        )
-        tau_w = math.exp(lg)
+        # The root is sought in log(tau_w); exp(log(x)) != x in the last bit, so the bracket is checked
+        # again on the function brentq sees: when the root sits on an end (flow on a Newtonian clip),
+        # round-off can put both ends on one side, and that end is the answer.
+        def log_ratio(x: float) -> float:
+            ratio = _pipe_flow(math.exp(x), r, pieces) / q
+            return math.log(ratio) if ratio > 0.0 else -1.0e3
+
+        a, b = math.log(lo), math.log(hi)
+        g_a, g_b = log_ratio(a), log_ratio(b)
+        if g_a >= 0.0 or g_b <= 0.0:
+            tau_w = lo if abs(g_a) <= abs(g_b) else hi
+        else:
+            tau_w = math.exp(brentq(log_ratio, a, b, xtol=1e-14, rtol=1e-15))
     return sign * 2.0 * length * tau_w / r
 
 

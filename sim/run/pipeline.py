@@ -10,25 +10,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sim.core.config import Scenario
-from sim.core.grid import EXIT_KINDS
+from sim.core.grid import EXIT_KINDS, BoneGrid, Needle
 from sim.core.parameters import RunParameters
 from sim.core.provenance import provenance
 from sim.core.units import KPA_PA, ML_M3, MM_M, MPA_PA, report_units
 from sim.physics.bone import build_vertebral_body, place_needle
 from sim.physics.cure_clock import CureClock
 from sim.physics.fragment_set import LODGED, PASSED_DISTAL, STATUS_NAMES, FragmentSet
-from sim.physics.fragment_transport import TransportResult, transport_fragments
+from sim.physics.fragment_transport import DiameterMargin, TransportResult, transport_fragments
 from sim.physics.injection import InjectionResult, InjectionSolver
 from sim.physics.injection_control import InjectionControl, StopPolicy
 from sim.physics.laws import law_class
-from sim.physics.pulmonary_tree import build_pulmonary_tree
-from sim.physics.venous_network import build_venous_network
+from sim.physics.pulmonary_tree import PulmonaryTree, build_pulmonary_tree
+from sim.physics.rheology import CementModel
+from sim.physics.venous_network import VenousNetwork, build_venous_network
 from sim.run.coupling import run_coupled
 from sim.run.recorder import RunRecorder
 from sim.run.results import RunArtifacts, RunResult
@@ -44,60 +47,112 @@ def stage_rngs(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(child) for name, child in zip(STREAMS, children, strict=True)}
 
 
-def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None) -> RunResult:
-    """Simulate one vertebroplasty; ``progress`` receives the injected fraction in [0, 1]."""
-    wall0 = time.perf_counter()
+@dataclass
+class Stages:
+    """Every stage object of a run, built and checked before its first time step."""
+
+    params: RunParameters
+    cement: CementModel
+    clock: CureClock
+    bone: BoneGrid
+    needle: Needle
+    network: VenousNetwork
+    venous: VenousSystem
+    solver: InjectionSolver
+    tree: PulmonaryTree
+    lodging: DiameterMargin
+    rngs: dict[str, np.random.Generator]
+
+
+Guard = Callable[[str], AbstractContextManager[None]]
+
+
+def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
+    """Build the stages of ``scenario`` in the order the run uses them, with its seeded streams.
+
+    ``guard(stage)`` (optional) wraps each build, so the preflight can turn a refusal into one line
+    naming the fields that feed that stage (stages: cement, bone, needle, veins, venous_system,
+    injection, lungs).
+    """
+    g = guard or (lambda _stage: nullcontext())
     params = RunParameters.from_scenario(scenario)
     rngs = stage_rngs(int(params.patient.seed))
     laws = params.laws
+    with g("cement"):
+        cement = law_class("rheology", laws.rheology).from_params(params.cement)
+        c = params.cement
+        clock = CureClock.for_cement(
+            cement, c.time_after_mixing_s, c.room_temperature_k, c.body_temperature_k
+        )
+    with g("bone"):
+        permeability = law_class("permeability", laws.permeability).from_params(params.patient)
+        bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
+    with g("needle"):
+        needle = place_needle(bone, params.needle)
+    with g("veins"):
+        network = build_venous_network(params.patient.level, params.veins, rngs["veins"])
+    with g("venous_system"):
+        venous = VenousSystem(
+            network,
+            bone.exits,
+            cement,
+            clock,
+            params.fluoroscopy,
+            law_class("fragmentation", laws.fragmentation).from_params(params.fragmentation),
+            rngs["fragmentation"],
+            bone=bone,
+        )
+    with g("injection"):
+        solver = InjectionSolver(
+            bone,
+            needle,
+            cement,
+            clock,
+            params.veins.marrow_viscosity_pa_s,
+            InjectionControl.from_params(params.injection),
+            venous,
+            method=params.grid.method,
+            cfl=params.grid.cfl,
+            pressure_solver=params.grid.pressure_solver,
+            exchange=law_class("exchange", laws.exchange).from_params(),
+            vein_fluid_viscosity_pa_s=params.veins.blood_viscosity_pa_s,
+        )
+    with g("lungs"):
+        tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
+        lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
+    return Stages(params, cement, clock, bone, needle, network, venous, solver, tree, lodging, rngs)
 
-    cement = law_class("rheology", laws.rheology).from_params(params.cement)
-    c = params.cement
-    clock = CureClock.for_cement(cement, c.time_after_mixing_s, c.room_temperature_k, c.body_temperature_k)
-    permeability = law_class("permeability", laws.permeability).from_params(params.patient)
-    bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
-    needle = place_needle(bone, params.needle)
-    network = build_venous_network(params.patient.level, params.veins, rngs["veins"])
-    venous = VenousSystem(
-        network,
-        bone.exits,
-        cement,
-        clock,
-        params.fluoroscopy,
-        law_class("fragmentation", laws.fragmentation).from_params(params.fragmentation),
-        rngs["fragmentation"],
-        bone=bone,
-    )
-    solver = InjectionSolver(
-        bone,
-        needle,
-        cement,
-        clock,
-        params.veins.marrow_viscosity_pa_s,
-        InjectionControl.from_params(params.injection),
-        venous,
-        method=params.grid.method,
-        cfl=params.grid.cfl,
-        pressure_solver=params.grid.pressure_solver,
-        exchange=law_class("exchange", laws.exchange).from_params(),
-        vein_fluid_viscosity_pa_s=params.veins.blood_viscosity_pa_s,
-    )
+
+def run_scenario(
+    scenario: Scenario, progress: Callable[[float], None] | None = None, stages: Stages | None = None
+) -> RunResult:
+    """Simulate one vertebroplasty; ``progress`` receives the injected fraction in [0, 1].
+
+    ``stages`` are the objects :func:`build_stages` (or the preflight) built for this scenario; they
+    are built here when not given. Each object holds state, so a ``Stages`` serves one run.
+    """
+    wall0 = time.perf_counter()
+    st = stages or build_stages(scenario)
+    params, venous = st.params, st.venous
     out = params.output
     recorder = RunRecorder(bone_interval_s=out.vtk_interval_s if out.vtk else None)
     coupled = run_coupled(
-        solver, venous, StopPolicy.from_params(params.stop), recorder, params.injection.follow_up_s, progress
+        st.solver,
+        venous,
+        StopPolicy.from_params(params.stop),
+        recorder,
+        params.injection.follow_up_s,
+        progress,
     )
     injection = coupled.injection
-
-    tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
-    lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     transport = transport_fragments(
-        venous.fragments, venous.flow_snapshot(), tree, cement, clock, params.lungs, rngs["transport"],
-        lodging,
+        venous.fragments, venous.flow_snapshot(), st.tree, st.cement, st.clock, params.lungs,
+        st.rngs["transport"], st.lodging,
     )  # fmt: skip
 
     summary = _summary(injection, venous.summary(), coupled.stop_time_s, transport)
     summary["wall_time_s"] = time.perf_counter() - wall0
+    bone = st.bone
     return RunResult(
         scenario=scenario,
         summary=summary,
@@ -113,11 +168,11 @@ def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = 
         provenance=provenance(int(params.patient.seed)),
         artifacts=RunArtifacts(
             bone=bone,
-            needle=needle,
+            needle=st.needle,
             injection=injection,
             venous=venous,
             recording=recorder,
-            tree=tree,
+            tree=st.tree,
             transport=transport,
         ),
     )

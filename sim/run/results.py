@@ -3,9 +3,10 @@
 A run folder holds ``summary.json`` (scalar metrics in report units, the resolved config, the same
 config in SI, and provenance: version, git hash, seed), ``config.resolved.yaml`` (re-runnable),
 ``time_series.csv``, ``emboli.csv``, ``fragments.csv``, ``fields.npz`` and, when asked, VTK files
-for ParaView and fluoroscopy PNGs. Folders are written to a temporary sibling and renamed into
-place, so a killed run never leaves a half-written folder that looks finished, and an existing
-folder is never overwritten unless asked.
+for ParaView and fluoroscopy PNGs. Folders are claimed (one writer at a time), written to a hidden
+temporary sibling and renamed into place, so a killed run never leaves a half-written folder that
+looks finished, and an existing folder is never overwritten unless asked (see
+:mod:`sim.run.output_folder`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import yaml
 
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
+from sim.run.output_folder import OutputClaim, remove_tree
 
 if TYPE_CHECKING:  # the stage types, without importing the physics (numba) into light tools
     from sim.core.grid import BoneGrid, Needle
@@ -68,20 +70,27 @@ class RunResult:
         overwrite: bool = False,
         extra_writers: list[Callable[[Path], None]] | None = None,
     ) -> Path:
-        """Write the run folder atomically; refuse to replace an existing non-empty folder."""
+        """Write the run folder atomically; refuse to replace an existing non-empty folder.
+
+        The folder is claimed first (:class:`~sim.run.output_folder.OutputClaim`; re-entrant, so a
+        caller may hold the claim since before the simulation), written to a hidden
+        ``.<name>.partial-<pid>-*`` sibling and renamed into place.
+        """
         out = Path(out_dir)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise ConfigError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        try:
-            self._write_files(tmp)
-            for writer in extra_writers or []:
-                writer(tmp)
-            _replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with OutputClaim(out):
+            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+                raise ConfigError(
+                    f"{out}: output folder exists and is not empty (use --overwrite to replace it)"
+                )
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+            try:
+                self._write_files(tmp)
+                for writer in extra_writers or []:
+                    writer(tmp)
+                _replace_dir(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return out
 
     def summary_document(self) -> dict[str, Any]:
@@ -112,11 +121,16 @@ class RunResult:
 
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move a finished temporary folder into place (replacing an old one only after success)."""
-    if dst.exists():
+    if dst.exists() or dst.is_symlink():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        if old.exists():
+            remove_tree(old)
         os.replace(dst, old)
         os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            remove_tree(old)
+        except OSError:
+            shutil.rmtree(old, ignore_errors=True)  # whatever is left, the next run into dst removes
     else:
         os.replace(src, dst)
 

@@ -61,6 +61,7 @@ from scipy import stats as _st
 from sim.core.config import Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.physics.injection_control import StopPolicy
+from sim.run.output_folder import OutputClaim
 from sim.studies.executors import DEFAULT_RUNNER, DEFAULT_WRITER, Executor, Runner
 from sim.studies.ledger import open_ledger
 from sim.studies.sweep import (
@@ -71,9 +72,11 @@ from sim.studies.sweep import (
     SweepSpec,
     apply_overrides,
     check_dotted_path,
+    check_value_path,
     replicate_seeds,
     run_sweep,
     set_dotted,
+    summarise_problems,
 )
 
 STOP_PATH = "injection.stop_after_leak_s"
@@ -309,10 +312,10 @@ def cohort_from_dict(data: Any, source: str = "cohort") -> CohortSpec:
                 lines.append(f"{source}: {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
     for path in spec.distributions:
-        check_dotted_path(path, f"{source}: distributions")
+        check_value_path(path, f"{source}: distributions", "distribution")
     for path, dist in spec.distributions.items():
         if dist.given is not None:
-            check_dotted_path(dist.given, f"{source}: distributions.{path}.given")
+            check_value_path(dist.given, f"{source}: distributions.{path}.given", "parent")
     for pol in spec.policies:
         for path in pol.overrides:
             check_dotted_path(path, f"{source}: policy '{pol.name}' overrides")
@@ -474,38 +477,46 @@ class CohortPlan:
 def plan_cohort(
     spec: CohortSpec, base_dir: str | Path = ".", n: int | None = None, source: str = "cohort"
 ) -> CohortPlan:
-    """Sample the patients and validate every (patient, policy) scenario before anything runs."""
+    """Sample the patients and validate every (patient, policy) scenario before anything runs.
+
+    The scenario count is checked against :data:`sim.studies.sizing.MAX_SCENARIOS` first; invalid
+    arms are summarised (a few examples, then counts per field).
+    """
+    from sim.studies.sizing import MAX_SCENARIOS, check_study_size, cohort_counts, cohort_estimate
+
+    n_patients = spec.n if n is None else int(n)
+    scenarios, _ = cohort_counts(spec, n_patients, sensitivity=False)
+    estimate = cohort_estimate(n_patients, spec.executor.workers, 0)
+    check_study_size(source, "patients", n_patients, MAX_SCENARIOS, True, estimate, scenarios)
     base = base_config(spec, Path(base_dir), source)
     patients = sample_patients(spec, n, base)
     arms: dict[tuple[int, str], Scenario] = {}
     probes: dict[int, Scenario] = {}
     shareable: dict[tuple[int, str], bool] = {}
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     never = PolicySpec(name="never_stop_probe", stop_after_leak_s=None)
     for pt in patients:
         probe_cfg = arm_config(base, pt.inputs, never)
         for pol in spec.policies:
             cfg = arm_config(base, pt.inputs, pol)
+            label = f"{source}: patient {pt.index} policy '{pol.name}' ({_short(pt.inputs)})"
             try:
-                arms[(pt.index, pol.name)] = _validated(
-                    cfg, f"{source}: patient {pt.index} policy '{pol.name}' ({_short(pt.inputs)})"
-                )
+                arms[(pt.index, pol.name)] = _validated(cfg, label)
             except ConfigError as exc:
-                problems.append(str(exc))
+                problems.append((label, str(exc)))
                 continue
             a, b = copy.deepcopy(cfg), copy.deepcopy(probe_cfg)
             set_dotted(a, STOP_PATH, None)
             set_dotted(b, STOP_PATH, None)
             shareable[(pt.index, pol.name)] = spec.share_runs and a == b
         if spec.share_runs and any(shareable.get((pt.index, p.name), False) for p in spec.policies):
+            label = f"{source}: patient {pt.index} never-stop probe"
             try:
-                probes[pt.index] = _validated(probe_cfg, f"{source}: patient {pt.index} never-stop probe")
+                probes[pt.index] = _validated(probe_cfg, label)
             except ConfigError as exc:
-                problems.append(str(exc))
-        if len(problems) > 10:
-            break
+                problems.append((label, str(exc)))
     if problems:
-        raise ConfigError("\n".join(problems[:10]))
+        raise ConfigError(summarise_problems(problems, "patient-policy scenarios"))
     return CohortPlan(spec, base, patients, arms, probes, shareable)
 
 
@@ -649,6 +660,21 @@ def run_cohort(
     ``workers`` overriding its worker count).
     """
     out = Path(out_dir)
+    with OutputClaim(out):  # one cohort per folder for the whole run (the ledger lock is per phase)
+        return _run_cohort(plan, out, executor_factory, workers, runner, writer, force, sensitivity, progress)
+
+
+def _run_cohort(
+    plan: CohortPlan,
+    out: Path,
+    executor_factory: Callable[[], Executor] | None,
+    workers: int | None,
+    runner: Runner,
+    writer: Runner,
+    force: bool,
+    sensitivity: bool,
+    progress: CohortProgress | None,
+) -> CohortRun:
     _guard_folder(plan, out, force)
     n_runs = 0
 

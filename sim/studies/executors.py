@@ -71,6 +71,10 @@ def resolve_callable(spec: Runner) -> Callable[..., Any]:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"runner '{spec}': cannot import ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a module that fails while importing is a bad runner too
+        raise ConfigError(
+            f"runner '{spec}': importing '{module_name}' failed ({type(exc).__name__}: {exc})"
+        ) from None
     if not callable(target):
         raise ConfigError(f"runner '{spec}': '{attr}' is not callable")
     return target
@@ -199,8 +203,62 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+DASK_LOGGERS = (
+    "distributed",
+    "distributed.nanny",
+    "distributed.scheduler",
+    "distributed.worker",
+    "distributed.core",
+    "distributed.comm",
+    "distributed.batched",
+    "distributed.http.proxy",
+    "distributed.deploy.spec",
+    "distributed.utils_perf",
+)
+
+
+class QuietDaskLogs:
+    """ERROR-only Dask logging in this process while a cluster lives, restored afterwards.
+
+    ``LocalCluster(silence_logs=...)`` restores the previous levels inside ``close()``, before the
+    nanny and scheduler log their shutdown at INFO; holding the levels (and dask's own logging
+    config) from before the cluster starts until after it is closed keeps those lines away.
+    """
+
+    def __init__(self) -> None:
+        self._levels: dict[str, int] = {}
+        self._config: Any = None
+
+    def __enter__(self) -> QuietDaskLogs:
+        import logging
+
+        import dask
+
+        for name in DASK_LOGGERS:
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
+        self._config = dask.config.set({"distributed.logging.distributed": "error"})
+        self._config.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        if self._config is not None:
+            self._config.__exit__(None, None, None)
+            self._config = None
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._levels.clear()
+
+
 class DaskExecutor(Executor):
-    """Dask distributed: ``Client(address)``, or a LocalCluster of ``workers`` single-threaded processes."""
+    """Dask distributed: ``Client(address)``, or a LocalCluster of ``workers`` single-threaded processes.
+
+    Dask's INFO logging is held at ERROR from before the cluster starts until after it is closed
+    (:class:`QuietDaskLogs`); a LocalCluster's HTTP server takes a free port (never the busy 8787).
+    """
 
     def __init__(self, address: str | None = None, workers: int = 2) -> None:
         try:
@@ -211,6 +269,7 @@ class DaskExecutor(Executor):
             ) from exc
         import logging
 
+        self._quiet = QuietDaskLogs().__enter__()
         self._cluster = None
         try:
             if address is None:
@@ -218,7 +277,7 @@ class DaskExecutor(Executor):
                     n_workers=workers,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=None,
+                    dashboard_address=":0",
                     silence_logs=logging.ERROR,
                 )
                 self._client = Client(self._cluster)
@@ -227,7 +286,11 @@ class DaskExecutor(Executor):
         except OSError as exc:
             if self._cluster is not None:
                 self._cluster.close()
+            self._quiet.__exit__()
             raise ConfigError(f"dask scheduler {address or 'LocalCluster'}: cannot connect ({exc})") from None
+        except BaseException:
+            self._quiet.__exit__()
+            raise
         self.capacity = max(1, sum(self._client.nthreads().values()))
 
     def submit(self, task: RunTask) -> Any:
@@ -250,9 +313,12 @@ class DaskExecutor(Executor):
         return out
 
     def close(self) -> None:
-        self._client.close()
-        if self._cluster is not None:
-            self._cluster.close()
+        try:
+            self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+        finally:
+            self._quiet.__exit__()
 
 
 def make_executor(kind: str, workers: int = 2, address: str | None = None) -> Executor:

@@ -229,6 +229,18 @@ def check_dotted_path(path: str, source: str = "sweep") -> None:
         model = _nested_model(model.model_fields[part].annotation)
 
 
+def check_value_path(path: str, source: str = "sweep", what: str = "parameter") -> None:
+    """Like :func:`check_dotted_path`, and refuse a whole section (``patient``): only values vary."""
+    check_dotted_path(path, source)
+    section = _nested_model_at(path)
+    if section is not None:
+        fields = list(section.model_fields)
+        raise ConfigError(
+            f"{source}: {what} '{path}' is a section (a mapping of {', '.join(fields[:4])}, ...), not a "
+            f"value; name one of its fields, e.g. '{path}.{fields[0]}'"
+        )
+
+
 def _nested_model(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -340,9 +352,17 @@ def base_config(spec: SweepSpec, base_dir: Path, source: str = "sweep") -> dict[
 
 
 def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "sweep") -> Expansion:
-    """Expand a sweep into validated scenarios: parameter points (outer) x replicates (inner)."""
+    """Expand a sweep into validated scenarios: parameter points (outer) x replicates (inner).
+
+    The run count is checked against :data:`sim.studies.sizing.MAX_SCENARIOS` before anything is
+    built; invalid scenarios are summarised (a few examples, then counts per field).
+    """
+    from sim.studies.sizing import MAX_SCENARIOS, check_study_size, sweep_estimate, sweep_run_count
+
+    count = sweep_run_count(spec)
+    check_study_size(source, "runs", count, MAX_SCENARIOS, True, sweep_estimate(count, spec.executor.workers))
     for path in spec.parameters:
-        check_dotted_path(path, source)
+        check_value_path(path, f"{source}: parameters", "parameter")
     base = base_config(spec, Path(base_dir), source)
     if spec.replicates == 1 and spec.seed is None:
         seeds = [int(base["patient"]["seed"])]
@@ -363,10 +383,11 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
                 inputs[SEED_PATH] = seed
             for path, value in inputs.items():
                 set_dotted(config, path, copy.deepcopy(value))
+            label = f"{source}: scenario {index} ({_short(inputs)})"
             try:
-                scenario = scenario_from_dict(config, source=f"{source}: scenario {index} ({_short(inputs)})")
+                scenario = scenario_from_dict(config, source=label)
             except ConfigError as exc:
-                problems.append(str(exc))
+                problems.append((label, str(exc)))
                 continue
             digest = scenario.content_hash()
             if digest in seen and spec.method != "grid":
@@ -380,13 +401,35 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
             seen[digest] = index
             points.append(SweepPoint(index, rep, inputs, scenario, digest))
     if problems:
-        shown = problems[:10] + (
-            [f"... and {len(problems) - 10} more invalid scenarios"] if len(problems) > 10 else []
-        )
-        raise ConfigError("\n".join(shown))
+        raise ConfigError(summarise_problems(problems, "scenarios"))
     if not points:
         raise ConfigError(f"{source}: the sweep expands to no scenarios")
     return Expansion(spec, base, points, dropped)
+
+
+def _problem_key(label: str, text: str) -> str:
+    """The field a scenario's first problem is about (its dotted path), for grouping."""
+    first = text.splitlines()[0].removeprefix(label + ": ")
+    if first.startswith("unknown key "):
+        return first
+    return first.split(" = ", 1)[0].split(": ", 1)[0]
+
+
+def summarise_problems(problems: list[tuple[str, str]], what: str = "scenarios", groups: int = 3) -> str:
+    """Invalid scenarios grouped by field: one example line per group, then how many more share it."""
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    for label, text in problems:
+        by_key.setdefault(_problem_key(label, text), []).append((label, text))
+    lines: list[str] = []
+    for key, items in list(by_key.items())[:groups]:
+        lines.append(items[0][1].splitlines()[0])
+        if len(items) > 1:
+            lines.append(f"  ... and {len(items) - 1:,} more {what} with the same problem ({key})")
+    rest = list(by_key.values())[groups:]
+    if rest:
+        n_rest = sum(len(items) for items in rest)
+        lines.append(f"... and {n_rest:,} more invalid {what} ({len(rest):,} other problems)")
+    return "\n".join(lines)
 
 
 def load_expansion(path: str | Path) -> Expansion:

@@ -1,0 +1,251 @@
+"""Reading user YAML files (scenarios, sweeps, cohorts) without surprises.
+
+Every problem becomes a :class:`~sim.core.errors.ConfigError` of one line naming the file, and the
+key path (dotted, as written) where the YAML itself is at fault. What is refused, and why:
+
+- anything but a regular file (a named pipe would block forever, a device never ends), files over
+  :data:`MAX_FILE_BYTES`, unreadable files and folders, over-long names, bytes that are not UTF-8;
+- a key repeated in one mapping (YAML parsers silently keep the last one);
+- tags other than the plain JSON-like ones (``!!binary``, ``!!set``, ``!!timestamp``, ``!!python/...``,
+  custom ``!tags``): only strings, numbers, booleans, null, lists and mappings mean anything here;
+- integers longer than :data:`MAX_INT_DIGITS` digits (Python refuses to convert 4,300+ digits, and
+  no field takes more than 19);
+- nesting deeper than :data:`MAX_DEPTH` (checked while composing, before any recursion can overflow);
+- aliases that expand to more than :data:`MAX_NODES` values (an "alias bomb" of a few lines can
+  stand for billions) and recursive aliases: counted on the composed graph, where every alias is
+  one shared node, so the count costs time linear in the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from sim.core.errors import ConfigError
+
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: scenarios are a few kB, the largest sweep files a few 10 kB
+MAX_DEPTH = 32  # a scenario is 3 levels deep, a cohort file 6
+MAX_NODES = 200_000  # values after alias expansion
+MAX_INT_DIGITS = 40
+
+_TAG = "tag:yaml.org,2002:"
+ALLOWED_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")}
+
+
+class _Refused(Exception):
+    """Raised inside the loader; turned into a ConfigError with the file name by :func:`load_yaml_text`."""
+
+    def __init__(self, message: str, mark: Any = None):
+        super().__init__(message)
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than MAX_DEPTH while composing (no deep recursion)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._path: list[str] = []
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
+        # index is the key node of a mapping value, the position in a sequence, None for keys/root
+        label = (
+            index.value if isinstance(index, ScalarNode) else str(index) if isinstance(index, int) else "?"
+        )
+        self._path.append(label)
+        try:
+            if len(self._path) > MAX_DEPTH:
+                shown = ".".join(self._path[1:5]) + "..."
+                raise _Refused(
+                    f"{shown}: nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+
+def _line(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _where(mark: Any) -> str:
+    return f" ({_line(mark)})" if mark is not None else ""
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+
+
+def _expanded_size(root: Node) -> int:
+    """Number of values the node graph stands for once aliases are expanded; refuses cycles."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Node) -> int:
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if key in active:
+            raise _Refused("a recursive alias (a node that contains itself)", node.start_mark)
+        active.add(key)
+        total = 1
+        if isinstance(node, SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        memo[key] = min(total, MAX_NODES + 1)
+        return memo[key]
+
+    return size(root)
+
+
+def _check_nodes(root: Node) -> None:
+    """Duplicate keys, tags and integer lengths, each node once (aliases are not re-walked)."""
+    seen: set[int] = set()
+    stack: list[tuple[Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        here = path or "(top level)"
+        if node.tag not in ALLOWED_TAGS:
+            tag = node.tag.replace(_TAG, "!!")
+            if tag == "!!timestamp":
+                raise _Refused(f"{here}: a date or time is not a value here (quote it to make it text)")
+            raise _Refused(
+                f"{here}: tag '{tag}' is not allowed (allowed: plain strings, numbers, booleans, null, "
+                "lists and mappings)",
+                node.start_mark,
+            )
+        if isinstance(node, ScalarNode):
+            if node.tag == _TAG + "int":
+                digits = sum(ch.isdigit() for ch in node.value)
+                if digits > MAX_INT_DIGITS:
+                    raise _Refused(
+                        f"{here} = {_shown(node.value)}: integer of {digits} digits "
+                        f"(allowed: at most {MAX_INT_DIGITS} digits)",
+                        node.start_mark,
+                    )
+        elif isinstance(node, SequenceNode):
+            stack.extend((child, _join(path, i)) for i, child in enumerate(node.value))
+        elif isinstance(node, MappingNode):
+            first: dict[tuple[str, str], Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _TAG + "merge":
+                    stack.append((value_node, path))
+                    continue
+                name = key_node.value if isinstance(key_node, ScalarNode) else "(complex key)"
+                if isinstance(key_node, ScalarNode):
+                    ident = (key_node.tag, key_node.value)
+                    if ident in first:
+                        raise _Refused(
+                            f"{_join(path, name)}: key given twice (at {_line(first[ident])} and "
+                            f"{_line(key_node.start_mark)}); each key may appear once"
+                        )
+                    first[ident] = key_node.start_mark
+                stack.append((key_node, _join(path, name)))
+                stack.append((value_node, _join(path, name)))
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text with the bounds of this module; ConfigError (one line) on any problem."""
+    loader = None
+    try:
+        loader = _BoundedLoader(text)  # the reader checks the characters here already
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        if _expanded_size(root) > MAX_NODES:
+            raise _Refused(
+                f"expands to more than {MAX_NODES:,} values through aliases (&anchor / *alias); "
+                "write the values out"
+            )
+        _check_nodes(root)
+        return loader.construct_document(root)
+    except _Refused as exc:
+        raise ConfigError(f"{source}: {exc}{_where(exc.mark)}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f" at {_line(mark)}" if mark is not None else ""
+        raise ConfigError(f"{source}: YAML syntax error{where}: {problem}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:
+        raise ConfigError(f"{source}: cannot read the YAML: {type(exc).__name__}: {exc}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _os_reason(exc: OSError) -> str:
+    reasons = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENAMETOOLONG: "file name too long",
+        errno.ELOOP: "too many levels of symbolic links",
+        errno.ENOTDIR: "a part of the path is not a folder",
+        errno.ENOENT: "not found",
+        errno.EISDIR: "is a directory, expected a YAML file",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX_FILE_BYTES) -> str:
+    """Text of a regular UTF-8 file of at most ``limit`` bytes; ConfigError (one line) otherwise.
+
+    The file is opened non-blocking and checked with ``fstat`` on the open descriptor, so a named
+    pipe or device never blocks and cannot be swapped in between the check and the read.
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: {what} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read {what}: {_os_reason(exc)}") from None
+    except ValueError as exc:  # e.g. an embedded NUL character
+        raise ConfigError(f"{str(p)!r}: cannot read {what}: {exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{p}: is a directory, expected a YAML file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{p}: not a regular file (a pipe, socket or device); expected a YAML file")
+        if st.st_size > limit:
+            raise ConfigError(f"{p}: {what} of {st.st_size:,} bytes (allowed: at most {limit:,} bytes)")
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise ConfigError(f"{p}: {what} larger than {limit:,} bytes")
+            chunks.append(chunk)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read {what}: {_os_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1]
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {bad!r})") from None
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """Read and parse a user YAML file with every bound of this module."""
+    return load_yaml_text(read_text_file(path, what), str(path))

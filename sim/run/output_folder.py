@@ -1,0 +1,304 @@
+"""Run folders: checked before the simulation, claimed atomically, never half-written.
+
+:func:`check_output_folder` refuses, with one line, what could only fail after the simulation: an
+empty name, ``.`` or a folder holding the current one, an existing file, a path through a file, a
+parent that cannot be created or written, an existing non-empty folder without ``--overwrite``,
+and (with ``--overwrite``) a folder holding files this user could not delete.
+
+:class:`OutputClaim` makes one process the writer of a run folder: it creates the lock file
+``.<name>.lock`` next to the folder, locks it (``flock``, exclusive, non-blocking) and writes its pid
+into it, so of two runs into one ``--out`` exactly one gets it and the other stops at once, naming
+the holder. The kernel releases the lock of a killed run, so its stale lock file is reclaimed; finding
+one, the new writer also removes the hidden ``.<name>.partial-<pid>-*`` and ``.<name>.old-<pid>``
+folders that killed runs of dead pids left (these are only made under a claim, so a killed writer
+always leaves its lock file too).
+The folder itself is written to ``.<name>.partial-<pid>-*`` and renamed into place
+(:meth:`sim.run.results.RunResult.write`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+import stat
+import sys
+from pathlib import Path
+from types import TracebackType
+
+from sim.core.errors import ConfigError
+
+MAX_NAME_BYTES = 200  # file systems allow 255; ".<name>.partial-<pid>-<random>" must fit too
+SPECIAL_ROOTS = ("/proc", "/sys")  # kernel views: nothing can be written there
+
+
+def lock_path(out: Path) -> Path:
+    """The lock file that claims run folder ``out``."""
+    return out.parent / f".{out.name}.lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists (whoever owns it)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _describe(exc: OSError) -> str:
+    return {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.ENAMETOOLONG: "name too long",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.ENOSPC: "no space left on the device",
+    }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+
+
+def _first_file_on_path(out: Path) -> Path | None:
+    """The first existing non-folder among the parents of ``out`` (``afile`` for ``afile/sub``)."""
+    for parent in reversed(out.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def _undeletable(folder: Path) -> Path | None:
+    """Something under ``folder`` this user could not delete (for ``--overwrite``), or None."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return None
+    for root, dirs, _files in os.walk(folder):
+        if not os.access(root, os.W_OK | os.X_OK):
+            return Path(root)
+        for d in dirs:
+            p = Path(root) / d
+            if p.is_symlink():
+                continue
+            if not os.access(p, os.R_OK | os.X_OK):
+                return p
+    return None
+
+
+def check_output_folder(out: Path, overwrite: bool, flag: str = "--out", resume: bool = False) -> Path:
+    """Refuse an output folder a run could not write (one line); returns it unchanged.
+
+    ``resume``: a study folder (sweep, cohort), where an existing non-empty folder is resumed.
+    """
+    text = str(out)
+    if text in ("", ".") or out.name in ("", ".", ".."):
+        raise ConfigError(f"{flag} {text!r}: name a new folder for the results (not the current folder)")
+    if "\0" in text:
+        raise ConfigError(f"{flag} {text!r}: a path cannot contain a NUL character")
+    if len(out.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{flag} {text}: folder name too long (allowed: at most {MAX_NAME_BYTES} bytes, with room for "
+            "the hidden temporary and lock names beside it)"
+        )
+    try:
+        _check_existing(out, text, flag, overwrite, resume)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
+    except RuntimeError as exc:  # a symlink loop while resolving
+        raise ConfigError(f"{flag} {text}: cannot resolve the path ({exc})") from None
+    return out
+
+
+def _check_existing(out: Path, text: str, flag: str, overwrite: bool, resume: bool) -> None:
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ConfigError(
+            f"{flag} {text}: is the current folder or holds it; name a new folder for the results"
+        )
+    for root in SPECIAL_ROOTS:
+        if str(resolved) == root or str(resolved).startswith(root + "/"):
+            raise ConfigError(
+                f"{flag} {text}: is under {root}, a kernel folder where files cannot be written"
+            )
+    blocker = _first_file_on_path(out)
+    if blocker is not None:
+        raise ConfigError(f"{flag} {text}: {blocker} is a file, not a folder")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ConfigError(f"{flag} {text}: exists and is not a folder")
+        try:
+            non_empty = any(out.iterdir())
+        except OSError as exc:
+            raise ConfigError(f"{flag} {text}: cannot list the folder: {_describe(exc)}") from None
+        if non_empty and not overwrite and not resume:
+            raise ConfigError(
+                f"{flag} {text}: output folder exists and is not empty (use --overwrite to replace it)"
+            )
+        if non_empty and not resume:
+            stuck = _undeletable(out)
+            if stuck is not None:
+                raise ConfigError(
+                    f"{flag} {text}: --overwrite cannot remove {stuck} (permission denied); "
+                    "remove the folder or choose another"
+                )
+    existing = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {text}: cannot create the folder in {existing} (permission denied)")
+
+
+def _owner_pid(name: str, prefix: str) -> int | None:
+    match = re.match(re.escape(prefix) + r"(\d+)(?:-|$)", name)
+    return int(match.group(1)) if match else None
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove ``.<name>.partial-<pid>-*`` and ``.<name>.old-<pid>`` folders of dead pids next to ``out``."""
+    removed: list[Path] = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        for prefix in (f".{out.name}.partial-", f".{out.name}.old-"):
+            pid = _owner_pid(entry.name, prefix)
+            if pid is None or pid_alive(pid):
+                continue
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    remove_tree(entry)
+                    removed.append(entry)
+            except OSError:
+                pass
+    return removed
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that makes read-only folders of ours writable first; raises if it cannot finish."""
+
+    def retry(func, target, _exc):  # noqa: ANN001 - shutil's onexc signature
+        parent = os.path.dirname(target)
+        try:
+            os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        except OSError:
+            pass
+        func(target)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
+
+
+_HELD: dict[str, int] = {}  # lock files this process holds -> nesting count (claims are re-entrant)
+
+
+class OutputClaim:
+    """Exclusive claim on a run folder: ``flock`` on ``.<name>.lock``, which holds the owner's pid.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a claim behind
+    (its stale lock file is simply taken over); the inode is checked after locking, so a lock file
+    removed by its releasing owner in between is never shared. Re-entrant within one process: the
+    CLI claims before the simulation and :meth:`sim.run.results.RunResult.write` claims again.
+    """
+
+    def __init__(self, out: str | Path, flag: str = "--out"):
+        self.out = Path(out)
+        self.flag = flag
+        self.lock = lock_path(self.out)
+        self._key = str(self.lock.absolute())
+        self._fd: int | None = None
+        self._nested = False
+
+    def acquire(self) -> OutputClaim:
+        """Take the claim or raise ConfigError naming the process that holds it."""
+        if self._key in _HELD:
+            _HELD[self._key] += 1
+            self._nested = True
+            return self
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.flag} {self.out}: cannot create {self.out.parent}: {_describe(exc)}"
+            ) from None
+        for _ in range(5):
+            stale = False  # a lock file left behind: its writer died (only claims create partial folders)
+            try:
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                stale = True
+                try:
+                    fd = os.open(self.lock, os.O_RDWR)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise ConfigError(
+                        f"{self.flag} {self.out}: cannot open {self.lock}: {_describe(exc)}"
+                    ) from None
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.flag} {self.out}: cannot write in {self.out.parent}: {_describe(exc)}"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f" (pid {holder})" if holder is not None else ""
+                raise ConfigError(
+                    f"{self.flag} {self.out}: another pce-sim run{who} is writing this folder"
+                ) from None
+            try:
+                same = os.stat(self.lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous owner removed the file between our open and our lock
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            _HELD[self._key] = 1
+            if stale:  # listing the parent only then keeps 20,000-run sweep folders fast
+                clean_leftovers(self.out)
+            return self
+        raise ConfigError(
+            f"{self.flag} {self.out}: could not claim the folder (lock file {self.lock} keeps changing)"
+        )
+
+    def release(self) -> None:
+        """Give the claim up; the outermost holder removes the lock file, then unlocks it."""
+        if self._nested:
+            self._nested = False
+            _HELD[self._key] -= 1
+            return
+        if self._fd is None:
+            return
+        _HELD.pop(self._key, None)
+        try:
+            self.lock.unlink()
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputClaim:
+        return self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,343 @@
+"""Run folders (issue 14): checked before the simulation, one writer at a time, nothing half-written
+or left behind; the numba cache works for a user whose home is not writable; Dask stays quiet."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sim.cli import app
+from sim.core.config import Scenario
+from sim.core.errors import ConfigError
+from sim.core.numba_cache import choose_numba_cache_dir
+from sim.run.output_folder import OutputClaim, check_output_folder, clean_leftovers, lock_path
+from sim.run.results import RunResult
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """\
+name: tiny
+grid: {spacing_mm: 2.0}
+injection: {volume_ml: 0.3, follow_up_s: 5.0}
+output: {vtk: false, fluoroscopy_png: false, fields: false, time_series: false}
+"""
+
+
+class Started(Exception):
+    """Raised in place of the simulation."""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    return cfg
+
+
+@pytest.fixture
+def no_simulation(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import sim.run.pipeline
+
+    calls: list[int] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise Started()
+
+    monkeypatch.setattr(sim.run.pipeline, "run_scenario", refuse)
+    return calls
+
+
+def dead_pid() -> int:
+    """A pid that no longer runs (a child that has exited and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def hidden_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def pce_sim(*args: str | Path, **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sim.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# ------------------------------------------------------------------------------------ --out checks
+
+
+@pytest.mark.parametrize(
+    ("make", "out", "expect"),
+    [
+        (lambda d: (d / "afile").write_text("x"), "afile", "exists and is not a folder"),
+        (lambda d: (d / "afile").write_text("x"), "afile/sub", "afile is a file, not a folder"),
+        (lambda d: None, "", "not the current folder"),
+        (lambda d: None, ".", "not the current folder"),
+        (lambda d: None, "/proc/pce-sim-out", "under /proc"),
+        (lambda d: None, "/sys/kernel/pce", "under /sys"),
+        (lambda d: ((d / "full").mkdir(), (d / "full" / "x").write_text("x")), "full", "use --overwrite"),
+        (lambda d: None, "..", "not the current folder"),
+        (lambda d: None, "x" * 250, "folder name too long"),
+    ],
+)
+def test_bad_out_is_refused_before_the_simulation(
+    tmp_path: Path, tiny: Path, no_simulation: list[int], monkeypatch: pytest.MonkeyPatch, make, out, expect
+) -> None:
+    make(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = CliRunner().invoke(app, ["run", str(tiny), "--out", out, "--quiet"])
+    assert res.exit_code == 2, res.stderr
+    assert not no_simulation
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: --out ")
+    assert expect in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_folder_holding_the_current_one_is_refused(
+    tmp_path: Path, tiny: Path, no_simulation: list[int]
+) -> None:
+    inner = tmp_path / "work" / "here"
+    inner.mkdir(parents=True)
+    os.chdir(inner)
+    try:
+        res = CliRunner().invoke(app, ["run", str(tiny), "--out", str(tmp_path / "work"), "--overwrite"])
+    finally:
+        os.chdir(ROOT)
+    assert res.exit_code == 2 and "holds it" in res.stderr and not no_simulation
+
+
+def test_unwritable_parent_is_refused(
+    tmp_path: Path, tiny: Path, no_simulation: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == parent else real_access(p, mode))
+    res = CliRunner().invoke(app, ["run", str(tiny), "--out", str(parent / "new" / "out")])
+    assert res.exit_code == 2 and "permission denied" in res.stderr and not no_simulation
+    assert not (parent / "new").exists()
+
+
+def test_overwrite_refuses_a_folder_it_could_not_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    (out / "theirs").mkdir(parents=True)
+    (out / "theirs" / "f").write_text("x")
+    real_access = os.access
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == out / "theirs" else real_access(p, mode)
+    )
+    with pytest.raises(ConfigError, match="--overwrite cannot remove .*theirs"):
+        check_output_folder(out, overwrite=True)
+
+
+# ------------------------------------------------------------------------------------ claims
+
+
+def test_claim_is_exclusive_reentrant_and_released(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+         "from sim.run.output_folder import OutputClaim; c = OutputClaim(sys.argv[1]).acquire();"
+         "print('held', flush=True); time.sleep(60)", str(out), str(ROOT)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"another pce-sim run \(pid {holder.pid}\) is writing"):
+            OutputClaim(out).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the dead holder's lock: the stale lock file is taken over
+    assert lock_path(out).exists()
+    with OutputClaim(out):
+        with OutputClaim(out):  # re-entrant within one process
+            assert lock_path(out).read_text().strip() == str(os.getpid())
+        assert lock_path(out).exists()
+    assert not lock_path(out).exists()
+
+
+def test_leftovers_of_dead_runs_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dead = dead_pid()
+    for name in (
+        f".out.partial-{dead}-abc",
+        f".out.old-{dead}",
+        f".out.partial-{os.getpid()}-live",
+        ".other.old-1",
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    removed = clean_leftovers(out)
+    assert sorted(p.name for p in removed) == sorted([f".out.partial-{dead}-abc", f".out.old-{dead}"])
+    assert hidden_leftovers(tmp_path) == sorted([f".out.partial-{os.getpid()}-live", ".other.old-1"])
+
+
+def test_overwrite_leaves_no_old_folder_behind(tmp_path: Path) -> None:
+    scenario = Scenario.model_validate({"output": {"fields": False, "time_series": False}})
+    result = RunResult(scenario=scenario, summary={"a": 1.0}, emboli={"x": []}, fragments={"y": []})
+    out = tmp_path / "out"
+    result.write(out)
+    with pytest.raises(ConfigError, match="use --overwrite"):
+        result.write(out)
+    (out / "extra").mkdir()
+    os.chmod(out / "extra", 0o500)  # read-only folder inside: removed all the same
+    result.write(out, overwrite=True)
+    assert json.loads((out / "summary.json").read_text())["summary"] == {"a": 1.0}
+    assert hidden_leftovers(tmp_path) == []
+    assert not (out / "extra").exists()
+
+
+def test_two_runs_into_one_folder_one_wins(tmp_path: Path, tiny: Path) -> None:
+    out = tmp_path / "out"
+    procs = [pce_sim("run", tiny, "--out", out, "--quiet") for _ in range(2)]
+    results = [(*p.communicate(timeout=600), p.returncode) for p in procs]
+    codes = sorted(r[2] for r in results)
+    assert codes == [0, 2], results
+    loser = next(r for r in results if r[2] == 2)
+    assert "Traceback" not in loser[1] and loser[1].count("\n") == 1
+    assert "another pce-sim run" in loser[1] or "exists and is not empty" in loser[1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["name"] == "tiny" and (out / "config.resolved.yaml").exists()
+    assert hidden_leftovers(tmp_path) == []
+
+
+def test_killed_run_leaves_nothing_half_written_and_the_next_run_cleans_up(
+    tmp_path: Path, tiny: Path
+) -> None:
+    out = tmp_path / "out"
+    proc = pce_sim("run", tiny, "--out", out, "--quiet")
+    deadline = time.monotonic() + 300
+    while not lock_path(out).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # while it holds the claim: simulating or writing
+    proc.communicate()
+    assert not out.exists() or (out / "summary.json").exists()  # absent or complete
+    shutil.rmtree(out, ignore_errors=True)
+    # what a writer killed while renaming leaves: its lock file, a partial and an old folder
+    dead = dead_pid()
+    if not lock_path(out).exists():
+        lock_path(out).write_text(f"{dead}\n")
+    for name in (f".out.partial-{dead}-x", f".out.old-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    again = pce_sim("run", tiny, "--out", out, "--quiet")
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert (out / "summary.json").exists()
+    assert hidden_leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------ numba cache
+
+
+def test_numba_cache_dir_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    physics_rw = tmp_path / "physics"
+    physics_rw.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    uid = os.getuid()
+    # numba's own locators work: nothing to set
+    assert choose_numba_cache_dir({}, physics_rw, uid) is None
+    assert choose_numba_cache_dir({"NUMBA_CACHE_DIR": "/x"}, blocker, uid) is None
+    assert choose_numba_cache_dir({"HOME": str(tmp_path / "home")}, blocker, uid) is None
+    # in-tree and user-wide both impossible: a private folder under the temp dir
+    env = {"HOME": str(blocker / "home")}
+    chosen = choose_numba_cache_dir(env, blocker, uid)
+    assert chosen == str(tmp_path / "tmp" / f"pce-sim-numba-{uid}")
+    assert (os.stat(chosen).st_mode & 0o777) == 0o700
+    # a folder of that name that others can write is never used
+    os.chmod(chosen, 0o777)
+    other = choose_numba_cache_dir(env, blocker, uid)
+    assert other != chosen and other is not None and Path(other).parent == tmp_path / "tmp"
+    # user-wide numba cache blocked by a file, ours beside it writable
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    (xdg / "numba").write_text("not a folder")
+    assert choose_numba_cache_dir({"XDG_CACHE_HOME": str(xdg)}, blocker, uid) == str(
+        xdg / "pce-sim" / "numba"
+    )
+
+
+def test_numba_cache_works_when_package_and_home_are_read_only(tmp_path: Path) -> None:
+    copy = tmp_path / "pkg"
+    shutil.copytree(ROOT / "sim", copy / "sim", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "geometries", copy / "geometries")
+    (copy / "sim" / "physics" / "__pycache__").write_text("a file: numba cannot cache next to the source")
+    home_file = tmp_path / "home-is-a-file"
+    home_file.write_text("x")
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home_file / "home"), PYTHONPATH=str(copy), TMPDIR=str(tmp_path / "tmp"))
+    script = (
+        "import os, sim\n"
+        "from sim.physics.rheology import consistency_kernel, load_cement_preset\n"
+        "print(consistency_kernel(100.0, load_cement_preset('medium').as_array()))\n"
+        "print(os.environ['NUMBA_CACHE_DIR'])\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    cache_dir = Path(res.stdout.splitlines()[-1])
+    assert cache_dir == tmp_path / "tmp" / f"pce-sim-numba-{os.getuid()}"
+    assert any(cache_dir.rglob("*.nbi"))  # numba really cached there
+
+
+# ------------------------------------------------------------------------------------ dask logging
+
+
+def test_dask_logs_are_held_at_error_and_restored() -> None:
+    pytest.importorskip("dask.distributed")
+    from sim.studies.executors import DASK_LOGGERS, QuietDaskLogs
+
+    logging.getLogger("distributed.nanny").setLevel(logging.INFO)
+    with QuietDaskLogs():
+        assert all(logging.getLogger(n).level == logging.ERROR for n in DASK_LOGGERS)
+    assert logging.getLogger("distributed.nanny").level == logging.INFO
+
+
+def test_dask_cluster_start_and_close_print_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("dask.distributed")
+    script = (
+        "import socket, sys\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "try:\n    s.bind(('127.0.0.1', 8787)); s.listen()\nexcept OSError:\n    pass\n"
+        "from sim.studies.executors import DaskExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    ex = DaskExecutor(workers=2)\n"
+        "    assert ex._client.submit(sum, [1, 2]).result() == 3\n"
+        "    ex.close()\n"
+    )
+    path = tmp_path / "dask_quiet.py"
+    path.write_text(script)
+    res = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == "", res.stderr

@@ -38,6 +38,7 @@ CASES: tuple[str, ...] = (
     "bench_full_run",
     "bench_sweep",
     "bench_cohort",
+    "bench_convergence",
 )
 
 

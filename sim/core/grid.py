@@ -29,12 +29,14 @@ class VesselSegment:
 
 @dataclass(frozen=True)
 class VesselTree:
-    """Intraosseous veins in continuous space: points, straight segments between them, and the
-    point of each foramen (where the vein leaves the bone and joins the venous network)."""
+    """Intraosseous veins in continuous space: points, straight segments between them, the point of
+    each foramen (where the vein leaves the bone and joins the venous network) and the mouths of
+    canals that open into the marrow (a disc of the given radius at a point)."""
 
     points_m: np.ndarray  # (n_points, 3), patient frame
     segments: tuple[VesselSegment, ...]
     exits: dict[str, int]  # foramen name -> point index
+    openings: dict[int, float] = field(default_factory=dict)  # point -> radius of a canal mouth (m)
 
 
 @dataclass

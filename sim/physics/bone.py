@@ -434,6 +434,12 @@ def build_vertebral_body(
     del X, Y, outer_mask
     porous_flat = porous.reshape(-1)
 
+    if h > float(patient.basivertebral_foramen_height_m):
+        raise GeometryError(
+            f"grid.spacing_mm = {1e3 * h:g} is coarser than patient.basivertebral_foramen_height_mm = "
+            f"{1e3 * patient.basivertebral_foramen_height_m:g}: the basivertebral canal would not be "
+            "resolved (use a finer grid)"
+        )
     # --- intraosseous veins in continuous space (each feature its own random stream).
     tree, canals, exit_specs = vein_tree(patient, dims, outer, inner, depth, t_cort)
     for p0, p1, radius in canals:  # cortical-walled basivertebral canals: no marrow in them
@@ -541,6 +547,22 @@ def build_vertebral_body(
     return bone
 
 
+def _inside(shape: BodyShape, point: np.ndarray, diameter: float) -> np.ndarray:
+    """``point`` pulled towards the body axis until a vein of ``diameter`` around it is in ``shape``.
+
+    Jittered vein ends near the wall stay in the cancellous bone instead of running into the cortex.
+    """
+    margin = 0.5 * diameter
+    inset = shape.inset(margin, margin)
+    p = np.asarray(point, dtype=np.float64).copy()
+    for _ in range(60):
+        if inset.inside(p)[0]:
+            return p
+        p[:2] *= 0.95
+        p[2] = float(np.clip(p[2], -inset.half_height, inset.half_height))
+    raise GeometryError(f"a vein of {1e3 * diameter:.2f} mm does not fit inside the cancellous bone")
+
+
 def _vein_cells(vessels: EmbeddedVessels, node: int) -> np.ndarray:
     """Porous cells the vein through ``node`` drains: its well cells nearest the foramen."""
     # walk from the foramen node along the vein until nodes with well connections are found
@@ -595,6 +617,7 @@ def vein_tree(
     points: list[np.ndarray] = []
     segments: list[VesselSegment] = []
     exits_pt: dict[str, int] = {}
+    mouths: dict[int, float] = {}
     canals: list[tuple[np.ndarray, np.ndarray, float]] = []
     exit_specs: list[tuple[str, str, np.ndarray, float, float]] = []
 
@@ -604,8 +627,18 @@ def vein_tree(
 
     n_foramina = int(patient.basivertebral_foramina)
     x_offsets = [0.0] if n_foramina == 1 else [-(a_f + 0.5e-3), a_f + 0.5e-3]
+    span = max(abs(x) for x in x_offsets) + a_f
+    if span > outer.disc_radius:
+        raise GeometryError(
+            f"patient.basivertebral_foramen_width_mm = {2e3 * a_f:g} with basivertebral_foramina = "
+            f"{n_foramina}: the foramina would reach {1e3 * span:.1f} mm from the midline, beyond the "
+            f"posterior wall of the {dims['level']} body (its concave part spans "
+            f"{1e3 * outer.disc_radius:.1f} mm)"
+        )
     rng_c = feature_rng(patient.seed, "basivertebral_confluence")
-    confluence = np.array([0.0, 0.0, z_bv]) + rng_c.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5])
+    confluence = _inside(
+        inner, np.array([0.0, 0.0, z_bv]) + rng_c.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5]), d_trunk
+    )
     i_conf = point(confluence)
     for k, x0 in enumerate(x_offsets):
         name = "basivertebral" if n_foramina == 1 else f"basivertebral_{'right' if x0 < 0 else 'left'}"
@@ -615,6 +648,7 @@ def vein_tree(
         segments.append(VesselSegment(f"{name}_canal", i_out, i_in, d_canal, False))
         segments.append(VesselSegment(f"{name}_trunk", i_in, i_conf, d_trunk, True))
         exits_pt[name] = i_out
+        mouths[i_in] = float(np.sqrt(a_f * b_f))  # the canal opens into the marrow (equal-area disc)
         canals.append((p_out + np.array([0.0, 2.0 * t_cort, 0.0]), p_in, 0.5 * d_canal))
         exit_specs.append((name, "basivertebral", p_out, d_canal, canal_len))
         del k
@@ -622,7 +656,7 @@ def vein_tree(
     for j, ang in enumerate(np.deg2rad(np.linspace(-BRANCH_FAN_DEG, BRANCH_FAN_DEG, n_br))):
         direction = np.array([np.sin(ang), -np.cos(ang), 0.0])
         reach = dims["branch_reach_fraction"] * _ray_to_wall(inner, confluence, direction)
-        end = confluence + reach * direction + rng_b.normal(0.0, jitter, 3)
+        end = _inside(inner, confluence + reach * direction + rng_b.normal(0.0, jitter, 3), d_branch)
         segments.append(VesselSegment(f"basivertebral_branch_{j}", i_conf, point(end), d_branch, True))
     nut_len = dims["nutrient_channel_length_fraction"] * depth
     for kind, angle_key in (
@@ -634,13 +668,17 @@ def vein_tree(
             p_out, normal = _wall_point(outer, dims[angle_key], side, z_bv)
             p_in = p_out - normal * t_cort
             rng_n = feature_rng(patient.seed, f"nutrient_{name}")
-            end = p_in - normal * nut_len + rng_n.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5])
+            end = _inside(
+                inner,
+                p_in - normal * nut_len + rng_n.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5]),
+                d_nut,
+            )
             i_out, i_in = point(p_out), point(p_in)
             segments.append(VesselSegment(f"foramen_{name}", i_out, i_in, d_nut, False))
             segments.append(VesselSegment(f"nutrient_{name}", i_in, point(end), d_nut, True))
             exits_pt[name] = i_out
             exit_specs.append((name, kind, p_out, d_nut, t_cort))
-    return VesselTree(np.array(points), tuple(segments), exits_pt), canals, exit_specs
+    return VesselTree(np.array(points), tuple(segments), exits_pt, mouths), canals, exit_specs
 
 
 def _fracture_cleft(

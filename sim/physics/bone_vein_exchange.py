@@ -34,16 +34,21 @@ class ExitEntries:
     cells_per_exit: np.ndarray  # float, number of rows of each exit
 
 
+FORAMEN_PIN = 1.0e6  # foramen drain / its vein pieces' conductance (numerical: pins the node's pressure)
+
+
 @register("exchange", "embedded_veins")
 class EmbeddedVeinExchange:
     """Intraosseous veins embedded in the bone; each foramen is the vein node at its outer opening.
 
     The veins are nodes of the pressure graph (:mod:`sim.physics.embedded_vessels`: Poiseuille
     between nodes, a well index to the porous cells around them), so the bone-vein exchange happens
-    along the veins, independent of the grid. The foramen node drains into the venous network
-    through half of its own vein length, G = pi d^4 / (128 L_node / 2) (the node stands for the vein
-    from the opening to half-way to its neighbour). Limiting case (tested): the exchange of one vein
-    in a homogeneous block matches the analytic line source at every spacing.
+    along the veins, independent of the grid. The foramen node sits at the opening and drains into
+    the venous network with no resistance of its own (a conductance FORAMEN_PIN times that of its
+    vein pieces, pinning it to the venous pressure to 1e-6), so a canal of any discretisation
+    conducts its Poiseuille value. Limiting cases (tested): the exchange of one vein in a
+    homogeneous block matches the analytic line source at every spacing; a canal conducts
+    pi d^4 / (128 L).
     """
 
     @classmethod
@@ -58,8 +63,13 @@ class EmbeddedVeinExchange:
             bad = exits[int(np.flatnonzero(cell < 0)[0])].name
             raise GeometryError(f"foramen '{bad}' is not connected to the needle's region of the bone")
         v = np.array([ex.node for ex in exits], dtype=np.int64)
-        d = vessels.node_diameter_m[v]
-        g = np.pi * d**4 / (128.0 * 0.5 * vessels.node_length_m[v])
+        # the foramen node sits at the opening: it drains with (effectively) no resistance of its own,
+        # FORAMEN_PIN times the conductance of its vein pieces, so the canal conducts its Poiseuille value
+        g_edges = vessels.edge_conductance_m3()
+        g = np.zeros(v.size)
+        for i, node in enumerate(v):
+            touching = (vessels.edge_a == node) | (vessels.edge_b == node)
+            g[i] = FORAMEN_PIN * float(g_edges[touching].max())
         return ExitEntries(
             cell=cell,
             exit=np.arange(len(exits), dtype=np.int64),

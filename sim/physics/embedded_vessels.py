@@ -12,7 +12,8 @@ Well model (distributed kernel). A vein of radius r_w carrying an exchange q per
 (positive out of the vein) in a homogeneous medium of permeability k (across the vein) has
 p(r) = p_w - q mu / (2 pi k) ln(r / r_w). The exchange of a vein piece of length L is spread over
 the porous cells whose centres lie within a kernel radius rho of its axis (equal shares w_c,
-summing to 1), each a two-point connection T_c = WI w_c with the cell:
+summing to 1), each a two-point connection T_c = WI w_c between the cell and the nearer of the
+piece's two end nodes:
 
     WI = 2 pi k_perp L / (ln(rho / r_w) - 1/4),   rho = max(3 r_w, 2 h).
 
@@ -28,6 +29,14 @@ the kernel holds enough cells at any spacing, and at least 3 r_w so that ln(rho 
 Checked against the analytic line source in a homogeneous block at 2, 1 and 0.5 mm
 (tests/test_embedded_vessels.py); the lumen region inside r_w is still counted as bone matrix (a
 few per cent of the body's pore volume for 1-2 mm veins).
+
+Canal mouths. A wide canal (the basivertebral canal, 5-8 mm) whose walls are cortical exchanges
+only through its mouth, a disc of radius a facing the marrow. A disc on a no-flow wall conducts
+4 k a (the classical disc-source resistance 1/(4 k a)), the conductance of a hemispherical source of
+radius r_eq = 2 a / pi. Spread uniformly over the porous cells within rho = max(2 a, 2 h) of its
+centre (a hemispherical kernel), the mean kernel pressure is p(rho) + q mu / (10 pi k rho) for a
+half-space point source, so WI = 2 pi k / (1 / r_eq - 6 / (5 rho)) (the spherical analogue of the
+line kernel above), again as positive two-point connections.
 """
 
 from __future__ import annotations
@@ -127,16 +136,30 @@ def embed(
         dist = np.linalg.norm(ctr - p0 - s[:, None] * t, axis=1)
         inside = (dist <= rho) & (s >= 0.0) & (s < length)
         flat, s = flat[inside], s[inside]
+        if flat.size == 0:
+            continue
+        # the edge's whole well index, spread equally over its kernel cells, each cell connected to
+        # the nearer of the edge's two nodes (so no share is lost when one half holds no cell centre)
         denom = math.log(rho / r_w) - 0.25
-        for node, half in ((a, s < 0.5 * length), (b, s >= 0.5 * length)):
-            cells = flat[half]
-            if cells.size == 0:
-                continue
-            k_perp = perpendicular_permeability(kflat[:, cells].T, t)
-            wi = 2.0 * math.pi * k_perp * (0.5 * length) / denom / cells.size
-            w_node.append(np.full(cells.size, node, dtype=np.int64))
-            w_cell.append(cells)
-            w_val.append(wi)
+        k_perp = perpendicular_permeability(kflat[:, flat].T, t)
+        w_node.append(np.where(s < 0.5 * length, a, b).astype(np.int64))
+        w_cell.append(flat)
+        w_val.append(2.0 * math.pi * k_perp * length / denom / flat.size)
+    for point, a in tree.openings.items():
+        rho = max(2.0 * a, KERNEL_CELLS * h)
+        rho_max = max(rho_max, rho)
+        centre = pos[point]
+        flat, ctr = _cells_near_segment(centre, centre, rho, origin, h, shape)
+        near = porous_flat[flat] & (np.linalg.norm(ctr - centre, axis=1) <= rho)
+        cells = flat[near]
+        if cells.size == 0:
+            continue
+        k_mean = np.prod(kflat[:, cells], axis=0) ** (1.0 / 3.0)
+        r_eq = 2.0 * a / math.pi
+        wi = 2.0 * math.pi * k_mean / (1.0 / r_eq - 6.0 / (5.0 * rho)) / cells.size
+        w_node.append(np.full(cells.size, point, dtype=np.int64))
+        w_cell.append(cells)
+        w_val.append(wi)
     exit_node = {}
     for name, point in tree.exits.items():
         if not 0 <= point < pts.shape[0]:

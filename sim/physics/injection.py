@@ -406,8 +406,6 @@ class InjectionSolver:
         self._max_err_c = self._max_err_m = 0.0
         self._t_transport = self._t_pressure = 0.0
         self._max_cement_unknowns = 0
-        self._cement_order = np.empty(0, dtype=np.int64)
-        self._order_epoch = 0
         self._max_imbalance = 0.0
         self._p_vein_last: np.ndarray | None = None
 
@@ -465,9 +463,8 @@ class InjectionSolver:
             g = g / (1.0 + g * r_cell)
             if self.method == "front":
                 in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
-                order = self._cement_order_for(in_cement)
-                system = assemble_front(graph, in_cement, trans, self.exit_cell, g, order)
-                key = ("front", self._order_epoch, "grows")
+                system = assemble_front(graph, in_cement, trans, self.exit_cell, g)
+                key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
                 self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
             else:
                 system = assemble_full(graph, trans, self.exit_cell, g)
@@ -654,17 +651,6 @@ class InjectionSolver:
 
             total += w * point_source_near_field_pa(q * w, self.h, self.tip_radius_m, k_xyz, mu)
         return total
-
-    def _cement_order_for(self, in_cement: np.ndarray) -> np.ndarray:
-        """Cement cells in the order they joined (append-only), restarted if a cell ever left."""
-        old = self._cement_order
-        if old.size and not np.all(in_cement[old]):
-            old = np.empty(0, dtype=np.int64)
-            self._order_epoch += 1
-        member = np.zeros(in_cement.size, dtype=bool)
-        member[old] = True
-        self._cement_order = np.concatenate([old, np.flatnonzero(in_cement & ~member)])
-        return self._cement_order
 
     def _shear_rate(self, speed: np.ndarray, age_s: float) -> np.ndarray:
         """Shear rate the cement sees: pore shear rate in the bone (Christopher & Middleman), wall

@@ -266,20 +266,17 @@ def assemble_front(
     trans: np.ndarray,
     exit_cell: np.ndarray,
     exit_cond: np.ndarray,
-    cement_order: np.ndarray | None = None,
 ) -> PressureSystem:
     """Front system: cement cells + one isobaric unknown per connected marrow region.
 
     Faces between two marrow cells drop out (their region is isobaric); faces between a cement
     cell and a marrow cell couple the cell to its region's lump; exits of marrow cells drain the
     lump. Row sums are the same volume balances as in the full system, so conservation is exact.
-    ``cement_order`` (optional) numbers the cement cells in that order (cells that joined earlier
-    first), so a preconditioner built on an earlier, smaller cement block stays valid for its rows.
     """
     n = graph.n
     fa, fb = graph.face_a, graph.face_b
     mm = ~in_cement[fa] & ~in_cement[fb]
-    cement_cells = np.flatnonzero(in_cement) if cement_order is None else np.asarray(cement_order)
+    cement_cells = np.flatnonzero(in_cement)
     nc = cement_cells.size
     marrow_cells = np.flatnonzero(~in_cement)
     unknown = -np.ones(n, dtype=np.int64)
@@ -365,7 +362,6 @@ class PressureSolver:
         self.stats = SolverStats()
         self._ml = None
         self._ml_key: tuple | None = None
-        self._ml_size = 0
         self._ml_iters = 0
         self._setup_iters = 0
 
@@ -428,34 +424,26 @@ class PressureSolver:
                 )
             inv = 1.0 / d
             return spla.LinearOperator((n, n), matvec=lambda x: inv * x.ravel(), dtype=np.float64)
-        # Reuse: a key of the form (name, ..., "grows") says the leading unknowns keep their cells
-        # as the block grows (front system with a stable cement order), so a hierarchy built on an
-        # earlier block of m <= nb unknowns still preconditions the first m rows (Jacobi on the rest)
-        # until the iteration count says it has gone stale.
-        grows = key is not None and key[-1] == "grows"
-        base_key = key[:-1] if grows else key
-        m = self._ml_size
-        same = self._ml is not None and key is not None and self._ml_key == base_key
-        usable = same and (m == nb or (grows and m <= nb))
-        if not usable or self._ml_iters > max(15, 2 * self._setup_iters):
+        full_key = (key, nb)
+        stale = self._ml is None or self._ml_key != full_key or key is None
+        if stale or self._ml_iters > max(15, 2 * self._setup_iters):
             t0 = time.perf_counter()
             cell_block = mat[:nb, :nb].tocsr() if nb < n else mat
             self._ml = _seeded_amg_setup(cell_block)
             self.stats.setup_time_s += time.perf_counter() - t0
             self.stats.n_setups += 1
-            self._ml_key = base_key
-            self._ml_size = m = nb
+            self._ml_key = full_key
             self._setup_iters = 10**6
         ml_prec = self._ml.aspreconditioner(cycle="V")
-        if m == n:
+        if nb == n:
             return ml_prec
-        tail_inv = 1.0 / mat.diagonal()[m:]
+        tail_inv = 1.0 / mat.diagonal()[nb:]
 
         def apply(x):
             x = x.ravel()
             y = np.empty_like(x)
-            y[:m] = ml_prec @ x[:m]
-            y[m:] = tail_inv * x[m:]
+            y[:nb] = ml_prec @ x[:nb]
+            y[nb:] = tail_inv * x[nb:]
             return y
 
         return spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)

@@ -22,7 +22,7 @@ from sim.physics.bone import (
     place_needle,
 )
 from sim.physics.permeability import KozenyCarman, kozeny_carman
-from sim.physics.random_field import gaussian_random_field
+from sim.physics.random_field import FourierField
 from tests.helpers import run_params
 
 FACE6 = ndimage.generate_binary_structure(3, 1)
@@ -128,7 +128,7 @@ def test_vertebra_data_complete_and_z_positions_consistent():
             "depth_m",
             "height_m",
             "cortical_thickness_m",
-            "basivertebral_foramen_diameter_m",
+            "pedicle_width_m",
         ):
             assert d[key] > 0, (lev, key)
             assert d["sources"][key].startswith("["), (lev, key)
@@ -261,11 +261,15 @@ def test_exits_on_correct_faces(l1_1mm, l1_half_mm):
 
 
 def test_random_field_statistics_and_correlation_length():
+    """Point values of the Fourier-mode field: unit variance and the covariance exp(-(r/l)^2)."""
     h, ell = 1.0, 4.0
     rng = np.random.default_rng(11)
     lags = np.arange(1, 7)
     rho = np.zeros(len(lags))
-    fields = [gaussian_random_field((80, 80, 80), h, ell, rng) for _ in range(3)]
+    fields = [
+        FourierField.draw(ell, rng, 2048).on_grid(np.zeros(3), h, (80, 80, 80), cell_average=False)
+        for _ in range(3)
+    ]
     for f in fields:
         for i, lag in enumerate(lags):
             for axis in range(3):

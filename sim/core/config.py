@@ -107,7 +107,7 @@ class PatientConfig(StrictModel):
     size_scale: Annotated[float, Field(ge=0.7, le=1.3)] = 1.0
     # Basivertebral foramen (elliptic opening on the posterior wall): 7.8 +- 1.6 mm wide, 5.4 +- 1.1 mm
     # high in osteoporotic fracture patients (He, Wang, Li 2023, CT of 107 patients); one foramen in
-    # 45 %, two in 37 % of vertebrae (Tzika et al. 2021).
+    # 45 %, two in 37 % of vertebrae (Tzika et al. 2021). Two foramina share the width side by side.
     basivertebral_foramen_width_mm: Annotated[float, Field(ge=1.0, le=15.0)] = 7.8
     basivertebral_foramen_height_mm: Annotated[float, Field(ge=1.0, le=12.0)] = 5.4
     basivertebral_foramina: Annotated[int, Field(ge=1, le=2)] = 1

@@ -119,7 +119,7 @@ def load_vertebra(level: str) -> dict:
     """SI dimensions of one level from ``geometries/vertebrae.yaml`` (plus shared shape/channel data).
 
     Keys: ``width_m``, ``depth_m``, ``height_m`` (mean of anterior/posterior), ``height_anterior_m``,
-    ``height_posterior_m``, ``cortical_thickness_m``, ``basivertebral_foramen_diameter_m``,
+    ``height_posterior_m``, ``cortical_thickness_m``,
     ``disc_below_m``, ``z_center_m``, pedicle fields (``pedicle_width_m``, ``pedicle_height_m``,
     ``pedicle_transverse_angle_rad``, ``canal_width_m``, ``pedicle_axis_length_m``), the shared
     ``shape`` and ``channels`` fields, ``sources`` (field -> "[tag] source-key") and
@@ -594,7 +594,8 @@ def vein_tree(
 
     Returns the vessel tree, the basivertebral canals (axis end points and radius, cut out of the
     marrow) and the exits (name, kind, outer opening, equivalent diameter, canal length).
-    Basivertebral system: one or two foramina on the posterior wall (elliptic, width x height, an
+    Basivertebral system: one or two foramina on the posterior wall (two share the width side by
+    side; each elliptic, width x height, an
     equivalent Poiseuille diameter d^4 = 32 a^3 b^3 / (a^2 + b^2) for semi-axes a, b), each a canal
     ``basivertebral_canal_depth_fraction`` of the body depth deep, leading to a trunk that runs to a
     confluence near the body centre, from which ``basivertebral_branch_count`` tributaries fan
@@ -605,7 +606,9 @@ def vein_tree(
     """
     jitter = dims["endpoint_jitter_m"] * float(patient.size_scale)
     z_bv = -outer.half_height + dims["basivertebral_cc_fraction"] * 2.0 * outer.half_height
-    a_f = 0.5 * float(patient.basivertebral_foramen_width_m)
+    # two foramina share the measured opening side by side, each half as wide [U]
+    n_foramina = int(patient.basivertebral_foramina)
+    a_f = 0.5 * float(patient.basivertebral_foramen_width_m) / n_foramina
     b_f = 0.5 * float(patient.basivertebral_foramen_height_m)
     d_canal = float((32.0 * a_f**3 * b_f**3 / (a_f**2 + b_f**2)) ** 0.25)
     canal_len = dims["basivertebral_canal_depth_fraction"] * depth
@@ -625,14 +628,13 @@ def vein_tree(
         points.append(np.asarray(p, dtype=np.float64))
         return len(points) - 1
 
-    n_foramina = int(patient.basivertebral_foramina)
-    x_offsets = [0.0] if n_foramina == 1 else [-(a_f + 0.5e-3), a_f + 0.5e-3]
+    x_offsets = [0.0] if n_foramina == 1 else [-(a_f + 0.25e-3), a_f + 0.25e-3]
     span = max(abs(x) for x in x_offsets) + a_f
     if span > outer.disc_radius:
         raise GeometryError(
-            f"patient.basivertebral_foramen_width_mm = {2e3 * a_f:g} with basivertebral_foramina = "
-            f"{n_foramina}: the foramina would reach {1e3 * span:.1f} mm from the midline, beyond the "
-            f"posterior wall of the {dims['level']} body (its concave part spans "
+            f"patient.basivertebral_foramen_width_mm = {2e3 * a_f * n_foramina:g} with "
+            f"basivertebral_foramina = {n_foramina}: the foramina would reach {1e3 * span:.1f} mm from the "
+            f"midline, beyond the posterior wall of the {dims['level']} body (its concave part spans "
             f"{1e3 * outer.disc_radius:.1f} mm)"
         )
     rng_c = feature_rng(patient.seed, "basivertebral_confluence")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sim.core.config import Scenario
+from sim.core.geometry_data import load_geometry_yaml
 from sim.core.grid import EXIT_KINDS, BoneGrid, Needle
 from sim.core.parameters import RunParameters
 from sim.core.provenance import provenance
@@ -151,6 +152,9 @@ def run_scenario(
     )  # fmt: skip
 
     summary = _summary(injection, venous.summary(), coupled.stop_time_s, transport)
+    h_mm = params.grid.spacing_m / MM_M
+    summary["grid_spacing_mm"] = h_mm
+    summary["leaked_volume_rel_error_estimate"] = leaked_volume_error_estimate(h_mm)
     summary["wall_time_s"] = time.perf_counter() - wall0
     bone = st.bone
     return RunResult(
@@ -176,6 +180,16 @@ def run_scenario(
             transport=transport,
         ),
     )
+
+
+def leaked_volume_error_estimate(spacing_mm: float) -> float:
+    """Relative discretisation error of the leaked volume at this spacing from the convergence study
+    (geometries/convergence.yaml), NaN where the study has no such spacing."""
+    table = load_geometry_yaml("convergence.yaml")["leaked_volume_rel_error"]
+    for h, err in table.items():
+        if abs(float(h) - spacing_mm) < 1e-9:
+            return float(err)
+    return float("nan")
 
 
 def write_run(result: RunResult, out_dir: str | Path, overwrite: bool = False) -> Path:

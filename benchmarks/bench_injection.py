@@ -62,8 +62,7 @@ class _RecordingTransport:
 
 def _case(spacing_m: float):
     params = RunParameters.from_scenario(Scenario())
-    rng = np.random.default_rng(params.patient.seed)
-    bone = build_vertebral_body(replace(params.patient, level="L1"), spacing_m, rng)
+    bone = build_vertebral_body(replace(params.patient, level="L1"), spacing_m)
     needle = place_needle(bone, params.needle)
     cement = CementModel.from_params(params.cement)
     c = params.cement

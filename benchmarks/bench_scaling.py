@@ -39,7 +39,6 @@ def inject(spacing_mm: float, volume_ml: float, rate_ml_per_s: float) -> dict[st
     from sim.physics.injection import ConstantPressureCoupling, run_injection
     from sim.physics.injection_control import InjectionControl
     from sim.physics.rheology import CementModel
-    from sim.run.pipeline import stage_rngs
 
     sc = scenario_from_dict(
         {
@@ -48,9 +47,8 @@ def inject(spacing_mm: float, volume_ml: float, rate_ml_per_s: float) -> dict[st
         }
     )
     params = RunParameters.from_scenario(sc)
-    rng = stage_rngs(int(params.patient.seed))["bone"]
     t0 = time.perf_counter()
-    bone = build_vertebral_body(params.patient, params.grid.spacing_m, rng)
+    bone = build_vertebral_body(params.patient, params.grid.spacing_m)
     needle = place_needle(bone, params.needle)
     build_s = time.perf_counter() - t0
     cement = CementModel.from_params(params.cement)

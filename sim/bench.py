@@ -38,6 +38,7 @@ CASES: tuple[str, ...] = (
     "bench_full_run",
     "bench_sweep",
     "bench_cohort",
+    "bench_convergence",
 )
 
 
@@ -232,7 +233,8 @@ def _select(only: list[str] | None) -> list[str]:
     if not only:
         return list(CASES)
     picked = []
-    for key in only:
+    keys = [k.strip() for item in only for k in item.split(",") if k.strip()]
+    for key in keys:
         hits = [c for c in CASES if c == key or c == f"bench_{key}" or key in c]
         if not hits:
             raise ConfigError(f"bench: unknown case {key!r}; known: {', '.join(c[6:] for c in CASES)}")

@@ -367,7 +367,11 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes; finishes in about 2 minutes.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for JSON, markdown, plot.")] = None,
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="Run only these cases (e.g. pressure, transport).")
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="Run only these cases: repeat the option or separate with commas (e.g. pressure,transport).",
+        ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -94,6 +94,11 @@ def test_unknown_case_is_named():
     with pytest.raises(ConfigError, match="nosuchcase"):
         bench._select(["nosuchcase"])
     assert bench._select(["pressure", "transport"]) == ["bench_transport", "bench_pressure"]
+    assert bench._select(["pressure,transport", " cohort "]) == [
+        "bench_transport",
+        "bench_pressure",
+        "bench_cohort",
+    ]
 
 
 def _fake_case(quick: bool = False) -> dict:

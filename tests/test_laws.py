@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from sim.core.config import LawsConfig, Scenario, scenario_from_dict
-from sim.core.errors import ConfigError
-from sim.core.grid import VenousExit
+from sim.core.errors import ConfigError, GeometryError
+from sim.core.grid import VenousExit, VesselSegment, VesselTree
 from sim.core.parameters import FragmentationParams, RunParameters
 from sim.physics import rheology
-from sim.physics.bone_vein_exchange import ForamenPoiseuille
+from sim.physics.bone_vein_exchange import FORAMEN_PIN, EmbeddedVeinExchange, ForamenPoiseuille
+from sim.physics.embedded_vessels import embed
 from sim.physics.fragment_transport import DiameterMargin
 from sim.physics.fragmentation import DragVsStrength
 from sim.physics.laws import LAW_HOMES, available, law_class, register
@@ -29,7 +30,7 @@ RHO, MU_BLOOD = 1055.0, 0.0035  # network_from_edges defaults
 LAWS = {
     "permeability": ("kozeny_carman", KozenyCarman),
     "rheology": ("power_law_cure", CementModel),
-    "exchange": ("foramen_poiseuille", ForamenPoiseuille),
+    "exchange": ("embedded_veins", EmbeddedVeinExchange),
     "fragmentation": ("drag_vs_strength", DragVsStrength),
     "lodging": ("diameter_margin", DiameterMargin),
 }
@@ -178,6 +179,57 @@ def test_foramen_cells_outside_the_bone_do_not_take_a_share():
     ent = ForamenPoiseuille().entries([ex], graph)
     assert ent.cells_per_exit[0] == 2 and ent.cell.size == 2
     assert ent.conductance_m3.sum() == pytest.approx(math.pi * (2 * MM) ** 4 / (128.0 * 2 * MM), rel=1e-14)
+
+
+def vein_through_cortex(h, canal_len=5.7 * MM, d_canal=6 * MM, d_vein=1 * MM, n=16):
+    """A marrow block (y < wall) with a cortical canal from a foramen on the wall to a vein inside."""
+    shape = (n, n, n)
+    porous = np.zeros(shape, dtype=bool)
+    porous[:, : n // 2, :] = True
+    perm = np.where(porous, 1e-9, 0.0)[None].repeat(3, axis=0)
+    wall = (n // 2 - 0.5) * h
+    p_out = np.array([0.5 * n * h, wall + canal_len, 0.5 * n * h])
+    p_in = p_out - [0.0, canal_len, 0.0]
+    tree = VesselTree(
+        np.array([p_out, p_in, p_in - [0.0, 4 * MM, 0.0]]),
+        (VesselSegment("canal", 0, 1, d_canal, False), VesselSegment("vein", 1, 2, d_vein, True)),
+        {"f": 0},
+    )
+    vessels = embed(tree, np.zeros(3), h, porous, perm)
+    exits = [VenousExit("f", "basivertebral", np.empty(0, np.int64), p_out, d_canal, canal_len, node=0)]
+    exit_ext = np.array([porous.size + 0])
+    graph = build_cell_graph(porous, perm, h, np.flatnonzero(porous.ravel())[:1], exit_ext, vessels)
+    return graph, vessels, exits
+
+
+def test_embedded_veins_drain_each_foramen_at_its_node():
+    """One row per exit, at the foramen's vein node, with a positive Poiseuille factor ~ d^4."""
+    rows = {}
+    for d in (4 * MM, 8 * MM):
+        graph, vessels, exits = vein_through_cortex(1 * MM, d_canal=d)
+        ent = EmbeddedVeinExchange().entries(exits, graph, vessels)
+        assert ent.cell.tolist() == [graph.compact[graph.n_grid + exits[0].node]]
+        assert ent.exit.tolist() == [0] and ent.cells_per_exit.tolist() == [1.0]
+        assert ent.conductance_m3[0] > 0.0
+        rows[d] = float(ent.conductance_m3[0])
+    assert rows[8 * MM] / rows[4 * MM] == pytest.approx(16.0, rel=1e-12)
+    # a foramen whose vein is not connected to the needle's region is refused by name
+    graph, vessels, exits = vein_through_cortex(1 * MM)
+    graph.compact[graph.n_grid + exits[0].node] = -1
+    with pytest.raises(GeometryError, match="'f'"):
+        EmbeddedVeinExchange().entries(exits, graph, vessels)
+
+
+@pytest.mark.parametrize("h", [2 * MM, 1 * MM, 0.5 * MM])
+def test_foramen_canal_conducts_poiseuille_at_any_spacing(h):
+    """Uniform mobility: canal edges in series with the exit term give pi d^4 / (128 L) of the canal."""
+    canal_len, d = 5.7 * MM, 6 * MM
+    graph, vessels, exits = vein_through_cortex(h, canal_len=canal_len, d_canal=d)
+    g_exit = EmbeddedVeinExchange().entries(exits, graph, vessels).conductance_m3[0]
+    canal = vessels.edge_diameter_m == d
+    r_series = float(np.sum(1.0 / vessels.edge_conductance_m3()[canal])) + 1.0 / g_exit
+    # the foramen drain pins the node to the venous pressure to 1 / FORAMEN_PIN of a canal piece
+    assert 1.0 / r_series == pytest.approx(math.pi * d**4 / (128.0 * canal_len), rel=1.0 / FORAMEN_PIN)
 
 
 # ----------------------------------------------------------------------------- fragmentation

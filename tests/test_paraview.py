@@ -13,12 +13,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from sim.core.config import load_scenario
+from sim.core.config import scenario_from_dict
 from sim.core.errors import PceSimError
 from sim.output.view import STATE_SCRIPT, render_view
 from sim.output.vtk import read_pvd, select_times, write_run_vtk
 from sim.physics.fragment_set import LODGED
 from sim.run.pipeline import run_scenario
+from tests.helpers import LEAK_CASE
 
 PVPYTHON = shutil.which("pvpython")
 needs_paraview = pytest.mark.skipif(
@@ -29,10 +30,11 @@ needs_paraview = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def run():
-    """A small real run (the seed case at 2 mm): cement in the body, a venous leak, emboli in both lungs."""
-    scenario = load_scenario("configs/lai2025_case.yaml")
-    scenario.output.vtk = True
-    return run_scenario(scenario)
+    """A small real run (the seed case with the tip at the anterior nutrient vein, 1 mm grid, see
+    ``tests.helpers.LEAK_CASE``): cement in the body, a venous leak, emboli in both lungs."""
+    res = run_scenario(scenario_from_dict(LEAK_CASE))
+    assert (res.artifacts.transport.emboli["status"] == LODGED).sum() >= 2
+    return res
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from vtkmodules.vtkIOXML import vtkXMLImageDataReader
 
-from sim.core.config import load_scenario
+from sim.core.config import scenario_from_dict
 from sim.core.errors import GeometryError, PceSimError
 from sim.core.units import ML_M3, MM_M
 from sim.output.vtk import (
@@ -28,6 +28,7 @@ from sim.output.vtk import (
 )
 from sim.physics.fragment_set import LODGED
 from sim.run.pipeline import run_scenario, write_run
+from tests.helpers import LEAK_CASE
 
 
 def _header(path) -> str:
@@ -188,10 +189,16 @@ def test_select_times_keeps_first_last_and_spacing():
 
 @pytest.fixture(scope="module")
 def lai_run():
-    """The seed case (2 mm grid, a few seconds): an anterior leak, a detection, emboli in both lungs."""
-    scenario = load_scenario("configs/lai2025_case.yaml")
-    scenario.output.vtk = True
-    return run_scenario(scenario)
+    """The seed case with the tip at the anterior nutrient vein (1 mm grid, a few seconds): an anterior
+    leak, a detection, emboli in both lungs."""
+    res = run_scenario(scenario_from_dict(LEAK_CASE))
+    inj = res.artifacts.injection
+    leaked = dict(zip(inj.exit_names, inj.exit_cement_volume_m3, strict=True))
+    assert leaked["anterior_left"] > 0.0 and res.artifacts.venous.detection_time_s is not None
+    emboli, tree = res.artifacts.transport.emboli, res.artifacts.tree
+    lobes = {tree.lobe_names[i] for i in emboli["lobe"][emboli["status"] == LODGED]}
+    assert {n[0] for n in lobes} == {"R", "L"}, lobes  # both lungs
+    return res
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,19 @@ from sim.core.errors import GeometryError
 
 
 def geometry_path(relative: str) -> Path:
-    """Path of a file under ``geometries/`` (works from a checkout and from an installed wheel)."""
-    try:
-        base = Path(str(resources.files("sim.geometries")))
-    except ModuleNotFoundError:  # plain source tree on sys.path: geometries/ sits beside sim/
-        base = Path(__file__).resolve().parents[2] / "geometries"
+    """Path of a file under ``geometries/`` (works from a checkout and from an installed wheel).
+
+    A source checkout's own ``geometries/`` (beside its ``sim/``) wins, so running a checkout never
+    reads the data of another installed copy; an installed wheel has it as ``sim.geometries``.
+    """
+    beside = Path(__file__).resolve().parents[2] / "geometries"
+    if beside.is_dir() and (beside.parent / "sim").is_dir():
+        base = beside
+    else:
+        try:
+            base = Path(str(resources.files("sim.geometries")))
+        except ModuleNotFoundError:
+            base = beside
     path = base / relative
     if not path.exists():
         raise GeometryError(f"geometry data file '{relative}' not found (looked in {path.parent})")

@@ -16,13 +16,68 @@ import numpy as np
 EXIT_KINDS = ("basivertebral", "anterior", "lateral")
 
 
+@dataclass(frozen=True)
+class VesselSegment:
+    """A straight piece of intraosseous vein between two points of a :class:`VesselTree`."""
+
+    name: str
+    start: int  # point index
+    end: int  # point index
+    diameter_m: float
+    exchanges: bool  # False where the vein runs in a cortical canal (no contact with the marrow)
+
+
+@dataclass(frozen=True)
+class VesselTree:
+    """Intraosseous veins in continuous space: points, straight segments between them, the point of
+    each foramen (where the vein leaves the bone and joins the venous network) and the mouths of
+    canals that open into the marrow (a disc of the given radius at a point)."""
+
+    points_m: np.ndarray  # (n_points, 3), patient frame
+    segments: tuple[VesselSegment, ...]
+    exits: dict[str, int]  # foramen name -> point index
+    openings: dict[int, float] = field(default_factory=dict)  # point -> radius of a canal mouth (m)
+
+
+@dataclass
+class EmbeddedVessels:
+    """A :class:`VesselTree` discretised on a grid: nodes, node-node edges, node-cell connections."""
+
+    node_pos_m: np.ndarray  # (nv, 3)
+    node_length_m: np.ndarray  # (nv,) vein length a node stands for
+    node_diameter_m: np.ndarray  # (nv,)
+    edge_a: np.ndarray  # (ne,) node indices
+    edge_b: np.ndarray
+    edge_length_m: np.ndarray  # (ne,) centre to centre
+    edge_diameter_m: np.ndarray  # (ne,)
+    well_node: np.ndarray  # (nw,) node of each node-cell connection
+    well_cell: np.ndarray  # (nw,) flat grid index of its cell
+    well_index_m3: np.ndarray  # (nw,) T_c = WI w_c (times a mobility 1/(Pa s) gives m^3/(Pa s))
+    exit_node: dict[str, int]  # foramen name -> node
+    kernel_radius_m: float
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.node_pos_m.shape[0])
+
+    @property
+    def node_volume_m3(self) -> np.ndarray:
+        """Lumen volume of each node, pi d^2 / 4 L."""
+        return 0.25 * np.pi * self.node_diameter_m**2 * self.node_length_m
+
+    def edge_conductance_m3(self) -> np.ndarray:
+        """Poiseuille factor pi d^4 / (128 L) of every node-node edge (m^3; divide by mu)."""
+        return np.pi * self.edge_diameter_m**4 / (128.0 * self.edge_length_m)
+
+
 @dataclass
 class VenousExit:
     """A foramen through which blood (and cement) leaves the vertebral body.
 
-    ``cells`` are the porous cells drained by the exit (just inside the cortex at the foramen);
-    the canal through the cortex is a Poiseuille tube of ``diameter_m`` and ``length_m``, so the
-    flux of a fluid of viscosity mu is ``q = pi d^4 / (128 mu L) * (p_cell - p_vein)``.
+    With intraosseous veins embedded in the bone (``BoneGrid.vessels``) the foramen is the vein
+    node ``node`` at the outer opening; ``cells`` are then the porous cells that vein drains. A bone
+    without veins (synthetic test geometries) drains ``cells`` directly through a Poiseuille tube of
+    ``diameter_m`` and ``length_m``: ``q = pi d^4 / (128 mu L) * (p_cell - p_vein)``.
     """
 
     name: str
@@ -31,6 +86,7 @@ class VenousExit:
     position_m: np.ndarray
     diameter_m: float
     length_m: float
+    node: int = -1  # vein node of the foramen in BoneGrid.vessels (-1: none)
 
     @property
     def poiseuille_factor_m3(self) -> float:
@@ -50,8 +106,9 @@ class BoneGrid:
     porosity: np.ndarray  # float64 (nx, ny, nz), 0 where not porous
     permeability: np.ndarray  # float64 (3, nx, ny, nz): kx, ky, kz in m^2, 0 where not porous
     exits: list[VenousExit]
-    channel: np.ndarray | None = None  # bool: intraosseous venous channels
+    channel: np.ndarray | None = None  # bool: cells a vein's well kernel reaches (for pictures)
     cleft: np.ndarray | None = None  # bool: fracture cleft
+    vessels: EmbeddedVessels | None = None  # intraosseous veins as 1D nodes coupled to the cells
     meta: dict = field(default_factory=dict)  # dimensions, sources, etc.
 
     @property
@@ -86,4 +143,5 @@ class Needle:
     path_cells: np.ndarray  # flat indices occupied by the cannula shaft (not porous)
     inner_diameter_m: float
     length_m: float
+    tip_radius_m: float = 0.0  # radius of the open tip for the well correction (0: no correction)
     meta: dict = field(default_factory=dict)

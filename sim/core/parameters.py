@@ -48,7 +48,11 @@ class PatientParams:
     permeability_ref_m2: float  # k at porosity_mean, transverse
     permeability_anisotropy: float  # k_axial / k_transverse
     size_scale: float  # body dimensions / tabulated morphometry
-    venous_scale: float  # foramen and intraosseous vein calibres / tabulated
+    basivertebral_foramen_width_m: float  # elliptic opening on the posterior wall
+    basivertebral_foramen_height_m: float
+    basivertebral_foramina: int  # 1 or 2
+    intraosseous_vein_diameter_m: float  # basivertebral trunk; branches by Murray's law
+    nutrient_foramen_diameter_m: float  # anterior and lateral foramina and their veins
     fracture_cleft: FractureCleftParams
     seed: int  # root of every random stream of the run
 

@@ -64,6 +64,7 @@ Frame: DICOM LPS, metres, +x patient left, +y posterior, +z cranial, origin at t
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +73,18 @@ from scipy import integrate, ndimage
 
 from sim.core.errors import ConfigError, GeometryError
 from sim.core.geometry_data import load_geometry_yaml
-from sim.core.grid import BoneGrid, Needle, VenousExit
+from sim.core.grid import BoneGrid, EmbeddedVessels, Needle, VenousExit, VesselSegment, VesselTree
 from sim.core.parameters import FractureCleftParams, NeedleParams, PatientParams
 from sim.core.units import MM_M
+from sim.physics.embedded_vessels import embed
 from sim.physics.permeability import KozenyCarman
-from sim.physics.random_field import gaussian_random_field
+from sim.physics.random_field import FourierField
 
 POROSITY_CLIP = (0.5, 0.99)
+ANATOMY_KEY = 7  # spawn-key prefix of the anatomy's named random streams
+FOURIER_MODES = 1024  # modes of the porosity field (its marginal is Gaussian to a few per cent)
+TIP_CLEAR_RADII = 3.0  # the shaft is carved from this many outer radii behind the tip (well near field)
+BRANCH_FAN_DEG = 70.0  # [U] basivertebral tributaries fan over +-70 deg from the AP axis
 CLEFT_SOLID_RETAINED = 0.3  # [U] fraction of the trabecular solid left inside a fracture cleft
 EXTRAPEDICULAR_OFFSET_M = 3.0e-3  # [U] extrapedicular entry lateral of the pedicle's lateral wall
 _FACE6 = ndimage.generate_binary_structure(3, 1)
@@ -113,7 +119,7 @@ def load_vertebra(level: str) -> dict:
     """SI dimensions of one level from ``geometries/vertebrae.yaml`` (plus shared shape/channel data).
 
     Keys: ``width_m``, ``depth_m``, ``height_m`` (mean of anterior/posterior), ``height_anterior_m``,
-    ``height_posterior_m``, ``cortical_thickness_m``, ``basivertebral_foramen_diameter_m``,
+    ``height_posterior_m``, ``cortical_thickness_m``,
     ``disc_below_m``, ``z_center_m``, pedicle fields (``pedicle_width_m``, ``pedicle_height_m``,
     ``pedicle_transverse_angle_rad``, ``canal_width_m``, ``pedicle_axis_length_m``), the shared
     ``shape`` and ``channels`` fields, ``sources`` (field -> "[tag] source-key") and
@@ -372,15 +378,26 @@ def _ray_to_wall(shape: BodyShape, p0: np.ndarray, direction: np.ndarray) -> flo
     return float((-qb + np.sqrt(max(qb * qb - 4.0 * qa * qc, 0.0))) / (2.0 * qa))
 
 
+def feature_rng(seed: int, feature: str) -> np.random.Generator:
+    """The random stream of one anatomical feature of the patient (independent of the grid).
+
+    ``SeedSequence(seed, spawn_key=(ANATOMY_KEY, crc32(feature)))``: adding a feature or changing the
+    grid leaves every other feature's draws unchanged.
+    """
+    key = (ANATOMY_KEY, zlib.crc32(feature.encode()))
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
+
+
 def build_vertebral_body(
     patient: PatientParams,
     spacing_m: float,
-    rng: np.random.Generator,
     permeability: KozenyCarman | None = None,
 ) -> BoneGrid:
-    """Rasterise the patient's osteoporotic vertebral body on a grid of spacing ``spacing_m``.
+    """The patient's osteoporotic vertebral body, defined in continuous space, sampled on a grid.
 
-    ``rng`` supplies every random draw (porosity field first, then channel jitter);
+    Every random draw comes from the patient's seed through a named stream per feature
+    (:func:`feature_rng`), and the porosity field is a function of position
+    (:class:`~sim.physics.random_field.FourierField`), so the same patient comes out at any spacing.
     ``permeability`` is the permeability law (``laws.permeability``; Kozeny-Carman by default).
     See the module docstring for the models and sources.
     """
@@ -391,30 +408,9 @@ def build_vertebral_body(
     phi_mean = float(patient.porosity_mean)
     phi_sd = float(patient.porosity_sd)
     corr = float(patient.porosity_correlation_m)
-    k_ref = float(patient.permeability_ref_m2)
-    aniso = float(patient.permeability_anisotropy)
     scale = float(patient.size_scale)
-    if not (POROSITY_CLIP[0] <= phi_mean <= POROSITY_CLIP[1]):
-        raise ConfigError(
-            f"patient.porosity_mean = {phi_mean}: expected {POROSITY_CLIP[0]}..{POROSITY_CLIP[1]}"
-        )
-    if phi_sd < 0 or corr <= 0 or k_ref <= 0 or aniso <= 0 or scale <= 0:
-        raise ConfigError(
-            "patient: porosity_sd >= 0, porosity_correlation_m > 0, permeability_ref_m2 > 0, "
-            "permeability_anisotropy > 0 and size_scale > 0 required "
-            f"(got {phi_sd}, {corr}, {k_ref}, {aniso}, {scale})"
-        )
 
     dims = dict(load_vertebra(level))
-    # Venous anatomy variation: foramina and intraosseous veins enlarge with age (Wang et al. 2023)
-    # and vary between patients; one factor scales every venous diameter of the body.
-    venous_scale = float(patient.venous_scale)
-    if not venous_scale > 0.0:
-        raise ConfigError(f"patient.venous_scale = {venous_scale}: must be > 0")
-    for key in [k for k in dims if k.endswith("diameter_m") and ("foramen" in k or "channel" in k)]:
-        dims[key] = venous_scale * dims[key]
-    for key in ("basivertebral_trunk_diameter_m", "basivertebral_branch_diameter_m"):
-        dims[key] = venous_scale * dims[key]
     width, depth, height = (scale * dims[k] for k in ("width_m", "depth_m", "height_m"))
     t_cort = dims["cortical_thickness_m"]
     t_end = dims["endplate_thickness_m"]
@@ -436,74 +432,30 @@ def build_vertebral_body(
     outer_mask = outer.inside_xy(X, Y)[:, :, None] & (np.abs(axes.z) <= outer.half_height)[None, None, :]
     body = outer_mask | ndimage.binary_dilation(porous, structure=_FACE6)
     del X, Y, outer_mask
-
-    # --- basivertebral canal (non-porous tube through the posterior wall) and foramina.
-    z_bv = -outer.half_height + dims["basivertebral_cc_fraction"] * 2.0 * outer.half_height
-    d_bv = dims["basivertebral_foramen_diameter_m"]
-    canal_len = dims["basivertebral_canal_depth_fraction"] * depth
-    bv_out = np.array([0.0, float(outer.posterior_y(0.0)), z_bv])
-    bv_in = bv_out - np.array([0.0, canal_len, 0.0])
-    canal = _tube_cells(axes, bv_out + np.array([0.0, h, 0.0]), bv_in, 0.5 * d_bv)
-    canal = canal[body.reshape(-1)[canal]]
     porous_flat = porous.reshape(-1)
-    porous_flat[canal] = False
 
-    exit_specs: list[tuple[str, str, np.ndarray, np.ndarray, float, float]] = [
-        ("basivertebral", "basivertebral", bv_out, bv_in, d_bv, canal_len)
-    ]
-    for kind, angle_key, diam_key in (
-        ("anterior", "anterior_foramen_angle_rad", "anterior_foramen_diameter_m"),
-        ("lateral", "lateral_foramen_angle_rad", "lateral_foramen_diameter_m"),
-    ):
-        for side_name, side in (("left", 1.0), ("right", -1.0)):
-            p_out, normal = _wall_point(outer, dims[angle_key], side, z_bv)
-            p_in = p_out - normal * (t_cort + 0.5 * h)
-            exit_specs.append((f"{kind}_{side_name}", kind, p_out, p_in, dims[diam_key], t_cort))
+    if h > float(patient.basivertebral_foramen_height_m):
+        raise GeometryError(
+            f"grid.spacing_mm = {1e3 * h:g} is coarser than patient.basivertebral_foramen_height_mm = "
+            f"{1e3 * patient.basivertebral_foramen_height_m:g}: the basivertebral canal would not be "
+            "resolved (use a finer grid)"
+        )
+    # --- intraosseous veins in continuous space (each feature its own random stream).
+    tree, canals, exit_specs = vein_tree(patient, dims, outer, inner, depth, t_cort)
+    for p0, p1, radius in canals:  # cortical-walled basivertebral canals: no marrow in them
+        cells = _tube_cells(axes, p0, p1, radius)
+        porous_flat[cells[body.reshape(-1)[cells]]] = False
 
-    # --- porosity and Kozeny-Carman permeability.
-    g = gaussian_random_field(axes.shape, h, corr, rng)
+    # --- porosity (a field of position) and permeability.
+    g = FourierField.draw(corr, feature_rng(patient.seed, "porosity"), FOURIER_MODES).on_grid(
+        axes.origin, h, axes.shape
+    )
     phi = np.clip(phi_mean + phi_sd * g, *POROSITY_CLIP)
     del g
     phi[~porous] = 0.0
     law = permeability or KozenyCarman.from_params(patient)
     perm = np.zeros((3, *axes.shape), dtype=np.float64)
     perm[:, porous] = law.tensor_diagonal(phi[porous])
-
-    # --- intraosseous venous channels.
-    jitter = dims["endpoint_jitter_m"] * scale
-    confluence = np.array([0.0, 0.0, z_bv]) + rng.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5])
-    tubes: list[tuple[str, np.ndarray, np.ndarray, float]] = [
-        ("basivertebral_trunk", bv_in, confluence, dims["basivertebral_trunk_diameter_m"])
-    ]
-    n_br = dims["basivertebral_branch_count"]
-    for j, ang in enumerate(np.deg2rad(np.linspace(-70.0, 70.0, n_br))):
-        direction = np.array([np.sin(ang), -np.cos(ang), 0.0])
-        reach = dims["branch_reach_fraction"] * _ray_to_wall(inner, confluence, direction)
-        end = confluence + reach * direction + rng.normal(0.0, jitter, 3)
-        tubes.append((f"basivertebral_branch_{j}", confluence, end, dims["basivertebral_branch_diameter_m"]))
-    nut_len = dims["nutrient_channel_length_fraction"] * depth
-    for name, _kind, p_out, p_in, _d, _len in exit_specs[1:]:
-        inward = (p_in - p_out) / np.linalg.norm(p_in - p_out)
-        end = p_in + nut_len * inward + rng.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5])
-        tubes.append((f"nutrient_{name}", p_in, end, dims["nutrient_channel_diameter_m"]))
-
-    channel = np.zeros(axes.shape, dtype=bool)
-    channel_flat = channel.reshape(-1)
-    k_add = np.zeros(axes.shape, dtype=np.float64).reshape(-1)
-    frac = np.zeros_like(k_add)
-    for _name, p0, p1, d in tubes:
-        cells = _tube_cells(axes, p0, p1, 0.5 * d)
-        cells = cells[porous_flat[cells]]
-        f = min(1.0, 0.25 * np.pi * d * d / (h * h))
-        np.maximum.at(k_add, cells, f * d * d / 32.0)
-        np.maximum.at(frac, cells, f)
-        channel_flat[cells] = True
-    phi_flat = phi.reshape(-1)
-    sel = np.flatnonzero(channel_flat)
-    phi_flat[sel] = np.minimum(frac[sel] + (1.0 - frac[sel]) * phi_flat[sel], POROSITY_CLIP[1])
-    for c in range(3):
-        perm[c].reshape(-1)[sel] += k_add[sel]
-    del k_add, frac
 
     # --- fracture cleft.
     cleft = None
@@ -513,27 +465,27 @@ def build_vertebral_body(
         perm[:, cleft] *= factor
         phi[cleft] = np.minimum(1.0 - CLEFT_SOLID_RETAINED * (1.0 - phi[cleft]), POROSITY_CLIP[1])
 
-    # --- exits.
+    # --- the veins on this grid: nodes, Poiseuille edges, well connections to the cells.
+    vessels = embed(tree, axes.origin, h, porous, perm)
+    channel = np.zeros(axes.shape, dtype=bool)
+    channel.reshape(-1)[vessels.well_cell] = True
+
     exits = []
-    for name, kind, p_out, p_in, d, length in exit_specs:
-        radius = max(0.5 * d + 0.5 * h, h)
-        cells = _exit_cells(axes, porous_flat, p_in, radius)
-        if cells.size == 0:
-            raise GeometryError(
-                f"{level}: venous exit {name!r} at {np.round((p_out + center) / MM_M, 2)} mm "
-                "has no porous cell nearby"
-            )
+    for name, kind, p_out, d_eq, length in exit_specs:
+        node = vessels.exit_node[name]
+        drained = _vein_cells(vessels, node)
         exits.append(
             VenousExit(
                 name=name,
                 kind=kind,
-                cells=cells,
+                cells=drained,
                 position_m=p_out + center,
-                diameter_m=float(d),
+                diameter_m=float(d_eq),
                 length_m=float(length),
+                node=node,
             )
         )
-
+    vessels.node_pos_m = vessels.node_pos_m + center
     bone = BoneGrid(
         level=level,
         spacing_m=h,
@@ -545,6 +497,7 @@ def build_vertebral_body(
         exits=exits,
         channel=channel,
         cleft=cleft,
+        vessels=vessels,
         meta={},
     )
     dropped = _keep_drained_components(bone)
@@ -572,13 +525,19 @@ def build_vertebral_body(
                     "pedicle_axis_length_m",
                 )
             },
-            "basivertebral_canal_cells": canal,
-            "channels": [
-                {"name": n, "start_m": p0 + center, "end_m": p1 + center, "diameter_m": d}
-                for n, p0, p1, d in tubes
+            "veins": [
+                {
+                    "name": seg.name,
+                    "start_m": tree.points_m[seg.start] + center,
+                    "end_m": tree.points_m[seg.end] + center,
+                    "diameter_m": seg.diameter_m,
+                    "exchanges": seg.exchanges,
+                }
+                for seg in tree.segments
             ],
+            "well_kernel_radius_m": vessels.kernel_radius_m,
             "isolated_porous_cells_removed": dropped,
-            "porosity_model": "clip(mean + sd * GRF(exp(-(r/l)^2)), 0.5, 0.99)",
+            "porosity_model": f"clip(mean + sd * g, 0.5, 0.99), g of {FOURIER_MODES} Fourier modes",
             "permeability_model": type(law).law_name,
             "shell_rule": "porous: centre in inset shape; body: outer shape + 1-cell dilation",
             "sources": dims["sources"],
@@ -586,6 +545,142 @@ def build_vertebral_body(
         }
     )
     return bone
+
+
+def _inside(shape: BodyShape, point: np.ndarray, diameter: float) -> np.ndarray:
+    """``point`` pulled towards the body axis until a vein of ``diameter`` around it is in ``shape``.
+
+    Jittered vein ends near the wall stay in the cancellous bone instead of running into the cortex.
+    """
+    margin = 0.5 * diameter
+    inset = shape.inset(margin, margin)
+    p = np.asarray(point, dtype=np.float64).copy()
+    for _ in range(60):
+        if inset.inside(p)[0]:
+            return p
+        p[:2] *= 0.95
+        p[2] = float(np.clip(p[2], -inset.half_height, inset.half_height))
+    raise GeometryError(f"a vein of {1e3 * diameter:.2f} mm does not fit inside the cancellous bone")
+
+
+def _vein_cells(vessels: EmbeddedVessels, node: int) -> np.ndarray:
+    """Porous cells the vein through ``node`` drains: its well cells nearest the foramen."""
+    # walk from the foramen node along the vein until nodes with well connections are found
+    adjacency: dict[int, list[int]] = {}
+    for a, b in zip(vessels.edge_a.tolist(), vessels.edge_b.tolist(), strict=True):
+        adjacency.setdefault(a, []).append(b)
+        adjacency.setdefault(b, []).append(a)
+    seen, frontier = {node}, [node]
+    while frontier:
+        cells = vessels.well_cell[np.isin(vessels.well_node, frontier)]
+        if cells.size:
+            return np.unique(cells)
+        frontier = [m for n in frontier for m in adjacency.get(n, []) if m not in seen]
+        seen.update(frontier)
+    return np.empty(0, dtype=np.int64)
+
+
+def vein_tree(
+    patient: PatientParams,
+    dims: dict[str, Any],
+    outer: BodyShape,
+    inner: BodyShape,
+    depth: float,
+    t_cort: float,
+) -> tuple[
+    VesselTree, list[tuple[np.ndarray, np.ndarray, float]], list[tuple[str, str, np.ndarray, float, float]]
+]:
+    """The intraosseous veins of the patient in body-centred coordinates.
+
+    Returns the vessel tree, the basivertebral canals (axis end points and radius, cut out of the
+    marrow) and the exits (name, kind, outer opening, equivalent diameter, canal length).
+    Basivertebral system: one or two foramina on the posterior wall (two share the width side by
+    side; each elliptic, width x height, an
+    equivalent Poiseuille diameter d^4 = 32 a^3 b^3 / (a^2 + b^2) for semi-axes a, b), each a canal
+    ``basivertebral_canal_depth_fraction`` of the body depth deep, leading to a trunk that runs to a
+    confluence near the body centre, from which ``basivertebral_branch_count`` tributaries fan
+    antero-laterally; branch diameters from the trunk's by Murray's law (d_b = d_t / N^(1/3)).
+    Nutrient veins: from each anterior and lateral foramen a channel through the cortex, then inward
+    for ``nutrient_channel_length_fraction`` of the depth. Confluence, branch and channel end points
+    get seeded jitter, each from its own stream.
+    """
+    jitter = dims["endpoint_jitter_m"] * float(patient.size_scale)
+    z_bv = -outer.half_height + dims["basivertebral_cc_fraction"] * 2.0 * outer.half_height
+    # two foramina share the measured opening side by side, each half as wide [U]
+    n_foramina = int(patient.basivertebral_foramina)
+    a_f = 0.5 * float(patient.basivertebral_foramen_width_m) / n_foramina
+    b_f = 0.5 * float(patient.basivertebral_foramen_height_m)
+    d_canal = float((32.0 * a_f**3 * b_f**3 / (a_f**2 + b_f**2)) ** 0.25)
+    canal_len = dims["basivertebral_canal_depth_fraction"] * depth
+    d_trunk = float(patient.intraosseous_vein_diameter_m)
+    n_br = int(dims["basivertebral_branch_count"])
+    d_branch = d_trunk / n_br ** (1.0 / 3.0)
+    d_nut = float(patient.nutrient_foramen_diameter_m)
+
+    points: list[np.ndarray] = []
+    segments: list[VesselSegment] = []
+    exits_pt: dict[str, int] = {}
+    mouths: dict[int, float] = {}
+    canals: list[tuple[np.ndarray, np.ndarray, float]] = []
+    exit_specs: list[tuple[str, str, np.ndarray, float, float]] = []
+
+    def point(p: np.ndarray) -> int:
+        points.append(np.asarray(p, dtype=np.float64))
+        return len(points) - 1
+
+    x_offsets = [0.0] if n_foramina == 1 else [-(a_f + 0.25e-3), a_f + 0.25e-3]
+    span = max(abs(x) for x in x_offsets) + a_f
+    if span > outer.disc_radius:
+        raise GeometryError(
+            f"patient.basivertebral_foramen_width_mm = {2e3 * a_f * n_foramina:g} with "
+            f"basivertebral_foramina = {n_foramina}: the foramina would reach {1e3 * span:.1f} mm from the "
+            f"midline, beyond the posterior wall of the {dims['level']} body (its concave part spans "
+            f"{1e3 * outer.disc_radius:.1f} mm)"
+        )
+    rng_c = feature_rng(patient.seed, "basivertebral_confluence")
+    confluence = _inside(
+        inner, np.array([0.0, 0.0, z_bv]) + rng_c.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5]), d_trunk
+    )
+    i_conf = point(confluence)
+    for k, x0 in enumerate(x_offsets):
+        name = "basivertebral" if n_foramina == 1 else f"basivertebral_{'right' if x0 < 0 else 'left'}"
+        p_out = np.array([x0, float(outer.posterior_y(x0)), z_bv])
+        p_in = p_out - np.array([0.0, canal_len, 0.0])
+        i_out, i_in = point(p_out), point(p_in)
+        segments.append(VesselSegment(f"{name}_canal", i_out, i_in, d_canal, False))
+        segments.append(VesselSegment(f"{name}_trunk", i_in, i_conf, d_trunk, True))
+        exits_pt[name] = i_out
+        mouths[i_in] = float(np.sqrt(a_f * b_f))  # the canal opens into the marrow (equal-area disc)
+        canals.append((p_out + np.array([0.0, 2.0 * t_cort, 0.0]), p_in, 0.5 * d_canal))
+        exit_specs.append((name, "basivertebral", p_out, d_canal, canal_len))
+        del k
+    rng_b = feature_rng(patient.seed, "basivertebral_branches")
+    for j, ang in enumerate(np.deg2rad(np.linspace(-BRANCH_FAN_DEG, BRANCH_FAN_DEG, n_br))):
+        direction = np.array([np.sin(ang), -np.cos(ang), 0.0])
+        reach = dims["branch_reach_fraction"] * _ray_to_wall(inner, confluence, direction)
+        end = _inside(inner, confluence + reach * direction + rng_b.normal(0.0, jitter, 3), d_branch)
+        segments.append(VesselSegment(f"basivertebral_branch_{j}", i_conf, point(end), d_branch, True))
+    nut_len = dims["nutrient_channel_length_fraction"] * depth
+    for kind, angle_key in (
+        ("anterior", "anterior_foramen_angle_rad"),
+        ("lateral", "lateral_foramen_angle_rad"),
+    ):
+        for side_name, side in (("left", 1.0), ("right", -1.0)):
+            name = f"{kind}_{side_name}"
+            p_out, normal = _wall_point(outer, dims[angle_key], side, z_bv)
+            p_in = p_out - normal * t_cort
+            rng_n = feature_rng(patient.seed, f"nutrient_{name}")
+            end = _inside(
+                inner,
+                p_in - normal * nut_len + rng_n.normal(0.0, jitter, 3) * np.array([1.0, 1.0, 0.5]),
+                d_nut,
+            )
+            i_out, i_in = point(p_out), point(p_in)
+            segments.append(VesselSegment(f"foramen_{name}", i_out, i_in, d_nut, False))
+            segments.append(VesselSegment(f"nutrient_{name}", i_in, point(end), d_nut, True))
+            exits_pt[name] = i_out
+            exit_specs.append((name, kind, p_out, d_nut, t_cort))
+    return VesselTree(np.array(points), tuple(segments), exits_pt, mouths), canals, exit_specs
 
 
 def _fracture_cleft(
@@ -721,17 +816,20 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
                 f"{where}: the shaft from the {side_name} {approach} entry leaves the vertebral body at "
                 f"{np.round((first + center) / MM_M, 2).tolist()} mm (spinal canal or cortex in the way)"
             )
-        # Tip cells: porous cells within the inner radius of the tip (at least the tip's own cell).
-        flat, ctr = _box_cells(axes, tip - r_in, tip + r_in)
-        near = flat[(np.linalg.norm(ctr - tip, axis=1) <= r_in) & porous_flat[flat]]
-        tip_cells = np.union1d(near, [tip_cell]).astype(np.int64)
-        # Path: body cells within the outer radius of the shaft, behind the tip.
+        # The open tip is a point source in the cell that contains it (a well: the needle pressure
+        # adds the analytic near field between the tip's radius and the cell, sim.physics.well_index).
+        tip_cells = np.array([tip_cell], dtype=np.int64)
+        # Path: body cells within the outer radius of the shaft, from the entry to TIP_CLEAR_RADII
+        # outer radii behind the tip: the well model treats the tip as a source into the space
+        # around it, and a shaft carved up to the tip would make that near field depend on how the
+        # grid cuts the shaft (cells of 2 mm vs a 3 mm cannula).
+        clear = TIP_CLEAR_RADII * r_out
         flat, ctr = _box_cells(axes, np.minimum(base, tip) - r_out - h, np.maximum(base, tip) + r_out + h)
         dist, s_ax = _segment_distance(ctr, base - u * h, tip)
-        on_path = (dist <= r_out) & (s_ax <= length + h) & (s_ax >= 0.0)
+        on_path = (dist <= r_out) & (s_ax <= length + h - clear) & (s_ax >= 0.0)
         on_path &= body_flat[flat]
         path = np.setdiff1d(flat[on_path], tip_cells)
-        chain = _voxel_chain(axes, base, tip - u * r_in)
+        chain = _voxel_chain(axes, base, tip - u * clear) if length > clear else np.empty(0, np.int64)
         path = np.setdiff1d(np.union1d(path, chain[body_flat[chain]]), tip_cells)
         medial = float(np.degrees(np.arctan2(-side * u[0], -u[1])))
         caudal = float(np.degrees(np.arctan2(-u[2], np.hypot(u[0], u[1]))))
@@ -791,6 +889,7 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
         tip_cells=tip_cells.astype(np.int64),
         tip_weights=tip_weights.astype(np.float64),
         tip_positions_m=np.array(tips),
+        tip_radius_m=float(r_in),
         entry_positions_m=np.array(entries),
         path_cells=path_cells,
         inner_diameter_m=float(cannula["inner_diameter_m"]),

@@ -12,7 +12,8 @@ Well model (distributed kernel). A vein of radius r_w carrying an exchange q per
 (positive out of the vein) in a homogeneous medium of permeability k (across the vein) has
 p(r) = p_w - q mu / (2 pi k) ln(r / r_w). The exchange of a vein piece of length L is spread over
 the porous cells whose centres lie within a kernel radius rho of its axis (equal shares w_c,
-summing to 1), each a two-point connection T_c = WI w_c with the cell:
+summing to 1), each a two-point connection T_c = WI w_c between the cell and the nearer of the
+piece's two end nodes:
 
     WI = 2 pi k_perp L / (ln(rho / r_w) - 1/4),   rho = max(3 r_w, 2 h).
 
@@ -28,71 +29,27 @@ the kernel holds enough cells at any spacing, and at least 3 r_w so that ln(rho 
 Checked against the analytic line source in a homogeneous block at 2, 1 and 0.5 mm
 (tests/test_embedded_vessels.py); the lumen region inside r_w is still counted as bone matrix (a
 few per cent of the body's pore volume for 1-2 mm veins).
+
+Canal mouths. A wide canal (the basivertebral canal, 5-8 mm) whose walls are cortical exchanges
+only through its mouth, a disc of radius a facing the marrow. A disc on a no-flow wall conducts
+4 k a (the classical disc-source resistance 1/(4 k a)), the conductance of a hemispherical source of
+radius r_eq = 2 a / pi. Spread uniformly over the porous cells within rho = max(2 a, 2 h) of its
+centre (a hemispherical kernel), the mean kernel pressure is p(rho) + q mu / (10 pi k rho) for a
+half-space point source, so WI = 2 pi k / (1 / r_eq - 6 / (5 rho)) (the spherical analogue of the
+line kernel above), again as positive two-point connections.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from sim.core.errors import GeometryError
+from sim.core.grid import EmbeddedVessels, VesselTree
 
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel at any spacing)
-
-
-@dataclass(frozen=True)
-class VesselSegment:
-    """A straight piece of intraosseous vein between two points of a :class:`VesselTree`."""
-
-    name: str
-    start: int  # point index
-    end: int  # point index
-    diameter_m: float
-    exchanges: bool  # False where the vein runs in a cortical canal (no contact with the marrow)
-
-
-@dataclass(frozen=True)
-class VesselTree:
-    """Intraosseous veins in continuous space: points, straight segments between them, and the
-    point of each foramen (where the vein leaves the bone and joins the venous network)."""
-
-    points_m: np.ndarray  # (n_points, 3), patient frame
-    segments: tuple[VesselSegment, ...]
-    exits: dict[str, int]  # foramen name -> point index
-
-
-@dataclass
-class EmbeddedVessels:
-    """A :class:`VesselTree` discretised on a grid: nodes, node-node edges, node-cell connections."""
-
-    node_pos_m: np.ndarray  # (nv, 3)
-    node_length_m: np.ndarray  # (nv,) vein length a node stands for
-    node_diameter_m: np.ndarray  # (nv,)
-    edge_a: np.ndarray  # (ne,) node indices
-    edge_b: np.ndarray
-    edge_length_m: np.ndarray  # (ne,) centre to centre
-    edge_diameter_m: np.ndarray  # (ne,)
-    well_node: np.ndarray  # (nw,) node of each node-cell connection
-    well_cell: np.ndarray  # (nw,) flat grid index of its cell
-    well_index_m3: np.ndarray  # (nw,) T_c = WI w_c (times a mobility 1/(Pa s) gives m^3/(Pa s))
-    exit_node: dict[str, int]  # foramen name -> node
-    kernel_radius_m: float
-
-    @property
-    def n_nodes(self) -> int:
-        return int(self.node_pos_m.shape[0])
-
-    @property
-    def node_volume_m3(self) -> np.ndarray:
-        """Lumen volume of each node, pi d^2 / 4 L."""
-        return 0.25 * np.pi * self.node_diameter_m**2 * self.node_length_m
-
-    def edge_conductance_m3(self) -> np.ndarray:
-        """Poiseuille factor pi d^4 / (128 L) of every node-node edge (m^3; divide by mu)."""
-        return np.pi * self.edge_diameter_m**4 / (128.0 * self.edge_length_m)
 
 
 def kernel_radius(radius_m: float, spacing_m: float) -> float:
@@ -179,16 +136,30 @@ def embed(
         dist = np.linalg.norm(ctr - p0 - s[:, None] * t, axis=1)
         inside = (dist <= rho) & (s >= 0.0) & (s < length)
         flat, s = flat[inside], s[inside]
+        if flat.size == 0:
+            continue
+        # the edge's whole well index, spread equally over its kernel cells, each cell connected to
+        # the nearer of the edge's two nodes (so no share is lost when one half holds no cell centre)
         denom = math.log(rho / r_w) - 0.25
-        for node, half in ((a, s < 0.5 * length), (b, s >= 0.5 * length)):
-            cells = flat[half]
-            if cells.size == 0:
-                continue
-            k_perp = perpendicular_permeability(kflat[:, cells].T, t)
-            wi = 2.0 * math.pi * k_perp * (0.5 * length) / denom / cells.size
-            w_node.append(np.full(cells.size, node, dtype=np.int64))
-            w_cell.append(cells)
-            w_val.append(wi)
+        k_perp = perpendicular_permeability(kflat[:, flat].T, t)
+        w_node.append(np.where(s < 0.5 * length, a, b).astype(np.int64))
+        w_cell.append(flat)
+        w_val.append(2.0 * math.pi * k_perp * length / denom / flat.size)
+    for point, a in tree.openings.items():
+        rho = max(2.0 * a, KERNEL_CELLS * h)
+        rho_max = max(rho_max, rho)
+        centre = pos[point]
+        flat, ctr = _cells_near_segment(centre, centre, rho, origin, h, shape)
+        near = porous_flat[flat] & (np.linalg.norm(ctr - centre, axis=1) <= rho)
+        cells = flat[near]
+        if cells.size == 0:
+            continue
+        k_mean = np.prod(kflat[:, cells], axis=0) ** (1.0 / 3.0)
+        r_eq = 2.0 * a / math.pi
+        wi = 2.0 * math.pi * k_mean / (1.0 / r_eq - 6.0 / (5.0 * rho)) / cells.size
+        w_node.append(np.full(cells.size, point, dtype=np.int64))
+        w_cell.append(cells)
+        w_val.append(wi)
     exit_node = {}
     for name, point in tree.exits.items():
         if not 0 <= point < pts.shape[0]:

@@ -81,39 +81,31 @@ def project_bone(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(cement thickness image, body-silhouette mask) of the vertebral body on ``det``."""
     ray = VIEW_AXES[det.view][0]
-    h = bone.spacing_m
     if cement_fraction is None:
-        thick_grid = np.zeros([s for k, s in enumerate(bone.shape) if k != ray])
+        thick = np.zeros([s for k, s in enumerate(bone.shape) if k != ray])
     else:
-        thick_grid = (np.asarray(cement_fraction) * bone.porosity).sum(axis=ray) * h
-    body_grid = bone.body.any(axis=ray)
-    a, b = det.axes
-    ca, cb = det.pixel_centers()
-    ia = np.rint((ca - bone.origin_m[a]) / h).astype(np.int64)
-    ib = np.rint((cb - bone.origin_m[b]) / h).astype(np.int64)
-    va = (ia >= 0) & (ia < thick_grid.shape[0])
-    vb = (ib >= 0) & (ib < thick_grid.shape[1])
-    img = np.zeros(det.shape)
-    mask = np.zeros(det.shape, dtype=bool)
-    sub = np.ix_(np.flatnonzero(va), np.flatnonzero(vb))
-    img[sub] = thick_grid[np.ix_(ia[va], ib[vb])]
-    mask[sub] = body_grid[np.ix_(ia[va], ib[vb])]
-    return img, mask
+        thick = (np.asarray(cement_fraction) * bone.porosity).sum(axis=ray) * bone.spacing_m
+    return _on_detector(det, bone, thick, 0.0), _on_detector(det, bone, bone.body.any(axis=ray), False)
 
 
 def project_bone_mineral(det: Detector, bone: BoneGrid) -> np.ndarray:
     """Projected bone-mineral thickness (m) on ``det``: sum of (1 - porosity) h over body cells."""
     ray = VIEW_AXES[det.view][0]
+    solid = np.where(bone.body, 1.0 - np.asarray(bone.porosity), 0.0).sum(axis=ray) * bone.spacing_m
+    return _on_detector(det, bone, solid, 0.0)
+
+
+def _on_detector(det: Detector, bone: BoneGrid, plane: np.ndarray, fill: float | bool) -> np.ndarray:
+    """A projection of the bone grid (its two image axes) sampled at the detector pixels (nearest cell)."""
     h = bone.spacing_m
-    solid = np.where(bone.body, 1.0 - np.asarray(bone.porosity), 0.0).sum(axis=ray) * h
     a, b = det.axes
     ca, cb = det.pixel_centers()
     ia = np.rint((ca - bone.origin_m[a]) / h).astype(np.int64)
     ib = np.rint((cb - bone.origin_m[b]) / h).astype(np.int64)
-    va = (ia >= 0) & (ia < solid.shape[0])
-    vb = (ib >= 0) & (ib < solid.shape[1])
-    img = np.zeros(det.shape)
-    img[np.ix_(np.flatnonzero(va), np.flatnonzero(vb))] = solid[np.ix_(ia[va], ib[vb])]
+    va = (ia >= 0) & (ia < plane.shape[0])
+    vb = (ib >= 0) & (ib < plane.shape[1])
+    img = np.full(det.shape, fill, dtype=plane.dtype)
+    img[np.ix_(np.flatnonzero(va), np.flatnonzero(vb))] = plane[np.ix_(ia[va], ib[vb])]
     return img
 
 

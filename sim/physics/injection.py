@@ -67,7 +67,7 @@ from scipy.optimize import brentq
 from sim.core.errors import ConfigError, GeometryError, SolverError
 from sim.core.grid import BoneGrid, Needle
 from sim.physics import rheology
-from sim.physics.bone_vein_exchange import ForamenPoiseuille
+from sim.physics.bone_vein_exchange import EmbeddedVeinExchange, ForamenPoiseuille
 from sim.physics.cement_transport import front_time_step, throughput_rate, transport_step
 from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.injection_control import InjectionControl
@@ -79,6 +79,7 @@ from sim.physics.pressure import (
     face_transmissibility,
 )
 from sim.physics.rheology import CementModel, viscosity_kernel
+from sim.physics.well_index import point_source_near_field_pa
 
 MASS_BALANCE_TOL = 1e-10
 LEAK_ONSET_M3 = 1e-12  # cumulative cement through an exit that counts as leak onset (1e-3 mm^3)
@@ -87,6 +88,9 @@ CEMENT_CELL_MIN_S = 1e-6  # front method: cells above this saturation are cement
 FULL_CELL_S = 0.99  # front method: cells above this no longer limit the step
 STALL_FRACTION = 1e-3  # pressure mode: stop when the admissible rate drops below this share
 METHODS = ("front", "impes")
+BLOOD_VISCOSITY_PA_S = (
+    3.5e-3  # default resident fluid of embedded veins (the run passes veins.blood_viscosity)
+)
 
 
 @runtime_checkable
@@ -215,8 +219,9 @@ def _viscosity_cells(shear_rate: np.ndarray, age_s: float, params: np.ndarray, o
         out[i] = viscosity_kernel(shear_rate[i], age_s, params)
 
 
-def cell_darcy_speed(graph, face_flux: np.ndarray) -> np.ndarray:
-    """Darcy speed |u| per cell (m/s): per direction the mean |flux| of its two faces over h^2."""
+def cell_darcy_speed(graph, face_flux: np.ndarray, vein_diameter_m: np.ndarray | None = None) -> np.ndarray:
+    """Speed per node (m/s): Darcy speed |u| of a cell (per direction the mean |flux| of its two grid
+    faces over h^2); mean lumen velocity of a vein node (half its summed |face flux| over pi d^2 / 4)."""
     n = graph.n
     mag = np.abs(face_flux)
     sq = np.zeros(n)
@@ -226,7 +231,15 @@ def cell_darcy_speed(graph, face_flux: np.ndarray) -> np.ndarray:
             graph.face_b[sel], weights=mag[sel], minlength=n
         )
         sq += (0.5 * comp) ** 2
-    return np.sqrt(sq) / graph.spacing_m**2
+    speed = np.sqrt(sq) / graph.spacing_m**2
+    if vein_diameter_m is not None and np.any(vein_diameter_m > 0.0):
+        through = 0.5 * (
+            np.bincount(graph.face_a, weights=mag, minlength=n)
+            + np.bincount(graph.face_b, weights=mag, minlength=n)
+        )
+        vein = vein_diameter_m > 0.0
+        speed[vein] = through[vein] / (0.25 * np.pi * vein_diameter_m[vein] ** 2)
+    return speed
 
 
 def _check_inputs(
@@ -305,9 +318,10 @@ class InjectionSolver:
         method: str = "front",
         cfl: float = 0.8,
         pressure_solver: str = "auto",
-        exchange: ForamenPoiseuille | None = None,
+        exchange: EmbeddedVeinExchange | ForamenPoiseuille | None = None,
         max_step_s: float | None = None,
         max_steps: int = 2_000_000,
+        vein_fluid_viscosity_pa_s: float = BLOOD_VISCOSITY_PA_S,
     ):
         self._wall0 = time.perf_counter()
         control.validate()
@@ -324,12 +338,19 @@ class InjectionSolver:
         self.mu_m = float(marrow_viscosity_pa_s)
         self.h = float(bone.spacing_m)
         self.n_exits = len(bone.exits)
-        exit_flat = np.concatenate([np.asarray(e.cells, dtype=np.int64) for e in bone.exits])
+        vessels = bone.vessels
+        n_grid = bone.n_cells
+        if vessels is not None:
+            exit_flat = np.array([n_grid + e.node for e in bone.exits], dtype=np.int64)
+            exchange = exchange or EmbeddedVeinExchange()
+        else:
+            exit_flat = np.concatenate([np.asarray(e.cells, dtype=np.int64) for e in bone.exits])
+            exchange = exchange or ForamenPoiseuille()
         self.graph = graph = build_cell_graph(
-            bone.porous, bone.permeability, self.h, np.asarray(needle.tip_cells), exit_flat
+            bone.porous, bone.permeability, self.h, np.asarray(needle.tip_cells), exit_flat, vessels
         )
         n = graph.n
-        entries = (exchange or ForamenPoiseuille()).entries(bone.exits, graph)
+        entries = exchange.entries(bone.exits, graph, vessels)
         self.exit_cell, self.exit_id, self.exit_geo = entries.cell, entries.exit, entries.conductance_m3
         self.exit_cells_per_exit = entries.cells_per_exit
 
@@ -337,13 +358,32 @@ class InjectionSolver:
         tip_w = np.asarray(needle.tip_weights, dtype=np.float64)
         self.src_unit = np.bincount(tips, weights=tip_w, minlength=n)
         self.tip_mask = self.src_unit > 0.0
-        self.phi = phi = bone.porosity.ravel()[graph.cell_of].astype(np.float64)
+        grid = graph.is_grid_cell
+        self.is_vein = ~grid
+        grid_flat = graph.cell_of[grid]
+        vein_idx = graph.cell_of[~grid] - n_grid
+        phi = np.ones(n)
+        phi[grid] = bone.porosity.ravel()[grid_flat]
         if np.any(phi <= 0.0):
             raise GeometryError(
                 f"porous cell with porosity <= 0 at flat index {int(graph.cell_of[np.argmin(phi)])}"
             )
+        self.phi = phi
         self.pore_vol = phi * self.h**3
-        self.k_mean = bone.permeability.reshape(3, -1)[:, graph.cell_of].mean(axis=0)
+        self.k_mean = np.ones(n)
+        self.k_mean[grid] = bone.permeability.reshape(3, -1)[:, grid_flat].mean(axis=0)
+        self.vein_diameter = np.zeros(n)
+        if vessels is not None and vein_idx.size:
+            self.pore_vol[~grid] = vessels.node_volume_m3[vein_idx]
+            self.vein_diameter[~grid] = vessels.node_diameter_m[vein_idx]
+        # the fluid the cement displaces: marrow in the bone, blood in the veins
+        self.mu_res = np.where(grid, self.mu_m, float(vein_fluid_viscosity_pa_s))
+        # needle as a well: p(tip surface) = p(tip cell) + the analytic near field (sim.physics.well_index)
+        self.tip_radius_m = float(needle.tip_radius_m)
+        self.tip_k = {
+            int(c): bone.permeability.reshape(3, -1)[:, graph.cell_of[c]]
+            for c in np.flatnonzero(self.tip_mask)
+        }
         self.params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
         self.solver = PressureSolver(pressure_solver)
         self.d_in, self.l_can = float(needle.inner_diameter_m), float(needle.length_m)
@@ -409,18 +449,15 @@ class InjectionSolver:
         age_bone = st.bone_age.age_s(t)
         age_syr = self.clock.syringe_age_s(t)
         s = st.saturation
-        mu_c, mu_m = self._mu_c, self.mu_m
+        mu_c = self._mu_c
         nominal = float(control.rate_m3_per_s)
 
         tp0 = time.perf_counter()
         for _ in range(3 if st.step == 0 else 1):
-            n_idx = float(rheology.power_law_index(self.cement, age_bone))
-            shear = np.asarray(
-                rheology.porous_shear_rate(st.darcy_speed, self.k_mean, self.phi, n_idx), dtype=np.float64
-            )
+            shear = self._shear_rate(st.darcy_speed, age_bone)
             _viscosity_cells(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
-            lam = s_c / mu_c + (1.0 - s_c) / mu_m
+            lam = s_c / mu_c + (1.0 - s_c) / self.mu_res
             trans = face_transmissibility(graph, lam)
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
@@ -456,11 +493,12 @@ class InjectionSolver:
                 )  # fmt: skip
                 st.pressure_shifted = p0 + q * p1
             flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
-            st.darcy_speed = cell_darcy_speed(graph, flux)
+            st.darcy_speed = cell_darcy_speed(graph, flux, self.vein_diameter)
         self._t_pressure += time.perf_counter() - tp0
         p_shifted = st.pressure_shifted
 
-        p_needle = float(np.dot(self.src_unit, p_shifted)) + shift
+        # needle pressure on the tip's surface: the tip cell's pressure plus the well's near field
+        p_needle = float(np.dot(self.src_unit, p_shifted)) + shift + self._tip_near_field(q, age_bone)
         dp_can = (
             float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
             if q > 0
@@ -487,7 +525,7 @@ class InjectionSolver:
         if 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
             q_ent = q_ent + imbalance * pos / pos.sum()
         exit_cell_flux = np.bincount(exit_cell, weights=q_ent, minlength=n)
-        visc_ratio = mu_c / mu_m
+        visc_ratio = mu_c / self.mu_res
 
         dt, last = self._time_step(flux, src, q_ent, exit_cell_flux, visc_ratio, q)
 
@@ -597,6 +635,32 @@ class InjectionSolver:
                 f"mass balance violated at step {st.step} (t = {t_end:.6g} s): cement error {err_c:.3e}, "
                 f"marrow error {err_m:.3e} (relative to injected volume; tolerance {MASS_BALANCE_TOL:g})"
             )
+
+    def _tip_near_field(self, q: float, age_s: float) -> float:
+        """Flow-weighted p(tip surface) - p(tip cell) of cement leaving the tip (0 without a tip radius)."""
+        if self.tip_radius_m <= 0.0 or q <= 0.0:
+            return 0.0
+        n_idx = float(rheology.power_law_index(self.cement, age_s))
+        total = 0.0
+        for c, k_xyz in self.tip_k.items():
+            w = float(self.src_unit[c])
+
+            def mu(u: np.ndarray, c: int = c) -> np.ndarray:
+                gamma = rheology.porous_shear_rate(u, self.k_mean[c], self.phi[c], n_idx)
+                return rheology.cement_viscosity(self.cement, gamma, age_s)
+
+            total += w * point_source_near_field_pa(q * w, self.h, self.tip_radius_m, k_xyz, mu)
+        return total
+
+    def _shear_rate(self, speed: np.ndarray, age_s: float) -> np.ndarray:
+        """Shear rate the cement sees: pore shear rate in the bone (Christopher & Middleman), wall
+        shear rate (3n+1)/(4n) 8 u / d of a power-law fluid in the veins (Rabinowitsch)."""
+        n_idx = float(rheology.power_law_index(self.cement, age_s))
+        shear = np.asarray(rheology.porous_shear_rate(speed, self.k_mean, self.phi, n_idx), dtype=np.float64)
+        vein = self.is_vein
+        if vein.any():
+            shear[vein] = (3.0 * n_idx + 1.0) / (4.0 * n_idx) * 8.0 * speed[vein] / self.vein_diameter[vein]
+        return shear
 
     # ------------------------------------------------------------------ views of the state
     def cement_fraction_grid(self) -> np.ndarray:
@@ -755,8 +819,10 @@ def drive_injection(
 
 
 def _to_grid(graph, values: np.ndarray, fill: float) -> np.ndarray:
+    """Values of the grid-cell nodes on the (nx, ny, nz) grid (vein nodes are not grid cells)."""
     out = np.full(int(np.prod(graph.shape)), fill, dtype=np.float64)
-    out[graph.cell_of] = values
+    grid = graph.is_grid_cell
+    out[graph.cell_of[grid]] = values[grid]
     return out.reshape(graph.shape)
 
 

@@ -4,12 +4,18 @@ Equation. Incompressible two-phase Darcy flow, div(lambda grad p) = -q, with tot
 lambda = k (S/mu_c + (1-S)/mu_m) (per-direction permeability k, Aziz & Settari 1979). Two-point
 flux approximation on the uniform grid of spacing h between porous cells a, b sharing a face:
 
-    F_ab = T_ab (p_a - p_b),   T_ab = h * 2 K_a K_b / (K_a + K_b),   K = k_d * lambda_rel,
+    F_ab = T_ab (p_a - p_b),   T_ab = 1 / (1 / (g_a lambda_a) + 1 / (g_b lambda_b)),   g = 2 h k_d,
 
-the series (harmonic) conductance of two half cells of area h^2 and length h/2. Non-porous
-cells are no-flow. The needle adds the injected flow q to its tip cells; venous exit e drains
-its cells through a Robin term q_e = G_e/n_e * lambda_rel(cell) * (p_cell - p_vein,e), with
-G_e = pi d^4 / (128 L) the Poiseuille factor of the foramen (see ``sim.core.grid.VenousExit``).
+the series conductance of two half cells of area h^2 and length h/2 (g in m^3; lambda_rel in
+1/(Pa s)). Non-porous cells are no-flow. Intraosseous veins embedded in the bone
+(:mod:`sim.physics.embedded_vessels`) are further nodes of the same graph, numbered after the grid
+cells: a vein-vein face has g = 2 pi d^4 / (128 L) on each side (Hagen-Poiseuille halves), a
+vein-cell face the well index on the cell's side and an infinite conductance on the vein's (the
+near-vessel resistance is all in the matrix), so T = WI lambda_cell.
+
+The needle adds the injected flow q to its tip cell; venous exits drain their nodes through Robin
+terms q_e = g_e (p_node - p_vein,e) whose conductances the exchange law gives
+(:mod:`sim.physics.bone_vein_exchange`).
 
 Each row is a cell's volume balance, so the matrix is a symmetric M-matrix, positive definite
 when a Robin exit is reachable. Pressures are solved as p - p_shift (p_shift = mean venous
@@ -40,25 +46,33 @@ import scipy.sparse.linalg as spla
 from scipy.sparse.csgraph import connected_components
 
 from sim.core.errors import GeometryError, SolverError
+from sim.core.grid import EmbeddedVessels
 
 DIRECT_MAX_UNKNOWNS = 30_000
 AUTO_DIRECT_BELOW = 1_500
 SOLVERS = ("auto", "amg", "direct", "cg")
 
 
+VESSEL_FACE = 3  # face_dir of faces that are not grid faces (vein-vein, vein-cell)
+
+
 @dataclass
 class CellGraph:
-    """Reachable porous cells in compact numbering and their TPFA faces."""
+    """Reachable nodes in compact numbering (porous cells, then vein nodes) and their faces.
+
+    Nodes carry an extended flat index: a grid cell its flat index ``c``, vein node ``v`` the index
+    ``n_grid + v`` (``n_grid`` = number of grid cells), so sources and exits can name either.
+    """
 
     shape: tuple[int, int, int]
     spacing_m: float
-    cell_of: np.ndarray  # int64 (n,): compact -> flat grid index
-    compact: np.ndarray  # int64 (n_grid,): flat grid index -> compact, -1 if not a cell
+    cell_of: np.ndarray  # int64 (n,): compact -> extended flat index
+    compact: np.ndarray  # int64 (n_grid + n_vessel_nodes,): extended flat index -> compact, -1 if none
     face_a: np.ndarray  # int64 (nf,)
     face_b: np.ndarray  # int64 (nf,)
-    face_dir: np.ndarray  # int8 (nf,): 0 x, 1 y, 2 z
-    face_k_a: np.ndarray  # float64 (nf,): permeability of a along the face normal
-    face_k_b: np.ndarray
+    face_dir: np.ndarray  # int8 (nf,): 0 x, 1 y, 2 z, VESSEL_FACE otherwise
+    face_g_a: np.ndarray  # float64 (nf,): geometric half conductance on a's side (m^3; inf allowed)
+    face_g_b: np.ndarray
     cell_ptr: np.ndarray  # CSR adjacency per cell (see sim.physics.cement_transport)
     cell_face: np.ndarray
     cell_nbr: np.ndarray
@@ -72,6 +86,16 @@ class CellGraph:
     @property
     def n_faces(self) -> int:
         return int(self.face_a.shape[0])
+
+    @property
+    def n_grid(self) -> int:
+        """Number of cells of the grid (extended flat indices below it are grid cells)."""
+        return int(np.prod(self.shape))
+
+    @property
+    def is_grid_cell(self) -> np.ndarray:
+        """bool (n,): the node is a grid cell (not a vein node)."""
+        return self.cell_of < self.n_grid
 
 
 def _grid_faces(porous: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,44 +121,59 @@ def build_cell_graph(
     spacing_m: float,
     seed_cells: np.ndarray,
     exit_cells: np.ndarray,
+    vessels: EmbeddedVessels | None = None,
 ) -> CellGraph:
-    """Compact cell graph of the porous cells connected to ``seed_cells`` (the needle tips).
+    """Compact graph of the porous cells and vein nodes connected to ``seed_cells`` (the needle tips).
 
-    Raises GeometryError when a tip is not porous or when no exit cell is reachable from a tip
-    (incompressible cement would have nowhere to push the marrow).
+    ``seed_cells`` and ``exit_cells`` are extended flat indices (see :class:`CellGraph`). Raises
+    GeometryError when a tip is not porous or when no exit is reachable from a tip (incompressible
+    cement would have nowhere to push the marrow).
     """
     porous = np.asarray(porous, dtype=bool)
+    h = float(spacing_m)
+    n_grid = porous.size
+    n_vessel = 0 if vessels is None else vessels.n_nodes
     seed_cells = np.asarray(seed_cells, dtype=np.int64)
     flat_porous = porous.ravel()
-    if np.any(~flat_porous[seed_cells]):
-        bad = seed_cells[~flat_porous[seed_cells]]
+    grid_seed = seed_cells[seed_cells < n_grid]
+    if np.any(~flat_porous[grid_seed]):
+        bad = grid_seed[~flat_porous[grid_seed]]
         raise GeometryError(f"needle tip cells {bad.tolist()[:5]} are not porous (cement cannot enter)")
     a, b, d = _grid_faces(porous)
-    all_cells = np.flatnonzero(flat_porous)
-    tmp = -np.ones(porous.size, dtype=np.int64)
-    tmp[all_cells] = np.arange(all_cells.size)
-    adj = sp.coo_matrix((np.ones(a.size), (tmp[a], tmp[b])), shape=(all_cells.size,) * 2)
+    kflat = permeability.reshape(3, -1)
+    g_a = 2.0 * h * kflat[d, a]
+    g_b = 2.0 * h * kflat[d, b]
+    if vessels is not None and n_vessel:
+        ok = flat_porous[vessels.well_cell]
+        g_edge = 2.0 * vessels.edge_conductance_m3()
+        a = np.concatenate([a, n_grid + vessels.edge_a, vessels.well_cell[ok]])
+        b = np.concatenate([b, n_grid + vessels.edge_b, n_grid + vessels.well_node[ok]])
+        d = np.concatenate([d, np.full(vessels.edge_a.size + int(ok.sum()), VESSEL_FACE, dtype=np.int8)])
+        g_a = np.concatenate([g_a, g_edge, vessels.well_index_m3[ok]])
+        g_b = np.concatenate([g_b, g_edge, np.full(int(ok.sum()), np.inf)])
+    nodes = np.concatenate([np.flatnonzero(flat_porous), n_grid + np.arange(n_vessel)])
+    tmp = -np.ones(n_grid + n_vessel, dtype=np.int64)
+    tmp[nodes] = np.arange(nodes.size)
+    adj = sp.coo_matrix((np.ones(a.size), (tmp[a], tmp[b])), shape=(nodes.size,) * 2)
     _, labels = connected_components(adj, directed=False)
     keep_labels = np.unique(labels[tmp[seed_cells]])
     keep = np.isin(labels, keep_labels)
     exit_cells = np.asarray(exit_cells, dtype=np.int64)
     for lab in keep_labels:
-        comp_cells = all_cells[labels == lab]
-        if not np.any(np.isin(exit_cells, comp_cells)):
+        comp = nodes[labels == lab]
+        if not np.any(np.isin(exit_cells, comp)):
             raise GeometryError(
-                f"no venous exit is reachable from the needle tip region ({comp_cells.size} porous cells "
+                f"no venous exit is reachable from the needle tip region ({comp.size} porous cells "
                 "connected to the tip, none drained by an exit): the cement could not displace marrow"
             )
-    cell_of = all_cells[keep]
-    compact = -np.ones(porous.size, dtype=np.int64)
+    cell_of = nodes[keep]
+    compact = -np.ones(n_grid + n_vessel, dtype=np.int64)
     compact[cell_of] = np.arange(cell_of.size)
-    fk = compact[a] >= 0
+    fk = (compact[a] >= 0) & (compact[b] >= 0)
     fa, fb, fd = compact[a][fk], compact[b][fk], d[fk]
-    kflat = permeability.reshape(3, -1)
-    k_a = kflat[fd, cell_of[fa]]
-    k_b = kflat[fd, cell_of[fb]]
-    if np.any(k_a <= 0.0) or np.any(k_b <= 0.0):
-        bad = cell_of[fa[k_a <= 0.0]] if np.any(k_a <= 0.0) else cell_of[fb[k_b <= 0.0]]
+    ga, gb = g_a[fk], g_b[fk]
+    if np.any(ga <= 0.0) or np.any(gb <= 0.0):
+        bad = cell_of[fa[ga <= 0.0]] if np.any(ga <= 0.0) else cell_of[fb[gb <= 0.0]]
         raise GeometryError(f"porous cells with non-positive permeability, e.g. flat index {int(bad[0])}")
     n = cell_of.size
     nf = fa.size
@@ -147,27 +186,29 @@ def build_cell_graph(
     signs = np.concatenate([np.ones(nf), -np.ones(nf)])[order]
     return CellGraph(
         shape=tuple(porous.shape),
-        spacing_m=float(spacing_m),
+        spacing_m=h,
         cell_of=cell_of,
         compact=compact,
         face_a=np.ascontiguousarray(fa),
         face_b=np.ascontiguousarray(fb),
         face_dir=fd,
-        face_k_a=np.ascontiguousarray(k_a, dtype=np.float64),
-        face_k_b=np.ascontiguousarray(k_b, dtype=np.float64),
+        face_g_a=np.ascontiguousarray(ga, dtype=np.float64),
+        face_g_b=np.ascontiguousarray(gb, dtype=np.float64),
         cell_ptr=cell_ptr,
         cell_face=np.ascontiguousarray(faces, dtype=np.int64),
         cell_nbr=np.ascontiguousarray(nbrs, dtype=np.int64),
         cell_sign=np.ascontiguousarray(signs, dtype=np.float64),
-        n_isolated=int(all_cells.size - n),
+        n_isolated=int(nodes.size - n),
     )
 
 
 def face_transmissibility(graph: CellGraph, mobility_rel: np.ndarray) -> np.ndarray:
-    """Harmonic TPFA face conductance h * 2 K_a K_b / (K_a + K_b), K = k * lambda_rel (m^3/(Pa s))."""
-    ka = graph.face_k_a * mobility_rel[graph.face_a]
-    kb = graph.face_k_b * mobility_rel[graph.face_b]
-    return graph.spacing_m * 2.0 * ka * kb / (ka + kb)
+    """Series conductance 1 / (1/(g_a lambda_a) + 1/(g_b lambda_b)) of every face (m^3/(Pa s))."""
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / (graph.face_g_a * mobility_rel[graph.face_a]) + 1.0 / (
+            graph.face_g_b * mobility_rel[graph.face_b]
+        )
+    return 1.0 / inv
 
 
 @dataclass
@@ -220,7 +261,11 @@ def assemble_full(
 
 
 def assemble_front(
-    graph: CellGraph, in_cement: np.ndarray, trans: np.ndarray, exit_cell: np.ndarray, exit_cond: np.ndarray
+    graph: CellGraph,
+    in_cement: np.ndarray,
+    trans: np.ndarray,
+    exit_cell: np.ndarray,
+    exit_cond: np.ndarray,
 ) -> PressureSystem:
     """Front system: cement cells + one isobaric unknown per connected marrow region.
 
@@ -287,8 +332,14 @@ def _seeded_amg_setup(mat: sp.csr_matrix):
     state = np.random.get_state()  # noqa: NPY002
     try:
         np.random.seed(AMG_SETUP_SEED)  # noqa: NPY002
+        # local (row-sum) weighting of the Jacobi prolongation smoother: no spectral-radius estimate,
+        # which was most of the set-up time
         return pyamg.smoothed_aggregation_solver(
-            mat, symmetry="symmetric", max_coarse=300, coarse_solver="splu"
+            mat,
+            symmetry="symmetric",
+            max_coarse=300,
+            coarse_solver="splu",
+            smooth=("jacobi", {"omega": 4.0 / 3.0, "weighting": "local"}),
         )
     finally:
         np.random.set_state(state)  # noqa: NPY002

@@ -1,22 +1,12 @@
-"""Stationary Gaussian random fields on uniform 3D grids by spectral (FFT) filtering.
+"""Stationary Gaussian random fields defined in continuous space (random Fourier modes).
 
 Model: a zero-mean, unit-variance Gaussian field with the squared-exponential covariance
 
     C(r) = exp(-(r / l)^2),
 
-so ``l`` (``correlation_length_m``) is the distance at which the correlation falls to 1/e.
-Its power spectral density is S(k) ∝ exp(-k^2 l^2 / 4), hence white noise filtered in Fourier
-space by sqrt(S) = exp(-k^2 l^2 / 8) has covariance C (convolution theorem; the standard
-spectral / "FFT moving-average" method, e.g. Lang & Potthoff 2011, Liu et al. 2019 review of
-random-field generators).
-
-Non-periodicity: the noise is drawn on a grid padded by ``pad_lengths`` correlation lengths on
-every side and the window is cut out, so the circular wrap of the FFT does not correlate
-opposite faces (residual wrap correlation exp(-(2*pad)^2) < 1e-6 for pad = 2).
-
-Normalisation uses the exact variance of the discrete filter (sum of squared kernel weights),
-not the sample variance: each realisation is a genuine draw, so its sample mean and standard
-deviation scatter around 0 and 1 as a real patient's would.
+so ``l`` (``correlation_length_m``) is the distance at which the correlation falls to 1/e. A
+realisation is a sum of random Fourier modes (:class:`FourierField`): a function of position, so
+the same patient is sampled on any grid, exactly as cell averages.
 
 Determinism: only ``rng`` (a ``numpy.random.Generator``) supplies randomness, drawn in one call,
 so the same seed gives bit-identical fields on the same platform.
@@ -28,69 +18,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from scipy import fft as sfft
 
 from sim.core.errors import ConfigError
-
-
-def gaussian_filter_spectrum(
-    shape: tuple[int, ...], spacing_m: float, correlation_length_m: float
-) -> np.ndarray:
-    """Real-FFT amplitude filter exp(-|k|^2 l^2 / 8) on ``shape`` (last axis halved, rfftn layout)."""
-    ks = [2.0 * np.pi * sfft.fftfreq(n, d=spacing_m) for n in shape[:-1]]
-    ks.append(2.0 * np.pi * sfft.rfftfreq(shape[-1], d=spacing_m))
-    c = correlation_length_m**2 / 8.0
-    filt = np.ones([len(k) for k in ks], dtype=np.float64)
-    for axis, k in enumerate(ks):
-        view = [1] * len(ks)
-        view[axis] = len(k)
-        filt = filt * np.exp(-c * k**2).reshape(view)
-    return filt
-
-
-def gaussian_random_field(
-    shape: tuple[int, int, int],
-    spacing_m: float,
-    correlation_length_m: float,
-    rng: np.random.Generator,
-    pad_lengths: float = 2.0,
-) -> np.ndarray:
-    """Zero-mean, unit-variance field of ``shape`` with covariance exp(-(r/l)^2).
-
-    Parameters
-    ----------
-    shape: grid shape (nx, ny, nz).
-    spacing_m: uniform cell size h in metres.
-    correlation_length_m: l in metres (1/e distance of the correlation).
-    rng: the only source of randomness.
-    pad_lengths: padding on each side, in correlation lengths (avoids periodic wrap-around).
-    """
-    if spacing_m <= 0.0 or not np.isfinite(spacing_m):
-        raise ConfigError(f"random field: spacing_m must be > 0 (got {spacing_m})")
-    if correlation_length_m <= 0.0 or not np.isfinite(correlation_length_m):
-        raise ConfigError(f"random field: correlation_length_m must be > 0 (got {correlation_length_m})")
-    if any(n < 1 for n in shape):
-        raise ConfigError(f"random field: shape must be positive (got {shape})")
-    pad = int(np.ceil(pad_lengths * correlation_length_m / spacing_m))
-    padded = tuple(sfft.next_fast_len(n + 2 * pad, real=True) for n in shape)
-    noise = rng.standard_normal(padded)
-    filt = gaussian_filter_spectrum(padded, spacing_m, correlation_length_m)
-    spec = sfft.rfftn(noise, workers=-1)
-    spec *= filt
-    del noise
-    field = sfft.irfftn(spec, s=padded, workers=-1)
-    # Exact variance of the filtered white noise: (1/N) * sum over the full spectrum of |filter|^2.
-    full = filt**2
-    weight = np.full(full.shape[-1], 2.0)
-    weight[0] = 1.0
-    if padded[-1] % 2 == 0:
-        weight[-1] = 1.0
-    variance = float((full * weight).sum()) / float(np.prod(padded))
-    window = tuple(slice(pad, pad + n) for n in shape)
-    out = np.ascontiguousarray(field[window])
-    out /= np.sqrt(variance)
-    return out
-
 
 # ----------------------------------------------------------------------------- continuous space
 
@@ -103,7 +32,7 @@ class FourierField:
 
     (randomisation / spectral method; Shinozuka & Deodatis 1991, Appl Mech Rev 44:191). Its
     covariance is E[cos(k . r)] = exp(-(r / l)^2), the same squared-exponential model as
-    :func:`gaussian_random_field`, with unit variance and a marginal that tends to a Gaussian as N
+    module docstring, with unit variance and a marginal that tends to a Gaussian as N
     grows. The field is a function of position only, so sampling it on any grid (at the cell
     centres) gives the same patient at every spacing; block averages converge with refinement.
     """
@@ -120,16 +49,27 @@ class FourierField:
         phi = rng.uniform(0.0, 2.0 * np.pi, n_modes)
         return cls(np.ascontiguousarray(k), np.ascontiguousarray(phi))
 
-    def on_grid(self, origin_m: np.ndarray, spacing_m: float, shape: tuple[int, int, int]) -> np.ndarray:
-        """Field values at the cell centres of a uniform grid (``origin_m`` = centre of cell 0, 0, 0).
+    def on_grid(
+        self, origin_m: np.ndarray, spacing_m: float, shape: tuple[int, int, int], cell_average: bool = True
+    ) -> np.ndarray:
+        """The field on a uniform grid (``origin_m`` = centre of cell 0, 0, 0).
 
-        Same values as :meth:`at` on those points (to round-off), computed with separable complex
-        exponentials: e^{i k.x} = e^{i k_x x} e^{i k_y y} e^{i k_z z}, one complex product per mode
-        and cell instead of a cosine.
+        ``cell_average`` (default): the exact mean of the field over each cubic cell, each mode
+        scaled by prod_d sinc(k_d h / 2) (the mean of cos(k.x + phi) over a cube of side h centred at
+        c is cos(k.c + phi) prod_d sin(k_d h/2) / (k_d h/2)), so a coarse cell holds the average of
+        the tissue it stands for and block averages agree between grids. Otherwise the values at the
+        cell centres (as :meth:`at`). Computed with separable complex exponentials,
+        e^{i k.x} = e^{i k_x x} e^{i k_y y} e^{i k_z z}: one complex product per mode and cell.
         """
-        axes = [float(origin_m[d]) + float(spacing_m) * np.arange(shape[d]) for d in range(3)]
+        h = float(spacing_m)
+        axes = [float(origin_m[d]) + h * np.arange(shape[d]) for d in range(3)]
+        amp = np.ones(self.phases.shape[0])
+        if cell_average:
+            amp = np.prod(
+                np.sinc(self.wavevectors * h / (2.0 * np.pi)), axis=1
+            )  # np.sinc(x) = sin(pi x)/(pi x)
         out = np.zeros(shape)
-        _fourier_grid(axes[0], axes[1], axes[2], self.wavevectors, self.phases, out)
+        _fourier_grid(axes[0], axes[1], axes[2], self.wavevectors, self.phases, amp, out)
         return out
 
     def at(self, points_m: np.ndarray) -> np.ndarray:
@@ -154,7 +94,13 @@ def _fourier_sum(pts: np.ndarray, k: np.ndarray, phi: np.ndarray, out: np.ndarra
 
 @numba.njit(cache=True)
 def _fourier_grid(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, k: np.ndarray, phi: np.ndarray, out: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    k: np.ndarray,
+    phi: np.ndarray,
+    amp: np.ndarray,
+    out: np.ndarray,
 ) -> None:
     n_modes = k.shape[0]
     scale = np.sqrt(2.0 / n_modes)
@@ -162,7 +108,7 @@ def _fourier_grid(
     exy = np.empty((nx, ny), dtype=np.complex128)
     ez = np.empty(nz, dtype=np.complex128)
     for m in range(n_modes):
-        cphi = np.exp(1j * phi[m])
+        cphi = amp[m] * np.exp(1j * phi[m])
         for j in range(ny):
             ey = np.exp(1j * k[m, 1] * y[j])
             for i in range(nx):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sim.core.config import Scenario
+from sim.core.geometry_data import load_geometry_yaml
 from sim.core.grid import EXIT_KINDS, BoneGrid, Needle
 from sim.core.parameters import RunParameters
 from sim.core.provenance import provenance
@@ -38,7 +39,7 @@ from sim.run.results import RunArtifacts, RunResult
 from sim.run.venous_system import VenousSummary, VenousSystem
 
 # Independent random streams, one per stage (order fixed: adding a stage appends a stream).
-STREAMS = ("bone", "veins", "fragmentation", "lungs", "transport")
+STREAMS = ("veins", "fragmentation", "lungs", "transport")  # the bone's anatomy has named streams
 
 
 def stage_rngs(seed: int) -> dict[str, np.random.Generator]:
@@ -86,7 +87,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
         )
     with g("bone"):
         permeability = law_class("permeability", laws.permeability).from_params(params.patient)
-        bone = build_vertebral_body(params.patient, params.grid.spacing_m, rngs["bone"], permeability)
+        bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
     with g("needle"):
         needle = place_needle(bone, params.needle)
     with g("veins"):
@@ -115,6 +116,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             cfl=params.grid.cfl,
             pressure_solver=params.grid.pressure_solver,
             exchange=law_class("exchange", laws.exchange).from_params(),
+            vein_fluid_viscosity_pa_s=params.veins.blood_viscosity_pa_s,
         )
     with g("lungs"):
         tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
@@ -150,6 +152,9 @@ def run_scenario(
     )  # fmt: skip
 
     summary = _summary(injection, venous.summary(), coupled.stop_time_s, transport)
+    h_mm = params.grid.spacing_m / MM_M
+    summary["grid_spacing_mm"] = h_mm
+    summary["leaked_volume_rel_error_estimate"] = leaked_volume_error_estimate(h_mm)
     summary["wall_time_s"] = time.perf_counter() - wall0
     bone = st.bone
     return RunResult(
@@ -175,6 +180,16 @@ def run_scenario(
             transport=transport,
         ),
     )
+
+
+def leaked_volume_error_estimate(spacing_mm: float) -> float:
+    """Relative discretisation error of the leaked volume at this spacing from the convergence study
+    (geometries/convergence.yaml), NaN where the study has no such spacing."""
+    table = load_geometry_yaml("convergence.yaml")["leaked_volume_rel_error"]
+    for h, err in table.items():
+        if abs(float(h) - spacing_mm) < 1e-9:
+            return float(err)
+    return float("nan")
 
 
 def write_run(result: RunResult, out_dir: str | Path, overwrite: bool = False) -> Path:

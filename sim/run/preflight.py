@@ -35,7 +35,10 @@ from sim.core.errors import ConfigError, PceSimError
 PATIENT_FIELDS = (
     "patient.level",
     "patient.size_scale",
-    "patient.venous_scale",
+    "patient.basivertebral_foramen_width_mm",
+    "patient.basivertebral_foramen_height_mm",
+    "patient.intraosseous_vein_diameter_mm",
+    "patient.nutrient_foramen_diameter_mm",
     "patient.fracture_cleft",
     "patient.porosity_mean",
     "patient.porosity_sd",
@@ -52,7 +55,6 @@ NEEDLE_FIELDS = (
     "needle.gauge",
     "patient.level",
     "patient.size_scale",
-    "patient.venous_scale",
     "grid.spacing_mm",
 )
 VEINS_FIELDS = (
@@ -62,7 +64,6 @@ VEINS_FIELDS = (
     "veins.diameter_scatter",
     "veins.hemiazygos_present",
     "patient.level",
-    "patient.venous_scale",
 )
 VENOUS_SYSTEM_FIELDS = ("fluoroscopy", "fragmentation", *VEINS_FIELDS)
 INJECTION_FIELDS = ("injection", "grid", "cement", "needle")

@@ -92,9 +92,9 @@ def fit_exit_veins(network: VenousNetwork, exits: list[VenousExit], exit_nodes: 
     """Give the vein that leaves through each foramen the foramen's own diameter.
 
     The template's first segment beyond an exit is a generic 1-2 mm vein [U]; the bone model
-    sizes each foramen per patient (``patient.venous_scale``: foramina enlarge with age, Wang et al.
-    2023 Front Surg 10:1115654). A vessel fills the foramen it runs through, so the two must agree;
-    otherwise a 2 mm foramen would empty into a 1 mm vein (Poiseuille resistance ~ d^-4).
+    sizes each foramen per patient (the basivertebral foramen from CT morphometry, He et al. 2023;
+    nutrient foramina [U]). A vessel fills the foramen it runs through, so the two must agree;
+    otherwise a wide foramen would empty into a narrow vein (Poiseuille resistance ~ d^-4).
     """
     d = network.edge_diameter_m.copy()
     for ex, node in zip(exits, exit_nodes, strict=True):

@@ -1,0 +1,119 @@
+"""The cannula tip as a point-source well (sim.physics.well_index, sim.physics.injection).
+
+References, derived here:
+- a sphere of radius r_w injecting Q into a homogeneous medium of permeability k, drained at radius R:
+  p(r_w) - p(R) = mu Q / (4 pi k) (1/r_w - 1/R) (radial Darcy flow);
+- the near field of a constant-viscosity source between r_w and r_e is mu Q / (4 pi k) (1/r_w - 1/r_e);
+- the 7-point Laplacian's Green's function at the source, G(0) = W / (2 h k) with the simple-cubic
+  Watson integral W = (1/pi^3) int_[0,pi]^3 dx dy dz / (3 - cos x - cos y - cos z), equals the
+  continuous 1 / (4 pi k r_e) at r_e = h / (2 pi W). W is computed here by quadrature of its
+  Laplace form W = int_0^inf (e^-t I_0(t))^3 dt (1/a = int_0^inf e^(-a t) dt, and
+  (1/pi) int_0^pi e^(t cos x) dx = I_0(t)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, special
+
+from sim.core.grid import BoneGrid, Needle, VenousExit
+from sim.physics.bone_vein_exchange import ForamenPoiseuille
+from sim.physics.cure_clock import CureClock
+from sim.physics.injection import ConstantPressureCoupling, run_injection
+from sim.physics.injection_control import InjectionControl
+from sim.physics.rheology import CementModel
+from sim.physics.well_index import (
+    POINT_SOURCE_RADIUS_FACTOR,
+    point_source_correction,
+    point_source_near_field_pa,
+)
+
+MM = 1e-3
+K = 4.0e-8  # m^2, isotropic
+PHI = 0.9
+MU = 50.0  # Pa s: the injected fluid and the fluid it displaces (single phase)
+Q = 1.0e-7  # m^3/s
+R_SPHERE = 18 * MM
+R_TIP = 1.3 * MM
+
+
+def sphere(h: float, radius: float = R_SPHERE) -> tuple[BoneGrid, Needle]:
+    """Homogeneous ball of porous cells (centres within ``radius``) drained at its rim to a constant
+    pressure through one wide foramen (per-cell conductance far above the bone's), the tip at its centre."""
+    nr = int(np.ceil(radius / h)) + 1
+    x = (np.arange(2 * nr + 1) - nr) * h
+    xx, yy, zz = np.meshgrid(x, x, x, indexing="ij")
+    porous = np.sqrt(xx**2 + yy**2 + zz**2) <= radius * (1 + 1e-12)
+    rim = np.zeros_like(porous)
+    for axis in range(3):
+        for shift in (1, -1):
+            rim |= ~np.roll(porous, shift, axis=axis)
+    rim_cells = np.flatnonzero(porous & rim)
+    exits = [VenousExit("rim", "lateral", rim_cells, np.zeros(3), diameter_m=20 * MM, length_m=1 * MM)]
+    perm = np.zeros((3, *porous.shape))
+    perm[:, porous] = K
+    origin = np.full(3, -nr * h)
+    bone = BoneGrid("sphere", h, origin, porous, porous.copy(), np.where(porous, PHI, 0.0), perm, exits)
+    tip = np.ravel_multi_index((nr, nr, nr), porous.shape)
+    needle = Needle(
+        tip_cells=np.array([tip]),
+        tip_weights=np.array([1.0]),
+        tip_positions_m=np.zeros((1, 3)),
+        entry_positions_m=np.zeros((1, 3)),
+        path_cells=np.zeros(0, dtype=np.int64),
+        inner_diameter_m=2 * R_TIP,
+        length_m=0.125,
+        tip_radius_m=R_TIP,
+    )
+    return bone, needle
+
+
+@pytest.mark.parametrize("h", [2 * MM, 1 * MM, 0.5 * MM], ids=["2mm", "1mm", "0.5mm"])
+def test_needle_pressure_of_a_sphere_in_a_homogeneous_ball(h):
+    """Single phase (marrow viscosity = fluid viscosity): the needle pressure of the first step is
+    mu Q / (4 pi k) (1/r_w - 1/R) within 5 % at 2, 1 and 0.5 mm (the grid's cells are 0.4-1.5 r_w)."""
+    bone, needle = sphere(h)
+    fluid = CementModel.newtonian(MU)
+    clock = CureClock.for_cement(fluid, 0.0, 294.15, 310.15)
+    # a target volume well inside the first step's volume: one (shortened) step, the first pressure solve
+    control = InjectionControl(rate_m3_per_s=Q, target_volume_m3=Q * 1e-5, max_syringe_pressure_pa=None)
+    res = run_injection(
+        bone, needle, fluid, clock, MU, control, ConstantPressureCoupling(0.0, 1), method="impes",
+        exchange=ForamenPoiseuille(),
+    )  # fmt: skip
+    assert res.stop_reason == "target_volume" and res.n_steps == 1
+    assert res.injection_rate_m3_s[0] == pytest.approx(Q, rel=1e-15)
+    exact = MU * Q / (4.0 * math.pi * K) * (1.0 / R_TIP - 1.0 / R_SPHERE)
+    assert res.needle_pressure_pa[0] == pytest.approx(exact, rel=0.05)
+    # the near field carries the part inside the tip cell: without it the cell pressure alone is off
+    r_e = POINT_SOURCE_RADIUS_FACTOR * h
+    near = MU * Q / (4.0 * math.pi * K) * (1.0 / R_TIP - 1.0 / r_e)
+    assert abs(near) > 0.05 * exact
+
+
+@pytest.mark.parametrize("r_w_mm", [0.3, 1.3, 4.0])  # tip inside / larger than the equivalent radius
+@pytest.mark.parametrize("k_xyz", [(4e-8, 4e-8, 4e-8), (2e-8, 3e-8, 9e-8)])
+def test_constant_viscosity_near_field_is_the_point_source_difference(r_w_mm, k_xyz):
+    h, mu, q = 1.0 * MM, 37.0, 2.5e-7
+    r_w, r_e = r_w_mm * MM, POINT_SOURCE_RADIUS_FACTOR * h
+    k_g = float(np.prod(k_xyz)) ** (1.0 / 3.0)
+    exact = q * mu / (4.0 * math.pi * k_g) * (1.0 / r_w - 1.0 / r_e)
+    k = np.array(k_xyz)
+    got = point_source_near_field_pa(q, h, r_w, k, lambda u: np.full_like(np.asarray(u, dtype=float), mu))
+    assert got == pytest.approx(exact, rel=1e-10)
+    assert q * mu * point_source_correction(h, r_w, k) == pytest.approx(exact, rel=1e-10)
+    # a flow into the tip reverses the near field
+    back = point_source_near_field_pa(-q, h, r_w, k, lambda u: np.full_like(np.asarray(u, dtype=float), mu))
+    assert back == pytest.approx(-exact, rel=1e-10)
+
+
+def test_point_source_radius_factor_is_one_over_two_pi_watson():
+    w1, err1 = integrate.quad(lambda t: special.i0e(t) ** 3, 0.0, 50.0, limit=500, epsabs=1e-14)
+    w2, err2 = integrate.quad(lambda t: special.i0e(t) ** 3, 50.0, np.inf, limit=500, epsabs=1e-14)
+    watson = w1 + w2
+    assert err1 + err2 < 1e-10
+    assert watson == pytest.approx(0.505462, abs=1e-6)  # Watson 1939
+    assert POINT_SOURCE_RADIUS_FACTOR == pytest.approx(1.0 / (2.0 * math.pi * watson), abs=1e-6)

@@ -78,6 +78,7 @@ from sim.physics.pressure import (
     build_cell_graph,
     face_transmissibility,
 )
+from sim.physics.marrow_outflow import CEMENT_ROUTE_FLOW, LumpedMarrowOutlet
 from sim.physics.rheology import CementModel, viscosity_kernel
 from sim.physics.well_index import point_source_near_field_pa
 
@@ -166,6 +167,8 @@ class InjectionResult:
     injected_volume_m3: np.ndarray
     injection_rate_m3_s: np.ndarray
     needle_pressure_pa: np.ndarray
+    # pore-volume mean pressure of the marrow-filled bone (the pressure a probe in the marrow reads)
+    intravertebral_pressure_pa: np.ndarray
     syringe_pressure_pa: np.ndarray
     cannula_pressure_drop_pa: np.ndarray
     needle_viscosity_pa_s: np.ndarray  # flow-weighted cement viscosity in the tip cells
@@ -322,6 +325,7 @@ class InjectionSolver:
         max_step_s: float | None = None,
         max_steps: int = 2_000_000,
         vein_fluid_viscosity_pa_s: float = BLOOD_VISCOSITY_PA_S,
+        marrow_outflow: LumpedMarrowOutlet | None = None,
     ):
         self._wall0 = time.perf_counter()
         control.validate()
@@ -336,6 +340,7 @@ class InjectionSolver:
         self.method, self.cfl, self.max_step_s, self.max_steps = method, float(cfl), max_step_s, max_steps
         self.pressure_solver_name = pressure_solver
         self.mu_m = float(marrow_viscosity_pa_s)
+        self.marrow_outflow = marrow_outflow or LumpedMarrowOutlet(0.0)
         self.h = float(bone.spacing_m)
         self.n_exits = len(bone.exits)
         vessels = bone.vessels
@@ -360,6 +365,11 @@ class InjectionSolver:
         self.tip_mask = self.src_unit > 0.0
         grid = graph.is_grid_cell
         self.is_vein = ~grid
+        # bone-vein faces (well index) and their bone cell; exits that sit on bone cells
+        on_grid_a, on_grid_b = grid[graph.face_a], grid[graph.face_b]
+        self.well_face = np.flatnonzero(on_grid_a != on_grid_b)
+        self.well_cell = np.where(on_grid_a, graph.face_a, graph.face_b)[self.well_face]
+        self.is_grid_exit = grid[self.exit_cell]
         grid_flat = graph.cell_of[grid]
         vein_idx = graph.cell_of[~grid] - n_grid
         phi = np.ones(n)
@@ -457,12 +467,16 @@ class InjectionSolver:
             shear = self._shear_rate(st.darcy_speed, age_bone)
             _viscosity_cells(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
-            lam = s_c / mu_c + (1.0 - s_c) / self.mu_res
+            lam_c = s_c / mu_c
+            lam = lam_c + (1.0 - s_c) / self.mu_res
             trans = face_transmissibility(graph, lam)
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
+            in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
+            if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
+                trans, g = self._marrow_outlets_in_series(trans, g, lam_c / lam)
+                in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
             if self.method == "front":
-                in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
                 system = assemble_front(graph, in_cement, trans, self.exit_cell, g)
                 key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
                 self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
@@ -499,6 +513,9 @@ class InjectionSolver:
 
         # needle pressure on the tip's surface: the tip cell's pressure plus the well's near field
         p_needle = float(np.dot(self.src_unit, p_shifted)) + shift + self._tip_near_field(q, age_bone)
+        marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
+        total_marrow = float(marrow_vol.sum())
+        p_marrow = (float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift) if total_marrow > 0 else np.nan
         dp_can = (
             float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
             if q > 0
@@ -572,7 +589,7 @@ class InjectionSolver:
         mu_tip = float(np.dot(self.src_unit, mu_c))
         c_leak, m_leak = float(st.exit_cement_m3.sum()), float(st.exit_marrow_m3.sum())
         for key_, val in (
-            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("ps", p_syr),
+            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("pm", p_marrow), ("ps", p_syr),
             ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
             ("ages", self.clock.syringe_age_s(t + dt)), ("vb", v_bone_new), ("lc", c_leak), ("lm", m_leak),
             ("qc", qc_exit), ("qm", qm_exit), ("pv", p_vein),
@@ -583,6 +600,27 @@ class InjectionSolver:
         st.step += 1
         self._p_vein_last = p_vein
         return "target_volume" if last else ""
+
+    def _marrow_outlets_in_series(
+        self, trans: np.ndarray, g: np.ndarray, cement_flow_fraction: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Put the marrow-outflow resistance in series with every route marrow takes out of the bone.
+
+        Marrow leaves a bone cell through its faces to the embedded veins and, where an exit sits on a
+        bone cell, through that exit. These routes in parallel get the law's series factor, except
+        from cells where cement carries at least CEMENT_ROUTE_FLOW of the flow (cement mobility over
+        total: behind the front); the vein lumens (blood) conduct freely to the foramina.
+        """
+        marrow_wells = self.well_face[cement_flow_fraction[self.well_cell] < CEMENT_ROUTE_FLOW]
+        marrow_exits = self.is_grid_exit & (cement_flow_fraction[self.exit_cell] < CEMENT_ROUTE_FLOW)
+        total = float(trans[marrow_wells].sum()) + float(g[marrow_exits].sum())
+        factor = self.marrow_outflow.series_factor(total)
+        if factor == 1.0:
+            return trans, g
+        trans, g = trans.copy(), g.copy()
+        trans[marrow_wells] *= factor
+        g[marrow_exits] *= factor
+        return trans, g
 
     def _time_step(
         self,
@@ -702,6 +740,7 @@ class InjectionSolver:
             injected_volume_m3=col("inj"),
             injection_rate_m3_s=col("q"),
             needle_pressure_pa=col("pn"),
+            intravertebral_pressure_pa=col("pm"),
             syringe_pressure_pa=col("ps"),
             cannula_pressure_drop_pa=col("pc"),
             needle_viscosity_pa_s=col("mun"),
@@ -741,6 +780,7 @@ _ROW_KEYS = (
     "inj",
     "q",
     "pn",
+    "pm",
     "ps",
     "pc",
     "mun",
@@ -772,6 +812,7 @@ def run_injection(
     progress: Callable[[float], None] | None = None,
     max_step_s: float | None = None,
     max_steps: int = 2_000_000,
+    marrow_outflow: LumpedMarrowOutlet | None = None,
 ) -> InjectionResult:
     """Inject cement into ``bone`` through ``needle`` until the control, a limit or a stop request.
 
@@ -783,6 +824,7 @@ def run_injection(
     solver = InjectionSolver(
         bone, needle, cement, clock, marrow_viscosity_pa_s, control, coupling, method=method, cfl=cfl,
         pressure_solver=pressure_solver, exchange=exchange, max_step_s=max_step_s, max_steps=max_steps,
+        marrow_outflow=marrow_outflow,
     )  # fmt: skip
     return drive_injection(solver, stop_requested, on_step, progress)
 

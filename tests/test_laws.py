@@ -39,7 +39,7 @@ LAWS = {
 
 
 def test_every_law_kind_is_covered_here():
-    """This file tests a law of every kind the registry knows (marrow_outflow: tests/test_marrow_outflow.py)."""
+    """This file tests a law of every kind the registry knows (marrow_outflow: test_marrow_outflow.py)."""
     assert set(LAWS) == set(LAW_HOMES)
 
 

@@ -71,6 +71,7 @@ from sim.physics.bone_vein_exchange import EmbeddedVeinExchange, ForamenPoiseuil
 from sim.physics.cement_transport import front_time_step, throughput_rate, transport_step
 from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.injection_control import InjectionControl
+from sim.physics.marrow_outflow import CEMENT_ROUTE_FLOW, LumpedMarrowOutlet
 from sim.physics.pressure import (
     PressureSolver,
     assemble_front,
@@ -78,7 +79,6 @@ from sim.physics.pressure import (
     build_cell_graph,
     face_transmissibility,
 )
-from sim.physics.marrow_outflow import CEMENT_ROUTE_FLOW, LumpedMarrowOutlet
 from sim.physics.rheology import CementModel, viscosity_kernel
 from sim.physics.well_index import point_source_near_field_pa
 
@@ -515,7 +515,7 @@ class InjectionSolver:
         p_needle = float(np.dot(self.src_unit, p_shifted)) + shift + self._tip_near_field(q, age_bone)
         marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
         total_marrow = float(marrow_vol.sum())
-        p_marrow = (float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift) if total_marrow > 0 else np.nan
+        p_marrow = float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift if total_marrow > 0 else np.nan
         dp_can = (
             float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
             if q > 0
@@ -589,8 +589,8 @@ class InjectionSolver:
         mu_tip = float(np.dot(self.src_unit, mu_c))
         c_leak, m_leak = float(st.exit_cement_m3.sum()), float(st.exit_marrow_m3.sum())
         for key_, val in (
-            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("pm", p_marrow), ("ps", p_syr),
-            ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
+            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("pm", p_marrow),
+            ("ps", p_syr), ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
             ("ages", self.clock.syringe_age_s(t + dt)), ("vb", v_bone_new), ("lc", c_leak), ("lm", m_leak),
             ("qc", qc_exit), ("qm", qm_exit), ("pv", p_vein),
         ):  # fmt: skip

@@ -21,14 +21,14 @@ from tests.test_injection import _bone, _needle, _run, box_case, control, sphere
 Q = 1e-7  # m^3/s (6 ml/min)
 
 
-def test_series_formula_and_zero_limit():
-    g = np.array([2e-9, 3e-9, 5e-9])
-    assert LumpedMarrowOutlet(0.0).series_factor(float(g.sum())) == 1.0
-    out = g * LumpedMarrowOutlet(1e10).series_factor(float(g.sum()))
-    # the routes in parallel are in series with R_M, and keep their proportions
-    assert 1.0 / out.sum() == pytest.approx(1.0 / g.sum() + 1e10, rel=1e-12)
-    assert out[0] / out[1] == pytest.approx(g[0] / g[1], rel=1e-12)
-    assert LumpedMarrowOutlet(1e10).series_factor(0.0) == 1.0
+def test_outlet_spread_by_volume_adds_up_to_one_resistance():
+    w = np.array([0.2, 0.3, 0.5])
+    g = LumpedMarrowOutlet(1e10).outlet_conductance(w)
+    # the cells of one isobaric marrow region in parallel: exactly R_M
+    assert 1.0 / g.sum() == pytest.approx(1e10, rel=1e-12)
+    assert g[2] / g[0] == pytest.approx(2.5, rel=1e-12)
+    with pytest.raises(ValueError, match="R_M = 0"):
+        LumpedMarrowOutlet(0.0).outlet_conductance(w)
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])

@@ -1,6 +1,6 @@
 """The published experiments, run for real (configs/validation, 1 mm grid): every verdict must PASS.
 
-Each experiment runs once per session (34 model runs, about 1.5-3 min on 2 cores) and every check
+Each experiment runs once per session (33 model runs, about 1.5-3 min on 2 cores) and every check
 is its own test. Checks the current physics fails are marked ``xfail(strict=True)`` with what fails
 and by how much (issue 16): when the physics is fixed they XPASS, the strict marker turns that into
 a failure, and the marker has to be removed.
@@ -43,51 +43,15 @@ CHECKS = [
             "(n = 0.53 at 6 min) gains less from a wider bore than a Newtonian fluid (28-66 %)"
         ),
     ),
-    pytest.param(
-        "habib2010", "low_9.5_over_low_3.5", id="habib2010-low_9.5_over_low_3.5",
-        marks=_xfail(
-            "low viscosity, leak 9.5 / 3.5 min = 1.44, accepted 0.29-1.01 (published 0.65 +- 0.36): "
-            "later (more viscous) cement leaks more, not less"
-        ),
-    ),
-    pytest.param(
-        "habib2010", "high_over_low_at_3.5", id="habib2010-high_over_low_at_3.5",
-        marks=_xfail(
-            "leak at 3.5 min, high / low viscosity = 1.72, accepted 0.055-0.70 (published 0.38 +- 0.32): "
-            "the high-viscosity cement leaks more than the low-viscosity one"
-        ),
-    ),
-    pytest.param(
-        "habib2010", "high_6.5_over_high_3.5", id="habib2010-high_6.5_over_high_3.5",
-        marks=_xfail(
-            "high viscosity, leak 6.5 / 3.5 min = 1.31, accepted -0.02-1.25 (published 0.61 +- 0.63): "
-            "0.07 above the upper limit"
-        ),
-    ),
+    pytest.param("habib2010", "pressure_high_over_low_at_3.5", id="habib2010-pressure_high_over_low_at_3.5"),
+    pytest.param("habib2010", "low_9.5_over_low_3.5", id="habib2010-low_9.5_over_low_3.5"),
+    pytest.param("habib2010", "high_over_low_at_3.5", id="habib2010-high_over_low_at_3.5"),
+    pytest.param("habib2010", "high_6.5_over_high_3.5", id="habib2010-high_6.5_over_high_3.5"),
     pytest.param("krebs2005", "peak_overlaps_1.8mm", id="krebs2005-peak_overlaps_1.8mm"),
     pytest.param("krebs2005", "peak_overlaps_3mm", id="krebs2005-peak_overlaps_3mm"),
     pytest.param("krebs2005", "late_higher_than_early", id="krebs2005-late_higher_than_early"),
-    pytest.param(
-        "li2015", "no_void_pressure_in_range", id="li2015-no_void_pressure_in_range",
-        marks=_xfail(
-            "no void, needle-tip pressure rise 30.0 kPa at 3 ml/min and 20 % fill, accepted 2-15 kPa "
-            "(published 5.09 kPa): 15.0 kPa above"
-        ),
-    ),
-    pytest.param(
-        "li2015", "void_over_no_void", id="li2015-void_over_no_void",
-        marks=_xfail(
-            "void / no void = 0.108, accepted 0.118-0.472 (published 0.236, within a factor 2): "
-            "0.010 below; the void lowers the pressure more than measured"
-        ),
-    ),
-    pytest.param(
-        "reidy2003", "intact_pressure_in_range", id="reidy2003-intact_pressure_in_range",
-        marks=_xfail(
-            "intact bone, needle-tip pressure rise 20.2 kPa at 3 ml/min (medium preset, 6 min), accepted "
-            "2-15 kPa (published 6.83 kPa): 5.2 kPa above"
-        ),
-    ),
+    pytest.param("li2015", "no_void_pressure_in_range", id="li2015-no_void_pressure_in_range"),
+    pytest.param("reidy2003", "intact_pressure_in_range", id="reidy2003-intact_pressure_in_range"),
 ]  # fmt: skip
 
 

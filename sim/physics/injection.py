@@ -85,6 +85,7 @@ from sim.physics.well_index import point_source_near_field_pa
 MASS_BALANCE_TOL = 1e-10
 LEAK_ONSET_M3 = 1e-12  # cumulative cement through an exit that counts as leak onset (1e-3 mm^3)
 ARRIVAL_SATURATION = 0.5  # a cell's arrival time is when S first reaches this
+OUTLET_IMBALANCE_WINDOW = 1e-4  # largest solver flux residual (relative to Q) the marrow outlet absorbs
 CEMENT_CELL_MIN_S = 1e-6  # front method: cells above this saturation are cement unknowns
 FULL_CELL_S = 0.99  # front method: cells above this no longer limit the step
 STALL_FRACTION = 1e-3  # pressure mode: stop when the admissible rate drops below this share
@@ -370,6 +371,19 @@ class InjectionSolver:
         self.well_face = np.flatnonzero(on_grid_a != on_grid_b)
         self.well_cell = np.where(on_grid_a, graph.face_a, graph.face_b)[self.well_face]
         self.is_grid_exit = grid[self.exit_cell]
+        self.is_grid = grid
+        # the marrow outlet drains into the venous system at the exits in proportion to their conductance
+        geo = np.bincount(self.exit_id, weights=self.exit_geo, minlength=self.n_exits)
+        self.outlet_share = (
+            geo / geo.sum() if geo.sum() > 0 else np.full(self.n_exits, 1.0 / max(self.n_exits, 1))
+        )
+        self._first_row_of_exit = np.array(
+            [
+                int(np.flatnonzero(self.exit_id == e)[0]) if np.any(self.exit_id == e) else 0
+                for e in range(self.n_exits)
+            ],
+            dtype=np.int64,
+        )
         grid_flat = graph.cell_of[grid]
         vein_idx = graph.cell_of[~grid] - n_grid
         phi = np.ones(n)
@@ -473,27 +487,30 @@ class InjectionSolver:
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
             in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
+            row_cell, row_g, row_pv = self.exit_cell, g, ent_pv
             if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
-                trans, g = self._marrow_outlets_in_series(trans, g, lam_c / lam)
+                trans, row_cell, row_g, row_pv = self._marrow_outlet_rows(
+                    trans, g, ent_pv, lam_c / lam, in_cement
+                )
                 in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
             if self.method == "front":
-                system = assemble_front(graph, in_cement, trans, self.exit_cell, g)
+                system = assemble_front(graph, in_cement, trans, row_cell, row_g)
                 key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
                 self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
             else:
-                system = assemble_full(graph, trans, self.exit_cell, g)
+                system = assemble_full(graph, trans, row_cell, row_g)
                 key = ("full",)
             x0 = system.initial_guess(st.pressure_shifted)
             if control.mode == "rate":
                 q = nominal
-                b = system.rhs(q * self.src_unit, g, ent_pv)
+                b = system.rhs(q * self.src_unit, row_g, row_pv)
                 x = self.solver.solve(system.matrix, b, x0, block=system.n_block, key=key)
                 st.pressure_shifted = system.cell_values(x)
             else:
                 b = np.stack(
                     [
-                        system.rhs(np.zeros(n), g, ent_pv),
-                        system.rhs(self.src_unit, g, np.zeros_like(ent_pv)),
+                        system.rhs(np.zeros(n), row_g, row_pv),
+                        system.rhs(self.src_unit, row_g, np.zeros_like(row_pv)),
                     ],
                     1,
                 )
@@ -516,6 +533,11 @@ class InjectionSolver:
         marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
         total_marrow = float(marrow_vol.sum())
         p_marrow = float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift if total_marrow > 0 else np.nan
+        # The near-field correction assumes the tip cell's excess pressure is the cement's point source;
+        # while the bolus is smaller than the cell it is not, and the tip surface cannot be below the
+        # marrow the cement is pushing.
+        if total_marrow > 0 and p_needle < p_marrow:
+            p_needle = p_marrow
         dp_can = (
             float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
             if q > 0
@@ -529,8 +551,8 @@ class InjectionSolver:
             return "pressure_limit"
 
         src = q * self.src_unit
-        exit_cell = self.exit_cell
-        q_ent = g * (p_shifted[exit_cell] - ent_pv)
+        exit_cell = row_cell
+        q_ent = row_g * (p_shifted[exit_cell] - row_pv)
         # close the global volume balance left by the iterative solver's residual: Q = sum of exit
         # flows must hold to round-off for the 1e-10 marrow balance. The window matches the solver's
         # own acceptance (relative residual <= 1e-6, PressureSolver.solve); the largest correction
@@ -539,12 +561,26 @@ class InjectionSolver:
         imbalance = q - float(q_ent.sum())
         self._max_imbalance = max(self._max_imbalance, abs(imbalance) / max(q, 1e-300))
         pos = np.maximum(q_ent, 0.0)
-        if 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
+        n_rows = self.exit_id.size
+        if q_ent.size > n_rows and 0.0 < abs(imbalance) <= OUTLET_IMBALANCE_WINDOW * q:
+            # With the marrow outlet the marrow lump hangs on a conductance 1e5-1e9 times smaller
+            # than the bone's: the solver's residual lands there, so the outlet takes the correction.
+            out_pos = pos[n_rows:]
+            share = (
+                out_pos / out_pos.sum() if out_pos.sum() > 0.0 else np.full(out_pos.size, 1.0 / out_pos.size)
+            )
+            q_ent = q_ent.copy()
+            q_ent[n_rows:] += imbalance * share
+        elif 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
             q_ent = q_ent + imbalance * pos / pos.sum()
+        # the marrow outlet's rows (after the exits') carry marrow out of pure-marrow cells: the
+        # transport sees them as it sees the marrow lump, a sink that leaves no saturation behind
+        q_outlet = float(q_ent[n_rows:].sum())
+        exit_cell, q_ent = exit_cell[:n_rows], q_ent[:n_rows]
         exit_cell_flux = np.bincount(exit_cell, weights=q_ent, minlength=n)
         visc_ratio = mu_c / self.mu_res
 
-        dt, last = self._time_step(flux, src, q_ent, exit_cell_flux, visc_ratio, q)
+        dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q)
 
         tt0 = time.perf_counter()
         order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
@@ -558,7 +594,8 @@ class InjectionSolver:
         qc_ent = np.maximum(q_ent, 0.0) * f_out[exit_cell]
         qm_ent = q_ent - qc_ent
         qc_exit = np.bincount(self.exit_id, weights=qc_ent, minlength=n_exits)
-        qm_exit = np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits)
+        # the marrow outlet drains into the venous system at the exits' shares
+        qm_exit = np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits) + q_outlet * self.outlet_share
         self.coupling.accept_flux(t, dt, qc_exit.copy(), qm_exit.copy())
 
         prev_c = st.exit_cement_m3.copy()
@@ -601,31 +638,48 @@ class InjectionSolver:
         self._p_vein_last = p_vein
         return "target_volume" if last else ""
 
-    def _marrow_outlets_in_series(
-        self, trans: np.ndarray, g: np.ndarray, cement_flow_fraction: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Put the marrow-outflow resistance in series with every route marrow takes out of the bone.
+    def _marrow_outlet_rows(
+        self,
+        trans: np.ndarray,
+        g: np.ndarray,
+        ent_pv: np.ndarray,
+        cement_flow_fraction: np.ndarray,
+        in_cement: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Route the displaced marrow out of the bone through the marrow-outflow law's outlet.
 
-        Marrow leaves a bone cell through its faces to the embedded veins and, where an exit sits on a
-        bone cell, through that exit. These routes in parallel get the law's series factor, except
-        from cells where cement carries at least CEMENT_ROUTE_FLOW of the flow (cement mobility over
-        total: behind the front); the vein lumens (blood) conduct freely to the foramina.
+        Marrow does not enter the vein lumens: the faces of bone cells to the embedded veins and the
+        exits on bone cells are closed where marrow carries most of a cell's flow (cement mobility
+        below CEMENT_ROUTE_FLOW of the total; behind the front cement reaches the veins freely).
+        Instead every marrow cell (no cement) drains to the mean venous pressure through
+        ``conductance_m3_per_pa_s(pore volume share)``: the law's outlet, spread over the marrow by
+        volume, so one marrow region sees exactly R_M. Returns the faces' transmissibilities and the
+        exit rows with the outlet rows appended (cells, conductances, venous pressures).
         """
         marrow_wells = self.well_face[cement_flow_fraction[self.well_cell] < CEMENT_ROUTE_FLOW]
         marrow_exits = self.is_grid_exit & (cement_flow_fraction[self.exit_cell] < CEMENT_ROUTE_FLOW)
-        total = float(trans[marrow_wells].sum()) + float(g[marrow_exits].sum())
-        factor = self.marrow_outflow.series_factor(total)
-        if factor == 1.0:
-            return trans, g
         trans, g = trans.copy(), g.copy()
-        trans[marrow_wells] *= factor
-        g[marrow_exits] *= factor
-        return trans, g
+        trans[marrow_wells] = 0.0
+        g[marrow_exits] = 0.0
+        cells = np.flatnonzero(self.is_grid & ~in_cement)
+        vol = self.pore_vol[cells]
+        total = float(vol.sum())
+        if total <= 0.0:
+            return trans, self.exit_cell, g, ent_pv
+        g_out = self.marrow_outflow.outlet_conductance(vol / total)
+        pv_out = np.full(cells.size, float(np.dot(self.outlet_share, ent_pv[self._first_row_of_exit])))
+        return (
+            trans,
+            np.concatenate([self.exit_cell, cells]),
+            np.concatenate([g, g_out]),
+            np.concatenate([ent_pv, pv_out]),
+        )
 
     def _time_step(
         self,
         flux: np.ndarray,
         src: np.ndarray,
+        row_cell: np.ndarray,
         q_ent: np.ndarray,
         exit_cell_flux: np.ndarray,
         visc_ratio: np.ndarray,
@@ -638,7 +692,7 @@ class InjectionSolver:
             ok = thr > 0.0
             dt = self.cfl * float(np.min(self.pore_vol[ok] / thr[ok]))
         else:
-            exit_out = np.bincount(self.exit_cell, weights=np.maximum(q_ent, 0.0), minlength=graph.n)
+            exit_out = np.bincount(row_cell, weights=np.maximum(q_ent, 0.0), minlength=graph.n)
             dt = front_time_step(
                 graph.face_a, graph.face_b, flux, src, exit_out, self.pore_vol, st.saturation, visc_ratio,
                 self.cfl, FULL_CELL_S,

@@ -1,9 +1,9 @@
 """Marrow-outflow laws: the resistance the displaced marrow meets on its way out of the vertebral body.
 
-Contract (``marrow_outflow`` seam of :mod:`sim.physics.laws`): ``series_factor(g_total)`` is the
-factor by which the injection solver scales the conductances of all routes marrow takes out of the
-bone (in parallel, total ``g_total`` in m^3/(Pa s)) so that the law's resistance sits in series with
-them; ``resistance_pa_s_per_m3`` is that resistance.
+Contract (``marrow_outflow`` seam of :mod:`sim.physics.laws`): ``outlet_conductance(volume_share)``
+gives the conductances (m^3/(Pa s)) through which the marrow cells, weighted by their share of the
+marrow's pore volume, drain to the venous pressure; ``resistance_pa_s_per_m3`` is R_M. The injection
+solver closes the marrow's other ways into the veins when R_M > 0.
 
 Why the model needs it. Every cubic millimetre of cement injected displaces one of marrow. In
 intact cadaver vertebrae the intravertebral pressure during injection of Simplex P at 3 ml/min
@@ -21,21 +21,16 @@ is pushed towards the open route, a thick one barely notices (the viscosity-rati
 Bohner et al. 2003, Biomaterials 24:2721, and Baroud et al. 2006, Spine 31:2562, who built a
 bone-surrogate leakage model on it).
 
-The ``lumped_outlet`` law. Marrow leaves a bone cell that is not (yet) cement through the cell's
-faces to the embedded veins (their well index) and through any exit on a bone cell. These routes,
-conductances g_i in parallel, are put in series with one lumped resistance R_M:
+The ``lumped_outlet`` law. Displaced marrow does not enter the vein lumens the model resolves (the
+bone cells' faces to the embedded veins, and exits on bone cells, are closed to cells whose flow is
+mostly marrow, cement mobility below CEMENT_ROUTE_FLOW of the total). It leaves through an outlet of
+resistance R_M spread over the marrow by pore volume: a marrow cell of volume share w_i drains to the
+mean venous pressure through w_i / R_M, so a marrow region at one pressure (the ``front`` method's
+isobaric lump) sees exactly R_M. Cement behind the front (cement mobility at least CEMENT_ROUTE_FLOW
+of the cell's) reaches its veins freely: a leak does not pay R_M. The marrow drained by the outlet is
+booked to the exits in proportion to their conductance. Then
 
-    g_i' = g_i / (1 + R_M * sum_j g_j),
-
-exact for a marrow region at one pressure draining into veins at one pressure (the ``front``
-method's isobaric marrow lump; the vein lumens conduct blood freely to the foramina, which share
-one static venous pressure). A bone cell whose flow is at least CEMENT_ROUTE_FLOW cement (its cement
-mobility over its total mobility; with cement 1e3-1e5 times more viscous than marrow, only cells
-behind the front) reaches its veins freely: the cement has arrived at the vein wall. The switch
-per cell is binary on purpose: a continuous split would let the marrow share of a half-filled
-cell, which carries almost all of its flow, pass R_M for free. Then
-
-    p_marrow - p_venous = Q_marrow (R_M + 1/sum g_j),
+    p_marrow - p_venous = Q_marrow R_M,
 
 the intravertebral pressure rise is Q R_M while no cement leaves, whatever the cement. R_M is
 patient data (``patient.marrow_outflow_kpa_per_ml_per_min``, the pressure rise per ml/min of
@@ -45,9 +40,11 @@ a calibration of this law, not a test of it. It is a cadaver value at room tempe
 marrow is about 10 times more viscous than at 37 C (Bryant 1989, bovine marrow); the value in a
 living patient is therefore [U] and sampled in the cohort.
 
-Limiting cases (tested): R_M = 0 leaves every conductance, so every run, unchanged; with one
-marrow exit and no leak the pressure of the whole bone rises by exactly Q R_M; the rise does not
-depend on the cement's viscosity.
+Limiting cases (tested): R_M = 0 is the model without the law (the marrow drains through the
+veins, bit-identical runs); with no leak the marrow pressure rises by exactly Q R_M and does not
+depend on the cement's viscosity; a Newtonian cement's split between a leak next to the needle and
+the bone is viscosity-free without R_M and tends to that split again as the cement's own resistance
+outgrows R_M, the thin cement leaking more.
 """
 
 from __future__ import annotations
@@ -79,8 +76,8 @@ class LumpedMarrowOutlet:
     def from_params(cls, patient: PatientParams) -> LumpedMarrowOutlet:
         return cls(float(patient.marrow_outflow_pa_s_per_m3))
 
-    def series_factor(self, g_total: float) -> float:
-        """1 / (1 + R_M g_total): the scale of each parallel marrow route's conductance (1 if none)."""
-        if not (np.isfinite(g_total) and g_total >= 0.0):
-            raise ValueError(f"marrow route conductance {g_total}: must be finite and >= 0")
-        return 1.0 / (1.0 + self.resistance_pa_s_per_m3 * g_total)
+    def outlet_conductance(self, volume_share: np.ndarray) -> np.ndarray:
+        """The outlet spread over marrow cells by volume share w (summing to 1): w / R_M, m^3/(Pa s)."""
+        if self.resistance_pa_s_per_m3 == 0.0:
+            raise ValueError("lumped_outlet: R_M = 0 has no outlet; the marrow leaves through the veins")
+        return np.asarray(volume_share, dtype=np.float64) / self.resistance_pa_s_per_m3

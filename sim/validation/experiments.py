@@ -13,6 +13,10 @@ Every run is a pce-sim scenario: the experiment's ``base`` with one group's over
   marrow drains against (``venous_pressure_pa``, CVP plus the venous network's drop, about 0.69 kPa
   by default); ``needle_pressure_rise_pa`` = max over the steps of (needle pressure - that venous
   pressure): the rise of the intraosseous pressure at the tip over its pre-injection value;
+- ``intravertebral_pressure_rise_pa``: max over the steps of (the marrow's pressure - that venous
+  pressure): what a transducer in the marrow away from the cement, zeroed before injection, reads
+  (summary ``max_intravertebral_pressure_kpa``; set by the marrow-outflow law,
+  :mod:`sim.physics.marrow_outflow`);
 - ``syringe_pressure_max_pa``: peak syringe pressure = needle pressure + cannula drop
   (``max_syringe_pressure_mpa``); ``cannula_share`` = 1 - needle / syringe pressure at the step of
   the peak syringe pressure.
@@ -52,6 +56,7 @@ GROUP_QUANTITIES = (
     "injected_volume_m3",
     "needle_pressure_max_pa",
     "needle_pressure_rise_pa",
+    "intravertebral_pressure_rise_pa",
     "venous_pressure_pa",
     "syringe_pressure_max_pa",
     "cannula_share",
@@ -184,6 +189,7 @@ def run_quantities(result: Any, density_kg_per_m3: float) -> dict[str, float]:
     s = result.summary
     inj = result.artifacts.injection
     pn = np.asarray(inj.needle_pressure_pa, dtype=np.float64)
+    pm = np.asarray(inj.intravertebral_pressure_pa, dtype=np.float64)
     ps = np.asarray(inj.syringe_pressure_pa, dtype=np.float64)
     pv_steps = np.asarray(inj.exit_pressure_pa, dtype=np.float64)
     pv = pv_steps.mean(axis=1) if pv_steps.ndim == 2 and pv_steps.shape[1] else np.zeros_like(pn)
@@ -199,6 +205,7 @@ def run_quantities(result: Any, density_kg_per_m3: float) -> dict[str, float]:
         "injected_volume_m3": float(s["injected_volume_ml"]) * ML_M3,
         "needle_pressure_max_pa": float(s["max_needle_pressure_kpa"]) * KPA_PA,
         "needle_pressure_rise_pa": float(np.max(pn - pv)) if pn.size else 0.0,
+        "intravertebral_pressure_rise_pa": float(np.nanmax(pm - pv)) if pm.size else 0.0,
         "venous_pressure_pa": float(pv.mean()) if pv.size else float("nan"),
         "syringe_pressure_max_pa": float(s["max_syringe_pressure_mpa"]) * MPA_PA,
         "cannula_share": float(share),

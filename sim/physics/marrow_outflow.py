@@ -21,14 +21,16 @@ is pushed towards the open route, a thick one barely notices (the viscosity-rati
 Bohner et al. 2003, Biomaterials 24:2721, and Baroud et al. 2006, Spine 31:2562, who built a
 bone-surrogate leakage model on it).
 
-The ``lumped_outlet`` law. Displaced marrow does not enter the vein lumens the model resolves (the
-bone cells' faces to the embedded veins, and exits on bone cells, are closed to cells whose flow is
-mostly marrow, cement mobility below CEMENT_ROUTE_FLOW of the total). It leaves through an outlet of
-resistance R_M spread over the marrow by pore volume: a marrow cell of volume share w_i drains to the
-mean venous pressure through w_i / R_M, so a marrow region at one pressure (the ``front`` method's
-isobaric lump) sees exactly R_M. Cement behind the front (cement mobility at least CEMENT_ROUTE_FLOW
-of the cell's) reaches its veins freely: a leak does not pay R_M. The marrow drained by the outlet is
-booked to the exits in proportion to their conductance. Then
+The ``lumped_outlet`` law. Displaced marrow does not enter the vein lumens the model resolves: the
+faces of bone cells to the embedded veins, and exits on bone cells, conduct with the cell's cement
+mobility only (continuous in the saturation: a route opens as the cement arrives, nothing toggles
+between steps). The marrow leaves through an outlet of resistance R_M spread over the pure-marrow
+cells by pore volume: a cell of volume share w_i drains to the mean venous pressure through
+w_i / R_M, so a marrow region at one pressure (the ``front`` method's isobaric lump) sees exactly R_M;
+once no cell is pure marrow, the outlet is spread over the cells by their marrow volume. The marrow
+drained by the outlet is booked to the exits in proportion to their conductance. What the transport
+sends through a route is its upwind fractional flow, so a front cell passes some marrow with its
+cement; that marrow is carried at the cement's mobility and does not pay R_M. Then
 
     p_marrow - p_venous = Q_marrow R_M,
 
@@ -56,8 +58,6 @@ import numpy as np
 from sim.core.errors import ConfigError
 from sim.core.parameters import PatientParams
 from sim.physics.laws import register
-
-CEMENT_ROUTE_FLOW = 0.5  # a bone cell whose flow is at least this fraction cement reaches its veins freely
 
 
 @register("marrow_outflow", "lumped_outlet")

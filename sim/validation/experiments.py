@@ -46,6 +46,7 @@ import numpy as np
 from sim.core.config import Scenario, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.core.units import KPA_PA, ML_M3, MPA_PA
+from sim.studies.sweep import set_dotted
 from sim.validation.references import ExperimentSpec
 
 Progress = Callable[[str], None]  # called with the label of each run before it starts
@@ -108,18 +109,6 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
-    node = config
-    parts = path.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
 def _label(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -132,7 +121,7 @@ def group_overrides(spec: ExperimentSpec) -> dict[str, dict[str, Any]]:
         for combo in itertools.product(*(spec.sampling[k] for k in keys)):
             overrides: dict[str, Any] = {}
             for key, value in zip(keys, combo, strict=True):
-                _set_dotted(overrides, key, value)
+                set_dotted(overrides, key, value)
             name = "_".join(_label(v) for v in combo)
             if name in groups:
                 raise ConfigError(f"{spec.experiment}: sampling point {name!r} repeats a group name")

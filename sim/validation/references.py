@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -60,6 +60,9 @@ Text = Annotated[str, Field(min_length=1)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 # ---------------------------------------------------------------------------- reference numbers
@@ -289,14 +292,18 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+def _validated(model: type[M], path: Path) -> M:
+    """The file at ``path`` validated as ``model``; a problem is one ConfigError line naming the field."""
+    try:
+        return model.model_validate(_read_mapping(path))
+    except ValidationError as exc:
+        raise ConfigError(format_error(exc, str(path))) from None
+
+
 def load_references(path: str | Path) -> ReferenceSet:
     """Read and check a reference file; every problem is one ConfigError line naming file and field."""
     path = Path(path)
-    data = _read_mapping(path)
-    try:
-        refs = ReferenceSet.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_error(exc, str(path))) from None
+    refs = _validated(ReferenceSet, path)
     expected = path.name.removesuffix(REFERENCE_SUFFIX)
     if path.name.endswith(REFERENCE_SUFFIX) and refs.experiment != expected:
         raise ConfigError(
@@ -331,11 +338,7 @@ def load_references(path: str | Path) -> ReferenceSet:
 def load_experiment(path: str | Path) -> ExperimentSpec:
     """Read and check an experiment config (one ConfigError line naming file and field)."""
     path = Path(path)
-    data = _read_mapping(path)
-    try:
-        spec = ExperimentSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_error(exc, str(path))) from None
+    spec = _validated(ExperimentSpec, path)
     if spec.experiment != path.stem:
         raise ConfigError(
             f"{path}: experiment = {shown_value(spec.experiment)}: must match the file name ({path.stem!r})"

@@ -24,7 +24,8 @@ from typing import Any
 
 from sim.core.errors import ConfigError
 from sim.core.units import KPA_PA, ML_M3, MPA_PA
-from sim.run.output_folder import OutputClaim, remove_tree
+from sim.run.output_folder import OutputClaim
+from sim.run.results import replace_dir
 from sim.validation.experiments import ModelOutput, count_runs, model_keys, run_experiment, scenarios
 from sim.validation.figures import plot_experiment
 from sim.validation.references import ExperimentSpec, ReferenceSet, load_pair, select
@@ -273,19 +274,6 @@ def to_json(card: ReportCard, figures: dict[str, str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- writing
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temporary folder into place, replacing an old one only after success."""
-    if dst.exists() or dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        if old.exists():
-            remove_tree(old)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
 def write_report_card(card: ReportCard, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
     """Write report_card.md, report_card.json and figures/<experiment>.png atomically into ``out_dir``."""
     out = Path(out_dir)
@@ -304,7 +292,7 @@ def write_report_card(card: ReportCard, out_dir: str | Path, overwrite: bool = F
             with (tmp / JSON).open("w", encoding="utf-8") as fh:
                 json.dump(to_json(card, figures), fh, indent=2)
                 fh.write("\n")
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

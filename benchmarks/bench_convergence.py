@@ -180,6 +180,7 @@ def _targets(studies: dict[str, list[dict[str, Any]]], spacings: tuple[float, ..
             "value": 100.0 * worst_fine,
             "unit": "%",
             "met": bool(worst_fine <= 0.05),
+            "margin": 0.05 / worst_fine if worst_fine > 0.0 else float("inf"),
         }
     )
     out.append(
@@ -189,6 +190,7 @@ def _targets(studies: dict[str, list[dict[str, Any]]], spacings: tuple[float, ..
             "value": 100.0 * worst_default,
             "unit": "%",
             "met": bool(worst_default <= 0.10),
+            "margin": 0.10 / worst_default if worst_default > 0.0 else float("inf"),
         }
     )
     return out

@@ -1,4 +1,4 @@
-"""Command-line interface: ``pce-sim validate | run | sweep | report | view | bench | cohort``.
+"""Command-line interface: ``pce-sim validate | run | sweep | report | view | bench | cohort | report-card``.
 
 User errors (bad config, existing output folder, missing tool) print one line in red and exit
 with code 2, never a traceback, before any simulation work starts: ``validate`` and ``run`` share
@@ -390,6 +390,71 @@ def bench(
             Text(markdown_table(["name", "target", "value", "met"], doc["targets"])), highlight=False
         )
         for path in doc["files"]:
+            say(console, ("wrote", "green"), f" {path}")
+
+
+@app.command("report-card")
+def report_card(
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="Run only these experiments: repeat the option or separate with commas "
+            "(e.g. habib2010,krebs2005).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for report_card.md, report_card.json, figures/.")
+    ] = Path("results/report_card"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Validation suite: the published experiments of configs/validation against the model.
+
+    Every experiment and reference file is read and checked, and --out is checked and claimed,
+    before the first run. Writes a verdict per check (a failing verdict is a result: exit 0),
+    the table, a JSON document and one figure per experiment.
+    """
+    from rich.progress import MofNCompleteColumn
+
+    from sim.run.output_folder import OutputClaim, check_output_folder
+    from sim.validation.report_card import (
+        markdown_table,
+        plan_suite,
+        run_suite,
+        table_rows,
+        write_report_card,
+    )
+
+    with user_errors():
+        plans = plan_suite(only)
+        check_output_folder(out, overwrite)
+        total = sum(p.n_runs for p in plans)
+        if not quiet:
+            names = ", ".join(p.spec.experiment for p in plans)
+            say(err_console, f"report card: {len(plans)} experiments ({names}), {total} model runs -> {out}")
+        with OutputClaim(out):
+            check_output_folder(out, overwrite)  # again, now that no other writer can take it
+            columns = (
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, console=err_console, disable=quiet) as prog:
+                task = prog.add_task("runs", total=total)
+
+                def update(label: str, done: int, n: int) -> None:
+                    prog.update(task, completed=done, total=n, description=escape(label))
+
+                card = run_suite(plans, progress=update)
+            files = write_report_card(card, out, overwrite=overwrite)
+    if not quiet:
+        console.print(Text(markdown_table(table_rows(card))), highlight=False, soft_wrap=True)
+        n_pass = sum(o.passed for o in card.outcomes)
+        say(console, f"{n_pass} of {len(card.outcomes)} checks pass")
+        for path in files:
             say(console, ("wrote", "green"), f" {path}")
 
 

@@ -90,6 +90,8 @@ def test_back_pressure_series_and_split():
     # root then 30/70 split: q (R0 + R1 f1^2 + R2 f2^2)
     v = np.array([1.0, 0.3, 0.7])
     assert back_pressure(v, r, 1.0, 1.0) == pytest.approx(2 + 3 * 0.09 + 5 * 0.49)
+    # a denormal exit volume whose product with dt underflows: no pressure, not 0/0
+    assert back_pressure(np.array([1e-320, 0.0, 0.0]), r, 1e-320, 0.05) == 0.0
 
 
 def test_kernel_matches_interpreted_reference():

@@ -18,6 +18,7 @@ from sim.physics.embedded_vessels import embed
 from sim.physics.fragment_transport import DiameterMargin
 from sim.physics.fragmentation import DragVsStrength
 from sim.physics.laws import LAW_HOMES, available, law_class, register
+from sim.physics.marrow_outflow import LumpedMarrowOutlet
 from sim.physics.permeability import KozenyCarman
 from sim.physics.pressure import build_cell_graph
 from sim.physics.rheology import CementModel, load_cement_preset
@@ -33,11 +34,12 @@ LAWS = {
     "exchange": ("embedded_veins", EmbeddedVeinExchange),
     "fragmentation": ("drag_vs_strength", DragVsStrength),
     "lodging": ("diameter_margin", DiameterMargin),
+    "marrow_outflow": ("lumped_outlet", LumpedMarrowOutlet),
 }
 
 
 def test_every_law_kind_is_covered_here():
-    """This file tests a law of every kind the registry knows."""
+    """This file tests a law of every kind the registry knows (marrow_outflow: test_marrow_outflow.py)."""
     assert set(LAWS) == set(LAW_HOMES)
 
 

@@ -115,6 +115,9 @@ class PatientConfig(StrictModel):
     # anterior/lateral nutrient foramina and their veins: not measured [U], cohort ranges.
     intraosseous_vein_diameter_mm: Annotated[float, Field(ge=0.3, le=4.0)] = 1.5
     nutrient_foramen_diameter_mm: Annotated[float, Field(ge=0.3, le=3.0)] = 1.0
+    # Intravertebral pressure rise per ml/min of marrow displaced (sim.physics.marrow_outflow):
+    # 2.28 = 6.83 kPa at 3 ml/min in intact cadaver vertebrae (Reidy et al. 2003); 0 = marrow leaves freely.
+    marrow_outflow_kpa_per_ml_per_min: Annotated[float, Field(ge=0.0, le=20.0)] = 2.28
     fracture_cleft: FractureCleftConfig = FractureCleftConfig()
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 2025
 
@@ -276,6 +279,7 @@ class LawsConfig(StrictModel):
     exchange: Literal["embedded_veins"] = "embedded_veins"
     fragmentation: Literal["drag_vs_strength"] = "drag_vs_strength"
     lodging: Literal["diameter_margin"] = "diameter_margin"
+    marrow_outflow: Literal["lumped_outlet"] = "lumped_outlet"
 
 
 class OutputConfig(StrictModel):

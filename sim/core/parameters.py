@@ -53,6 +53,7 @@ class PatientParams:
     basivertebral_foramina: int  # 1 or 2
     intraosseous_vein_diameter_m: float  # basivertebral trunk; branches by Murray's law
     nutrient_foramen_diameter_m: float  # anterior and lateral foramina and their veins
+    marrow_outflow_pa_s_per_m3: float  # resistance displaced marrow meets leaving the bone
     fracture_cleft: FractureCleftParams
     seed: int  # root of every random stream of the run
 
@@ -205,6 +206,7 @@ class LawParams:
     exchange: str
     fragmentation: str
     lodging: str
+    marrow_outflow: str
 
 
 @dataclass(frozen=True)

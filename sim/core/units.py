@@ -27,6 +27,7 @@ GAS_CONSTANT = 8.314462618  # J/(mol K)
 
 # (clinical suffix, SI suffix, converter). Longest suffixes first so "_ml_per_s" wins over "_s".
 _SUFFIXES: tuple[tuple[str, str, Any], ...] = (
+    ("_kpa_per_ml_per_min", "_pa_s_per_m3", lambda v: v * KPA_PA / ML_PER_MIN_M3_PER_S),
     ("_ml_per_min", "_m3_per_s", lambda v: v * ML_PER_MIN_M3_PER_S),
     ("_l_per_min", "_m3_per_s", lambda v: v * L_PER_MIN_M3_PER_S),
     ("_ml_per_s", "_m3_per_s", lambda v: v * ML_M3),

@@ -230,7 +230,8 @@ def front_time_step(
     dt = np.inf
     ok = (s < full_s) & (accum > 0.0)
     if ok.any():
-        dt = cfl * float(np.min(pore_volume[ok] / accum[ok]))
+        with np.errstate(over="ignore"):  # a denormal accumulation limits nothing (dt = inf)
+            dt = cfl * float(np.min(pore_volume[ok] / accum[ok]))
     bearing = (s > 0.0).astype(np.float64)
     cin_max = source + np.bincount(down, weights=mag * bearing[up], minlength=n)
     closed = (out <= 0.0) & (cin_max > 0.0)

@@ -71,6 +71,7 @@ from sim.physics.bone_vein_exchange import EmbeddedVeinExchange, ForamenPoiseuil
 from sim.physics.cement_transport import front_time_step, throughput_rate, transport_step
 from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.injection_control import InjectionControl
+from sim.physics.marrow_outflow import LumpedMarrowOutlet
 from sim.physics.pressure import (
     PressureSolver,
     assemble_front,
@@ -84,6 +85,7 @@ from sim.physics.well_index import point_source_near_field_pa
 MASS_BALANCE_TOL = 1e-10
 LEAK_ONSET_M3 = 1e-12  # cumulative cement through an exit that counts as leak onset (1e-3 mm^3)
 ARRIVAL_SATURATION = 0.5  # a cell's arrival time is when S first reaches this
+OUTLET_IMBALANCE_WINDOW = 1e-5  # largest solver flux residual (relative to Q) the marrow outlet absorbs
 CEMENT_CELL_MIN_S = 1e-6  # front method: cells above this saturation are cement unknowns
 FULL_CELL_S = 0.99  # front method: cells above this no longer limit the step
 STALL_FRACTION = 1e-3  # pressure mode: stop when the admissible rate drops below this share
@@ -166,6 +168,8 @@ class InjectionResult:
     injected_volume_m3: np.ndarray
     injection_rate_m3_s: np.ndarray
     needle_pressure_pa: np.ndarray
+    # pore-volume mean pressure of the marrow-filled bone (the pressure a probe in the marrow reads)
+    intravertebral_pressure_pa: np.ndarray
     syringe_pressure_pa: np.ndarray
     cannula_pressure_drop_pa: np.ndarray
     needle_viscosity_pa_s: np.ndarray  # flow-weighted cement viscosity in the tip cells
@@ -322,6 +326,7 @@ class InjectionSolver:
         max_step_s: float | None = None,
         max_steps: int = 2_000_000,
         vein_fluid_viscosity_pa_s: float = BLOOD_VISCOSITY_PA_S,
+        marrow_outflow: LumpedMarrowOutlet | None = None,
     ):
         self._wall0 = time.perf_counter()
         control.validate()
@@ -336,6 +341,7 @@ class InjectionSolver:
         self.method, self.cfl, self.max_step_s, self.max_steps = method, float(cfl), max_step_s, max_steps
         self.pressure_solver_name = pressure_solver
         self.mu_m = float(marrow_viscosity_pa_s)
+        self.marrow_outflow = marrow_outflow or LumpedMarrowOutlet(0.0)
         self.h = float(bone.spacing_m)
         self.n_exits = len(bone.exits)
         vessels = bone.vessels
@@ -360,6 +366,25 @@ class InjectionSolver:
         self.tip_mask = self.src_unit > 0.0
         grid = graph.is_grid_cell
         self.is_vein = ~grid
+        # bone-vein faces (well index) and their bone cell; exits that sit on bone cells
+        on_grid_a, on_grid_b = grid[graph.face_a], grid[graph.face_b]
+        self.well_face = np.flatnonzero(on_grid_a != on_grid_b)
+        self.well_cell = np.where(on_grid_a, graph.face_a, graph.face_b)[self.well_face]
+        self.well_grid_is_a = on_grid_a[self.well_face]
+        self.is_grid_exit = grid[self.exit_cell]
+        self.is_grid = grid
+        # the marrow outlet drains into the venous system at the exits in proportion to their conductance
+        geo = np.bincount(self.exit_id, weights=self.exit_geo, minlength=self.n_exits)
+        self.outlet_share = (
+            geo / geo.sum() if geo.sum() > 0 else np.full(self.n_exits, 1.0 / max(self.n_exits, 1))
+        )
+        self._first_row_of_exit = np.array(
+            [
+                int(np.flatnonzero(self.exit_id == e)[0]) if np.any(self.exit_id == e) else 0
+                for e in range(self.n_exits)
+            ],
+            dtype=np.int64,
+        )
         grid_flat = graph.cell_of[grid]
         vein_idx = graph.cell_of[~grid] - n_grid
         phi = np.ones(n)
@@ -457,29 +482,36 @@ class InjectionSolver:
             shear = self._shear_rate(st.darcy_speed, age_bone)
             _viscosity_cells(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
-            lam = s_c / mu_c + (1.0 - s_c) / self.mu_res
+            lam_c = s_c / mu_c
+            lam = lam_c + (1.0 - s_c) / self.mu_res
             trans = face_transmissibility(graph, lam)
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
+            in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
+            row_cell, row_g, row_pv = self.exit_cell, g, ent_pv
+            if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
+                trans, row_cell, row_g, row_pv = self._marrow_outlet_rows(
+                    trans, g, ent_pv, lam, lam_c, s_c, r_cell
+                )
+                in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
             if self.method == "front":
-                in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
-                system = assemble_front(graph, in_cement, trans, self.exit_cell, g)
+                system = assemble_front(graph, in_cement, trans, row_cell, row_g)
                 key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
                 self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
             else:
-                system = assemble_full(graph, trans, self.exit_cell, g)
+                system = assemble_full(graph, trans, row_cell, row_g)
                 key = ("full",)
             x0 = system.initial_guess(st.pressure_shifted)
             if control.mode == "rate":
                 q = nominal
-                b = system.rhs(q * self.src_unit, g, ent_pv)
+                b = system.rhs(q * self.src_unit, row_g, row_pv)
                 x = self.solver.solve(system.matrix, b, x0, block=system.n_block, key=key)
                 st.pressure_shifted = system.cell_values(x)
             else:
                 b = np.stack(
                     [
-                        system.rhs(np.zeros(n), g, ent_pv),
-                        system.rhs(self.src_unit, g, np.zeros_like(ent_pv)),
+                        system.rhs(np.zeros(n), row_g, row_pv),
+                        system.rhs(self.src_unit, row_g, np.zeros_like(row_pv)),
                     ],
                     1,
                 )
@@ -499,6 +531,14 @@ class InjectionSolver:
 
         # needle pressure on the tip's surface: the tip cell's pressure plus the well's near field
         p_needle = float(np.dot(self.src_unit, p_shifted)) + shift + self._tip_near_field(q, age_bone)
+        marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
+        total_marrow = float(marrow_vol.sum())
+        p_marrow = float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift if total_marrow > 0 else np.nan
+        # The near-field correction assumes the tip cell's excess pressure is the cement's point source;
+        # while the bolus is smaller than the cell it is not, and the tip surface cannot be below the
+        # marrow the cement is pushing.
+        if total_marrow > 0 and p_needle < p_marrow:
+            p_needle = p_marrow
         dp_can = (
             float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
             if q > 0
@@ -512,8 +552,8 @@ class InjectionSolver:
             return "pressure_limit"
 
         src = q * self.src_unit
-        exit_cell = self.exit_cell
-        q_ent = g * (p_shifted[exit_cell] - ent_pv)
+        exit_cell = row_cell
+        q_ent = row_g * (p_shifted[exit_cell] - row_pv)
         # close the global volume balance left by the iterative solver's residual: Q = sum of exit
         # flows must hold to round-off for the 1e-10 marrow balance. The window matches the solver's
         # own acceptance (relative residual <= 1e-6, PressureSolver.solve); the largest correction
@@ -522,12 +562,27 @@ class InjectionSolver:
         imbalance = q - float(q_ent.sum())
         self._max_imbalance = max(self._max_imbalance, abs(imbalance) / max(q, 1e-300))
         pos = np.maximum(q_ent, 0.0)
-        if 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
+        n_rows = self.exit_id.size
+        if q_ent.size > n_rows and 0.0 < abs(imbalance) <= OUTLET_IMBALANCE_WINDOW * q:
+            # With the marrow outlet the marrow lump hangs on a conductance 1e5-1e9 times smaller
+            # than the bone's: the solver's residual lands there, so the outlet takes the correction
+            # (up to 1e-5 Q: 3.4e-6 Q measured with a cleft of 1e4 times the bone's permeability).
+            out_pos = pos[n_rows:]
+            share = (
+                out_pos / out_pos.sum() if out_pos.sum() > 0.0 else np.full(out_pos.size, 1.0 / out_pos.size)
+            )
+            q_ent = q_ent.copy()
+            q_ent[n_rows:] += imbalance * share
+        elif 0.0 < abs(imbalance) <= 1e-6 * q and pos.sum() > 0.0:
             q_ent = q_ent + imbalance * pos / pos.sum()
+        # the marrow outlet's rows (after the exits') carry marrow out of pure-marrow cells: the
+        # transport sees them as it sees the marrow lump, a sink that leaves no saturation behind
+        q_outlet = float(q_ent[n_rows:].sum())
+        exit_cell, q_ent = exit_cell[:n_rows], q_ent[:n_rows]
         exit_cell_flux = np.bincount(exit_cell, weights=q_ent, minlength=n)
         visc_ratio = mu_c / self.mu_res
 
-        dt, last = self._time_step(flux, src, q_ent, exit_cell_flux, visc_ratio, q)
+        dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q)
 
         tt0 = time.perf_counter()
         order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
@@ -541,7 +596,8 @@ class InjectionSolver:
         qc_ent = np.maximum(q_ent, 0.0) * f_out[exit_cell]
         qm_ent = q_ent - qc_ent
         qc_exit = np.bincount(self.exit_id, weights=qc_ent, minlength=n_exits)
-        qm_exit = np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits)
+        # the marrow outlet drains into the venous system at the exits' shares
+        qm_exit = np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits) + q_outlet * self.outlet_share
         self.coupling.accept_flux(t, dt, qc_exit.copy(), qm_exit.copy())
 
         prev_c = st.exit_cement_m3.copy()
@@ -572,8 +628,8 @@ class InjectionSolver:
         mu_tip = float(np.dot(self.src_unit, mu_c))
         c_leak, m_leak = float(st.exit_cement_m3.sum()), float(st.exit_marrow_m3.sum())
         for key_, val in (
-            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("ps", p_syr),
-            ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
+            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("pm", p_marrow),
+            ("ps", p_syr), ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
             ("ages", self.clock.syringe_age_s(t + dt)), ("vb", v_bone_new), ("lc", c_leak), ("lm", m_leak),
             ("qc", qc_exit), ("qm", qm_exit), ("pv", p_vein),
         ):  # fmt: skip
@@ -584,10 +640,58 @@ class InjectionSolver:
         self._p_vein_last = p_vein
         return "target_volume" if last else ""
 
+    def _marrow_outlet_rows(
+        self,
+        trans: np.ndarray,
+        g: np.ndarray,
+        ent_pv: np.ndarray,
+        lam: np.ndarray,
+        lam_c: np.ndarray,
+        s: np.ndarray,
+        r_cell: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Route the displaced marrow out of the bone through the marrow-outflow law's outlet.
+
+        Marrow does not enter the vein lumens: a bone cell's faces to the embedded veins, and exits on
+        bone cells, conduct with the cell's cement mobility only (continuous in the saturation, so a
+        route opens as the cement arrives). The marrow drains to the mean venous pressure through the
+        law's outlet, spread over the pure-marrow cells by pore volume (``outlet_conductance``), so a
+        marrow region at one pressure sees exactly R_M; once no cell is pure marrow, over the cells
+        by their marrow volume. Returns the faces' transmissibilities and the exit rows with the
+        outlet rows appended (cells, conductances, venous pressures).
+        """
+        graph, w = self.graph, self.well_face
+        lam_a = np.where(self.well_grid_is_a, lam_c[graph.face_a[w]], lam[graph.face_a[w]])
+        lam_b = np.where(self.well_grid_is_a, lam[graph.face_b[w]], lam_c[graph.face_b[w]])
+        trans = trans.copy()
+        with np.errstate(divide="ignore"):
+            trans[w] = 1.0 / (1.0 / (graph.face_g_a[w] * lam_a) + 1.0 / (graph.face_g_b[w] * lam_b))
+        g = g.copy()
+        ge = self.is_grid_exit
+        g_c = self.exit_geo[ge] * lam_c[self.exit_cell[ge]]
+        g[ge] = g_c / (1.0 + g_c * r_cell[ge])
+        pure = self.is_grid & (s <= CEMENT_CELL_MIN_S) & ~self.tip_mask
+        vol = np.where(pure, self.pore_vol, 0.0)
+        if not vol.sum() > 0.0:  # no pure marrow left: the marrow still in partly filled cells
+            vol = np.where(self.is_grid, self.pore_vol * np.clip(1.0 - s, 0.0, 1.0), 0.0)
+        cells = np.flatnonzero(vol > 0.0)
+        total = float(vol[cells].sum())
+        if total <= 0.0:
+            return trans, self.exit_cell, g, ent_pv
+        g_out = self.marrow_outflow.outlet_conductance(vol[cells] / total)
+        pv_out = np.full(cells.size, float(np.dot(self.outlet_share, ent_pv[self._first_row_of_exit])))
+        return (
+            trans,
+            np.concatenate([self.exit_cell, cells]),
+            np.concatenate([g, g_out]),
+            np.concatenate([ent_pv, pv_out]),
+        )
+
     def _time_step(
         self,
         flux: np.ndarray,
         src: np.ndarray,
+        row_cell: np.ndarray,
         q_ent: np.ndarray,
         exit_cell_flux: np.ndarray,
         visc_ratio: np.ndarray,
@@ -600,7 +704,7 @@ class InjectionSolver:
             ok = thr > 0.0
             dt = self.cfl * float(np.min(self.pore_vol[ok] / thr[ok]))
         else:
-            exit_out = np.bincount(self.exit_cell, weights=np.maximum(q_ent, 0.0), minlength=graph.n)
+            exit_out = np.bincount(row_cell, weights=np.maximum(q_ent, 0.0), minlength=graph.n)
             dt = front_time_step(
                 graph.face_a, graph.face_b, flux, src, exit_out, self.pore_vol, st.saturation, visc_ratio,
                 self.cfl, FULL_CELL_S,
@@ -702,6 +806,7 @@ class InjectionSolver:
             injected_volume_m3=col("inj"),
             injection_rate_m3_s=col("q"),
             needle_pressure_pa=col("pn"),
+            intravertebral_pressure_pa=col("pm"),
             syringe_pressure_pa=col("ps"),
             cannula_pressure_drop_pa=col("pc"),
             needle_viscosity_pa_s=col("mun"),
@@ -741,6 +846,7 @@ _ROW_KEYS = (
     "inj",
     "q",
     "pn",
+    "pm",
     "ps",
     "pc",
     "mun",
@@ -772,6 +878,7 @@ def run_injection(
     progress: Callable[[float], None] | None = None,
     max_step_s: float | None = None,
     max_steps: int = 2_000_000,
+    marrow_outflow: LumpedMarrowOutlet | None = None,
 ) -> InjectionResult:
     """Inject cement into ``bone`` through ``needle`` until the control, a limit or a stop request.
 
@@ -783,6 +890,7 @@ def run_injection(
     solver = InjectionSolver(
         bone, needle, cement, clock, marrow_viscosity_pa_s, control, coupling, method=method, cfl=cfl,
         pressure_solver=pressure_solver, exchange=exchange, max_step_s=max_step_s, max_steps=max_steps,
+        marrow_outflow=marrow_outflow,
     )  # fmt: skip
     return drive_injection(solver, stop_requested, on_step, progress)
 

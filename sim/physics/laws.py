@@ -15,6 +15,8 @@ source and limiting case in its docstring and has a test of that limiting case.
 - ``fragmentation`` (:mod:`sim.physics.fragmentation`): ``shed(columns, flows, cement, age, t, rng)``
 - ``lodging`` (:mod:`sim.physics.fragment_transport`): ``margin(cement, age)``, how much wider than
   a vessel a fragment may be and still pass
+- ``marrow_outflow`` (:mod:`sim.physics.marrow_outflow`): ``series_factor(g_total)``, the
+  resistance displaced marrow meets on its way out of the bone
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ LAW_HOMES: dict[str, str] = {
     "exchange": "sim.physics.bone_vein_exchange",
     "fragmentation": "sim.physics.fragmentation",
     "lodging": "sim.physics.fragment_transport",
+    "marrow_outflow": "sim.physics.marrow_outflow",
 }
 _REGISTRY: dict[str, dict[str, type]] = {kind: {} for kind in LAW_HOMES}
 

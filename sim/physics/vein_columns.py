@@ -291,6 +291,7 @@ def back_pressure(
 
     With q = V/dt entering at the exit and q_e = V_e/dt entering edge e: dp = sum_e R_e q_e^2 / q.
     """
-    if exit_volume_m3 <= 0.0 or dt <= 0.0:
+    denominator = exit_volume_m3 * dt
+    if not denominator > 0.0:  # also a denormal volume whose product with dt underflows to 0
         return 0.0
-    return float(np.sum(cement_resistance * through_m3**2) / (exit_volume_m3 * dt))
+    return float(np.sum(cement_resistance * through_m3**2) / denominator)

@@ -117,6 +117,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             pressure_solver=params.grid.pressure_solver,
             exchange=law_class("exchange", laws.exchange).from_params(),
             vein_fluid_viscosity_pa_s=params.veins.blood_viscosity_pa_s,
+            marrow_outflow=law_class("marrow_outflow", laws.marrow_outflow).from_params(params.patient),
         )
     with g("lungs"):
         tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
@@ -241,6 +242,8 @@ def _summary(
         "cement_in_bone_ml": injection.cement_in_bone_m3 / ML_M3,
         "cement_in_veins_ml": vs.vein_cement_m3 / ML_M3,
         "max_needle_pressure_kpa": float(np.max(injection.needle_pressure_pa, initial=0.0)) / KPA_PA,
+        "max_intravertebral_pressure_kpa": float(np.nanmax(injection.intravertebral_pressure_pa, initial=0.0))
+        / KPA_PA,
         "max_syringe_pressure_mpa": float(np.max(injection.syringe_pressure_pa, initial=0.0)) / MPA_PA,
         "n_fragments": int(vs.fragments_shed),
         "fragment_volume_ml": vs.fragment_volume_m3 / ML_M3,
@@ -278,6 +281,7 @@ def _time_series(injection: InjectionResult, recorder: RunRecorder) -> dict[str,
         "injected_volume_ml": injection.injected_volume_m3 / ML_M3,
         "injection_rate_ml_per_s": injection.injection_rate_m3_s / ML_M3,
         "needle_pressure_kpa": injection.needle_pressure_pa / KPA_PA,
+        "intravertebral_pressure_kpa": injection.intravertebral_pressure_pa / KPA_PA,
         "syringe_pressure_mpa": injection.syringe_pressure_pa / MPA_PA,
         "cement_in_bone_ml": injection.cement_in_bone_series_m3 / ML_M3,
         "leaked_volume_ml": injection.cement_leaked_series_m3 / ML_M3,

@@ -87,7 +87,7 @@ class RunResult:
                 self._write_files(tmp)
                 for writer in extra_writers or []:
                     writer(tmp)
-                _replace_dir(tmp, out)
+                replace_dir(tmp, out)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -119,7 +119,7 @@ class RunResult:
             write_table_parquet(d / "emboli.parquet", self.emboli)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished temporary folder into place (replacing an old one only after success)."""
     if dst.exists() or dst.is_symlink():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

@@ -139,13 +139,12 @@ def test_markup_is_printed_literally(tmp_path: Path, no_simulation: None) -> Non
 def test_named_pipe_in_a_real_process(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.yaml"
     os.mkfifo(fifo)
-    t0 = time.perf_counter()
+    # a pipe with no writer must not block the reader: a hang fails the test through the timeout
     res = subprocess.run(
         [sys.executable, "-m", "sim.cli", "validate", str(fifo)], capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "not a regular file" in res.stderr and str(fifo) in res.stderr
-    assert time.perf_counter() - t0 < 30
 
 
 def test_permission_denied_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel
 
 from sim.core.config import Scenario
+from sim.validation.experiments import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_CONFIGS = ("default.yaml", "lai2025_case.yaml", "lai2025_stop_at_detection.yaml")
@@ -121,16 +122,6 @@ def nest(path: str, value: Any) -> dict[str, Any]:
     out: Any = value
     for part in reversed(path.split(".")):
         out = {part: out}
-    return out
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -378,13 +378,6 @@ class InjectionSolver:
         self.outlet_share = (
             geo / geo.sum() if geo.sum() > 0 else np.full(self.n_exits, 1.0 / max(self.n_exits, 1))
         )
-        self._first_row_of_exit = np.array(
-            [
-                int(np.flatnonzero(self.exit_id == e)[0]) if np.any(self.exit_id == e) else 0
-                for e in range(self.n_exits)
-            ],
-            dtype=np.int64,
-        )
         grid_flat = graph.cell_of[grid]
         vein_idx = graph.cell_of[~grid] - n_grid
         phi = np.ones(n)
@@ -491,7 +484,7 @@ class InjectionSolver:
             row_cell, row_g, row_pv = self.exit_cell, g, ent_pv
             if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
                 trans, row_cell, row_g, row_pv = self._marrow_outlet_rows(
-                    trans, g, ent_pv, lam, lam_c, s_c, r_cell
+                    trans, g, ent_pv, float(self.outlet_share @ (p_vein - shift)), lam, lam_c, s_c, r_cell
                 )
                 in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
             if self.method == "front":
@@ -645,6 +638,7 @@ class InjectionSolver:
         trans: np.ndarray,
         g: np.ndarray,
         ent_pv: np.ndarray,
+        outlet_pv: float,
         lam: np.ndarray,
         lam_c: np.ndarray,
         s: np.ndarray,
@@ -654,11 +648,12 @@ class InjectionSolver:
 
         Marrow does not enter the vein lumens: a bone cell's faces to the embedded veins, and exits on
         bone cells, conduct with the cell's cement mobility only (continuous in the saturation, so a
-        route opens as the cement arrives). The marrow drains to the mean venous pressure through the
-        law's outlet, spread over the pure-marrow cells by pore volume (``outlet_conductance``), so a
-        marrow region at one pressure sees exactly R_M; once no cell is pure marrow, over the cells
-        by their marrow volume. Returns the faces' transmissibilities and the exit rows with the
-        outlet rows appended (cells, conductances, venous pressures).
+        route opens as the cement arrives). The marrow drains through the law's outlet to
+        ``outlet_pv`` (the exits' venous pressures weighted by the outlet's shares, shifted), spread
+        over the pure-marrow cells by pore volume (``outlet_conductance``), so a marrow region at one
+        pressure sees exactly R_M; once no cell is pure marrow, over the cells by their marrow volume.
+        Returns the faces' transmissibilities and the exit rows with the outlet rows appended (cells,
+        conductances, venous pressures).
         """
         graph, w = self.graph, self.well_face
         lam_a = np.where(self.well_grid_is_a, lam_c[graph.face_a[w]], lam[graph.face_a[w]])
@@ -679,7 +674,7 @@ class InjectionSolver:
         if total <= 0.0:
             return trans, self.exit_cell, g, ent_pv
         g_out = self.marrow_outflow.outlet_conductance(vol[cells] / total)
-        pv_out = np.full(cells.size, float(np.dot(self.outlet_share, ent_pv[self._first_row_of_exit])))
+        pv_out = np.full(cells.size, outlet_pv)
         return (
             trans,
             np.concatenate([self.exit_cell, cells]),

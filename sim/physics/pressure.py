@@ -334,7 +334,7 @@ def _seeded_amg_setup(mat: sp.csr_matrix):
         np.random.seed(AMG_SETUP_SEED)  # noqa: NPY002
         # local (row-sum) weighting of the Jacobi prolongation smoother: no spectral-radius estimate,
         # which was most of the set-up time
-        return pyamg.smoothed_aggregation_solver(
+        ml = pyamg.smoothed_aggregation_solver(
             mat,
             symmetry="symmetric",
             max_coarse=300,
@@ -343,6 +343,13 @@ def _seeded_amg_setup(mat: sp.csr_matrix):
         )
     finally:
         np.random.set_state(state)  # noqa: NPY002
+    # pyamg keeps the levels as 1x1-block BSR matrices, whose Gauss-Seidel and matvec kernels are about
+    # four times slower than the CSR ones; the same operators in CSR halve the V-cycle's cost
+    for level in ml.levels:
+        for name in ("A", "P", "R"):
+            if hasattr(level, name) and sp.issparse(getattr(level, name)):
+                setattr(level, name, getattr(level, name).tocsr())
+    return ml
 
 
 class PressureSolver:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,14 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_geometry_yaml(relative: str) -> Any:
-    """Parse a YAML file under ``geometries/``."""
-    with geometry_path(relative).open("r", encoding="utf-8") as fh:
+    """Parse a YAML file under ``geometries/`` (a private copy: callers may change it)."""
+    path = geometry_path(relative)
+    stat = path.stat()
+    return copy.deepcopy(_parse(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(path: str, _mtime_ns: int, _size: int) -> Any:
+    """Parsed file, cached per process and per version of the file (mtime and size in the key)."""
+    with open(path, encoding="utf-8") as fh:
         return yaml.load(fh, Loader=_LOADER)  # noqa: S506 - a safe loader (CSafeLoader / SafeLoader)

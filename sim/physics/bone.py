@@ -64,6 +64,7 @@ Frame: DICOM LPS, metres, +x patient left, +y posterior, +z cranial, origin at t
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,15 @@ def load_cannula(gauge: int) -> dict:
 # ----------------------------------------------------------------------------- shape
 
 
+@functools.cache
+def _section_area(shape: BodyShape) -> float:
+    """Area of a BodyShape's section (cached: a cohort meets the same level's shape again and again)."""
+    f = lambda x: max(float(shape.posterior_y(x) - shape.anterior_y(x)), 0.0)  # noqa: E731
+    breaks = [-shape.disc_radius, shape.disc_radius] if shape.disc_radius < shape.a else None
+    val, _ = integrate.quad(f, -shape.a, shape.a, points=breaks, limit=200, epsabs=1e-14, epsrel=1e-10)
+    return float(val)
+
+
 @dataclass(frozen=True)
 class BodyShape:
     """Kidney-shaped section (ellipse minus posterior disc) extruded over |z| <= half_height.
@@ -212,10 +222,7 @@ class BodyShape:
 
     def area(self) -> float:
         """Section area by adaptive quadrature of the chord length (independent of any grid)."""
-        f = lambda x: max(float(self.posterior_y(x) - self.anterior_y(x)), 0.0)  # noqa: E731
-        breaks = [-self.disc_radius, self.disc_radius] if self.disc_radius < self.a else None
-        val, _ = integrate.quad(f, -self.a, self.a, points=breaks, limit=200, epsabs=1e-14, epsrel=1e-10)
-        return float(val)
+        return _section_area(self)
 
     def volume(self) -> float:
         return self.area() * 2.0 * self.half_height

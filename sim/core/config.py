@@ -217,6 +217,10 @@ class VeinsConfig(StrictModel):
     cardiac_output_l_per_min: Annotated[float, Field(ge=2.0, le=12.0)] = 5.0
     azygos_flow_ml_per_min: Annotated[float, Field(ge=50.0, le=1500.0)] = 320.0
     cvp_mmhg: Annotated[float, Field(ge=0.0, le=25.0)] = 5.0
+    # posture of the procedure (prone), see geometries/veins/README.md "Posture"
+    azygos_erect_diameter_mm: Annotated[float, Field(ge=2.0, le=12.0)] = 5.14
+    azygos_posture_widening: Annotated[float, Field(ge=0.0, le=2.5)] = 0.5
+    intra_abdominal_pressure_mmhg: Annotated[float, Field(ge=0.0, le=40.0)] = 7.8
     blood_viscosity_pa_s: Annotated[float, Field(ge=0.002, le=0.01)] = 0.0035
     blood_density_kg_per_m3: Annotated[float, Field(ge=1000.0, le=1100.0)] = 1055.0
     marrow_viscosity_pa_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.04

@@ -145,6 +145,9 @@ class VeinParams:
     cardiac_output_m3_per_s: float
     azygos_flow_m3_per_s: float
     cvp_pa: float
+    azygos_erect_diameter_m: float  # azygos arch width standing (Milne 1984)
+    azygos_posture_widening: float  # relative widening of the arch in the procedure's posture
+    intra_abdominal_pressure_pa: float  # around the abdominal IVC in the procedure's posture
     blood_viscosity_pa_s: float
     blood_density_kg_per_m3: float
     marrow_viscosity_pa_s: float  # the fluid cement displaces in the bone

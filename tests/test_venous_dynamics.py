@@ -282,3 +282,22 @@ def test_a_short_cough_is_not_stepped_over():
         runs[name] = (dyn.solves, dyn.p[0])
     assert runs["quiet"][0] == 1 and runs["cough"][0] == 3
     assert runs["cough"][1] != runs["quiet"][1]
+
+
+def test_rigid_compliant_system_pushes_cement_like_the_steady_one():
+    """Zero distensibility and no breathing: the coupled venous side (columns, their resistance, shedding,
+    exit pressure and resistance) matches the steady one under the same cement flux history."""
+    steady, rigid = make_system("L2"), make_system("L2")
+    rigid.dynamics = CompliantVenousFlow(rigid.network, dyn_params(distensibility=0.0), rigid.flow)
+    rng = np.random.default_rng(11)
+    t, dt = 0.0, 0.25
+    for _ in range(60):
+        qc = rng.uniform(0.0, 4e-9, 5) * (rng.random(5) < 0.6)
+        for vs in (steady, rigid):
+            vs.accept_flux(t, dt, qc, np.zeros(5))
+        t += dt
+    assert steady.columns.total_m3() > 0.0
+    np.testing.assert_allclose(rigid.columns.fill_m3, steady.columns.fill_m3, rtol=1e-8, atol=1e-18)
+    np.testing.assert_allclose(rigid.flow.node_pressure_pa, steady.flow.node_pressure_pa, rtol=1e-9)
+    np.testing.assert_allclose(rigid.exit_resistance(t), steady.exit_resistance(t), rtol=1e-8)
+    assert len(rigid.fragments) == len(steady.fragments)

@@ -209,10 +209,14 @@ class GridConfig(StrictModel):
     method: Literal["front", "impes"] = "front"
 
 
-# Pressure changes of a straining event by kind when the config does not give them (mmHg):
-# Valsalva lying down: IVC and lumbar intraosseous pressure reach about 90 mmHg (Spine 1981;6:159);
-# cough: short intrathoracic and abdominal pulses, amplitude and duration [U] (50-250 mmHg, 0.2-0.5 s).
-EVENT_DEFAULTS_MMHG: dict[str, float] = {"valsalva": 90.0, "cough": 100.0}
+# Pressure change (mmHg) and duration (s) of a straining event by kind when the config does not give
+# them. Valsalva lying down: IVC and lumbar intraosseous pressure reach about 90 mmHg (Spine 1981;6:159),
+# held 15 s as in the standard manoeuvre (TB); cough: a short intrathoracic and abdominal pulse,
+# amplitude and duration [U] (50-250 mmHg, 0.2-0.5 s).
+EVENT_DEFAULTS: dict[str, dict[str, float]] = {
+    "valsalva": {"thoracic_mmhg": 90.0, "abdominal_mmhg": 90.0, "duration_s": 15.0},
+    "cough": {"thoracic_mmhg": 100.0, "abdominal_mmhg": 100.0, "duration_s": 0.3},
+}
 
 
 class VenousEventConfig(StrictModel):
@@ -220,18 +224,15 @@ class VenousEventConfig(StrictModel):
 
     kind: Literal["valsalva", "cough"]
     start_s: Annotated[float, Field(ge=0.0, le=3600.0)]
-    duration_s: Annotated[float, Field(gt=0.0, le=60.0)] = 0.3
-    thoracic_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)] | None = None  # None: by kind
-    abdominal_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)] | None = None
+    duration_s: Annotated[float, Field(gt=0.0, le=60.0)]  # left out: by kind (EVENT_DEFAULTS)
+    thoracic_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)]
+    abdominal_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)]
 
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kind") in EVENT_DEFAULTS_MMHG:
-            data = dict(data)
-            for key in ("thoracic_mmhg", "abdominal_mmhg"):
-                if data.get(key) is None:
-                    data[key] = EVENT_DEFAULTS_MMHG[data["kind"]]
+        if isinstance(data, dict) and data.get("kind") in EVENT_DEFAULTS:
+            data = {**EVENT_DEFAULTS[data["kind"]], **{k: v for k, v in data.items() if v is not None}}
         return data
 
 

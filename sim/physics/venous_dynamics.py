@@ -195,9 +195,12 @@ class CompliantVenousFlow:
         return sorted(e for e in edges if self.t < e < t_new) + [t_new]
 
     def _factor(self, g: np.ndarray, h: float):
+        """LU of (L + C/h) on the free nodes, reused while g is the same and h is within 1e-9 of the
+        cached step (step sizes computed from float times differ in their last bits); returns the LU,
+        the free-fixed block and the step the matrix was built for, which the step then uses."""
         key = self._lu_key
-        if key is not None and key[0] == h and np.array_equal(key[1], g):
-            return self._lu
+        if key is not None and abs(key[0] - h) <= 1e-9 * h and np.array_equal(key[1], g):
+            return (*self._lu, key[0])
         net = self.network
         u, v, n = net.edge_u, net.edge_v, net.n_nodes
         lap = sp.coo_matrix(
@@ -209,11 +212,11 @@ class CompliantVenousFlow:
         self._lu = (spla.splu(a), lap[free][:, fixed].tocsr())
         self._lu_key = (h, g.copy())
         self.factorisations += 1
-        return self._lu
+        return (*self._lu, h)
 
     def _step(self, g: np.ndarray, t1: float) -> None:
-        t0, h = self.t, t1 - self.t
-        lu, lap_fd = self._factor(g, h)
+        t0 = self.t
+        lu, lap_fd, h = self._factor(g, t1 - t0)
         net = self.network
         p_fixed = np.full(self._fixed.size, self.ra_pressure(t1))  # pulmonary trunk at RA pressure, as steady
         d_ce = self.weighted_extramural(t1) - self.weighted_extramural(t0)

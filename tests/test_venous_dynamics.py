@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sim.core.config import ConfigError, scenario_from_dict
+from sim.core.config import scenario_from_dict
+from sim.core.errors import ConfigError, SolverError
 from sim.core.parameters import VenousDynamicsParams, VenousEventParams
 from sim.core.units import MMHG_PA
 from sim.physics.venous_dynamics import (
@@ -301,3 +302,12 @@ def test_rigid_compliant_system_pushes_cement_like_the_steady_one():
     np.testing.assert_allclose(rigid.flow.node_pressure_pa, steady.flow.node_pressure_pa, rtol=1e-9)
     np.testing.assert_allclose(rigid.exit_resistance(t), steady.exit_resistance(t), rtol=1e-8)
     assert len(rigid.fragments) == len(steady.fragments)
+
+
+def test_time_only_goes_forward(l1_network):
+    dyn = CompliantVenousFlow(l1_network, dyn_params(), solve_blood_flow(l1_network))
+    dyn.advance(1.0)
+    dyn.advance(1.0 - 1e-15)  # round-off of the caller's clock: the same instant
+    assert dyn.t == 1.0
+    with pytest.raises(SolverError, match="back in time"):
+        dyn.advance(0.5)

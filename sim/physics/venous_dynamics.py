@@ -51,6 +51,20 @@ together and leaves the flows unchanged. Not modelled: the collapse of a vein at
 transmural pressure (Starling resistor), pressure-dependent compliance, the fall of peripheral
 venous return during straining (inflows stay prescribed) and the rise of cerebrospinal fluid
 pressure around the internal plexus.
+
+Config (clinical units at the edge; ``mode: steady``, the default, keeps the rigid steady solve)::
+
+    veins:
+      dynamics:
+        mode: compliant
+        distensibility_per_mmhg: 0.04
+        respiration_period_s: 4.0
+        thoracic_swing_mmhg: -2.2   # spontaneous breathing; > 0 under mechanical ventilation
+        abdominal_swing_mmhg: 1.5
+        max_step_s: 0.1
+        events:
+          - {kind: valsalva, start_s: 20.0}   # +90 mmHg thorax and abdomen for 15 s
+          - {kind: cough, start_s: 40.0}      # +100 mmHg for 0.3 s
 """
 
 from __future__ import annotations

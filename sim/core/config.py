@@ -40,6 +40,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -208,6 +209,51 @@ class GridConfig(StrictModel):
     method: Literal["front", "impes"] = "front"
 
 
+# Pressure change (mmHg) and duration (s) of a straining event by kind when the config does not give
+# them. Valsalva lying down: IVC and lumbar intraosseous pressure reach about 90 mmHg (Spine 1981;6:159),
+# held 15 s as in the standard manoeuvre (TB); cough: a short intrathoracic and abdominal pulse,
+# amplitude and duration [U] (50-250 mmHg, 0.2-0.5 s).
+EVENT_DEFAULTS: dict[str, dict[str, float]] = {
+    "valsalva": {"thoracic_mmhg": 90.0, "abdominal_mmhg": 90.0, "duration_s": 15.0},
+    "cough": {"thoracic_mmhg": 100.0, "abdominal_mmhg": 100.0, "duration_s": 0.3},
+}
+
+
+class VenousEventConfig(StrictModel):
+    """A timed straining event: intrathoracic and intra-abdominal pressure rise over a window."""
+
+    kind: Literal["valsalva", "cough"]
+    start_s: Annotated[float, Field(ge=0.0, le=3600.0)]
+    duration_s: Annotated[float, Field(gt=0.0, le=60.0)]  # left out: by kind (EVENT_DEFAULTS)
+    thoracic_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)]
+    abdominal_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in EVENT_DEFAULTS:
+            data = {**EVENT_DEFAULTS[data["kind"]], **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+
+class VenousDynamicsConfig(StrictModel):
+    """Venous network in time (``compliant``: vein wall capacitance, extramural pressures, breathing and
+    straining, see ``sim.physics.venous_dynamics``) or one steady Kirchhoff solve per step (``steady``)."""
+
+    mode: Literal["steady", "compliant"] = "steady"
+    # dV / (V dp_transmural): systemic veins 0.03-0.05 /mmHg (TB); vertebral veins [U] 0.005-0.05
+    distensibility_per_mmhg: Annotated[float, Field(ge=0.0, le=0.2)] = 0.04
+    respiration_period_s: Annotated[float, Field(ge=1.0, le=30.0)] = 4.0
+    # pressure change at end-inspiration; spontaneous breathing: pleural -5 -> -8 cmH2O (TB) = -2.2 mmHg;
+    # mechanical ventilation: positive
+    thoracic_swing_mmhg: Annotated[float, Field(ge=-30.0, le=30.0)] = -2.2
+    abdominal_swing_mmhg: Annotated[float, Field(ge=-30.0, le=30.0)] = 1.5
+    # longest implicit Euler substep of the venous solve: the network relaxes in < 0.1 s (its slowest
+    # RC time at 0.04 /mmHg), so 0.1 s resolves a breath; events are never stepped over
+    max_step_s: Annotated[float, Field(ge=1.0e-4, le=1.0)] = 0.1
+    events: Annotated[list[VenousEventConfig], Field(max_length=100)] = []
+
+
 class VeinsConfig(StrictModel):
     """Venous anatomy and physiology (boundary flows and pressures)."""
 
@@ -224,6 +270,16 @@ class VeinsConfig(StrictModel):
     blood_viscosity_pa_s: Annotated[float, Field(ge=0.002, le=0.01)] = 0.0035
     blood_density_kg_per_m3: Annotated[float, Field(ge=1000.0, le=1100.0)] = 1055.0
     marrow_viscosity_pa_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.04
+    dynamics: VenousDynamicsConfig = VenousDynamicsConfig()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_steady(self, handler: Any) -> Any:
+        """A default (steady) ``dynamics`` section is not written: scenario files and content hashes of
+        configs without it stay as they were."""
+        data = handler(self)
+        if isinstance(data, dict) and self.dynamics == VenousDynamicsConfig():
+            data.pop("dynamics", None)
+        return data
 
 
 class FluoroscopyConfig(StrictModel):

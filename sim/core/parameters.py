@@ -136,6 +136,30 @@ class GridParams:
 
 
 @dataclass(frozen=True)
+class VenousEventParams:
+    """A timed straining event (``veins.dynamics.events``): pressure changes added over a window."""
+
+    kind: str  # valsalva | cough
+    start_s: float
+    duration_s: float
+    thoracic_pa: float  # intrathoracic pressure change during the event
+    abdominal_pa: float  # intra-abdominal pressure change during the event
+
+
+@dataclass(frozen=True)
+class VenousDynamicsParams:
+    """Compliant venous network in time (``veins.dynamics``; see :mod:`sim.physics.venous_dynamics`)."""
+
+    mode: str  # steady (one Kirchhoff solve per step, rigid veins) | compliant
+    distensibility_per_pa: float  # vein wall compliance per unit volume, dV / (V dp_transmural)
+    respiration_period_s: float
+    thoracic_swing_pa: float  # intrathoracic pressure change at end-inspiration (signed)
+    abdominal_swing_pa: float  # intra-abdominal pressure change at end-inspiration (signed)
+    max_step_s: float  # longest implicit Euler substep of the venous solve
+    events: tuple[VenousEventParams, ...]
+
+
+@dataclass(frozen=True)
 class VeinParams:
     """Venous anatomy and physiology (``veins``)."""
 
@@ -151,6 +175,7 @@ class VeinParams:
     blood_viscosity_pa_s: float
     blood_density_kg_per_m3: float
     marrow_viscosity_pa_s: float  # the fluid cement displaces in the bone
+    dynamics: VenousDynamicsParams | None  # None (config section left out) = steady
 
 
 @dataclass(frozen=True)
@@ -243,6 +268,7 @@ class RunParameters:
             stop_after_leak_s=injection.pop("stop_after_leak_s"),
             reaction_delay_s=float(fluoroscopy.pop("reaction_delay_s")),
         )
+        veins = {"dynamics": None, **si["veins"]}  # a steady venous side is not written in the config
         lungs = {
             **si["lungs"],
             "cardiac_output_m3_per_s": si["veins"]["cardiac_output_m3_per_s"],
@@ -256,7 +282,7 @@ class RunParameters:
             injection=build(InjectionParams, injection, "injection"),
             stop=stop,
             grid=build(GridParams, si["grid"], "grid"),
-            veins=build(VeinParams, si["veins"], "veins"),
+            veins=build(VeinParams, veins, "veins"),
             fluoroscopy=build(FluoroscopyParams, fluoroscopy, "fluoroscopy"),
             fragmentation=build(FragmentationParams, si["fragmentation"], "fragmentation"),
             lungs=build(LungParams, lungs, "lungs"),
@@ -287,7 +313,10 @@ def build(cls: type[T], section: dict[str, Any], where: str) -> T:
         if kind is not None and isinstance(value, dict):
             values[name] = build(kind, value, f"{where}.{name}")
         elif isinstance(value, list):
-            values[name] = tuple(value)
+            item = _tuple_item_dataclass(hints[name])
+            values[name] = tuple(
+                build(item, v, f"{where}.{name}[{i}]") if item is not None else v for i, v in enumerate(value)
+            )
         else:
             values[name] = value
     return cls(**values)
@@ -301,4 +330,13 @@ def _dataclass_of(annotation: Any) -> type | None:
             found = _dataclass_of(arg)
             if found is not None:
                 return found
+    return None
+
+
+def _tuple_item_dataclass(annotation: Any) -> type | None:
+    """The dataclass D of a ``tuple[D, ...]`` field (None for tuples of plain values)."""
+    if typing.get_origin(annotation) is tuple:
+        args = typing.get_args(annotation)
+        if args:
+            return _dataclass_of(args[0])
     return None

@@ -36,6 +36,7 @@ _SUFFIXES: tuple[tuple[str, str, Any], ...] = (
     ("_mm2", "_m2", lambda v: v * MM_M**2),
     ("_ml", "_m3", lambda v: v * ML_M3),
     ("_mm", "_m", lambda v: v * MM_M),
+    ("_per_mmhg", "_per_pa", lambda v: v / MMHG_PA),
     ("_mmhg", "_pa", lambda v: v * MMHG_PA),
     ("_cmh2o", "_pa", lambda v: v * CMH2O_PA),
     ("_mpa", "_pa", lambda v: v * MPA_PA),
@@ -89,6 +90,8 @@ def to_si(data: Any) -> Any:
         for key, value in data.items():
             if isinstance(value, dict):
                 out[key] = to_si(value)
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                out[key] = [to_si(v) for v in value]
             else:
                 new_key, new_value = _convert_value(key, value)
                 out[new_key] = new_value

@@ -102,6 +102,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             law_class("fragmentation", laws.fragmentation).from_params(params.fragmentation),
             rngs["fragmentation"],
             bone=bone,
+            dynamics=params.veins.dynamics,
         )
     with g("injection"):
         solver = InjectionSolver(

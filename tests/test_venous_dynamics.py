@@ -311,3 +311,24 @@ def test_time_only_goes_forward(l1_network):
     assert dyn.t == 1.0
     with pytest.raises(SolverError, match="back in time"):
         dyn.advance(0.5)
+
+
+def test_caval_hiatus_waterfall_in_time():
+    """The compliant network keeps the IVC's Starling resistor: at rest it stays at the steady waterfall
+    solve, the hiatus carries g (p_up - max(p_RA, p_ab + threshold)), and an abdominal pressure rise
+    (breathing) lifts the hiatus pressure with it while p_ab + threshold > p_RA."""
+    v = replace(run_params().veins, intra_abdominal_pressure_pa=12.0 * MMHG_PA)
+    net = build_venous_network("L3", v, np.random.default_rng(0))
+    steady = solve_blood_flow(net)
+    dyn = CompliantVenousFlow(net, dyn_params(), steady)
+    rest = dyn.advance(0.5)
+    np.testing.assert_allclose(rest.node_pressure_pa, steady.node_pressure_pa, rtol=1e-10)
+    breathing = CompliantVenousFlow(net, dyn_params(abdominal_swing_pa=3.0 * MMHG_PA), steady)
+    flow = breathing.advance(2.0)  # end-inspiration: abdominal pressure + 3 mmHg
+    p_out = breathing.hiatus_pressure(2.0)
+    assert p_out == pytest.approx((12.0 + 3.0 + 1.0) * MMHG_PA, rel=1e-12)
+    hz = net.hiatus_edge
+    g = 1.0 / net.poiseuille_resistance()[hz]
+    up = int(net.edge_u[hz])
+    assert flow.edge_flow_m3_s[hz] == pytest.approx(g * (flow.node_pressure_pa[up] - p_out), rel=1e-10)
+    assert flow.node_pressure_pa[up] > p_out

@@ -48,7 +48,9 @@ a step in inflow q with p(t) = p_inf (1 - exp(-t / RC)), p_inf = q R; zero diste
 the steady Kirchhoff solve at every step; constant extramural pressures and inflows relax to the
 steady solve; a uniform pressure change everywhere (rigid network or t >> RC) moves all pressures
 together and leaves the flows unchanged. Not modelled: the collapse of a vein at negative
-transmural pressure (Starling resistor), pressure-dependent compliance, the fall of peripheral
+transmural pressure (Starling resistor) except at the caval hiatus, where the IVC drains against
+max(p_RA(t), p_ab(t) + threshold) as in the steady model (:func:`hiatus_pressure`), pressure-dependent
+compliance, the fall of peripheral
 venous return during straining (inflows stay prescribed) and the rise of cerebrospinal fluid
 pressure around the internal plexus.
 
@@ -182,6 +184,16 @@ class CompliantVenousFlow:
         """Right atrial pressure: CVP plus the change of intrathoracic pressure."""
         return self._cvp + float(self.extramural.at(t)[THORAX])
 
+    def hiatus_pressure(self, t: float) -> float:
+        """What the IVC drains against at the caval hiatus at t: max(p_RA(t), p_ab(t) + threshold).
+
+        The Starling resistor of :func:`sim.physics.venous_network.hiatus_outlet_pressure` with the
+        abdominal pressure's change at t added to its resting value.
+        """
+        net = self.network
+        p_ab = net.abdominal_pressure_pa + float(self.extramural.at(t)[ABDOMEN])
+        return max(self.ra_pressure(t), p_ab + net.waterfall_threshold_pa)
+
     # ---------------------------------------------------------------- stepping
     def advance(self, t_new: float, extra_resistance: np.ndarray | None = None) -> BloodFlow:
         """Advance the pressures from ``self.t`` to ``t_new`` (substeps <= max_step_s); returns the flow."""
@@ -232,9 +244,20 @@ class CompliantVenousFlow:
 
     def _step(self, g: np.ndarray, t1: float) -> None:
         t0 = self.t
+        p_new = self._solve(g, t0, t1)
+        hz = self.network.hiatus_edge
+        if hz >= 0 and self._hiatus_flow(g, p_new, t1) < 0.0:
+            g = g.copy()
+            g[hz] = 0.0  # collapsed hiatus (zone 1): no flow either way
+            p_new = self._solve(g, t0, t1)
+        self.flow = self._flow(g, self.p, p_new, t0, t1, t1 - t0)
+        self.p, self.t = p_new, t1
+
+    def _solve(self, g: np.ndarray, t0: float, t1: float) -> np.ndarray:
         lu, lap_fd, h = self._factor(g, t1 - t0)
         net = self.network
-        p_fixed = np.full(self._fixed.size, self.ra_pressure(t1))  # pulmonary trunk at RA pressure, as steady
+        p_ra = self.ra_pressure(t1)
+        p_fixed = np.full(self._fixed.size, p_ra)  # pulmonary trunk at RA pressure, as steady
         d_ce = self.weighted_extramural(t1) - self.weighted_extramural(t0)
         free = self._free
         b = (
@@ -242,12 +265,22 @@ class CompliantVenousFlow:
             + (self.c_total[free] * self.p[free] + d_ce[free]) / h
             - lap_fd @ p_fixed
         )
+        hz = net.hiatus_edge
+        if hz >= 0:  # the IVC drains against the hiatus pressure, not the atrium's
+            up = int(net.edge_u[hz]) if net.edge_v[hz] == net.right_atrium else int(net.edge_v[hz])
+            b[np.searchsorted(free, up)] += g[hz] * (self.hiatus_pressure(t1) - p_ra)
         p_new = np.empty_like(self.p)
         p_new[self._fixed] = p_fixed
         p_new[free] = lu.solve(b)
         self.solves += 1
-        self.flow = self._flow(g, self.p, p_new, t0, t1, h)
-        self.p, self.t = p_new, t1
+        return p_new
+
+    def _hiatus_flow(self, g: np.ndarray, p: np.ndarray, t: float) -> float:
+        """Flow from the abdominal IVC into the atrium through the hiatus (>= 0 when open)."""
+        net = self.network
+        hz = net.hiatus_edge
+        up = int(net.edge_u[hz]) if net.edge_v[hz] == net.right_atrium else int(net.edge_v[hz])
+        return float(g[hz] * (p[up] - self.hiatus_pressure(t)))
 
     def _flow(
         self, g: np.ndarray, p_old: np.ndarray, p_new: np.ndarray, t0: float, t1: float, h: float
@@ -255,6 +288,10 @@ class CompliantVenousFlow:
         """Edge flows at p_new; the pump carries what reaches the right atrium; storage-aware KCL check."""
         net = self.network
         flow = g * (p_new[net.edge_u] - p_new[net.edge_v])
+        hz = net.hiatus_edge
+        if hz >= 0:
+            sign = 1.0 if net.edge_v[hz] == net.right_atrium else -1.0
+            flow[hz] = sign * self._hiatus_flow(g, p_new, t1)
         flow[net.pump_edge] = 0.0
         net_in = net.node_inflow_m3_s.copy()
         np.subtract.at(net_in, net.edge_u, flow)

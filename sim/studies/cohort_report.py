@@ -460,6 +460,8 @@ def load_targets(path: str | Path | None = None) -> list[dict[str, Any]]:
                 raise ConfigError(f"{p}: target {t.get('id', '?')} lacks '{key}'")
         if t["use"] not in ("held_out", "input"):
             raise ConfigError(f"{p}: target {t['id']}: use must be held_out or input (got {t['use']!r})")
+        if t.get("unit", "patient") not in UNITS:
+            raise ConfigError(f"{p}: target {t['id']}: unit must be patient or level (got {t['unit']!r})")
     return targets
 
 

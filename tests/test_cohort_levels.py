@@ -8,7 +8,6 @@ import csv
 import hashlib
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,9 +206,10 @@ def test_run_sharing_per_level_and_report_tables(tmp_path):
         runner=contract_runner,
     )
     assert not shared.failed and not full.failed
-    strip = lambda run: {
-        k: {m: v for m, v in a.summary.items() if m != "wall_time_s"} for k, a in run.arms.items()
-    }  # noqa: E731
+
+    def strip(run):
+        return {k: {m: v for m, v in a.summary.items() if m != "wall_time_s"} for k, a in run.arms.items()}
+
     assert strip(shared) == strip(full) and shared.n_runs < full.n_runs
     assert any(a.shared and a.level > 1 for a in shared.arms.values())
     n_level_runs = sum(p.n_levels for p in shared.plan.patients)
@@ -219,7 +219,10 @@ def test_run_sharing_per_level_and_report_tables(tmp_path):
     for stem in ("incidence", "emboli", "risk_factors", "policy_comparison"):
         assert {f"cohort_{stem}.csv", f"cohort_{stem}_per_level.csv"} <= files
     assert {"cohort_patients.csv", "cohort_levels.csv", "cohort_runs.csv"} <= files
-    read = lambda name: list(csv.DictReader((tmp_path / "a" / name).open()))  # noqa: E731
+
+    def read(name):
+        return list(csv.DictReader((tmp_path / "a" / name).open()))
+
     runs = read("cohort_runs.csv")
     assert len(runs) == 4 * n_level_runs and {r["level"] for r in runs} >= {"1", "2"}
     for pol in shared.plan.policy_names:
@@ -257,8 +260,13 @@ def test_single_level_report_per_level_equals_per_patient(tmp_path):
         plan_cohort(cohort(n=15), ROOT / "configs"), tmp_path, executor_factory=serial, runner=contract_runner
     )
     write_cohort_report(run, tmp_path)
-    read = lambda name: list(csv.DictReader((tmp_path / name).open()))  # noqa: E731
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "unit"} for r in rows]  # noqa: E731
+
+    def read(name):
+        return list(csv.DictReader((tmp_path / name).open()))
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "unit"} for r in rows]
+
     assert strip(read("cohort_incidence.csv")) == strip(read("cohort_incidence_per_level.csv"))
     assert "level" not in read("cohort_runs.csv")[0]
     assert "## Treated levels" not in (tmp_path / "cohort_report.md").read_text()

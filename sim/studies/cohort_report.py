@@ -13,6 +13,11 @@ Endpoints (per patient and policy arm; thresholds from the cohort file's ``endpo
   lobar; >= 7 mm), segmental = 13 (~4 mm), subsegmental = 11-12 (~1.8-2.7 mm), distal = <= 10.
   Shares pool emboli over patients with a patient-level (cluster) bootstrap CI.
 
+Units: every table is written per patient (a patient's treated levels combined: an event counts when
+any level has it, emboli, volumes and lobe counts add up, as clinical series count incidence per
+patient; the clinical comparisons use this unit unless a target says ``unit: level``) and per treated
+level (``*_per_level.csv``); single-level cohorts give the same numbers in both.
+
 Intervals: proportions by Wilson or exact Clopper-Pearson (:func:`sim.studies.stats.proportion_ci`), means
 and shares by seeded percentile bootstrap over patients, odds ratios by Woolf with the Haldane
 correction, policy differences by paired bootstrap (same patients in both arms) with the exact

@@ -453,7 +453,9 @@ def test_tiny_cohort_end_to_end_local_cli(local_cli_cohort):
         assert (out / name).exists(), name
     with (out / "cohort_runs.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    spec, base_dir = load_cohort(ROOT / "configs" / "cohort_small.yaml")
+    n_levels = sum(p.n_levels for p in plan_cohort(spec, base_dir, n=2).patients)  # one run per level
+    assert len(rows) == 2 * n_levels and all(r["status"] == "done" for r in rows)
     for r in rows:
         assert float(r["injected_volume_ml"]) <= float(r["injection.volume_ml"]) * (1 + 1e-9)
     with (out / "cohort_sensitivity.csv").open() as fh:
@@ -500,11 +502,11 @@ def test_tiny_cohort_on_dask_matches_local_without_sharing(local_cli_cohort, tmp
         executor_factory=lambda: DaskExecutor(workers=2),
         sensitivity=False,
     )
-    assert not run.failed and run.n_runs == 4
+    assert not run.failed and run.n_runs == len(run.arms) == 2 * sum(p.n_levels for p in run.plan.patients)
     with (local_cli_cohort / "cohort_runs.csv").open() as fh:
-        local = {(int(r["patient"]), r["policy"]): r for r in csv.DictReader(fh)}
-    for (i, _, pol), arm in run.arms.items():
-        ref = local[(i, pol)]
+        local = {(int(r["patient"]), int(r["level"]), r["policy"]): r for r in csv.DictReader(fh)}
+    for (i, k, pol), arm in run.arms.items():
+        ref = local[(i, k, pol)]
         for metric in (
             "injected_volume_ml",
             "leaked_volume_ml",

@@ -60,7 +60,8 @@ sub-trees would be redirected (to their siblings).
 Sensitivity (``sensitivity:``): a Morris (default; cheap: trajectories x (k + 1) runs) or Sobol
 (N (k + 2) runs) design over the cohort's inputs plus ``patient.seed`` (a pseudo-input standing
 for the anatomy/random-field noise, mapped to a pool of 1024 seeds), run under one policy in
-``<out>/sensitivity`` (its own ledger). Inputs left out of ``sensitivity.inputs`` are held at their
+``<out>/sensitivity`` (its own ledger); a design row is one injection (one level), so with ``levels:``
+the indices describe a level, not a patient. Inputs left out of ``sensitivity.inputs`` are held at their
 medians; Morris grid levels are moved to the centres of equiprobable bins (level j of p maps to
 u = (j + 1/2)/p) so unbounded distributions never see u = 0 or 1.
 """

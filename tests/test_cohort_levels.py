@@ -159,11 +159,29 @@ def test_single_level_cohort_keeps_its_fingerprint_and_runs():
 
 
 def test_default_cohort_files_have_levels():
+    from sim.studies.sizing import cohort_counts
+
     for name, mean in (("cohort_default.yaml", 1.9), ("cohort_small.yaml", 1.9)):
         spec, base_dir = load_cohort(ROOT / "configs" / name)
         assert spec.levels is not None and spec.levels.mean_count == pytest.approx(mean)
-        plan = plan_cohort(spec, base_dir, n=3)
+        plan = plan_cohort(spec, base_dir, n=5)
         assert len(plan.arms) == len(spec.policies) * sum(p.n_levels for p in plan.patients)
+        # the size check counts one run per treated level and policy, plus a probe per level
+        assert cohort_counts(spec, 5, sensitivity=False)[0] == len(plan.arms) + len(plan.probes)
+
+
+def test_growing_a_multi_level_cohort_reuses_runs(tmp_path):
+    def summaries(run):
+        return {k: {m: v for m, v in a.summary.items() if m != "wall_time_s"} for k, a in run.arms.items()}
+
+    def go(n, folder):
+        plan = plan_cohort(multi(n=n), ROOT / "configs")
+        return run_cohort(plan, folder, executor_factory=serial, runner=contract_runner)
+
+    go(6, tmp_path / "c")
+    assert go(6, tmp_path / "c").n_runs == 0
+    grown, fresh = go(10, tmp_path / "c"), go(10, tmp_path / "fresh")
+    assert 0 < grown.n_runs < fresh.n_runs and summaries(grown) == summaries(fresh)
 
 
 # ---------------------------------------------------------------------------- aggregation

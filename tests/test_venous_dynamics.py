@@ -18,6 +18,7 @@ from sim.physics.venous_dynamics import (
     SPINAL,
     THORAX,
     CompliantVenousFlow,
+    ExtramuralPressure,
     edge_compartments,
 )
 from sim.physics.venous_network import BloodFlow, build_venous_network, network_from_edges, solve_blood_flow
@@ -230,15 +231,18 @@ def test_steady_mode_keeps_todays_venous_system():
 # ----------------------------------------------------------------------------- config edge
 
 
-def test_config_steady_is_left_out_and_compliant_converts_to_si():
+def test_config_compliant_is_the_default_and_converts_to_si():
     plain = scenario_from_dict({})
-    assert "dynamics" not in plain.model_dump(mode="json")["veins"]
-    assert run_params().veins.dynamics is None
+    assert plain.model_dump(mode="json")["veins"]["dynamics"]["mode"] == "compliant"
+    assert run_params().veins.dynamics.mode == "compliant"
+    steady = scenario_from_dict({"veins": {"dynamics": {"mode": "steady"}}})
+    assert steady.content_hash() != plain.content_hash()
     sc = scenario_from_dict(
         {
             "veins": {
                 "dynamics": {
                     "mode": "compliant",
+                    "respiration_phase": 0.25,
                     "events": [{"kind": "valsalva", "start_s": 20, "duration_s": 10}],
                 }
             }
@@ -253,6 +257,20 @@ def test_config_steady_is_left_out_and_compliant_converts_to_si():
     assert dyn.thoracic_swing_pa == pytest.approx(-2.2 * MMHG_PA)
     assert dyn.events[0].abdominal_pa == pytest.approx(90.0 * MMHG_PA)
     assert dyn.events[0].start_s == 20.0
+    assert dyn.respiration_phase == 0.25
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.25, 0.5, 0.9])
+def test_breathing_is_a_change_from_the_injection_start_at_any_phase(phase):
+    # the venous state at injection start is the steady solve, whatever the phase of the breath
+    params = replace(dyn_params(thoracic_swing_pa=-300.0, abdominal_swing_pa=200.0), respiration_phase=phase)
+    ext = ExtramuralPressure(params)
+    assert np.all(ext.at(0.0) == 0.0)
+    # half a breath later the change is swing * (cos(phi) - cos(phi + pi)) / 2 = swing cos(phi)
+    half = ext.at(2.0)
+    assert half[THORAX] == pytest.approx(-300.0 * np.cos(2 * np.pi * phase), abs=1e-9)
+    assert half[ABDOMEN] == pytest.approx(200.0 * np.cos(2 * np.pi * phase), abs=1e-9)
+    assert half[SPINAL] == 0.0
 
 
 @pytest.mark.parametrize(

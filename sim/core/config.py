@@ -40,7 +40,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -237,13 +236,17 @@ class VenousEventConfig(StrictModel):
 
 
 class VenousDynamicsConfig(StrictModel):
-    """Venous network in time (``compliant``: vein wall capacitance, extramural pressures, breathing and
-    straining, see ``sim.physics.venous_dynamics``) or one steady Kirchhoff solve per step (``steady``)."""
+    """Venous network in time (``compliant``, the default: vein wall capacitance, extramural pressures,
+    breathing and straining, see ``sim.physics.venous_dynamics``) or one steady Kirchhoff solve per step
+    with rigid veins (``steady``)."""
 
-    mode: Literal["steady", "compliant"] = "steady"
+    mode: Literal["steady", "compliant"] = "compliant"
     # dV / (V dp_transmural): systemic veins 0.03-0.05 /mmHg (TB); vertebral veins [U] 0.005-0.05
     distensibility_per_mmhg: Annotated[float, Field(ge=0.0, le=0.2)] = 0.04
     respiration_period_s: Annotated[float, Field(ge=1.0, le=30.0)] = 4.0
+    # where in a breath the injection starts (0 = end-expiration, 0.5 = end-inspiration); pressures are
+    # changes from that instant, whose venous state is the steady solve
+    respiration_phase: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     # pressure change at end-inspiration; spontaneous breathing: pleural -5 -> -8 cmH2O (TB) = -2.2 mmHg;
     # mechanical ventilation: positive
     thoracic_swing_mmhg: Annotated[float, Field(ge=-30.0, le=30.0)] = -2.2
@@ -271,15 +274,6 @@ class VeinsConfig(StrictModel):
     blood_density_kg_per_m3: Annotated[float, Field(ge=1000.0, le=1100.0)] = 1055.0
     marrow_viscosity_pa_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.04
     dynamics: VenousDynamicsConfig = VenousDynamicsConfig()
-
-    @model_serializer(mode="wrap")
-    def _leave_out_steady(self, handler: Any) -> Any:
-        """A default (steady) ``dynamics`` section is not written: scenario files and content hashes of
-        configs without it stay as they were."""
-        data = handler(self)
-        if isinstance(data, dict) and self.dynamics == VenousDynamicsConfig():
-            data.pop("dynamics", None)
-        return data
 
 
 class FluoroscopyConfig(StrictModel):

@@ -157,6 +157,7 @@ class VenousDynamicsParams:
     abdominal_swing_pa: float  # intra-abdominal pressure change at end-inspiration (signed)
     max_step_s: float  # longest implicit Euler substep of the venous solve
     events: tuple[VenousEventParams, ...]
+    respiration_phase: float = 0.0  # fraction of a breath at injection start (0 = end-expiration)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class VeinParams:
     blood_viscosity_pa_s: float
     blood_density_kg_per_m3: float
     marrow_viscosity_pa_s: float  # the fluid cement displaces in the bone
-    dynamics: VenousDynamicsParams | None  # None (config section left out) = steady
+    dynamics: VenousDynamicsParams | None  # None: steady (rigid veins, e.g. hand-built parameters)
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ class RunParameters:
             stop_after_leak_s=injection.pop("stop_after_leak_s"),
             reaction_delay_s=float(fluoroscopy.pop("reaction_delay_s")),
         )
-        veins = {"dynamics": None, **si["veins"]}  # a steady venous side is not written in the config
+        veins = dict(si["veins"])
         lungs = {
             **si["lungs"],
             "cardiac_output_m3_per_s": si["veins"]["cardiac_output_m3_per_s"],

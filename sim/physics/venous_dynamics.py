@@ -24,7 +24,9 @@ the posterior intercostal segmental veins) feel the intrathoracic pressure; abdo
 lumbar segmental veins, ascending lumbar veins) the intra-abdominal pressure; the vertebral
 plexus (internal plexus in the spinal canal, basivertebral and nutrient veins in bone, anterior
 external plexus on the vertebral body) feels neither. Pressure changes are a respiratory
-sinusoid dp = swing (1 - cos 2 pi t / T) / 2 (zero at end-expiration, ``swing`` at end-inspiration)
+sinusoid dp = swing (cos phi - cos(2 pi t / T + phi)) / 2, the change since injection start, which
+falls at the phase phi of a breath (``respiration_phase``: 0 = end-expiration, where the swing reaches
+``swing`` at end-inspiration)
 plus timed events (Valsalva: a plateau; cough: a short pulse), summed.
 
 Sources and values (docs/reference_values.md): distensibility 0.04 /mmHg: the systemic veins take
@@ -54,7 +56,8 @@ compliance, the fall of peripheral
 venous return during straining (inflows stay prescribed) and the rise of cerebrospinal fluid
 pressure around the internal plexus.
 
-Config (clinical units at the edge; ``mode: steady``, the default, keeps the rigid steady solve)::
+Config (clinical units at the edge; ``mode: compliant`` is the default, ``steady`` keeps the rigid
+steady solve)::
 
     veins:
       dynamics:
@@ -131,7 +134,9 @@ class ExtramuralPressure:
     def at(self, t: float) -> np.ndarray:
         """[spinal, thorax, abdomen] pressure changes at t (spinal is always 0)."""
         p = self.params
-        breath = 0.5 * (1.0 - np.cos(2.0 * np.pi * t / p.respiration_period_s))
+        phase = 2.0 * np.pi * p.respiration_phase
+        # change since injection start (whose venous state is the steady solve), at any phase
+        breath = 0.5 * (np.cos(phase) - np.cos(2.0 * np.pi * t / p.respiration_period_s + phase))
         out = np.array([0.0, p.thoracic_swing_pa * breath, p.abdominal_swing_pa * breath])
         for ev in p.events:
             if ev.start_s <= t < ev.start_s + ev.duration_s:

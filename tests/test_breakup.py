@@ -102,6 +102,19 @@ def criterion(cols, bf, cement, tau_y, gamma=GAMMA):
     return loads, math.sqrt(loads.capillary_pa[1] ** 2 + 3.0 * loads.blood_shear_pa[1] ** 2) / math.sqrt(3.0)
 
 
+def test_blood_shear_on_a_thread_is_the_larger_of_wall_and_cross_flow_skin_friction():
+    """tau_b = max(8 mu U / D, mu U sqrt(Re_d) / d); gamma / R the capillary pressure."""
+    for q_blood in (1e-7, 5e-5):
+        net, bf, cols = thread_case(q_blood=q_blood)
+        loads = thread_loads(cols, bf.edge_flow_m3_s, newtonian(), 0.0, 1.0, GAMMA)
+        u = abs(bf.edge_flow_m3_s[1]) / (0.25 * np.pi * (10 * MM) ** 2)
+        re = max(1055.0 * u * 2 * MM / MU_BLOOD, 1.0)
+        expected = max(8 * MU_BLOOD * u / (10 * MM), MU_BLOOD * u * math.sqrt(re) / (2 * MM))
+        assert loads.blood_shear_pa[1] == pytest.approx(expected, rel=1e-12)
+        assert loads.capillary_pa[1] == pytest.approx(GAMMA / MM, rel=1e-12)
+        assert loads.blood_shear_pa[0] == 0.0 and not loads.thread[0]  # the full-bore feeder is no thread
+
+
 @pytest.mark.parametrize("gamma", [GAMMA, 1e-9])  # capillary-dominated, and pure shear stripping
 def test_no_break_up_below_the_critical_stress(gamma):
     """Below the von Mises yield of the thread surface nothing grows and nothing is shed, ever;

@@ -306,7 +306,7 @@ class ThreadLoads:
 
     thread: np.ndarray  # bool: a column narrower than its vein, bathed in blood
     radius_m: np.ndarray  # R of the thread
-    blood_shear_pa: np.ndarray  # tau_b = 8 mu_b U / D, the vein's wall shear stress
+    blood_shear_pa: np.ndarray  # tau_b = max(8 mu_b U / D, mu_b U sqrt(Re_d) / d): wall or cross-flow
     capillary_pa: np.ndarray  # gamma / R
     yielded: np.ndarray  # bool: von Mises at the surface, (gamma/R)^2 + 3 tau_b^2 > 3 tau_y^2
     rate_per_s: np.ndarray  # growth rate q of the fastest capillary mode (0 where not yielded)
@@ -336,7 +336,11 @@ def thread_loads(
     thread[net.pump_edge] = False
     radius = np.where(thread, 0.5 * columns.col_diameter_m, 0.0)
     u_blood = np.abs(edge_flow_m3_s) / net.edge_area_m2()
-    tau_b = np.where(thread, 8.0 * mu_b * u_blood / net.edge_diameter_m, 0.0)
+    d_c = np.where(thread, columns.col_diameter_m, 1.0)
+    re_d = np.maximum(net.blood_density_kg_per_m3 * u_blood * d_c / mu_b, 1.0)
+    tau_wall = 8.0 * mu_b * u_blood / net.edge_diameter_m
+    tau_cross = mu_b * u_blood * np.sqrt(re_d) / d_c
+    tau_b = np.where(thread, np.maximum(tau_wall, tau_cross), 0.0)
     gamma = float(interfacial_tension_n_per_m)
     with np.errstate(divide="ignore"):
         cap = np.where(thread, gamma / np.where(radius > 0.0, radius, 1.0), 0.0)
@@ -364,9 +368,12 @@ class DragStrengthBreakup:
     """Column shedding (``drag_vs_strength``) plus the break-up of cement threads in flowing blood.
 
     A column narrower than its vein (a thread, :mod:`sim.physics.vein_columns`) is bathed in blood.
-    Two stresses act on its surface: the blood's shear stress, the vein's wall shear stress
-    tau_b = 8 mu_b U / D (Poiseuille; U the mean blood speed, D the vein diameter; the thread lies on
-    the wall), and the capillary pressure gamma / R of the cement/blood interface. A yield-stress
+    Two stresses act on its surface: the blood's shear stress tau_b and the capillary pressure
+    gamma / R of the cement/blood interface. tau_b is the larger of the vein's wall shear stress
+    8 mu_b U / D (Poiseuille; U the mean blood speed, D the vein diameter; a thread lying on the wall)
+    and the skin friction of a thread across the stream, mu_b U sqrt(Re_d) / d (laminar boundary
+    layer of thickness d / sqrt(Re_d), Re_d = rho U d / mu_b floored at 1; O(1) prefactor
+    [TB, Schlichting, Boundary-Layer Theory]; the cross-flow thread of ``drag_vs_strength``). A yield-stress
     dough does not flow, and a finite yield stress suppresses the linear Rayleigh-Plateau
     instability of a thread altogether; the thread necks only where the stresses breach the yield
     threshold (Shemilt & Balmforth 2025, arXiv:2512.21059 [S, abstract]; slender viscoplastic
@@ -395,9 +402,10 @@ class DragStrengthBreakup:
     dispersive parts of PMMA's surface energy, about 40 mJ/m^2, lowered by plasma proteins).
 
     Magnitudes. Blood wall shear stress 8 mu_b U / D in 2-20 mm veins at 0.002-0.3 m/s is
-    0.003-4 Pa; the dough's yield stress is 1e2-1e3 Pa at mixing and grows with cure, so shear
-    stripping needs a cement 25 to 1000 times weaker than any preset. The capillary stress gamma / R
-    is 20-80 Pa for 0.5-2 mm threads at 20 mN/m (at most 140 Pa at 35 mN/m), below
+    0.003-4 Pa, the cross-flow skin friction on a 0.5-2 mm thread 0.5-15 Pa (the dynamic pressure
+    rho U^2 / 2 at most 50 Pa); the dough's yield stress is 1e2-1e3 Pa at mixing and grows with
+    cure, so shear stripping needs a cement 7 to 1000 times weaker than any preset. The capillary
+    stress gamma / R is 20-80 Pa for 0.5-2 mm threads at 20 mN/m (at most 140 Pa at 35 mN/m), below
     sqrt(3) tau_y >= 173 Pa of the presets: fresh preset cement in the model's threads does not
     break up by itself; a dough weaker than gamma / (sqrt(3) R) (10-50 Pa) would. Inertia (Weber
     number rho U^2 d / gamma <= 10) is irrelevant against the cement's viscosity (Ohnesorge number

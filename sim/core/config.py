@@ -295,7 +295,7 @@ class LawsConfig(StrictModel):
     permeability: Literal["kozeny_carman"] = "kozeny_carman"
     rheology: Literal["power_law_cure"] = "power_law_cure"
     exchange: Literal["embedded_veins"] = "embedded_veins"
-    fragmentation: Literal["drag_vs_strength", "drag_vs_strength_breakup"] = "drag_vs_strength"
+    fragmentation: Literal["drag_vs_strength", "drag_vs_strength_breakup"] = "drag_vs_strength_breakup"
     lodging: Literal["diameter_margin"] = "diameter_margin"
     marrow_outflow: Literal["lumped_outlet"] = "lumped_outlet"
 

@@ -303,6 +303,24 @@ class FragmentationConfig(StrictModel):
     length_sigma: Annotated[float, Field(ge=0.0, le=2.0)] = 0.6
     branching_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
     strength_scale: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    interfacial_tension_mn_per_m: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=100.0,
+            description="Cement dough / blood interfacial tension (law drag_vs_strength_breakup). "
+            "Unmeasured [U]: 5-35 mN/m (PMMA-water from PMMA's surface energy, less with plasma proteins).",
+        ),
+    ] = 20.0
+    disturbance_ratio: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            lt=1.0,
+            description="Initial amplitude of the capillary disturbance on a cement thread over its radius "
+            "(law drag_vs_strength_breakup): a thread pinches off after ln(1/ratio) e-foldings [U] 1e-3-0.1.",
+        ),
+    ] = 0.01
 
 
 class LungsConfig(StrictModel):
@@ -331,7 +349,7 @@ class LawsConfig(StrictModel):
     permeability: Literal["kozeny_carman"] = "kozeny_carman"
     rheology: Literal["power_law_cure"] = "power_law_cure"
     exchange: Literal["embedded_veins"] = "embedded_veins"
-    fragmentation: Literal["drag_vs_strength"] = "drag_vs_strength"
+    fragmentation: Literal["drag_vs_strength", "drag_vs_strength_breakup"] = "drag_vs_strength_breakup"
     lodging: Literal["diameter_margin"] = "diameter_margin"
     marrow_outflow: Literal["lumped_outlet"] = "lumped_outlet"
 

@@ -198,6 +198,8 @@ class FragmentationParams:
     length_sigma: float  # lognormal sigma of fragment length
     branching_probability: float  # fragment is a branched cast
     strength_scale: float  # cement strength x this
+    interfacial_tension_n_per_m: float = 0.02  # cement / blood [U]; law drag_vs_strength_breakup
+    disturbance_ratio: float = 0.01  # initial capillary disturbance / thread radius [U]
 
 
 @dataclass(frozen=True)

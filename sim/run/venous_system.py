@@ -56,7 +56,7 @@ from sim.physics import rheology
 from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.fluoroscopy import LeakDetector
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
-from sim.physics.fragmentation import DragVsStrength
+from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
 from sim.physics.rheology import CementModel
 from sim.physics.vein_columns import CementColumns, back_pressure
 from sim.physics.venous_dynamics import CompliantVenousFlow
@@ -120,7 +120,7 @@ class VenousSystem:
         cement: CementModel,
         clock: CureClock,
         fluoroscopy: FluoroscopyParams,
-        fragmentation: DragVsStrength,
+        fragmentation: DragVsStrength | DragStrengthBreakup,
         rng: np.random.Generator,
         bone: BoneGrid | None = None,
         dynamics: VenousDynamicsParams | None = None,

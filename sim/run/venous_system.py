@@ -54,7 +54,7 @@ from sim.core.grid import BoneGrid, VenousExit
 from sim.core.parameters import FluoroscopyParams, VenousDynamicsParams
 from sim.physics import rheology
 from sim.physics.cure_clock import AgePool, CureClock
-from sim.physics.fluoroscopy import LeakDetector
+from sim.physics.fluoroscopy import LeakDetector, fragment_samples
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
 from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
 from sim.physics.rheology import CementModel
@@ -285,7 +285,17 @@ class VenousSystem:
         )
         if len(new):
             self.fragments = self.fragments.concat(new)
+            if self.detector.detection_time_s is None:
+                self.detector.add_transit(self._transit_samples(new))
             self._resolve(np.zeros(self.network.n_edges), t)
+
+    def _transit_samples(self, new: FragmentSet) -> tuple:
+        """Fragments just shed, on their birth edges (offsets run with the blood flow that shed them)."""
+        net = self.network
+        length = net.edge_length_m[new.edge]
+        from_u = np.where(self.flow.edge_flow_m3_s[new.edge] >= 0.0, new.offset_m, length - new.offset_m)
+        step = 0.5 * self.detector.pixel_size_m
+        return fragment_samples(net, new.edge, from_u, new.diameter_m, new.length_m, new.volume_m3, step)
 
     def _static_exit_pressure(self) -> np.ndarray:
         """Venous pressure the marrow drains against: the mean over the exit nodes, the same at every exit.

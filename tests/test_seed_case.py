@@ -2,10 +2,7 @@
 
 Continued injection after the anterior paravertebral leak is seen must send tubular cement
 emboli to both lungs; stopping at detection (same patient, same seed) must cut the leak by at least
-half and the embolised volume with it (emboli are leaked cement). With the prone, breathing venous
-side of issue 17 the leak is seen late (fragments in transit are not counted as visible), so the cut
-is about 60 %, not the 100 % it was when a standing column made the leak visible at 1 s. Nothing here
-is imposed: both numbers come out of the coupled injection, venous, fragmentation and pulmonary models.
+half and the embolised volume with it (emboli are leaked cement). Nothing here is imposed: both numbers come out of the coupled injection, venous, fragmentation and pulmonary models.
 """
 
 from __future__ import annotations

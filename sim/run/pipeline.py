@@ -87,7 +87,12 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
         )
     with g("bone"):
         permeability = law_class("permeability", laws.permeability).from_params(params.patient)
-        bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
+        if params.patient.anatomy == "parametric":
+            bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
+        else:
+            from sim.anatomy.ct_bone import build_ct_vertebral_body  # nibabel only for CT scenarios
+
+            bone = build_ct_vertebral_body(params.patient, params.grid.spacing_m, permeability)
     with g("needle"):
         needle = place_needle(bone, params.needle)
     with g("veins"):

@@ -12,8 +12,10 @@ must reproduce the parametric run. Written as int16 HU and uint8 labels with an 
 places the body centre at an arbitrary scanner position; ``flip`` and ``permute`` store the same
 anatomy with flipped or permuted array axes (and the matching affine) for orientation tests.
 
-Usage: ``python -m sim.anatomy.synthetic_ct OUT_DIR [--voxel-mm 0.5] [--seed 2025]`` writes
-``OUT_DIR/synthetic_L1_ct.nii.gz`` and ``OUT_DIR/synthetic_L1_labels.nii.gz``.
+Usage: ``python -m sim.anatomy.synthetic_ct OUT_DIR [--scenario configs/lai2025_case.yaml]
+[--voxel-mm 0.5]`` writes ``OUT_DIR/synthetic_<level>_ct.nii.gz`` and
+``OUT_DIR/synthetic_<level>_labels.nii.gz`` from the scenario's patient (level, size, porosity
+field: its ``patient`` section), the default scenario's without ``--scenario``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.anatomy.ct_bone import hu_from_porosity
-from sim.core.config import Scenario
+from sim.core.config import Scenario, load_scenario
 from sim.core.parameters import PatientParams, RunParameters
 from sim.core.units import MM_M
 from sim.physics.bone import FOURIER_MODES, POROSITY_CLIP, BodyShape, feature_rng, load_vertebra
@@ -127,12 +129,13 @@ def write_synthetic_ct(
     voxel_mm: float = 0.5,
     flip: tuple[int, ...] = (),
     permute: tuple[int, ...] = (0, 1, 2),
-    stem: str = "synthetic_L1",
+    stem: str | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>_ct.nii.gz`` and ``<stem>_labels.nii.gz``; returns their paths."""
     import nibabel as nib
 
     patient = patient or RunParameters.from_scenario(Scenario()).patient
+    stem = stem or f"synthetic_{patient.level}"
     hu, labels, affine = synthetic_arrays(patient, voxel_mm * MM_M)
     (hu, labels), affine = reorient((hu, labels), affine, flip, permute)
     out = Path(out_dir)
@@ -150,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
     ap.add_argument("--voxel-mm", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=None, help="patient seed (default: the default scenario's)")
+    ap.add_argument(
+        "--scenario", default=None, help="scenario YAML whose patient is imaged (default: defaults)"
+    )
     args = ap.parse_args(argv)
-    scenario = Scenario()
-    if args.seed is not None:
-        scenario.patient.seed = args.seed
+    scenario = load_scenario(args.scenario) if args.scenario else Scenario()
     ct, lab = write_synthetic_ct(args.out_dir, RunParameters.from_scenario(scenario).patient, args.voxel_mm)
     print(f"wrote {ct} and {lab} (vertebra label {VERTEBRA_LABEL}, IVC label {IVC_LABEL})")
     return 0

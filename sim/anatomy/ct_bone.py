@@ -202,7 +202,8 @@ def fit_shape(
 ) -> tuple[BodyShape, np.ndarray]:
     """Kidney section fitted to a body mask; returns the shape and its centre in working-grid metres.
 
-    Width, height and the anterior wall from the extents (voxel edges); the concavity from the
+    Width and the anterior wall from the extents (voxel edges), height and mid-plane from the mean
+    length and centre of the central columns (middle half of width and depth); the concavity from the
     morphometry table's fractions; the depth so that the shape's section area equals the body's
     mean section area over the middle half of its height (an area is a sum over many voxels, so
     it is far less sensitive to the voxel grid than the posterior extent or the concavity).
@@ -210,7 +211,20 @@ def fit_shape(
     idx = np.argwhere(body)
     lo = idx.min(axis=0) * w - 0.5 * w
     hi = idx.max(axis=0) * w + 0.5 * w
-    width, height = hi[0] - lo[0], hi[2] - lo[2]
+    width = hi[0] - lo[0]
+    # height and mid-plane from the central columns (middle half of width and depth): a column's voxel
+    # count is its length / w without the half-voxel error of an extent
+    i0, i1 = idx[:, 0].min(), idx[:, 0].max()
+    j0, j1 = idx[:, 1].min(), idx[:, 1].max()
+    core = body[
+        int(i0 + 0.25 * (i1 - i0)) : int(i0 + 0.75 * (i1 - i0)) + 1,
+        int(j0 + 0.25 * (j1 - j0)) : int(j0 + 0.75 * (j1 - j0)) + 1,
+    ]
+    counts = core.sum(axis=2)
+    cols = counts > 0
+    kk = np.arange(body.shape[2]) * w
+    height = float(counts[cols].mean()) * w
+    z_mid = float((core * kk).sum(axis=2)[cols].sum() / counts[cols].sum())
     k0, k1 = idx[:, 2].min(), idx[:, 2].max()
     mid = slice(int(k0 + 0.25 * (k1 - k0)), int(k0 + 0.75 * (k1 - k0)) + 1)
     area = float(body[:, :, mid].sum(axis=(0, 1)).mean()) * w * w
@@ -226,7 +240,7 @@ def fit_shape(
             f"section {1e6 * area:.0f} mm^2) has no kidney-shaped fit"
         )
     depth = float(optimize.brentq(lambda d: shape_of(d).area() - area, d_lo, d_hi, xtol=1e-8))
-    center = np.array([0.5 * (lo[0] + hi[0]), lo[1] + 0.5 * depth, 0.5 * (lo[2] + hi[2])])
+    center = np.array([0.5 * (lo[0] + hi[0]), lo[1] + 0.5 * depth, z_mid])
     return shape_of(depth), center
 
 

@@ -277,3 +277,50 @@ def test_ct_sweep_expands_and_runs_on_one_ct(seed_case, tmp_path):
     out = run_sweep(expansion, tmp_path)
     assert out.ok, out.failed
     assert out.ran == 2
+
+
+# ----------------------------------------------------------------------------- IVC and lungs
+
+
+def test_lobe_fractions_from_volumes_limits():
+    from sim.physics.pulmonary_tree import (
+        LOBE_NAMES,
+        build_pulmonary_tree,
+        load_pulmonary_data,
+        lobe_fractions_from_volumes,
+    )
+
+    template = {k: float(v["perfusion_fraction"]) for k, v in load_pulmonary_data()["lobes"].items()}
+    volumes = {"RUL": 1.0, "RML": 0.5, "RLL": 2.0, "LUL": 1.5, "LLL": 1.0}
+    all_five = lobe_fractions_from_volumes(volumes, template)
+    for k, v in volumes.items():
+        assert all_five[k] == pytest.approx(v / 6.0)
+    same = lobe_fractions_from_volumes({k: 3.0 * template[k] for k in ("RUL", "LLL")}, template)
+    assert same == pytest.approx(template)
+    two = lobe_fractions_from_volumes({"RUL": 1.0, "RML": 3.0}, template)
+    assert sum(two.values()) == pytest.approx(1.0)
+    assert two["RLL"] == template["RLL"] and two["RML"] == pytest.approx(3.0 * two["RUL"])
+    assert lobe_fractions_from_volumes({}, template) == template
+    lungs = RunParameters.from_scenario(scenario_from_dict({})).lungs
+    tree = build_pulmonary_tree(lungs, np.random.default_rng(0), volumes)
+    np.testing.assert_allclose(tree.target_lobe_fractions, [all_five[k] for k in LOBE_NAMES])
+
+
+def test_ivc_calibre_from_its_label_reaches_the_venous_network(seed_case):
+    """The synthetic IVC is a 22 mm cylinder: its label gives 22 mm (equal-volume cylinder) and every
+    IVC edge of the network takes it; lobe labels absent from the map are refused by name."""
+    from sim.run.pipeline import build_stages
+
+    base, ct, labels, _ = seed_case
+    stages = build_stages(scenario_from_dict(_with_ct(base, ct, labels, ivc_label=2)))
+    assert stages.bone.meta["ct"]["ivc_diameter_m"] == pytest.approx(22.0e-3, rel=0.01)
+    net = stages.network
+    diam = [d["diameter_m"] for _, _, d in net.graph.edges(data=True) if d["kind"] == "ivc"]
+    assert diam and np.allclose(diam, stages.bone.meta["ct"]["ivc_diameter_m"])
+    with pytest.raises(ConfigError, match=r"lung_lobe_labels.RUL"):
+        build_ct_vertebral_body(
+            RunParameters.from_scenario(
+                scenario_from_dict(_with_ct(base, ct, labels, lung_lobe_labels={"RUL": 9}))
+            ).patient,
+            H_M,
+        )

@@ -244,6 +244,46 @@ def fit_shape(
     return shape_of(depth), center
 
 
+# ----------------------------------------------------------------------------- IVC and lungs
+
+
+def vessel_anatomy(
+    src: CtAnatomyParams,
+    extra: dict[str, int],
+    counts: dict[int, int],
+    voxels: dict[str, np.ndarray],
+    labels: Volume,
+) -> dict[str, Any]:
+    """IVC calibre and lung-lobe volumes from their labels (those the scenario names).
+
+    IVC: equivalent diameter d = 2 sqrt(A / pi) of its mean cross-section A = V / L, V the label's
+    volume and L its cranio-caudal extent (a cylinder of the same volume and length; limiting case:
+    a straight circular tube gives its diameter). Lobes: the label volumes, which set the lobar
+    perfusion shares (:func:`sim.physics.pulmonary_tree.lobe_fractions_from_volumes`).
+    A named label absent from the map is an error.
+    """
+    voxel_volume = float(abs(np.linalg.det(labels.affine_m[:3, :3])))
+    out: dict[str, Any] = {}
+    lobes: dict[str, float] = {}
+    for name, value in extra.items():
+        if counts.get(int(value), 0) == 0:
+            field = "ivc_label" if name == "IVC" else f"lung_lobe_labels.{name}"
+            raise ConfigError(
+                f"{src.labels_path}: label value {value} (patient.anatomy.{field}) is not in the label map"
+            )
+        volume = counts[int(value)] * voxel_volume
+        if name == "IVC":
+            z = voxels[str(int(value))][:, 2]
+            dz = float(np.abs(labels.affine_m[2, :3]).max())
+            length = float(z.max() - z.min()) + dz
+            out["ivc_diameter_m"] = float(2.0 * np.sqrt(volume / length / np.pi))
+        else:
+            lobes[name] = volume
+    if lobes:
+        out["lobe_volumes_m3"] = lobes
+    return out
+
+
 # ----------------------------------------------------------------------------- build
 
 
@@ -265,7 +305,14 @@ def build_ct_vertebral_body(
         raise ConfigError("patient.anatomy: a CT source is required here")
     h = float(spacing_m)
     dims = dict(load_vertebra(patient.level))
-    ct, labels, _, _ = load_ct_pair(src.ct_path, src.labels_path, int(src.vertebra_label))
+    extra = {
+        **({"IVC": int(src.ivc_label)} if src.ivc_label is not None else {}),
+        **(src.lung_lobe_labels or {}),
+    }
+    ct, labels, counts, voxels = load_ct_pair(
+        src.ct_path, src.labels_path, int(src.vertebra_label), tuple(int(v) for v in extra.values())
+    )
+    vessels = vessel_anatomy(src, extra, counts, voxels, labels)
     coarse = float(np.max(labels.spacing_m))
     if coarse > MAX_VOXEL_TO_GRID * h:
         raise ConfigError(
@@ -353,6 +400,7 @@ def build_ct_vertebral_body(
                 "body_volume_m3": float(body.sum() * w**3),
                 "cancellous_volume_m3_voxels": float(canc.sum() * w**3),
                 "mean_porosity_voxels": float(np.mean(phi_w[canc])),
+                **vessels,
             },
             "ct_view": {
                 "origin_m": wg["origin_m"] + shift,

@@ -107,8 +107,8 @@ def load_ct_pair(
 
     Returns the CT block (Hounsfield units, float32) and the label block (integers) around the
     vertebra with label ``vertebra_label`` (plus ``CROP_MARGIN_M``), the voxel count of every
-    label in ``extra_labels`` over the whole map, and per extra label its voxel indices' world
-    bounding data (``label_voxels``: the (n, 3) LPS centres, for labels present). Refuses: a missing or
+    label in ``extra_labels`` over the whole map, and per extra label present the (n, 3) LPS
+    centres of its voxels (keyed by the label value as text). Refuses: a missing or
     unreadable file, CT and labels of different shape or affine, a label map that is not integer,
     a vertebra label absent from the map, non-finite CT values around the vertebra.
     """
@@ -163,5 +163,5 @@ def load_ct_pair(
     shift = np.eye(4)
     shift[:3, 3] = lo
     block_aff = aff @ shift
-    world = {k: Volume(labels_path, v, aff).to_world(v) for k, v in extra_voxels.items()}
+    world = {k: v @ aff[:3, :3].T + aff[:3, 3] for k, v in extra_voxels.items()}
     return Volume(ct_path, ct, block_aff), Volume(labels_path, labels, block_aff), counts, world

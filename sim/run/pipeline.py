@@ -96,7 +96,10 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
     with g("needle"):
         needle = place_needle(bone, params.needle)
     with g("veins"):
-        network = build_venous_network(params.patient.level, params.veins, rngs["veins"])
+        ct_meta = bone.meta.get("ct", {})
+        network = build_venous_network(
+            params.patient.level, params.veins, rngs["veins"], ct_meta.get("ivc_diameter_m")
+        )
     with g("venous_system"):
         venous = VenousSystem(
             network,
@@ -125,7 +128,9 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             marrow_outflow=law_class("marrow_outflow", laws.marrow_outflow).from_params(params.patient),
         )
     with g("lungs"):
-        tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
+        tree = build_pulmonary_tree(
+            params.lungs, rngs["lungs"], bone.meta.get("ct", {}).get("lobe_volumes_m3")
+        )
         lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     return Stages(params, cement, clock, bone, needle, network, venous, solver, tree, lodging, rngs)
 

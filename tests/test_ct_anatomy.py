@@ -324,3 +324,31 @@ def test_ivc_calibre_from_its_label_reaches_the_venous_network(seed_case):
             ).patient,
             H_M,
         )
+
+
+def test_cohort_over_ct_anatomies(seed_case, tmp_path):
+    """A cohort may draw each patient's anatomy from a list of CT sources (patient.anatomy set whole)."""
+    from sim.studies.cohort import cohort_from_dict, plan_cohort, run_cohort
+    from sim.studies.executors import SerialExecutor
+
+    base, ct, labels, _ = seed_case
+    base_file = tmp_path / "base.yaml"
+    base_file.write_text(yaml.safe_dump(_with_ct(base, ct, labels)))
+    with_ivc = {**_anatomy(ct, labels), "ivc_label": 2}
+    spec = cohort_from_dict(
+        {
+            "base": str(base_file),
+            "n": 2,
+            "seed": 3,
+            "overrides": {"injection": {"volume_ml": 0.5, "follow_up_s": 5.0}, "output": QUIET},
+            "distributions": {
+                "patient.anatomy": {"dist": "choice", "values": [_anatomy(ct, labels), with_ivc]}
+            },
+            "policies": [{"name": "stop_at_detection", "stop_after_leak_s": 0}],
+            "executor": {"kind": "local", "workers": 1},
+        }
+    )
+    plan = plan_cohort(spec, tmp_path)
+    assert all(s.patient.anatomy != "parametric" for s in plan.arms.values())
+    run = run_cohort(plan, tmp_path / "cohort", executor_factory=SerialExecutor, sensitivity=False)
+    assert not run.failed and len(run.arms) == 2

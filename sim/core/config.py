@@ -36,10 +36,13 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -95,8 +98,51 @@ class FractureCleftConfig(StrictModel):
     permeability_factor: Annotated[float, Field(ge=1.0, le=1.0e4)] = 50.0
 
 
+class CtAnatomyConfig(StrictModel):
+    """Patient-specific anatomy from a CT volume and its label map (NIfTI, read by nibabel).
+
+    ``ct_path`` and ``labels_path`` are NIfTI files (``.nii`` or ``.nii.gz``) on the same voxel grid
+    (same shape and affine), paths relative to the working directory; ``vertebra_label`` is the
+    label value of the treated vertebra (the whole bone: body and posterior elements). The CT is
+    in Hounsfield units; BMD = bmd_slope * HU + bmd_intercept is the scanner's calibration (from a
+    phantom when the scan has one; the defaults are a phantomless approximation, [U], see
+    ``sim.anatomy.ct_bone``). ``ivc_label`` (optional) sets the IVC calibre from its label;
+    ``lung_lobe_labels`` (optional, lobe name -> label value) sets the lobar perfusion shares from
+    the lobe volumes. See docs/ct_anatomy.md.
+    """
+
+    ct_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    labels_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    vertebra_label: Annotated[int, Field(ge=1, le=65535)]
+    bmd_slope_mg_per_cm3_per_hu: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
+    bmd_intercept_mg_per_cm3: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
+    ivc_label: Annotated[int, Field(ge=1, le=65535)] | None = None
+    lung_lobe_labels: (
+        dict[Literal["RUL", "RML", "RLL", "LUL", "LLL"], Annotated[int, Field(ge=1, le=65535)]] | None
+    ) = None
+
+
+def _anatomy_kind(value: Any) -> str:
+    """``parametric`` for a name, ``ct`` for a mapping (so errors name the CT fields, not both forms)."""
+    return "ct" if isinstance(value, dict | CtAnatomyConfig) else "parametric"
+
+
 class PatientConfig(StrictModel):
-    """Patient anatomy and bone quality of the treated vertebral body."""
+    """Patient anatomy and bone quality of the treated vertebral body.
+
+    ``anatomy``: ``parametric`` (the tabulated rounded body of ``level`` with a random porosity
+    field around ``porosity_mean``) or a CT source (:class:`CtAnatomyConfig`). With a CT, the body,
+    its porosity and the placement of its foramina come from the scan; ``level`` still selects the
+    morphometry table's pedicle, channel and venous data, ``porosity_mean`` and
+    ``permeability_ref_m2`` stay the permeability law's reference point, and ``porosity_sd``,
+    ``porosity_correlation_mm`` and ``size_scale`` are not used. The parametric default is left out
+    of the dumped scenario, so parametric scenarios keep their content hash.
+    """
+
+    anatomy: Annotated[
+        Annotated[Literal["parametric"], Tag("parametric")] | Annotated[CtAnatomyConfig, Tag("ct")],
+        Discriminator(_anatomy_kind),
+    ] = "parametric"
 
     level: Level = "L1"
     porosity_mean: Annotated[float, Field(ge=0.5, le=0.99)] = 0.90
@@ -120,6 +166,13 @@ class PatientConfig(StrictModel):
     marrow_outflow_kpa_per_ml_per_min: Annotated[float, Field(ge=0.0, le=20.0)] = 2.28
     fracture_cleft: FractureCleftConfig = FractureCleftConfig()
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 2025
+
+    @model_serializer(mode="wrap")
+    def _omit_parametric_anatomy(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("anatomy") == "parametric":
+            data.pop("anatomy")
+        return data
 
 
 class CementOverrides(StrictModel):

@@ -38,6 +38,19 @@ class FractureCleftParams:
 
 
 @dataclass(frozen=True)
+class CtAnatomyParams:
+    """CT source of the anatomy (``patient.anatomy``; see :class:`sim.core.config.CtAnatomyConfig`)."""
+
+    ct_path: str
+    labels_path: str
+    vertebra_label: int
+    bmd_slope_mg_per_cm3_per_hu: float  # scanner calibration BMD = slope * HU + intercept
+    bmd_intercept_mg_per_cm3: float
+    ivc_label: int | None
+    lung_lobe_labels: dict[str, int] | None
+
+
+@dataclass(frozen=True)
 class PatientParams:
     """Treated level and bone quality (``patient``)."""
 
@@ -56,6 +69,7 @@ class PatientParams:
     marrow_outflow_pa_s_per_m3: float  # resistance displaced marrow meets leaving the bone
     fracture_cleft: FractureCleftParams
     seed: int  # root of every random stream of the run
+    anatomy: str | CtAnatomyParams = "parametric"  # "parametric" or a CT source
 
 
 @dataclass(frozen=True)
@@ -279,7 +293,7 @@ class RunParameters:
         }
         return cls(
             name=str(si.get("name", "")),
-            patient=build(PatientParams, si["patient"], "patient"),
+            patient=build(PatientParams, {"anatomy": "parametric", **si["patient"]}, "patient"),
             cement=build(CementParams, si["cement"], "cement"),
             needle=build(NeedleParams, si["needle"], "needle"),
             injection=build(InjectionParams, injection, "injection"),

@@ -236,12 +236,16 @@ def _check_veins(veins: VeinParams) -> None:
         )
 
 
-def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator) -> VenousNetwork:
+def build_venous_network(
+    level: str, veins: VeinParams, rng: np.random.Generator, ivc_diameter_m: float | None = None
+) -> VenousNetwork:
     """Generate the venous network for treated ``level`` (T5..L5) from the YAML template.
 
     Diameters are multiplied by ``diameter_scale``
     and, when ``diameter_scatter`` > 0, by a median-preserving lognormal factor exp(sigma z)
-    drawn per edge from ``rng`` (pump edge excluded).
+    drawn per edge from ``rng`` (pump edge excluded). ``ivc_diameter_m`` (the patient's IVC
+    measured on CT, :mod:`sim.anatomy.ct_bone`) replaces the calibre of every IVC edge, neither
+    scaled nor scattered (the draws are made all the same, so the other edges keep theirs).
     """
     _check_veins(veins)
     tpl = load_geometry_yaml(TEMPLATE)
@@ -345,6 +349,8 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
     factors[pump[0]] = 1.0
     d_m = d_m * factors
     d_m[pump[0]] = ed[pump[0]] * MM_M
+    if ivc_diameter_m is not None:  # from the patient's CT (issue 18), in both postures
+        d_m[edge_kind == "ivc"] = float(ivc_diameter_m)
     arch = np.asarray(e_arch, dtype=bool)
     phys = tpl["physiology"]
     calib = phys["calibration_posture"]

@@ -2,7 +2,8 @@
 
 Continued injection after the anterior paravertebral leak is seen must send tubular cement
 emboli to both lungs; stopping at detection (same patient, same seed) must cut the leak by at least
-half and the embolised volume with it (emboli are leaked cement). Nothing here is imposed: both numbers come out of the coupled injection, venous, fragmentation and pulmonary models.
+half and the embolised volume with it (emboli are leaked cement). Nothing here is imposed: both
+numbers come out of the coupled injection, venous, fragmentation and pulmonary models.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sim.core.units import MM_M, MMHG_PA
+from sim.core.units import ML_PER_MIN_M3_PER_S, MM_M, MMHG_PA
 from sim.physics.venous_network import (
     build_venous_network,
     hiatus_outlet_pressure,
@@ -158,3 +158,16 @@ def test_prone_abdominal_pressure_diverts_ivc_blood_to_the_azygos():
     rise = f_l4.node_pressure_pa[ex] - f_l4_sup.node_pressure_pa[ex]
     ivc_rise = f_l4.node_pressure_pa[ivc].min() - f_l4_sup.node_pressure_pa[ivc].min()
     assert np.all(rise > 0.8 * ivc_rise)
+
+
+def test_calibration_is_reachable_for_a_low_cvp():
+    # supine the hiatus is open in the calibration, so a low CVP (2 mmHg, below the supine abdominal
+    # pressure) with a small azygos flow still calibrates; prone, the waterfall then acts
+    v = veins(cvp_pa=2.0 * MMHG_PA, azygos_flow_m3_per_s=180.0 * ML_PER_MIN_M3_PER_S)
+    net = build_venous_network("L1", v, np.random.default_rng(0))
+    sup = replace(net, edge_diameter_m=net.edge_diameter_m, abdominal_pressure_pa=-np.inf)
+    sup_d = net.edge_diameter_m.copy()
+    sup_d[net.edge_kind == "azygos"] *= 2.05 / 1.5
+    f = solve_blood_flow(replace(sup, edge_diameter_m=sup_d))
+    assert f.edge_flow_m3_s[net.azygos_edge] == pytest.approx(180.0 * ML_PER_MIN_M3_PER_S, rel=1e-9)
+    assert hiatus_outlet_pressure(net) == pytest.approx((7.8 + 1.0) * MMHG_PA)

@@ -408,7 +408,7 @@ def build_venous_network(
             "azygos_arch_diameter_m": float(d_m[az_edge]),
         },
         hiatus_edge=hiatus,
-        abdominal_pressure_pa=float(calib["intra_abdominal_pressure_mmhg"]) * MMHG_PA,
+        abdominal_pressure_pa=-np.inf,  # calibration posture: hiatus open (supine p_ab ~ CVP)
         waterfall_threshold_pa=float(phys["waterfall_threshold_mmhg"]) * MMHG_PA,
     )
     validate_network(net)

@@ -306,6 +306,10 @@ class LevelsSpec(_Strict):
         w = np.asarray(self.count.weights or [1.0] * len(values), dtype=np.float64)
         return float((values * w).sum() / w.sum())
 
+    def counts(self, seed: int, n: int) -> list[int]:
+        """Number of treated levels of the first n patients of a cohort with root ``seed``."""
+        return [int(v) for v in self.count.ppf(input_stream(seed, LEVEL_COUNT_PATH).random(n))]
+
 
 class CohortSpec(_Strict):
     """A validated cohort file."""
@@ -489,9 +493,7 @@ def next_level(chosen: list[int], gap: int, u_side: float) -> int:
 
 def level_counts(spec: CohortSpec, n: int) -> list[int]:
     """Number of treated levels of the first n patients (all 1 without ``levels:``)."""
-    if spec.levels is None:
-        return [1] * n
-    return [int(v) for v in spec.levels.count.ppf(input_stream(spec.seed, LEVEL_COUNT_PATH).random(n))]
+    return [1] * n if spec.levels is None else spec.levels.counts(spec.seed, n)
 
 
 def _extra_levels(

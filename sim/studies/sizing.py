@@ -111,10 +111,9 @@ def cohort_counts(spec: Any, n: int, sensitivity: bool) -> tuple[int, int]:
     are drawn exactly (one uniform per patient; the expected count above a million patients).
     """
     runs = float(n)
-    if getattr(spec, "levels", None) is not None:
-        from sim.studies.cohort import level_counts
-
-        runs = n * spec.levels.mean_count if n > 1_000_000 else float(sum(level_counts(spec, n)))
+    levels = getattr(spec, "levels", None)
+    if levels is not None:
+        runs = n * levels.mean_count if n > 1_000_000 else float(sum(levels.counts(spec.seed, n)))
     scenarios = math.ceil(runs) * (len(spec.policies) + (1 if spec.share_runs else 0))
     rows = 0
     s = spec.sensitivity

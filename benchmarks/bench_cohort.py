@@ -46,6 +46,7 @@ def time_cohort(config: str, n: int, kind: str, workers: int) -> dict[str, Any]:
     return {
         "executor": f"{kind} ({workers} worker{'s' if workers > 1 else ''})",
         "patients": n,
+        "levels": sum(p.n_levels for p in plan.patients),
         "arms": arms,
         "runs": run.n_runs,
         "shared_arms": sum(a.shared for a in run.arms.values()),
@@ -77,6 +78,7 @@ def run(quick: bool = False, n: int | None = None, dask: bool | None = None) -> 
         "columns": [
             "executor",
             "patients",
+            "levels",
             "arms",
             "runs",
             "shared_arms",
@@ -89,7 +91,8 @@ def run(quick: bool = False, n: int | None = None, dask: bool | None = None) -> 
         "rows": rows,
         "notes": [
             "speedup = 1-worker wall time / this wall time, same executor kind",
-            "a patient = one virtual patient under every stop policy of the cohort file",
+            "a patient = one virtual patient (all its levels) under every stop policy of the cohort file",
+            "levels = treated levels of those patients (one run per level and policy before run sharing)",
             "issue 9 target: >= 1000 virtual patients per hour on 2 cores at the default resolution",
         ],
         "targets": [

@@ -304,7 +304,8 @@ def cohort(
         spec, base_dir = load_cohort(cohort_file)
         n_patients = spec.n if n is None else n
         scenarios, design_rows = cohort_counts(spec, n_patients, sensitivity=not no_sensitivity)
-        estimate = cohort_estimate(n_patients, workers or spec.executor.workers, design_rows)
+        mean_levels = 1.0 if spec.levels is None else spec.levels.mean_count
+        estimate = cohort_estimate(n_patients, workers or spec.executor.workers, design_rows, mean_levels)
         if not quiet:
             say(
                 console,
@@ -346,7 +347,7 @@ def cohort(
     if not quiet:
         say(
             console,
-            f"{len(result.arms) - len(result.failed)} of {len(result.arms)} patient-policy results, "
+            f"{len(result.arms) - len(result.failed)} of {len(result.arms)} patient-level-policy results, "
             f"{result.n_runs} runs executed now; wrote {out / 'cohort_report.md'}",
         )
         for path in files:
@@ -355,7 +356,9 @@ def cohort(
         for arm in result.failed[:10]:
             error = (arm.error or arm.status).splitlines()[0]
             say(
-                err_console, f"failed: patient {arm.patient} policy '{arm.policy}' ({arm.hash[:12]}): {error}"
+                err_console,
+                f"failed: patient {arm.patient} level {arm.level} policy '{arm.policy}' "
+                f"({arm.hash[:12]}): {error}",
             )
         if len(result.failed) > 10:
             say(err_console, f"... and {len(result.failed) - 10} more failed patient-policy results")

@@ -116,6 +116,7 @@ def contract_runner(scenario: Scenario) -> RunResult:
         "leaked_anterior_ml": 0.1 * after,
         "leaked_lateral_ml": 0.0,
         "leaked_to_azygos_ml": 0.05 * after if thoracic else 0.0,
+        "leaked_to_ivc_ml": 0.0 if thoracic else 0.05 * after,
         "n_emboli": n,
         "embolised_volume_ml": float(emboli["volume_mm3"][:n].sum()) / 1000.0,
         "wall_time_s": 0.0,
@@ -229,7 +230,7 @@ def test_conditional_volume_follows_level():
 def test_policies_share_patients_and_differ_only_in_stop():
     plan = plan_cohort(cohort(), ROOT / "configs")
     for p in plan.patients:
-        arms = {pol: plan.arms[(p.index, pol)].model_dump(mode="json") for pol in plan.policy_names}
+        arms = {pol: plan.arms[(p.index, 1, pol)].model_dump(mode="json") for pol in plan.policy_names}
         seeds = {a["patient"]["seed"] for a in arms.values()}
         assert seeds == {p.seed}
         assert arms["stop_at_detection"]["injection"]["stop_after_leak_s"] == 0.0
@@ -238,7 +239,7 @@ def test_policies_share_patients_and_differ_only_in_stop():
         for a in arms.values():
             a["injection"]["stop_after_leak_s"] = None
         assert all(a == arms["practice"] for a in arms.values())
-        assert all(plan.shareable[(p.index, pol)] for pol in plan.policy_names)
+        assert all(plan.shareable[(p.index, 1, pol)] for pol in plan.policy_names)
 
 
 @pytest.mark.parametrize(
@@ -332,12 +333,12 @@ def test_shared_runs_equal_full_runs_and_save_work(tmp_path):
         - sum(
             1
             for p in full.plan.patients
-            if full.plan.arms[(p.index, "practice")].injection.stop_after_leak_s is None
+            if full.plan.arms[(p.index, 1, "practice")].injection.stop_after_leak_s is None
         )
         - sum(
             1
             for p in full.plan.patients
-            if full.plan.arms[(p.index, "practice")].injection.stop_after_leak_s == 0.0
+            if full.plan.arms[(p.index, 1, "practice")].injection.stop_after_leak_s == 0.0
         )
     )
 
@@ -452,7 +453,9 @@ def test_tiny_cohort_end_to_end_local_cli(local_cli_cohort):
         assert (out / name).exists(), name
     with (out / "cohort_runs.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and all(r["status"] == "done" for r in rows)
+    spec, base_dir = load_cohort(ROOT / "configs" / "cohort_small.yaml")
+    n_levels = sum(p.n_levels for p in plan_cohort(spec, base_dir, n=2).patients)  # one run per level
+    assert len(rows) == 2 * n_levels and all(r["status"] == "done" for r in rows)
     for r in rows:
         assert float(r["injected_volume_ml"]) <= float(r["injection.volume_ml"]) * (1 + 1e-9)
     with (out / "cohort_sensitivity.csv").open() as fh:
@@ -499,11 +502,11 @@ def test_tiny_cohort_on_dask_matches_local_without_sharing(local_cli_cohort, tmp
         executor_factory=lambda: DaskExecutor(workers=2),
         sensitivity=False,
     )
-    assert not run.failed and run.n_runs == 4
+    assert not run.failed and run.n_runs == len(run.arms) == 2 * sum(p.n_levels for p in run.plan.patients)
     with (local_cli_cohort / "cohort_runs.csv").open() as fh:
-        local = {(int(r["patient"]), r["policy"]): r for r in csv.DictReader(fh)}
-    for (i, pol), arm in run.arms.items():
-        ref = local[(i, pol)]
+        local = {(int(r["patient"]), int(r["level"]), r["policy"]): r for r in csv.DictReader(fh)}
+    for (i, k, pol), arm in run.arms.items():
+        ref = local[(i, k, pol)]
         for metric in (
             "injected_volume_ml",
             "leaked_volume_ml",

@@ -9,6 +9,7 @@ import pytest
 
 from sim.core.errors import SolverError
 from sim.core.grid import VenousExit
+from sim.core.units import MMHG_PA
 from sim.physics.cure_clock import CureClock
 from sim.physics.fragmentation import DragVsStrength
 from sim.physics.rheology import CementModel, age_rate, equivalent_age_s, load_cement_preset
@@ -116,17 +117,25 @@ def test_kernel_matches_interpreted_reference():
     assert outs[0][0].sum() == pytest.approx(5 * 2e-7, rel=1e-13)
 
 
+SUPINE = {"azygos_posture_widening": 1.05, "intra_abdominal_pressure_pa": 2.7 * MMHG_PA}
+PRONE = {"intra_abdominal_pressure_pa": 10.0 * MMHG_PA}
+
+
 @pytest.mark.parametrize(
-    ("level", "hemi", "reach", "never"),
+    ("level", "hemi", "posture", "reach", "never"),
     [
-        ("T8", True, "azygos", "ivc"),
-        ("T6", False, "azygos", "ivc"),
-        ("L3", True, "ivc", None),
-        ("L4", False, "ivc", None),
+        ("T8", True, SUPINE, "azygos", "ivc"),
+        ("T6", False, SUPINE, "azygos", "ivc"),
+        ("L3", True, SUPINE, "ivc", None),
+        ("L4", False, SUPINE, "ivc", None),
+        ("T8", True, PRONE, "azygos", "ivc"),
+        # prone, the abdominal pressure lifts the IVC above the azygos: lumbar cement goes up the
+        # plexus and the ascending lumbar veins to the azygos (Batson's route)
+        ("L3", True, PRONE, "azygos", "ivc"),
     ],
 )
-def test_route_by_level(level, hemi, reach, never):
-    veins = replace(run_params().veins, hemiazygos_present=hemi)
+def test_route_by_level(level, hemi, posture, reach, never):
+    veins = replace(run_params().veins, hemiazygos_present=hemi, **posture)
     net = build_venous_network(level, veins, np.random.default_rng(0))
     bf = solve_blood_flow(net)
     for exit_name in ("anterior_left", "anterior_right"):

@@ -12,6 +12,7 @@ from sim.physics.cure_clock import CureClock
 from sim.physics.fluoroscopy import (
     LeakDetector,
     column_samples,
+    fragment_samples,
     make_detector,
     project_bone,
     project_points,
@@ -180,3 +181,43 @@ def test_image_accessor_views():
         a1, b1 = a0 + det.shape[0] * px, b0 + det.shape[1] * px
         assert (a1 - a0) == pytest.approx(img.shape[0] * px) and (b1 - b0) == pytest.approx(img.shape[1] * px)
         assert a0 < 0.0 < a1  # the field of view is centred on the treated level
+
+
+def _one_fragment(net, volume, length=0.008):
+    d = np.sqrt(volume / (0.25 * np.pi * length))
+    e = np.array([0])
+    return fragment_samples(
+        net, e, np.array([0.02]), np.array([d]), np.array([length]), np.array([volume]), 1e-4
+    )
+
+
+def test_fragment_samples_hold_the_fragment_volume():
+    net, _cols = straight_column()
+    pts, rad, vol, tan = _one_fragment(net, 6e-9)
+    assert vol.sum() == pytest.approx(6e-9, rel=1e-12)
+    assert np.all(np.abs(pts[:, 2]) <= 0.004 + 1e-12)  # centred 20 mm from u, 8 mm long
+    assert np.allclose(np.abs(tan[:, 2]), 1.0)
+    det = make_detector("lateral", np.zeros(3), 0.05, 0.3 * MM)
+    img = project_points(det, pts, rad, vol, tan)
+    assert img.sum() * det.pixel_size_m**2 == pytest.approx(6e-9, rel=1e-9)
+
+
+def test_a_fragment_in_transit_is_seen_in_exactly_one_frame():
+    net, _cols = straight_column()
+    empty = CementColumns.empty(net)
+    det = LeakDetector(fluoro_si(visibility_threshold_m3=5e-9, frame_interval_s=0.5), np.zeros(3))
+    # no fragments, no columns: nothing seen (limiting case: the column image is unchanged)
+    assert det.update(0.4, empty) is None
+    assert det.frames_visible_m3 == [0.0]
+    det.add_transit(_one_fragment(net, 8e-9))
+    assert det.update(0.6, empty) == pytest.approx(0.5)
+    # pixels thinner than min_thickness at the rim do not count
+    assert det.frames_visible_m3[-1] == pytest.approx(8e-9, rel=0.02)
+    # below the threshold it is counted in its frame and then gone
+    det2 = LeakDetector(fluoro_si(visibility_threshold_m3=5e-9, frame_interval_s=0.5), np.zeros(3))
+    det2.add_transit(_one_fragment(net, 3e-9, length=0.003))  # same 1.13 mm bore, shorter
+    det2.update(0.1, empty)
+    det2.update(0.6, empty)
+    assert det2.frames_visible_m3[0] == pytest.approx(3e-9, rel=0.05)
+    assert det2.frames_visible_m3[1] == 0.0
+    assert det2.detection_time_s is None

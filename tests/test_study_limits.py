@@ -148,7 +148,7 @@ def test_cohort_counts_follow_policies_and_design() -> None:
     spec, base_dir = load_cohort(ROOT / "configs" / "cohort_small.yaml")
     scenarios, rows = cohort_counts(spec, 3, sensitivity=True)
     plan = plan_cohort(spec, base_dir, n=3)
-    assert scenarios == len(plan.arms) + len(plan.patients)  # arms + one never-stop probe each
+    assert scenarios == len(plan.arms) + len(plan.probes)  # arms + one never-stop probe per treated level
     assert rows == len(sensitivity_design(spec)[1])
 
 

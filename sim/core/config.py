@@ -36,10 +36,13 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -95,8 +98,51 @@ class FractureCleftConfig(StrictModel):
     permeability_factor: Annotated[float, Field(ge=1.0, le=1.0e4)] = 50.0
 
 
+class CtAnatomyConfig(StrictModel):
+    """Patient-specific anatomy from a CT volume and its label map (NIfTI, read by nibabel).
+
+    ``ct_path`` and ``labels_path`` are NIfTI files (``.nii`` or ``.nii.gz``) on the same voxel grid
+    (same shape and affine), paths relative to the working directory; ``vertebra_label`` is the
+    label value of the treated vertebra (the whole bone: body and posterior elements). The CT is
+    in Hounsfield units; BMD = bmd_slope * HU + bmd_intercept is the scanner's calibration (from a
+    phantom when the scan has one; the defaults are a phantomless approximation, [U], see
+    ``sim.anatomy.ct_bone``). ``ivc_label`` (optional) sets the IVC calibre from its label;
+    ``lung_lobe_labels`` (optional, lobe name -> label value) sets the lobar perfusion shares from
+    the lobe volumes. See docs/ct_anatomy.md.
+    """
+
+    ct_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    labels_path: Annotated[str, Field(min_length=1, max_length=4096)]
+    vertebra_label: Annotated[int, Field(ge=1, le=65535)]
+    bmd_slope_mg_per_cm3_per_hu: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
+    bmd_intercept_mg_per_cm3: Annotated[float, Field(ge=-100.0, le=100.0)] = 0.0
+    ivc_label: Annotated[int, Field(ge=1, le=65535)] | None = None
+    lung_lobe_labels: (
+        dict[Literal["RUL", "RML", "RLL", "LUL", "LLL"], Annotated[int, Field(ge=1, le=65535)]] | None
+    ) = None
+
+
+def _anatomy_kind(value: Any) -> str:
+    """``parametric`` for a name, ``ct`` for a mapping (so errors name the CT fields, not both forms)."""
+    return "ct" if isinstance(value, dict | CtAnatomyConfig) else "parametric"
+
+
 class PatientConfig(StrictModel):
-    """Patient anatomy and bone quality of the treated vertebral body."""
+    """Patient anatomy and bone quality of the treated vertebral body.
+
+    ``anatomy``: ``parametric`` (the tabulated rounded body of ``level`` with a random porosity
+    field around ``porosity_mean``) or a CT source (:class:`CtAnatomyConfig`). With a CT, the body,
+    its porosity and the placement of its foramina come from the scan; ``level`` still selects the
+    morphometry table's pedicle, channel and venous data, ``porosity_mean`` and
+    ``permeability_ref_m2`` stay the permeability law's reference point, and ``porosity_sd``,
+    ``porosity_correlation_mm`` and ``size_scale`` are not used. The parametric default is left out
+    of the dumped scenario, so parametric scenarios keep their content hash.
+    """
+
+    anatomy: Annotated[
+        Annotated[Literal["parametric"], Tag("parametric")] | Annotated[CtAnatomyConfig, Tag("ct")],
+        Discriminator(_anatomy_kind),
+    ] = "parametric"
 
     level: Level = "L1"
     porosity_mean: Annotated[float, Field(ge=0.5, le=0.99)] = 0.90
@@ -120,6 +166,13 @@ class PatientConfig(StrictModel):
     marrow_outflow_kpa_per_ml_per_min: Annotated[float, Field(ge=0.0, le=20.0)] = 2.28
     fracture_cleft: FractureCleftConfig = FractureCleftConfig()
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 2025
+
+    @model_serializer(mode="wrap")
+    def _omit_parametric_anatomy(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("anatomy") == "parametric":
+            data.pop("anatomy")
+        return data
 
 
 class CementOverrides(StrictModel):
@@ -208,6 +261,55 @@ class GridConfig(StrictModel):
     method: Literal["front", "impes"] = "front"
 
 
+# Pressure change (mmHg) and duration (s) of a straining event by kind when the config does not give
+# them. Valsalva lying down: IVC and lumbar intraosseous pressure reach about 90 mmHg (Spine 1981;6:159),
+# held 15 s as in the standard manoeuvre (TB); cough: a short intrathoracic and abdominal pulse,
+# amplitude and duration [U] (50-250 mmHg, 0.2-0.5 s).
+EVENT_DEFAULTS: dict[str, dict[str, float]] = {
+    "valsalva": {"thoracic_mmhg": 90.0, "abdominal_mmhg": 90.0, "duration_s": 15.0},
+    "cough": {"thoracic_mmhg": 100.0, "abdominal_mmhg": 100.0, "duration_s": 0.3},
+}
+
+
+class VenousEventConfig(StrictModel):
+    """A timed straining event: intrathoracic and intra-abdominal pressure rise over a window."""
+
+    kind: Literal["valsalva", "cough"]
+    start_s: Annotated[float, Field(ge=0.0, le=3600.0)]
+    duration_s: Annotated[float, Field(gt=0.0, le=60.0)]  # left out: by kind (EVENT_DEFAULTS)
+    thoracic_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)]
+    abdominal_mmhg: Annotated[float, Field(ge=-50.0, le=300.0)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in EVENT_DEFAULTS:
+            data = {**EVENT_DEFAULTS[data["kind"]], **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+
+class VenousDynamicsConfig(StrictModel):
+    """Venous network in time (``compliant``, the default: vein wall capacitance, extramural pressures,
+    breathing and straining, see ``sim.physics.venous_dynamics``) or one steady Kirchhoff solve per step
+    with rigid veins (``steady``)."""
+
+    mode: Literal["steady", "compliant"] = "compliant"
+    # dV / (V dp_transmural): systemic veins 0.03-0.05 /mmHg (TB); vertebral veins [U] 0.005-0.05
+    distensibility_per_mmhg: Annotated[float, Field(ge=0.0, le=0.2)] = 0.04
+    respiration_period_s: Annotated[float, Field(ge=1.0, le=30.0)] = 4.0
+    # where in a breath the injection starts (0 = end-expiration, 0.5 = end-inspiration); pressures are
+    # changes from that instant, whose venous state is the steady solve
+    respiration_phase: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # pressure change at end-inspiration; spontaneous breathing: pleural -5 -> -8 cmH2O (TB) = -2.2 mmHg;
+    # mechanical ventilation: positive
+    thoracic_swing_mmhg: Annotated[float, Field(ge=-30.0, le=30.0)] = -2.2
+    abdominal_swing_mmhg: Annotated[float, Field(ge=-30.0, le=30.0)] = 1.5
+    # longest implicit Euler substep of the venous solve: the network relaxes in < 0.1 s (its slowest
+    # RC time at 0.04 /mmHg), so 0.1 s resolves a breath; events are never stepped over
+    max_step_s: Annotated[float, Field(ge=1.0e-4, le=1.0)] = 0.1
+    events: Annotated[list[VenousEventConfig], Field(max_length=100)] = []
+
+
 class VeinsConfig(StrictModel):
     """Venous anatomy and physiology (boundary flows and pressures)."""
 
@@ -217,9 +319,14 @@ class VeinsConfig(StrictModel):
     cardiac_output_l_per_min: Annotated[float, Field(ge=2.0, le=12.0)] = 5.0
     azygos_flow_ml_per_min: Annotated[float, Field(ge=50.0, le=1500.0)] = 320.0
     cvp_mmhg: Annotated[float, Field(ge=0.0, le=25.0)] = 5.0
+    # posture of the procedure (prone), see geometries/veins/README.md "Posture"
+    azygos_erect_diameter_mm: Annotated[float, Field(ge=2.0, le=12.0)] = 5.14
+    azygos_posture_widening: Annotated[float, Field(ge=0.0, le=2.5)] = 0.5
+    intra_abdominal_pressure_mmhg: Annotated[float, Field(ge=0.0, le=40.0)] = 7.8
     blood_viscosity_pa_s: Annotated[float, Field(ge=0.002, le=0.01)] = 0.0035
     blood_density_kg_per_m3: Annotated[float, Field(ge=1000.0, le=1100.0)] = 1055.0
     marrow_viscosity_pa_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.04
+    dynamics: VenousDynamicsConfig = VenousDynamicsConfig()
 
 
 class FluoroscopyConfig(StrictModel):
@@ -249,6 +356,24 @@ class FragmentationConfig(StrictModel):
     length_sigma: Annotated[float, Field(ge=0.0, le=2.0)] = 0.6
     branching_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
     strength_scale: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    interfacial_tension_mn_per_m: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=100.0,
+            description="Cement dough / blood interfacial tension (law drag_vs_strength_breakup). "
+            "Unmeasured [U]: 5-35 mN/m (PMMA-water from PMMA's surface energy, less with plasma proteins).",
+        ),
+    ] = 20.0
+    disturbance_ratio: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            lt=1.0,
+            description="Initial amplitude of the capillary disturbance on a cement thread over its radius "
+            "(law drag_vs_strength_breakup): a thread pinches off after ln(1/ratio) e-foldings [U] 1e-3-0.1.",
+        ),
+    ] = 0.01
 
 
 class LungsConfig(StrictModel):
@@ -277,7 +402,7 @@ class LawsConfig(StrictModel):
     permeability: Literal["kozeny_carman"] = "kozeny_carman"
     rheology: Literal["power_law_cure"] = "power_law_cure"
     exchange: Literal["embedded_veins"] = "embedded_veins"
-    fragmentation: Literal["drag_vs_strength"] = "drag_vs_strength"
+    fragmentation: Literal["drag_vs_strength", "drag_vs_strength_breakup"] = "drag_vs_strength_breakup"
     lodging: Literal["diameter_margin"] = "diameter_margin"
     marrow_outflow: Literal["lumped_outlet"] = "lumped_outlet"
 

@@ -38,6 +38,19 @@ class FractureCleftParams:
 
 
 @dataclass(frozen=True)
+class CtAnatomyParams:
+    """CT source of the anatomy (``patient.anatomy``; see :class:`sim.core.config.CtAnatomyConfig`)."""
+
+    ct_path: str
+    labels_path: str
+    vertebra_label: int
+    bmd_slope_mg_per_cm3_per_hu: float  # scanner calibration BMD = slope * HU + intercept
+    bmd_intercept_mg_per_cm3: float
+    ivc_label: int | None
+    lung_lobe_labels: dict[str, int] | None
+
+
+@dataclass(frozen=True)
 class PatientParams:
     """Treated level and bone quality (``patient``)."""
 
@@ -56,6 +69,7 @@ class PatientParams:
     marrow_outflow_pa_s_per_m3: float  # resistance displaced marrow meets leaving the bone
     fracture_cleft: FractureCleftParams
     seed: int  # root of every random stream of the run
+    anatomy: str | CtAnatomyParams = "parametric"  # "parametric" or a CT source
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,31 @@ class GridParams:
 
 
 @dataclass(frozen=True)
+class VenousEventParams:
+    """A timed straining event (``veins.dynamics.events``): pressure changes added over a window."""
+
+    kind: str  # valsalva | cough
+    start_s: float
+    duration_s: float
+    thoracic_pa: float  # intrathoracic pressure change during the event
+    abdominal_pa: float  # intra-abdominal pressure change during the event
+
+
+@dataclass(frozen=True)
+class VenousDynamicsParams:
+    """Compliant venous network in time (``veins.dynamics``; see :mod:`sim.physics.venous_dynamics`)."""
+
+    mode: str  # steady (one Kirchhoff solve per step, rigid veins) | compliant
+    distensibility_per_pa: float  # vein wall compliance per unit volume, dV / (V dp_transmural)
+    respiration_period_s: float
+    thoracic_swing_pa: float  # intrathoracic pressure change at end-inspiration (signed)
+    abdominal_swing_pa: float  # intra-abdominal pressure change at end-inspiration (signed)
+    max_step_s: float  # longest implicit Euler substep of the venous solve
+    events: tuple[VenousEventParams, ...]
+    respiration_phase: float = 0.0  # fraction of a breath at injection start (0 = end-expiration)
+
+
+@dataclass(frozen=True)
 class VeinParams:
     """Venous anatomy and physiology (``veins``)."""
 
@@ -145,9 +184,13 @@ class VeinParams:
     cardiac_output_m3_per_s: float
     azygos_flow_m3_per_s: float
     cvp_pa: float
+    azygos_erect_diameter_m: float  # azygos arch width standing (Milne 1984)
+    azygos_posture_widening: float  # relative widening of the arch in the procedure's posture
+    intra_abdominal_pressure_pa: float  # around the abdominal IVC in the procedure's posture
     blood_viscosity_pa_s: float
     blood_density_kg_per_m3: float
     marrow_viscosity_pa_s: float  # the fluid cement displaces in the bone
+    dynamics: VenousDynamicsParams | None  # None: steady (rigid veins, e.g. hand-built parameters)
 
 
 @dataclass(frozen=True)
@@ -169,6 +212,8 @@ class FragmentationParams:
     length_sigma: float  # lognormal sigma of fragment length
     branching_probability: float  # fragment is a branched cast
     strength_scale: float  # cement strength x this
+    interfacial_tension_n_per_m: float = 0.02  # cement / blood [U]; law drag_vs_strength_breakup
+    disturbance_ratio: float = 0.01  # initial capillary disturbance / thread radius [U]
 
 
 @dataclass(frozen=True)
@@ -240,6 +285,7 @@ class RunParameters:
             stop_after_leak_s=injection.pop("stop_after_leak_s"),
             reaction_delay_s=float(fluoroscopy.pop("reaction_delay_s")),
         )
+        veins = dict(si["veins"])
         lungs = {
             **si["lungs"],
             "cardiac_output_m3_per_s": si["veins"]["cardiac_output_m3_per_s"],
@@ -247,13 +293,13 @@ class RunParameters:
         }
         return cls(
             name=str(si.get("name", "")),
-            patient=build(PatientParams, si["patient"], "patient"),
+            patient=build(PatientParams, {"anatomy": "parametric", **si["patient"]}, "patient"),
             cement=build(CementParams, si["cement"], "cement"),
             needle=build(NeedleParams, si["needle"], "needle"),
             injection=build(InjectionParams, injection, "injection"),
             stop=stop,
             grid=build(GridParams, si["grid"], "grid"),
-            veins=build(VeinParams, si["veins"], "veins"),
+            veins=build(VeinParams, veins, "veins"),
             fluoroscopy=build(FluoroscopyParams, fluoroscopy, "fluoroscopy"),
             fragmentation=build(FragmentationParams, si["fragmentation"], "fragmentation"),
             lungs=build(LungParams, lungs, "lungs"),
@@ -284,7 +330,10 @@ def build(cls: type[T], section: dict[str, Any], where: str) -> T:
         if kind is not None and isinstance(value, dict):
             values[name] = build(kind, value, f"{where}.{name}")
         elif isinstance(value, list):
-            values[name] = tuple(value)
+            item = _tuple_item_dataclass(hints[name])
+            values[name] = tuple(
+                build(item, v, f"{where}.{name}[{i}]") if item is not None else v for i, v in enumerate(value)
+            )
         else:
             values[name] = value
     return cls(**values)
@@ -298,4 +347,13 @@ def _dataclass_of(annotation: Any) -> type | None:
             found = _dataclass_of(arg)
             if found is not None:
                 return found
+    return None
+
+
+def _tuple_item_dataclass(annotation: Any) -> type | None:
+    """The dataclass D of a ``tuple[D, ...]`` field (None for tuples of plain values)."""
+    if typing.get_origin(annotation) is tuple:
+        args = typing.get_args(annotation)
+        if args:
+            return _dataclass_of(args[0])
     return None

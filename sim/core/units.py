@@ -20,6 +20,7 @@ MM_M = 1.0e-3  # 1 mm in m
 MIN_S = 60.0  # 1 min in s
 MPA_PA = 1.0e6  # 1 MPa in Pa
 KPA_PA = 1.0e3
+MN_PER_M_N_PER_M = 1.0e-3  # 1 mN/m (interfacial tension) in N/m
 CELSIUS_K = 273.15
 L_PER_MIN_M3_PER_S = 1.0e-3 / 60.0
 ML_PER_MIN_M3_PER_S = 1.0e-6 / 60.0
@@ -32,10 +33,12 @@ _SUFFIXES: tuple[tuple[str, str, Any], ...] = (
     ("_l_per_min", "_m3_per_s", lambda v: v * L_PER_MIN_M3_PER_S),
     ("_ml_per_s", "_m3_per_s", lambda v: v * ML_M3),
     ("_kj_per_mol", "_j_per_mol", lambda v: v * 1.0e3),
+    ("_mn_per_m", "_n_per_m", lambda v: v * MN_PER_M_N_PER_M),
     ("_mm3", "_m3", lambda v: v * MM_M**3),
     ("_mm2", "_m2", lambda v: v * MM_M**2),
     ("_ml", "_m3", lambda v: v * ML_M3),
     ("_mm", "_m", lambda v: v * MM_M),
+    ("_per_mmhg", "_per_pa", lambda v: v / MMHG_PA),
     ("_mmhg", "_pa", lambda v: v * MMHG_PA),
     ("_cmh2o", "_pa", lambda v: v * CMH2O_PA),
     ("_mpa", "_pa", lambda v: v * MPA_PA),
@@ -89,6 +92,8 @@ def to_si(data: Any) -> Any:
         for key, value in data.items():
             if isinstance(value, dict):
                 out[key] = to_si(value)
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                out[key] = [to_si(v) for v in value]
             else:
                 new_key, new_value = _convert_value(key, value)
                 out[new_key] = new_value

@@ -709,6 +709,23 @@ def spine_levels_from_geometry(skip: str | None = None) -> dict[str, dict[str, f
     return out
 
 
+def write_ct_vti(path: str | Path, ct_view: Mapping[str, Any]) -> Path:
+    """The patient's CT around the treated vertebra in the patient frame (``ct.vti``, mm).
+
+    Cell data: ``hu`` (Hounsfield units), ``label`` (the label map's values), ``ct_body`` (the
+    vertebral body the model kept) and ``ct_cancellous`` (its cancellous region), on the working grid
+    of :mod:`sim.anatomy.ct_bone` (axis-aligned, the scan's finest voxel edge), so a slice through it
+    shows the cement of ``bone.pvd`` inside the patient's own bone.
+    """
+    arrays = {
+        "hu": np.asarray(ct_view["hu"], dtype=np.float32),
+        "label": np.asarray(ct_view["labels"], dtype=np.int32),
+        "ct_body": np.asarray(ct_view["body"], dtype=np.uint8),
+        "ct_cancellous": np.asarray(ct_view["cancellous"], dtype=np.uint8),
+    }
+    return write_image_data(path, arrays, float(ct_view["spacing_m"]), np.asarray(ct_view["origin_m"]))
+
+
 def write_run_vtk(out_dir: str | Path, result: RunResult, spine: bool = True) -> Path:
     """Write a run as ParaView files in ``out_dir``; returns ``out_dir/pce_sim.pvd``.
 
@@ -723,7 +740,8 @@ def write_run_vtk(out_dir: str | Path, result: RunResult, spine: bool = True) ->
     - ``lungs.pvd`` / ``lungs.vtp``: the pulmonary arterial tree;
     - ``emboli.pvd`` + ``emboli/emboli_NNNN.vtp``: the emboli lodged by each output time, each a cast
       along its vessel; ``needle.vtp``: the cannula; ``spine.vtp`` (with ``spine``): the other
-      tabulated vertebral bodies as context.
+      tabulated vertebral bodies as context;
+    - ``ct.vti`` (CT anatomy only): the scan and its labels around the vertebra (:func:`write_ct_vti`).
     """
     art = result.artifacts
     if art is None:
@@ -745,6 +763,11 @@ def write_run_vtk(out_dir: str | Path, result: RunResult, spine: bool = True) ->
 
     write_polydata(out / "needle.vtp", needle_polydata(art.needle))
     parts.append(("needle", [(0.0, "needle.vtp")]))
+
+    ct_view = bone.meta.get("ct_view")
+    if ct_view is not None:
+        write_ct_vti(out / "ct.vti", ct_view)
+        parts.append(("ct", [(0.0, "ct.vti")]))
 
     if spine:
         try:

@@ -89,6 +89,7 @@ BRANCH_FAN_DEG = 70.0  # [U] basivertebral tributaries fan over +-70 deg from th
 CLEFT_SOLID_RETAINED = 0.3  # [U] fraction of the trabecular solid left inside a fracture cleft
 EXTRAPEDICULAR_OFFSET_M = 3.0e-3  # [U] extrapedicular entry lateral of the pedicle's lateral wall
 _FACE6 = ndimage.generate_binary_structure(3, 1)
+_BODY_META_KEYS = ("width_m", "depth_m", "height_m", "size_scale", "porosity_model", "shell_rule")
 
 # ----------------------------------------------------------------------------- data
 
@@ -439,8 +440,65 @@ def build_vertebral_body(
     outer_mask = outer.inside_xy(X, Y)[:, :, None] & (np.abs(axes.z) <= outer.half_height)[None, None, :]
     body = outer_mask | ndimage.binary_dilation(porous, structure=_FACE6)
     del X, Y, outer_mask
-    porous_flat = porous.reshape(-1)
 
+    # --- porosity (a field of position).
+    g = FourierField.draw(corr, feature_rng(patient.seed, "porosity"), FOURIER_MODES).on_grid(
+        axes.origin, h, axes.shape
+    )
+    phi = np.clip(phi_mean + phi_sd * g, *POROSITY_CLIP)
+    del g
+    law = permeability or KozenyCarman.from_params(patient)
+    return assemble_body(
+        patient,
+        dims,
+        axes,
+        outer,
+        inner,
+        center,
+        porous,
+        body,
+        phi,
+        law,
+        {
+            "width_m": width,
+            "depth_m": depth,
+            "height_m": height,
+            "size_scale": scale,
+            "porosity_model": f"clip(mean + sd * g, 0.5, 0.99), g of {FOURIER_MODES} Fourier modes",
+            "shell_rule": "porous: centre in inset shape; body: outer shape + 1-cell dilation",
+        },
+    )
+
+
+def assemble_body(
+    patient: PatientParams,
+    dims: dict[str, Any],
+    axes: _Axes,
+    outer: BodyShape,
+    inner: BodyShape,
+    center: np.ndarray,
+    porous: np.ndarray,
+    body: np.ndarray,
+    phi: np.ndarray,
+    law: KozenyCarman,
+    meta: dict[str, Any],
+) -> BoneGrid:
+    """The BoneGrid of a body whose shape (``outer``, ``inner``), masks and porosity are known.
+
+    Shared by the parametric body and the CT one (``sim.anatomy.ct_bone``): cuts the basivertebral
+    canals out of ``porous`` (modified in place), sets porosity outside the porous cells to 0, the
+    permeability from ``law``, the fracture cleft, the intraosseous veins (placed relative to
+    ``outer`` by :func:`vein_tree`), the exits, and drops porous cells no exit drains.
+    ``axes`` are body-centred; ``center`` is the body centre in the patient frame; ``meta`` holds
+    the body's dimensions (``width_m``, ``depth_m``, ``height_m``) and model notes.
+    """
+    level = patient.level
+    h = axes.h
+    t_cort = dims["cortical_thickness_m"]
+    t_end = dims["endplate_thickness_m"]
+    depth = float(meta["depth_m"])
+    pedicle_scale = float(meta.get("size_scale", 1.0))
+    porous_flat = porous.reshape(-1)
     if h > float(patient.basivertebral_foramen_height_m):
         raise GeometryError(
             f"grid.spacing_mm = {1e3 * h:g} is coarser than patient.basivertebral_foramen_height_mm = "
@@ -453,14 +511,8 @@ def build_vertebral_body(
         cells = _tube_cells(axes, p0, p1, radius)
         porous_flat[cells[body.reshape(-1)[cells]]] = False
 
-    # --- porosity (a field of position) and permeability.
-    g = FourierField.draw(corr, feature_rng(patient.seed, "porosity"), FOURIER_MODES).on_grid(
-        axes.origin, h, axes.shape
-    )
-    phi = np.clip(phi_mean + phi_sd * g, *POROSITY_CLIP)
-    del g
+    # --- permeability from porosity.
     phi[~porous] = 0.0
-    law = permeability or KozenyCarman.from_params(patient)
     perm = np.zeros((3, *axes.shape), dtype=np.float64)
     perm[:, porous] = law.tensor_diagonal(phi[porous])
 
@@ -512,10 +564,7 @@ def build_vertebral_body(
         {
             "level": level,
             "center_m": center,
-            "width_m": width,
-            "depth_m": depth,
-            "height_m": height,
-            "size_scale": scale,
+            **{k: meta[k] for k in ("width_m", "depth_m", "height_m", "size_scale") if k in meta},
             "cortical_thickness_m": t_cort,
             "endplate_thickness_m": t_end,
             "outer_shape": outer.to_meta(),
@@ -523,7 +572,7 @@ def build_vertebral_body(
             "outer_volume_m3": outer.volume(),
             "cancellous_volume_m3": inner.volume(),
             "pedicle": {
-                k: dims[k] * (scale if k.endswith("_m") else 1.0)
+                k: dims[k] * (pedicle_scale if k.endswith("_m") else 1.0)
                 for k in (
                     "pedicle_width_m",
                     "pedicle_height_m",
@@ -544,9 +593,10 @@ def build_vertebral_body(
             ],
             "well_kernel_radius_m": vessels.kernel_radius_m,
             "isolated_porous_cells_removed": dropped,
-            "porosity_model": f"clip(mean + sd * g, 0.5, 0.99), g of {FOURIER_MODES} Fourier modes",
+            "porosity_model": meta["porosity_model"],
             "permeability_model": type(law).law_name,
-            "shell_rule": "porous: centre in inset shape; body: outer shape + 1-cell dilation",
+            "shell_rule": meta["shell_rule"],
+            **{k: v for k, v in meta.items() if k not in _BODY_META_KEYS},
             "sources": dims["sources"],
             "citations": dims["citations"],
         }

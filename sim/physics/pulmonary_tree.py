@@ -557,9 +557,43 @@ def _grow_murray(
     return gens_parent, gens_d
 
 
-def build_pulmonary_tree(lungs: LungParams, rng: np.random.Generator) -> PulmonaryTree:
-    """Seeded pulmonary arterial tree for ``lungs`` (cutoff, pressures, posture, cardiac output, blood)."""
+def lobe_fractions_from_volumes(volumes_m3: dict[str, float], template: dict[str, float]) -> dict[str, float]:
+    """Lobar perfusion fractions with the lobes of known volume sharing in proportion to volume.
+
+        f_i = (sum_{j known} f_j^template) V_i / sum_{j known} V_j   for the known lobes i,
+        f_i = f_i^template                                        for the others,
+
+    i.e. perfusion per unit lobe volume uniform among the measured lobes [U]: the gravitational
+    gradient and regional differences are ignored (lobar SPECT fractions follow lobar volume to
+    first order). Limiting cases (tested): all five lobes known gives f_i = V_i / sum V; volumes in
+    the template's proportions give the template back; the fractions always sum to 1.
+    """
+    known = {k: float(v) for k, v in volumes_m3.items() if k in template}
+    if not known:
+        return dict(template)
+    if any(not (v > 0.0 and np.isfinite(v)) for v in known.values()):
+        raise GeometryError(f"lung lobe volumes must be positive, got {known}")
+    share = sum(template[k] for k in known)
+    total = sum(known.values())
+    return {k: (share * known[k] / total if k in known else float(f)) for k, f in template.items()}
+
+
+def build_pulmonary_tree(
+    lungs: LungParams, rng: np.random.Generator, lobe_volumes_m3: dict[str, float] | None = None
+) -> PulmonaryTree:
+    """Seeded pulmonary arterial tree for ``lungs`` (cutoff, pressures, posture, cardiac output, blood).
+
+    ``lobe_volumes_m3`` (lobe name -> volume, from CT lobe labels) sets the lobar perfusion shares
+    of the lobes given (:func:`lobe_fractions_from_volumes`); the template's otherwise.
+    """
     data = load_pulmonary_data()
+    if lobe_volumes_m3:
+        template = {k: float(v["perfusion_fraction"]) for k, v in data["lobes"].items()}
+        fractions = lobe_fractions_from_volumes(lobe_volumes_m3, template)
+        data = {
+            **data,
+            "lobes": {k: {**v, "perfusion_fraction": fractions[k]} for k, v in data["lobes"].items()},
+        }
     cutoff = float(lungs.cutoff_diameter_m)
     mpap = float(lungs.mean_pap_pa)
     lap = float(lungs.left_atrial_pressure_pa)

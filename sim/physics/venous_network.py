@@ -40,7 +40,7 @@ from scipy.sparse.csgraph import connected_components
 from sim.core.errors import ConfigError, GeometryError, SolverError
 from sim.core.geometry_data import load_geometry_yaml
 from sim.core.parameters import VeinParams
-from sim.core.units import ML_PER_MIN_M3_PER_S, MM_M
+from sim.core.units import ML_PER_MIN_M3_PER_S, MM_M, MMHG_PA
 from sim.physics.fragment_set import VenousFlowSnapshot
 
 TEMPLATE = "veins/template.yaml"
@@ -57,6 +57,7 @@ ROUTE_OF_KIND = {
     "aep": "plexus",
     "segmental": "segmental",
     "ascending_lumbar": "segmental",
+    "iliolumbar": "segmental",
     "azygos": "azygos",
     "hemiazygos": "azygos",
     "svc": "azygos",
@@ -64,6 +65,8 @@ ROUTE_OF_KIND = {
     "right_heart": "heart",
 }
 ROUTES = ("plexus", "segmental", "azygos", "ivc", "heart")
+# edge kinds whose calibre is measured (not scaled by ``veins.diameter_scale``)
+MEASURED_KINDS = ("azygos", "svc", "ivc", "right_heart")
 
 
 @dataclass
@@ -99,6 +102,11 @@ class VenousNetwork:
     azygos_edge: int  # edge whose flow is calibrated to the azygos flow (arch)
     ivc_edge: int  # last IVC edge into the right atrium
     meta: dict[str, Any] = field(default_factory=dict)
+    # caval hiatus: the IVC edge into the right atrium that collapses against the abdominal pressure
+    # (Starling resistor, see :func:`hiatus_outlet_pressure`); -1: none (custom networks)
+    hiatus_edge: int = -1
+    abdominal_pressure_pa: float = 0.0
+    waterfall_threshold_pa: float = 0.0
 
     @property
     def n_nodes(self) -> int:
@@ -186,9 +194,12 @@ def _place(spec: dict[str, Any], lv: dict[str, float]) -> np.ndarray:
     return np.array([x, y, z], dtype=np.float64)
 
 
-def _applies(spec: dict[str, Any], region: str, hemiazygos: bool) -> bool:
+def _applies(spec: dict[str, Any], region: str, hemiazygos: bool, level: str | None = None) -> bool:
     regions = spec.get("regions")
     if regions is not None and region not in regions:
+        return False
+    levels = spec.get("levels")
+    if levels is not None and level is not None and level not in levels:
         return False
     when = spec.get("when")
     if when == "hemiazygos" and not hemiazygos:
@@ -198,8 +209,13 @@ def _applies(spec: dict[str, Any], region: str, hemiazygos: bool) -> bool:
     return True
 
 
-def _diameter_mm(spec: dict[str, Any], level: str, region: str, tpl: dict[str, Any]) -> float:
+def _diameter_mm(spec: dict[str, Any], level: str, region: str, tpl: dict[str, Any], arch_mm: float) -> float:
     d = spec["d_mm"]
+    if d == "azygos":
+        taper = tpl["azygos_taper"]
+        if level not in taper:
+            raise GeometryError(f"{TEMPLATE}: no azygos taper for level {level}")
+        return float(taper[level]) * arch_mm
     if isinstance(d, str):
         table = tpl.get(f"{d}_diameter_mm")
         if table is None or level not in table:
@@ -220,12 +236,16 @@ def _check_veins(veins: VeinParams) -> None:
         )
 
 
-def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator) -> VenousNetwork:
+def build_venous_network(
+    level: str, veins: VeinParams, rng: np.random.Generator, ivc_diameter_m: float | None = None
+) -> VenousNetwork:
     """Generate the venous network for treated ``level`` (T5..L5) from the YAML template.
 
     Diameters are multiplied by ``diameter_scale``
     and, when ``diameter_scatter`` > 0, by a median-preserving lognormal factor exp(sigma z)
-    drawn per edge from ``rng`` (pump edge excluded).
+    drawn per edge from ``rng`` (pump edge excluded). ``ivc_diameter_m`` (the patient's IVC
+    measured on CT, :mod:`sim.anatomy.ct_bone`) replaces the calibre of every IVC edge, neither
+    scaled nor scattered (the draws are made all the same, so the other edges keep theirs).
     """
     _check_veins(veins)
     tpl = load_geometry_yaml(TEMPLATE)
@@ -260,18 +280,23 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
     eu: list[int] = []
     ev: list[int] = []
     ed: list[float] = []
+    e_arch: list[bool] = []  # calibre follows the azygos arch width (posture)
+    erect_arch_mm = float(veins.azygos_erect_diameter_m) / MM_M
     ek: list[str] = []
     es: list[str] = []
     epoly: list[np.ndarray] = []
     sources = tpl["sources"]
 
-    def add_edge(u: str, v: str, kind: str, d_mm: float, src: str, via_mm: list[np.ndarray]) -> None:
+    def add_edge(
+        u: str, v: str, kind: str, d_mm: float, src: str, via_mm: list[np.ndarray], arch: bool = False
+    ) -> None:
         if src not in sources:
             raise GeometryError(f"{TEMPLATE}: edge {u}-{v} cites unknown source '{src}'")
         a, b = index[u], index[v]
         eu.append(a)
         ev.append(b)
         ed.append(d_mm)
+        e_arch.append(arch)
         ek.append(kind)
         es.append(sources[src])
         epoly.append(np.vstack([pos[a], *via_mm, pos[b]]) * MM_M)
@@ -280,7 +305,7 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
         geo = _level_geometry(levels, lv)
         upper = order[i + 1] if i + 1 < len(order) else None
         for spec in tpl["level_edges"]:
-            if not _applies(spec, geo["region"], hemi):
+            if not _applies(spec, geo["region"], hemi, lv):
                 continue
             u = f"{lv}:{spec['u']}"
             v_raw = spec["v"]
@@ -298,7 +323,8 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
                         f"{TEMPLATE}: edge {spec['u']}-{spec['v']} at {lv} needs missing node '{nm}'"
                     )
             via = [_place({"x": w[0:2], "y": w[2:4], "z": w[4:6]}, geo) for w in _via(spec)]
-            add_edge(u, v, spec["kind"], _diameter_mm(spec, lv, geo["region"], tpl), spec["source"], via)
+            d_mm = _diameter_mm(spec, lv, geo["region"], tpl, erect_arch_mm)
+            add_edge(u, v, spec["kind"], d_mm, spec["source"], via, arch=spec["d_mm"] == "azygos")
     for spec in list(tpl["junction_edges"]) + list(tpl["trunk_edges"]):
         if not _applies(spec, "", hemi) and spec.get("when"):
             continue
@@ -306,18 +332,30 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
             if nm not in index:
                 raise GeometryError(f"{TEMPLATE}: edge {spec['u']}-{spec['v']} needs missing node '{nm}'")
         via = [np.asarray(w, dtype=np.float64) for w in spec.get("via_abs_mm", [])]
-        add_edge(spec["u"], spec["v"], spec["kind"], float(spec["d_mm"]), spec["source"], via)
+        arch = spec["d_mm"] == "azygos"
+        d_mm = erect_arch_mm if arch else float(spec["d_mm"])
+        add_edge(spec["u"], spec["v"], spec["kind"], d_mm, spec["source"], via, arch=arch)
 
     edge_kind = np.array(ek)
     pump = np.flatnonzero(edge_kind == "right_heart")
     if pump.size != 1:
         raise GeometryError(f"{TEMPLATE}: expected exactly one right_heart edge, found {pump.size}")
-    d_m = np.asarray(ed) * MM_M * float(veins.diameter_scale)
+    # the unmeasured calibres scale with diameter_scale; the measured trunks (azygos arch width from
+    # Milne 1984, IVC Patil 2016, SVC Cowie 2015, right heart) keep their own values
+    measured = np.isin(edge_kind, MEASURED_KINDS)
+    d_m = np.asarray(ed) * MM_M * np.where(measured, 1.0, float(veins.diameter_scale))
     sigma = float(veins.diameter_scatter)
     factors = np.exp(sigma * rng.standard_normal(d_m.size)) if sigma > 0 else np.ones(d_m.size)
     factors[pump[0]] = 1.0
     d_m = d_m * factors
     d_m[pump[0]] = ed[pump[0]] * MM_M
+    if ivc_diameter_m is not None:  # from the patient's CT (issue 18), in both postures
+        d_m[edge_kind == "ivc"] = float(ivc_diameter_m)
+    arch = np.asarray(e_arch, dtype=bool)
+    phys = tpl["physiology"]
+    calib = phys["calibration_posture"]
+    d_calib = np.where(arch, d_m * (1.0 + float(calib["azygos_posture_widening"])), d_m)
+    d_m = np.where(arch, d_m * (1.0 + float(veins.azygos_posture_widening)), d_m)
     lengths = np.array([np.linalg.norm(np.diff(p, axis=0), axis=1).sum() for p in epoly])
 
     graph = nx.Graph()
@@ -329,7 +367,9 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
         )
 
     exit_nodes = {ex: index[f"{level}:{node}"] for ex, node in tpl["exits"].items()}
-    phys = tpl["physiology"]
+    hiatus = _find_edge(eu, ev, index[phys["caval_hiatus_edge"][0]], index[phys["caval_hiatus_edge"][1]])
+    if ev[hiatus] != index["right_atrium"]:
+        raise GeometryError(f"{TEMPLATE}: the caval hiatus edge must end at the right atrium")
     az_edge = _find_edge(
         eu, ev, index[phys["azygos_calibration_edge"][0]], index[phys["azygos_calibration_edge"][1]]
     )
@@ -342,7 +382,7 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
         node_kind=np.array(kinds),
         edge_u=np.asarray(eu, dtype=np.int64),
         edge_v=np.asarray(ev, dtype=np.int64),
-        edge_diameter_m=d_m,
+        edge_diameter_m=d_calib,
         edge_length_m=lengths,
         edge_kind=edge_kind,
         edge_route=np.array([ROUTE_OF_KIND.get(k, "plexus") for k in ek]),
@@ -365,10 +405,19 @@ def build_venous_network(level: str, veins: VeinParams, rng: np.random.Generator
             "levels": order,
             "level_center_m": np.array([0.0, 0.0, levels[level]["z_mm"] * MM_M]),
             "region": levels[level]["region"],
+            "azygos_arch_diameter_m": float(d_m[az_edge]),
         },
+        hiatus_edge=hiatus,
+        abdominal_pressure_pa=-np.inf,  # calibration posture: hiatus open (supine p_ab ~ CVP)
+        waterfall_threshold_pa=float(phys["waterfall_threshold_mmhg"]) * MMHG_PA,
     )
     validate_network(net)
+    # inflows are calibrated in the posture the azygos flow was measured in (supine), then the network
+    # takes the procedure's posture: the azygos arch width and the abdominal pressure on the IVC
     _set_boundary_inflows(net, veins, phys, index)
+    net.edge_diameter_m = d_m
+    net.abdominal_pressure_pa = float(veins.intra_abdominal_pressure_pa)
+    validate_network(net)
     return net
 
 
@@ -561,16 +610,55 @@ def edge_conductance(net: VenousNetwork, extra_resistance: np.ndarray | None = N
     return g
 
 
+def hiatus_outlet_pressure(network: VenousNetwork) -> float:
+    """Pressure the IVC drains against at the caval hiatus: max(p_RA, p_ab + threshold).
+
+    The abdominal IVC is a collapsible tube surrounded by the intra-abdominal pressure p_ab. Where it
+    enters the thorax it behaves as a Starling resistor (vascular waterfall): while the right atrial
+    pressure exceeds p_ab (zone 3) the flow is G (p_up - p_RA); once p_ab exceeds it, the segment narrows
+    until its pressure is p_ab plus a small opening threshold and the flow becomes G (p_up - p_ab - dp),
+    independent of p_RA (zone 2). Takata, Wise & Robotham 1990 (J Appl Physiol 69:1961): zone-2 flow
+    limitation once p_ab exceeds IVC pressure, threshold 1.00 +- 0.72 mmHg in dogs. Upstream, every
+    abdominal vein then sits above p_ab and blood is pushed into the valveless vertebral plexus and the
+    azygos system (Batson 1940; Edgcombe et al. 2008, Br J Anaesth 100:165). Limiting case (tested):
+    p_ab + threshold <= p_RA gives the rigid-tube network unchanged.
+    """
+    if network.hiatus_edge < 0:
+        return float(network.ra_pressure_pa)
+    return max(float(network.ra_pressure_pa), network.abdominal_pressure_pa + network.waterfall_threshold_pa)
+
+
 def solve_blood_flow(network: VenousNetwork, extra_resistance: np.ndarray | None = None) -> BloodFlow:
     """Node pressures and signed edge flows (u -> v positive) of the network's blood flow.
 
     Kirchhoff's law with Poiseuille conductances; the right atrium is eliminated symmetrically
     (Dirichlet p = CVP) and the pulmonary trunk is fed by the pump edge, whose flow is set to the
-    right atrium's total inflow (= sum of prescribed inflows). Raises SolverError if the residual
-    exceeds 1e-9 of the total inflow.
+    right atrium's total inflow (= sum of prescribed inflows). The caval hiatus edge drains into
+    :func:`hiatus_outlet_pressure` instead of the atrial pressure (Starling resistor); if that would
+    need backward flow, the collapsed segment carries none (zone 1). Raises SolverError if the
+    residual exceeds 1e-9 of the total inflow.
     """
     net = network
     g = edge_conductance(net, extra_resistance)
+    h = net.hiatus_edge
+    p_out = hiatus_outlet_pressure(net)
+    p, flow = _kirchhoff_solve(net, g, h, p_out)
+    if h >= 0 and p_out > net.ra_pressure_pa and flow[h] < 0.0:
+        g = g.copy()
+        g[h] = 0.0  # collapsed: upstream pressure below the abdominal pressure, no flow either way
+        p, flow = _kirchhoff_solve(net, g, h, p_out)
+    total_in = float(net.node_inflow_m3_s.sum())
+    flow[net.pump_edge] = total_in if net.edge_u[net.pump_edge] == net.right_atrium else -total_in
+    res = kirchhoff_residual(net, flow)
+    if not np.isfinite(res) or res > 1e-9:
+        raise SolverError(f"blood flow: Kirchhoff residual {res:.3e} (relative to total inflow) too large")
+    return BloodFlow(node_pressure_pa=p, edge_flow_m3_s=flow, residual=res)
+
+
+def _kirchhoff_solve(
+    net: VenousNetwork, g: np.ndarray, hiatus: int, p_out: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pressures and edge flows for conductances g, the hiatus edge draining against ``p_out``."""
     n = net.n_nodes
     u, v = net.edge_u, net.edge_v
     lap = sp.coo_matrix(
@@ -585,6 +673,9 @@ def solve_blood_flow(network: VenousNetwork, extra_resistance: np.ndarray | None
     p[net.pulmonary_trunk] = net.ra_pressure_pa  # pressure rise of the pump not modelled here
     a = lap[free][:, free].tocsc()
     b = net.node_inflow_m3_s[free] - lap[free][:, fixed] @ p[fixed]
+    if hiatus >= 0 and p_out != net.ra_pressure_pa:
+        up = int(u[hiatus]) if v[hiatus] == net.right_atrium else int(v[hiatus])
+        b[np.searchsorted(free, up)] += g[hiatus] * (p_out - net.ra_pressure_pa)
     sub = a.tocoo()
     n_comp, labels = connected_components(sp.coo_matrix((sub.data != 0, (sub.row, sub.col)), shape=a.shape))
     reach = lap[:, [net.right_atrium]].toarray().ravel()[free] != 0
@@ -595,12 +686,11 @@ def solve_blood_flow(network: VenousNetwork, extra_resistance: np.ndarray | None
         raise SolverError(f"blood flow: node(s) cut off from the right atrium: {', '.join(stray[:5])}")
     p[free] = spla.spsolve(a, b)
     flow = g * (p[u] - p[v])
-    total_in = float(net.node_inflow_m3_s.sum())
-    flow[net.pump_edge] = total_in if net.edge_u[net.pump_edge] == net.right_atrium else -total_in
-    res = kirchhoff_residual(net, flow)
-    if not np.isfinite(res) or res > 1e-9:
-        raise SolverError(f"blood flow: Kirchhoff residual {res:.3e} (relative to total inflow) too large")
-    return BloodFlow(node_pressure_pa=p, edge_flow_m3_s=flow, residual=res)
+    if hiatus >= 0 and p_out != net.ra_pressure_pa:
+        sign = 1.0 if v[hiatus] == net.right_atrium else -1.0
+        up = int(u[hiatus]) if sign > 0 else int(v[hiatus])
+        flow[hiatus] = sign * g[hiatus] * (p[up] - p_out)
+    return p, flow
 
 
 def kirchhoff_residual(net: VenousNetwork, edge_flow: np.ndarray) -> float:

@@ -87,11 +87,19 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
         )
     with g("bone"):
         permeability = law_class("permeability", laws.permeability).from_params(params.patient)
-        bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
+        if params.patient.anatomy == "parametric":
+            bone = build_vertebral_body(params.patient, params.grid.spacing_m, permeability)
+        else:
+            from sim.anatomy.ct_bone import build_ct_vertebral_body  # nibabel only for CT scenarios
+
+            bone = build_ct_vertebral_body(params.patient, params.grid.spacing_m, permeability)
     with g("needle"):
         needle = place_needle(bone, params.needle)
     with g("veins"):
-        network = build_venous_network(params.patient.level, params.veins, rngs["veins"])
+        ct_meta = bone.meta.get("ct", {})
+        network = build_venous_network(
+            params.patient.level, params.veins, rngs["veins"], ct_meta.get("ivc_diameter_m")
+        )
     with g("venous_system"):
         venous = VenousSystem(
             network,
@@ -102,6 +110,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             law_class("fragmentation", laws.fragmentation).from_params(params.fragmentation),
             rngs["fragmentation"],
             bone=bone,
+            dynamics=params.veins.dynamics,
         )
     with g("injection"):
         solver = InjectionSolver(
@@ -120,7 +129,9 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             marrow_outflow=law_class("marrow_outflow", laws.marrow_outflow).from_params(params.patient),
         )
     with g("lungs"):
-        tree = build_pulmonary_tree(params.lungs, rngs["lungs"])
+        tree = build_pulmonary_tree(
+            params.lungs, rngs["lungs"], bone.meta.get("ct", {}).get("lobe_volumes_m3")
+        )
         lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     return Stages(params, cement, clock, bone, needle, network, venous, solver, tree, lodging, rngs)
 

@@ -33,6 +33,7 @@ from sim.core.errors import ConfigError, PceSimError
 
 # Fields (dotted, as written in a scenario) that feed each stage, most likely culprit first.
 PATIENT_FIELDS = (
+    "patient.anatomy",
     "patient.level",
     "patient.size_scale",
     "patient.basivertebral_foramen_width_mm",

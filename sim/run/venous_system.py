@@ -12,7 +12,7 @@ Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t
 4. takes the fluoroscopy frames due (:class:`sim.physics.fluoroscopy.LeakDetector`): the venous
    side reports when a leak is seen; the operator's stop policy
    (:class:`sim.physics.injection_control.StopPolicy`) decides what that means;
-5. updates what the bone sees at each exit. Pressure: one static venous pressure, the mean of the
+5. updates what the bone sees at each exit. Pressure: one venous pressure, the mean of the
    exit nodes' blood pressures, the same at every exit (intraosseous pressure is one venous
    pressure; see :meth:`VenousSystem._static_exit_pressure`). Resistance: R_col = dp / q of the
    cement columns the exit has pushed (``back_pressure``), returned by ``exit_resistance`` and put
@@ -22,6 +22,12 @@ Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t
    to 40 ml/s in the seed case; that was an artefact.)
 
 The vein leaving through each foramen is given the foramen's diameter (:func:`fit_exit_veins`).
+
+Compliant veins (``veins.dynamics.mode = compliant``, :mod:`sim.physics.venous_dynamics`): the
+blood flow is advanced in time every step (implicit Euler, wall capacitance, extramural pressures of
+breathing and straining, right atrium at CVP plus the intrathoracic change), with the same column
+resistances; the exit pressure follows the dynamic exit-node pressures. ``steady`` (default) keeps
+one steady Kirchhoff solve per step, unchanged.
 
 Cement age in the veins (:mod:`sim.physics.cure_clock`): cement leaves the syringe with the
 syringe's age and ages at the body rate in the veins; the veins hold one pool, the volume-weighted
@@ -45,14 +51,15 @@ import numpy as np
 
 from sim.core.errors import GeometryError, SolverError
 from sim.core.grid import BoneGrid, VenousExit
-from sim.core.parameters import FluoroscopyParams
+from sim.core.parameters import FluoroscopyParams, VenousDynamicsParams
 from sim.physics import rheology
 from sim.physics.cure_clock import AgePool, CureClock
-from sim.physics.fluoroscopy import LeakDetector
+from sim.physics.fluoroscopy import LeakDetector, fragment_samples
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
-from sim.physics.fragmentation import DragVsStrength
+from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
 from sim.physics.rheology import CementModel
 from sim.physics.vein_columns import CementColumns, back_pressure
+from sim.physics.venous_dynamics import CompliantVenousFlow
 from sim.physics.venous_network import (
     ROUTES,
     BloodFlow,
@@ -113,9 +120,10 @@ class VenousSystem:
         cement: CementModel,
         clock: CureClock,
         fluoroscopy: FluoroscopyParams,
-        fragmentation: DragVsStrength,
+        fragmentation: DragVsStrength | DragStrengthBreakup,
         rng: np.random.Generator,
         bone: BoneGrid | None = None,
+        dynamics: VenousDynamicsParams | None = None,
     ):
         if not exits:
             raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
@@ -138,6 +146,12 @@ class VenousSystem:
         self.fragments = FragmentSet.empty()
         self.flow: BloodFlow = solve_blood_flow(network)
         self.baseline_flow = self.flow
+        # compliant veins solved in time from the steady state (None: one steady solve per step)
+        self.dynamics = (
+            CompliantVenousFlow(network, dynamics, self.flow)
+            if dynamics is not None and dynamics.mode == "compliant"
+            else None
+        )
         self._extra = np.zeros(network.n_edges)
         self._push_flux = np.zeros(network.n_edges)  # cement flux into each edge over the last step
         n = len(self.exits)
@@ -219,6 +233,8 @@ class VenousSystem:
             self._resolve(self._push_flux, t_new)
         else:
             self._push_flux = np.zeros(self.network.n_edges)
+            if self.dynamics is not None:  # the veins move in time even when no cement does
+                self.flow = self.dynamics.advance(t_new, self._extra)
         self._shed(t_new)
         self._update_exit_coupling(qc, bp)
         self.detector.update(t_new, self.columns)
@@ -243,11 +259,17 @@ class VenousSystem:
         return np.asarray(rheology.cement_viscosity(self.cement, 8.0 * np.abs(u) / d, self.cement_age_s(t)))
 
     def _resolve(self, push_flux_m3_s: np.ndarray, t: float) -> None:
+        """Blood flow at t with the columns' resistance: steady solve, or compliant veins advanced to t."""
         if self.columns.total_m3() <= 0.0 and not np.any(self._extra):
+            if self.dynamics is not None:
+                self.flow = self.dynamics.advance(t, self._extra)
             return
         mu = self._edge_viscosity(push_flux_m3_s, t)
         self._extra = self.columns.extra_resistance(mu)
-        self.flow = solve_blood_flow(self.network, self._extra)
+        if self.dynamics is None:
+            self.flow = solve_blood_flow(self.network, self._extra)
+        else:
+            self.flow = self.dynamics.advance(t, self._extra)
 
     def _shed(self, t: float) -> None:
         if self.columns.total_m3() <= 0.0:
@@ -263,7 +285,17 @@ class VenousSystem:
         )
         if len(new):
             self.fragments = self.fragments.concat(new)
+            if self.detector.detection_time_s is None:
+                self.detector.add_transit(self._transit_samples(new))
             self._resolve(np.zeros(self.network.n_edges), t)
+
+    def _transit_samples(self, new: FragmentSet) -> tuple:
+        """Fragments just shed, on their birth edges (offsets run with the blood flow that shed them)."""
+        net = self.network
+        length = net.edge_length_m[new.edge]
+        from_u = np.where(self.flow.edge_flow_m3_s[new.edge] >= 0.0, new.offset_m, length - new.offset_m)
+        step = 0.5 * self.detector.pixel_size_m
+        return fragment_samples(net, new.edge, from_u, new.diameter_m, new.length_m, new.volume_m3, step)
 
     def _static_exit_pressure(self) -> np.ndarray:
         """Venous pressure the marrow drains against: the mean over the exit nodes, the same at every exit.
@@ -274,7 +306,9 @@ class VenousSystem:
         (< 0.1 mmHg), and the isobaric marrow lump of the ``front`` method has no resistance of its
         own, so those differences alone would drive ml/s of blood from one foramen through the body
         to another. The exits therefore share the mean node pressure; what a cement column adds at
-        its own exit (``back_pressure``) stays per exit.
+        its own exit (``back_pressure``) stays per exit. With compliant veins
+        (:mod:`sim.physics.venous_dynamics`) the node pressures are those of the current time, so the
+        exit pressure follows breathing and straining (a Valsalva raises it by up to ~90 mmHg).
         """
         p = self.flow.node_pressure_pa[self.exit_nodes]
         return np.full(p.shape, float(p.mean()))

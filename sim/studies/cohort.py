@@ -32,10 +32,36 @@ when no leak was detected, or when detection + reaction delay + delay is later t
 never-stop injection, provided the two configs differ in that field only; such arms reuse the
 never-stop result (marked ``shared``). ``share_runs: false`` runs every pair.
 
+Several levels (``levels:``, optional): a patient gets one to three vertebrae treated in one
+procedure. ``levels.count`` is a categorical/choice distribution of the number of levels (integers
+1..3); ``levels.gap`` (default: always adjacent) the distance in vertebrae of each further level from
+the levels already chosen (1 = adjacent, 2 = one vertebra skipped, ...): level k extends the cluster
+caudally or cranially (equal odds, drawn; the other side when the chosen side leaves T5..L5), so the
+levels are distinct, within T5..L5 and clustered. Level 1 is the patient's ``patient.level`` (drawn
+or from the base). ``levels.per_level`` lists the dotted paths drawn anew for every level (anatomy of
+the vertebra, needle placement, volume, a new cement mix); every other input is the patient's and
+is shared by all its levels (veins, azygos flow, operator behaviour, fluoroscopy). A per-level
+conditional uses the level's own parent value (e.g. volume by that level's ``patient.level``); a
+shared input may not be conditional on a per-level one. ``patient.seed`` (the random bone field and
+vessel scatter) is per level. Level 1 keeps exactly the draws of the same file without ``levels:``;
+level k >= 2 draws input ``path`` from ``SeedSequence(seed, spawn_key=(1, crc32(path), k))``, its
+seed from ``SeedSequence(seed, spawn_key=(LEVEL_SEED_KEY, k))`` spawned per patient, its gap and side
+from their own streams, for every patient whether or not it has k levels, so (a)-(d) hold with levels
+too and changing the count distribution moves no other draw. Every (patient, level, policy) is an
+ordinary Scenario (run sharing is per level); the report aggregates a patient's levels (sequential
+injections whose emboli lodge in the same lungs: counts and volumes add up, PCE = any level).
+Not modelled: emboli lodged by an earlier level do not change the pulmonary flows that route the next
+level's fragments. The effect is small: with Murray's law (flow ~ d^3, Dong et al. 2020) an artery of
+diameter d carries (d / 22 mm)^3 of the main pulmonary artery's flow, 0.08 % for a 2 mm subsegmental
+and 0.6 % for a 4 mm segmental artery, so the few emboli of a patient (Luetmer 2011: mean 3.2 among
+patients with PCE) divert well under 1 % of the flow, and only fragments bound for the occluded
+sub-trees would be redirected (to their siblings).
+
 Sensitivity (``sensitivity:``): a Morris (default; cheap: trajectories x (k + 1) runs) or Sobol
 (N (k + 2) runs) design over the cohort's inputs plus ``patient.seed`` (a pseudo-input standing
 for the anatomy/random-field noise, mapped to a pool of 1024 seeds), run under one policy in
-``<out>/sensitivity`` (its own ledger). Inputs left out of ``sensitivity.inputs`` are held at their
+``<out>/sensitivity`` (its own ledger); a design row is one injection (one level), so with ``levels:``
+the indices describe a level, not a patient. Inputs left out of ``sensitivity.inputs`` are held at their
 medians; Morris grid levels are moved to the centres of equiprobable bins (level j of p maps to
 u = (j + 1/2)/p) so unbounded distributions never see u = 0 or 1.
 """
@@ -51,14 +77,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from scipy import stats as _st
 
-from sim.core.config import Scenario, read_yaml, scenario_from_dict
+from sim.core.config import Level, Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
@@ -80,6 +106,15 @@ from sim.studies.sweep import (
 )
 
 STOP_PATH = "injection.stop_after_leak_s"
+LEVEL_PATH = "patient.level"
+SPINE_LEVELS: tuple[str, ...] = get_args(Level)  # T5..L5, cranial to caudal
+MAX_LEVELS = 3
+MAX_GAP = 6  # (MAX_LEVELS - 1) * MAX_GAP < len(SPINE_LEVELS): a further level always fits on one side
+LEVEL_COUNT_PATH = "cohort.levels.count"  # stream names of the level draws (not scenario paths)
+LEVEL_GAP_PATH = "cohort.levels.gap"
+LEVEL_SIDE_PATH = "cohort.levels.side"
+LEVEL_SEED_KEY = 2  # spawn_key prefix of the seeds of levels 2..3
+LEVEL_INDEX_STRIDE = 10**12  # sweep point index of level k >= 2: (k - 1) * stride + level-1 index
 SAMPLING_KEY = 1  # spawn_key prefix of the per-input sampling streams
 SEED_POOL = 1024  # sensitivity designs map u to one of this many patient seeds
 _U_EPS = 1e-12
@@ -238,6 +273,44 @@ class SensitivitySpec(_Strict):
     inputs: list[str] | None = None
 
 
+class LevelsSpec(_Strict):
+    """Treated levels per patient: their number, the spacing rule and the per-level inputs."""
+
+    count: DistributionSpec
+    gap: DistributionSpec = DistributionSpec(dist="categorical", values=[1], weights=[1.0])
+    per_level: list[str] = Field(default_factory=list)
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _integers(self) -> LevelsSpec:
+        for name, spec, hi in (("count", self.count, MAX_LEVELS), ("gap", self.gap, MAX_GAP)):
+            if spec.dist not in ("categorical", "choice"):
+                raise ValueError(f"levels.{name} must be categorical or choice (got {spec.dist})")
+            bad = [
+                v
+                for v in spec.values or []
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi
+            ]
+            if bad:
+                raise ValueError(f"levels.{name} values must be integers 1..{hi} (got {bad})")
+        dup = sorted({p for p in self.per_level if self.per_level.count(p) > 1})
+        if dup:
+            raise ValueError(f"levels.per_level repeats {', '.join(dup)}")
+        if SEED_PATH in self.per_level:
+            raise ValueError(f"'{SEED_PATH}' is per level already; do not list it")
+        return self
+
+    @property
+    def mean_count(self) -> float:
+        values = np.asarray(self.count.values or [], dtype=np.float64)
+        w = np.asarray(self.count.weights or [1.0] * len(values), dtype=np.float64)
+        return float((values * w).sum() / w.sum())
+
+    def counts(self, seed: int, n: int) -> list[int]:
+        """Number of treated levels of the first n patients of a cohort with root ``seed``."""
+        return [int(v) for v in self.count.ppf(input_stream(seed, LEVEL_COUNT_PATH).random(n))]
+
+
 class CohortSpec(_Strict):
     """A validated cohort file."""
 
@@ -248,6 +321,7 @@ class CohortSpec(_Strict):
     n: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
     distributions: dict[str, DistributionSpec] = Field(default_factory=dict)
+    levels: LevelsSpec | None = None
     policies: list[PolicySpec] = Field(min_length=1)
     calibration_policy: str | None = None
     reference_policy: str | None = None
@@ -278,6 +352,17 @@ class CohortSpec(_Strict):
                 parent = self.distributions.get(spec.given or "")
                 if parent is not None and parent.dist == "conditional":
                     raise ValueError(f"'{path}' is conditional on '{spec.given}', itself conditional")
+        if self.levels is not None:
+            per = set(self.levels.per_level) | {LEVEL_PATH}
+            for path in self.levels.per_level:
+                if path != LEVEL_PATH and path not in self.distributions:
+                    raise ValueError(f"levels.per_level: '{path}' has no distribution")
+            for path, spec in self.distributions.items():
+                if spec.dist == "conditional" and path not in per and spec.given in per:
+                    raise ValueError(
+                        f"'{path}' is shared by a patient's levels but conditional on the per-level "
+                        f"'{spec.given}'; list it in levels.per_level"
+                    )
         return self
 
     @property
@@ -348,14 +433,25 @@ def base_config(spec: CohortSpec, base_dir: str | Path, source: str = "cohort") 
 
 @dataclass(frozen=True)
 class VirtualPatient:
-    """Patient ``index``: its sampled inputs (dotted path -> value, incl. ``patient.seed``)."""
+    """Patient ``index``: its sampled inputs (dotted path -> value, incl. ``patient.seed``) of level 1,
+    and the full inputs of its further levels (empty for a single-level patient)."""
 
     index: int
     inputs: dict[str, Any]
+    extra_levels: tuple[dict[str, Any], ...] = ()
 
     @property
     def seed(self) -> int:
         return int(self.inputs[SEED_PATH])
+
+    @property
+    def levels(self) -> list[dict[str, Any]]:
+        """Inputs of every treated level, level 1 first (the order of the sequential injections)."""
+        return [self.inputs, *self.extra_levels]
+
+    @property
+    def n_levels(self) -> int:
+        return 1 + len(self.extra_levels)
 
 
 def input_stream(seed: int, path: str) -> np.random.Generator:
@@ -363,6 +459,85 @@ def input_stream(seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng(
         np.random.SeedSequence(seed, spawn_key=(SAMPLING_KEY, zlib.crc32(path.encode())))
     )
+
+
+def level_stream(seed: int, path: str, level: int) -> np.random.Generator:
+    """The sampling stream of one input at treated level ``level`` >= 2 (level 1: :func:`input_stream`)."""
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(SAMPLING_KEY, zlib.crc32(path.encode()), level))
+    )
+
+
+def level_seeds(seed: int, n: int, level: int) -> list[int]:
+    """Patient seeds (63-bit) of level ``level`` >= 2 for the first n patients (prefix-stable)."""
+    root = np.random.SeedSequence(seed, spawn_key=(LEVEL_SEED_KEY, level))
+    return [int(c.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for c in root.spawn(n)]
+
+
+def next_level(chosen: list[int], gap: int, u_side: float) -> int:
+    """Index in :data:`SPINE_LEVELS` of the next treated level: ``gap`` vertebrae beyond the cluster.
+
+    Caudal (below the lowest chosen level) when ``u_side < 0.5``, else cranial; the other side when
+    the chosen one leaves T5..L5. Vertebral fractures cluster (U), hence a cluster that grows outwards;
+    the new level is distinct from the chosen ones by construction.
+    """
+    low, high = min(chosen), max(chosen)
+    sides = [high + gap, low - gap] if u_side < 0.5 else [low - gap, high + gap]
+    for j in sides:
+        if 0 <= j < len(SPINE_LEVELS):
+            return j
+    raise ConfigError(
+        f"levels: no level {gap} vertebrae beyond {[SPINE_LEVELS[c] for c in chosen]} in T5..L5"
+    )
+
+
+def level_counts(spec: CohortSpec, n: int) -> list[int]:
+    """Number of treated levels of the first n patients (all 1 without ``levels:``)."""
+    return [1] * n if spec.levels is None else spec.levels.counts(spec.seed, n)
+
+
+def _extra_levels(
+    spec: CohortSpec, patients: list[VirtualPatient], base: dict[str, Any]
+) -> list[tuple[dict[str, Any], ...]]:
+    """Inputs of levels 2..count of every patient (see the module docstring for the streams)."""
+    levels = spec.levels
+    assert levels is not None
+    n = len(patients)
+    counts = level_counts(spec, n)
+    per = [p for p in sampling_order(spec) if p in levels.per_level and p != LEVEL_PATH]
+    first = [pt.inputs.get(LEVEL_PATH, _get_dotted(base, LEVEL_PATH)) for pt in patients]
+    bad = sorted({str(v) for v in first if v not in SPINE_LEVELS})
+    if bad:
+        raise ConfigError(f"cohort '{spec.name}': level 1 {bad} is outside T5..L5")
+    chosen = [[SPINE_LEVELS.index(v)] for v in first]
+    out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    for k in range(2, MAX_LEVELS + 1):
+        gaps = levels.gap.ppf(level_stream(spec.seed, LEVEL_GAP_PATH, k).random(n))
+        sides = level_stream(spec.seed, LEVEL_SIDE_PATH, k).random(n)
+        for i in range(n):
+            chosen[i].append(next_level(chosen[i], int(gaps[i]), float(sides[i])))
+        names = [SPINE_LEVELS[c[-1]] for c in chosen]
+        values: dict[str, list[Any]] = {}
+        for path in per:
+            dist = spec.distributions[path]
+            u = level_stream(spec.seed, path, k).random(n)
+            parent = None
+            if dist.dist == "conditional":
+                given = dist.given or ""
+                if given == LEVEL_PATH:
+                    parent = names
+                elif given in values:
+                    parent = values[given]
+                else:
+                    parent = [pt.inputs.get(given, _get_dotted(base, given)) for pt in patients]
+            values[path] = dist.ppf(u, parent)
+        seeds = level_seeds(spec.seed, n, k)
+        for i, pt in enumerate(patients):
+            if counts[i] >= k:
+                inputs = {**pt.inputs, **{p: values[p][i] for p in per}, LEVEL_PATH: names[i]}
+                inputs[SEED_PATH] = seeds[i]  # last, as in level 1
+                out[i].append(inputs)
+    return [tuple(x) for x in out]
 
 
 def sampling_order(spec: CohortSpec) -> list[str]:
@@ -394,10 +569,14 @@ def sample_patients(
     u = {path: input_stream(spec.seed, path).random(n) for path in spec.distributions}
     values = map_inputs(spec, u, base or {})
     seeds = replicate_seeds(spec.seed, n)
-    return [
+    patients = [
         VirtualPatient(i, {**{p: values[p][i] for p in sampling_order(spec)}, SEED_PATH: seeds[i]})
         for i in range(n)
     ]
+    if spec.levels is None:
+        return patients
+    extra = _extra_levels(spec, patients, base or {})
+    return [VirtualPatient(pt.index, pt.inputs, extra[pt.index]) for pt in patients]
 
 
 def _get_dotted(config: dict[str, Any], path: str) -> Any:
@@ -445,24 +624,43 @@ class CohortExpansion(Expansion):
         return list(self.columns)
 
 
+ArmKey = tuple[int, int, str]  # (patient, level 1..3, policy)
+
+
 @dataclass
 class CohortPlan:
-    """Every (patient, policy) scenario of a cohort and the never-stop probe per patient."""
+    """Every (patient, level, policy) scenario of a cohort and the never-stop probe per (patient, level)."""
 
     spec: CohortSpec
     base: dict[str, Any]
     patients: list[VirtualPatient]
-    arms: dict[tuple[int, str], Scenario]
-    probes: dict[int, Scenario]
-    shareable: dict[tuple[int, str], bool]
+    arms: dict[ArmKey, Scenario]
+    probes: dict[tuple[int, int], Scenario]
+    shareable: dict[ArmKey, bool]
 
     @property
     def policy_names(self) -> list[str]:
         return [p.name for p in self.spec.policies]
 
     @property
+    def multi_level(self) -> bool:
+        return self.spec.levels is not None
+
+    @property
     def input_names(self) -> list[str]:
-        return ["cohort.patient", "cohort.policy", *sampling_order(self.spec), SEED_PATH]
+        if not self.multi_level:
+            return ["cohort.patient", "cohort.policy", *sampling_order(self.spec), SEED_PATH]
+        order = sampling_order(self.spec)
+        extra = [] if LEVEL_PATH in order else [LEVEL_PATH]
+        return ["cohort.patient", "cohort.level", "cohort.policy", *order, *extra, SEED_PATH]
+
+    def point_inputs(self, patient: int, level: int, policy: str) -> dict[str, Any]:
+        """The exported input columns of one run (``cohort.level`` only in multi-level cohorts)."""
+        head: dict[str, Any] = {"cohort.patient": patient}
+        if self.multi_level:
+            head["cohort.level"] = level
+        head["cohort.policy"] = policy
+        return {**head, **self.patients[patient].levels[level - 1]}
 
     @property
     def fingerprint(self) -> str:
@@ -470,6 +668,8 @@ class CohortPlan:
         doc = self.spec.model_dump(mode="json")
         doc.pop("n", None)
         doc.pop("executor", None)
+        if doc.get("levels") is None:
+            doc.pop("levels", None)  # a single-level cohort keeps its fingerprint (and its folder)
         blob = json.dumps({"spec": doc, "base": self.base}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -486,54 +686,64 @@ def plan_cohort(
 
     n_patients = spec.n if n is None else int(n)
     scenarios, _ = cohort_counts(spec, n_patients, sensitivity=False)
-    estimate = cohort_estimate(n_patients, spec.executor.workers, 0)
+    estimate = cohort_estimate(
+        n_patients, spec.executor.workers, 0, levels=scenarios_per_patient(spec, n_patients)
+    )
     check_study_size(source, "patients", n_patients, MAX_SCENARIOS, True, estimate, scenarios)
     base = base_config(spec, Path(base_dir), source)
     patients = sample_patients(spec, n, base)
-    arms: dict[tuple[int, str], Scenario] = {}
-    probes: dict[int, Scenario] = {}
-    shareable: dict[tuple[int, str], bool] = {}
+    arms: dict[ArmKey, Scenario] = {}
+    probes: dict[tuple[int, int], Scenario] = {}
+    shareable: dict[ArmKey, bool] = {}
     problems: list[tuple[str, str]] = []
     never = PolicySpec(name="never_stop_probe", stop_after_leak_s=None)
     for pt in patients:
-        probe_cfg = arm_config(base, pt.inputs, never)
-        for pol in spec.policies:
-            cfg = arm_config(base, pt.inputs, pol)
-            label = f"{source}: patient {pt.index} policy '{pol.name}' ({_short(pt.inputs)})"
-            try:
-                arms[(pt.index, pol.name)] = _validated(cfg, label)
-            except ConfigError as exc:
-                problems.append((label, str(exc)))
-                continue
-            a, b = copy.deepcopy(cfg), copy.deepcopy(probe_cfg)
-            set_dotted(a, STOP_PATH, None)
-            set_dotted(b, STOP_PATH, None)
-            shareable[(pt.index, pol.name)] = spec.share_runs and a == b
-        if spec.share_runs and any(shareable.get((pt.index, p.name), False) for p in spec.policies):
-            label = f"{source}: patient {pt.index} never-stop probe"
-            try:
-                probes[pt.index] = _validated(probe_cfg, label)
-            except ConfigError as exc:
-                problems.append((label, str(exc)))
+        for k, inputs in enumerate(pt.levels, start=1):
+            where = f"patient {pt.index}" + (f" level {k}" if spec.levels is not None else "")
+            probe_cfg = arm_config(base, inputs, never)
+            for pol in spec.policies:
+                cfg = arm_config(base, inputs, pol)
+                label = f"{source}: {where} policy '{pol.name}' ({_short(inputs)})"
+                try:
+                    arms[(pt.index, k, pol.name)] = _validated(cfg, label)
+                except ConfigError as exc:
+                    problems.append((label, str(exc)))
+                    continue
+                a, b = copy.deepcopy(cfg), copy.deepcopy(probe_cfg)
+                set_dotted(a, STOP_PATH, None)
+                set_dotted(b, STOP_PATH, None)
+                shareable[(pt.index, k, pol.name)] = spec.share_runs and a == b
+            if spec.share_runs and any(shareable.get((pt.index, k, p.name), False) for p in spec.policies):
+                label = f"{source}: {where} never-stop probe"
+                try:
+                    probes[(pt.index, k)] = _validated(probe_cfg, label)
+                except ConfigError as exc:
+                    problems.append((label, str(exc)))
     if problems:
         raise ConfigError(summarise_problems(problems, "patient-policy scenarios"))
     return CohortPlan(spec, base, patients, arms, probes, shareable)
 
 
-def _expansion(plan: CohortPlan, keys: list[tuple[int, str]]) -> CohortExpansion:
-    """Sweep expansion of the given (patient, policy) keys (policy '' = the never-stop probe)."""
+def scenarios_per_patient(spec: CohortSpec, n: int) -> float:
+    """Mean number of treated levels (runs per policy arm) over the first n patients."""
+    return float(np.mean(level_counts(spec, n))) if n > 0 else 1.0
+
+
+def _expansion(plan: CohortPlan, keys: list[tuple[int, int, str]]) -> CohortExpansion:
+    """Sweep expansion of the given (patient, level, policy) keys (policy '' = the never-stop probe)."""
     names = plan.policy_names
     points: list[SweepPoint] = []
     seen: set[str] = set()
-    for i, pol in keys:
-        scenario = plan.probes[i] if pol == "" else plan.arms[(i, pol)]
+    for i, k, pol in keys:
+        scenario = plan.probes[(i, k)] if pol == "" else plan.arms[(i, k, pol)]
         digest = scenario.content_hash()
         if digest in seen:
             continue
         seen.add(digest)
         j = len(names) if pol == "" else names.index(pol)
-        inputs = {"cohort.patient": i, "cohort.policy": pol or "never_stop_probe", **plan.patients[i].inputs}
-        points.append(SweepPoint(i * (len(names) + 1) + j, i, inputs, scenario, digest))
+        index = (k - 1) * LEVEL_INDEX_STRIDE + i * (len(names) + 1) + j
+        inputs = plan.point_inputs(i, k, pol or "never_stop_probe")
+        points.append(SweepPoint(index, i, inputs, scenario, digest))
     spec = SweepSpec(name=plan.spec.name, description=plan.spec.description, executor=plan.spec.executor)
     return CohortExpansion(spec, plan.base, points, 0, tuple(plan.input_names))
 
@@ -543,7 +753,7 @@ def _expansion(plan: CohortPlan, keys: list[tuple[int, str]]) -> CohortExpansion
 
 @dataclass
 class ArmResult:
-    """The outcome of one (patient, policy): which run produced it and what it reported."""
+    """The outcome of one (patient, level, policy): which run produced it and what it reported."""
 
     patient: int
     policy: str
@@ -553,6 +763,7 @@ class ArmResult:
     summary: dict[str, Any] | None
     emboli: dict[str, list[Any]] | None
     error: str | None
+    level: int = 1  # treated level of the patient (1..3, in injection order)
 
 
 @dataclass
@@ -579,7 +790,7 @@ class CohortRun:
     """Everything a cohort produced: the plan, per-arm results, sensitivity runs, files, failures."""
 
     plan: CohortPlan
-    arms: dict[tuple[int, str], ArmResult]
+    arms: dict[ArmKey, ArmResult]
     sensitivity: SensitivityRun | None = None
     files: list[Path] = field(default_factory=list)
     n_runs: int = 0
@@ -696,34 +907,35 @@ def _run_cohort(
         n_runs += outcome.ran
 
     names = plan.policy_names
-    pids = [p.index for p in plan.patients]
+    units = [(p.index, k) for p in plan.patients for k in range(1, p.n_levels + 1)]
     if plan.probes:
-        first = [(i, "") for i in pids if i in plan.probes]
+        first = [(i, k, "") for i, k in units if (i, k) in plan.probes]
         sweep(_expansion(plan, first), out, "never-stop runs")
         done = _ledger_results(out)
         keys = list(first)
-        shared: dict[tuple[int, str], bool] = {}
-        for i in pids:
-            probe = plan.probes.get(i)
+        shared: dict[ArmKey, bool] = {}
+        for i, k in units:
+            probe = plan.probes.get((i, k))
             probe_res = done.get(probe.content_hash()) if probe is not None else None
             summary = probe_res[1] if probe_res is not None and probe_res[0] == "done" else None
             for pol in names:
-                scenario = plan.arms[(i, pol)]
-                reuse = plan.shareable[(i, pol)] and reuses_probe(summary, scenario)
-                shared[(i, pol)] = reuse and scenario.content_hash() != probe.content_hash()  # type: ignore[union-attr]
+                scenario = plan.arms[(i, k, pol)]
+                reuse = plan.shareable[(i, k, pol)] and reuses_probe(summary, scenario)
+                shared[(i, k, pol)] = reuse and scenario.content_hash() != probe.content_hash()  # type: ignore[union-attr]
                 if not reuse:
-                    keys.append((i, pol))
+                    keys.append((i, k, pol))
         sweep(_expansion(plan, keys), out, "policy arms")
     else:
-        shared = {(i, pol): False for i in pids for pol in names}
-        sweep(_expansion(plan, [(i, pol) for i in pids for pol in names]), out, "runs")
+        shared = {(i, k, pol): False for i, k in units for pol in names}
+        sweep(_expansion(plan, [(i, k, pol) for i, k in units for pol in names]), out, "runs")
     done = _ledger_results(out)
-    arms: dict[tuple[int, str], ArmResult] = {}
-    for i in pids:
+    arms: dict[ArmKey, ArmResult] = {}
+    for i, k in units:
         for pol in names:
-            h = plan.probes[i].content_hash() if shared[(i, pol)] else plan.arms[(i, pol)].content_hash()
+            key = (i, k, pol)
+            h = plan.probes[(i, k)].content_hash() if shared[key] else plan.arms[key].content_hash()
             status, summary, emboli, error = done.get(h, ("pending", None, None, None))
-            arms[(i, pol)] = ArmResult(i, pol, h, status, shared[(i, pol)], summary, emboli, error)
+            arms[key] = ArmResult(i, pol, h, status, shared[key], summary, emboli, error, k)
     run = CohortRun(plan, arms, n_runs=n_runs)
     if sensitivity and plan.spec.sensitivity.method != "none":
         run.sensitivity = run_sensitivity(

@@ -105,8 +105,16 @@ def sweep_estimate(count: int, workers: int) -> str:
 
 
 def cohort_counts(spec: Any, n: int, sensitivity: bool) -> tuple[int, int]:
-    """(patient-policy scenarios incl. never-stop probes, sensitivity design rows) of a cohort of n."""
-    scenarios = n * (len(spec.policies) + (1 if spec.share_runs else 0))
+    """(patient-level-policy scenarios incl. never-stop probes, sensitivity design rows) of a cohort of n.
+
+    With ``levels:`` every treated level is a run per policy; the level counts of the first n patients
+    are drawn exactly (one uniform per patient; the expected count above a million patients).
+    """
+    runs = float(n)
+    levels = getattr(spec, "levels", None)
+    if levels is not None:
+        runs = n * levels.mean_count if n > 1_000_000 else float(sum(levels.counts(spec.seed, n)))
+    scenarios = math.ceil(runs) * (len(spec.policies) + (1 if spec.share_runs else 0))
     rows = 0
     s = spec.sensitivity
     if sensitivity and s.method != "none":
@@ -115,15 +123,16 @@ def cohort_counts(spec: Any, n: int, sensitivity: bool) -> tuple[int, int]:
     return scenarios, rows
 
 
-def cohort_estimate(n: int, workers: int, sensitivity_rows: int) -> str:
-    """``about 25 min on 2 workers (benchmark cohort, 2 workers)``."""
+def cohort_estimate(n: int, workers: int, sensitivity_rows: int, levels: float = 1.0) -> str:
+    """``about 25 min on 2 workers (benchmark cohort, 2 workers)``; ``levels`` = mean treated levels
+    per patient (the benchmark counts single-level patients, so its time scales with it)."""
     measured = patients_per_hour(workers)
     per_run, source = seconds_per_run()
     if measured is not None:
         pph, source = measured
-        seconds = 3600.0 * n / pph
+        seconds = 3600.0 * n * levels / pph
     else:
-        seconds = 1.5 * n * per_run / max(1, workers)  # never-stop probe + the arms it cannot share
+        seconds = 1.5 * n * levels * per_run / max(1, workers)  # never-stop probe + the arms it cannot share
     seconds += sensitivity_rows * per_run / max(1, workers)
     return f"about {format_duration(seconds)} on {workers} worker{'s' if workers > 1 else ''} ({source})"
 

@@ -36,6 +36,7 @@ import itertools
 import json
 import math
 import os
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,12 +234,34 @@ def check_value_path(path: str, source: str = "sweep", what: str = "parameter") 
     """Like :func:`check_dotted_path`, and refuse a whole section (``patient``): only values vary."""
     check_dotted_path(path, source)
     section = _nested_model_at(path)
-    if section is not None:
+    if section is not None and not _admits_value(path):
         fields = list(section.model_fields)
         raise ConfigError(
             f"{source}: {what} '{path}' is a section (a mapping of {', '.join(fields[:4])}, ...), not a "
             f"value; name one of its fields, e.g. '{path}.{fields[0]}'"
         )
+
+
+def _admits_value(path: str) -> bool:
+    """True when the field at ``path`` takes a plain value as well as a section (``patient.anatomy``:
+    ``parametric`` or a CT mapping), so a sweep or cohort may set it whole."""
+    model: Any = Scenario
+    parts = path.split(".")
+    for part in parts[:-1]:
+        model = _nested_model(model.model_fields[part].annotation)
+
+    def leaves(annotation: Any) -> list[Any]:
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Literal or not args:
+            return [annotation]
+        if typing.get_origin(annotation) is typing.Annotated:
+            return leaves(args[0])
+        return [leaf for arg in args for leaf in leaves(arg)]
+
+    return any(
+        leaf is not type(None) and not (isinstance(leaf, type) and issubclass(leaf, BaseModel))
+        for leaf in leaves(model.model_fields[parts[-1]].annotation)
+    )
 
 
 def _nested_model(annotation: Any) -> Any:

@@ -30,7 +30,7 @@ def golden_scenario(name: str):
 
     spec, base_dir = load_cohort(ROOT / COHORT_FILE)
     plan = plan_cohort(spec, base_dir, n=int(detail) + 1, source=COHORT_FILE)
-    return plan.arms[(int(detail), COHORT_POLICY)]
+    return plan.arms[(int(detail), 1, COHORT_POLICY)]  # level 1 of the patient
 
 
 def golden_run(scenario):

@@ -15,8 +15,9 @@ the paravertebral/azygos veins as tubes at their true calibre coloured by cement
 blood, yellow = cement), the pulmonary arteries as thin translucent red tubes and the emboli as
 bright yellow tubes; right, a lateral close-up of the treated body (semi-transparent bone
 contour, opaque cement iso-surface at cement fraction 0.5, cannula) like the lateral
-fluoroscopy used during the procedure. Files that are missing (no emboli, no lungs ...) are
-simply left out.
+fluoroscopy used during the procedure; for a run on a CT (``ct.vti``), a sagittal CT slice
+through the body's centre behind the cement (grey, -200 .. 1200 HU). Files that are missing (no
+emboli, no lungs, no CT ...) are simply left out.
 """
 
 import argparse
@@ -38,8 +39,10 @@ from paraview.simple import (
     SaveScreenshot,
     SetActiveView,
     Show,
+    Slice,
     Text,
     Tube,
+    XMLImageDataReader,
     XMLPolyDataReader,
 )
 
@@ -241,6 +244,23 @@ def build(run_dir, title=None, time=None):
             _show_solid(needle_tubes, view, NEEDLE, 1.0, 0.9)
     if spine is not None:
         _show_solid(spine, overview, BONE, 0.35, 0.05)
+
+    ct_file = os.path.join(vtk_dir, "ct.vti")
+    body_b = _bounds([body_surface])
+    if os.path.isfile(ct_file) and body_b is not None:
+        ct = XMLImageDataReader(FileName=[ct_file])
+        RenameSource("CT", ct)
+        ct_slice = Slice(Input=ct)
+        ct_slice.SliceType = "Plane"
+        ct_slice.SliceType.Origin = [(a + b) / 2.0 for a, b in zip(*body_b, strict=True)]
+        ct_slice.SliceType.Normal = [1.0, 0.0, 0.0]
+        RenameSource("CT sagittal slice", ct_slice)
+        d = Show(ct_slice, closeup)
+        ColorBy(d, ("CELLS", "hu"))
+        hu_lut = GetColorTransferFunction("hu")
+        hu_lut.ApplyPreset("Grayscale", True)
+        hu_lut.AutomaticRescaleRangeMode = "Never"
+        hu_lut.RescaleTransferFunction(-200.0, 1200.0)
 
     # cameras: overview from anterior-left-oblique (patient's left on screen right, as on an AP
     # film), close-up from the patient's left (lateral fluoroscopy)

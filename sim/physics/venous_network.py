@@ -241,9 +241,12 @@ def build_venous_network(
 ) -> VenousNetwork:
     """Generate the venous network for treated ``level`` (T5..L5) from the YAML template.
 
-    Diameters are multiplied by ``diameter_scale``
-    and, when ``diameter_scatter`` > 0, by a median-preserving lognormal factor exp(sigma z)
-    drawn per edge from ``rng`` (pump edge excluded). ``ivc_diameter_m`` (the patient's IVC
+    The unmeasured [U] diameters are multiplied by ``diameter_scale`` (the measured trunks, azygos,
+    IVC and SVC, are not); the azygos edges take the arch width erect x (1 + posture widening),
+    tapered per level; the network carries the supine-calibrated inflows and the prone abdominal
+    pressure on the caval hiatus (module docstring, ``geometries/veins/README.md``). When
+    ``diameter_scatter`` > 0 every diameter is also multiplied by a median-preserving lognormal factor
+    exp(sigma z) drawn per edge from ``rng`` (pump edge excluded). ``ivc_diameter_m`` (the patient's IVC
     measured on CT, :mod:`sim.anatomy.ct_bone`) replaces the calibre of every IVC edge, neither
     scaled nor scattered (the draws are made all the same, so the other edges keep theirs).
     """

@@ -70,6 +70,7 @@ from sim.physics.venous_network import (
 )
 
 MASS_TOL = 1.0e-12
+MAX_PUSH_SUBSTEPS = 64  # bound on tip checks per injection step (cost), see accept_flux
 
 
 def map_exits(network: VenousNetwork, exits: list[VenousExit]) -> np.ndarray:
@@ -212,25 +213,38 @@ class VenousSystem:
         self.marrow_by_exit_m3 += qm * dt  # net: blood drawn back into the bone counts negative
         newly = np.isnan(self.exit_onset_s) & (vol_c > 0.0)
         self.exit_onset_s[newly] = float(t)
-        through_sum = np.zeros(self.network.n_edges)
         bp = np.zeros(n)
         if np.any(vol_c > 0.0):
-            g = edge_conductance(self.network, self._extra)
-            mu_now = self._edge_viscosity(self._push_flux, t_new)
-            r_cem = self.columns.cement_resistance(mu_now)
-            for e in np.flatnonzero(vol_c > 0.0):
-                through = self.columns.push(
-                    int(self.exit_nodes[e]),
-                    float(vol_c[e]),
-                    float(self.exits[e].diameter_m),
-                    self.flow.edge_flow_m3_s,
-                    g,
-                    exit_index=int(e),
-                )
-                through_sum += through
-                bp[e] = back_pressure(through, r_cem, float(vol_c[e]), float(dt))
-            self._push_flux = through_sum / max(dt, 1e-300)
-            self._resolve(self._push_flux, t_new)
+            # the tips are checked at least once per shed piece length of column travel, so where a piece
+            # is born does not depend on the injection step (a column pushed a whole step before its first
+            # check would leave the plexus before it is torn off)
+            area = 0.25 * np.pi * np.array([ex.diameter_m for ex in self.exits]) ** 2
+            travel = float(np.max(vol_c / area))
+            n_sub = int(
+                min(max(np.ceil(travel / self.fragmentation.params.length_median_m), 1), MAX_PUSH_SUBSTEPS)
+            )
+            h = float(dt) / n_sub
+            for k in range(n_sub):
+                t_k = t_new if k == n_sub - 1 else float(t) + (k + 1) * h
+                through_sum = np.zeros(self.network.n_edges)
+                g = edge_conductance(self.network, self._extra)
+                mu_now = self._edge_viscosity(self._push_flux, t_k)
+                r_cem = self.columns.cement_resistance(mu_now)
+                for e in np.flatnonzero(vol_c > 0.0):
+                    through = self.columns.push(
+                        int(self.exit_nodes[e]),
+                        float(vol_c[e]) / n_sub,
+                        float(self.exits[e].diameter_m),
+                        self.flow.edge_flow_m3_s,
+                        g,
+                        exit_index=int(e),
+                    )
+                    through_sum += through
+                    bp[e] = back_pressure(through, r_cem, float(vol_c[e]) / n_sub, h)
+                self._push_flux = through_sum / max(h, 1e-300)
+                self._resolve(self._push_flux, t_k)
+                if k < n_sub - 1:
+                    self._shed(t_k)
         else:
             self._push_flux = np.zeros(self.network.n_edges)
             if self.dynamics is not None:  # the veins move in time even when no cement does

@@ -82,7 +82,7 @@ import scipy.sparse.linalg as spla
 
 from sim.core.errors import SolverError
 from sim.core.parameters import VenousDynamicsParams
-from sim.physics.venous_network import BloodFlow, VenousNetwork, edge_conductance
+from sim.physics.venous_network import BloodFlow, VenousNetwork, edge_conductance, hiatus_upstream
 
 SPINAL, THORAX, ABDOMEN = 0, 1, 2  # extramural compartment of a vein segment
 COMPARTMENTS = ("spinal", "thorax", "abdomen")
@@ -272,7 +272,7 @@ class CompliantVenousFlow:
         )
         hz = net.hiatus_edge
         if hz >= 0:  # the IVC drains against the hiatus pressure, not the atrium's
-            up = int(net.edge_u[hz]) if net.edge_v[hz] == net.right_atrium else int(net.edge_v[hz])
+            up, _ = hiatus_upstream(net)
             b[np.searchsorted(free, up)] += g[hz] * (self.hiatus_pressure(t1) - p_ra)
         p_new = np.empty_like(self.p)
         p_new[self._fixed] = p_fixed
@@ -284,7 +284,7 @@ class CompliantVenousFlow:
         """Flow from the abdominal IVC into the atrium through the hiatus (>= 0 when open)."""
         net = self.network
         hz = net.hiatus_edge
-        up = int(net.edge_u[hz]) if net.edge_v[hz] == net.right_atrium else int(net.edge_v[hz])
+        up, _ = hiatus_upstream(net)
         return float(g[hz] * (p[up] - self.hiatus_pressure(t)))
 
     def _flow(
@@ -295,8 +295,7 @@ class CompliantVenousFlow:
         flow = g * (p_new[net.edge_u] - p_new[net.edge_v])
         hz = net.hiatus_edge
         if hz >= 0:
-            sign = 1.0 if net.edge_v[hz] == net.right_atrium else -1.0
-            flow[hz] = sign * self._hiatus_flow(g, p_new, t1)
+            flow[hz] = hiatus_upstream(net)[1] * self._hiatus_flow(g, p_new, t1)
         flow[net.pump_edge] = 0.0
         net_in = net.node_inflow_m3_s.copy()
         np.subtract.at(net_in, net.edge_u, flow)

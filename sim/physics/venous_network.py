@@ -631,6 +631,14 @@ def hiatus_outlet_pressure(network: VenousNetwork) -> float:
     return max(float(network.ra_pressure_pa), network.abdominal_pressure_pa + network.waterfall_threshold_pa)
 
 
+def hiatus_upstream(network: VenousNetwork) -> tuple[int, float]:
+    """The abdominal (upstream) node of the caval hiatus edge and the sign of flow towards the atrium."""
+    h = network.hiatus_edge
+    if network.edge_v[h] == network.right_atrium:
+        return int(network.edge_u[h]), 1.0
+    return int(network.edge_v[h]), -1.0
+
+
 def solve_blood_flow(network: VenousNetwork, extra_resistance: np.ndarray | None = None) -> BloodFlow:
     """Node pressures and signed edge flows (u -> v positive) of the network's blood flow.
 
@@ -677,7 +685,7 @@ def _kirchhoff_solve(
     a = lap[free][:, free].tocsc()
     b = net.node_inflow_m3_s[free] - lap[free][:, fixed] @ p[fixed]
     if hiatus >= 0 and p_out != net.ra_pressure_pa:
-        up = int(u[hiatus]) if v[hiatus] == net.right_atrium else int(v[hiatus])
+        up, sign = hiatus_upstream(net)
         b[np.searchsorted(free, up)] += g[hiatus] * (p_out - net.ra_pressure_pa)
     sub = a.tocoo()
     n_comp, labels = connected_components(sp.coo_matrix((sub.data != 0, (sub.row, sub.col)), shape=a.shape))
@@ -690,8 +698,6 @@ def _kirchhoff_solve(
     p[free] = spla.spsolve(a, b)
     flow = g * (p[u] - p[v])
     if hiatus >= 0 and p_out != net.ra_pressure_pa:
-        sign = 1.0 if v[hiatus] == net.right_atrium else -1.0
-        up = int(u[hiatus]) if sign > 0 else int(v[hiatus])
         flow[hiatus] = sign * g[hiatus] * (p[up] - p_out)
     return p, flow
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -163,6 +164,57 @@ def test_amg_setup_is_seeded_and_leaves_the_global_random_state_alone():
     np.random.seed(12345)  # noqa: NPY002
     b = prob.solve(system, "amg", key=("k",))
     assert np.array_equal(a, b)
+
+
+def test_fast_bsr_canonicalisation_is_exact_and_restored():
+    """The vectorised BSR sum_duplicates used during AMG set-up sums repeats like scipy and is undone."""
+    import scipy.sparse as sp
+
+    from sim.physics.pressure import _canonical_bsr_fast_path
+
+    original = sp.bsr_array.sum_duplicates
+    rng = np.random.default_rng(5)
+    dense = rng.random((6, 6)) * (rng.random((6, 6)) < 0.5)
+    with _canonical_bsr_fast_path():
+        clean = sp.bsr_array(dense, blocksize=(1, 1))
+        clean.has_canonical_format = False
+        clean.sum_duplicates()
+        assert np.array_equal(clean.toarray(), dense) and clean.has_canonical_format
+        # a row holding the same column twice is summed (the fallback), not declared canonical
+        data = np.array([1.0, 2.0, 4.0]).reshape(3, 1, 1)
+        twice = sp.bsr_array((data, np.array([1, 1, 0]), np.array([0, 2, 3])), shape=(2, 2))
+        twice.sum_duplicates()
+        assert twice.nnz == 2 and np.array_equal(twice.toarray(), [[0.0, 3.0], [4.0, 0.0]])
+    assert sp.bsr_array.sum_duplicates is original
+
+
+def test_amg_hierarchy_with_the_fast_path_is_bit_identical_to_pyamg_alone():
+    """The scoped canonicalisation changes the set-up's speed, not one bit of its operators."""
+    import scipy.sparse as sp
+
+    import sim.physics.pressure as pressure
+
+    perm, tip, exits = box_3d(seed=4)
+    mat = Problem(perm, tip, exits, [1000.0, 1200.0]).full().matrix.tocsr()
+    fast = pressure._seeded_amg_setup(mat)
+
+    @contextmanager
+    def no_fast_path():
+        yield
+
+    original = pressure._canonical_bsr_fast_path
+    pressure._canonical_bsr_fast_path = no_fast_path
+    try:
+        slow = pressure._seeded_amg_setup(mat)
+    finally:
+        pressure._canonical_bsr_fast_path = original
+    assert len(fast.levels) == len(slow.levels) >= 2
+    for a, b in zip(fast.levels, slow.levels, strict=True):
+        for name in ("A", "P", "R"):
+            if hasattr(a, name):
+                x, y = getattr(a, name), getattr(b, name)
+                assert sp.issparse(x) and np.array_equal(x.indptr, y.indptr), name
+                assert np.array_equal(x.indices, y.indices) and np.array_equal(x.data, y.data), name
 
 
 def test_unknown_solver_and_unreachable_exit_are_refused():

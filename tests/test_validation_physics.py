@@ -35,13 +35,9 @@ def _xfail(reason: str) -> pytest.MarkDecorator:
 
 CHECKS = [
     pytest.param("baroud2005", "cannula_share", id="baroud2005-cannula_share"),
+    pytest.param("baroud2005", "stepped_cannula_reduction", id="baroud2005-stepped_cannula_reduction"),
     pytest.param(
-        "baroud2005", "stepped_cannula_reduction", id="baroud2005-stepped_cannula_reduction",
-        marks=_xfail(
-            "doubling the proximal bore over 0.3-0.7 of the cannula cuts the cement's cannula drop by "
-            "25.0-58.3 %, published 63 % (4.7 points above the band): the shear-thinning medium preset "
-            "(n = 0.53 at 6 min) gains less from a wider bore than a Newtonian fluid (28-66 %)"
-        ),
+        "baroud2006", "cement_stepped_cannula_reduction", id="baroud2006-cement_stepped_cannula_reduction"
     ),
     pytest.param("habib2010", "pressure_high_over_low_at_3.5", id="habib2010-pressure_high_over_low_at_3.5"),
     pytest.param("habib2010", "low_9.5_over_low_3.5", id="habib2010-low_9.5_over_low_3.5"),

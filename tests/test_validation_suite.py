@@ -30,7 +30,7 @@ from sim.validation.references import (
 from sim.validation.report_card import plan_suite
 from sim.validation.verdicts import evaluate, interval_miss, intervals_gap, ratio_sd, sample_interval
 
-EXPERIMENTS = ("baroud2005", "habib2010", "krebs2005", "li2015", "reidy2003")
+EXPERIMENTS = ("baroud2005", "baroud2006", "habib2010", "krebs2005", "li2015", "reidy2003")
 CITATION = "Doe J. A paper. J Test 2020;1:1."
 
 
@@ -65,7 +65,14 @@ def test_plan_suite_checks_every_model_name_and_scenario():
     plans = plan_suite(None)
     assert [p.spec.experiment for p in plans] == list(EXPERIMENTS)
     runs = {p.spec.experiment: p.n_runs for p in plans}
-    assert runs == {"baroud2005": 1, "habib2010": 5, "krebs2005": 24, "li2015": 1, "reidy2003": 2}
+    assert runs == {
+        "baroud2005": 1,
+        "baroud2006": 1,
+        "habib2010": 5,
+        "krebs2005": 24,
+        "li2015": 1,
+        "reidy2003": 2,
+    }
 
 
 def test_habib_never_stops_on_a_leak_and_krebs_samples_a_factorial():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sim.core.units import ML_M3
-from sim.validation.experiments import REDUCTION_BAND_NEWTONIAN, ModelOutput
+from sim.validation.experiments import REDUCTION_BAND, REDUCTION_BAND_NEWTONIAN, ModelOutput
 from sim.validation.references import CheckSpec, ReferenceSet
 from sim.validation.verdicts import CheckOutcome, sample_interval
 
@@ -134,16 +134,18 @@ def _contains_panel(
     ax: Any, check: CheckSpec, outcome: CheckOutcome, refs: ReferenceSet, out: ModelOutput
 ) -> None:
     ref = refs.references[check.references[0]]
-    key = check.models[0]
+    key = check.models[0]  # the scored band: the cement's or the Newtonian fluid's
     for name, curve in out.curves.items():
-        if not name.startswith(key) or "y" not in curve:
+        if not name.startswith(REDUCTION_BAND) or "y" not in curve:
             continue
         y = np.asarray(curve["y"]) / ref.si_factor
         label = curve.get("label", [name])[0]
+        newtonian = name == REDUCTION_BAND_NEWTONIAN
+        colour = "tab:blue" if newtonian else MODEL
         if name == key:
-            ax.plot(curve["x"], y, "-", color=MODEL, lw=2, label=f"pce-sim, {label}")
-        elif name == REDUCTION_BAND_NEWTONIAN:
-            ax.plot(curve["x"], y, "--", color="tab:blue", lw=1.2, label=f"pce-sim, {label} (not scored)")
+            ax.plot(curve["x"], y, "-", color=colour, lw=2, label=f"pce-sim, {label}")
+        elif newtonian or name == REDUCTION_BAND:
+            ax.plot(curve["x"], y, "--", color=colour, lw=1.2, label=f"pce-sim, {label} (not scored)")
         else:
             ax.plot(curve["x"], y, ":", color=MODEL, lw=1, label=f"pce-sim, preset {label} (not scored)")
     ax.axhline(ref.value, color=DATA, lw=1.2, label=f"published ({ref.value:g} {ref.units})")

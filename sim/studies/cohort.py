@@ -30,7 +30,11 @@ patients whose never-stop run could differ. The stop policy contract of
 + stop_after_leak_s; never before detection) makes an arm's run identical to the never-stop run
 when no leak was detected, or when detection + reaction delay + delay is later than the end of the
 never-stop injection, provided the two configs differ in that field only; such arms reuse the
-never-stop result (marked ``shared``). ``share_runs: false`` runs every pair.
+never-stop result (marked ``shared``). The arms that do differ are not simulated again from t = 0:
+with the default runner, each never-stop run carries its arms as branches and finishes each one
+from a copy of its state at the poll where that arm's stop fires (:mod:`sim.studies.arm_branches`,
+:func:`sim.run.pipeline.run_with_branches`; bit-identical to the arm's own run). ``share_runs:
+false`` runs every pair.
 
 Several levels (``levels:``, optional): a patient gets one to three vertebrae treated in one
 procedure. ``levels.count`` is a categorical/choice distribution of the number of levels (integers

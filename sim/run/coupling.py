@@ -12,7 +12,7 @@ strong enough or has set). The recorder gets the state after every step and fram
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sim.physics.injection import InjectionResult, InjectionSolver, drive_injection
@@ -29,6 +29,19 @@ class CoupledOutcome:
     stop_time_s: float | None
 
 
+@dataclass(frozen=True)
+class Branch:
+    """Another stop policy on the same run: ``on_stop(t)`` is called at the poll where it fires.
+
+    Everything before that poll is the same in a run under this policy (the policy is only asked,
+    it changes nothing until it fires), so the callee can copy the state and finish that run from
+    there with :func:`stop_now` (:func:`sim.run.pipeline.run_with_branches`).
+    """
+
+    policy: StopPolicy
+    on_stop: Callable[[float], None]
+
+
 def run_coupled(
     solver: InjectionSolver,
     venous: VenousSystem,
@@ -36,13 +49,22 @@ def run_coupled(
     recorder: RunRecorder,
     follow_up_s: float,
     progress: Callable[[float], None] | None = None,
+    branches: Sequence[Branch] = (),
 ) -> CoupledOutcome:
-    """Drive ``solver`` (whose exit coupling is ``venous``) under ``policy``, then the venous follow-up."""
+    """Drive ``solver`` (whose exit coupling is ``venous``) under ``policy``, then the venous follow-up.
+
+    Each of ``branches`` is polled before this run's own policy at every poll, until it fires once.
+    """
     if solver.coupling is not venous:
         raise ValueError("run_coupled: the injection solver must be coupled to this venous system")
     stopped: list[float] = []
+    pending = list(branches)
 
     def stop_requested(t: float) -> bool:
+        for branch in list(pending):
+            if branch.policy.should_stop(t, venous.detection_time_s):
+                pending.remove(branch)
+                branch.on_stop(float(t))
         if policy.should_stop(t, venous.detection_time_s):
             stopped.append(float(t))
             return True
@@ -56,6 +78,25 @@ def run_coupled(
 
     recorder.record_venous(0.0, venous)
     injection = drive_injection(solver, stop_requested, on_step, progress)
+    return follow_up(injection, venous, recorder, follow_up_s, stopped[0] if stopped else None)
+
+
+def stop_now(
+    solver: InjectionSolver, venous: VenousSystem, recorder: RunRecorder, follow_up_s: float, t: float
+) -> CoupledOutcome:
+    """End the injection at the poll at ``t`` as :func:`run_coupled` does when its policy fires there
+    (:func:`~sim.physics.injection.drive_injection` stops with "stop_signal"), then follow up."""
+    return follow_up(solver.result("stop_signal"), venous, recorder, follow_up_s, float(t))
+
+
+def follow_up(
+    injection: InjectionResult,
+    venous: VenousSystem,
+    recorder: RunRecorder,
+    follow_up_s: float,
+    stop_time_s: float | None,
+) -> CoupledOutcome:
+    """Record the final bone state, then advance the venous side alone for ``follow_up_s``."""
     recorder.record_bone(injection.end_time_s, injection.cement_fraction, final=True)
     t = float(injection.end_time_s)
     t_stop = t + float(follow_up_s)
@@ -64,4 +105,4 @@ def run_coupled(
         t = min(t + step, t_stop)
         venous.relax(t)
         recorder.record_venous(t, venous)
-    return CoupledOutcome(injection, stopped[0] if stopped else None)
+    return CoupledOutcome(injection, stop_time_s)

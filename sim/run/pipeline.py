@@ -9,7 +9,7 @@ collects a :class:`~sim.run.results.RunResult` whose summary is in report units 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from sim.physics.laws import law_class
 from sim.physics.pulmonary_tree import PulmonaryTree, build_pulmonary_tree
 from sim.physics.rheology import CementModel
 from sim.physics.venous_network import VenousNetwork, build_venous_network
-from sim.run.coupling import run_coupled
+from sim.run.coupling import Branch, CoupledOutcome, run_coupled, stop_now
 from sim.run.recorder import RunRecorder
 from sim.run.results import RunArtifacts, RunResult
 from sim.run.venous_system import VenousSummary, VenousSystem
@@ -144,11 +144,48 @@ def run_scenario(
     ``stages`` are the objects :func:`build_stages` (or the preflight) built for this scenario; they
     are built here when not given. Each object holds state, so a ``Stages`` serves one run.
     """
+    return run_with_branches(scenario, {}, progress, stages)[0]
+
+
+def run_with_branches(
+    scenario: Scenario,
+    branches: Mapping[str, Scenario],
+    progress: Callable[[float], None] | None = None,
+    stages: Stages | None = None,
+) -> tuple[RunResult, dict[str, RunResult]]:
+    """Run ``scenario`` and, on the way, the runs of ``branches`` that stop before it ends.
+
+    A branch is the same scenario with another ``injection.stop_after_leak_s`` (anything else is
+    refused). Until its stop policy fires, its run is this run: the policy is polled before every
+    step and changes nothing until then. At the poll where it fires, the whole run state is copied
+    (:func:`sim.run.branching.copy_run_state`) and the branch is finished from the copy exactly as
+    its own run would be (stop, venous follow-up, fragment transport), while this run goes on. The
+    branch's results are bit-identical to running it alone (tests/test_arm_branching.py), except
+    ``wall_time_s``, which counts only the branch's own work after the copy.
+
+    Returns this run's result and the results of the branches that fired, by key; a branch that
+    did not fire stopped at or after this run's end, and is this run by the stop-policy contract.
+    """
+    from sim.run.branching import copy_run_state, differs_only_in_stop
+
     wall0 = time.perf_counter()
     st = stages or build_stages(scenario)
     params, venous = st.params, st.venous
     out = params.output
     recorder = RunRecorder(bone_interval_s=out.vtk_interval_s if out.vtk else None)
+    fired: dict[str, RunResult] = {}
+    hooks: list[Branch] = []
+    for key, other in branches.items():
+        differs_only_in_stop(scenario, other)
+
+        def on_stop(t: float, key: str = key, other: Scenario = other) -> None:
+            w0 = time.perf_counter()
+            st_b, rec_b = copy_run_state((st, recorder))
+            st_b.params = RunParameters.from_scenario(other)
+            coupled = stop_now(st_b.solver, st_b.venous, rec_b, st_b.params.injection.follow_up_s, t)
+            fired[key] = _finish_run(other, st_b, rec_b, coupled, w0)
+
+        hooks.append(Branch(StopPolicy.from_params(RunParameters.from_scenario(other).stop), on_stop))
     coupled = run_coupled(
         st.solver,
         venous,
@@ -156,7 +193,16 @@ def run_scenario(
         recorder,
         params.injection.follow_up_s,
         progress,
+        hooks,
     )
+    return _finish_run(scenario, st, recorder, coupled, wall0), fired
+
+
+def _finish_run(
+    scenario: Scenario, st: Stages, recorder: RunRecorder, coupled: CoupledOutcome, wall0: float
+) -> RunResult:
+    """Fragment transport to the lungs and the run's result, once the coupled run has ended."""
+    params, venous = st.params, st.venous
     injection = coupled.injection
     transport = transport_fragments(
         venous.fragments, venous.flow_snapshot(), st.tree, st.cement, st.clock, params.lungs,

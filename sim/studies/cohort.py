@@ -30,7 +30,11 @@ patients whose never-stop run could differ. The stop policy contract of
 + stop_after_leak_s; never before detection) makes an arm's run identical to the never-stop run
 when no leak was detected, or when detection + reaction delay + delay is later than the end of the
 never-stop injection, provided the two configs differ in that field only; such arms reuse the
-never-stop result (marked ``shared``). ``share_runs: false`` runs every pair.
+never-stop result (marked ``shared``). The arms that do differ are not simulated again from t = 0:
+with the default runner, each never-stop run carries its arms as branches and finishes each one
+from a copy of its state at the poll where that arm's stop fires (:mod:`sim.studies.arm_branches`,
+:func:`sim.run.pipeline.run_with_branches`; bit-identical to the arm's own run). ``share_runs:
+false`` runs every pair.
 
 Several levels (``levels:``, optional): a patient gets one to three vertebrae treated in one
 procedure. ``levels.count`` is a categorical/choice distribution of the number of levels (integers
@@ -73,6 +77,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +93,7 @@ from sim.core.config import Level, Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
+from sim.studies.arm_branches import STASH_DIR, NeverStopWithArms, StashedArm, write_arm_map
 from sim.studies.executors import DEFAULT_RUNNER, DEFAULT_WRITER, Executor, Runner
 from sim.studies.ledger import open_ledger
 from sim.studies.sweep import (
@@ -853,6 +859,30 @@ def reuses_probe(probe_summary: dict[str, Any] | None, scenario: Scenario) -> bo
     return stop_at is not None and stop_at > float(end) * (1.0 + 1e-9) + 1e-9
 
 
+def _arm_map(plan: CohortPlan, units: list[tuple[int, int]]) -> dict[str, list[tuple[float, str]]]:
+    """{never-stop hash: [(stop delay, arm hash), ...]} of the shareable arms that stop on a leak."""
+    arms: dict[str, list[tuple[float, str]]] = {}
+    for i, k in units:
+        probe = plan.probes.get((i, k))
+        if probe is None:
+            continue
+        probe_hash = probe.content_hash()
+        seen: set[str] = set()
+        for pol in plan.policy_names:
+            arm = plan.arms[(i, k, pol)]
+            delay = arm.injection.stop_after_leak_s
+            digest = arm.content_hash()
+            if (
+                plan.shareable[(i, k, pol)]
+                and delay is not None
+                and digest != probe_hash
+                and digest not in seen
+            ):
+                seen.add(digest)
+                arms.setdefault(probe_hash, []).append((float(delay), digest))
+    return arms
+
+
 def run_cohort(
     plan: CohortPlan,
     out_dir: str | Path,
@@ -889,7 +919,7 @@ def _run_cohort(
     _guard_folder(plan, out, force)
     n_runs = 0
 
-    def sweep(expansion: CohortExpansion, folder: Path, phase: str) -> None:
+    def sweep(expansion: CohortExpansion, folder: Path, phase: str, phase_runner: Runner = runner) -> None:
         nonlocal n_runs
         if not expansion.points:
             return
@@ -899,7 +929,7 @@ def _run_cohort(
             folder,
             executor=executor_factory() if executor_factory is not None else None,
             workers=workers,
-            runner=runner,
+            runner=phase_runner,
             writer=writer,
             force=True,
             progress=cb,
@@ -908,9 +938,16 @@ def _run_cohort(
 
     names = plan.policy_names
     units = [(p.index, k) for p in plan.patients for k in range(1, p.n_levels + 1)]
+    # arms branched off the never-stop runs (same numbers, the shared history simulated once)
+    branching = bool(plan.probes) and runner == DEFAULT_RUNNER
+    stash = out / STASH_DIR
+    probe_runner, arm_runner = runner, runner
+    if branching:
+        write_arm_map(stash, _arm_map(plan, units))
+        probe_runner, arm_runner = NeverStopWithArms(stash), StashedArm(stash)
     if plan.probes:
         first = [(i, k, "") for i, k in units if (i, k) in plan.probes]
-        sweep(_expansion(plan, first), out, "never-stop runs")
+        sweep(_expansion(plan, first), out, "never-stop runs", probe_runner)
         done = _ledger_results(out)
         keys = list(first)
         shared: dict[ArmKey, bool] = {}
@@ -924,7 +961,9 @@ def _run_cohort(
                 shared[(i, k, pol)] = reuse and scenario.content_hash() != probe.content_hash()  # type: ignore[union-attr]
                 if not reuse:
                     keys.append((i, k, pol))
-        sweep(_expansion(plan, keys), out, "policy arms")
+        sweep(_expansion(plan, keys), out, "policy arms", arm_runner)
+        if branching:
+            shutil.rmtree(stash, ignore_errors=True)
     else:
         shared = {(i, k, pol): False for i, k in units for pol in names}
         sweep(_expansion(plan, [(i, k, pol) for i, k in units for pol in names]), out, "runs")

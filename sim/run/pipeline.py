@@ -177,15 +177,18 @@ def run_with_branches(
     hooks: list[Branch] = []
     for key, other in branches.items():
         differs_only_in_stop(scenario, other)
+        other_params = RunParameters.from_scenario(other)
 
-        def on_stop(t: float, key: str = key, other: Scenario = other) -> None:
+        def on_stop(
+            t: float, key: str = key, other: Scenario = other, p: RunParameters = other_params
+        ) -> None:
             w0 = time.perf_counter()
             st_b, rec_b = copy_run_state((st, recorder))
-            st_b.params = RunParameters.from_scenario(other)
-            coupled = stop_now(st_b.solver, st_b.venous, rec_b, st_b.params.injection.follow_up_s, t)
+            st_b.params = p
+            coupled = stop_now(st_b.solver, st_b.venous, rec_b, p.injection.follow_up_s, t)
             fired[key] = _finish_run(other, st_b, rec_b, coupled, w0)
 
-        hooks.append(Branch(StopPolicy.from_params(RunParameters.from_scenario(other).stop), on_stop))
+        hooks.append(Branch(StopPolicy.from_params(other_params.stop), on_stop))
     coupled = run_coupled(
         st.solver,
         venous,

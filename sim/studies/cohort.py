@@ -859,7 +859,7 @@ def reuses_probe(probe_summary: dict[str, Any] | None, scenario: Scenario) -> bo
     return stop_at is not None and stop_at > float(end) * (1.0 + 1e-9) + 1e-9
 
 
-def _arm_map(plan: CohortPlan, units: list[tuple[int, int]]) -> dict[str, list[tuple[float, str]]]:
+def _branchable_arms(plan: CohortPlan, units: list[tuple[int, int]]) -> dict[str, list[tuple[float, str]]]:
     """{never-stop hash: [(stop delay, arm hash), ...]} of the shareable arms that stop on a leak."""
     arms: dict[str, list[tuple[float, str]]] = {}
     for i, k in units:
@@ -943,7 +943,7 @@ def _run_cohort(
     stash = out / STASH_DIR
     probe_runner, arm_runner = runner, runner
     if branching:
-        write_arm_map(stash, _arm_map(plan, units))
+        write_arm_map(stash, _branchable_arms(plan, units))
         probe_runner, arm_runner = NeverStopWithArms(stash), StashedArm(stash)
     if plan.probes:
         first = [(i, k, "") for i, k in units if (i, k) in plan.probes]

@@ -159,3 +159,10 @@ def test_cohort_arms_branched_off_never_stop_runs_equal_arms_run_alone(tmp_path,
         }
 
     assert summaries(branched) == summaries(alone)
+    for key in needed:  # the written tables too, byte for byte
+        run_id = branched.arms[key].hash[:12]
+        for table in ("time_series.csv", "emboli.csv", "fragments.csv"):
+            a = (tmp_path / "alone" / "runs" / run_id / table).read_bytes()
+            b = (tmp_path / "branched" / "runs" / run_id / table).read_bytes()
+            assert a == b, f"{key} {table}"
+        assert not (tmp_path / "branched" / "runs" / run_id / "fields.npz").exists()

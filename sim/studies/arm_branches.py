@@ -77,7 +77,9 @@ class NeverStopWithArms:
                 branches[arm_hash] = arm
         result, fired = run_with_branches(scenario, branches)
         for arm_hash, arm_result in fired.items():
-            stash = replace(arm_result, artifacts=None)  # tables and summary only (no VTK in cohorts)
+            # what the run folder gets: no stage objects (no VTK in cohorts), the fields only if written
+            fields = arm_result.fields if arm_result.scenario.output.fields else {}
+            stash = replace(arm_result, artifacts=None, fields=fields)
             _atomic_write(Path(self.folder) / f"{arm_hash}.pkl", pickle.dumps(stash))
         return result
 

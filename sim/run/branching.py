@@ -14,7 +14,7 @@ copy share it, and every number the copy computes is the number the uncopied run
 from __future__ import annotations
 
 import copy
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
@@ -23,20 +23,19 @@ from sim.core.config import Scenario
 
 T = TypeVar("T")
 
-STOP_FIELD = ("injection", "stop_after_leak_s")
+STOP_FIELD = ("injection", "stop_after_leak_s")  # the one field a branch may change
 
 _SUPERLU = type(splu(sp.identity(1, format="csc")))
 
 
 def copy_run_state(state: T) -> T:
     """Deep copy of ``state`` in which sparse LU factorisations are shared, not copied."""
-    memo: dict[int, Any] = {}
     dispatch = copy._deepcopy_dispatch  # type: ignore[attr-defined]
     had = _SUPERLU in dispatch
     previous = dispatch.get(_SUPERLU)
     dispatch[_SUPERLU] = lambda x, _memo: x  # read-only after factorisation: share it
     try:
-        return copy.deepcopy(state, memo)
+        return copy.deepcopy(state)
     finally:
         if had:
             dispatch[_SUPERLU] = previous

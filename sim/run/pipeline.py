@@ -33,6 +33,7 @@ from sim.physics.laws import law_class
 from sim.physics.pulmonary_tree import PulmonaryTree, build_pulmonary_tree
 from sim.physics.rheology import CementModel
 from sim.physics.venous_network import VenousNetwork, build_venous_network
+from sim.run.branching import copy_run_state, differs_only_in_stop
 from sim.run.coupling import Branch, CoupledOutcome, run_coupled, stop_now
 from sim.run.recorder import RunRecorder
 from sim.run.results import RunArtifacts, RunResult
@@ -166,8 +167,6 @@ def run_with_branches(
     Returns this run's result and the results of the branches that fired, by key; a branch that
     did not fire stopped at or after this run's end, and is this run by the stop-policy contract.
     """
-    from sim.run.branching import copy_run_state, differs_only_in_stop
-
     wall0 = time.perf_counter()
     st = stages or build_stages(scenario)
     params, venous = st.params, st.venous

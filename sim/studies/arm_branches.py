@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sim.core.config import Scenario, scenario_from_dict
+from sim.run.branching import STOP_FIELD
 from sim.run.results import RunResult
 
 ARMS_FILE = "arms.json"
@@ -55,7 +56,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _arm_scenario(scenario: Scenario, delay: float) -> Scenario:
     config = scenario.model_dump(mode="json")
-    config["injection"]["stop_after_leak_s"] = delay
+    section, field = STOP_FIELD
+    config[section][field] = delay
     return scenario_from_dict(config, source=f"arm of run {scenario.content_hash()[:12]}")
 
 

@@ -350,3 +350,36 @@ def test_caval_hiatus_waterfall_in_time():
     up = int(net.edge_u[hz])
     assert flow.edge_flow_m3_s[hz] == pytest.approx(g * (flow.node_pressure_pa[up] - p_out), rel=1e-10)
     assert flow.node_pressure_pa[up] > p_out
+
+
+# ----------------------------------------------------------------------------- matrix assembly
+
+
+def test_prebuilt_laplacian_pattern_equals_the_coo_assembly_bit_for_bit():
+    """The factorised matrix comes from a pattern built once; it must equal the plain COO build
+    (same pattern, explicit zeros included, same bits), or the LU and every pressure would move."""
+    import scipy.sparse as sp
+
+    net = build_venous_network("L1", run_params().veins, np.random.default_rng(0))
+    dyn = CompliantVenousFlow(net, dyn_params(), at_rest(net))
+    rng = np.random.default_rng(3)
+    u, v, n = net.edge_u, net.edge_v, net.n_nodes
+    free, fixed = dyn._free, dyn._fixed
+    for trial in range(4):
+        g = 10.0 ** rng.uniform(-14, -8, net.n_edges)
+        if trial % 2:
+            g[rng.integers(0, net.n_edges, 5)] = 0.0  # collapsed or blocked segments
+        h = 10.0 ** rng.uniform(-3, 0)
+        lap = sp.coo_matrix(
+            (np.concatenate([g, g, -g, -g]), (np.concatenate([u, v, u, v]), np.concatenate([u, v, v, u]))),
+            shape=(n, n),
+        ).tocsr()
+        ref = (lap[free][:, free] + sp.diags(dyn.c_total[free] / h)).tocsc()
+        ref.sort_indices()
+        ref_fd = lap[free][:, fixed].tocsr()
+        ref_fd.sort_indices()
+        a, fd = dyn._pattern.matrices(g, dyn.c_total[free] / h)
+        for got, want in ((a, ref), (fd, ref_fd)):
+            assert np.array_equal(got.indptr, want.indptr)
+            assert np.array_equal(got.indices, want.indices)
+            assert np.array_equal(got.data, want.data)

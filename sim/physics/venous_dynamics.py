@@ -145,6 +145,60 @@ class ExtramuralPressure:
         return out
 
 
+class _LaplacianPattern:
+    """The graph Laplacian's free-free block (plus a diagonal) and free-fixed block for new conductances.
+
+    The sparsity pattern depends only on the graph, so it is built once: every edge's four entries
+    (+g on both diagonals, -g off them) are mapped to their slot in a CSC free-free matrix or a CSR
+    free-fixed matrix, and new conductances are scattered with ``np.bincount`` instead of a COO
+    build, conversion and fancy indexing per factorisation. The result is the COO build's bit for
+    bit (tests/test_venous_dynamics.py): zeros of a blocked segment leave the free-free block, as
+    they did when scipy added the diagonal, and stay in the free-fixed block.
+    """
+
+    def __init__(self, edge_u: np.ndarray, edge_v: np.ndarray, free: np.ndarray, fixed: np.ndarray):
+        n = int(np.concatenate([edge_u, edge_v, free, fixed]).max(initial=0)) + 1
+        pos_free = -np.ones(n, dtype=np.int64)
+        pos_free[free] = np.arange(free.size)
+        pos_fixed = -np.ones(n, dtype=np.int64)
+        pos_fixed[fixed] = np.arange(fixed.size)
+        rows = np.concatenate([edge_u, edge_v, edge_u, edge_v])
+        cols = np.concatenate([edge_u, edge_v, edge_v, edge_u])
+        self.sign = np.repeat([1.0, 1.0, -1.0, -1.0], edge_u.size)
+        nf, nx = free.size, fixed.size
+        # free-free block in CSC order (column-major), with every diagonal slot present
+        ff = (pos_free[rows] >= 0) & (pos_free[cols] >= 0)
+        r = np.concatenate([pos_free[rows[ff]], np.arange(nf)])
+        c = np.concatenate([pos_free[cols[ff]], np.arange(nf)])
+        keys, slot = np.unique(c * nf + r, return_inverse=True)
+        self.ff_entries = np.flatnonzero(ff)
+        self.ff_slot = slot[: self.ff_entries.size]
+        self.diag_slot = slot[self.ff_entries.size :]
+        self.ff_indices = (keys % nf).astype(np.int32)
+        self.ff_indptr = np.searchsorted(keys // nf, np.arange(nf + 1)).astype(np.int32)
+        self.nf, self.nx = nf, nx
+        # free-fixed block in CSR order (row-major)
+        fx = (pos_free[rows] >= 0) & (pos_fixed[cols] >= 0)
+        r, c = pos_free[rows[fx]], pos_fixed[cols[fx]]
+        keys, self.fx_slot = np.unique(r * max(nx, 1) + c, return_inverse=True)
+        self.fx_entries = np.flatnonzero(fx)
+        self.fx_indices = (keys % max(nx, 1)).astype(np.int32)
+        self.fx_indptr = np.searchsorted(keys // max(nx, 1), np.arange(nf + 1)).astype(np.int32)
+
+    def matrices(self, g: np.ndarray, diagonal: np.ndarray) -> tuple[sp.csc_matrix, sp.csr_matrix]:
+        """(L_ff + diag(diagonal)) in CSC and L_fx in CSR for edge conductances g."""
+        vals = np.tile(g, 4) * self.sign
+        data = np.bincount(self.ff_slot, weights=vals[self.ff_entries], minlength=self.ff_indices.size)
+        data[self.diag_slot] += diagonal
+        a = sp.csc_matrix((data, self.ff_indices, self.ff_indptr), shape=(self.nf, self.nf))
+        if not data.all():  # as scipy's sum of the Laplacian and the diagonal did (on a copy:
+            a = a.copy()  # eliminate_zeros prunes the index arrays, shared with the pattern, in place)
+            a.eliminate_zeros()
+        fx = np.bincount(self.fx_slot, weights=vals[self.fx_entries], minlength=self.fx_indices.size)
+        lap_fd = sp.csr_matrix((fx, self.fx_indices, self.fx_indptr), shape=(self.nf, self.nx))
+        return a, lap_fd
+
+
 class CompliantVenousFlow:
     """The venous network's blood flow in time (implicit Euler), starting from a given steady state."""
 
@@ -169,13 +223,26 @@ class CompliantVenousFlow:
         self._cvp = float(net.ra_pressure_pa)
         self._lu_key: tuple[float, np.ndarray] | None = None
         self._lu = None
+        self._pattern = _LaplacianPattern(net.edge_u, net.edge_v, self._free, self._fixed)
+        self._ce_memo: dict[float, np.ndarray] = {}
+        self._hiatus_up = hiatus_upstream(net) if net.hiatus_edge >= 0 else (-1, 0.0)
         self.solves = 0
         self.factorisations = 0
 
     # ---------------------------------------------------------------- state
     def weighted_extramural(self, t: float) -> np.ndarray:
-        """Ce_i(t) = sum_e c_e/2 p_ext,e(t) per node (m^3)."""
-        return self.node_c @ self.extramural.at(t)
+        """Ce_i(t) = sum_e c_e/2 p_ext,e(t) per node (m^3).
+
+        A step needs it at its start and end, and the next step starts where this one ends: the
+        last two instants are remembered (read-only arrays)."""
+        ce = self._ce_memo.get(t)
+        if ce is None:
+            ce = self.node_c @ self.extramural.at(t)
+            ce.flags.writeable = False
+            if len(self._ce_memo) >= 2:
+                self._ce_memo.pop(next(iter(self._ce_memo)))
+            self._ce_memo[t] = ce
+        return ce
 
     def stored_volume_m3(self, p: np.ndarray | None = None, t: float | None = None) -> float:
         """Blood stored in the walls of the free nodes (all but the atrium, which is the outlet):
@@ -234,15 +301,8 @@ class CompliantVenousFlow:
         key = self._lu_key
         if key is not None and abs(key[0] - h) <= 1e-9 * h and np.array_equal(key[1], g):
             return (*self._lu, key[0])
-        net = self.network
-        u, v, n = net.edge_u, net.edge_v, net.n_nodes
-        lap = sp.coo_matrix(
-            (np.concatenate([g, g, -g, -g]), (np.concatenate([u, v, u, v]), np.concatenate([u, v, v, u]))),
-            shape=(n, n),
-        ).tocsr()
-        free, fixed = self._free, self._fixed
-        a = (lap[free][:, free] + sp.diags(self.c_total[free] / h)).tocsc()
-        self._lu = (spla.splu(a), lap[free][:, fixed].tocsr())
+        a, lap_fd = self._pattern.matrices(g, self.c_total[self._free] / h)
+        self._lu = (spla.splu(a), lap_fd)
         self._lu_key = (h, g.copy())
         self.factorisations += 1
         return (*self._lu, h)
@@ -272,7 +332,7 @@ class CompliantVenousFlow:
         )
         hz = net.hiatus_edge
         if hz >= 0:  # the IVC drains against the hiatus pressure, not the atrium's
-            up, _ = hiatus_upstream(net)
+            up, _ = self._hiatus_up
             b[np.searchsorted(free, up)] += g[hz] * (self.hiatus_pressure(t1) - p_ra)
         p_new = np.empty_like(self.p)
         p_new[self._fixed] = p_fixed
@@ -284,7 +344,7 @@ class CompliantVenousFlow:
         """Flow from the abdominal IVC into the atrium through the hiatus (>= 0 when open)."""
         net = self.network
         hz = net.hiatus_edge
-        up, _ = hiatus_upstream(net)
+        up, _ = self._hiatus_up
         return float(g[hz] * (p[up] - self.hiatus_pressure(t)))
 
     def _flow(
@@ -295,7 +355,7 @@ class CompliantVenousFlow:
         flow = g * (p_new[net.edge_u] - p_new[net.edge_v])
         hz = net.hiatus_edge
         if hz >= 0:
-            flow[hz] = hiatus_upstream(net)[1] * self._hiatus_flow(g, p_new, t1)
+            flow[hz] = self._hiatus_up[1] * self._hiatus_flow(g, p_new, t1)
         flow[net.pump_edge] = 0.0
         net_in = net.node_inflow_m3_s.copy()
         np.subtract.at(net_in, net.edge_u, flow)

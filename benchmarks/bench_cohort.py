@@ -14,10 +14,15 @@ real cohort. Baseline: 1 worker; ``speedup`` = 1-worker wall time / this wall ti
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 import os
+
+# as `pce-sim cohort` does (sim/cli.py): one BLAS thread per process, set before numpy is imported,
+# so two workers do not oversubscribe two cores when this file is run on its own
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
 import platform
 import tempfile
 import time

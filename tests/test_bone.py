@@ -496,3 +496,22 @@ def test_size_scale_scales_volume(si):
     # Outer volume scales as s^3 (cortex thickness is not scaled, so compare the outer body).
     assert big.body.sum() / base.body.sum() == pytest.approx(1.2**3, rel=0.03)
     np.testing.assert_allclose(big.meta["center_m"], base.meta["center_m"])
+
+
+def test_scalar_chord_is_the_array_forms_difference_bit_for_bit():
+    """The section area's quadrature uses BodyShape.chord; it must equal posterior_y - anterior_y
+    (clipped at 0) exactly, in and outside the posterior disc and beyond the body."""
+    from sim.physics.bone import BodyShape
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        shape = BodyShape.from_dims(
+            rng.uniform(0.03, 0.06),
+            rng.uniform(0.02, 0.04),
+            0.025,
+            rng.uniform(0.1, 0.3),
+            rng.uniform(0.1, 0.4),
+        )
+        for x in rng.uniform(-1.1 * shape.a, 1.1 * shape.a, 200):
+            want = max(float(shape.posterior_y(x) - shape.anterior_y(x)), 0.0)
+            assert shape.chord(float(x)) == want

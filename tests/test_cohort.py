@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
+import sim.studies.cohort as cohort_module
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
 from sim.physics.injection_control import StopPolicy
@@ -24,6 +25,7 @@ from sim.studies.cohort import (
     plan_cohort,
     reuses_probe,
     run_cohort,
+    run_cost,
     sample_patients,
     sensitivity_design,
 )
@@ -308,6 +310,38 @@ def test_sensitivity_design_maps_levels_to_valid_inputs():
 
 
 # ---------------------------------------------------------------------------- running (test double)
+
+
+def test_one_executor_serves_every_phase_and_dear_runs_start_first(tmp_path, monkeypatch):
+    """Workers start once per cohort (not per phase); within a phase, runs start dearest first
+    (run_cost), and the order does not change any result."""
+    made: list = []
+    started: list[str] = []
+
+    class Recording(SerialExecutor):
+        closed = False
+
+        def submit(self, task):
+            started.append(task.hash)
+            return super().submit(task)
+
+        def close(self):
+            self.closed = True
+
+    def factory():
+        made.append(Recording())
+        return made[-1]
+
+    plan = plan_cohort(cohort(), ROOT / "configs")
+    run = run_cohort(plan, tmp_path / "a", executor_factory=factory, runner=contract_runner)
+    assert len(made) == 1 and made[0].closed
+    probe_cost = {s.content_hash(): run_cost(s) for s in plan.probes.values()}
+    costs = [probe_cost[h] for h in started if h in probe_cost]
+    assert len(set(costs)) > 1 and costs == sorted(costs, reverse=True)
+    assert started[: len(costs)] == [h for h in started if h in probe_cost]  # the never-stop phase first
+    monkeypatch.setattr(cohort_module, "run_cost", lambda scenario: 0.0)  # all equal: index order
+    in_order = run_cohort(plan, tmp_path / "b", executor_factory=serial, runner=contract_runner)
+    assert _summaries(run) == _summaries(in_order)
 
 
 def test_shared_runs_equal_full_runs_and_save_work(tmp_path):

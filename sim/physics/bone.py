@@ -65,6 +65,7 @@ Frame: DICOM LPS, metres, +x patient left, +y posterior, +z cranial, origin at t
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -166,7 +167,7 @@ def load_cannula(gauge: int) -> dict:
 @functools.cache
 def _section_area(shape: BodyShape) -> float:
     """Area of a BodyShape's section (cached: a cohort meets the same level's shape again and again)."""
-    f = lambda x: max(float(shape.posterior_y(x) - shape.anterior_y(x)), 0.0)  # noqa: E731
+    f = shape.chord  # the scalar form: quad calls it a few thousand times per shape
     breaks = [-shape.disc_radius, shape.disc_radius] if shape.disc_radius < shape.a else None
     val, _ = integrate.quad(f, -shape.a, shape.a, points=breaks, limit=200, epsabs=1e-14, epsrel=1e-10)
     return float(val)
@@ -220,6 +221,17 @@ class BodyShape:
         inside_disc = np.abs(x) < self.disc_radius
         disc = self.disc_y - np.sqrt(np.clip(self.disc_radius**2 - x**2, 0.0, None))
         return np.where(inside_disc, np.minimum(ell, disc), ell)
+
+    def chord(self, x: float) -> float:
+        """Chord length posterior_y(x) - anterior_y(x) (>= 0) at one x, in plain floats.
+
+        The same operations as the array methods (sqrt of a clipped square, the disc's minimum), so
+        the same bits, without numpy's per-call overhead."""
+        ell = self.b * math.sqrt(max(1.0 - (x / self.a) ** 2, 0.0))
+        post = ell
+        if abs(x) < self.disc_radius:
+            post = min(ell, self.disc_y - math.sqrt(max(self.disc_radius**2 - x**2, 0.0)))
+        return max(post - (-ell), 0.0)
 
     def area(self) -> float:
         """Section area by adaptive quadrature of the chord length (independent of any grid)."""

@@ -94,7 +94,14 @@ from sim.core.errors import ConfigError
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
 from sim.studies.arm_branches import STASH_DIR, NeverStopWithArms, StashedArm, write_arm_map
-from sim.studies.executors import DEFAULT_RUNNER, DEFAULT_WRITER, Executor, Runner
+from sim.studies.executors import (
+    DEFAULT_RUNNER,
+    DEFAULT_WRITER,
+    Executor,
+    Runner,
+    SharedExecutor,
+    make_executor,
+)
 from sim.studies.ledger import open_ledger
 from sim.studies.sweep import (
     SEED_PATH,
@@ -897,12 +904,29 @@ def run_cohort(
 ) -> CohortRun:
     """Run (or resume) a cohort in ``out_dir`` on the sweep machinery; returns per-arm results.
 
-    ``executor_factory`` makes a fresh executor per phase (default: the cohort file's executor,
-    ``workers`` overriding its worker count).
+    ``executor_factory`` makes the executor (default: the cohort file's executor, ``workers``
+    overriding its worker count). One executor serves every phase (never-stop runs, policy arms,
+    sensitivity), made when the first task is submitted: worker processes start (imports, JIT
+    cache) once per cohort, not once per phase.
     """
     out = Path(out_dir)
-    with OutputClaim(out):  # one cohort per folder for the whole run (the ledger lock is per phase)
-        return _run_cohort(plan, out, executor_factory, workers, runner, writer, force, sensitivity, progress)
+    if executor_factory is None:
+        ex = plan.spec.executor
+        executor_factory = lambda: make_executor(ex.kind, workers or ex.workers, ex.address)  # noqa: E731
+    pool = SharedExecutor(executor_factory)
+    try:
+        with OutputClaim(out):  # one cohort per folder for the whole run (the ledger lock is per phase)
+            return _run_cohort(plan, out, lambda: pool, workers, runner, writer, force, sensitivity, progress)
+    finally:
+        pool.shutdown()
+
+
+def run_cost(scenario: Scenario) -> float:
+    """A run's relative cost for scheduling: its planned volume over the cube of its grid spacing.
+
+    Steps grow with the injected volume (the front advances about one cell per step) and each step's
+    pressure solve with the cement's cells (volume / h^3); only the order matters (dearest first)."""
+    return scenario.injection.volume_ml * scenario.injection.volume_ml / scenario.grid.spacing_mm**3
 
 
 def _run_cohort(
@@ -933,6 +957,7 @@ def _run_cohort(
             writer=writer,
             force=True,
             progress=cb,
+            cost=run_cost,
         )
         n_runs += outcome.ran
 
@@ -1070,6 +1095,7 @@ def run_sensitivity(
         writer=writer,
         force=True,
         progress=cb,
+        cost=run_cost,
     )
     done = _ledger_results(folder)
     results = {}

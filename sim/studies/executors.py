@@ -144,6 +144,39 @@ class Executor:
         self.close()
 
 
+class SharedExecutor(Executor):
+    """One executor for several sweeps: made by ``factory`` at the first submission, kept open when a
+    sweep's ``with`` block ends, and closed by :meth:`shutdown` (a cohort's phases share its workers)."""
+
+    def __init__(self, factory: Callable[[], Executor]) -> None:
+        self._factory = factory
+        self._inner: Executor | None = None
+
+    def _executor(self) -> Executor:
+        if self._inner is None:
+            self._inner = self._factory()
+        return self._inner
+
+    @property
+    def capacity(self) -> int:  # type: ignore[override]
+        return self._executor().capacity
+
+    def submit(self, task: RunTask) -> Any:
+        return self._executor().submit(task)
+
+    def wait_first(self, handles: dict[Any, RunTask]) -> list[tuple[Any, Outcome]]:
+        return self._executor().wait_first(handles)
+
+    def close(self) -> None:
+        return None  # the end of one sweep; the workers stay for the next
+
+    def shutdown(self) -> None:
+        """Close the underlying executor, if one was made."""
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+
+
 class SerialExecutor(Executor):
     """Runs each task in this process when it is submitted (debugging, profiling)."""
 

@@ -529,12 +529,16 @@ def run_sweep(
     force: bool = False,
     retry_failed: bool = True,
     progress: ProgressFn | None = None,
+    cost: Callable[[Scenario], float] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) a sweep in ``out_dir``; failed runs are recorded and the sweep goes on.
 
     ``executor`` defaults to the sweep file's (``workers`` overrides its worker count). Done runs are
     skipped; runs left ``running`` by a killed sweep are redone; failed runs are retried unless
     ``retry_failed`` is false. ``out_dir`` holding a different expansion is refused unless ``force``.
+    ``cost`` (optional) estimates a run's cost: runs then start dearest first, so the workers finish
+    together instead of one idling while the other runs a long last run (results do not depend on
+    the order; tables stay in index order).
     """
     out = Path(out_dir)
     by_hash = {p.hash: p for p in expansion.points}
@@ -556,6 +560,8 @@ def run_sweep(
         finished, n_failed = skipped, counts["failed"] if not retry_failed else 0
         if progress is not None:
             progress(finished, total, n_failed)
+        if cost is not None:
+            todo = sorted(todo, key=lambda h: -cost(by_hash[h].scenario))  # stable: ties keep index order
         tasks = [
             RunTask(
                 h, by_hash[h].scenario.model_dump(mode="json"), str(out / "runs" / h[:12]), runner, writer

@@ -131,6 +131,20 @@ def test_direct_cg_and_amg_agree_on_a_3d_box():
     assert q_exit.sum() == pytest.approx(Q, rel=1e-10)
 
 
+def test_auto_choice_follows_size_and_whether_a_hierarchy_can_be_reused():
+    """auto: LU for small systems; AMG where a hierarchy outlives a solve; Jacobi-CG where it cannot
+    (front method) up to AUTO_CG_BELOW_WITHOUT_REUSE unknowns, AMG above."""
+    from sim.physics.pressure import AUTO_CG_BELOW_WITHOUT_REUSE, AUTO_DIRECT_BELOW
+
+    reusing, fresh = PressureSolver("auto"), PressureSolver("auto", reuses_hierarchy=False)
+    assert reusing._choose(AUTO_DIRECT_BELOW) == fresh._choose(AUTO_DIRECT_BELOW) == "direct"
+    assert reusing._choose(AUTO_DIRECT_BELOW + 1) == "amg"
+    assert fresh._choose(AUTO_DIRECT_BELOW + 1) == "cg"
+    assert fresh._choose(AUTO_CG_BELOW_WITHOUT_REUSE) == "cg"
+    assert fresh._choose(AUTO_CG_BELOW_WITHOUT_REUSE + 1) == "amg"
+    assert PressureSolver("amg", reuses_hierarchy=False)._choose(AUTO_DIRECT_BELOW + 1) == "amg"
+
+
 def test_amg_hierarchy_is_reused_for_the_same_key():
     """Same key: one AMG setup for two solves and the same answer; a new key or no key sets up again."""
     perm, tip, exits = box_3d()

@@ -403,7 +403,8 @@ class InjectionSolver:
             for c in np.flatnonzero(self.tip_mask)
         }
         self.params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
-        self.solver = PressureSolver(pressure_solver)
+        # the front method's cement block changes at every step: no AMG hierarchy outlives a solve
+        self.solver = PressureSolver(pressure_solver, reuses_hierarchy=method != "front")
         self.d_in, self.l_can = float(needle.inner_diameter_m), float(needle.length_m)
         self._mu_c = np.empty(n)
         self.state = InjectionState(

@@ -218,6 +218,11 @@ class NeedleConfig(StrictModel):
     tip_cc_fraction: Annotated[float, Field(ge=0.1, le=0.9)] = 0.5
 
 
+# The stop policy's field as a dotted config path: what a cohort's policy arms set, what an arm
+# branched off a never-stop run may differ in, and what reports group sweeps by.
+STOP_AFTER_LEAK_PATH = "injection.stop_after_leak_s"
+
+
 class InjectionConfig(StrictModel):
     """Injection protocol and stop policy.
 

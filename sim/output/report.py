@@ -32,13 +32,14 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from sim.core.config import STOP_AFTER_LEAK_PATH
 from sim.core.errors import ConfigError
 from sim.core.labels import LOBE_NAMES
 
 LOBES = LOBE_NAMES
 LOBE_COLORS = {"RUL": "#1f4e79", "RML": "#2e75b6", "RLL": "#9dc3e6", "LUL": "#c55a11", "LLL": "#f4b183"}
 SERIES_COLORS = ("#1f4e79", "#c55a11", "#548235", "#7030a0", "#bf9000", "#2e75b6")
-STOP_DELAY = "injection.stop_after_leak_s"
+STOP_DELAY = STOP_AFTER_LEAK_PATH
 VOLUME = "injection.volume_ml"
 STYLE = {
     "font.size": 9,

@@ -19,11 +19,11 @@ from typing import TypeVar
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
-from sim.core.config import Scenario
+from sim.core.config import STOP_AFTER_LEAK_PATH, Scenario
 
 T = TypeVar("T")
 
-STOP_FIELD = ("injection", "stop_after_leak_s")  # the one field a branch may change
+STOP_FIELD = tuple(STOP_AFTER_LEAK_PATH.split("."))  # the one field a branch may change
 
 _SUPERLU = type(splu(sp.identity(1, format="csc")))
 

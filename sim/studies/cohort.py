@@ -89,7 +89,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from scipy import stats as _st
 
-from sim.core.config import Level, Scenario, read_yaml, scenario_from_dict
+from sim.core.config import STOP_AFTER_LEAK_PATH, Level, Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
@@ -118,7 +118,7 @@ from sim.studies.sweep import (
     summarise_problems,
 )
 
-STOP_PATH = "injection.stop_after_leak_s"
+STOP_PATH = STOP_AFTER_LEAK_PATH
 LEVEL_PATH = "patient.level"
 SPINE_LEVELS: tuple[str, ...] = get_args(Level)  # T5..L5, cranial to caudal
 MAX_LEVELS = 3

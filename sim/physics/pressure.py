@@ -328,8 +328,8 @@ AMG_SETUP_SEED = 20251125
 # - strength theta 0.05: cement and marrow mobilities differ by orders of magnitude, so with
 #   pyamg's default (theta 0, every coupling strong) aggregates straddle the cement front and CG
 #   needs about 36 V-cycles to reach rtol 1e-12; dropping couplings below 5 % of the diagonal
-#   scale halves that (33 captured cohort systems: 35.9 -> 17.5 iterations per solve).
-# - max_coarse 1000 with a sparse LU there: one level fewer, same iterations, cheaper set-up.
+#   scale halves that (33 captured cohort systems: 35.9 -> 17.6 iterations per solve).
+# - max_coarse 300 with a sparse LU there (800-3000 were slower on whole cohort runs).
 # - local (row-sum) weighting of the Jacobi prolongation smoother: no spectral-radius estimate.
 AMG_OPTIONS: dict = {
     "symmetry": "symmetric",

@@ -156,8 +156,7 @@ class _LaplacianPattern:
     they did when scipy added the diagonal, and stay in the free-fixed block.
     """
 
-    def __init__(self, edge_u: np.ndarray, edge_v: np.ndarray, free: np.ndarray, fixed: np.ndarray):
-        n = int(np.concatenate([edge_u, edge_v, free, fixed]).max(initial=0)) + 1
+    def __init__(self, n: int, edge_u: np.ndarray, edge_v: np.ndarray, free: np.ndarray, fixed: np.ndarray):
         pos_free = -np.ones(n, dtype=np.int64)
         pos_free[free] = np.arange(free.size)
         pos_fixed = -np.ones(n, dtype=np.int64)
@@ -180,10 +179,11 @@ class _LaplacianPattern:
         # free-fixed block in CSR order (row-major)
         fx = (pos_free[rows] >= 0) & (pos_fixed[cols] >= 0)
         r, c = pos_free[rows[fx]], pos_fixed[cols[fx]]
-        keys, self.fx_slot = np.unique(r * max(nx, 1) + c, return_inverse=True)
+        stride = max(nx, 1)
+        keys, self.fx_slot = np.unique(r * stride + c, return_inverse=True)
         self.fx_entries = np.flatnonzero(fx)
-        self.fx_indices = (keys % max(nx, 1)).astype(np.int32)
-        self.fx_indptr = np.searchsorted(keys // max(nx, 1), np.arange(nf + 1)).astype(np.int32)
+        self.fx_indices = (keys % stride).astype(np.int32)
+        self.fx_indptr = np.searchsorted(keys // stride, np.arange(nf + 1)).astype(np.int32)
 
     def matrices(self, g: np.ndarray, diagonal: np.ndarray) -> tuple[sp.csc_matrix, sp.csr_matrix]:
         """(L_ff + diag(diagonal)) in CSC and L_fx in CSR for edge conductances g."""
@@ -223,7 +223,7 @@ class CompliantVenousFlow:
         self._cvp = float(net.ra_pressure_pa)
         self._lu_key: tuple[float, np.ndarray] | None = None
         self._lu = None
-        self._pattern = _LaplacianPattern(net.edge_u, net.edge_v, self._free, self._fixed)
+        self._pattern = _LaplacianPattern(net.n_nodes, net.edge_u, net.edge_v, self._free, self._fixed)
         self._ce_memo: dict[float, np.ndarray] = {}
         self._hiatus_up = hiatus_upstream(net) if net.hiatus_edge >= 0 else (-1, 0.0)
         self.solves = 0

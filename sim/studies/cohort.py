@@ -922,7 +922,7 @@ def run_cohort(
 
 
 def run_cost(scenario: Scenario) -> float:
-    """A run's relative cost for scheduling: its planned volume over the cube of its grid spacing.
+    """A run's relative cost for scheduling: its planned volume squared over its grid spacing cubed.
 
     Steps grow with the injected volume (the front advances about one cell per step) and each step's
     pressure solve with the cement's cells (volume / h^3); only the order matters (dearest first)."""

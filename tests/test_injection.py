@@ -482,3 +482,45 @@ def test_amg_pressure_solve_is_bit_identical_whatever_the_global_random_state():
         np.random.seed(seed)  # noqa: NPY002
         assert after == np.random.rand()  # noqa: NPY002  (the caller's random state is left alone)
     assert np.array_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("n_nodes", [3, 6, 13])
+def test_lumen_column_conducts_poiseuille_of_its_length_on_any_chain(n_nodes):
+    """A cement column of length x in a vein of length L conducts pi d^4 / (128 (mu_c x + mu_b (L - x))).
+
+    The lumen nodes of a chain split the vein into half-edges; the column fills them from one end,
+    ending inside a node. With the series (column) mobility the chain conducts the continuous column's
+    value whatever the split; the porous (side-by-side) rule does not, so this test can fail.
+    """
+    from types import SimpleNamespace
+
+    from sim.physics.injection import mixture_mobility
+    from sim.physics.pressure import face_transmissibility
+
+    d, length, mu_c, mu_b, x = 1.0e-3, 12.0e-3, 80.0, 3.5e-3, 5.3e-3
+    edge = length / (n_nodes - 1)
+    node_len = np.full(n_nodes, edge)
+    node_len[[0, -1]] = 0.5 * edge
+    filled_to = np.cumsum(node_len)  # the column enters at node 0
+    start = filled_to - node_len
+    sat = np.clip((x - start) / node_len, 0.0, 1.0)
+    g_half = 2.0 * np.pi * d**4 / (128.0 * edge)  # the Poiseuille conductance of a half-edge
+    graph = SimpleNamespace(
+        face_a=np.arange(n_nodes - 1),
+        face_b=np.arange(1, n_nodes),
+        face_g_a=np.full(n_nodes - 1, g_half),
+        face_g_b=np.full(n_nodes - 1, g_half),
+    )
+    mu_cement, mu_blood = np.full(n_nodes, mu_c), np.full(n_nodes, mu_b)
+    exact = np.pi * d**4 / (128.0 * (mu_c * x + mu_b * (length - x)))
+
+    def chain(lumen: bool) -> float:
+        lam = mixture_mobility(sat, mu_cement, mu_blood, np.full(n_nodes, lumen))
+        return 1.0 / float(np.sum(1.0 / face_transmissibility(graph, lam)))
+
+    assert chain(True) == pytest.approx(exact, rel=1e-12)
+    assert chain(False) > 1.1 * exact  # side by side, the partly filled node conducts like blood
+    # limiting cases: an empty and a full lumen node conduct as pure blood and pure cement
+    for s, mu in ((0.0, mu_b), (1.0, mu_c)):
+        lam = mixture_mobility(np.array([s]), np.array([mu_c]), np.array([mu_b]), np.array([True]))
+        assert lam[0] == pytest.approx(1.0 / mu, rel=1e-14)

@@ -8,6 +8,10 @@ Petroleum Reservoir Simulation, ch. 5):
     div(lambda grad p) = -q,   lambda = k (S/mu_c + (1-S)/mu_m),
     phi dS/dt + div(f(S) u) = q_cement,   f(S) = (S/mu_c) / (S/mu_c + (1-S)/mu_m).
 
+The lumens of the embedded veins are tubes, not porous media: cement that enters one forms a column
+in series with the blood ahead of it, as in the veins outside the bone (:mod:`sim.physics.vein_columns`),
+so a lumen node's mobility is the series one, 1 / (S mu_c + (1-S) mu_b) (:func:`mixture_mobility`).
+
 IMPES splitting: each step solves the pressure with mobilities lagged from the previous step
 (TPFA, :mod:`sim.physics.pressure`), then advances S along the resulting fluxes
 (:mod:`sim.physics.cement_transport`, implicit upwind in flow order, exact volume conservation).
@@ -93,6 +97,29 @@ METHODS = ("front", "impes")
 BLOOD_VISCOSITY_PA_S = (
     3.5e-3  # default resident fluid of embedded veins (the run passes veins.blood_viscosity)
 )
+
+
+def mixture_mobility(
+    saturation: np.ndarray, mu_cement: np.ndarray, mu_resident: np.ndarray, is_lumen: np.ndarray
+) -> np.ndarray:
+    """Total mobility (1/(Pa s)) of cells holding cement at ``saturation`` and a resident fluid.
+
+    Porous cells: the two phases flow side by side (linear relative permeabilities, Aziz & Settari
+    1979, ch. 5): lambda = S/mu_c + (1-S)/mu_m. Vein lumens (``is_lumen``): the cement fills a tube
+    as a column in series with the blood ahead of it (Poiseuille resistances add along the tube, as
+    for the veins outside the bone, :mod:`sim.physics.vein_columns`): lambda = 1 / (S mu_c + (1-S) mu_b),
+    so a lumen node's half-edges resist as S of their length of cement and 1-S of blood. Limiting
+    cases (tests/test_injection.py): both equal 1/mu at S = 0 and S = 1; a chain of lumen nodes
+    holding a column of length x conducts pi d^4 / (128 (mu_c x + mu_b (L - x))) whatever the number
+    of nodes it is split over (the side-by-side rule would let a node half full of a cement 1e4 times
+    more viscous than blood conduct like blood).
+    """
+    s = np.minimum(saturation, 1.0)
+    lam = s / mu_cement + (1.0 - s) / mu_resident
+    lum = np.asarray(is_lumen, dtype=bool)
+    if lum.any():
+        lam[lum] = 1.0 / (s[lum] * mu_cement[lum] + (1.0 - s[lum]) * mu_resident[lum])
+    return lam
 
 
 @runtime_checkable
@@ -477,7 +504,7 @@ class InjectionSolver:
             _viscosity_cells(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
             lam_c = s_c / mu_c
-            lam = lam_c + (1.0 - s_c) / self.mu_res
+            lam = mixture_mobility(s_c, mu_c, self.mu_res, self.is_vein)
             trans = face_transmissibility(graph, lam)
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)

@@ -27,6 +27,7 @@ from sim.run.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 H_M = 2.0e-3  # coarse grid: the twin and orientation checks in seconds
+TWIN_H_MM = 1.0  # the twin runs on the default grid (converged detection time, issue 15)
 QUIET = {"vtk": False, "fluoroscopy_png": False, "fields": False}
 
 
@@ -92,12 +93,18 @@ def test_ct_body_is_the_parametric_body(seed_case):
 
 
 def test_synthetic_twin_reproduces_the_parametric_run(seed_case, tmp_path):
-    """Leaked volume and needle pressure of the seed case within 10 % on its own CT (measured at 2 mm:
-    1.373 vs 1.381 ml, 14.35 kPa both); the run folder's ParaView output holds the CT."""
+    """Leaked volume and needle pressure of the seed case within 10 % on its own CT, detection within
+    one fluoroscopy interval; the run folder's ParaView output holds the CT.
+
+    Run on the default 1 mm grid, where the convergence study finds the seed case's detection time
+    converged (1.0 s at 1, 0.75 and 0.5 mm; 2.0 s at 2 mm); measured at 1 mm: 1.407 vs 1.400 ml,
+    14.6 kPa both, seen at 1.0 s both (at 2 mm the parametric run is seen at 2.0 s, its twin at 1.0 s).
+    """
     from sim.output.vtk import read_vti
     from sim.run.pipeline import run_scenario, write_run
 
     base, ct, labels, _ = seed_case
+    base = {**base, "grid": {**base["grid"], "spacing_mm": TWIN_H_MM}}
     par = run_scenario(scenario_from_dict(base)).summary
     cfg = _with_ct(base, ct, labels)
     cfg["output"] = {**cfg["output"], "vtk": True}

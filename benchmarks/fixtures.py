@@ -47,6 +47,7 @@ def bone_case(spacing_mm: float, bolus_ml: float = 2.5, rate_ml_per_s: float = 0
     from sim.core.parameters import RunParameters
     from sim.physics.bone import build_vertebral_body, place_needle
     from sim.physics.bone_vein_exchange import EmbeddedVeinExchange
+    from sim.physics.injection import mixture_mobility
     from sim.physics.pressure import build_cell_graph, face_transmissibility
     from sim.physics.rheology import CementModel, cement_viscosity, equivalent_age_s
 
@@ -78,7 +79,7 @@ def bone_case(spacing_mm: float, bolus_ml: float = 2.5, rate_ml_per_s: float = 0
     filled = order[: int(np.searchsorted(np.cumsum(pore[order]), bolus_ml * 1e-6)) + 1]
     s = np.zeros(graph.n)
     s[filled] = 1.0
-    lam = s / mu_c + (1.0 - s) / mu_res
+    lam = mixture_mobility(s, np.full(graph.n, mu_c), mu_res, ~grid)
     trans = face_transmissibility(graph, lam)
 
     entries = EmbeddedVeinExchange().entries(bone.exits, graph, vessels)

@@ -26,7 +26,7 @@ from sim.physics.bone import build_vertebral_body
 from sim.run.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
-H_M = 2.0e-3  # coarse grid: the twin and orientation checks in seconds
+H_M = 2.0e-3  # coarse grid: the body and orientation checks in seconds
 TWIN_H_MM = 1.0  # the twin runs on the default grid (converged detection time, issue 15)
 QUIET = {"vtk": False, "fluoroscopy_png": False, "fields": False}
 

@@ -520,7 +520,8 @@ def test_lumen_column_conducts_poiseuille_of_its_length_on_any_chain(n_nodes):
 
     assert chain(True) == pytest.approx(exact, rel=1e-12)
     assert chain(False) > 1.1 * exact  # side by side, the partly filled node conducts like blood
-    # limiting cases: an empty and a full lumen node conduct as pure blood and pure cement
-    for s, mu in ((0.0, mu_b), (1.0, mu_c)):
-        lam = mixture_mobility(np.array([s]), np.array([mu_c]), np.array([mu_b]), np.array([True]))
-        assert lam[0] == pytest.approx(1.0 / mu, rel=1e-14)
+    # limiting cases: an empty and a full node conduct as pure blood and pure cement, by either rule
+    for lumen in (True, False):
+        for s, mu in ((0.0, mu_b), (1.0, mu_c)):
+            lam = mixture_mobility(np.array([s]), np.array([mu_c]), np.array([mu_b]), np.array([lumen]))
+            assert lam[0] == pytest.approx(1.0 / mu, rel=1e-14)

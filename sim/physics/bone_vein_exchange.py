@@ -2,7 +2,8 @@
 
 Contract (``exchange`` seam of :mod:`sim.physics.laws`): ``entries(exits, graph)`` returns one row
 per (graph node, exit) connection: the compact node index, the exit index and a geometric
-conductance factor ``G`` (m^3), so that with the two-phase mobility lambda (1/(Pa s)) of the node
+conductance factor ``G`` (m^3), so that with the mobility lambda (1/(Pa s)) of the node (two-phase in a
+bone cell, a cement column in a vein lumen, :func:`sim.physics.injection.mixture_mobility`)
 and the series resistance R (Pa s/m^3) of a cement column already in the vein outside, the flow out
 is
 

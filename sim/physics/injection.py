@@ -109,10 +109,17 @@ def mixture_mobility(
     as a column in series with the blood ahead of it (Poiseuille resistances add along the tube, as
     for the veins outside the bone, :mod:`sim.physics.vein_columns`): lambda = 1 / (S mu_c + (1-S) mu_b),
     so a lumen node's half-edges resist as S of their length of cement and 1-S of blood. Limiting
-    cases (tests/test_injection.py): both equal 1/mu at S = 0 and S = 1; a chain of lumen nodes
-    holding a column of length x conducts pi d^4 / (128 (mu_c x + mu_b (L - x))) whatever the number
-    of nodes it is split over (the side-by-side rule would let a node half full of a cement 1e4 times
-    more viscous than blood conduct like blood).
+    cases (tests/test_injection.py): both equal 1/mu at S = 0 and S = 1; a chain of lumen nodes of one
+    diameter holding a column of length x conducts pi d^4 / (128 (mu_c x + mu_b (L - x))) whatever
+    the number of nodes it is split over (the side-by-side rule lets a node half full of a cement 1e4
+    times more viscous than blood conduct like half as much blood).
+
+    Limits. S is a share of the node's volume and applies to all its half-edges alike, so at a node
+    where the diameter changes (a tributary joining a wider vein) the column's resistance is that of
+    the node's mean fill, not of the half it actually fills: one node per diameter change. The
+    transport keeps the porous fractional flow f(S) = S / (S + m (1-S)) in the lumens; with
+    m = mu_c / mu_b >= 286 (eta_min 1 Pa s against blood) it is close to the column's piston (f = 0
+    until the node is full). All arrays have the same shape.
     """
     s = np.minimum(saturation, 1.0)
     lam = s / mu_cement + (1.0 - s) / mu_resident

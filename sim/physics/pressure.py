@@ -1,7 +1,8 @@
 """Pressure equation of the cement injection: TPFA on porous cells, SPD systems, linear solvers.
 
 Equation. Incompressible two-phase Darcy flow, div(lambda grad p) = -q, with total mobility
-lambda = k (S/mu_c + (1-S)/mu_m) (per-direction permeability k, Aziz & Settari 1979). Two-point
+lambda = k (S/mu_c + (1-S)/mu_m) (per-direction permeability k, Aziz & Settari 1979; in the vein lumens the
+series column mobility of :func:`sim.physics.injection.mixture_mobility`). Two-point
 flux approximation on the uniform grid of spacing h between porous cells a, b sharing a face:
 
     F_ab = T_ab (p_a - p_b),   T_ab = 1 / (1 / (g_a lambda_a) + 1 / (g_b lambda_b)),   g = 2 h k_d,

@@ -332,7 +332,7 @@ def _check_embedded_veins(bone, patient) -> None:
     exchanging = [s for s in bone.meta["veins"] if s["exchanges"]]
     assert {s["name"] for s in exchanging} >= {"basivertebral_trunk", "nutrient_anterior_left"}
     for seg in exchanging:
-        rho = max(1.5 * seg["diameter_m"], 2.0 * h)  # max(3 r_w, 2 h)
+        rho = max(1.5 * seg["diameter_m"], 2.0e-3, 2.0 * h)  # max(3 r_w, rho_0, 2 h)
         reach = np.minimum(reach, _segment_distance(ctr, seg["start_m"], seg["end_m"]) / rho)
         # every exchanging vein is connected to the marrow along it
         near_mid = np.linalg.norm(ctr - 0.5 * (seg["start_m"] + seg["end_m"]), axis=1) <= rho
@@ -341,10 +341,10 @@ def _check_embedded_veins(bone, patient) -> None:
     a_mouth = 0.5 * np.sqrt(patient.basivertebral_foramen_width_m * patient.basivertebral_foramen_height_m)
     for seg in bone.meta["veins"]:
         if seg["name"].endswith("_canal"):
-            rho = max(2.0 * a_mouth, 2.0 * h)
+            rho = max(2.0 * a_mouth, 2.0e-3, 2.0 * h)
             reach = np.minimum(reach, np.linalg.norm(ctr - seg["end_m"], axis=1) / rho)
     assert np.all(reach <= 1.0 + 1e-9), f"{int(np.sum(reach > 1 + 1e-9))} well cells beyond the kernel"
-    assert bone.meta["well_kernel_radius_m"] == pytest.approx(max(2.0 * a_mouth, 2.0 * h), rel=1e-12)
+    assert bone.meta["well_kernel_radius_m"] == pytest.approx(max(2.0 * a_mouth, 2.0e-3, 2.0 * h), rel=1e-12)
     # veins in cortical canals and foramina (no kernel) exchange nothing along their length
     for seg in bone.meta["veins"]:
         if seg["exchanges"]:

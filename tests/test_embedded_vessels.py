@@ -115,7 +115,7 @@ def test_line_source_exchange_matches_the_analytic_solution(h, r_w, where):
 @pytest.mark.parametrize("h", [2 * MM, 1 * MM, 0.5 * MM], ids=["2mm", "1mm", "0.5mm"])
 def test_well_indices_add_up_to_the_kernel_well_index(h, angle_deg):
     """Homogeneous k, every kernel cell porous: the connections of a vein sum to
-    WI = 2 pi k L / (ln(rho / r_w) - 1/4), rho = max(3 r_w, 2 h), whatever its direction."""
+    WI = 2 pi k L / (ln(rho / r_w) - 1/4), rho = max(3 r_w, rho_0, 2 h), whatever its direction."""
     origin, porous, perm = block(h, (40 * MM,) * 3)
     length, r_w = 20 * MM, 0.5 * MM
     a = math.radians(angle_deg)
@@ -128,7 +128,7 @@ def test_well_indices_add_up_to_the_kernel_well_index(h, angle_deg):
     )
     vessels = embed(tree, origin, h, porous, perm)
     assert np.all(vessels.well_index_m3 > 0.0)
-    rho = max(3.0 * r_w, 2.0 * h)
+    rho = max(3.0 * r_w, 2.0 * MM, 2.0 * h)
     expected = 2.0 * math.pi * K * length / (math.log(rho / r_w) - 0.25)
     assert vessels.well_index_m3.sum() == pytest.approx(expected, rel=1e-12)
     # every connection is to a cell within rho of the axis
@@ -183,3 +183,18 @@ def test_perpendicular_permeability_limiting_cases():
     for t in rng.normal(size=(5, 3)):
         t /= np.linalg.norm(t)
         np.testing.assert_allclose(perpendicular_permeability(iso, t), 3.0e-9, rtol=1e-14)
+
+
+def test_kernel_radius_is_the_same_on_every_resolving_grid():
+    """rho = max(3 r_w, rho_0, 2 h): one continuous problem for h <= rho_0 / 2, so refinement converges.
+
+    Before December 2026 rho was max(3 r_w, 2 h): 2, 1.5 and 1.43 mm for a 0.95 mm vein at 1, 0.75
+    and 0.5 mm, a different model on every grid.
+    """
+    from sim.physics.embedded_vessels import KERNEL_MIN_RADIUS_M, kernel_radius
+
+    for r_w in (0.25e-3, 0.475e-3, 0.6e-3):
+        radii = {kernel_radius(r_w, h) for h in (1.0e-3, 0.75e-3, 0.5e-3, 0.375e-3, 0.25e-3)}
+        assert radii == {KERNEL_MIN_RADIUS_M}
+    assert kernel_radius(1.5e-3, 0.5e-3) == pytest.approx(4.5e-3)  # wide veins: 3 r_w
+    assert kernel_radius(0.475e-3, 2.0e-3) == pytest.approx(4.0e-3)  # coarse grids: 2 h

@@ -15,7 +15,7 @@ the porous cells whose centres lie within a kernel radius rho of its axis (equal
 summing to 1), each a two-point connection T_c = WI w_c between the cell and the nearer of the
 piece's two end nodes:
 
-    WI = 2 pi k_perp L / (ln(rho / r_w) - 1/4),   rho = max(3 r_w, 2 h).
+    WI = 2 pi k_perp L / (ln(rho / r_w) - 1/4),   rho = max(3 r_w, rho_0, 2 h),   rho_0 = 2 mm.
 
 For a source spread uniformly over the disc of radius rho the mean pressure over the disc exceeds
 the pressure at rho by q mu / (8 pi k), hence the -1/4; the line-source field outside rho is
@@ -24,8 +24,17 @@ unchanged (the distributed-source well model of Koch, Helmig & Schneider 2020, J
 p_c), the same as the kernel's, while every connection keeps a positive transmissibility, so the
 pressure matrix stays an SPD M-matrix and fluxes run down the pressure gradient (the transport
 sweep needs that). k_perp = sqrt(k_x k_y k_z / (t . K t)) for a vein along the unit vector t in the
-diagonal permeability K (sqrt(k_x k_y) for a vein along z). rho is tied to the cell size so that
-the kernel holds enough cells at any spacing, and at least 3 r_w so that ln(rho / r_w) - 1/4 > 0.
+diagonal permeability K (sqrt(k_x k_y) for a vein along z). The kernel is part of the model, not of
+the grid: its radius is fixed (rho_0 = 2 mm, or 3 r_w for a wider vein, so that ln(rho / r_w) - 1/4 > 0),
+and grids with h <= rho / 2 resolve the same kernel, so refining them converges to one continuous
+problem (in distributed-source well models the kernel width is a parameter of the model, Koch et al.
+2020). Cement leaves the bone into a vein from the cells of its kernel, so rho
+also sets how close the front must come to a vein before the vein takes cement; 2 mm is about two
+trabecular spacings of osteoporotic vertebral bone (Tb.Sp about 0.7-1.2 mm [TB]), the scale below
+which the bone is not a Darcy continuum. On coarser grids (h > 1 mm) rho = 2 h keeps at least the
+cells within two cell sizes in the kernel; those grids solve a slightly different problem. Before
+December 2026 rho = max(3 r_w, 2 h), which changed the problem between 1, 0.75 and 0.5 mm (rho 2, 1.5
+and 1.43 mm for a 0.95 mm vein) and kept small leaks from converging.
 Checked against the analytic line source in a homogeneous block at 2, 1 and 0.5 mm
 (tests/test_embedded_vessels.py); the lumen region inside r_w is still counted as bone matrix (a
 few per cent of the body's pore volume for 1-2 mm veins).
@@ -33,10 +42,10 @@ few per cent of the body's pore volume for 1-2 mm veins).
 Canal mouths. A wide canal (the basivertebral canal, 5-8 mm) whose walls are cortical exchanges
 only through its mouth, a disc of radius a facing the marrow. A disc on a no-flow wall conducts
 4 k a (the classical disc-source resistance 1/(4 k a)), the conductance of a hemispherical source of
-radius r_eq = 2 a / pi. Spread uniformly over the porous cells within rho = max(2 a, 2 h) of its
-centre (a hemispherical kernel), the mean kernel pressure is p(rho) + q mu / (10 pi k rho) for a
-half-space point source, so WI = 2 pi k / (1 / r_eq - 6 / (5 rho)) (the spherical analogue of the
-line kernel above), again as positive two-point connections.
+radius r_eq = 2 a / pi. Spread uniformly over the porous cells within rho = max(2 a, rho_0, 2 h) of its
+centre (a hemispherical kernel; rho_0 is its floor too), the mean kernel pressure is
+p(rho) + q mu / (10 pi k rho) for a half-space point source, so WI = 2 pi k / (1 / r_eq - 6 / (5 rho))
+(the spherical analogue of the line kernel above), again as positive two-point connections.
 """
 
 from __future__ import annotations
@@ -49,12 +58,13 @@ from sim.core.errors import GeometryError
 from sim.core.grid import EmbeddedVessels, VesselTree
 
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
-KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel at any spacing)
+KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel on coarse grids)
+KERNEL_MIN_RADIUS_M = 2.0e-3  # rho_0: the grid-independent kernel radius (module docstring) [U]
 
 
 def kernel_radius(radius_m: float, spacing_m: float) -> float:
-    """rho = max(3 r_w, 2 h) (module docstring)."""
-    return max(KERNEL_RADII * float(radius_m), KERNEL_CELLS * float(spacing_m))
+    """rho = max(3 r_w, rho_0, 2 h): independent of h for h <= rho_0 / 2 (module docstring)."""
+    return max(KERNEL_RADII * float(radius_m), KERNEL_MIN_RADIUS_M, KERNEL_CELLS * float(spacing_m))
 
 
 def perpendicular_permeability(k_xyz: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -146,7 +156,7 @@ def embed(
         w_cell.append(flat)
         w_val.append(2.0 * math.pi * k_perp * length / denom / flat.size)
     for point, a in tree.openings.items():
-        rho = max(2.0 * a, KERNEL_CELLS * h)
+        rho = max(2.0 * a, KERNEL_MIN_RADIUS_M, KERNEL_CELLS * h)
         rho_max = max(rho_max, rho)
         centre = pos[point]
         flat, ctr = _cells_near_segment(centre, centre, rho, origin, h, shape)

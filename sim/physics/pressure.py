@@ -52,6 +52,8 @@ from sim.core.grid import EmbeddedVessels
 
 DIRECT_MAX_UNKNOWNS = 30_000
 AUTO_DIRECT_BELOW = 1_500
+ACCEPT_RESIDUAL = 1e-6  # largest true relative residual a pressure solve may return
+REFINEMENTS = 2  # correction solves on the true residual before a solve is refused
 # 'auto' for systems whose AMG hierarchy cannot be reused (the front method's cement block changes
 # at every step, so every solve would pay a set-up): Jacobi-CG up to this many unknowns. Measured on
 # whole runs: 1.43x faster on 6 cohort patients (1 mm), 1.5x on the seed case (1 mm), 1.14x on the
@@ -316,6 +318,7 @@ class SolverStats:
     solve_time_s: float = 0.0
     max_relative_residual: float = 0.0
     max_unknowns: int = 0
+    n_refinements: int = 0  # correction solves on the true residual (PressureSolver.solve)
     history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -459,6 +462,7 @@ class PressureSolver:
         x0s = None if x0 is None else x0.reshape(n, -1)
         kind = self._choose(n)
         t0 = time.perf_counter()
+        prec = None
         if kind == "direct":
             lu = spla.splu(mat.tocsc())
             out = lu.solve(np.ascontiguousarray(rhs2))
@@ -469,17 +473,28 @@ class PressureSolver:
             for c in range(rhs2.shape[1]):
                 guess = None if x0s is None else x0s[:, min(c, x0s.shape[1] - 1)]
                 out[:, c] = self._cg(mat, rhs2[:, c], guess, prec)
-        self.stats.solve_time_s += time.perf_counter() - t0
         self.stats.n_solves += rhs2.shape[1]
         for c in range(rhs2.shape[1]):
             bn = np.linalg.norm(rhs2[:, c])
             if bn > 0.0:
                 res = np.linalg.norm(rhs2[:, c] - mat @ out[:, c]) / bn
+                # CG's recursively updated residual drifts from the true one on badly scaled systems
+                # (mobilities 1e12 apart: a pinned foramen next to a cement column in a vein lumen),
+                # so it can stop at rtol while the true residual is above the acceptance. Iterative
+                # refinement: correction solves on the true residual (one brought 1.5e-6 to 2.6e-10
+                # on a captured cohort system). Solves that pass at once are untouched.
+                for _ in range(REFINEMENTS if prec is not None else 0):
+                    if np.isfinite(res) and res <= ACCEPT_RESIDUAL:
+                        break
+                    out[:, c] += self._cg(mat, rhs2[:, c] - mat @ out[:, c], None, prec)
+                    self.stats.n_refinements += 1
+                    res = np.linalg.norm(rhs2[:, c] - mat @ out[:, c]) / bn
                 self.stats.max_relative_residual = max(self.stats.max_relative_residual, float(res))
-                if not np.isfinite(res) or res > 1e-6:
+                if not np.isfinite(res) or res > ACCEPT_RESIDUAL:
                     raise SolverError(
                         f"pressure solve ({kind}, {n} unknowns) did not converge: relative residual {res:.2e}"
                     )
+        self.stats.solve_time_s += time.perf_counter() - t0
         return out.reshape(rhs.shape)
 
     def _preconditioner(self, mat, kind, block, key):

@@ -234,10 +234,13 @@ def _random_potential_flow(rng, shape=(7, 6, 5), m_scale=1e3):
     return g, flux, source, exit_out, pore, ratio, s_old, order
 
 
-@pytest.mark.parametrize("m_scale", [1.0, 1e3, 1e5])
+@pytest.mark.parametrize("m_scale", [1.0, 1e3, 1e5, "with lumens"])
 def test_numba_transport_matches_numpy_reference(m_scale):
     rng = np.random.default_rng(7)
-    g, flux, source, exit_out, pore, ratio, s_old, order = _random_potential_flow(rng, m_scale=m_scale)
+    scale = 1e3 if m_scale == "with lumens" else m_scale
+    g, flux, source, exit_out, pore, ratio, s_old, order = _random_potential_flow(rng, m_scale=scale)
+    if m_scale == "with lumens":  # a third of the cells are lumen nodes (pistons, m = inf)
+        ratio[rng.random(ratio.size) < 1.0 / 3.0] = np.inf
     dt = 0.7 * float(np.min(pore / np.maximum(source + exit_out + 1e-30, 1e-30)))
     dt = max(dt, 1e-3)
     s1, f1 = transport_step(
@@ -298,6 +301,50 @@ def test_transport_piston_limit_single_column():
         )
     assert s.sum() == pytest.approx(20.0, rel=1e-12)
     assert np.all(s[:18] > 0.999) and np.all(s[23:] < 1e-3)
+
+
+@pytest.mark.parametrize("n_nodes", [3, 6, 13])
+def test_lumen_chain_passes_cement_as_a_piston_on_any_chain(n_nodes):
+    """A vein lumen fed cement at rate q passes none until it is full, then all of it.
+
+    Exact piston: the cement out of the chain by time t is max(0, q t - V_lumen), whatever the
+    number of nodes the lumen is split into. The porous law (m = 286, cement of 1 Pa s against
+    blood) lets cement out from the first step, so the test can fail.
+    """
+    from sim.physics.cement_transport import fractional_flow
+    from sim.physics.pressure import build_cell_graph
+
+    porous = np.ones((n_nodes, 1, 1), dtype=bool)
+    g = build_cell_graph(porous, np.full((3, n_nodes, 1, 1), K), 1e-3, np.array([0]), np.array([n_nodes - 1]))
+    q, v_lumen = 1e-9, 6e-9
+    flux = np.full(g.n_faces, q)
+    source = np.zeros(n_nodes)
+    source[0] = q
+    exit_out = np.zeros(n_nodes)
+    exit_out[-1] = q
+    pore = np.full(n_nodes, v_lumen / n_nodes)
+    order = np.arange(n_nodes, dtype=np.int64)
+    dt = 0.35  # s: about a node's volume per step on the finest chain
+
+    def out_by(ratio: float, n_steps: int) -> list[float]:
+        s, out, total = np.zeros(n_nodes), [], 0.0
+        for _ in range(n_steps):
+            s, f = transport_step(
+                order, g.cell_ptr, g.cell_face, g.cell_nbr, g.cell_sign, flux, source, exit_out, pore,
+                np.full(n_nodes, ratio), s, dt,
+            )  # fmt: skip
+            total += dt * q * f[-1]
+            out.append(total)
+        return out
+
+    steps = 30
+    exact = [max(0.0, q * dt * (k + 1) - v_lumen) for k in range(steps)]
+    np.testing.assert_allclose(out_by(np.inf, steps), exact, rtol=0, atol=1e-12 * v_lumen)
+    before_full = int(v_lumen / (q * dt)) - 1  # the last step that ends with the lumen not yet full
+    porous = out_by(286.0, steps)[before_full]
+    assert porous > 1e-3 * v_lumen  # side by side, cement runs ahead of the front
+    # the fractional flow of a lumen node: none until full, all once full
+    np.testing.assert_array_equal(fractional_flow(np.array([0.0, 0.5, 0.999, 1.0]), np.inf), [0, 0, 0, 1])
 
 
 # ------------------------------------------------------------------ physics trends

@@ -25,6 +25,17 @@ The cement leaving the cell is then set to R - V S, so cement volume is conserve
 whatever the rounding of the root; its share of each outgoing flux is the effective fractional
 flow ``f_out = (R - V S) / O``.
 
+Vein lumens: piston displacement. In the lumen of an embedded vein the cement is a column (as in the
+veins outside the bone, :mod:`sim.physics.vein_columns`): a fluid 1e2-1e5 times more viscous than the
+blood it displaces pushes it ahead as a piston, a stable displacement (Saffman & Taylor 1958, Proc R
+Soc Lond A 245:312: the interface is unstable only when the displacing fluid is the less viscous one)
+that leaves at most a thin blood film on the wall. A lumen node therefore passes no cement until it
+is full and then passes all its cement inflow: f(S) = 0 for S < 1 and 1 at S = 1, the m -> inf limit
+of the porous law. The caller marks lumen nodes with m = inf; the root is then S = min(R / V, 1) and
+the cement leaving is R - V S. Limiting case (tests/test_transport.py): a chain of lumen nodes fed
+cement at rate q passes its first cement at t = (lumen volume) / q whatever the number of nodes, where
+the porous law with m = 286 lets cement through from the first step.
+
 Arrays. Cells are numbered compactly 0..n-1. Face f joins ``face_a[f] -> face_b[f]`` with flux
 ``face_flux[f]`` positive from a to b. The per-cell adjacency is CSR: for cell i, entries
 ``cell_ptr[i]:cell_ptr[i+1]`` of ``cell_face`` (face index), ``cell_nbr`` (the other cell) and
@@ -40,9 +51,11 @@ import numpy as np
 
 @numba.njit(cache=True, inline="always")
 def _fill_root(pore_volume: float, r: float, o: float, m: float) -> float:
-    """Root in [0, 1] of V S + O S/(S + m(1-S)) = R (see module docstring)."""
+    """Root in [0, 1] of V S + O S/(S + m(1-S)) = R (see module docstring); m = inf is a piston."""
     if r <= 0.0:
         return 0.0
+    if m == np.inf:
+        return min(r / pore_volume, 1.0)
     if o <= 0.0:
         return r / pore_volume
     a = pore_volume * (m - 1.0)
@@ -180,8 +193,10 @@ def transport_step_numpy(
         a = v * (m - 1.0)
         b = v * m + o + r * (m - 1.0)
         c = r * m
+        piston = np.isinf(m)
         with np.errstate(divide="ignore", invalid="ignore"):
             s = 2.0 * c / (b + np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0)))
+            s = np.where(piston, np.minimum(r / v, 1.0), s)
             s = np.where(r <= 0.0, 0.0, np.where(o <= 0.0, r / v, s))
             left = r - v * s
             bad = (left < 0.0) | (o <= 0.0)
@@ -193,8 +208,13 @@ def transport_step_numpy(
 
 
 def fractional_flow(s: np.ndarray, visc_ratio: np.ndarray) -> np.ndarray:
-    """Cement fractional flow f(S) = S / (S + m (1 - S)) with m = mu_c / mu_m."""
-    return s / (s + visc_ratio * (1.0 - s))
+    """Cement fractional flow f(S) = S / (S + m (1 - S)) with m = mu_c / mu_m; m = inf: a piston."""
+    s = np.asarray(s, dtype=np.float64)
+    m = np.broadcast_to(np.asarray(visc_ratio, dtype=np.float64), s.shape)
+    piston = np.isinf(m)
+    with np.errstate(invalid="ignore"):
+        f = s / (s + np.where(piston, 1.0, m) * (1.0 - s))
+    return np.where(piston, (s >= 1.0).astype(np.float64), f)
 
 
 def front_time_step(

@@ -117,9 +117,8 @@ def mixture_mobility(
     Limits. S is a share of the node's volume and applies to all its half-edges alike, so at a node
     where the diameter changes (a tributary joining a wider vein) the column's resistance is that of
     the node's mean fill, not of the half it actually fills: one node per diameter change. The
-    transport keeps the porous fractional flow f(S) = S / (S + m (1-S)) in the lumens; with
-    m = mu_c / mu_b >= 286 (eta_min 1 Pa s against blood) it is close to the column's piston (f = 0
-    until the node is full). All arrays have the same shape.
+    transport moves the column consistently as a piston: a lumen node passes cement on only once it
+    is full (:mod:`sim.physics.cement_transport`). All arrays have the same shape.
     """
     s = np.minimum(saturation, 1.0)
     lam = s / mu_cement + (1.0 - s) / mu_resident
@@ -609,6 +608,7 @@ class InjectionSolver:
         exit_cell, q_ent = exit_cell[:n_rows], q_ent[:n_rows]
         exit_cell_flux = np.bincount(exit_cell, weights=q_ent, minlength=n)
         visc_ratio = mu_c / self.mu_res
+        visc_ratio[self.is_vein] = np.inf  # a lumen passes cement as a piston (cement_transport)
 
         dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q)
 

@@ -152,6 +152,28 @@ def test_no_detection_before_cement_leaves_the_body():
     )
 
 
+def test_a_frame_sees_the_columns_of_its_own_time_whatever_the_step():
+    """Frames inside a long step are taken when the pushed cement reaches them, not at the step's end.
+
+    The same constant leak pushed in steps of 0.1 s and of 1.3 s (the injection's steps reach a
+    second at 1 mm) is seen on the same frame, with the same visible volume on every frame before it.
+    Taking the frames at the end of the step (before December 2026) saw a 1.3 s step's cement up to
+    2.6 frames early.
+    """
+    seen, vols = [], []
+    for dt in (0.1, 1.3):
+        vs = system(2e-8)
+        run(vs, leak_start=0.0, t_max=30.0, dt=dt)
+        seen.append(vs.detection_time_s)
+        vols.append(dict(zip(vs.detector.frames_t, vs.detector.frames_visible_m3, strict=True)))
+    assert seen[0] is not None and seen[0] == seen[1]
+    common = sorted(set(vols[0]) & set(vols[1]))
+    assert len(common) >= 10
+    np.testing.assert_allclose(
+        [vols[1][f] for f in common], [vols[0][f] for f in common], rtol=0.02, atol=1e-12
+    )
+
+
 def test_larger_threshold_detects_later():
     times = []
     for thr in (2e-9, 2e-8, 6e-8):

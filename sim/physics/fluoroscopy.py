@@ -317,6 +317,17 @@ class LeakDetector:
         """Fragments shed since the last frame (``fragment_samples``): drawn in the next frame only."""
         self._transit = samples if self._transit is None else _join(self._transit, samples)
 
+    def frames_due_in(self, t0: float, t1: float) -> list[float]:
+        """Times of the frames still to take in (t0, t1) (none once the leak is seen)."""
+        if self.detection_time_s is not None:
+            return []
+        out, f = [], self.next_frame_s
+        while f < t1 - 1e-12:
+            if f > t0 + 1e-12:
+                out.append(f)
+            f += self.frame_interval_s
+        return out
+
     def update(self, t: float, columns: CementColumns) -> float | None:
         """Take every frame due up to time t; returns the detection time once detected."""
         while self.detection_time_s is None and self.next_frame_s <= t + 1e-12:

@@ -206,6 +206,7 @@ class VenousSystem:
                 f"accept_flux: negative cement flux {qc[e]:.3g} m3/s at exit '{self.exits[e].name}'"
             )
         t_new = float(t) + float(dt)
+        self.detector.update(float(t), self.columns)  # a frame due at the step's start sees its start
         vol_c = qc * dt
         # leaked cement arrives with the syringe's age (treated as fresh, see the module docstring)
         self.vein_age.mix_in(float(vol_c.sum()), self.clock.syringe_age_s(t), float(t))
@@ -223,9 +224,16 @@ class VenousSystem:
             n_sub = int(
                 min(max(np.ceil(travel / self.fragmentation.params.length_median_m), 1), MAX_PUSH_SUBSTEPS)
             )
-            h = float(dt) / n_sub
-            for k in range(n_sub):
-                t_k = t_new if k == n_sub - 1 else float(t) + (k + 1) * h
+            # the pieces also end on every fluoroscopy frame inside the step, so a frame sees the
+            # columns of its own time, not those of the step's end (a 1 mm step can last a second)
+            ends = [float(t) + (k + 1) * float(dt) / n_sub for k in range(n_sub - 1)]
+            frames = self.detector.frames_due_in(float(t), t_new)
+            ends = sorted(set(ends) | set(frames)) + [t_new] if frames else [*ends, t_new]
+            n_sub = len(ends)
+            t_prev = float(t)
+            for k, t_k in enumerate(ends):
+                h = t_k - t_prev
+                t_prev = t_k
                 through_sum = np.zeros(self.network.n_edges)
                 g = edge_conductance(self.network, self._extra)
                 mu_now = self._edge_viscosity(self._push_flux, t_k)
@@ -233,18 +241,19 @@ class VenousSystem:
                 for e in np.flatnonzero(vol_c > 0.0):
                     through = self.columns.push(
                         int(self.exit_nodes[e]),
-                        float(vol_c[e]) / n_sub,
+                        float(vol_c[e]) * h / float(dt),
                         float(self.exits[e].diameter_m),
                         self.flow.edge_flow_m3_s,
                         g,
                         exit_index=int(e),
                     )
                     through_sum += through
-                    bp[e] = back_pressure(through, r_cem, float(vol_c[e]) / n_sub, h)
+                    bp[e] = back_pressure(through, r_cem, float(vol_c[e]) * h / float(dt), h)
                 self._push_flux = through_sum / max(h, 1e-300)
                 self._resolve(self._push_flux, t_k)
                 if k < n_sub - 1:
                     self._shed(t_k)
+                    self.detector.update(t_k, self.columns)
         else:
             self._push_flux = np.zeros(self.network.n_edges)
             if self.dynamics is not None:  # the veins move in time even when no cement does

@@ -32,7 +32,7 @@ Soc Lond A 245:312: the interface is unstable only when the displacing fluid is 
 that leaves at most a thin blood film on the wall. A lumen node therefore passes no cement until it
 is full and then passes all its cement inflow: f(S) = 0 for S < 1 and 1 at S = 1, the m -> inf limit
 of the porous law. The caller marks lumen nodes with m = inf; the root is then S = min(R / V, 1) and
-the cement leaving is R - V S. Limiting case (tests/test_transport.py): a chain of lumen nodes fed
+the cement leaving is R - V S. Limiting case (tests/test_injection.py): a chain of lumen nodes fed
 cement at rate q passes its first cement at t = (lumen volume) / q whatever the number of nodes, where
 the porous law with m = 286 lets cement through from the first step.
 

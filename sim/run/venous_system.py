@@ -70,7 +70,7 @@ from sim.physics.venous_network import (
 )
 
 MASS_TOL = 1.0e-12
-MAX_PUSH_SUBSTEPS = 64  # bound on tip checks per injection step (cost), see accept_flux
+MAX_PUSH_SUBSTEPS = 64  # bound on the tip checks per step (cost; frames add pieces), see accept_flux
 
 
 def map_exits(network: VenousNetwork, exits: list[VenousExit]) -> np.ndarray:
@@ -231,9 +231,12 @@ class VenousSystem:
             ends = sorted(set(ends) | set(frames)) + [t_new] if frames else [*ends, t_new]
             n_sub = len(ends)
             t_prev = float(t)
+            done = np.zeros_like(vol_c)  # pushed so far: the last piece takes the exact remainder
             for k, t_k in enumerate(ends):
                 h = t_k - t_prev
                 t_prev = t_k
+                upto = vol_c if k == n_sub - 1 else vol_c * ((t_k - float(t)) / float(dt))
+                piece, done = upto - done, upto
                 through_sum = np.zeros(self.network.n_edges)
                 g = edge_conductance(self.network, self._extra)
                 mu_now = self._edge_viscosity(self._push_flux, t_k)
@@ -241,14 +244,14 @@ class VenousSystem:
                 for e in np.flatnonzero(vol_c > 0.0):
                     through = self.columns.push(
                         int(self.exit_nodes[e]),
-                        float(vol_c[e]) * h / float(dt),
+                        float(piece[e]),
                         float(self.exits[e].diameter_m),
                         self.flow.edge_flow_m3_s,
                         g,
                         exit_index=int(e),
                     )
                     through_sum += through
-                    bp[e] = back_pressure(through, r_cem, float(vol_c[e]) * h / float(dt), h)
+                    bp[e] = back_pressure(through, r_cem, float(piece[e]), h)
                 self._push_flux = through_sum / max(h, 1e-300)
                 self._resolve(self._push_flux, t_k)
                 if k < n_sub - 1:

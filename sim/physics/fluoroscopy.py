@@ -318,12 +318,12 @@ class LeakDetector:
         self._transit = samples if self._transit is None else _join(self._transit, samples)
 
     def frames_due_in(self, t0: float, t1: float) -> list[float]:
-        """Times of the frames still to take in (t0, t1) (none once the leak is seen)."""
+        """Frames still to take in (t0, t1), 1 ns clear of both ends (none once the leak is seen)."""
         if self.detection_time_s is not None:
             return []
         out, f = [], self.next_frame_s
-        while f < t1 - 1e-12:
-            if f > t0 + 1e-12:
+        while f < t1 - 1e-9:
+            if f > t0 + 1e-9:
                 out.append(f)
             f += self.frame_interval_s
         return out

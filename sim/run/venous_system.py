@@ -226,9 +226,10 @@ class VenousSystem:
             )
             # the pieces also end on every fluoroscopy frame inside the step, so a frame sees the
             # columns of its own time, not those of the step's end (a 1 mm step can last a second)
-            ends = [float(t) + (k + 1) * float(dt) / n_sub for k in range(n_sub - 1)]
+            # (a regular end within 1e-9 s of a frame gives way to it: no piece of round-off length)
             frames = self.detector.frames_due_in(float(t), t_new)
-            ends = sorted(set(ends) | set(frames)) + [t_new] if frames else [*ends, t_new]
+            ends = [float(t) + (k + 1) * float(dt) / n_sub for k in range(n_sub - 1)]
+            ends = sorted([e for e in ends if all(abs(e - f) > 1e-9 for f in frames)] + frames) + [t_new]
             n_sub = len(ends)
             t_prev = float(t)
             done = np.zeros_like(vol_c)  # pushed so far: the last piece takes the exact remainder

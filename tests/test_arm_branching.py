@@ -1,9 +1,11 @@
 """A stop-policy arm finished from a copy of the never-stop run equals the arm run on its own.
 
-The seed case at 2 mm (leak seen at about 1 s): the arms that stop at detection and 2 s after it
-are branched off the never-stop run (``run_with_branches``) and also run alone; every number of
+The seed case at 2 mm with a reaction delay of 0.7 s: the arms that stop at detection and 2 s after
+it are branched off the never-stop run (``run_with_branches``) and also run alone; every number of
 their summaries, time series, emboli and fragment tables must be identical (bit for bit), apart
-from the wall time. The never-stop run itself must not change by carrying branches.
+from the wall time. The never-stop run itself must not change by carrying branches. The arms stop
+exactly at detection + delay + their stop delay, inside steps of the never-stop run (the branch takes
+that step cut at its stop).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from sim.run.pipeline import run_scenario, run_with_branches
 pytestmark = pytest.mark.slow
 
 TIMING = {"wall_time_s"}
+REACTION_DELAY_S = 0.7
 
 
 def _case(stop_after_leak_s: float | None) -> dict:
     d = load_scenario("configs/lai2025_case.yaml").model_dump(mode="json")
     d["grid"].update(spacing_mm=2.0)
     d["injection"].update(volume_ml=2.0, follow_up_s=5.0, stop_after_leak_s=stop_after_leak_s)
+    d["fluoroscopy"]["reaction_delay_s"] = REACTION_DELAY_S
     d["output"] = {"vtk": False, "fluoroscopy_png": False, "fields": False}
     return d
 
@@ -60,6 +64,24 @@ def test_branched_arms_equal_their_own_runs(branched):
         assert alone.summary["stop_reason"] == "stop_signal"
         assert fired[key].scenario.content_hash() == scenario.content_hash()
         _same(fired[key], alone, key)
+
+
+def test_arms_stop_exactly_at_their_stop_time_inside_a_step_of_the_never_stop_run(branched):
+    """Stop = detection + reaction delay + stop delay, to round-off; the never-stop run has no step
+    ending there, so each arm took a step of it cut at its stop (before, an arm stopped at the end of
+    the step that crossed its stop time: up to a step late)."""
+    _, _, result, fired = branched
+    seen = result.summary["detection_time_s"]
+    assert seen is not None and seen > 0
+    ends = np.asarray(result.artifacts.injection.times_s)
+    # once the leak could be seen, steps end on frames: the leak is seen at a step's end
+    assert np.min(np.abs(ends - seen)) < 1e-9
+    for key, after in (("at_detection", 0.0), ("after_2s", 2.0)):
+        stop = seen + REACTION_DELAY_S + after
+        inj = fired[key].artifacts.injection
+        assert inj.end_time_s == pytest.approx(stop, abs=1e-12), key
+        assert fired[key].summary["stop_time_s"] == pytest.approx(stop, abs=1e-12), key
+        assert np.min(np.abs(ends - stop)) > 1e-6, key  # inside a step of the never-stop run
 
 
 def test_the_never_stop_run_is_unchanged_by_its_branches(branched):

@@ -424,10 +424,21 @@ def test_needle_tip_at_requested_fractions(approach, side, ap, lat, cc, si):
     nearest = np.min(np.linalg.norm(centres - expected, axis=1))
     assert nearest <= 0.5 * np.sqrt(3) * bone.spacing_m
     r_in = 0.5 * load_cannula(11)["inner_diameter_m"]
-    assert np.all(np.linalg.norm(centres - expected, axis=1) <= max(r_in, nearest) + 1e-12)
-    # the open tip is a point source: one cell, the well radius the cannula's inner radius
-    assert needle.tip_cells.size == 1 and needle.tip_radius_m == pytest.approx(r_in, rel=1e-15)
+    # the open tip's flow enters the porous cells of the kernel ball around it (2 mm at 1 mm), in
+    # proportion to their pore volume; the well radius is the cannula's inner radius
+    rho = max(2.0e-3, 1.5 * r_in, 2.0 * bone.spacing_m)
+    assert needle.tip_kernel_radius_m == pytest.approx(rho, rel=1e-15)
+    assert needle.tip_radius_m == pytest.approx(r_in, rel=1e-15)
+    dist = np.linalg.norm(centres - expected, axis=1)
+    assert np.all(dist <= rho + 1e-12)
+    flat = np.flatnonzero(bone.porous.reshape(-1))
+    all_in = flat[np.linalg.norm(bone.cell_centers_m(flat) - expected, axis=1) <= rho]
+    np.testing.assert_array_equal(np.sort(needle.tip_cells), np.sort(all_in))  # every porous cell of the ball
+    assert abs(needle.tip_cells.size - 4.0 / 3.0 * np.pi * (rho / bone.spacing_m) ** 3) <= 8  # ~33.5 cells
+    phi = bone.porosity.reshape(-1)[needle.tip_cells]
+    np.testing.assert_allclose(needle.tip_weights, phi / phi.sum(), rtol=1e-12)
     assert needle.tip_weights.sum() == pytest.approx(1.0, abs=1e-14)
+    assert np.all(needle.tip_cannula == 0)
     assert np.all(bone.porous.reshape(-1)[needle.tip_cells])
     # Shaft removed from the porous set, inside the body, disjoint from the tip.
     assert needle.path_cells.size > 5
@@ -486,8 +497,9 @@ def test_half_mm_grid_pore_volume_matches_1mm(si, l1_1mm, l1_half_mm):
     assert l1_half_mm.pore_volume_m3() == pytest.approx(l1_1mm.pore_volume_m3(), rel=0.04)
     bone = build_vertebral_body(replace(si.patient, level="L1", seed=8), 0.5e-3)
     n = place_needle(bone, si.needle)
-    # the open tip is one point-source cell at any spacing; the shaft is many cells
-    assert n.tip_cells.size == 1 and n.path_cells.size > 100
+    # the tip's kernel is the same 2 mm ball at 0.5 mm as at 1 mm (about 268 cells); the shaft is many cells
+    assert n.tip_kernel_radius_m == pytest.approx(2.0e-3, rel=1e-15)
+    assert abs(n.tip_cells.size - 4.0 / 3.0 * np.pi * 4.0**3) <= 30 and n.path_cells.size > 100
 
 
 def test_size_scale_scales_volume(si):

@@ -117,11 +117,14 @@ def test_plug_is_torn_when_pressure_difference_beats_strength_and_lengths_are_lo
     assert np.std(np.log(full)) == pytest.approx(0.4, rel=0.3)
 
 
-def test_kernel_matches_interpreted_reference():
+@pytest.mark.parametrize("tip", ["thread", "plug"])
+def test_kernel_matches_interpreted_reference(tip):
     net, bf, cols = thread_case(thread_len=0.05)
     from sim.physics.fragmentation import tip_loads
 
     coef, flag, free = tip_loads(cols, bf.edge_flow_m3_s, bf.node_pressure_pa)
+    if tip == "plug":  # the same column loaded as a plug (a stress that does not grow with length)
+        flag = np.zeros_like(flag)
     rng = np.random.default_rng(5)
     z, u = rng.standard_normal(200), rng.random(200)
     outs = []
@@ -136,10 +139,14 @@ def test_kernel_matches_interpreted_reference():
         ]
         strength = 1e-3 * coef[1] * free[1] ** 2
         cand = np.array([1], dtype=np.int64)
+        pend, pend_u = np.zeros(net.n_edges), np.zeros(net.n_edges)
+        grow = np.ones(net.n_edges, dtype=np.int8)  # pushed on
         n = fn(cand, coef, flag, free, fill, cols.column_area_m2(), net.edge_length_m, strength,
-               4 * MM, 0.6, 0.5, z, u, *o)  # fmt: skip
-        outs.append((n, fill, *o))
+               4 * MM, 0.6, 0.5, z, u, pend, pend_u, grow, *o)  # fmt: skip
+        outs.append((n, fill, pend, pend_u, *o))
     assert outs[0][0] > 1
+    # a plug pushed on keeps the draw that exceeds its free length for its next piece; a thread does not
+    assert (outs[0][2][1] > 0.0) == (tip == "plug")
     for a, b in zip(*outs, strict=True):
         assert np.array_equal(a, b)
 
@@ -245,3 +252,34 @@ def test_determinism_with_seed():
         assert np.array_equal(fa[key], fb[key])
     assert np.array_equal(a.columns.fill_m3, b.columns.fill_m3)
     assert not np.array_equal(a.fragments.length_m, c.fragments.length_m)
+
+
+@pytest.mark.parametrize("checks_per_piece", [1, 8])
+def test_pieces_do_not_depend_on_how_often_the_tips_are_checked(checks_per_piece):
+    """A plug pushed along a 0.6 m vein at a constant rate under a load far above its strength, its tip
+    checked once or eight times per median piece length of travel: the pieces follow the lognormal
+    draw (median 6 mm, log-sd 0.4) either way. Capping each piece at the length grown since the last
+    check gave pieces of 1/8 the median at eight checks per piece (eight times as many emboli)."""
+    pos = np.array([[0, 0, 0.6], [0, 0, 0.0], [0.01, 0, 0.3]])
+    net = network_from_edges(
+        pos, [0, 0, 2], [1, 2, 1], [2 * MM, 4 * MM, 4 * MM], [1e-6, 0, 0], right_atrium=1
+    )
+    bf = solve_blood_flow(net)
+    cols = CementColumns.empty(net)
+    area = 0.25 * np.pi * (2 * MM) ** 2
+    dp = abs(bf.node_pressure_pa[0] - bf.node_pressure_pa[1])
+    law = DragVsStrength(params(median=6 * MM, sigma=0.4))
+    cem = load_cement_preset("medium")
+    law.strength_pa = lambda cement, age_s: 0.5 * dp  # a fixed strength below the plug's load
+    rng = np.random.default_rng(3)
+    travel = 6 * MM / checks_per_piece
+    frags = []
+    flow, g = np.array([1e-6, 0, 0, 1e-6]), edge_conductance(net)
+    for k in range(int(0.45 / travel)):  # push 0.45 m of column through the tip's edge
+        cols.push(0, area * travel, 2 * MM, flow, g)
+        f = law.shed(cols, bf.edge_flow_m3_s, bf.node_pressure_pa, cem, 0.0, float(k), rng)
+        frags.extend(f.length_m.tolist())
+    lengths = np.array(frags)
+    assert 50 <= lengths.size <= 110  # 0.45 m in pieces of mean 6.5 mm: about 70
+    assert np.median(lengths) == pytest.approx(6 * MM, rel=0.2)
+    assert np.std(np.log(lengths)) == pytest.approx(0.4, rel=0.3)

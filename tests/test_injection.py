@@ -572,3 +572,19 @@ def test_lumen_column_conducts_poiseuille_of_its_length_on_any_chain(n_nodes):
         for s, mu in ((0.0, mu_b), (1.0, mu_c)):
             lam = mixture_mobility(np.array([s]), np.array([mu_c]), np.array([mu_b]), np.array([lumen]))
             assert lam[0] == pytest.approx(1.0 / mu, rel=1e-14)
+
+
+def test_front_step_sees_a_nearly_full_lumen_node_as_feeding_its_neighbour():
+    """Two lumen nodes in series, the first at S = 0.995 (above the front method's full mark): the step
+    must keep the empty second node from gaining more than cfl of its volume. A piston passes nothing
+    until full, so f(0.995) = 0 would hide the feed and give no limit at all (dt = inf)."""
+    from sim.physics.cement_transport import front_time_step
+
+    q, v, cfl = 1e-9, 2e-9, 0.8
+    face_a, face_b = np.array([0]), np.array([1])
+    s = np.array([0.995, 0.0])
+    args = (face_a, face_b, np.array([q]), np.array([q, 0.0]), np.array([0.0, q]), np.full(2, v), s)
+    assert front_time_step(*args, np.full(2, np.inf), cfl, 0.99) == pytest.approx(cfl * v / q, rel=1e-12)
+    # the same nodes below the full mark limit the step by their own filling
+    s[0] = 0.5
+    assert front_time_step(*args, np.full(2, np.inf), cfl, 0.99) == pytest.approx(cfl * v / q, rel=1e-12)

@@ -27,8 +27,11 @@ from sim.physics.injection_control import InjectionControl
 from sim.physics.rheology import CementModel
 from sim.physics.well_index import (
     POINT_SOURCE_RADIUS_FACTOR,
+    ball_source_correction,
+    ball_source_near_field_pa,
     point_source_correction,
     point_source_near_field_pa,
+    tip_kernel_radius,
 )
 
 MM = 1e-3
@@ -40,9 +43,10 @@ R_SPHERE = 18 * MM
 R_TIP = 1.3 * MM
 
 
-def sphere(h: float, radius: float = R_SPHERE) -> tuple[BoneGrid, Needle]:
+def sphere(h: float, radius: float = R_SPHERE, ball: bool = False) -> tuple[BoneGrid, Needle]:
     """Homogeneous ball of porous cells (centres within ``radius``) drained at its rim to a constant
-    pressure through one wide foramen (per-cell conductance far above the bone's), the tip at its centre."""
+    pressure through one wide foramen (per-cell conductance far above the bone's), the tip at its centre;
+    ``ball``: the tip's flow spread over the kernel ball as place_needle does, else a point source."""
     nr = int(np.ceil(radius / h)) + 1
     x = (np.arange(2 * nr + 1) - nr) * h
     xx, yy, zz = np.meshgrid(x, x, x, indexing="ij")
@@ -58,9 +62,14 @@ def sphere(h: float, radius: float = R_SPHERE) -> tuple[BoneGrid, Needle]:
     origin = np.full(3, -nr * h)
     bone = BoneGrid("sphere", h, origin, porous, porous.copy(), np.where(porous, PHI, 0.0), perm, exits)
     tip = np.ravel_multi_index((nr, nr, nr), porous.shape)
+    tips, rho = np.array([tip]), 0.0
+    if ball:
+        rho = tip_kernel_radius(h, R_TIP)
+        tips = np.flatnonzero(porous & (np.sqrt(xx**2 + yy**2 + zz**2) <= rho))
     needle = Needle(
-        tip_cells=np.array([tip]),
-        tip_weights=np.array([1.0]),
+        tip_cells=tips,
+        tip_weights=np.full(tips.size, 1.0 / tips.size),
+        tip_kernel_radius_m=rho,
         tip_positions_m=np.zeros((1, 3)),
         entry_positions_m=np.zeros((1, 3)),
         path_cells=np.zeros(0, dtype=np.int64),
@@ -71,11 +80,13 @@ def sphere(h: float, radius: float = R_SPHERE) -> tuple[BoneGrid, Needle]:
     return bone, needle
 
 
+@pytest.mark.parametrize("ball", [False, True], ids=["point", "ball"])
 @pytest.mark.parametrize("h", [2 * MM, 1 * MM, 0.5 * MM], ids=["2mm", "1mm", "0.5mm"])
-def test_needle_pressure_of_a_sphere_in_a_homogeneous_ball(h):
+def test_needle_pressure_of_a_sphere_in_a_homogeneous_ball(h, ball):
     """Single phase (marrow viscosity = fluid viscosity): the needle pressure of the first step is
-    mu Q / (4 pi k) (1/r_w - 1/R) within 5 % at 2, 1 and 0.5 mm (the grid's cells are 0.4-1.5 r_w)."""
-    bone, needle = sphere(h)
+    mu Q / (4 pi k) (1/r_w - 1/R) within 5 % at 2, 1 and 0.5 mm (the grid's cells are 0.4-1.5 r_w),
+    with the tip a point source in one cell or the flow spread over the kernel ball."""
+    bone, needle = sphere(h, ball=ball)
     fluid = CementModel.newtonian(MU)
     clock = CureClock.for_cement(fluid, 0.0, 294.15, 310.15)
     # a target volume well inside the first step's volume: one (shortened) step, the first pressure solve
@@ -117,3 +128,70 @@ def test_point_source_radius_factor_is_one_over_two_pi_watson():
     assert err1 + err2 < 1e-10
     assert watson == pytest.approx(0.505462, abs=1e-6)  # Watson 1939
     assert POINT_SOURCE_RADIUS_FACTOR == pytest.approx(1.0 / (2.0 * math.pi * watson), abs=1e-6)
+
+
+@pytest.mark.parametrize("r_w_mm", [0.3, 1.3])
+@pytest.mark.parametrize("k_xyz", [(4e-8, 4e-8, 4e-8), (2e-8, 3e-8, 9e-8)])
+def test_constant_viscosity_ball_near_field_is_the_closed_form(r_w_mm, k_xyz):
+    """Point source on the tip minus the ball source's mean over itself: Q mu/(4 pi k)(1/r_w - 6/(5 rho))."""
+    mu, q, rho = 37.0, 2.5e-7, 2.0 * MM
+    r_w = r_w_mm * MM
+    k_g = float(np.prod(k_xyz)) ** (1.0 / 3.0)
+    exact = q * mu / (4.0 * math.pi * k_g) * (1.0 / r_w - 6.0 / (5.0 * rho))
+    k = np.array(k_xyz)
+    const = lambda u: np.full_like(np.asarray(u, dtype=float), mu)  # noqa: E731
+    assert ball_source_near_field_pa(q, rho, r_w, k, const) == pytest.approx(exact, rel=1e-10)
+    assert q * mu * ball_source_correction(rho, r_w, k) == pytest.approx(exact, rel=1e-10)
+    assert ball_source_near_field_pa(-q, rho, r_w, k, const) == pytest.approx(-exact, rel=1e-10)
+
+
+@pytest.mark.parametrize("n", [0.4, 0.7, 1.0])
+def test_power_law_ball_near_field_is_its_closed_form(n):
+    """mu = c u^(n-1): g(u) = c u^n / k; the point part is c (Q/4pi)^n (r_w^(1-2n) - rho^(1-2n)) / ((2n-1) k)
+    (ln(rho/r_w) at n = 1/2), the ball's mean c (Q/(4 pi rho^3))^n rho^(n+1) / ((n+4) k)."""
+    c, q, rho, r_w, k = 3.0e-3, 2.0e-7, 2.0 * MM, 1.3 * MM, 4.0e-8
+    a = q / (4.0 * math.pi)
+    point = c * a**n * (r_w ** (1 - 2 * n) - rho ** (1 - 2 * n)) / ((2 * n - 1) * k)
+    ball = c * (a / rho**3) ** n * rho ** (n + 1) / ((n + 4) * k)
+    got = ball_source_near_field_pa(
+        q, rho, r_w, np.full(3, k), lambda u: c * np.asarray(u, dtype=float) ** (n - 1)
+    )
+    assert got == pytest.approx(point - ball, rel=1e-4)
+
+
+@pytest.mark.parametrize("h_mm", [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0])
+def test_tip_kernel_radius_is_fixed_on_fine_grids_and_resolved_on_coarse_ones(h_mm):
+    rho = tip_kernel_radius(h_mm * MM, R_TIP)
+    assert rho == pytest.approx(max(2.0 * MM, 1.5 * R_TIP, 2.0 * h_mm * MM), rel=1e-15)
+    if h_mm <= 1.0:
+        assert rho == pytest.approx(2.0 * MM, rel=1e-15)
+    assert rho >= 2.0 * h_mm * MM and rho > R_TIP
+
+
+def test_ball_kernel_fills_as_a_bolus_whatever_the_time_step():
+    """Cement 100 times as viscous as the marrow, 0.6 of the ball's pore volume injected on a 1 mm grid:
+    the ball's cells fill together, so the cement that has left the ball (about 0.3 % of the ball's
+    volume, the fractional flow's trace) must not depend on the step. Without the ball-fill step limit
+    CFL 0.8 fills the ball in one step and lets 0.86 % out, against 0.39 % at CFL 0.1."""
+    outside = {}
+    for cfl in (0.8, 0.1):
+        bone, needle = sphere(1 * MM, radius=8 * MM, ball=True)
+        fluid = CementModel.newtonian(100.0)
+        clock = CureClock.for_cement(fluid, 0.0, 294.15, 310.15)
+        v_ball = PHI * MM**3 * needle.tip_cells.size
+        control = InjectionControl(
+            rate_m3_per_s=Q, target_volume_m3=0.6 * v_ball, max_syringe_pressure_pa=None
+        )
+        res = run_injection(
+            bone, needle, fluid, clock, 1.0, control, ConstantPressureCoupling(0.0, 1), cfl=cfl,
+            exchange=ForamenPoiseuille(),
+        )  # fmt: skip
+        assert res.stop_reason == "target_volume"
+        assert res.n_steps >= needle.tip_cells.size * 0.6 / cfl - 1  # at most cfl of one cell per step
+        cement = res.cement_fraction.reshape(-1) * PHI * MM**3
+        in_ball = np.zeros(cement.size, dtype=bool)
+        in_ball[needle.tip_cells] = True
+        outside[cfl] = float(cement[~in_ball].sum()) / v_ball
+        assert float(cement.sum()) == pytest.approx(0.6 * v_ball, rel=1e-9)
+    assert 0.0 < outside[0.1] < 0.01
+    assert outside[0.8] == pytest.approx(outside[0.1], rel=0.1)

@@ -28,5 +28,9 @@ def test_leak_route_does_not_depend_on_the_time_step():
     long_steps, short_steps = _seed_case(0.8), _seed_case(0.2)
     leaked = short_steps["leaked_volume_ml"]
     assert long_steps["leaked_volume_ml"] == pytest.approx(leaked, rel=0.05)
+    # the split between the routes: the share of the leak in each agrees within 2 points (the total's
+    # own first-order time error, 2.6 % at CFL 0.8 on this 2 mm grid with the tip's ball kernel, 0.3 %
+    # at 1 mm, is the 5 % above)
     for route in ("leaked_in_segmental_ml", "leaked_in_plexus_ml"):
-        assert abs(long_steps[route] - short_steps[route]) <= 0.02 * leaked, route
+        share_long = long_steps[route] / long_steps["leaked_volume_ml"]
+        assert share_long == pytest.approx(short_steps[route] / leaked, abs=0.02), route

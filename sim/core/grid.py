@@ -144,4 +144,8 @@ class Needle:
     inner_diameter_m: float
     length_m: float
     tip_radius_m: float = 0.0  # radius of the open tip for the well correction (0: no correction)
+    # radius of the ball over which each tip's flow enters (sim.physics.well_index.tip_kernel_radius);
+    # 0: the tip cells are point sources (one cell per tip) with the point-source near field
+    tip_kernel_radius_m: float = 0.0
+    tip_cannula: np.ndarray | None = None  # which cannula each tip cell belongs to (None: all one cannula)
     meta: dict = field(default_factory=dict)

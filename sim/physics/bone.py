@@ -81,6 +81,7 @@ from sim.core.units import MM_M
 from sim.physics.embedded_vessels import embed
 from sim.physics.permeability import KozenyCarman
 from sim.physics.random_field import FourierField
+from sim.physics.well_index import tip_kernel_radius
 
 POROSITY_CLIP = (0.5, 0.99)
 ANATOMY_KEY = 7  # spawn-key prefix of the anatomy's named random streams
@@ -850,7 +851,7 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
 
     porous_flat = bone.porous.reshape(-1)
     body_flat = bone.body.reshape(-1)
-    tips, entries, bases, tip_sets, path_sets, info = [], [], [], [], [], []
+    tips, tips_rel, entries, bases, tip_sets, path_sets, info = [], [], [], [], [], [], []
     x_ped = 0.5 * ped["canal_width_m"] + 0.5 * ped["pedicle_width_m"]
     for side, lat_k in zip(sides, lats, strict=True):
         side_name = "left" if side > 0 else "right"
@@ -885,8 +886,8 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
                 f"{where}: the shaft from the {side_name} {approach} entry leaves the vertebral body at "
                 f"{np.round((first + center) / MM_M, 2).tolist()} mm (spinal canal or cortex in the way)"
             )
-        # The open tip is a point source in the cell that contains it (a well: the needle pressure
-        # adds the analytic near field between the tip's radius and the cell, sim.physics.well_index).
+        # The cell that contains the open tip: kept clear of the shaft; the flow enters the ball of
+        # cells around it once the shaft is carved (below; sim.physics.well_index).
         tip_cells = np.array([tip_cell], dtype=np.int64)
         # Path: body cells within the outer radius of the shaft, from the entry to TIP_CLEAR_RADII
         # outer radii behind the tip: the well model treats the tip as a source into the space
@@ -917,22 +918,17 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
                 if approach == "transpedicular"
                 else 0.0,
                 "shaft_in_body_m": length,
-                "n_tip_cells": int(tip_cells.size),
                 "n_path_cells": int(path.size),
             }
         )
         tips.append(tip + center)
+        tips_rel.append(tip)
         entries.append(entry + center)
         bases.append(base + center)
         tip_sets.append(tip_cells)
         path_sets.append(path)
 
-    all_tips = np.concatenate(tip_sets)
-    weights = np.concatenate([np.full(t.size, 1.0 / (len(tip_sets) * t.size)) for t in tip_sets])
-    tip_cells, inv = np.unique(all_tips, return_inverse=True)
-    tip_weights = np.bincount(inv, weights=weights)
-    tip_weights /= tip_weights.sum()
-    path_cells = np.setdiff1d(np.unique(np.concatenate(path_sets)), tip_cells).astype(np.int64)
+    path_cells = np.setdiff1d(np.unique(np.concatenate(path_sets)), np.concatenate(tip_sets)).astype(np.int64)
 
     # Carve the shaft out of the porous region.
     porous_flat[path_cells] = False
@@ -949,16 +945,38 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
             raise GeometryError(f"needle shaft blocks every cell of venous exit {ex.name!r} ({bone.level})")
         ex.cells = kept
     removed = _keep_drained_components(bone, extra_cells=None)
-    if not np.all(porous_flat[tip_cells]):
+    if not np.all(porous_flat[np.concatenate(tip_sets)]):
         raise GeometryError(
             f"needle tip cells of level {bone.level} are cut off from every venous exit by the cannula shaft"
         )
+    # Each tip's flow enters the porous cells within the kernel radius of the tip, in proportion to
+    # their pore volume (a uniformly filled bolus; sim.physics.well_index, ball kernel).
+    rho = tip_kernel_radius(h, r_in)
+    porosity_flat = bone.porosity.reshape(-1)
+    all_cells, all_w, owner = [], [], []
+    for j, tip in enumerate(tips_rel):
+        flat, ctr = _box_cells(axes, tip - rho - h, tip + rho + h)
+        ball = flat[(np.linalg.norm(ctr - tip, axis=1) <= rho) & porous_flat[flat]]
+        ball = np.union1d(ball, tip_sets[j])
+        vol = porosity_flat[ball]
+        all_cells.append(ball)
+        all_w.append(vol / (vol.sum() * len(tips_rel)))
+        owner.append(np.full(ball.size, j, dtype=np.int64))
+        info[j]["n_tip_cells"] = int(ball.size)
+        info[j]["tip_kernel_radius_m"] = rho
+    cat = np.concatenate(all_cells)
+    tip_cells, first, inv = np.unique(cat, return_index=True, return_inverse=True)
+    tip_weights = np.bincount(inv, weights=np.concatenate(all_w))
+    tip_weights /= tip_weights.sum()
+    tip_cannula = np.concatenate(owner)[first]  # a cell in two balls belongs to the first cannula
 
     return Needle(
         tip_cells=tip_cells.astype(np.int64),
         tip_weights=tip_weights.astype(np.float64),
         tip_positions_m=np.array(tips),
         tip_radius_m=float(r_in),
+        tip_kernel_radius_m=float(rho),
+        tip_cannula=tip_cannula.astype(np.int64),
         entry_positions_m=np.array(entries),
         path_cells=path_cells,
         inner_diameter_m=float(cannula["inner_diameter_m"]),

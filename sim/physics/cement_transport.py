@@ -234,6 +234,8 @@ def front_time_step(
     Accuracy: cells below ``full_s`` with a positive explicit cement accumulation
     a = sum_in F f(S_up) + source - (sum_out F) f(S) get dt <= cfl V / a (front cells fill at
     most cfl of a cell per step; cells in steady mixed flow, a ~ 0, do not limit the step).
+    A lumen node (m = inf, a piston) at S >= ``full_s`` counts as full in the estimate (f = 1): its
+    own f(S) is 0 until S = 1, which would hide the cement it passes on within the step.
     Boundedness: a cell without outflow (a marrow cell next to the front in the lumped system)
     gets dt <= V (1 - S) / (whole inflow from cement-bearing cells), because within one implicit
     sweep a nearly full upstream cell may pass almost all its outflow as cement. Returns inf when
@@ -244,6 +246,9 @@ def front_time_step(
     down = np.where(face_flux > 0.0, face_b, face_a)
     mag = np.abs(face_flux)
     frac = fractional_flow(s, visc_ratio)
+    # a lumen node (piston, m = inf) within full_s of full fills within the step and passes its
+    # inflow on from then: its downstream nodes are estimated as fed by a full node
+    frac = np.where(np.isinf(visc_ratio) & (s >= full_s), 1.0, frac)
     cin = source + np.bincount(down, weights=mag * frac[up], minlength=n)
     out = exit_out + np.bincount(up, weights=mag, minlength=n)
     accum = cin - out * frac

@@ -18,8 +18,15 @@ current strength sigma_s = strength_scale * rheology.cement_strength_pa(model, a
 
 While the load beats the strength, pieces are shed from the tip: length from a seeded lognormal
 (median ``length_median_m``, log-sd ``length_sigma``; cast lengths of a few mm to cm, docs/reference_values.md
-section 3 [U]), capped by the free length (a thread that just passed l* breaks at its root and
-leaves whole when the draw exceeds it); the criterion sets when, the distribution how long. Diameter
+section 3 [U]); the criterion sets when, the distribution how long. A thread's root stress grows
+with its length, so a thread that just passed l* breaks at its root: its piece is the draw or, when
+the draw exceeds it, the whole free length. A plug's load does not depend on its length, so
+nothing in the force balance says where it breaks: it keeps the length drawn for its next piece
+until its free length reaches it while injection pushes it on (its free length grew since the last
+check), and leaves whole once it is no longer pushed. So plug pieces do not depend on how often the
+tips are checked: capping every piece at the free length grown since the last check made them as
+short as the check interval (cohort patient 377: 0.61 ml shed as 673 emboli of median length
+0.57 mm, each too small to be seen on fluoroscopy). Diameter
 = the column's diameter (= vessel diameter for plugs, the feeder's for threads: emboli are vein casts).
 A piece that contains a junction (it reaches the end of its edge or the thread root) is branched
 with probability ``branching_probability``. Fresh cement sheds as long as injection pushes new
@@ -111,6 +118,9 @@ def shed_kernel(
     p_branch: float,
     z: np.ndarray,
     uni: np.ndarray,
+    pending: np.ndarray,
+    pending_u: np.ndarray,
+    growing: np.ndarray,
     out_edge: np.ndarray,
     out_len: np.ndarray,
     out_vol: np.ndarray,
@@ -119,6 +129,9 @@ def shed_kernel(
 ) -> int:
     """Shed pieces from candidate edges; returns the count (-1 if random numbers/out arrays ran out).
 
+    ``pending[e]`` (> 0) is the length already drawn for the next piece of tip e and ``pending_u[e]``
+    its branching draw; a plug tip whose free length is below it keeps it when ``growing[e]`` (the
+    column is still being pushed on) and leaves whole otherwise, as a thread always does.
     ``out_tip`` receives the tip distance from the entry end before the piece left.
     """
     nf = 0
@@ -131,11 +144,24 @@ def shed_kernel(
         root = avail
         # a thread breaks while its root stress c l^2 beats the strength; a plug while c does
         while fill[e] > 0.0 and avail > 0.0 and tip_stress(coef[e], thread, avail) > strength:
-            if j >= z.shape[0] or nf >= nmax:
+            if nf >= nmax:
                 return -1
-            piece = median * np.exp(sigma * z[j])
+            if pending[e] > 0.0:
+                piece = pending[e]
+                u = pending_u[e]
+            else:
+                if j >= z.shape[0]:
+                    return -1
+                piece = median * np.exp(sigma * z[j])
+                u = uni[j]
+                j += 1
             if piece > avail:
+                if growing[e] == 1 and not thread:  # a plug not yet as long as its piece: it waits
+                    pending[e] = piece
+                    pending_u[e] = u
+                    break
                 piece = avail
+            pending[e] = 0.0
             vol = piece * col_area[e]
             if vol > fill[e]:
                 vol = fill[e]
@@ -145,10 +171,9 @@ def shed_kernel(
             out_len[nf] = piece
             out_vol[nf] = vol
             out_tip[nf] = avail
-            out_branch[nf] = 1 if (junction and uni[j] < p_branch) else 0
+            out_branch[nf] = 1 if (junction and u < p_branch) else 0
             fill[e] -= vol
             avail -= piece
-            j += 1
             nf += 1
     return nf
 
@@ -162,8 +187,15 @@ def shed_fragments(
     cure_age_s: float,
     params: FragmentationParams,
     rng: np.random.Generator,
+    pending: np.ndarray | None = None,
+    growing: np.ndarray | None = None,
 ) -> FragmentSet:
-    """Shed every tip whose load beats ``strength_pa`` (already scaled); columns lose the volume."""
+    """Shed every tip whose load beats ``strength_pa`` (already scaled); columns lose the volume.
+
+    ``pending`` (n_edges, 2): per tip the length drawn for its next piece (0: none) and its branching
+    draw, updated in place; ``growing`` (n_edges, bool): tips pushed on since the last check, which
+    wait for their drawn length. Without them every tip leaves whole when shorter than its draw.
+    """
     coef, flag, free_len = tip_loads(columns, edge_flow_m3_s, node_pressure_pa)
     if strength_pa == np.inf:
         return FragmentSet.empty()
@@ -173,12 +205,16 @@ def shed_fragments(
     net = columns.network
     area = columns.column_area_m2()
     n_draw = 64 + 16 * cand.size
+    n_e = net.n_edges
+    held = np.zeros((n_e, 2)) if pending is None else pending
+    grow = np.zeros(n_e, dtype=np.int8) if growing is None else np.asarray(growing, dtype=np.int8)
     while True:
         z = rng.standard_normal(n_draw)
         uni = rng.random(n_draw)
         out = [np.empty(n_draw, dtype=np.int64), np.empty(n_draw), np.empty(n_draw), np.empty(n_draw)]
         branch = np.empty(n_draw, dtype=np.int8)
         fill_try = columns.fill_m3.copy()
+        len_try, u_try = held[:, 0].copy(), held[:, 1].copy()
         nf = shed_kernel(
             cand,
             coef,
@@ -193,6 +229,9 @@ def shed_fragments(
             params.branching_probability,
             z,
             uni,
+            len_try,
+            u_try,
+            grow,
             out[0],
             out[1],
             out[2],
@@ -203,6 +242,7 @@ def shed_fragments(
             break
         n_draw *= 4
     columns.fill_m3[:] = fill_try
+    held[:, 0], held[:, 1] = len_try, u_try
     edges, length, vol, tip = out[0][:nf], out[1][:nf], out[2][:nf], out[3][:nf]
     # offset along the edge in the direction of blood flow (u -> v if flow >= 0)
     from_u = np.where(columns.entry_end[edges] == 0, tip, net.edge_length_m[edges] - tip)
@@ -231,6 +271,8 @@ class DragVsStrength:
 
     def __init__(self, params: FragmentationParams):
         self.params = params
+        self._pending: np.ndarray | None = None  # per tip: drawn length of its next piece, branch draw
+        self._free_checked: np.ndarray | None = None  # per tip: free length left at the last check
 
     @classmethod
     def from_params(cls, params: FragmentationParams) -> DragVsStrength:
@@ -252,11 +294,31 @@ class DragVsStrength:
         t: float,
         rng: np.random.Generator,
     ) -> FragmentSet:
-        """Shed every overloaded tip at time ``t``; the pieces carry the cement's age ``age_s``."""
+        """Shed every overloaded tip at time ``t``; the pieces carry the cement's age ``age_s``.
+
+        A tip whose free length grew since the last check is still being pushed on and waits for the
+        length drawn for its next piece (module docstring)."""
+        n_e = columns.network.n_edges
+        if self._pending is None or self._pending.shape[0] != n_e:
+            self._pending, self._free_checked = np.zeros((n_e, 2)), np.zeros(n_e)
+        assert self._free_checked is not None
+        free = columns.fill_length_m()
+        growing = free > self._free_checked + 1e-12
+        self._pending[columns.fill_m3 <= 0.0] = 0.0  # an emptied edge forgets its draw
         strength = self.strength_pa(cement, age_s)
         if not np.isfinite(strength):
+            self._free_checked = free
             return FragmentSet.empty()
-        return shed_fragments(columns, edge_flow_m3_s, node_pressure_pa, strength, t, age_s, self.params, rng)
+        frags = shed_fragments(
+            columns, edge_flow_m3_s, node_pressure_pa, strength, t, age_s, self.params, rng,
+            self._pending, growing,
+        )  # fmt: skip
+        self.checked(columns)
+        return frags
+
+    def checked(self, columns: CementColumns) -> None:
+        """Note the free lengths the tips are left with after a check (growth is measured from them)."""
+        self._free_checked = columns.fill_length_m()
 
 
 # ---------------------------------------------------------------- break-up of threads in flowing blood
@@ -459,6 +521,8 @@ class DragStrengthBreakup:
         if not np.isfinite(strength):
             return frags
         pieces = self.pinch_off(columns, edge_flow_m3_s, cement, age_s, strength, dt, t)
+        if len(pieces):
+            self.columns_law.checked(columns)  # the tips pinched off are shorter, not withdrawn
         return frags.concat(pieces) if len(pieces) else frags
 
     def pinch_off(

@@ -84,7 +84,7 @@ from sim.physics.pressure import (
     face_transmissibility,
 )
 from sim.physics.rheology import CementModel, viscosity_kernel
-from sim.physics.well_index import point_source_near_field_pa
+from sim.physics.well_index import ball_source_near_field_pa, point_source_near_field_pa
 
 MASS_BALANCE_TOL = 1e-10
 LEAK_ONSET_M3 = 1e-12  # cumulative cement through an exit that counts as leak onset (1e-3 mm^3)
@@ -136,7 +136,9 @@ class ExitCoupling(Protocol):
     solve; ``exit_resistance(t)`` a resistance (Pa s/m^3) in series with each exit's foramen (a
     cement column in the vein beyond it that any flow through the exit has to push);
     ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of the bone)
-    that the solver removed through each exit over [t, t + dt].
+    that the solver removed through each exit over [t, t + dt]. A coupling may also offer
+    ``step_end(t0, t1, cement_m3)``, the time at which a step over [t0, t1] that leaks ``cement_m3``
+    must end instead (a fluoroscopy frame, :meth:`sim.run.venous_system.VenousSystem.step_end`).
     """
 
     def exit_pressure(self, t: float) -> np.ndarray: ...
@@ -305,6 +307,10 @@ def _check_inputs(
         raise GeometryError(f"Needle tip cell index out of the grid (0..{bone.n_cells - 1})")
     if np.any(w < 0.0) or abs(w.sum() - 1.0) > 1e-9:
         raise GeometryError(f"Needle.tip_weights must be >= 0 and sum to 1 (sum = {w.sum():.12g})")
+    if needle.tip_cannula is not None and np.shape(needle.tip_cannula) != tips.shape:
+        raise GeometryError(
+            f"Needle: {tips.size} tip cells but {np.size(needle.tip_cannula)} cannula labels (tip_cannula)"
+        )
     for ex in bone.exits:
         cells = np.asarray(ex.cells)
         if cells.size == 0:
@@ -333,6 +339,38 @@ class InjectionState:
     exit_onset_s: np.ndarray  # leak onset per exit (NaN: none)
     cement_in_bone_m3: float
     bone_age: AgePool  # cure of the cement in the bone
+
+
+@dataclass
+class StepPlan:
+    """A step solved but not yet taken: the pressure of the step's start and the step it allows.
+
+    :meth:`InjectionSolver.plan_step` makes it (the pressure solve, which depends only on the state);
+    :meth:`InjectionSolver.take_step` advances the state by it in one or more pieces (a piece ends at a
+    fluoroscopy frame while the leak could be seen, or at a stop time), all with this pressure field,
+    and moves ``t`` on. A run that branches off another at a stop time inside the step copies the
+    state with its plan and takes the rest of the step cut at its own stop
+    (:func:`sim.run.pipeline.run_with_branches`): bit for bit what its own run would compute, since
+    the pressure solve and the pieces before are the same computations on the same state.
+    """
+
+    t: float  # where the next piece starts (the step's start, then the end of each piece taken)
+    dt: float  # the step the transport's CFL, the target volume and the duration allow
+    t_end: float  # the step's end, t0 + dt
+    last: bool  # the step completes the target volume
+    q: float
+    p_needle: float
+    p_marrow: float
+    p_syringe: float
+    dp_cannula: float
+    p_vein: np.ndarray
+    flux: np.ndarray
+    src: np.ndarray
+    exit_cell: np.ndarray
+    q_ent: np.ndarray
+    q_outlet: float
+    visc_ratio: np.ndarray
+    mu_tip: float
 
 
 class InjectionSolver:
@@ -429,12 +467,21 @@ class InjectionSolver:
             self.vein_diameter[~grid] = vessels.node_diameter_m[vein_idx]
         # the fluid the cement displaces: marrow in the bone, blood in the veins
         self.mu_res = np.where(grid, self.mu_m, float(vein_fluid_viscosity_pa_s))
-        # needle as a well: p(tip surface) = p(tip cell) + the analytic near field (sim.physics.well_index)
+        # needle as a well: p(tip surface) = the source-weighted pressure of the tip cells + the
+        # analytic near field (sim.physics.well_index): of a point source per tip cell, or of a ball
         self.tip_radius_m = float(needle.tip_radius_m)
+        self.tip_kernel_radius_m = float(needle.tip_kernel_radius_m)
         self.tip_k = {
             int(c): bone.permeability.reshape(3, -1)[:, graph.cell_of[c]]
             for c in np.flatnonzero(self.tip_mask)
         }
+        self.tip_balls = self._tip_balls(needle) if self.tip_kernel_radius_m > 0.0 else []
+        if self.tip_balls and not self.tip_kernel_radius_m > self.tip_radius_m:
+            raise GeometryError(
+                f"Needle.tip_kernel_radius_m = {self.tip_kernel_radius_m!r} must exceed the tip radius "
+                f"{self.tip_radius_m!r}"
+            )
+        self.tip_pore_vol_mean = float(self.pore_vol[self.tip_mask].mean())
         self.params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
         # the front method's cement block changes at every step: no AMG hierarchy outlives a solve
         self.solver = PressureSolver(pressure_solver, reuses_hierarchy=method != "front")
@@ -473,11 +520,27 @@ class InjectionSolver:
             raise SolverError(f"injection exceeded max_steps = {self.max_steps} at t = {st.t:.4g} s")
         return ""
 
-    def step(self) -> str:
+    def step(self, until: float | None = None) -> str:
         """Solve the pressure, advance the cement one time step, hand the exit fluxes to the coupling.
 
-        Returns '' when the injection goes on, 'target_volume' when this step completed the planned
-        volume, or 'pressure_limit' when the syringe cannot deliver (nothing advanced then).
+        The step ends at ``until`` if it would pass it. Returns '' when the injection goes on,
+        'target_volume' when this step completed the planned volume, or 'pressure_limit' when the
+        syringe cannot deliver (nothing advanced then).
+        """
+        plan = self.plan_step()
+        if isinstance(plan, str):
+            return plan
+        reason = self.take_step(plan, until)
+        while not reason and plan.t < plan.t_end and (until is None or plan.t < until):
+            reason = self.take_step(plan, until)
+        return reason
+
+    def plan_step(self) -> StepPlan | str:
+        """Solve the pressure of the step from the current state and choose its length.
+
+        Returns the plan, or 'pressure_limit' when the syringe cannot deliver. The state's pressure
+        and Darcy speed are those of the solve afterwards; nothing else changes until
+        :meth:`take_step`.
         """
         st, control, graph = self.state, self.control, self.graph
         n, t = graph.n, st.t
@@ -611,21 +674,51 @@ class InjectionSolver:
         visc_ratio[self.is_vein] = np.inf  # a lumen passes cement as a piston (cement_transport)
 
         dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q)
-
-        tt0 = time.perf_counter()
-        order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
-        exit_out = np.bincount(exit_cell, weights=np.maximum(q_ent, 0.0), minlength=n)
-        s_new, f_out = transport_step(
-            order, graph.cell_ptr, graph.cell_face, graph.cell_nbr, graph.cell_sign, flux, src, exit_out,
-            self.pore_vol, visc_ratio, s, dt,
+        return StepPlan(
+            t=t, dt=dt, t_end=t + dt, last=last, q=q, p_needle=p_needle, p_marrow=p_marrow, p_syringe=p_syr,
+            dp_cannula=dp_can, p_vein=p_vein, flux=flux, src=src, exit_cell=exit_cell, q_ent=q_ent,
+            q_outlet=q_outlet, visc_ratio=visc_ratio, mu_tip=float(np.dot(self.src_unit, mu_c)),
         )  # fmt: skip
-        self._t_transport += time.perf_counter() - tt0
 
-        qc_ent = np.maximum(q_ent, 0.0) * f_out[exit_cell]
-        qm_ent = q_ent - qc_ent
+    def take_step(self, plan: StepPlan, until: float | None = None) -> str:
+        """Advance the state by the next piece of ``plan``: the cement transport with the plan's
+        pressure field, the exit fluxes handed to the coupling.
+
+        The piece runs to the step's end, or ends earlier at ``until`` when that falls inside it (a
+        stop time) and at a fluoroscopy frame inside it when the coupling asks so (``step_end``: once
+        the leak could be seen, pieces end on frames, so the leak is seen at a piece's end and a stop
+        that follows it can be met exactly by the next piece). A cut piece ends at exactly that time;
+        ``plan.t`` moves to it, and the rest of the step is taken by further calls. Returns as
+        :meth:`step` (a piece that does not end the step never completes the target volume).
+        """
+        st, control = self.state, self.control
+        if plan.t != st.t or not plan.t < plan.t_end:
+            raise SolverError(
+                f"take_step: the plan's next piece starts at t = {plan.t!r} (step end {plan.t_end!r}), "
+                f"the state is at t = {st.t!r}"
+            )
+        t, n_exits = st.t, self.n_exits
+        s = st.saturation
+        q, q_ent = plan.q, plan.q_ent
+        # the whole step (dt exactly as planned), or what is left of it after earlier pieces
+        dt, last, t_new = (plan.dt if t == plan.t_end - plan.dt else plan.t_end - t), plan.last, plan.t_end
+        if until is not None and t < until < t_new:
+            dt, last, t_new = until - t, False, float(until)
+
+        s_new, qc_ent = self._transport(plan, dt)
+        step_end = getattr(self.coupling, "step_end", None)
+        if step_end is not None:
+            t_cut = float(step_end(t, t_new, float(qc_ent.sum()) * dt))
+            if t < t_cut < t_new:
+                dt, last, t_new = t_cut - t, False, t_cut
+                s_new, qc_ent = self._transport(plan, dt)
+
         qc_exit = np.bincount(self.exit_id, weights=qc_ent, minlength=n_exits)
+        qm_ent = q_ent - qc_ent
         # the marrow outlet drains into the venous system at the exits' shares
-        qm_exit = np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits) + q_outlet * self.outlet_share
+        qm_exit = (
+            np.bincount(self.exit_id, weights=qm_ent, minlength=n_exits) + plan.q_outlet * self.outlet_share
+        )
         self.coupling.accept_flux(t, dt, qc_exit.copy(), qm_exit.copy())
 
         prev_c = st.exit_cement_m3.copy()
@@ -644,29 +737,43 @@ class InjectionSolver:
             st.arrival_s[newly] = t + np.clip(frac, 0.0, 1.0) * dt
 
         v_bone_new = float(np.dot(s_new, self.pore_vol))
-        self._check_mass_balance(v_bone_new, t + dt)
+        self._check_mass_balance(v_bone_new, t_new)
         # the cure clock of the bone's cement: what leaked left, what came in during the step
         # entered on average at mid-step (half the step at room, half at body temperature)
         pool = st.bone_age
         pool.remove(float(qc_exit.sum()) * dt)
-        pool.mix_in(q * dt, age_syr + 0.5 * (self.clock.room_rate + self.clock.body_rate) * dt, t + dt)
+        age_syr = self.clock.syringe_age_s(t)
+        pool.mix_in(q * dt, age_syr + 0.5 * (self.clock.room_rate + self.clock.body_rate) * dt, t_new)
         pool.holds(v_bone_new)  # the exact content, from the saturation field
         st.cement_in_bone_m3 = v_bone_new
 
-        mu_tip = float(np.dot(self.src_unit, mu_c))
         c_leak, m_leak = float(st.exit_cement_m3.sum()), float(st.exit_marrow_m3.sum())
         for key_, val in (
-            ("t", t + dt), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", p_needle), ("pm", p_marrow),
-            ("ps", p_syr), ("pc", dp_can), ("mun", mu_tip), ("ageb", pool.age_s(t + dt)),
-            ("ages", self.clock.syringe_age_s(t + dt)), ("vb", v_bone_new), ("lc", c_leak), ("lm", m_leak),
-            ("qc", qc_exit), ("qm", qm_exit), ("pv", p_vein),
+            ("t", t_new), ("dt", dt), ("inj", st.injected_m3), ("q", q), ("pn", plan.p_needle),
+            ("pm", plan.p_marrow), ("ps", plan.p_syringe), ("pc", plan.dp_cannula), ("mun", plan.mu_tip),
+            ("ageb", pool.age_s(t_new)), ("ages", self.clock.syringe_age_s(t_new)), ("vb", v_bone_new),
+            ("lc", c_leak), ("lm", m_leak), ("qc", qc_exit), ("qm", qm_exit), ("pv", plan.p_vein),
         ):  # fmt: skip
             self._rows[key_].append(val)
         st.saturation = s_new
-        st.t = t + dt
+        st.t = plan.t = t_new
         st.step += 1
-        self._p_vein_last = p_vein
+        self._p_vein_last = plan.p_vein
         return "target_volume" if last else ""
+
+    def _transport(self, plan: StepPlan, dt: float) -> tuple[np.ndarray, np.ndarray]:
+        """The implicit upwind transport over ``dt``: the new saturation and the cement flux of each
+        exit row."""
+        graph, p_shifted = self.graph, self.state.pressure_shifted
+        tt0 = time.perf_counter()
+        order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
+        exit_out = np.bincount(plan.exit_cell, weights=np.maximum(plan.q_ent, 0.0), minlength=graph.n)
+        s_new, f_out = transport_step(
+            order, graph.cell_ptr, graph.cell_face, graph.cell_nbr, graph.cell_sign, plan.flux, plan.src,
+            exit_out, self.pore_vol, plan.visc_ratio, self.state.saturation, dt,
+        )  # fmt: skip
+        self._t_transport += time.perf_counter() - tt0
+        return s_new, np.maximum(plan.q_ent, 0.0) * f_out[plan.exit_cell]
 
     def _marrow_outlet_rows(
         self,
@@ -742,6 +849,10 @@ class InjectionSolver:
             if not math.isfinite(dt):
                 thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
                 dt = self.cfl * float(np.min(self.pore_vol[thr > 0.0] / thr[thr > 0.0]))
+        if self.tip_balls and q > 0.0 and np.any(st.saturation[self.tip_mask] < FULL_CELL_S):
+            # the ball's cells fill together: while they do, inject at most cfl of one of its cells per
+            # step, or the whole ball would fill (and pass cement on) in 1 / cfl steps
+            dt = min(dt, self.cfl * self.tip_pore_vol_mean / q)
         if self.max_step_s is not None:
             dt = min(dt, self.max_step_s)
         last = False
@@ -770,12 +881,41 @@ class InjectionSolver:
                 f"marrow error {err_m:.3e} (relative to injected volume; tolerance {MASS_BALANCE_TOL:g})"
             )
 
+    def _tip_balls(self, needle: Needle) -> list[tuple[float, np.ndarray, float, float]]:
+        """Per cannula: its share of the flow, the source-weighted geometric-mean permeabilities
+        (x, y, z), mean permeability and porosity of its ball (for the near field's shear rate)."""
+        tips = np.flatnonzero(self.tip_mask)
+        owner_flat = np.zeros(self.bone.n_cells, dtype=np.int64)
+        if needle.tip_cannula is not None:
+            owner_flat[np.asarray(needle.tip_cells)] = np.asarray(needle.tip_cannula, dtype=np.int64)
+        owner = owner_flat[self.graph.cell_of[tips]]
+        balls = []
+        for j in np.unique(owner):
+            cells = tips[owner == j]
+            w = self.src_unit[cells]
+            share = float(w.sum())
+            w = w / share
+            k_xyz = np.exp(w @ np.log(np.stack([self.tip_k[int(c)] for c in cells])))
+            balls.append((share, k_xyz, float(w @ self.k_mean[cells]), float(w @ self.phi[cells])))
+        return balls
+
     def _tip_near_field(self, q: float, age_s: float) -> float:
-        """Flow-weighted p(tip surface) - p(tip cell) of cement leaving the tip (0 without a tip radius)."""
+        """Flow-weighted p(tip surface) - p(tip cells) of cement leaving the tip (0 without a tip radius)."""
         if self.tip_radius_m <= 0.0 or q <= 0.0:
             return 0.0
         n_idx = float(rheology.power_law_index(self.cement, age_s))
         total = 0.0
+        if self.tip_balls:
+            for share, k_xyz, k_mean, phi in self.tip_balls:
+
+                def mu_b(u: np.ndarray, k_mean: float = k_mean, phi: float = phi) -> np.ndarray:
+                    gamma = rheology.porous_shear_rate(u, k_mean, phi, n_idx)
+                    return rheology.cement_viscosity(self.cement, gamma, age_s)
+
+                total += share * ball_source_near_field_pa(
+                    q * share, self.tip_kernel_radius_m, self.tip_radius_m, k_xyz, mu_b
+                )
+            return total
         for c, k_xyz in self.tip_k.items():
             w = float(self.src_unit[c])
 
@@ -930,11 +1070,17 @@ def drive_injection(
     stop_requested: Callable[[float], bool] | None = None,
     on_step: Callable[[InjectionSolver], None] | None = None,
     progress: Callable[[float], None] | None = None,
+    step_until: Callable[[float], float | None] | None = None,
+    on_plan: Callable[[StepPlan], None] | None = None,
 ) -> InjectionResult:
     """Step ``solver`` until the control, a limit or ``stop_requested(t)`` ends the injection.
 
     ``stop_requested`` is polled before every step, ``on_step(solver)`` called after every step that
-    advanced, ``progress`` given the injected fraction of the target volume.
+    advanced (every piece of a step), ``progress`` given the injected fraction of the target volume.
+    ``step_until(t)`` gives a time the piece from t must not pass (the stop time once it is known, so
+    the injection stops on it, not at the end of the step that crosses it); ``on_plan(plan)`` sees
+    the plan before each piece is taken (to branch off runs that stop inside it). The stop is polled
+    between pieces too.
     """
     target = float(solver.control.target_volume_m3)
     while True:
@@ -944,13 +1090,23 @@ def drive_injection(
         reason = solver.limit_reached()
         if reason:
             break
-        reason = solver.step()
-        if reason == "pressure_limit":  # nothing advanced
+        plan = solver.plan_step()
+        if isinstance(plan, str):  # "pressure_limit": nothing advanced
+            reason = plan
             break
-        if on_step is not None:
-            on_step(solver)
-        if progress is not None:
-            progress(min(solver.state.injected_m3 / target, 1.0))
+        while True:  # the step's pieces (one unless it is cut at a frame or a stop)
+            if on_plan is not None:
+                on_plan(plan)
+            reason = solver.take_step(plan, step_until(solver.state.t) if step_until is not None else None)
+            if on_step is not None:
+                on_step(solver)
+            if progress is not None:
+                progress(min(solver.state.injected_m3 / target, 1.0))
+            if reason or not plan.t < plan.t_end:
+                break
+            if stop_requested is not None and stop_requested(solver.state.t):
+                reason = "stop_signal"
+                break
         if reason:
             break
     return solver.result(reason)

@@ -27,14 +27,14 @@ from sim.physics.bone import build_vertebral_body, place_needle
 from sim.physics.cure_clock import CureClock
 from sim.physics.fragment_set import LODGED, PASSED_DISTAL, STATUS_NAMES, FragmentSet
 from sim.physics.fragment_transport import DiameterMargin, TransportResult, transport_fragments
-from sim.physics.injection import InjectionResult, InjectionSolver
+from sim.physics.injection import InjectionResult, InjectionSolver, StepPlan
 from sim.physics.injection_control import InjectionControl, StopPolicy
 from sim.physics.laws import law_class
 from sim.physics.pulmonary_tree import PulmonaryTree, build_pulmonary_tree
 from sim.physics.rheology import CementModel
 from sim.physics.venous_network import VenousNetwork, build_venous_network
 from sim.run.branching import copy_run_state, differs_only_in_stop
-from sim.run.coupling import Branch, CoupledOutcome, run_coupled, stop_now
+from sim.run.coupling import Branch, CoupledOutcome, cut_and_stop, run_coupled, stop_now
 from sim.run.recorder import RunRecorder
 from sim.run.results import RunArtifacts, RunResult
 from sim.run.venous_system import VenousSummary, VenousSystem
@@ -187,7 +187,20 @@ def run_with_branches(
             coupled = stop_now(st_b.solver, st_b.venous, rec_b, p.injection.follow_up_s, t)
             fired[key] = _finish_run(other, st_b, rec_b, coupled, w0)
 
-        hooks.append(Branch(StopPolicy.from_params(other_params.stop), on_stop))
+        def on_cut(
+            plan: StepPlan,
+            t: float,
+            key: str = key,
+            other: Scenario = other,
+            p: RunParameters = other_params,
+        ) -> None:
+            w0 = time.perf_counter()
+            st_b, rec_b, plan_b = copy_run_state((st, recorder, plan))
+            st_b.params = p
+            coupled = cut_and_stop(st_b.solver, st_b.venous, rec_b, p.injection.follow_up_s, plan_b, t)
+            fired[key] = _finish_run(other, st_b, rec_b, coupled, w0)
+
+        hooks.append(Branch(StopPolicy.from_params(other_params.stop), on_stop, on_cut))
     coupled = run_coupled(
         st.solver,
         venous,

@@ -191,6 +191,25 @@ class VenousSystem:
         """
         return self._r_exit.copy()
 
+    def step_end(self, t0: float, t1: float, cement_m3: float) -> float:
+        """Where an injection step over [t0, t1] that leaks ``cement_m3`` must end: at the first
+        fluoroscopy frame inside it if the leak could be seen there, else at t1.
+
+        A frame can only see the leak once more cement has left the bone than the visibility threshold
+        (the visible volume is part of the leaked volume). From then until the leak is seen, steps end
+        on frames, so the leak is seen at a step's end and a stop that follows it by any delay is met
+        exactly by the next steps (:meth:`sim.physics.injection.InjectionSolver.take_step`). This
+        depends on the leak only, not on the stop policy, so runs that differ only in their stop take
+        the same steps until they stop.
+        """
+        det = self.detector
+        if det.detection_time_s is not None:
+            return t1
+        if float(self.cement_by_exit_m3.sum()) + cement_m3 <= det.threshold_m3:
+            return t1
+        frames = det.frames_due_in(t0, t1)
+        return frames[0] if frames else t1
+
     def accept_flux(self, t: float, dt: float, q_cement: np.ndarray, q_marrow: np.ndarray) -> None:
         """Take the cement and marrow fluxes (m^3/s per exit) that left the bone over [t, t + dt]."""
         n = len(self.exits)

@@ -101,7 +101,7 @@ def test_synthetic_twin_reproduces_the_parametric_run(seed_case, tmp_path):
     threshold from 1.0 to 3.0 s (1.9 / 4.1 / 2.6 / 3.4 / 0 mm^3 at 1.0 / 1.5 / 2.0 / 2.5 / 3.0 s, 8.1 at
     3.5 s), so which frame first sees more than 5 mm^3 depends on which fragment is in transit at a
     frame: the grids give 3.0 / 3.0 / 3.5 / 2.5 / 3.0 s at 2 / 1.5 / 1 / 0.75 / 0.5 mm. Measured at 1 mm
-    (December 2026, third pass): 1.362 vs 1.35 ml, 14.8 kPa both, seen at 3.5 vs 2.0 s.
+    (December 2026, third pass): 1.362 vs 1.364 ml, 14.8 kPa both, seen at 3.5 vs 2.0 s.
     """
     from sim.output.vtk import read_vti
     from sim.run.pipeline import run_scenario, write_run

@@ -283,3 +283,12 @@ def test_pieces_do_not_depend_on_how_often_the_tips_are_checked(checks_per_piece
     assert 50 <= lengths.size <= 110  # 0.45 m in pieces of mean 6.5 mm: about 70
     assert np.median(lengths) == pytest.approx(6 * MM, rel=0.2)
     assert np.std(np.log(lengths)) == pytest.approx(0.4, rel=0.3)
+    # once the push stops, the plug's stub (shorter than its drawn piece) leaves whole, and the emptied edge
+    # forgets the draw it was waiting for
+    held = cols.fill_m3[0]
+    assert held > 0.0 and law._pending[0, 0] * area > held  # the stub waits for a longer piece
+    last = law.shed(cols, bf.edge_flow_m3_s, bf.node_pressure_pa, cem, 0.0, 1e3, rng)
+    assert len(last) == 1 and last.volume_m3[0] == pytest.approx(held, rel=1e-12)
+    assert cols.fill_m3[0] == pytest.approx(0.0, abs=1e-20)
+    law.shed(cols, bf.edge_flow_m3_s, bf.node_pressure_pa, cem, 0.0, 1e3 + 1.0, rng)
+    assert law._pending[0, 0] == 0.0

@@ -93,10 +93,7 @@ def ball_source_near_field_pa(
         raise ValueError(f"ball kernel radius {rho!r} must exceed the tip radius {r_w!r} > 0")
     q = abs(float(flow_m3_s))
     x, w = np.polynomial.legendre.leggauss(n_points)
-    a, b = math.log(r_w), math.log(rho)
-    r = np.exp(0.5 * (b - a) * x + 0.5 * (b + a))
-    u = q / (4.0 * math.pi * r * r)
-    point = 0.5 * (b - a) * float(np.dot(w, np.asarray(viscosity(u), dtype=np.float64) * u / k_g * r))
+    point = _point_source_drop(q, r_w, rho, k_g, viscosity, n_points)
     r_b = 0.5 * rho * (x + 1.0)
     u_b = q * r_b / (4.0 * math.pi * rho**3)
     g_b = np.asarray(viscosity(u_b), dtype=np.float64) * u_b / k_g
@@ -128,14 +125,26 @@ def point_source_near_field_pa(
     radius r_e = 0.31488 h (Gauss-Legendre in ln r). For a constant viscosity it is
     Q mu / (4 pi k) (1/r_w - 1/r_e) exactly (:func:`point_source_correction`).
     """
-    k = np.asarray(k_xyz, dtype=np.float64)
-    k_g = float(np.prod(k) ** (1.0 / 3.0))
     r_e = POINT_SOURCE_RADIUS_FACTOR * float(spacing_m)
-    r_w = float(tip_radius_m)
+    drop = _point_source_drop(
+        abs(float(flow_m3_s)), float(tip_radius_m), r_e, _geometric_mean_k(k_xyz), viscosity, n_points
+    )
+    return drop * (1.0 if flow_m3_s >= 0 else -1.0)
+
+
+def _point_source_drop(
+    q: float,
+    r_in: float,
+    r_out: float,
+    k_g: float,
+    viscosity: Callable[[np.ndarray], np.ndarray],
+    n_points: int,
+) -> float:
+    """int_{r_in}^{r_out} mu(u) u / k dr of radial Darcy flow u = q / (4 pi r^2) (Gauss-Legendre in ln r)."""
     x, w = np.polynomial.legendre.leggauss(n_points)
-    a, b = math.log(r_w), math.log(r_e)
-    ln_r = 0.5 * (b - a) * x + 0.5 * (b + a)
-    r = np.exp(ln_r)
-    u = abs(float(flow_m3_s)) / (4.0 * math.pi * r * r)
-    integrand = np.asarray(viscosity(u), dtype=np.float64) * u / k_g * r  # d r = r d ln r
-    return float(0.5 * (b - a) * np.dot(w, integrand)) * (1.0 if flow_m3_s >= 0 else -1.0)
+    a, b = math.log(r_in), math.log(r_out)
+    r = np.exp(0.5 * (b - a) * x + 0.5 * (b + a))
+    u = q / (4.0 * math.pi * r * r)
+    return (
+        0.5 * (b - a) * float(np.dot(w, np.asarray(viscosity(u), dtype=np.float64) * u / k_g * r))
+    )  # dr = r d ln r

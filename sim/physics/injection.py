@@ -48,9 +48,11 @@ matrix), and Q solves the scalar equation p_needle(Q) + dp_cannula(Q) = limit; i
 ``stop_requested(t)`` says so (the operator's stop policy) or when the cement in the syringe has set
 (``"cement_set"``).
 
-State. :class:`InjectionSolver` holds the state (:class:`InjectionState`) and advances it with
-``step()``; :func:`run_injection` is the plain driver loop, and the coupled run of
-:mod:`sim.run.coupling` drives the same solver with the venous side and the stop policy.
+State. :class:`InjectionSolver` holds the state (:class:`InjectionState`) and advances it a step
+at a time: ``plan_step()`` solves the pressure, ``take_step(plan)`` moves the cement by one or more
+pieces of that step; :func:`drive_injection` is the driver loop (used by :func:`run_injection`), and
+the coupled run of :mod:`sim.run.coupling` drives the same solver with the venous side and the stop
+policy.
 
 Mass balance. Every step checks injected = cement in bone + cement leaked and marrow displaced
 = marrow leaked, relative to the injected volume, and raises SolverError above 1e-10.
@@ -374,10 +376,11 @@ class StepPlan:
 
 
 class InjectionSolver:
-    """Cement injection into a bone as a state and a ``step()``; see the module docstring.
+    """Cement injection into a bone as a state advanced a step at a time; see the module docstring.
 
-    A driver (:func:`run_injection`, or the coupled run of :mod:`sim.run.coupling`) calls
-    :meth:`limit_reached` and :meth:`step` until one returns a stop reason, then :meth:`result`.
+    A driver (:func:`drive_injection`, used by :func:`run_injection` and the coupled run of
+    :mod:`sim.run.coupling`) calls :meth:`limit_reached`, :meth:`plan_step` and :meth:`take_step`
+    until one returns a stop reason, then :meth:`result`.
     Output cadence is the driver's business: :meth:`cement_fraction_grid` gives the field now.
     """
 
@@ -519,21 +522,6 @@ class InjectionSolver:
         if st.step >= self.max_steps:
             raise SolverError(f"injection exceeded max_steps = {self.max_steps} at t = {st.t:.4g} s")
         return ""
-
-    def step(self, until: float | None = None) -> str:
-        """Solve the pressure, advance the cement one time step, hand the exit fluxes to the coupling.
-
-        The step ends at ``until`` if it would pass it. Returns '' when the injection goes on,
-        'target_volume' when this step completed the planned volume, or 'pressure_limit' when the
-        syringe cannot deliver (nothing advanced then).
-        """
-        plan = self.plan_step()
-        if isinstance(plan, str):
-            return plan
-        reason = self.take_step(plan, until)
-        while not reason and plan.t < plan.t_end and (until is None or plan.t < until):
-            reason = self.take_step(plan, until)
-        return reason
 
     def plan_step(self) -> StepPlan | str:
         """Solve the pressure of the step from the current state and choose its length.
@@ -688,8 +676,9 @@ class InjectionSolver:
         stop time) and at a fluoroscopy frame inside it when the coupling asks so (``step_end``: once
         the leak could be seen, pieces end on frames, so the leak is seen at a piece's end and a stop
         that follows it can be met exactly by the next piece). A cut piece ends at exactly that time;
-        ``plan.t`` moves to it, and the rest of the step is taken by further calls. Returns as
-        :meth:`step` (a piece that does not end the step never completes the target volume).
+        ``plan.t`` moves to it, and the rest of the step is taken by further calls. Returns '' when
+        the injection goes on, or 'target_volume' when this piece completed the planned volume (only
+        a piece that ends the step can).
         """
         st, control = self.state, self.control
         if plan.t != st.t or not plan.t < plan.t_end:

@@ -588,3 +588,22 @@ def test_front_step_sees_a_nearly_full_lumen_node_as_feeding_its_neighbour():
     # the same nodes below the full mark limit the step by their own filling
     s[0] = 0.5
     assert front_time_step(*args, np.full(2, np.inf), cfl, 0.99) == pytest.approx(cfl * v / q, rel=1e-12)
+
+
+def test_front_step_counts_a_lumen_node_that_fills_within_the_step_as_a_feeder():
+    """A large lumen node (10 v) at S = 0.5 upstream of a small one (v), cfl 0.8. Its own limit,
+    cfl 10 v / q, lets it fill after 5 v / q and spill 3 v into the small node (3 times its volume);
+    it must count as full for the small node once it can fill within the step (S > 1 - cfl), so
+    dt = cfl v / q. At S = 0.1 it cannot fill (0.1 + cfl < 1): the small node gets nothing and the
+    large node's own filling sets dt = cfl 10 v / q."""
+    from sim.physics.cement_transport import front_time_step
+
+    q, v, cfl = 1e-9, 2e-9, 0.8
+    face_a, face_b = np.array([0]), np.array([1])
+    vol = np.array([10.0 * v, v])
+    flux, src, exit_out = np.array([q]), np.array([q, 0.0]), np.array([0.0, q])
+    m = np.full(2, np.inf)
+    dt_filling = front_time_step(face_a, face_b, flux, src, exit_out, vol, np.array([0.5, 0.0]), m, cfl, 0.99)
+    assert dt_filling == pytest.approx(cfl * v / q, rel=1e-12)
+    dt_not = front_time_step(face_a, face_b, flux, src, exit_out, vol, np.array([0.1, 0.0]), m, cfl, 0.99)
+    assert dt_not == pytest.approx(cfl * 10.0 * v / q, rel=1e-12)

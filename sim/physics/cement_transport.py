@@ -234,8 +234,10 @@ def front_time_step(
     Accuracy: cells below ``full_s`` with a positive explicit cement accumulation
     a = sum_in F f(S_up) + source - (sum_out F) f(S) get dt <= cfl V / a (front cells fill at
     most cfl of a cell per step; cells in steady mixed flow, a ~ 0, do not limit the step).
-    A lumen node (m = inf, a piston) at S >= ``full_s`` counts as full in the estimate (f = 1): its
-    own f(S) is 0 until S = 1, which would hide the cement it passes on within the step.
+    A lumen node (m = inf, a piston) passes nothing until full, so its own f(S) is 0 below S = 1 and
+    would hide the cement it passes on within the step: for its downstream nodes it counts as full
+    (f = 1) once it can fill within the step, S > 1 - ``cfl`` (its own limit lets it gain up to cfl of
+    its volume), or S >= ``full_s``. Below that it cannot fill within the step and feeds nothing.
     Boundedness: a cell without outflow (a marrow cell next to the front in the lumped system)
     gets dt <= V (1 - S) / (whole inflow from cement-bearing cells), because within one implicit
     sweep a nearly full upstream cell may pass almost all its outflow as cement. Returns inf when
@@ -246,10 +248,11 @@ def front_time_step(
     down = np.where(face_flux > 0.0, face_b, face_a)
     mag = np.abs(face_flux)
     frac = fractional_flow(s, visc_ratio)
-    # a lumen node (piston, m = inf) within full_s of full fills within the step and passes its
-    # inflow on from then: its downstream nodes are estimated as fed by a full node
-    frac = np.where(np.isinf(visc_ratio) & (s >= full_s), 1.0, frac)
-    cin = source + np.bincount(down, weights=mag * frac[up], minlength=n)
+    # a lumen node (piston, m = inf) that can fill within the step passes its inflow on from then:
+    # its downstream nodes are estimated as fed by a full node
+    fills = np.isinf(visc_ratio) & ((s > 1.0 - cfl) | (s >= full_s))
+    feed = np.where(fills, 1.0, frac)
+    cin = source + np.bincount(down, weights=mag * feed[up], minlength=n)
     out = exit_out + np.bincount(up, weights=mag, minlength=n)
     accum = cin - out * frac
     dt = np.inf

@@ -19,6 +19,7 @@ from sim.physics.fluoroscopy import (
     visible_volume_m3,
 )
 from sim.physics.fragmentation import DragVsStrength
+from sim.physics.injection import LEAK_ONSET_M3
 from sim.physics.injection_control import StopPolicy
 from sim.physics.rheology import load_cement_preset
 from sim.physics.vein_columns import CementColumns
@@ -141,7 +142,8 @@ def run(vs, leak_start=10.0, t_max=40.0, dt=0.2, rate=5e-9):
 def test_no_detection_before_cement_leaves_the_body():
     vs = system(5e-9)
     run(vs, leak_start=10.0)
-    assert vs.leak_onset_s == pytest.approx(10.0)
+    # onset: the exit's cumulative cement passes LEAK_ONSET_M3, inside the step where it does
+    assert vs.leak_onset_s == pytest.approx(10.0 + LEAK_ONSET_M3 / 5e-9, rel=1e-12)
     assert vs.detection_time_s is not None and vs.detection_time_s >= vs.leak_onset_s
     frames_t = np.asarray(vs.detector.frames_t)
     frames_v = np.asarray(vs.detector.frames_visible_m3)

@@ -607,3 +607,42 @@ def test_front_step_counts_a_lumen_node_that_fills_within_the_step_as_a_feeder()
     assert dt_filling == pytest.approx(cfl * v / q, rel=1e-12)
     dt_not = front_time_step(face_a, face_b, flux, src, exit_out, vol, np.array([0.1, 0.0]), m, cfl, 0.99)
     assert dt_not == pytest.approx(cfl * 10.0 * v / q, rel=1e-12)
+
+
+def test_numba_step_kernels_equal_their_numpy_references_bit_for_bit():
+    """Darcy speed per node and the front time step: the numba kernels add the same terms in the same
+    order as their numpy references (np.bincount), on a box with vessel faces, lumen nodes (m = inf) at
+    every fill, porous cells and zero fluxes."""
+    import dataclasses
+
+    from sim.physics.cement_transport import front_time_step, front_time_step_numpy
+    from sim.physics.injection import cell_darcy_speed, cell_darcy_speed_numpy
+    from sim.physics.pressure import VESSEL_FACE, build_cell_graph
+
+    rng = np.random.default_rng(11)
+    shape = (7, 6, 5)
+    perm = np.full((3, *shape), 1e-9)
+    graph = build_cell_graph(np.ones(shape, dtype=bool), perm, 1e-3, np.array([0]), np.array([209]))
+    face_dir = graph.face_dir.copy()
+    face_dir[rng.random(face_dir.size) < 0.1] = VESSEL_FACE
+    graph = dataclasses.replace(graph, face_dir=face_dir)
+    n, nf = graph.n, graph.face_a.size
+    potential = rng.random(n)  # fluxes down a potential: acyclic, as TPFA fluxes are
+    flux = 1e-9 * (potential[graph.face_a] - potential[graph.face_b])
+    flux[rng.random(nf) < 0.1] = 0.0
+    vein_d = np.where(rng.random(n) < 0.2, rng.uniform(0.5e-3, 2e-3, n), 0.0)
+    assert np.array_equal(cell_darcy_speed(graph, flux, vein_d), cell_darcy_speed_numpy(graph, flux, vein_d))
+    assert np.array_equal(cell_darcy_speed(graph, flux), cell_darcy_speed_numpy(graph, flux))
+    s = np.where(rng.random(n) < 0.3, 0.0, rng.choice([0.1, 0.3, 0.95, 0.995, 1.0], n))
+    m = np.where(rng.random(n) < 0.4, np.inf, rng.uniform(10.0, 1e4, n))
+    src = np.where(rng.random(n) < 0.1, 1e-9, 0.0)
+    exit_out = np.where(rng.random(n) < 0.1, 2e-9, 0.0)
+    vol = rng.uniform(0.5e-9, 1e-9, n)
+    outflow = np.bincount(np.where(flux > 0.0, graph.face_a, graph.face_b), weights=np.abs(flux), minlength=n)
+    drained = exit_out + np.where(outflow > 0.0, 0.0, 1e-9)  # no closed cell: the accuracy limit decides
+    s_closed = np.where(outflow > 0.0, s, 0.5)  # closed cells half full: the boundedness limit can decide
+    for cfl in (0.1, 0.8, 1.0):
+        for out_, s_ in ((drained, s), (exit_out, s_closed)):
+            args = (graph.face_a, graph.face_b, flux, src, out_, vol, s_, m, cfl, 0.99)
+            dt = front_time_step(*args)
+            assert 0.0 < dt < np.inf and dt == front_time_step_numpy(*args)

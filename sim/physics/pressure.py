@@ -42,6 +42,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -270,6 +271,117 @@ def assemble_full(
     return PressureSystem(mat, np.arange(n, dtype=np.int64), n, exit_cell)
 
 
+@numba.njit(cache=True)
+def _front_unknowns(n: int, face_a: np.ndarray, face_b: np.ndarray, in_cement: np.ndarray):
+    """Unknown of every cell: cement cells 0..nc-1 in cell order, then one per connected marrow
+    region, numbered in the order of each region's first cell (as scipy's connected_components)."""
+    parent = np.arange(n)
+    for f in range(face_a.shape[0]):
+        a, b = face_a[f], face_b[f]
+        if in_cement[a] or in_cement[b]:
+            continue
+        while parent[a] != a:  # union-find with path halving
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        if a != b:
+            if a < b:
+                parent[b] = a
+            else:
+                parent[a] = b
+    unknown = np.empty(n, dtype=np.int64)
+    nc = 0
+    for i in range(n):
+        if in_cement[i]:
+            unknown[i] = nc
+            nc += 1
+    n_lumps = 0
+    label = -np.ones(n, dtype=np.int64)
+    for i in range(n):
+        if in_cement[i]:
+            continue
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        if label[r] < 0:
+            label[r] = n_lumps
+            n_lumps += 1
+        unknown[i] = nc + label[r]
+    return unknown, nc, n_lumps
+
+
+@numba.njit(cache=True)
+def _front_csr(
+    nu: int,
+    unknown: np.ndarray,
+    face_a: np.ndarray,
+    face_b: np.ndarray,
+    trans: np.ndarray,
+    exit_cell: np.ndarray,
+    exit_cond: np.ndarray,
+):
+    """CSR arrays (sorted columns, duplicates summed) of the front Laplacian: +T on both diagonals
+    and -T off them for every face with a cement side, +g on the diagonal of every exit row."""
+    nf = face_a.shape[0]
+    count = np.zeros(nu + 1, dtype=np.int64)
+    for f in range(nf):
+        ua, ub = unknown[face_a[f]], unknown[face_b[f]]
+        if ua == ub:  # inside one marrow region (cement cells have an unknown each)
+            continue
+        count[ua + 1] += 1
+        count[ub + 1] += 1
+    start = np.cumsum(count)
+    fill = start[:-1].copy()
+    raw_col = np.empty(start[-1], dtype=np.int64)
+    raw_val = np.empty(start[-1])
+    diag = np.zeros(nu)
+    for f in range(nf):
+        ua, ub = unknown[face_a[f]], unknown[face_b[f]]
+        if ua == ub:
+            continue
+        t = trans[f]
+        diag[ua] += t
+        diag[ub] += t
+        raw_col[fill[ua]] = ub
+        raw_val[fill[ua]] = -t
+        fill[ua] += 1
+        raw_col[fill[ub]] = ua
+        raw_val[fill[ub]] = -t
+        fill[ub] += 1
+    for e in range(exit_cell.shape[0]):
+        diag[unknown[exit_cell[e]]] += exit_cond[e]
+    # merge duplicate columns row by row (a cell with two faces on one marrow region), add the diagonal
+    indptr = np.zeros(nu + 1, dtype=np.int64)
+    indices = np.empty(start[-1] + nu, dtype=np.int64)
+    data = np.empty(start[-1] + nu)
+    slot = -np.ones(nu, dtype=np.int64)
+    k = 0
+    for r in range(nu):
+        row0 = k
+        slot[r] = k
+        indices[k] = r
+        data[k] = diag[r]
+        k += 1
+        for j in range(start[r], start[r + 1]):
+            c = raw_col[j]
+            if slot[c] >= 0:
+                data[slot[c]] += raw_val[j]
+            else:
+                slot[c] = k
+                indices[k] = c
+                data[k] = raw_val[j]
+                k += 1
+        for j in range(row0, k):
+            slot[indices[j]] = -1
+        order = np.argsort(indices[row0:k], kind="mergesort")
+        indices[row0:k] = indices[row0:k][order]
+        data[row0:k] = data[row0:k][order]
+        indptr[r + 1] = k
+    return indptr, indices[:k].copy(), data[:k].copy()
+
+
 def assemble_front(
     graph: CellGraph,
     in_cement: np.ndarray,
@@ -282,7 +394,36 @@ def assemble_front(
     Faces between two marrow cells drop out (their region is isobaric); faces between a cement
     cell and a marrow cell couple the cell to its region's lump; exits of marrow cells drain the
     lump. Row sums are the same volume balances as in the full system, so conservation is exact.
+    Assembled by two numba kernels on the flat face arrays (regions by union-find, CSR rows merged
+    in place); :func:`assemble_front_reference` is the same system by scipy, for the tests.
     """
+    unknown, nc, n_lumps = _front_unknowns(
+        graph.n, graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_)
+    )
+    nu = nc + n_lumps
+    indptr, indices, data = _front_csr(
+        nu,
+        unknown,
+        graph.face_a,
+        graph.face_b,
+        np.ascontiguousarray(trans, dtype=np.float64),
+        np.ascontiguousarray(exit_cell, dtype=np.int64),
+        np.ascontiguousarray(exit_cond, dtype=np.float64),
+    )
+    mat = sp.csr_matrix((data, indices, indptr), shape=(nu, nu))
+    mat.has_sorted_indices = True
+    mat.has_canonical_format = True
+    return PressureSystem(mat, unknown, nc, unknown[exit_cell])
+
+
+def assemble_front_reference(
+    graph: CellGraph,
+    in_cement: np.ndarray,
+    trans: np.ndarray,
+    exit_cell: np.ndarray,
+    exit_cond: np.ndarray,
+) -> PressureSystem:
+    """:func:`assemble_front` by scipy (connected_components, COO to CSR): the tests' reference."""
     n = graph.n
     fa, fb = graph.face_a, graph.face_b
     mm = ~in_cement[fa] & ~in_cement[fb]

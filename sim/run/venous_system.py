@@ -57,6 +57,7 @@ from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.fluoroscopy import LeakDetector, fragment_samples
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
 from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
+from sim.physics.injection import LEAK_ONSET_M3
 from sim.physics.rheology import CementModel
 from sim.physics.vein_columns import CementColumns, back_pressure
 from sim.physics.venous_dynamics import CompliantVenousFlow
@@ -229,10 +230,16 @@ class VenousSystem:
         vol_c = qc * dt
         # leaked cement arrives with the syringe's age (treated as fresh, see the module docstring)
         self.vein_age.mix_in(float(vol_c.sum()), self.clock.syringe_age_s(t), float(t))
+        prev_c = self.cement_by_exit_m3.copy()
         self.cement_by_exit_m3 += vol_c
         self.marrow_by_exit_m3 += qm * dt  # net: blood drawn back into the bone counts negative
-        newly = np.isnan(self.exit_onset_s) & (vol_c > 0.0)
-        self.exit_onset_s[newly] = float(t)
+        # onset: the cumulative cement through the exit passes LEAK_ONSET_M3 (as in the injection
+        # solver), at the time within the piece a constant flux reaches it; "any cement > 0" made the
+        # onset follow round-off traces of cement in a cell upstream of the exit
+        newly = np.isnan(self.exit_onset_s) & (self.cement_by_exit_m3 > LEAK_ONSET_M3)
+        if newly.any():
+            frac = (LEAK_ONSET_M3 - prev_c[newly]) / np.maximum(vol_c[newly], 1e-300)
+            self.exit_onset_s[newly] = float(t) + np.clip(frac, 0.0, 1.0) * float(dt)
         bp = np.zeros(n)
         if np.any(vol_c > 0.0):
             # the tips are checked at least once per shed piece length of column travel, so where a piece
@@ -376,7 +383,7 @@ class VenousSystem:
     # ------------------------------------------------------------------ results
     @property
     def leak_onset_s(self) -> float | None:
-        """Time the first cement left the bone through any exit."""
+        """Time the cement through any one exit first exceeded LEAK_ONSET_M3 (1e-3 mm^3)."""
         return None if np.all(np.isnan(self.exit_onset_s)) else float(np.nanmin(self.exit_onset_s))
 
     @property

@@ -4,7 +4,7 @@
   pressure order vs the numpy flow-level reference ``transport_step_numpy``, on the full
   pressure field of the default L1 bone with a 2.5 ml cement ball (``benchmarks.fixtures``) and
   a volume-CFL time step. The numba timing includes the pressure argsort the driver pays.
-- ``viscosity_field``: cement viscosity of every cell (``sim.physics.injection._viscosity_cells``,
+- ``viscosity_field``: cement viscosity of every cell (``sim.physics.rheology.viscosity_field``,
   numba scalar kernel) vs ``sim.physics.rheology.cement_viscosity`` (numpy, broadcast).
 
 ``speedup`` = numpy time / numba time; ``max_abs_diff`` compares the outputs (saturations are
@@ -81,8 +81,7 @@ def bench_viscosity(spacing_mm: float, repeat: int) -> dict[str, Any]:
     from sim.bench import min_time
     from sim.core.config import Scenario
     from sim.core.parameters import RunParameters
-    from sim.physics.injection import _viscosity_cells
-    from sim.physics.rheology import CementModel, cement_viscosity
+    from sim.physics.rheology import CementModel, cement_viscosity, viscosity_field
 
     case = bone_case(spacing_mm)
     cement = CementModel.from_params(RunParameters.from_scenario(Scenario()).cement)
@@ -92,7 +91,7 @@ def bench_viscosity(spacing_mm: float, repeat: int) -> dict[str, Any]:
     out = np.empty_like(shear)
 
     def nb():
-        _viscosity_cells(shear, age, params, out)
+        viscosity_field(shear, age, params, out)
         return out.copy()
 
     def ref():

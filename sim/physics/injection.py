@@ -85,7 +85,7 @@ from sim.physics.pressure import (
     build_cell_graph,
     face_transmissibility,
 )
-from sim.physics.rheology import CementModel, viscosity_kernel
+from sim.physics.rheology import CementModel
 from sim.physics.well_index import ball_source_near_field_pa, point_source_near_field_pa
 
 MASS_BALANCE_TOL = 1e-10
@@ -252,12 +252,6 @@ class InjectionResult:
         """Earliest leak onset over all exits (NaN if none)."""
         ok = np.isfinite(self.leak_onset_s)
         return float(self.leak_onset_s[ok].min()) if ok.any() else float("nan")
-
-
-@numba.njit(cache=True)
-def _viscosity_cells(shear_rate: np.ndarray, age_s: float, params: np.ndarray, out: np.ndarray) -> None:
-    for i in range(shear_rate.shape[0]):
-        out[i] = viscosity_kernel(shear_rate[i], age_s, params)
 
 
 def cell_darcy_speed(graph, face_flux: np.ndarray, vein_diameter_m: np.ndarray | None = None) -> np.ndarray:
@@ -599,7 +593,8 @@ class InjectionSolver:
         tp0 = time.perf_counter()
         for _ in range(3 if st.step == 0 else 1):
             shear = self._shear_rate(st.darcy_speed, age_bone)
-            _viscosity_cells(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
+            # consistency and index once per call, not per cell (as viscosity_kernel would)
+            rheology.viscosity_field(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
             lam_c = s_c / mu_c
             lam = mixture_mobility(s_c, mu_c, self.mu_res, self.is_vein)

@@ -22,7 +22,7 @@ from scipy import integrate, special
 from sim.core.grid import BoneGrid, Needle, VenousExit
 from sim.physics.bone_vein_exchange import ForamenPoiseuille
 from sim.physics.cure_clock import CureClock
-from sim.physics.injection import ConstantPressureCoupling, run_injection
+from sim.physics.injection import BALL_FILL_STEPS, ConstantPressureCoupling, run_injection
 from sim.physics.injection_control import InjectionControl
 from sim.physics.rheology import CementModel
 from sim.physics.well_index import (
@@ -172,13 +172,16 @@ def test_ball_kernel_fills_as_a_bolus_whatever_the_time_step():
     """Cement 100 times as viscous as the marrow, 0.6 of the ball's pore volume injected on a 1 mm grid:
     the ball's cells fill together, so the cement that has left the ball (about 0.3 % of the ball's
     volume, the fractional flow's trace) must not depend on the step. Without the ball-fill step limit
-    CFL 0.8 fills the ball in one step and lets 0.86 % out, against 0.39 % at CFL 0.1."""
-    outside = {}
-    for cfl in (0.8, 0.1):
-        bone, needle = sphere(1 * MM, radius=8 * MM, ball=True)
+    CFL 0.8 fills the ball in one step and lets 0.86 % out, against 0.39 % at CFL 0.1. The limit is
+    the same on every grid (a step fills at most cfl / BALL_FILL_STEPS of the ball): at 0.5 mm
+    (about 270 cells in the ball) the trace is the 1 mm grid's within 10 % in as many steps."""
+    outside, steps = {}, {}
+    for h_mm, cfl in ((1.0, 0.8), (1.0, 0.1), (0.5, 0.8)):
+        h = h_mm * MM
+        bone, needle = sphere(h, radius=8 * MM, ball=True)
         fluid = CementModel.newtonian(100.0)
         clock = CureClock.for_cement(fluid, 0.0, 294.15, 310.15)
-        v_ball = PHI * MM**3 * needle.tip_cells.size
+        v_ball = PHI * h**3 * needle.tip_cells.size
         control = InjectionControl(
             rate_m3_per_s=Q, target_volume_m3=0.6 * v_ball, max_syringe_pressure_pa=None
         )
@@ -187,11 +190,16 @@ def test_ball_kernel_fills_as_a_bolus_whatever_the_time_step():
             exchange=ForamenPoiseuille(),
         )  # fmt: skip
         assert res.stop_reason == "target_volume"
-        assert res.n_steps >= needle.tip_cells.size * 0.6 / cfl - 1  # at most cfl of one cell per step
-        cement = res.cement_fraction.reshape(-1) * PHI * MM**3
+        assert res.n_steps >= BALL_FILL_STEPS * 0.6 / cfl - 1  # at most cfl / BALL_FILL_STEPS per step
+        cement = res.cement_fraction.reshape(-1) * PHI * h**3
         in_ball = np.zeros(cement.size, dtype=bool)
         in_ball[needle.tip_cells] = True
-        outside[cfl] = float(cement[~in_ball].sum()) / v_ball
+        outside[h_mm, cfl] = float(cement[~in_ball].sum()) / v_ball
+        steps[h_mm, cfl] = res.n_steps
         assert float(cement.sum()) == pytest.approx(0.6 * v_ball, rel=1e-9)
-    assert 0.0 < outside[0.1] < 0.01
-    assert outside[0.8] == pytest.approx(outside[0.1], rel=0.1)
+    assert 0.0 < outside[1.0, 0.1] < 0.01
+    assert outside[1.0, 0.8] == pytest.approx(outside[1.0, 0.1], rel=0.1)
+    # the same time resolution of the fill on both grids (the old limit, cfl of one ball cell per step,
+    # took 8 times as many steps at 0.5 mm)
+    assert outside[0.5, 0.8] == pytest.approx(outside[1.0, 0.8], rel=0.1)
+    assert steps[0.5, 0.8] <= 1.5 * steps[1.0, 0.8]

@@ -408,8 +408,14 @@ def test_determinism_bit_identical():
 # ------------------------------------------------------------------ control and stopping
 
 
-def test_pressure_limited_mode_never_exceeds_limit():
+@pytest.mark.parametrize("tip_radius_mm", [0.0, 0.3])
+def test_pressure_limited_mode_never_exceeds_limit(tip_radius_mm):
+    """The syringe pressure the run reports (with the tip's near field when the tip has a radius)
+    stays at or below the limit, and sits on it where the rate was reduced."""
+    import dataclasses
+
     bone, needle, _ = sphere_case(8.0, 1.0)
+    needle = dataclasses.replace(needle, tip_radius_m=tip_radius_mm * 1e-3)
     free = _run(bone, needle, mu=100.0, volume=0.4e-6)
     limit = 0.8 * float(free.syringe_pressure_pa.max())
     ctl = control(0.4e-6, mode="pressure", max_syringe_pressure_pa=limit, max_duration_s=60.0)

@@ -641,9 +641,20 @@ class InjectionSolver:
                     system.matrix, b, np.stack([x0, np.zeros_like(x0)], 1), block=system.n_block, key=key
                 )
                 p0, p1 = system.cell_values(x[:, 0]), system.cell_values(x[:, 1])
+                tip0, tip1 = float(np.dot(self.src_unit, p0)) + shift, float(np.dot(self.src_unit, p1))
+                m_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
+                m_tot = float(m_vol.sum())
+                m0 = float(np.dot(m_vol, p0)) / m_tot + shift if m_tot > 0 else np.nan
+                m1 = float(np.dot(m_vol, p1)) / m_tot if m_tot > 0 else np.nan
+
+                def needle_at(rate: float, tip=(tip0, tip1), marrow=(m0, m1)) -> float:
+                    """The needle pressure this step reports, at any rate."""
+                    p_tip, p_m = tip[0] + rate * tip[1], marrow[0] + rate * marrow[1]
+                    return self._needle_pressure(p_tip, p_m, rate, age_bone)
+
                 q = _admissible_rate(
-                    p0, p1, self.src_unit, shift, self.cement, nominal,
-                    control.max_syringe_pressure_pa, self.d_in, self.l_can, age_syr,
+                    needle_at, self.cement, nominal, control.max_syringe_pressure_pa, self.d_in, self.l_can,
+                    age_syr,
                 )  # fmt: skip
                 st.pressure_shifted = p0 + q * p1
             flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
@@ -651,16 +662,11 @@ class InjectionSolver:
         self._t_pressure += time.perf_counter() - tp0
         p_shifted = st.pressure_shifted
 
-        # needle pressure on the tip's surface: the tip cell's pressure plus the well's near field
-        p_needle = float(np.dot(self.src_unit, p_shifted)) + shift + self._tip_near_field(q, age_bone)
         marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
         total_marrow = float(marrow_vol.sum())
         p_marrow = float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift if total_marrow > 0 else np.nan
-        # The near-field correction assumes the tip cell's excess pressure is the cement's point source;
-        # while the bolus is smaller than the cell it is not, and the tip surface cannot be below the
-        # marrow the cement is pushing.
-        if total_marrow > 0 and p_needle < p_marrow:
-            p_needle = p_marrow
+        p_tip_cells = float(np.dot(self.src_unit, p_shifted)) + shift
+        p_needle = self._needle_pressure(p_tip_cells, p_marrow, q, age_bone)
         dp_can = (
             float(rheology.cannula_pressure_drop_pa(self.cement, q, self.d_in, self.l_can, age_syr))
             if q > 0
@@ -932,6 +938,16 @@ class InjectionSolver:
             balls.append((share, k_xyz, float(w @ self.k_mean[cells]), float(w @ self.phi[cells])))
         return balls
 
+    def _needle_pressure(self, p_tip_cells: float, p_marrow: float, q: float, age_s: float) -> float:
+        """Needle pressure on the tip's surface (Pa): the tip cells' pressure plus the well's near field.
+
+        The near-field correction assumes the tip cells' excess pressure is the cement's source; while
+        the bolus is smaller than the cell it is not, and the tip surface cannot be below the marrow the
+        cement is pushing (``p_marrow``, NaN when no marrow is left).
+        """
+        p_needle = p_tip_cells + self._tip_near_field(q, age_s)
+        return p_marrow if p_needle < p_marrow else p_needle
+
     def _tip_near_field(self, q: float, age_s: float) -> float:
         """Flow-weighted p(tip surface) - p(tip cells) of cement leaving the tip (0 without a tip radius)."""
         if self.tip_radius_m <= 0.0 or q <= 0.0:
@@ -1154,10 +1170,7 @@ def _to_grid(graph, values: np.ndarray, fill: float) -> np.ndarray:
 
 
 def _admissible_rate(
-    p0: np.ndarray,
-    p1: np.ndarray,
-    src_unit: np.ndarray,
-    shift: float,
+    needle_pressure: Callable[[float], float],
     cement: CementModel,
     nominal: float,
     limit: float,
@@ -1165,13 +1178,16 @@ def _admissible_rate(
     l_can: float,
     age_syr: float,
 ) -> float:
-    """Largest rate <= nominal whose syringe pressure p_needle(Q) + dp_cannula(Q) stays <= limit."""
-    pn0 = float(np.dot(src_unit, p0)) + shift
-    pn1 = float(np.dot(src_unit, p1))
+    """Largest rate <= nominal whose syringe pressure p_needle(Q) + dp_cannula(Q) stays <= limit.
+
+    ``needle_pressure(Q)`` is the needle pressure the step reports at rate Q: the tip cells' pressure,
+    linear in Q, plus the well's near field (and the marrow floor), so the limit holds for the syringe
+    pressure the run reports, not only for its grid part.
+    """
 
     def excess(q: float) -> float:
         dp = float(rheology.cannula_pressure_drop_pa(cement, q, d_in, l_can, age_syr)) if q > 0 else 0.0
-        return pn0 + q * pn1 + dp - limit
+        return needle_pressure(q) + dp - limit
 
     if excess(nominal) <= 0.0:
         return nominal

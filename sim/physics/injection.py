@@ -402,6 +402,7 @@ class StepPlan:
     t: float  # where the next piece starts (the step's start, then the end of each piece taken)
     dt: float  # the step the transport's CFL, the target volume and the duration allow
     t_end: float  # the step's end, t0 + dt
+    t0: float  # the step's start (a piece starting here is the first: it takes dt as planned)
     last: bool  # the step completes the target volume
     q: float
     p_needle: float
@@ -713,9 +714,9 @@ class InjectionSolver:
 
         dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q)
         return StepPlan(
-            t=t, dt=dt, t_end=t + dt, last=last, q=q, p_needle=p_needle, p_marrow=p_marrow, p_syringe=p_syr,
-            dp_cannula=dp_can, p_vein=p_vein, flux=flux, src=src, exit_cell=exit_cell, q_ent=q_ent,
-            q_outlet=q_outlet, visc_ratio=visc_ratio, mu_tip=float(np.dot(self.src_unit, mu_c)),
+            t=t, dt=dt, t_end=t + dt, t0=t, last=last, q=q, p_needle=p_needle, p_marrow=p_marrow,
+            p_syringe=p_syr, dp_cannula=dp_can, p_vein=p_vein, flux=flux, src=src, exit_cell=exit_cell,
+            q_ent=q_ent, q_outlet=q_outlet, visc_ratio=visc_ratio, mu_tip=float(np.dot(self.src_unit, mu_c)),
         )  # fmt: skip
 
     def take_step(self, plan: StepPlan, until: float | None = None) -> str:
@@ -740,7 +741,7 @@ class InjectionSolver:
         s = st.saturation
         q, q_ent = plan.q, plan.q_ent
         # the whole step (dt exactly as planned), or what is left of it after earlier pieces
-        dt, last, t_new = (plan.dt if t == plan.t_end - plan.dt else plan.t_end - t), plan.last, plan.t_end
+        dt, last, t_new = (plan.dt if t == plan.t0 else plan.t_end - t), plan.last, plan.t_end
         if until is not None and t < until < t_new:
             dt, last, t_new = until - t, False, float(until)
 

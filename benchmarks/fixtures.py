@@ -30,7 +30,7 @@ class BoneCase:
     exit_cond: np.ndarray
     source: np.ndarray  # injected flow per compact cell (m^3/s)
     pore_volume: np.ndarray
-    visc_ratio: np.ndarray  # mu_c / (marrow or blood viscosity) per node
+    visc_ratio: np.ndarray  # mu_c / mu_marrow per cell; inf at vein nodes (pistons, as in the solver)
     mu_c: float
     mu_m: float
 
@@ -89,7 +89,8 @@ def bone_case(spacing_mm: float, bolus_ml: float = 2.5, rate_ml_per_s: float = 0
     source = np.bincount(
         tips, weights=np.asarray(needle.tip_weights) * rate_ml_per_s * 1e-6, minlength=graph.n
     )
+    visc_ratio = np.where(grid, mu_c / mu_res, np.inf)
     return BoneCase(
         bone=bone, needle=needle, graph=graph, s=s, trans=trans, exit_cell=exit_cell, exit_cond=exit_cond,
-        source=source, pore_volume=pore, visc_ratio=mu_c / mu_res, mu_c=mu_c, mu_m=mu_m,
+        source=source, pore_volume=pore, visc_ratio=visc_ratio, mu_c=mu_c, mu_m=mu_m,
     )  # fmt: skip

@@ -652,3 +652,21 @@ def test_numba_step_kernels_equal_their_numpy_references_bit_for_bit():
             args = (graph.face_a, graph.face_b, flux, src, out_, vol, s_, m, cfl, 0.99)
             dt = front_time_step(*args)
             assert 0.0 < dt < np.inf and dt == front_time_step_numpy(*args)
+
+
+def test_the_solver_moves_cement_in_vein_lumens_as_a_piston():
+    """The solver marks every vein lumen node m = inf (the transport's piston law) and no porous cell:
+    on the default scenario's embedded veins at 2 mm the first step's plan says so."""
+    from pathlib import Path
+
+    from sim.core.config import read_yaml, scenario_from_dict
+    from sim.run.pipeline import build_stages
+
+    cfg = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    cfg["grid"]["spacing_mm"] = 2.0
+    solver = build_stages(scenario_from_dict(cfg, source="test")).solver
+    plan = solver.plan_step()
+    vein = solver.is_vein
+    assert vein.sum() > 10 and (~vein).sum() > 1000
+    assert np.all(np.isinf(plan.visc_ratio[vein]))
+    assert np.all(np.isfinite(plan.visc_ratio[~vein]) & (plan.visc_ratio[~vein] > 1.0))

@@ -190,11 +190,11 @@ def transport_step_numpy(
         r = v * s_old[cells] + dt * cin[cells]
         o = dt * outflow[cells]
         m = visc_ratio[cells]
-        a = v * (m - 1.0)
-        b = v * m + o + r * (m - 1.0)
-        c = r * m
         piston = np.isinf(m)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # pistons (m = inf) are set below
+            a = v * (m - 1.0)
+            b = v * m + o + r * (m - 1.0)
+            c = r * m
             s = 2.0 * c / (b + np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0)))
             s = np.where(piston, np.minimum(r / v, 1.0), s)
             s = np.where(r <= 0.0, 0.0, np.where(o <= 0.0, r / v, s))

@@ -68,3 +68,27 @@ def test_stopping_at_detection_cuts_the_leak_and_the_emboli_with_it(case, stoppe
     # emboli are leaked cement: the embolised volume falls at least as much as the leak does
     leak_ratio = b["leaked_volume_ml"] / a["leaked_volume_ml"]
     assert b["embolised_volume_ml"] <= 1.1 * leak_ratio * a["embolised_volume_ml"]
+
+
+def test_leaked_volume_error_estimate_follows_the_size_of_the_leak():
+    """summary.json's error estimate is the study case's |leaked(h) - leaked(0.5 mm)| / leaked(0.5 mm) whose
+    leak at h is nearest on a log scale: a millilitre leak gets the seed case's, a microlitre leak a
+    microlitre case's; NaN off the study's spacings, at the reference spacing and without a leak."""
+    import math
+
+    from sim.core.geometry_data import load_geometry_yaml
+    from sim.run.pipeline import leaked_volume_error_estimate
+
+    study = load_geometry_yaml("convergence.yaml")["leaked_volume_ml"]
+
+    def err(case: str, h: float) -> float:
+        return abs(study[case][h] - study[case][0.5]) / study[case][0.5]
+
+    assert leaked_volume_error_estimate(1.0, 1.2) == pytest.approx(err("seed case", 1.0), rel=1e-12)
+    assert leaked_volume_error_estimate(2.0, 1.2) == pytest.approx(err("seed case", 2.0), rel=1e-12)
+    small = min(study, key=lambda c: abs(math.log(study[c][1.0] / 2.0e-3)))
+    assert small != "seed case"
+    assert leaked_volume_error_estimate(1.0, 2.0e-3) == pytest.approx(err(small, 1.0), rel=1e-12)
+    assert leaked_volume_error_estimate(1.0, 2.0e-3) > 3.0 * leaked_volume_error_estimate(1.0, 1.2)
+    for h, leak in ((0.6, 1.0), (0.5, 1.0), (1.0, 0.0)):
+        assert math.isnan(leaked_volume_error_estimate(h, leak))

@@ -8,6 +8,7 @@ collects a :class:`~sim.run.results.RunResult` whose summary is in report units 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -227,7 +228,9 @@ def _finish_run(
     summary = _summary(injection, venous.summary(), coupled.stop_time_s, transport)
     h_mm = params.grid.spacing_m / MM_M
     summary["grid_spacing_mm"] = h_mm
-    summary["leaked_volume_rel_error_estimate"] = leaked_volume_error_estimate(h_mm)
+    summary["leaked_volume_rel_error_estimate"] = leaked_volume_error_estimate(
+        h_mm, summary["leaked_volume_ml"]
+    )
     summary["wall_time_s"] = time.perf_counter() - wall0
     bone = st.bone
     return RunResult(
@@ -255,14 +258,25 @@ def _finish_run(
     )
 
 
-def leaked_volume_error_estimate(spacing_mm: float) -> float:
-    """Relative discretisation error of the leaked volume at this spacing from the convergence study
-    (geometries/convergence.yaml), NaN where the study has no such spacing."""
-    table = load_geometry_yaml("convergence.yaml")["leaked_volume_rel_error"]
-    for h, err in table.items():
-        if abs(float(h) - spacing_mm) < 1e-9:
-            return float(err)
-    return float("nan")
+def leaked_volume_error_estimate(spacing_mm: float, leaked_ml: float) -> float:
+    """Relative discretisation error of a leaked volume at this spacing, from the convergence study
+    (geometries/convergence.yaml): |leaked_c(h) - leaked_c(h_ref)| / leaked_c(h_ref) of the study case c
+    whose leak at h is nearest to ``leaked_ml`` on a log scale (the error depends on the size of the
+    leak). NaN where the study has no such spacing, at the reference spacing, or without a leak."""
+    study = load_geometry_yaml("convergence.yaml")
+    h_ref = float(study["reference_spacing_mm"])
+    if not leaked_ml > 0.0 or abs(spacing_mm - h_ref) < 1e-9:
+        return float("nan")
+    best, best_dist = float("nan"), math.inf
+    for values in study["leaked_volume_ml"].values():
+        at_h = [v for h, v in values.items() if abs(float(h) - spacing_mm) < 1e-9]
+        ref = [v for h, v in values.items() if abs(float(h) - h_ref) < 1e-9]
+        if not at_h or not ref:
+            continue
+        dist = abs(math.log(float(at_h[0]) / leaked_ml))
+        if dist < best_dist:
+            best, best_dist = abs(float(at_h[0]) - float(ref[0])) / float(ref[0]), dist
+    return best
 
 
 def write_run(result: RunResult, out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -89,6 +89,7 @@ from sim.physics.rheology import CementModel
 from sim.physics.well_index import ball_source_near_field_pa, point_source_near_field_pa
 
 MASS_BALANCE_TOL = 1e-10
+TARGET_VOLUME_RTOL = 1e-12  # a step within this share of the target volume of it is the last
 LEAK_ONSET_M3 = 1e-12  # cumulative cement through an exit that counts as leak onset (1e-3 mm^3)
 ARRIVAL_SATURATION = 0.5  # a cell's arrival time is when S first reaches this
 OUTLET_IMBALANCE_WINDOW = 1e-5  # largest solver flux residual (relative to Q) the marrow outlet absorbs
@@ -897,8 +898,12 @@ class InjectionSolver:
             dt = min(dt, self.max_step_s)
         last = False
         v_target = float(control.target_volume_m3)
-        if q * dt >= v_target - st.injected_m3:
-            dt = (v_target - st.injected_m3) / q
+        remaining = v_target - st.injected_m3
+        # a step that comes within round-off of the target is the last: it lands on the target, rather
+        # than leaving a remainder of a few ulps for a step of zero length (equal steps that add up to
+        # the target, e.g. the ball's fill steps, do this)
+        if q * dt >= remaining - TARGET_VOLUME_RTOL * v_target:
+            dt = remaining / q
             last = True
         if control.max_duration_s is not None and st.t + dt >= control.max_duration_s:
             dt = control.max_duration_s - st.t

@@ -35,14 +35,17 @@ Methods.
 - ``"front"``: resin-transfer-moulding-style front tracking. Every connected marrow region is one
   isobaric unknown (error of order mu_m/mu_c of the cement pressure drop), so the pressure system
   lives on the cement cells plus a few lumps; the step is limited only by the front cells
-  (cells not yet 99 % full that receive cement: dt = cfl * min phi V / cement inflow), not by the
-  inlet, where cement-filled cells stay full. Same transport kernel and conservation as IMPES.
+  (cells not yet 99 % full that receive cement: dt = cfl * min phi V / cement inflow; a lumen node
+  that can fill within the step counts as feeding the nodes after it), not by the inlet, where
+  cement-filled cells stay full, and while the needle's ball fills, by cfl / BALL_FILL_STEPS of the
+  ball per step. Same transport kernel and conservation as IMPES.
 
 Control (:class:`sim.physics.injection_control.InjectionControl`). ``mode="rate"`` injects at
 ``rate_m3_per_s`` and stops with ``"pressure_limit"`` if the syringe pressure (needle pressure +
 cannula drop) would exceed ``max_syringe_pressure_pa``. ``mode="pressure"`` reduces the rate so the
 syringe pressure equals the limit: for fixed mobilities p = p0 + Q p1 (two right-hand sides, one
-matrix), and Q solves the scalar equation p_needle(Q) + dp_cannula(Q) = limit; it stops with
+matrix), and Q solves the scalar equation p_needle(Q) + dp_cannula(Q) = limit (p_needle with the
+tip's near field, as reported); it stops with
 ``"pressure_limit"`` when Q falls below 1e-3 of the nominal rate. Runs stop at the target volume
 (the last step is shortened to land on it exactly), at ``max_duration_s``, when the driver's
 ``stop_requested(t)`` says so (the operator's stop policy) or when the cement in the syringe has set

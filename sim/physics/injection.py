@@ -647,10 +647,10 @@ class InjectionSolver:
                 )
                 p0, p1 = system.cell_values(x[:, 0]), system.cell_values(x[:, 1])
                 tip0, tip1 = float(np.dot(self.src_unit, p0)) + shift, float(np.dot(self.src_unit, p1))
-                m_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
-                m_tot = float(m_vol.sum())
-                m0 = float(np.dot(m_vol, p0)) / m_tot + shift if m_tot > 0 else np.nan
-                m1 = float(np.dot(m_vol, p1)) / m_tot if m_tot > 0 else np.nan
+                m0, m1 = (
+                    self._mean_marrow_pressure(in_cement, p0) + shift,
+                    self._mean_marrow_pressure(in_cement, p1),
+                )
 
                 def needle_at(rate: float, tip=(tip0, tip1), marrow=(m0, m1)) -> float:
                     """The needle pressure this step reports, at any rate."""
@@ -667,9 +667,7 @@ class InjectionSolver:
         self._t_pressure += time.perf_counter() - tp0
         p_shifted = st.pressure_shifted
 
-        marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
-        total_marrow = float(marrow_vol.sum())
-        p_marrow = float(np.dot(marrow_vol, p_shifted)) / total_marrow + shift if total_marrow > 0 else np.nan
+        p_marrow = self._mean_marrow_pressure(in_cement, p_shifted) + shift
         p_tip_cells = float(np.dot(self.src_unit, p_shifted)) + shift
         p_needle = self._needle_pressure(p_tip_cells, p_marrow, q, age_bone)
         dp_can = (
@@ -946,6 +944,13 @@ class InjectionSolver:
             k_xyz = np.exp(w @ np.log(np.stack([self.tip_k[int(c)] for c in cells])))
             balls.append((share, k_xyz, float(w @ self.k_mean[cells]), float(w @ self.phi[cells])))
         return balls
+
+    def _mean_marrow_pressure(self, in_cement: np.ndarray, p: np.ndarray) -> float:
+        """Pore-volume-weighted mean of ``p`` over the marrow (cells without cement, no vein lumens);
+        NaN when no marrow is left."""
+        marrow_vol = np.where(self.is_vein | in_cement, 0.0, self.pore_vol)
+        total = float(marrow_vol.sum())
+        return float(np.dot(marrow_vol, p)) / total if total > 0 else np.nan
 
     def _needle_pressure(self, p_tip_cells: float, p_marrow: float, q: float, age_s: float) -> float:
         """Needle pressure on the tip's surface (Pa): the tip cells' pressure plus the well's near field.

@@ -266,6 +266,23 @@ class InjectionResult:
         return float(self.leak_onset_s[ok].min()) if ok.any() else float("nan")
 
 
+def mark_leak_onsets(
+    onset_s: np.ndarray,
+    before_m3: np.ndarray,
+    after_m3: np.ndarray,
+    gained_m3: np.ndarray,
+    t: float,
+    dt: float,
+) -> None:
+    """Set the onset (in place) of every exit whose cumulative cement first passes LEAK_ONSET_M3 in the
+    piece [t, t + dt]: the time within it at which a constant inflow (``gained_m3`` over the piece)
+    reaches the threshold. Exits with an onset already keep it."""
+    crossed = np.isnan(onset_s) & (after_m3 > LEAK_ONSET_M3)
+    if crossed.any():
+        grow = np.maximum(gained_m3[crossed], 1e-300)
+        onset_s[crossed] = t + np.clip((LEAK_ONSET_M3 - before_m3[crossed]) / grow, 0.0, 1.0) * dt
+
+
 def cell_darcy_speed(graph, face_flux: np.ndarray, vein_diameter_m: np.ndarray | None = None) -> np.ndarray:
     """Speed per node (m/s): Darcy speed |u| of a cell (per direction the mean |flux| of its two grid
     faces over h^2); mean lumen velocity of a vein node (half its summed |face flux| over pi d^2 / 4).
@@ -767,11 +784,7 @@ class InjectionSolver:
         st.injected_m3 = float(control.target_volume_m3) if last else st.injected_m3 + q * dt
         st.exit_cement_m3 += qc_exit * dt
         st.exit_marrow_m3 += qm_exit * dt
-        onset = st.exit_onset_s
-        crossed = np.isnan(onset) & (st.exit_cement_m3 > LEAK_ONSET_M3)
-        if crossed.any():
-            grow = np.maximum(st.exit_cement_m3[crossed] - prev_c[crossed], 1e-300)
-            onset[crossed] = t + np.clip((LEAK_ONSET_M3 - prev_c[crossed]) / grow, 0.0, 1.0) * dt
+        mark_leak_onsets(st.exit_onset_s, prev_c, st.exit_cement_m3, st.exit_cement_m3 - prev_c, t, dt)
         newly = np.isnan(st.arrival_s) & (s_new >= ARRIVAL_SATURATION)
         if newly.any():
             ds = s_new[newly] - s[newly]

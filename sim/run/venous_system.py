@@ -57,7 +57,7 @@ from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.fluoroscopy import LeakDetector, fragment_samples
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
 from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
-from sim.physics.injection import LEAK_ONSET_M3
+from sim.physics.injection import mark_leak_onsets
 from sim.physics.rheology import CementModel
 from sim.physics.vein_columns import CementColumns, back_pressure
 from sim.physics.venous_dynamics import CompliantVenousFlow
@@ -236,10 +236,7 @@ class VenousSystem:
         # onset: the cumulative cement through the exit passes LEAK_ONSET_M3 (as in the injection
         # solver), at the time within the piece a constant flux reaches it; "any cement > 0" made the
         # onset follow round-off traces of cement in a cell upstream of the exit
-        newly = np.isnan(self.exit_onset_s) & (self.cement_by_exit_m3 > LEAK_ONSET_M3)
-        if newly.any():
-            frac = (LEAK_ONSET_M3 - prev_c[newly]) / np.maximum(vol_c[newly], 1e-300)
-            self.exit_onset_s[newly] = float(t) + np.clip(frac, 0.0, 1.0) * float(dt)
+        mark_leak_onsets(self.exit_onset_s, prev_c, self.cement_by_exit_m3, vol_c, float(t), float(dt))
         bp = np.zeros(n)
         if np.any(vol_c > 0.0):
             # the tips are checked at least once per shed piece length of column travel, so where a piece

@@ -79,6 +79,7 @@ from sim.core.grid import BoneGrid, EmbeddedVessels, Needle, VenousExit, VesselS
 from sim.core.parameters import FractureCleftParams, NeedleParams, PatientParams
 from sim.core.units import MM_M
 from sim.physics.embedded_vessels import embed
+from sim.physics.kernel_cover import ball_cover
 from sim.physics.permeability import KozenyCarman
 from sim.physics.random_field import FourierField
 from sim.physics.well_index import tip_kernel_radius
@@ -949,16 +950,17 @@ def place_needle(bone: BoneGrid, needle: NeedleParams) -> Needle:
         raise GeometryError(
             f"needle tip cells of level {bone.level} are cut off from every venous exit by the cannula shaft"
         )
-    # Each tip's flow enters the porous cells within the kernel radius of the tip, in proportion to
-    # their pore volume (a uniformly filled bolus; sim.physics.well_index, ball kernel).
+    # Each tip's flow enters the porous cells the ball of the kernel radius covers, in proportion to
+    # the pore volume inside the ball (a uniformly filled bolus; sim.physics.well_index, ball kernel;
+    # cut cells by their covered share, sim.physics.kernel_cover).
     rho = tip_kernel_radius(h, r_in)
     porosity_flat = bone.porosity.reshape(-1)
     all_cells, all_w, owner = [], [], []
     for j, tip in enumerate(tips_rel):
         flat, ctr = _box_cells(axes, tip - rho - h, tip + rho + h)
-        ball = flat[(np.linalg.norm(ctr - tip, axis=1) <= rho) & porous_flat[flat]]
-        ball = np.union1d(ball, tip_sets[j])
-        vol = porosity_flat[ball]
+        cover = ball_cover(ctr, h, tip, rho)
+        keep = (cover > 0.0) & porous_flat[flat]
+        ball, vol = flat[keep], porosity_flat[flat[keep]] * cover[keep]
         all_cells.append(ball)
         all_w.append(vol / (vol.sum() * len(tips_rel)))
         owner.append(np.full(ball.size, j, dtype=np.int64))

@@ -10,10 +10,12 @@ own pressure, drained by the venous network outside the bone.
 
 Well model (distributed kernel). A vein of radius r_w carrying an exchange q per unit length
 (positive out of the vein) in a homogeneous medium of permeability k (across the vein) has
-p(r) = p_w - q mu / (2 pi k) ln(r / r_w). The exchange of a vein piece of length L is spread over
-the porous cells whose centres lie within a kernel radius rho of its axis (equal shares w_c,
-summing to 1), each a two-point connection T_c = WI w_c between the cell and the nearer of the
-piece's two end nodes:
+p(r) = p_w - q mu / (2 pi k) ln(r / r_w). The exchange of a vein piece of length L is spread
+uniformly over the cylinder of kernel radius rho about its axis: each porous cell takes the share
+w_c of the kernel's volume inside it (:mod:`sim.physics.kernel_cover`; cut cells by their covered
+part, so the kernel and its overlap with the needle's ball converge at second order in h; before
+December 2026 whole cells by their centres), through a two-point connection T_c = WI w_c between
+the cell and the nearer of the piece's two end nodes, with
 
     WI = 2 pi k_perp L / (ln(rho / r_w) - 1/4),   rho = max(3 r_w, rho_0, 2 h),   rho_0 = 2 mm.
 
@@ -56,9 +58,11 @@ import numpy as np
 
 from sim.core.errors import GeometryError
 from sim.core.grid import EmbeddedVessels, VesselTree
+from sim.physics.kernel_cover import ball_cover, cylinder_cover
 
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel on coarse grids)
+CUT_CELL_REACH = 0.5 * math.sqrt(3.0)  # a cell whose centre is this many h outside can still be cut
 KERNEL_MIN_RADIUS_M = 2.0e-3  # rho_0: the grid-independent kernel radius (module docstring) [U]
 
 
@@ -137,36 +141,40 @@ def embed(
         rho_max = max(rho_max, rho)
         p0, p1 = pos[a], pos[b]
         t = (p1 - p0) / length
-        flat, ctr = _cells_near_segment(p0, p1, rho, origin, h, shape)
+        flat, ctr = _cells_near_segment(p0, p1, rho + CUT_CELL_REACH * h, origin, h, shape)
         flat_ok = porous_flat[flat]
         flat, ctr = flat[flat_ok], ctr[flat_ok]
         if flat.size == 0:
             continue
         s = (ctr - p0) @ t
-        dist = np.linalg.norm(ctr - p0 - s[:, None] * t, axis=1)
-        inside = (dist <= rho) & (s >= 0.0) & (s < length)
-        flat, s = flat[inside], s[inside]
+        along = (s >= 0.0) & (s < length)
+        flat, ctr, s = flat[along], ctr[along], s[along]
+        cover = cylinder_cover(ctr, h, p0, t, rho)
+        inside = cover > 0.0
+        flat, s, cover = flat[inside], s[inside], cover[inside]
         if flat.size == 0:
             continue
-        # the edge's whole well index, spread equally over its kernel cells, each cell connected to
-        # the nearer of the edge's two nodes (so no share is lost when one half holds no cell centre)
+        # the edge's whole well index, spread over its kernel cells by the share of each cell the
+        # kernel covers, each cell connected to the nearer of the edge's two nodes (so no share is
+        # lost when one half holds no cell centre)
         denom = math.log(rho / r_w) - 0.25
         k_perp = perpendicular_permeability(kflat[:, flat].T, t)
         w_node.append(np.where(s < 0.5 * length, a, b).astype(np.int64))
         w_cell.append(flat)
-        w_val.append(2.0 * math.pi * k_perp * length / denom / flat.size)
+        w_val.append(2.0 * math.pi * k_perp * length / denom * (cover / cover.sum()))
     for point, a in tree.openings.items():
         rho = max(2.0 * a, KERNEL_MIN_RADIUS_M, KERNEL_CELLS * h)
         rho_max = max(rho_max, rho)
         centre = pos[point]
-        flat, ctr = _cells_near_segment(centre, centre, rho, origin, h, shape)
-        near = porous_flat[flat] & (np.linalg.norm(ctr - centre, axis=1) <= rho)
-        cells = flat[near]
+        flat, ctr = _cells_near_segment(centre, centre, rho + CUT_CELL_REACH * h, origin, h, shape)
+        cover = ball_cover(ctr, h, centre, rho)
+        near = porous_flat[flat] & (cover > 0.0)
+        cells, cover = flat[near], cover[near]
         if cells.size == 0:
             continue
         k_mean = np.prod(kflat[:, cells], axis=0) ** (1.0 / 3.0)
         r_eq = 2.0 * a / math.pi
-        wi = 2.0 * math.pi * k_mean / (1.0 / r_eq - 6.0 / (5.0 * rho)) / cells.size
+        wi = 2.0 * math.pi * k_mean / (1.0 / r_eq - 6.0 / (5.0 * rho)) * (cover / cover.sum())
         w_node.append(np.full(cells.size, point, dtype=np.int64))
         w_cell.append(cells)
         w_val.append(wi)

@@ -550,6 +550,10 @@ class InjectionSolver:
                 f"{self.tip_radius_m!r}"
             )
         self.tip_pore_vol = float(self.pore_vol[self.tip_mask].sum())
+        # the ball's core: tip cells whose source per pore volume is at least half the largest (cells the
+        # ball only cuts fill more slowly and finish with the bolus's front)
+        density = np.where(self.tip_mask, self.src_unit / self.pore_vol, 0.0)
+        self.ball_core = self.tip_mask & (density >= 0.5 * density.max())
         self.params = np.ascontiguousarray(cement.as_array(), dtype=np.float64)
         # the front method's cement block changes at every step: no AMG hierarchy outlives a solve
         self.solver = PressureSolver(pressure_solver, reuses_hierarchy=method != "front")
@@ -904,7 +908,7 @@ class InjectionSolver:
             if not math.isfinite(dt):
                 thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
                 dt = self.cfl * float(np.min(self.pore_vol[thr > 0.0] / thr[thr > 0.0]))
-        if self.tip_balls and q > 0.0 and np.any(st.saturation[self.tip_mask] < FULL_CELL_S):
+        if self.tip_balls and q > 0.0 and np.any(st.saturation[self.ball_core] < FULL_CELL_S):
             # the ball's cells fill together, as one big cell the front limit would fill in 1 / cfl
             # steps: while they do, each step fills at most cfl / BALL_FILL_STEPS of the balls
             dt = min(dt, self.cfl * self.tip_pore_vol / (BALL_FILL_STEPS * q))

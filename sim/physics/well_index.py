@@ -19,22 +19,22 @@ the integral of mu(gamma(r)) u(r) / k from r_w to r_e with the local pore shear 
 (:func:`point_source_near_field_pa`). Anisotropy enters through k = (k_x k_y k_z)^(1/3). Limiting
 cases (tested): the constant-viscosity integral equals the closed form.
 
-Ball kernel (what the solver uses). A point source in one cell makes the tip cell's pressure grow
-as 1/h, and anything that exchanges with that cell sees a grid-dependent pressure: a vein whose
-well kernel reaches the tip took up 37 / 41 / 29 / 32 microlitres in the first 10 s at 1 / 0.75 /
-0.5 / 0.375 mm (cohort patient 2). So the tip's flow is spread over the porous cells whose centres
-lie within rho = max(2 mm, 1.5 r_w, 2 h) of the tip (:func:`tip_kernel_radius`), in proportion to
-their pore volume, so the cement starts as a uniformly filled bolus; rho is fixed at 2 mm on every
-grid of 1 mm and finer, so those grids resolve the same continuous source. Outside the ball a
-uniform ball source and a point source give the same field (Gauss); inside, the ball's Darcy speed
-is u(r) = Q r / (4 pi rho^3). The needle pressure is the kernel's source-weighted mean pressure plus
-p_point(r_w) - mean_ball(p_ball), which for a constant viscosity is
-Q mu / (4 pi k) (1/r_w - 6 / (5 rho)) (:func:`ball_source_correction`: the point source gives
-Q mu / (4 pi k r_w) on the tip, the ball's mean over itself is Q mu / (4 pi k) 6 / (5 rho)). For a
-shear-thinning cement both radial integrals take the local pore shear rate
-(:func:`ball_source_near_field_pa`). Limiting cases (tested): the closed form, a power law's
-closed form, and the sphere in a homogeneous ball within 5 % at 2, 1 and 0.5 mm.
-"""
+Ball kernel (what the solver uses). A point source in one cell makes the tip cell's pressure grow as
+1/h, and anything that exchanges with that cell sees a grid-dependent pressure: a vein whose well
+kernel reaches the tip took up 37 / 41 / 29 / 32 microlitres in the first 10 s at 1 / 0.75 / 0.5 /
+0.375 mm (cohort patient 2). So the tip's flow is spread over the porous cells of
+the ball of radius rho = max(2 mm, 1.5 r_w, 2 h) about the tip (:func:`tip_kernel_radius`), in
+proportion to their pore volume inside the ball (cells the ball's surface cuts by their covered
+share, :mod:`sim.physics.kernel_cover`), so the cement starts as a uniformly filled bolus; rho is
+fixed at 2 mm on every grid of 1 mm and finer, so those grids resolve the same continuous source.
+Outside the ball a uniform ball source and a point source give the same field (Gauss); inside, the
+ball's Darcy speed is u(r) = Q r / (4 pi rho^3). The needle pressure is the kernel's source-weighted
+mean pressure plus p_point(r_w) - mean_ball(p_ball), which for a constant viscosity is Q mu / (4 pi
+k) (1/r_w - 6 / (5 rho)) (:func:`ball_source_correction`: the point source gives Q mu / (4 pi k r_w)
+on the tip, the ball's mean over itself is Q mu / (4 pi k) 6 / (5 rho)). For a shear-thinning cement
+both radial integrals take the local pore shear rate (:func:`ball_source_near_field_pa`). Limiting
+cases (tested): the closed form, a power law's closed form, and the sphere in a homogeneous ball
+within 5 % at 2, 1 and 0.5 mm."""
 
 from __future__ import annotations
 

@@ -1,0 +1,85 @@
+"""Share of each grid cell covered by a well kernel (a ball or a cylinder of fixed radius).
+
+The needle's ball (:mod:`sim.physics.well_index`) and the veins' line kernels
+(:mod:`sim.physics.embedded_vessels`) are continuous sources of a fixed radius rho: the flow enters
+or leaves uniformly over their volume. Represented by the cells whose centres lie inside (weights
+1 or 0), a kernel's discrete volume, and above all the volume two kernels share, jump by whole
+cells with the grid: a vein 2 mm from the needle tip shares 37 % of the needle's flow with its
+kernel cells at 1 mm, 48 % at 0.75 mm and 49 % at 0.5 mm (cohort patient 0), a first-order error
+that decides how much cement the vein takes. Weighting each cell by the share of its volume
+inside the kernel (midpoint quadrature on n^3 sub-cells of the cells the kernel's surface cuts)
+makes every such volume, and each overlap, converge at second order in h; cells fully inside
+keep weight 1.
+
+Limiting case (tests/test_kernel_cover.py): the covered volumes of a ball and a cylinder, summed
+over the grid, equal 4/3 pi rho^3 and pi rho^2 L within 0.5 % at h = rho / 2 and closer on finer
+grids, whatever the offset of the centre from the grid.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+SUB_CELLS = 8  # sub-cells per axis in a cut cell (512 midpoints; error about 1 / 8^2 of a cell's share)
+
+
+@numba.njit(cache=True)
+def _cover_kernel(
+    centres: np.ndarray, h: float, p0: np.ndarray, axis: np.ndarray, radius: float, line: bool, n_sub: int
+) -> np.ndarray:
+    n = centres.shape[0]
+    out = np.zeros(n)
+    half_diag = 0.5 * np.sqrt(3.0) * h
+    r2 = radius * radius
+    for c in range(n):
+        dx = centres[c, 0] - p0[0]
+        dy = centres[c, 1] - p0[1]
+        dz = centres[c, 2] - p0[2]
+        if line:
+            s = dx * axis[0] + dy * axis[1] + dz * axis[2]
+            dx -= s * axis[0]
+            dy -= s * axis[1]
+            dz -= s * axis[2]
+        d = np.sqrt(dx * dx + dy * dy + dz * dz)
+        if d + half_diag <= radius:
+            out[c] = 1.0
+            continue
+        if d - half_diag >= radius:
+            continue
+        inside = 0
+        for i in range(n_sub):
+            ox = centres[c, 0] + h * ((i + 0.5) / n_sub - 0.5) - p0[0]
+            for j in range(n_sub):
+                oy = centres[c, 1] + h * ((j + 0.5) / n_sub - 0.5) - p0[1]
+                for k in range(n_sub):
+                    oz = centres[c, 2] + h * ((k + 0.5) / n_sub - 0.5) - p0[2]
+                    ex, ey, ez = ox, oy, oz
+                    if line:
+                        s = ox * axis[0] + oy * axis[1] + oz * axis[2]
+                        ex = ox - s * axis[0]
+                        ey = oy - s * axis[1]
+                        ez = oz - s * axis[2]
+                    if ex * ex + ey * ey + ez * ez <= r2:
+                        inside += 1
+        out[c] = inside / (n_sub * n_sub * n_sub)
+    return out
+
+
+def ball_cover(centres_m: np.ndarray, spacing_m: float, centre_m: np.ndarray, radius_m: float) -> np.ndarray:
+    """Share of each cell (centres (n, 3), cubes of side ``spacing_m``) inside the ball of radius rho."""
+    c = np.ascontiguousarray(np.atleast_2d(centres_m), dtype=np.float64)
+    p = np.ascontiguousarray(centre_m, dtype=np.float64)
+    return _cover_kernel(c, float(spacing_m), p, np.zeros(3), float(radius_m), False, SUB_CELLS)
+
+
+def cylinder_cover(
+    centres_m: np.ndarray, spacing_m: float, point_m: np.ndarray, direction: np.ndarray, radius_m: float
+) -> np.ndarray:
+    """Share of each cell inside the infinite cylinder of radius rho about the line through
+    ``point_m`` along the unit vector ``direction`` (the caller bounds the cells along the axis)."""
+    c = np.ascontiguousarray(np.atleast_2d(centres_m), dtype=np.float64)
+    p = np.ascontiguousarray(point_m, dtype=np.float64)
+    t = np.asarray(direction, dtype=np.float64)
+    t = np.ascontiguousarray(t / np.linalg.norm(t))
+    return _cover_kernel(c, float(spacing_m), p, t, float(radius_m), True, SUB_CELLS)

@@ -24,6 +24,7 @@ from sim.physics.bone_vein_exchange import ForamenPoiseuille
 from sim.physics.cure_clock import CureClock
 from sim.physics.injection import BALL_FILL_STEPS, ConstantPressureCoupling, run_injection
 from sim.physics.injection_control import InjectionControl
+from sim.physics.kernel_cover import ball_cover
 from sim.physics.rheology import CementModel
 from sim.physics.well_index import (
     POINT_SOURCE_RADIUS_FACTOR,
@@ -43,10 +44,13 @@ R_SPHERE = 18 * MM
 R_TIP = 1.3 * MM
 
 
-def sphere(h: float, radius: float = R_SPHERE, ball: bool = False) -> tuple[BoneGrid, Needle]:
+def sphere(
+    h: float, radius: float = R_SPHERE, ball: bool = False, covered: bool = True
+) -> tuple[BoneGrid, Needle]:
     """Homogeneous ball of porous cells (centres within ``radius``) drained at its rim to a constant
     pressure through one wide foramen (per-cell conductance far above the bone's), the tip at its centre;
-    ``ball``: the tip's flow spread over the kernel ball as place_needle does, else a point source."""
+    ``ball``: the tip's flow spread over the kernel ball as place_needle does (by each cell's covered
+    share; ``covered=False``: equally over the cells whose centres lie in it), else a point source."""
     nr = int(np.ceil(radius / h)) + 1
     x = (np.arange(2 * nr + 1) - nr) * h
     xx, yy, zz = np.meshgrid(x, x, x, indexing="ij")
@@ -65,10 +69,17 @@ def sphere(h: float, radius: float = R_SPHERE, ball: bool = False) -> tuple[Bone
     tips, rho = np.array([tip]), 0.0
     if ball:
         rho = tip_kernel_radius(h, R_TIP)
-        tips = np.flatnonzero(porous & (np.sqrt(xx**2 + yy**2 + zz**2) <= rho))
+        centres = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
+        cover = np.where(porous.ravel(), ball_cover(centres, h, np.zeros(3), rho), 0.0)
+        if not covered:
+            cover = np.where(porous.ravel() & (np.linalg.norm(centres, axis=1) <= rho), 1.0, 0.0)
+        tips = np.flatnonzero(cover > 0.0)
+        weights = cover[tips] / cover[tips].sum()
+    else:
+        weights = np.ones(1)
     needle = Needle(
         tip_cells=tips,
-        tip_weights=np.full(tips.size, 1.0 / tips.size),
+        tip_weights=weights,
         tip_kernel_radius_m=rho,
         tip_positions_m=np.zeros((1, 3)),
         entry_positions_m=np.zeros((1, 3)),
@@ -178,7 +189,7 @@ def test_ball_kernel_fills_as_a_bolus_whatever_the_time_step():
     outside, steps = {}, {}
     for h_mm, cfl in ((1.0, 0.8), (1.0, 0.1), (0.5, 0.8)):
         h = h_mm * MM
-        bone, needle = sphere(h, radius=8 * MM, ball=True)
+        bone, needle = sphere(h, radius=8 * MM, ball=True, covered=False)  # every tip cell in the core
         fluid = CementModel.newtonian(100.0)
         clock = CureClock.for_cement(fluid, 0.0, 294.15, 310.15)
         v_ball = PHI * h**3 * needle.tip_cells.size
@@ -203,3 +214,34 @@ def test_ball_kernel_fills_as_a_bolus_whatever_the_time_step():
     # took 8 times as many steps at 0.5 mm)
     assert outside[0.5, 0.8] == pytest.approx(outside[1.0, 0.8], rel=0.1)
     assert steps[0.5, 0.8] <= 1.5 * steps[1.0, 0.8]
+
+
+def test_covered_ball_fills_its_core_within_the_step_limit():
+    """Cells the ball only cuts take less of the flow than cells inside it, so the ball-fill limit
+    follows its core: the tip cells with at least half the largest source per pore volume (cover
+    >= 0.5 here). Injecting 0.6 of the ball's covered pore volume fills no core cell, so every step
+    obeys dt <= cfl V_tip / (BALL_FILL_STEPS q), V_tip the pore volume of all tip cells."""
+    h, cfl = 1 * MM, 0.8
+    bone, needle = sphere(h, radius=8 * MM, ball=True)
+    centres = bone.cell_centers_m(needle.tip_cells)
+    cover = ball_cover(centres, h, np.zeros(3), needle.tip_kernel_radius_m)
+    fluid = CementModel.newtonian(100.0)
+    clock = CureClock.for_cement(fluid, 0.0, 294.15, 310.15)
+    v_tip = PHI * h**3 * needle.tip_cells.size
+    v_covered = PHI * h**3 * cover.sum()
+    assert 1.5 * v_covered < v_tip  # the cut shell holds most of the tip cells
+    target = 0.6 * v_covered
+    control = InjectionControl(rate_m3_per_s=Q, target_volume_m3=target, max_syringe_pressure_pa=None)
+    seen = {}
+
+    def on_step(solver) -> None:
+        seen.setdefault("core", solver.graph.cell_of[np.flatnonzero(solver.ball_core)])
+
+    res = run_injection(
+        bone, needle, fluid, clock, 1.0, control, ConstantPressureCoupling(0.0, 1), cfl=cfl,
+        exchange=ForamenPoiseuille(), on_step=on_step,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.sort(seen["core"]), np.sort(needle.tip_cells[cover >= 0.5 - 1e-12]))
+    assert res.stop_reason == "target_volume"
+    assert np.all(res.dt_s[:-1] <= cfl * v_tip / (BALL_FILL_STEPS * Q) * (1 + 1e-9))
+    assert res.n_steps >= 0.6 * v_covered * BALL_FILL_STEPS / (cfl * v_tip) - 1

@@ -198,3 +198,24 @@ def test_kernel_radius_is_the_same_on_every_resolving_grid():
         assert radii == {KERNEL_MIN_RADIUS_M}
     assert kernel_radius(1.5e-3, 0.5e-3) == pytest.approx(4.5e-3)  # wide veins: 3 r_w
     assert kernel_radius(0.475e-3, 2.0e-3) == pytest.approx(4.0e-3)  # coarse grids: 2 h
+
+
+@pytest.mark.parametrize("h", [1 * MM, 0.5 * MM], ids=["1mm", "0.5mm"])
+def test_well_index_is_shared_by_covered_volume(h):
+    """A vein of one piece (shorter than a cell): its connections share WI in proportion to the
+    volume of each cell that the kernel cylinder covers (sim.physics.kernel_cover)."""
+    from sim.physics.kernel_cover import cylinder_cover
+
+    origin, porous, perm = block(h, (20 * MM,) * 3)
+    direction = np.array([1.0, 2.0, 2.0]) / 3.0
+    start = np.array([9.13, 9.71, 10.37]) * MM
+    tree = VesselTree(
+        np.array([start, start + 0.9 * h * direction]), (VesselSegment("v", 0, 1, 1.0 * MM, True),), {}
+    )
+    vessels = embed(tree, origin, h, porous, perm)
+    ctr = origin + np.stack(np.unravel_index(vessels.well_cell, porous.shape), axis=-1) * h
+    cover = cylinder_cover(ctr, h, start, direction, 2.0 * MM)
+    assert np.all(cover > 0.0) and np.any(cover < 1.0)  # cut cells are in, by their share
+    np.testing.assert_allclose(
+        vessels.well_index_m3 / vessels.well_index_m3.sum(), cover / cover.sum(), rtol=1e-12
+    )

@@ -72,3 +72,11 @@ def test_overlap_of_ball_and_cylinder_converges_where_centre_membership_does_not
     assert err_cover[0] < 0.03 and err_cover[1] < 0.01
     assert err_cover[1] < err_cover[0]
     assert err_centre[0] > 2.0 * err_cover[0]
+
+
+def test_degenerate_inputs():
+    """No cells give no shares; a zero direction is refused instead of silently covering nothing."""
+    assert ball_cover(np.empty(0), 1.0e-3, np.zeros(3), RHO).shape == (0,)
+    assert cylinder_cover(np.empty((0, 3)), 1.0e-3, np.zeros(3), np.array([0.0, 0.0, 1.0]), RHO).shape == (0,)
+    with pytest.raises(ValueError, match="non-zero"):
+        cylinder_cover(np.zeros((1, 3)), 1.0e-3, np.zeros(3), np.zeros(3), RHO)

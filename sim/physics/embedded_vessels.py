@@ -39,13 +39,17 @@ December 2026 rho = max(3 r_w, 2 h), which changed the problem between 1, 0.75 a
 and 1.43 mm for a 0.95 mm vein) and kept small leaks from converging.
 Checked against the analytic line source in a homogeneous block at 2, 1 and 0.5 mm
 (tests/test_embedded_vessels.py); the lumen region inside r_w is still counted as bone matrix (a
-few per cent of the body's pore volume for 1-2 mm veins).
+few per cent of the body's pore volume for 1-2 mm veins). Along the vein the cells are still chosen
+by their centres: a piece whose slab holds no cell centre (a vein parallel to a grid axis whose
+length is not a whole number of cells) loses its share of the well index (4.8 % of a 20.5 mm vein
+along z at 1 mm; an oblique vein has centres in every slab in practice).
 
 Canal mouths. A wide canal (the basivertebral canal, 5-8 mm) whose walls are cortical exchanges
 only through its mouth, a disc of radius a facing the marrow. A disc on a no-flow wall conducts
 4 k a (the classical disc-source resistance 1/(4 k a)), the conductance of a hemispherical source of
-radius r_eq = 2 a / pi. Spread uniformly over the porous cells within rho = max(2 a, rho_0, 2 h) of its
-centre (a hemispherical kernel; rho_0 is its floor too), the mean kernel pressure is
+radius r_eq = 2 a / pi. Spread uniformly over the porous part of the ball of radius rho = max(2 a, rho_0,
+2 h) about its centre (a hemispherical kernel, cells by their covered share; rho_0 is its floor too),
+the mean kernel pressure is
 p(rho) + q mu / (10 pi k rho) for a half-space point source, so WI = 2 pi k / (1 / r_eq - 6 / (5 rho))
 (the spherical analogue of the line kernel above), again as positive two-point connections.
 """
@@ -90,8 +94,9 @@ def embed(
 
     Every point of the tree is a node (junctions and foramina included); each segment gets interior
     nodes so that neighbours are at most one cell size apart. A node stands for half of each of its
-    edges. The exchange of each half-edge that ``exchanges`` is spread over the porous cells whose
-    centres lie within the kernel radius of it and whose projection falls on it.
+    edges. The exchange of each edge that ``exchanges`` is spread over the porous cells whose centres
+    project onto it, each weighted by the share of its volume within the kernel radius of the axis
+    (cut cells included; :mod:`sim.physics.kernel_cover`), and connected to the nearer end node.
     """
     h = float(spacing_m)
     origin = np.asarray(origin_m, dtype=np.float64)

@@ -13,7 +13,7 @@ Well model (distributed kernel). A vein of radius r_w carrying an exchange q per
 p(r) = p_w - q mu / (2 pi k) ln(r / r_w). The exchange of a vein piece of length L is spread
 uniformly over the cylinder of kernel radius rho about its axis: each porous cell takes the share
 w_c of the kernel's volume inside it (:mod:`sim.physics.kernel_cover`; cut cells by their covered
-part, so the kernel and its overlap with the needle's ball converge at second order in h; before
+part, so the kernel's volume and its overlap with the needle's ball no longer jump by cells; before
 December 2026 whole cells by their centres), through a two-point connection T_c = WI w_c between
 the cell and the nearer of the piece's two end nodes, with
 

@@ -8,7 +8,8 @@ cells with the grid: a vein 2 mm from the needle tip shares 37 % of the needle's
 kernel cells at 1 mm, 48 % at 0.75 mm and 49 % at 0.5 mm (cohort patient 0), a first-order error
 that decides how much cement the vein takes. Weighting each cell by the share of its volume
 inside the kernel (midpoint quadrature on n^3 sub-cells of the cells the kernel's surface cuts)
-makes every such volume, and each overlap, converge at second order in h; cells fully inside
+makes every such volume, and each overlap, follow the continuous one up to the sub-cell quadrature
+(about 1 % of the kernel at h = rho / 2, falling with h, tests below); cells fully inside
 keep weight 1.
 
 Limiting case (tests/test_kernel_cover.py): the covered volumes of a ball and a cylinder, summed

@@ -70,8 +70,9 @@ def sphere(
     if ball:
         rho = tip_kernel_radius(h, R_TIP)
         centres = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
-        cover = np.where(porous.ravel(), ball_cover(centres, h, np.zeros(3), rho), 0.0)
-        if not covered:
+        if covered:
+            cover = np.where(porous.ravel(), ball_cover(centres, h, np.zeros(3), rho), 0.0)
+        else:
             cover = np.where(porous.ravel() & (np.linalg.norm(centres, axis=1) <= rho), 1.0, 0.0)
         tips = np.flatnonzero(cover > 0.0)
         weights = cover[tips] / cover[tips].sum()

@@ -27,6 +27,17 @@ import numpy as np
 SUB_CELLS = 8  # sub-cells per axis in a cut cell (512 midpoints; at most 1/16 of a cell's share off)
 
 
+@numba.njit(cache=True, inline="always")
+def _sq_distance(dx: float, dy: float, dz: float, axis: np.ndarray, line: bool) -> float:
+    """Squared distance of the offset (dx, dy, dz) from the kernel's centre point, or from its axis."""
+    if line:
+        s = dx * axis[0] + dy * axis[1] + dz * axis[2]
+        dx -= s * axis[0]
+        dy -= s * axis[1]
+        dz -= s * axis[2]
+    return dx * dx + dy * dy + dz * dz
+
+
 @numba.njit(cache=True)
 def _cover_kernel(
     centres: np.ndarray, h: float, p0: np.ndarray, axis: np.ndarray, radius: float, line: bool, n_sub: int
@@ -36,15 +47,9 @@ def _cover_kernel(
     half_diag = 0.5 * np.sqrt(3.0) * h
     r2 = radius * radius
     for c in range(n):
-        dx = centres[c, 0] - p0[0]
-        dy = centres[c, 1] - p0[1]
-        dz = centres[c, 2] - p0[2]
-        if line:
-            s = dx * axis[0] + dy * axis[1] + dz * axis[2]
-            dx -= s * axis[0]
-            dy -= s * axis[1]
-            dz -= s * axis[2]
-        d = np.sqrt(dx * dx + dy * dy + dz * dz)
+        d = np.sqrt(
+            _sq_distance(centres[c, 0] - p0[0], centres[c, 1] - p0[1], centres[c, 2] - p0[2], axis, line)
+        )
         if d + half_diag <= radius:
             out[c] = 1.0
             continue
@@ -57,13 +62,7 @@ def _cover_kernel(
                 oy = centres[c, 1] + h * ((j + 0.5) / n_sub - 0.5) - p0[1]
                 for k in range(n_sub):
                     oz = centres[c, 2] + h * ((k + 0.5) / n_sub - 0.5) - p0[2]
-                    ex, ey, ez = ox, oy, oz
-                    if line:
-                        s = ox * axis[0] + oy * axis[1] + oz * axis[2]
-                        ex = ox - s * axis[0]
-                        ey = oy - s * axis[1]
-                        ez = oz - s * axis[2]
-                    if ex * ex + ey * ey + ez * ez <= r2:
+                    if _sq_distance(ox, oy, oz, axis, line) <= r2:
                         inside += 1
         out[c] = inside / (n_sub * n_sub * n_sub)
     return out

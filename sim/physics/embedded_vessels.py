@@ -39,10 +39,11 @@ December 2026 rho = max(3 r_w, 2 h), which changed the problem between 1, 0.75 a
 and 1.43 mm for a 0.95 mm vein) and kept small leaks from converging.
 Checked against the analytic line source in a homogeneous block at 2, 1 and 0.5 mm
 (tests/test_embedded_vessels.py); the lumen region inside r_w is still counted as bone matrix (a
-few per cent of the body's pore volume for 1-2 mm veins). Along the vein the cells are still chosen
-by their centres: a piece whose slab holds no cell centre (a vein parallel to a grid axis whose
-length is not a whole number of cells) loses its share of the well index (4.8 % of a 20.5 mm vein
-along z at 1 mm; an oblique vein has centres in every slab in practice).
+few per cent of the body's pore volume for 1-2 mm veins). Along the vein each piece's kernel is the
+cylinder piece between its two nodes (half-open, so consecutive pieces share out every cell
+exactly); before December 2026 a cell belonged to the piece its centre projected onto, and a piece
+whose slab held no cell centre (a vein along a grid axis whose length is not a whole number of
+cells) lost its share of the well index (4.8 % of a 20.5 mm vein along z at 1 mm).
 
 Canal mouths. A wide canal (the basivertebral canal, 5-8 mm) whose walls are cortical exchanges
 only through its mouth, a disc of radius a facing the marrow. A disc on a no-flow wall conducts
@@ -62,7 +63,7 @@ import numpy as np
 
 from sim.core.errors import GeometryError
 from sim.core.grid import EmbeddedVessels, VesselTree
-from sim.physics.kernel_cover import ball_cover, cylinder_cover
+from sim.physics.kernel_cover import ball_cover, segment_cover
 
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel on coarse grids)
@@ -94,8 +95,8 @@ def embed(
 
     Every point of the tree is a node (junctions and foramina included); each segment gets interior
     nodes so that neighbours are at most one cell size apart. A node stands for half of each of its
-    edges. The exchange of each edge that ``exchanges`` is spread over the porous cells whose centres
-    project onto it, each weighted by the share of its volume within the kernel radius of the axis
+    edges. The exchange of each edge that ``exchanges`` is spread over the porous cells its kernel
+    (the cylinder piece of radius rho between its nodes) covers, each weighted by its covered share
     (cut cells included; :mod:`sim.physics.kernel_cover`), and connected to the nearer end node.
     """
     h = float(spacing_m)
@@ -104,7 +105,8 @@ def embed(
     pts = np.asarray(tree.points_m, dtype=np.float64)
     node_pos: list[np.ndarray] = [p for p in pts]
     edges: list[tuple[int, int, float, bool]] = []  # (a, b, diameter, exchanges)
-    for seg in tree.segments:
+    edge_seg: list[int] = []  # the segment each edge belongs to
+    for i_seg, seg in enumerate(tree.segments):
         p0, p1 = pts[seg.start], pts[seg.end]
         length = float(np.linalg.norm(p1 - p0))
         if not length > 0.0:
@@ -119,6 +121,7 @@ def embed(
         chain.append(seg.end)
         for a, b in zip(chain[:-1], chain[1:], strict=True):
             edges.append((a, b, float(seg.diameter_m), bool(seg.exchanges)))
+            edge_seg.append(i_seg)
     pos = np.array(node_pos)
     nv = pos.shape[0]
     ea = np.array([e[0] for e in edges], dtype=np.int64)
@@ -138,7 +141,9 @@ def embed(
     porous_flat = porous.ravel()
     rho_max = 0.0
     w_node, w_cell, w_val = [], [], []
-    for (a, b, d, exch), length in zip(edges, el, strict=True):
+    v_seg, v_cover, v_density = [], [], []  # vein connections: segment, covered share, WI / (L share)
+    seg_length = np.zeros(len(tree.segments))
+    for (a, b, d, exch), length, i_seg in zip(edges, el, edge_seg, strict=True):
         if not exch:
             continue
         r_w = 0.5 * d
@@ -152,21 +157,25 @@ def embed(
         if flat.size == 0:
             continue
         s = (ctr - p0) @ t
-        along = (s >= 0.0) & (s < length)
-        flat, ctr, s = flat[along], ctr[along], s[along]
-        cover = cylinder_cover(ctr, h, p0, t, rho)
+        cover = segment_cover(ctr, h, p0, p1, rho)
         inside = cover > 0.0
         flat, s, cover = flat[inside], s[inside], cover[inside]
         if flat.size == 0:
             continue
-        # the edge's whole well index, spread over its kernel cells by the share of each cell the
-        # kernel covers, each cell connected to the nearer of the edge's two nodes (so no share is
-        # lost when one half holds no cell centre)
+        # each cell connected to the nearer of the edge's two nodes; its share of the segment's
+        # well index is its covered volume over the segment's (set below), so the sub-cell
+        # quadrature's error in one short piece does not tilt the exchange along the vein
         denom = math.log(rho / r_w) - 0.25
-        k_perp = perpendicular_permeability(kflat[:, flat].T, t)
         w_node.append(np.where(s < 0.5 * length, a, b).astype(np.int64))
         w_cell.append(flat)
-        w_val.append(2.0 * math.pi * k_perp * length / denom * (cover / cover.sum()))
+        v_seg.append(np.full(flat.size, i_seg, dtype=np.int64))
+        v_cover.append(cover)
+        v_density.append(2.0 * math.pi * perpendicular_permeability(kflat[:, flat].T, t) / denom)
+        seg_length[i_seg] += length
+    if v_seg:
+        seg_of, cover = np.concatenate(v_seg), np.concatenate(v_cover)
+        seg_cover = np.bincount(seg_of, weights=cover, minlength=len(tree.segments))
+        w_val.append(np.concatenate(v_density) * seg_length[seg_of] * cover / seg_cover[seg_of])
     for point, a in tree.openings.items():
         rho = max(2.0 * a, KERNEL_MIN_RADIUS_M, KERNEL_CELLS * h)
         rho_max = max(rho_max, rho)

@@ -40,30 +40,49 @@ def _sq_distance(dx: float, dy: float, dz: float, axis: np.ndarray, line: bool) 
 
 @numba.njit(cache=True)
 def _cover_kernel(
-    centres: np.ndarray, h: float, p0: np.ndarray, axis: np.ndarray, radius: float, line: bool, n_sub: int
+    centres: np.ndarray,
+    h: float,
+    p0: np.ndarray,
+    axis: np.ndarray,
+    radius: float,
+    line: bool,
+    length: float,
+    n_sub: int,
 ) -> np.ndarray:
+    """Shares of the cells (centres (n, 3), side h) inside the ball (``line`` False) or inside the
+    cylinder piece 0 <= s < ``length`` along ``axis`` from ``p0`` (``length`` inf: the whole line)."""
     n = centres.shape[0]
     out = np.zeros(n)
     half_diag = 0.5 * np.sqrt(3.0) * h
     r2 = radius * radius
     for c in range(n):
-        d = np.sqrt(
-            _sq_distance(centres[c, 0] - p0[0], centres[c, 1] - p0[1], centres[c, 2] - p0[2], axis, line)
-        )
-        if d + half_diag <= radius:
-            out[c] = 1.0
-            continue
+        cx, cy, cz = centres[c, 0] - p0[0], centres[c, 1] - p0[1], centres[c, 2] - p0[2]
+        d = np.sqrt(_sq_distance(cx, cy, cz, axis, line))
         if d - half_diag >= radius:
+            continue
+        axial_whole = True
+        if line and length < np.inf:
+            s = cx * axis[0] + cy * axis[1] + cz * axis[2]
+            if s + half_diag <= 0.0 or s - half_diag >= length:
+                continue
+            axial_whole = s - half_diag >= 0.0 and s + half_diag < length
+        if d + half_diag <= radius and axial_whole:
+            out[c] = 1.0
             continue
         inside = 0
         for i in range(n_sub):
-            ox = centres[c, 0] + h * ((i + 0.5) / n_sub - 0.5) - p0[0]
+            ox = cx + h * ((i + 0.5) / n_sub - 0.5)
             for j in range(n_sub):
-                oy = centres[c, 1] + h * ((j + 0.5) / n_sub - 0.5) - p0[1]
+                oy = cy + h * ((j + 0.5) / n_sub - 0.5)
                 for k in range(n_sub):
-                    oz = centres[c, 2] + h * ((k + 0.5) / n_sub - 0.5) - p0[2]
-                    if _sq_distance(ox, oy, oz, axis, line) <= r2:
-                        inside += 1
+                    oz = cz + h * ((k + 0.5) / n_sub - 0.5)
+                    if _sq_distance(ox, oy, oz, axis, line) > r2:
+                        continue
+                    if not axial_whole:
+                        s = ox * axis[0] + oy * axis[1] + oz * axis[2]
+                        if s < 0.0 or s >= length:
+                            continue
+                    inside += 1
         out[c] = inside / (n_sub * n_sub * n_sub)
     return out
 
@@ -72,7 +91,7 @@ def ball_cover(centres_m: np.ndarray, spacing_m: float, centre_m: np.ndarray, ra
     """Share of each cell (centres (n, 3), cubes of side ``spacing_m``) inside the ball of radius rho."""
     c = np.ascontiguousarray(np.asarray(centres_m, dtype=np.float64).reshape(-1, 3))
     p = np.ascontiguousarray(centre_m, dtype=np.float64)
-    return _cover_kernel(c, float(spacing_m), p, np.zeros(3), float(radius_m), False, SUB_CELLS)
+    return _cover_kernel(c, float(spacing_m), p, np.zeros(3), float(radius_m), False, np.inf, SUB_CELLS)
 
 
 def cylinder_cover(
@@ -87,4 +106,23 @@ def cylinder_cover(
     if not norm > 0.0:
         raise ValueError(f"cylinder direction {direction!r} must be a non-zero vector")
     t = np.ascontiguousarray(t / norm)
-    return _cover_kernel(c, float(spacing_m), p, t, float(radius_m), True, SUB_CELLS)
+    return _cover_kernel(c, float(spacing_m), p, t, float(radius_m), True, np.inf, SUB_CELLS)
+
+
+def segment_cover(
+    centres_m: np.ndarray, spacing_m: float, start_m: np.ndarray, end_m: np.ndarray, radius_m: float
+) -> np.ndarray:
+    """Share of each cell inside the cylinder piece of radius rho between ``start_m`` and ``end_m``.
+
+    The piece is half-open along its axis (0 <= s < L), so consecutive pieces of a straight vein
+    split every sub-cell midpoint between them exactly once: their shares add up to the shares of
+    the whole cylinder, and a piece shorter than a cell still gets the cells it crosses.
+    """
+    c = np.ascontiguousarray(np.asarray(centres_m, dtype=np.float64).reshape(-1, 3))
+    p = np.ascontiguousarray(start_m, dtype=np.float64)
+    t = np.asarray(end_m, dtype=np.float64) - p
+    length = float(np.linalg.norm(t))
+    if not length > 0.0:
+        raise ValueError(f"cylinder piece from {start_m!r} to {end_m!r} must have a non-zero length")
+    t = np.ascontiguousarray(t / length)
+    return _cover_kernel(c, float(spacing_m), p, t, float(radius_m), True, length, SUB_CELLS)

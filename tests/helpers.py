@@ -36,3 +36,14 @@ LEAK_CASE = {
     "grid": {"spacing_mm": 1.0},
     "output": {"vtk": True, "vtk_interval_s": 5.0},
 }  # fmt: skip
+
+
+def transit_model(seed: int = 0, params: RunParameters | None = None):
+    """How fragments move in the fluoroscopy image (default lungs section, a seeded stream)."""
+    import numpy as np
+
+    from sim.physics.fragment_tracks import TransitModel
+    from sim.physics.fragment_transport import DiameterMargin
+
+    lungs = (params or run_params()).lungs
+    return TransitModel(lungs.slip_factor, DiameterMargin.from_params(lungs), np.random.default_rng(seed))

@@ -22,7 +22,7 @@ from sim.physics.venous_network import (
 )
 from sim.run.recorder import RunRecorder
 from sim.run.venous_system import VenousSystem
-from tests.helpers import run_params
+from tests.helpers import run_params, transit_model
 
 MM = 1e-3
 
@@ -177,6 +177,7 @@ def make_system(level="T8", seed=3, cement=None, **fluoro):
     return VenousSystem(
         net, synthetic_exits(net), cem, clock, replace(params.fluoroscopy, **fluoro),
         DragVsStrength(params.fragmentation), np.random.default_rng(seed),
+        transit=transit_model(seed),
     )  # fmt: skip
 
 
@@ -261,7 +262,7 @@ def test_vein_cement_leaves_the_syringe_with_the_syringe_age_then_ages_at_body_r
     clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
     vs = VenousSystem(
         net, synthetic_exits(net), cem, clock, params.fluoroscopy, DragVsStrength(params.fragmentation),
-        np.random.default_rng(1),
+        np.random.default_rng(1), transit=transit_model(1),
     )  # fmt: skip
     r_room, r_body = vs.clock.room_rate, vs.clock.body_rate
     assert clock.age_at_start_s == a0

@@ -30,7 +30,7 @@ from sim.physics.venous_network import (
     solve_blood_flow,
 )
 from sim.run.venous_system import VenousSystem
-from tests.helpers import run_params
+from tests.helpers import run_params, transit_model
 
 MM = 1e-3
 
@@ -128,7 +128,7 @@ def system(threshold_m3, seed=1):
     cem = load_cement_preset("medium")
     clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
     return VenousSystem(net, exits, cem, clock, fluoro, DragVsStrength(params.fragmentation),
-                        np.random.default_rng(seed))  # fmt: skip
+                        np.random.default_rng(seed), transit=transit_model(seed))  # fmt: skip
 
 
 def run(vs, leak_start=10.0, t_max=40.0, dt=0.2, rate=5e-9):
@@ -241,22 +241,28 @@ def test_fragment_samples_hold_the_fragment_volume():
     assert img.sum() * det.pixel_size_m**2 == pytest.approx(6e-9, rel=1e-9)
 
 
-def test_a_fragment_in_transit_is_seen_in_exactly_one_frame():
-    net, _cols = straight_column()
-    empty = CementColumns.empty(net)
-    det = LeakDetector(fluoro_si(visibility_threshold_m3=5e-9, frame_interval_s=0.5), np.zeros(3))
-    # no fragments, no columns: nothing seen (limiting case: the column image is unchanged)
-    assert det.update(0.4, empty) is None
-    assert det.frames_visible_m3 == [0.0]
-    det.add_transit(_one_fragment(net, 8e-9))
-    assert det.update(0.6, empty) == pytest.approx(0.5)
-    # pixels thinner than min_thickness at the rim do not count
-    assert det.frames_visible_m3[-1] == pytest.approx(8e-9, rel=0.02)
-    # below the threshold it is counted in its frame and then gone
-    det2 = LeakDetector(fluoro_si(visibility_threshold_m3=5e-9, frame_interval_s=0.5), np.zeros(3))
-    det2.add_transit(_one_fragment(net, 3e-9, length=0.003))  # same 1.13 mm bore, shorter
-    det2.update(0.1, empty)
-    det2.update(0.6, empty)
-    assert det2.frames_visible_m3[0] == pytest.approx(3e-9, rel=0.05)
-    assert det2.frames_visible_m3[1] == 0.0
-    assert det2.detection_time_s is None
+def test_fragments_in_the_veins_are_drawn_with_the_columns():
+    """Limiting case: without fragments the visible volume is the columns'; a fragment at rest adds
+    its own visible volume to every frame from its birth on."""
+    from sim.physics.fragment_tracks import MAX_LEGS, FragmentTracks
+    from sim.physics.fragment_transport import venous_routing
+    from sim.physics.venous_network import flow_snapshot
+
+    net, cols = straight_column()
+    det = LeakDetector(fluoro_si(visibility_threshold_m3=1.0, frame_interval_s=0.5), np.zeros(3))
+    det.tracks = FragmentTracks(net)
+    det.update(0.0, cols)
+    assert det.frames_visible_m3[-1] == pytest.approx(cols.total_m3(), rel=0.05)
+    pos = np.array([[0.02, 0.0, 0.0], [0.03, 0.0, 0.0]])
+    still = network_from_edges(pos, [0], [1], [2 * MM], [0.0, 0.0], 1)
+    tr = FragmentTracks(still)
+    route = venous_routing(flow_snapshot(still, solve_blood_flow(still)), 0.9)
+    d, length = 1.13 * MM, 8 * MM
+    vol = 0.25 * np.pi * d**2 * length
+    tr.add(route, 1, np.array([0]), np.array([0.005]), np.array([d]), np.array([length]),
+           np.array([vol]), np.zeros(1), np.array([0.2]), np.full((1, MAX_LEGS), 0.5))  # fmt: skip
+    det2 = LeakDetector(fluoro_si(visibility_threshold_m3=1.0, frame_interval_s=0.5), np.zeros(3))
+    det2.tracks = tr
+    det2.update(2.0, CementColumns.empty(still))
+    assert det2.frames_visible_m3[0] == 0.0  # born at 0.2 s
+    np.testing.assert_allclose(det2.frames_visible_m3[1:], vol, rtol=0.05)

@@ -22,7 +22,7 @@ from sim.physics.venous_network import (
 )
 from sim.run.recorder import RunRecorder
 from sim.run.venous_system import VenousSystem
-from tests.helpers import run_params
+from tests.helpers import run_params, transit_model
 
 MM = 1e-3
 RHO, MU = 1055.0, 0.0035
@@ -171,7 +171,16 @@ def system(seed=4, level="T8", **frag):
     cem = load_cement_preset("medium")
     clock = CureClock.for_cement(cem, 360.0, 294.15, 310.15)
     law = DragVsStrength(replace(params.fragmentation, **frag))
-    return VenousSystem(net, exits, cem, clock, params.fluoroscopy, law, np.random.default_rng(seed))
+    return VenousSystem(
+        net,
+        exits,
+        cem,
+        clock,
+        params.fluoroscopy,
+        law,
+        np.random.default_rng(seed),
+        transit=transit_model(seed),
+    )
 
 
 def follow_up(vs, t, follow_up_s, recorder=None):

@@ -12,13 +12,12 @@ in the patient frame (parallel projection, no magnification): ``lateral`` projec
   volume is exact.
 
 Fragments in transit. A piece torn off a column is cement in a vein too: it attenuates the beam
-wherever it is. Between two frames it moves with the blood, a few cm/s in the plexus and segmental
-veins (0.5 s frame interval: 1-3 cm, inside the 20 cm field), and blurs over well under a millimetre
-during one X-ray pulse (< 10 ms; pulsed fluoroscopy, e.g. Mahesh 2001, RadioGraphics 21:1033), so
-it shows in the next frame. A fragment shed since the last frame is drawn there as a cylinder of its
-own diameter and length on its birth edge, centred at its birth position (where it is a moment
-after, not where it ends up); after that frame it is gone from the image. Limiting cases (tested):
-no fragments, the column image unchanged; a fragment counts in exactly one frame.
+wherever it is. :mod:`sim.physics.fragment_tracks` moves each fragment shed before the leak is seen
+along the veins (with the blood, a few cm/s in the plexus, tens of cm/s in the segmental and azygos
+veins) and every frame draws it where it is at the frame's time, as a cylinder of its own diameter
+and length on its vein, until it reaches the heart (outside the field; off-detector volume is
+dropped in any case). Limiting cases (tested): no fragments, the column image unchanged; a fragment
+at rest is seen with its whole volume in every frame.
 
 Detection. A leak is "seen" when the extra-vertebral cement (vein columns and fragments in transit)
 of any view has a visible volume above ``visibility_threshold_m3``: the sum over pixels of thickness *
@@ -39,6 +38,7 @@ not a measured detection limit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from sim.core.geometry_data import load_geometry_yaml
 from sim.core.grid import BoneGrid
 from sim.core.parameters import FluoroscopyParams
 from sim.physics.vein_columns import CementColumns
+
+if TYPE_CHECKING:
+    from sim.physics.fragment_tracks import FragmentTracks
 
 VIEW_AXES = {"lateral": (0, (1, 2)), "ap": (1, (0, 2))}  # view -> (ray axis, image axes)
 
@@ -291,7 +294,7 @@ class LeakDetector:
         self.frames_visible_m3: list[float] = []
         self._last_fill: np.ndarray | None = None  # columns at the last evaluated frame (skip repeats)
         self._last_vis = 0.0
-        self._transit: tuple | None = None  # fragments shed since the last frame
+        self.tracks: FragmentTracks | None = None  # fragments in the veins (set by the venous system)
 
     def extra_vertebral_image(self, view: str, columns: CementColumns) -> np.ndarray:
         det = self.detectors[view]
@@ -313,10 +316,6 @@ class LeakDetector:
             )
         return best
 
-    def add_transit(self, samples: tuple) -> None:
-        """Fragments shed since the last frame (``fragment_samples``): drawn in the next frame only."""
-        self._transit = samples if self._transit is None else _join(self._transit, samples)
-
     def frames_due_in(self, t0: float, t1: float) -> list[float]:
         """Frames still to take in (t0, t1), 1 ns clear of both ends (none once the leak is seen)."""
         if self.detection_time_s is not None:
@@ -331,9 +330,12 @@ class LeakDetector:
     def update(self, t: float, columns: CementColumns) -> float | None:
         """Take every frame due up to time t; returns the detection time once detected."""
         while self.detection_time_s is None and self.next_frame_s <= t + 1e-12:
-            if self._transit is not None:  # fragments in this frame, then gone
-                vis = self.visible_m3(columns, self._transit)
-                self._transit = None
+            f = self.next_frame_s
+            if self.tracks is not None:
+                self.tracks.prune(f)
+            if self.tracks is not None and len(self.tracks):  # fragments where they are at the frame
+                drawn = fragment_samples(self.tracks.network, *self.tracks.at(f), 0.5 * self.pixel_size_m)
+                vis = self.visible_m3(columns, drawn)
                 self._last_fill = None
             else:
                 if self._last_fill is None or not np.array_equal(self._last_fill, columns.fill_m3):
@@ -344,6 +346,7 @@ class LeakDetector:
             self.frames_visible_m3.append(vis)
             if vis > self.threshold_m3:
                 self.detection_time_s = self.next_frame_s
+                self.tracks = None  # no frame is taken once the leak is seen
             self.next_frame_s += self.frame_interval_s
         return self.detection_time_s
 

@@ -27,6 +27,7 @@ from sim.core.units import KPA_PA, ML_M3, MM_M, MPA_PA, report_units
 from sim.physics.bone import build_vertebral_body, place_needle
 from sim.physics.cure_clock import CureClock
 from sim.physics.fragment_set import LODGED, PASSED_DISTAL, STATUS_NAMES, FragmentSet
+from sim.physics.fragment_tracks import TransitModel
 from sim.physics.fragment_transport import DiameterMargin, TransportResult, transport_fragments
 from sim.physics.injection import InjectionResult, InjectionSolver, StepPlan
 from sim.physics.injection_control import InjectionControl, StopPolicy
@@ -41,7 +42,7 @@ from sim.run.results import RunArtifacts, RunResult
 from sim.run.venous_system import VenousSummary, VenousSystem
 
 # Independent random streams, one per stage (order fixed: adding a stage appends a stream).
-STREAMS = ("veins", "fragmentation", "lungs", "transport")  # the bone's anatomy has named streams
+STREAMS = ("veins", "fragmentation", "lungs", "transport", "fluoroscopy")  # the bone has named streams
 
 
 def stage_rngs(seed: int) -> dict[str, np.random.Generator]:
@@ -102,6 +103,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
         network = build_venous_network(
             params.patient.level, params.veins, rngs["veins"], ct_meta.get("ivc_diameter_m")
         )
+    lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     with g("venous_system"):
         venous = VenousSystem(
             network,
@@ -113,6 +115,7 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
             rngs["fragmentation"],
             bone=bone,
             dynamics=params.veins.dynamics,
+            transit=TransitModel(params.lungs.slip_factor, lodging, rngs["fluoroscopy"]),
         )
     with g("injection"):
         solver = InjectionSolver(
@@ -134,7 +137,6 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
         tree = build_pulmonary_tree(
             params.lungs, rngs["lungs"], bone.meta.get("ct", {}).get("lobe_volumes_m3")
         )
-        lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     return Stages(params, cement, clock, bone, needle, network, venous, solver, tree, lodging, rngs)
 
 

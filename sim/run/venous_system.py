@@ -54,8 +54,10 @@ from sim.core.grid import BoneGrid, VenousExit
 from sim.core.parameters import FluoroscopyParams, VenousDynamicsParams
 from sim.physics import rheology
 from sim.physics.cure_clock import AgePool, CureClock
-from sim.physics.fluoroscopy import LeakDetector, fragment_samples
+from sim.physics.fluoroscopy import LeakDetector
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
+from sim.physics.fragment_tracks import MAX_LEGS, FragmentTracks, TransitModel
+from sim.physics.fragment_transport import venous_routing
 from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
 from sim.physics.injection import mark_leak_onsets
 from sim.physics.rheology import CementModel
@@ -126,6 +128,8 @@ class VenousSystem:
         rng: np.random.Generator,
         bone: BoneGrid | None = None,
         dynamics: VenousDynamicsParams | None = None,
+        *,
+        transit: TransitModel,
     ):
         if not exits:
             raise GeometryError(f"VenousSystem for {network.level}: no venous exits given")
@@ -144,6 +148,8 @@ class VenousSystem:
             if idx.size:
                 center = bone.cell_centers_m(idx).mean(axis=0)
         self.detector = LeakDetector(fluoroscopy, center, bone)
+        self.transit = transit
+        self.detector.tracks = FragmentTracks(network)
         self.columns = CementColumns.empty(network)
         self.fragments = FragmentSet.empty()
         self.flow: BloodFlow = solve_blood_flow(network)
@@ -335,17 +341,19 @@ class VenousSystem:
         )
         if len(new):
             self.fragments = self.fragments.concat(new)
-            if self.detector.detection_time_s is None:
-                self.detector.add_transit(self._transit_samples(new))
+            if self.detector.tracks is not None:  # the leak is not seen yet: follow them in the image
+                self._track(new)
             self._resolve(np.zeros(self.network.n_edges), t)
 
-    def _transit_samples(self, new: FragmentSet) -> tuple:
-        """Fragments just shed, on their birth edges (offsets run with the blood flow that shed them)."""
-        net = self.network
-        length = net.edge_length_m[new.edge]
-        from_u = np.where(self.flow.edge_flow_m3_s[new.edge] >= 0.0, new.offset_m, length - new.offset_m)
-        step = 0.5 * self.detector.pixel_size_m
-        return fragment_samples(net, new.edge, from_u, new.diameter_m, new.length_m, new.volume_m3, step)
+    def _track(self, new: FragmentSet) -> None:
+        """Fragments just shed, moved on in the image with the blood flow that shed them."""
+        route = venous_routing(flow_snapshot(self.network, self.flow), self.transit.slip_factor)
+        margin = self.transit.lodging.margin(self.cement, new.cure_age_s)
+        uniforms = self.transit.rng.random((len(new), MAX_LEGS))
+        self.detector.tracks.add(
+            route, int(self.network.right_atrium), new.edge, new.offset_m, new.diameter_m, new.length_m,
+            new.volume_m3, margin, new.birth_time_s, uniforms,
+        )  # fmt: skip
 
     def _static_exit_pressure(self) -> np.ndarray:
         """Venous pressure the marrow drains against: the mean over the exit nodes, the same at every exit.

@@ -1,0 +1,59 @@
+"""The grid-convergence study's arithmetic (benchmarks/bench_convergence.py): observed order,
+Richardson estimate and the issue-15 targets, on values with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.bench_convergence import _targets, observed_order, richardson
+
+H = [0.5, 0.75, 1.0]
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
+def test_observed_order_and_estimate_recover_a_power_law(p):
+    """f = c + a h^p on non-uniform spacings: order p and estimate c to round-off."""
+    rows = [{"spacing_mm": h, "m": 1.7 + 0.3 * h**p} for h in (2.0, 1.5, *reversed(H))]
+    assert observed_order(H, [1.7 + 0.3 * h**p for h in H]) == pytest.approx(p, rel=1e-6)
+    fit = richardson(rows, "m")
+    assert fit["order"] == pytest.approx(p, rel=1e-6)
+    assert fit["estimate"] == pytest.approx(1.7, rel=1e-9)
+
+
+def test_no_order_is_claimed_for_values_that_are_not_monotone():
+    rows = [{"spacing_mm": h, "m": f} for h, f in zip(H, [1.0, 1.2, 1.1], strict=True)]
+    fit = richardson(rows, "m")
+    assert fit["order"] is None and fit["estimate"] == 1.0
+    assert fit["uncertainty"] == pytest.approx(0.2)
+
+
+def _study(leak, pressure, detect, embolised):
+    hs = (2.0, 1.5, 1.0, 0.75, 0.5)
+    return [
+        {"spacing_mm": h, "leaked_volume_ml": leak(h), "max_needle_pressure_kpa": pressure(h),
+         "detection_time_s": detect(h), "embolised_volume_ml": embolised(h)}
+        for h in hs
+    ]  # fmt: skip
+
+
+def test_targets_are_met_by_a_converged_study_and_missed_by_one_grid_that_does_not_see_the_leak():
+    good = _study(
+        lambda h: 1.0 + 0.01 * h**2,
+        lambda h: 15.0,
+        lambda h: 1.5 if h <= 1.0 else 3.0,
+        lambda h: 0.8 + 0.02 * h,
+    )
+    targets = {
+        t["name"].split(",")[0].split(" at ")[0]: t for t in _targets({"a": good}, (2, 1.5, 1, 0.75, 0.5))
+    }
+    assert all(t["met"] for t in targets.values()), targets
+    late = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 2.5 if h == 1.0 else 1.5, lambda h: 0.8)
+    det = [t for t in _targets({"a": late}, (2, 1.5, 1, 0.75, 0.5)) if t["name"].startswith("detection")][0]
+    assert det["value"] == pytest.approx(1.0) and not det["met"]
+    unseen = _study(lambda h: 1.0, lambda h: 15.0, lambda h: math.nan if h == 1.0 else 1.5, lambda h: 0.8)
+    det = [t for t in _targets({"a": unseen}, (2, 1.5, 1, 0.75, 0.5)) if t["name"].startswith("detection")][0]
+    assert det["value"] == math.inf and not det["met"]
+    never = _study(lambda h: 1.0, lambda h: 15.0, lambda h: math.nan, lambda h: 0.0)
+    assert all(t["met"] for t in _targets({"a": never}, (2, 1.5, 1, 0.75, 0.5)))

@@ -45,10 +45,8 @@ def test_targets_are_met_by_a_converged_study_and_missed_by_one_grid_that_does_n
         lambda h: 1.5 if h <= 1.0 else 3.0,
         lambda h: 0.8 + 0.02 * h,
     )
-    targets = {
-        t["name"].split(",")[0].split(" at ")[0]: t for t in _targets({"a": good}, (2, 1.5, 1, 0.75, 0.5))
-    }
-    assert all(t["met"] for t in targets.values()), targets
+    targets = _targets({"a": good}, (2, 1.5, 1, 0.75, 0.5))
+    assert len(targets) == 4 and all(t["met"] for t in targets), targets
     late = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 2.5 if h == 1.0 else 1.5, lambda h: 0.8)
     det = [t for t in _targets({"a": late}, (2, 1.5, 1, 0.75, 0.5)) if t["name"].startswith("detection")][0]
     assert det["value"] == pytest.approx(1.0) and not det["met"]
@@ -57,3 +55,9 @@ def test_targets_are_met_by_a_converged_study_and_missed_by_one_grid_that_does_n
     assert det["value"] == math.inf and not det["met"]
     never = _study(lambda h: 1.0, lambda h: 15.0, lambda h: math.nan, lambda h: 0.0)
     assert all(t["met"] for t in _targets({"a": never}, (2, 1.5, 1, 0.75, 0.5)))
+    drift = _study(
+        lambda h: 1.0 + 0.1 * h, lambda h: 15.0, lambda h: 1.5, lambda h: 0.8
+    )  # 0.75 vs 0.5: 2.3 %
+    assert [t["met"] for t in _targets({"a": drift}, (2, 1.5, 1, 0.75, 0.5))] == [True, True, True, True]
+    far = _study(lambda h: 1.0 + 0.3 * h, lambda h: 15.0, lambda h: 1.5, lambda h: 0.8)  # 0.75 vs 0.5: 6.3 %
+    assert [t["met"] for t in _targets({"a": far}, (2, 1.5, 1, 0.75, 0.5))][0] is False

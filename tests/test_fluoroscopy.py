@@ -242,9 +242,9 @@ def test_fragment_samples_hold_the_fragment_volume():
 
 
 def test_fragments_in_the_veins_are_drawn_with_the_columns():
-    """Limiting case: without fragments the visible volume is the columns'; a fragment at rest adds
-    its own visible volume to every frame from its birth on."""
-    from sim.physics.fragment_tracks import MAX_LEGS, FragmentTracks
+    """Limiting case: without fragments the visible volume is the columns'; a fragment at rest beside
+    a column adds its own visible volume to every frame from its birth on."""
+    from sim.physics.fragment_tracks import FragmentTracks
     from sim.physics.fragment_transport import venous_routing
     from sim.physics.venous_network import flow_snapshot
 
@@ -252,17 +252,23 @@ def test_fragments_in_the_veins_are_drawn_with_the_columns():
     det = LeakDetector(fluoro_si(visibility_threshold_m3=1.0, frame_interval_s=0.5), np.zeros(3))
     det.tracks = FragmentTracks(net)
     det.update(0.0, cols)
-    assert det.frames_visible_m3[-1] == pytest.approx(cols.total_m3(), rel=0.05)
-    pos = np.array([[0.02, 0.0, 0.0], [0.03, 0.0, 0.0]])
-    still = network_from_edges(pos, [0], [1], [2 * MM], [0.0, 0.0], 1)
-    tr = FragmentTracks(still)
-    route = venous_routing(flow_snapshot(still, solve_blood_flow(still)), 0.9)
+    alone = det.frames_visible_m3[-1]
+    assert alone == pytest.approx(cols.total_m3(), rel=0.05)
+    # a second, still vein 20 mm beside the column's, with a fragment born on it at 0.2 s
+    pos = np.array([[0.0, 0.0, 0.02], [0.0, 0.0, -0.02], [0.0, 0.02, 0.0], [0.0, 0.03, 0.0]])
+    both = network_from_edges(
+        pos, [0, 2, 3], [1, 3, 1], [2 * MM] * 3, [1e-6, 0.0, 0.0, 0.0], 1
+    )  # 2-3-1: no flow
+    cols2 = CementColumns.empty(both)
+    cols2.push(0, cols.total_m3(), 2 * MM, solve_blood_flow(both).edge_flow_m3_s, edge_conductance(both))
+    tr = FragmentTracks(both)
+    route = venous_routing(flow_snapshot(both, solve_blood_flow(both)), 0.9)
     d, length = 1.13 * MM, 8 * MM
     vol = 0.25 * np.pi * d**2 * length
-    tr.add(route, 1, np.array([0]), np.array([0.005]), np.array([d]), np.array([length]),
-           np.array([vol]), np.zeros(1), np.array([0.2]), np.full((1, MAX_LEGS), 0.5))  # fmt: skip
+    tr.add(route, 1, np.array([1]), np.array([0.005]), np.array([d]), np.array([length]),
+           np.array([vol]), np.zeros(1), np.array([0.2]), np.full((1, 4), 0.5))  # fmt: skip
     det2 = LeakDetector(fluoro_si(visibility_threshold_m3=1.0, frame_interval_s=0.5), np.zeros(3))
     det2.tracks = tr
-    det2.update(2.0, CementColumns.empty(still))
-    assert det2.frames_visible_m3[0] == 0.0  # born at 0.2 s
-    np.testing.assert_allclose(det2.frames_visible_m3[1:], vol, rtol=0.05)
+    det2.update(2.0, cols2)
+    assert det2.frames_visible_m3[0] == pytest.approx(alone, rel=1e-9)  # born at 0.2 s
+    np.testing.assert_allclose(det2.frames_visible_m3[1:], alone + vol, rtol=0.02)

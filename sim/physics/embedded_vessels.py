@@ -40,10 +40,14 @@ and 1.43 mm for a 0.95 mm vein) and kept small leaks from converging.
 Checked against the analytic line source in a homogeneous block at 2, 1 and 0.5 mm
 (tests/test_embedded_vessels.py); the lumen region inside r_w is still counted as bone matrix (a
 few per cent of the body's pore volume for 1-2 mm veins). Along the vein each piece's kernel is the
-cylinder piece between its two nodes (half-open, so consecutive pieces share out every cell
-exactly); before December 2026 a cell belonged to the piece its centre projected onto, and a piece
-whose slab held no cell centre (a vein along a grid axis whose length is not a whole number of
-cells) lost its share of the well index (4.8 % of a 20.5 mm vein along z at 1 mm).
+cylinder piece between its two nodes: every sub-cell midpoint of the vein's cylinder goes to the
+piece its axial position falls in (:func:`sim.physics.kernel_cover.piece_covers`, one pass per
+vein), so the pieces share out each cell exactly; before December 2026 a cell belonged to the piece
+its centre projected onto, and a piece whose slab held no cell centre (a vein along a grid axis whose
+length is not a whole number of cells) lost its share of the well index (4.8 % of a 20.5 mm vein
+along z at 1 mm). A piece's well index goes to its porous kernel cells (a kernel cut by cortex
+gives the cut share to the piece's other cells); connections of one node to one cell from
+neighbouring pieces are merged.
 
 Canal mouths. A wide canal (the basivertebral canal, 5-8 mm) whose walls are cortical exchanges
 only through its mouth, a disc of radius a facing the marrow. A disc on a no-flow wall conducts
@@ -63,7 +67,7 @@ import numpy as np
 
 from sim.core.errors import GeometryError
 from sim.core.grid import EmbeddedVessels, VesselTree
-from sim.physics.kernel_cover import ball_cover, segment_cover
+from sim.physics.kernel_cover import ball_cover, piece_covers
 
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel on coarse grids)
@@ -97,7 +101,8 @@ def embed(
     nodes so that neighbours are at most one cell size apart. A node stands for half of each of its
     edges. The exchange of each edge that ``exchanges`` is spread over the porous cells its kernel
     (the cylinder piece of radius rho between its nodes) covers, each weighted by its covered share
-    (cut cells included; :mod:`sim.physics.kernel_cover`), and connected to the nearer end node.
+    (cut cells included; :mod:`sim.physics.kernel_cover`), and connected to the nearer end node;
+    a node's connections to one cell are merged into one.
     """
     h = float(spacing_m)
     origin = np.asarray(origin_m, dtype=np.float64)
@@ -105,8 +110,8 @@ def embed(
     pts = np.asarray(tree.points_m, dtype=np.float64)
     node_pos: list[np.ndarray] = [p for p in pts]
     edges: list[tuple[int, int, float, bool]] = []  # (a, b, diameter, exchanges)
-    edge_seg: list[int] = []  # the segment each edge belongs to
-    for i_seg, seg in enumerate(tree.segments):
+    chains: list[np.ndarray] = []  # the nodes of each segment, start to end
+    for seg in tree.segments:
         p0, p1 = pts[seg.start], pts[seg.end]
         length = float(np.linalg.norm(p1 - p0))
         if not length > 0.0:
@@ -119,9 +124,9 @@ def embed(
             node_pos.append(p0 + (p1 - p0) * (i / n_pieces))
             chain.append(len(node_pos) - 1)
         chain.append(seg.end)
+        chains.append(np.array(chain, dtype=np.int64))
         for a, b in zip(chain[:-1], chain[1:], strict=True):
             edges.append((a, b, float(seg.diameter_m), bool(seg.exchanges)))
-            edge_seg.append(i_seg)
     pos = np.array(node_pos)
     nv = pos.shape[0]
     ea = np.array([e[0] for e in edges], dtype=np.int64)
@@ -141,41 +146,36 @@ def embed(
     porous_flat = porous.ravel()
     rho_max = 0.0
     w_node, w_cell, w_val = [], [], []
-    v_seg, v_cover, v_density = [], [], []  # vein connections: segment, covered share, WI / (L share)
-    seg_length = np.zeros(len(tree.segments))
-    for (a, b, d, exch), length, i_seg in zip(edges, el, edge_seg, strict=True):
-        if not exch:
+    for seg, chain in zip(tree.segments, chains, strict=True):
+        if not seg.exchanges:
             continue
-        r_w = 0.5 * d
+        p0, p1 = pts[seg.start], pts[seg.end]
+        length = float(np.linalg.norm(p1 - p0))
+        n_pieces = chain.size - 1
+        piece_len = length / n_pieces
+        r_w = 0.5 * float(seg.diameter_m)
         rho = kernel_radius(r_w, h)
         rho_max = max(rho_max, rho)
-        p0, p1 = pos[a], pos[b]
         t = (p1 - p0) / length
         flat, ctr = _cells_near_segment(p0, p1, rho + CUT_CELL_REACH * h, origin, h, shape)
         flat_ok = porous_flat[flat]
         flat, ctr = flat[flat_ok], ctr[flat_ok]
         if flat.size == 0:
             continue
-        s = (ctr - p0) @ t
-        cover = segment_cover(ctr, h, p0, p1, rho)
-        inside = cover > 0.0
-        flat, s, cover = flat[inside], s[inside], cover[inside]
-        if flat.size == 0:
+        # one pass over the segment: each sub-cell goes to the piece its axial position falls in
+        cell, piece, cover = piece_covers(ctr, h, p0, p1, rho, n_pieces)
+        if cell.size == 0:
             continue
-        # each cell connected to the nearer of the edge's two nodes; its share of the segment's
-        # well index is its covered volume over the segment's (set below), so the sub-cell
-        # quadrature's error in one short piece does not tilt the exchange along the vein
+        # a piece's whole well index over its porous kernel cells by covered share, each cell
+        # connected to the nearer of the piece's two nodes
+        s_in_piece = (ctr[cell] - p0) @ t - piece * piece_len
+        node = np.where(s_in_piece < 0.5 * piece_len, chain[piece], chain[piece + 1])
+        piece_cover = np.bincount(piece, weights=cover, minlength=n_pieces)
+        k_perp = perpendicular_permeability(kflat[:, flat[cell]].T, t)
         denom = math.log(rho / r_w) - 0.25
-        w_node.append(np.where(s < 0.5 * length, a, b).astype(np.int64))
-        w_cell.append(flat)
-        v_seg.append(np.full(flat.size, i_seg, dtype=np.int64))
-        v_cover.append(cover)
-        v_density.append(2.0 * math.pi * perpendicular_permeability(kflat[:, flat].T, t) / denom)
-        seg_length[i_seg] += length
-    if v_seg:
-        seg_of, cover = np.concatenate(v_seg), np.concatenate(v_cover)
-        seg_cover = np.bincount(seg_of, weights=cover, minlength=len(tree.segments))
-        w_val.append(np.concatenate(v_density) * seg_length[seg_of] * cover / seg_cover[seg_of])
+        w_node.append(node.astype(np.int64))
+        w_cell.append(flat[cell])
+        w_val.append(2.0 * math.pi * k_perp * piece_len / denom * cover / piece_cover[piece])
     for point, a in tree.openings.items():
         rho = max(2.0 * a, KERNEL_MIN_RADIUS_M, KERNEL_CELLS * h)
         rho_max = max(rho_max, rho)
@@ -192,6 +192,7 @@ def embed(
         w_node.append(np.full(cells.size, point, dtype=np.int64))
         w_cell.append(cells)
         w_val.append(wi)
+    well_node, well_cell, well_index = _merge_connections(w_node, w_cell, w_val, porous.size)
     exit_node = {}
     for name, point in tree.exits.items():
         if not 0 <= point < pts.shape[0]:
@@ -205,12 +206,24 @@ def embed(
         edge_b=eb,
         edge_length_m=el,
         edge_diameter_m=ed,
-        well_node=np.concatenate(w_node) if w_node else np.empty(0, np.int64),
-        well_cell=np.concatenate(w_cell) if w_cell else np.empty(0, np.int64),
-        well_index_m3=np.concatenate(w_val) if w_val else np.empty(0),
+        well_node=well_node,
+        well_cell=well_cell,
+        well_index_m3=well_index,
         exit_node=exit_node,
         kernel_radius_m=rho_max,
     )
+
+
+def _merge_connections(
+    nodes: list[np.ndarray], cells: list[np.ndarray], values: list[np.ndarray], n_cells: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One connection per (vein node, cell), its well indices summed (parallel conductances), in
+    (node, cell) order."""
+    if not nodes:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    node, cell, value = np.concatenate(nodes), np.concatenate(cells), np.concatenate(values)
+    key, inverse = np.unique(node * n_cells + cell, return_inverse=True)
+    return key // n_cells, key % n_cells, np.bincount(inverse, weights=value, minlength=key.size)
 
 
 def _cells_near_segment(

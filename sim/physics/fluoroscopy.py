@@ -16,8 +16,11 @@ wherever it is. :mod:`sim.physics.fragment_tracks` moves each fragment shed befo
 along the veins (with the blood, a few cm/s in the plexus, tens of cm/s in the segmental and azygos
 veins) and every frame draws it where it is at the frame's time, as a cylinder of its own diameter
 and length on its vein, until it reaches the heart (outside the field; off-detector volume is
-dropped in any case). Limiting cases (tested): no fragments, the column image unchanged; a fragment
-at rest is seen with its whole volume in every frame.
+dropped in any case); a fragment at rest for good (lodged, or in a vein without flow) is drawn once
+into a kept image. Frames fall on the ends of the venous steps while a leak could be seen; a frame
+due inside a step without a push is taken before the step's shedding, so it sees the fragments
+born by then. Limiting cases (tested): no fragments, the column image unchanged; a fragment at rest
+is seen with its whole volume in every frame; columns and fragments add.
 
 Detection. A leak is "seen" when the extra-vertebral cement (vein columns and fragments in transit)
 of any view has a visible volume above ``visibility_threshold_m3``: the sum over pixels of thickness *
@@ -292,8 +295,9 @@ class LeakDetector:
         self.detection_time_s: float | None = None
         self.frames_t: list[float] = []
         self.frames_visible_m3: list[float] = []
-        self._last_fill: np.ndarray | None = None  # columns at the last evaluated frame (skip repeats)
-        self._last_vis = 0.0
+        self._last_fill: np.ndarray | None = None  # columns of the kept column images
+        self._column_img: dict[str, np.ndarray] = {}
+        self._rest_img: dict[str, np.ndarray] = {}  # fragments at rest for good, drawn once
         self.tracks: FragmentTracks | None = None  # fragments in the veins (set by the venous system)
 
     def extra_vertebral_image(self, view: str, columns: CementColumns) -> np.ndarray:
@@ -308,13 +312,21 @@ class LeakDetector:
         samples = column_samples(columns, 0.5 * self.pixel_size_m)
         if has_transit:
             samples = _join(samples, transit)
-        best = 0.0
-        for view, det in self.detectors.items():
-            img = project_points(det, *samples)
-            best = max(
-                best, visible_volume_m3(img, self.pixel_size_m, self.min_thickness_m, self.hidden[view])
-            )
-        return best
+        return self._visible({v: project_points(d, *samples) for v, d in self.detectors.items()})
+
+    def _visible(self, images: dict[str, np.ndarray]) -> float:
+        return max(
+            visible_volume_m3(img, self.pixel_size_m, self.min_thickness_m, self.hidden[view])
+            for view, img in images.items()
+        )
+
+    def _column_images(self, columns: CementColumns) -> dict[str, np.ndarray]:
+        """Thickness image of the vein columns per view, kept while the columns do not change."""
+        if self._last_fill is None or not np.array_equal(self._last_fill, columns.fill_m3):
+            samples = column_samples(columns, 0.5 * self.pixel_size_m)
+            self._column_img = {v: project_points(d, *samples) for v, d in self.detectors.items()}
+            self._last_fill = columns.fill_m3.copy()
+        return self._column_img
 
     def frames_due_in(self, t0: float, t1: float) -> list[float]:
         """Frames still to take in (t0, t1), 1 ns clear of both ends (none once the leak is seen)."""
@@ -327,26 +339,40 @@ class LeakDetector:
             f += self.frame_interval_s
         return out
 
-    def update(self, t: float, columns: CementColumns) -> float | None:
-        """Take every frame due up to time t; returns the detection time once detected."""
-        while self.detection_time_s is None and self.next_frame_s <= t + 1e-12:
+    def update(self, t: float, columns: CementColumns, before: bool = False) -> float | None:
+        """Take every frame due up to time t (``before``: only those due before t, for frames that
+        must not see what happens at t); returns the detection time once detected.
+
+        A frame's image is the columns' plus that of the fragments in the veins at the frame's time
+        (:mod:`sim.physics.fragment_tracks`): those at rest for good are drawn once into a kept image,
+        the moving ones at their positions; the projection is linear, so the images add.
+        """
+        limit = t - 1e-12 if before else t + 1e-12
+        while self.detection_time_s is None and self.next_frame_s <= limit:
             f = self.next_frame_s
+            images = self._column_images(columns)
             if self.tracks is not None:
+                step = 0.5 * self.pixel_size_m
+                rest = self.tracks.take_at_rest(f)
+                if rest[0].size:
+                    rest_samples = fragment_samples(self.tracks.network, *rest, step)
+                    for v, d in self.detectors.items():
+                        self._rest_img[v] = self._rest_img.get(v, 0.0) + project_points(d, *rest_samples)
                 self.tracks.prune(f)
-            if self.tracks is not None and len(self.tracks):  # fragments where they are at the frame
-                drawn = fragment_samples(self.tracks.network, *self.tracks.at(f), 0.5 * self.pixel_size_m)
-                vis = self.visible_m3(columns, drawn)
-                self._last_fill = None
-            else:
-                if self._last_fill is None or not np.array_equal(self._last_fill, columns.fill_m3):
-                    self._last_vis = self.visible_m3(columns)
-                    self._last_fill = columns.fill_m3.copy()
-                vis = self._last_vis
-            self.frames_t.append(self.next_frame_s)
+                moving = self.tracks.at(f)
+                if moving[0].size or self._rest_img:
+                    moving_samples = fragment_samples(self.tracks.network, *moving, step)
+                    images = {
+                        v: images[v] + self._rest_img.get(v, 0.0) + project_points(d, *moving_samples)
+                        for v, d in self.detectors.items()
+                    }
+            vis = self._visible(images) if any(np.any(img > 0.0) for img in images.values()) else 0.0
+            self.frames_t.append(f)
             self.frames_visible_m3.append(vis)
             if vis > self.threshold_m3:
-                self.detection_time_s = self.next_frame_s
+                self.detection_time_s = f
                 self.tracks = None  # no frame is taken once the leak is seen
+                self._rest_img = {}
             self.next_frame_s += self.frame_interval_s
         return self.detection_time_s
 

@@ -12,11 +12,13 @@ shedding, and the detection time of the seed case jumped between 1.5 and 4.5 s w
 Model (the venous leg of :mod:`sim.physics.fragment_transport`, with the flows of the moment of
 birth): the fragment moves downstream at ``slip_factor`` times the mean blood velocity |Q| / (pi D^2
 / 4) of each vein; at a junction it takes an outflow vein with probability proportional to that
-vein's flow (inverse CDF on a uniform from the fluoroscopy stream, drawn at birth, ``MAX_LEGS`` per
-fragment); it stops at the entry of the first vein it is too wide for, d > D (1 + margin) (margin of
-:class:`sim.physics.fragment_transport.DiameterMargin` at its birth age), in a vein without flow, or
-at a node nothing flows out of; it is gone once it reaches the right atrium (the network's outlet,
-outside the field). The path is not the one the transport later draws (that uses the flows at the
+vein's flow (inverse CDF on a uniform from the fluoroscopy stream, drawn at birth, one per vein of the
+longest path, as the transport draws them); it stops at the entry of the first vein it is too wide
+for, d > D (1 + margin) (margin of :class:`sim.physics.fragment_transport.DiameterMargin` at its
+birth age), in a vein without flow, or at a node nothing flows out of; it is gone once it reaches
+the right atrium (the network's outlet, outside the field). A fragment at rest for good is handed
+to the detector once (:meth:`FragmentTracks.take_at_rest`), which draws it into a kept image. The
+path is not the one the transport later draws (that uses the flows at the
 end of the injection and its own stream); the image needs only where the fragment is during the
 next seconds.
 
@@ -24,7 +26,8 @@ Limiting cases (tests/test_fragment_tracks.py): a fragment in a vein without flo
 was born, with its whole volume in every frame; on a straight vein it is at its birth position
 plus v (t - t_birth) and gone from the time it reaches the outlet; at a junction the share of
 fragments taking each branch converges to the branch's share of the flow; a fragment wider than
-the next vein stops at its entry.
+the next vein stops at its entry; a vein stored against its flow is crossed from v to u; a path
+that ends at the atrium on its last drawn vein is gone.
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ import numpy as np
 
 from sim.physics.fragment_transport import DiameterMargin, VenousRouting, choose_branch, lodges
 from sim.physics.venous_network import VenousNetwork
-
-MAX_LEGS = 64  # veins followed per fragment (uniforms drawn at birth); beyond them it rests
 
 
 @dataclass
@@ -52,19 +53,26 @@ class TransitModel:
 @dataclass
 class _Track:
     """One fragment's path: legs (edge, position from the edge's u end at the leg's start, direction
-    +1 towards v or -1 towards u, speed, start time), the time it reaches the heart (inf: it stops
-    in a vein) and its shape."""
+    +1 towards v or -1 towards u, speed, start time), the end of its last leg (then it is in the
+    heart if ``gone``, else at rest there for good) and its shape."""
 
     edge: np.ndarray
     u0_m: np.ndarray
     sign: np.ndarray
     speed_m_s: np.ndarray
     t0_s: np.ndarray
-    t_end_s: float  # end of the last leg: then gone (heart) or at rest
+    t_end_s: float
     gone: bool
     diameter_m: float
     length_m: float
     volume_m3: float
+
+    def from_u_at(self, t: float, network: VenousNetwork) -> tuple[int, float]:
+        """Edge and centre distance from its u end at time t (>= birth)."""
+        j = int(np.searchsorted(self.t0_s, t, side="right")) - 1
+        j = max(j, 0)
+        pos = self.u0_m[j] + self.sign[j] * self.speed_m_s[j] * (min(t, self.t_end_s) - self.t0_s[j])
+        return int(self.edge[j]), min(max(float(pos), 0.0), float(network.edge_length_m[self.edge[j]]))
 
 
 @dataclass
@@ -82,7 +90,7 @@ class FragmentTracks:
         route: VenousRouting,
         outlet: int,
         edge: np.ndarray,
-        offset_m: np.ndarray,
+        from_u_m: np.ndarray,
         diameter_m: np.ndarray,
         length_m: np.ndarray,
         volume_m3: np.ndarray,
@@ -90,21 +98,26 @@ class FragmentTracks:
         birth_s: np.ndarray,
         uniforms: np.ndarray,
     ) -> None:
-        """Trace new fragments (``offset_m`` from the upstream end of ``edge`` along the flow of
-        ``route``; ``uniforms`` (n, MAX_LEGS) of the fluoroscopy stream)."""
-        net = self.network
+        """Trace new fragments: born on ``edge`` with their centre ``from_u_m`` from its u end, moving
+        with the flow of ``route``; ``uniforms`` (n, k) of the fluoroscopy stream, one per junction."""
         for f in range(len(edge)):
             self.tracks.append(
                 _trace(
-                    net, route, outlet, int(edge[f]), float(offset_m[f]), float(diameter_m[f]),
-                    float(margin[f]), float(birth_s[f]), uniforms[f],
-                    float(length_m[f]), float(volume_m3[f]),
+                    self.network, route, outlet, int(edge[f]), float(from_u_m[f]), float(diameter_m[f]),
+                    float(margin[f]), float(birth_s[f]), uniforms[f], float(length_m[f]), float(volume_m3[f]),
                 )
             )  # fmt: skip
 
     def prune(self, t: float) -> None:
         """Forget the fragments that reached the heart by time t."""
         self.tracks = [k for k in self.tracks if not (k.gone and k.t_end_s <= t)]
+
+    def take_at_rest(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Remove and return (as :meth:`at`) the fragments at rest for good by time t."""
+        rest = [k for k in self.tracks if not k.gone and k.t_end_s <= t]
+        if rest:
+            self.tracks = [k for k in self.tracks if k.gone or k.t_end_s > t]
+        return self._columns(rest, t)
 
     def positions(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Edge, centre distance from the edge's u end, and index into ``tracks`` of each fragment born
@@ -113,22 +126,24 @@ class FragmentTracks:
         for i, k in enumerate(self.tracks):
             if k.t0_s[0] > t or (k.gone and k.t_end_s <= t):
                 continue
-            j = int(np.searchsorted(k.t0_s, t, side="right")) - 1
-            tt = min(t, k.t_end_s)
-            pos = k.u0_m[j] + k.sign[j] * k.speed_m_s[j] * (tt - k.t0_s[j])
-            length = float(self.network.edge_length_m[k.edge[j]])
-            edges.append(int(k.edge[j]))
-            from_u.append(min(max(pos, 0.0), length))
+            e, u = k.from_u_at(t, self.network)
+            edges.append(e)
+            from_u.append(u)
             idx.append(i)
         return np.array(edges, dtype=np.int64), np.array(from_u), np.array(idx, dtype=np.int64)
 
     def at(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Edge, centre distance from its u end, diameter, length and volume of each fragment in the
         veins at time t (the arguments of :func:`sim.physics.fluoroscopy.fragment_samples`)."""
-        edges, from_u, idx = self.positions(t)
-        ks = [self.tracks[i] for i in idx]
+        _e, _u, idx = self.positions(t)
+        return self._columns([self.tracks[i] for i in idx], t)
+
+    def _columns(self, ks: list[_Track], t: float) -> tuple:
+        where = [k.from_u_at(t, self.network) for k in ks]
         return (
-            edges, from_u, np.array([k.diameter_m for k in ks]), np.array([k.length_m for k in ks]),
+            np.array([w[0] for w in where], dtype=np.int64),
+            np.array([w[1] for w in where], dtype=np.float64),
+            np.array([k.diameter_m for k in ks]), np.array([k.length_m for k in ks]),
             np.array([k.volume_m3 for k in ks]),
         )  # fmt: skip
 
@@ -138,7 +153,7 @@ def _trace(
     route: VenousRouting,
     outlet: int,
     e: int,
-    offset: float,
+    from_u: float,
     diameter: float,
     margin: float,
     birth: float,
@@ -148,7 +163,7 @@ def _trace(
 ) -> _Track:
     edge, u0, sign, speed, t0 = [], [], [], [], []
     L = float(net.edge_length_m[e])
-    gone = False
+    u_birth = min(max(from_u, 0.0), L)
 
     def leg(e_: int, s_from_upstream: float, t_start: float) -> None:
         toward_v = route.edge_down[e_] == net.edge_v[e_]
@@ -158,17 +173,20 @@ def _trace(
         speed.append(float(route.edge_speed[e_]))
         t0.append(t_start)
 
-    if route.edge_down[e] < 0:  # born in a vein without flow: stays there
-        edge, u0, sign, speed, t0 = [e], [min(max(offset, 0.0), L)], [1.0], [0.0], [birth]
+    def track(t_end: float, gone: bool) -> _Track:
         arrays = map(np.array, (edge, u0, sign, speed, t0))
-        return _Track(*arrays, birth, False, diameter, length_m, volume_m3)
-    s = min(max(offset, 0.0), L)
+        return _Track(*arrays, t_end, gone, diameter, length_m, volume_m3)
+
+    if route.edge_down[e] < 0:  # born in a vein without flow: stays there
+        edge, u0, sign, speed, t0 = [e], [u_birth], [1.0], [0.0], [birth]
+        return track(birth, False)
+    toward_v = route.edge_down[e] == net.edge_v[e]
+    s = u_birth if toward_v else L - u_birth  # from the upstream end
     leg(e, s, birth)
     t = birth + (L - s) / route.edge_speed[e]
     node = int(route.edge_down[e])
-    for k in range(MAX_LEGS):
+    for k in range(uniforms.shape[0]):
         if node == outlet:
-            gone = True
             break
         lo, hi = route.out_ptr[node], route.out_ptr[node + 1]
         j = choose_branch(lo, hi, route.out_edge, route.edge_flow, uniforms[k])
@@ -182,4 +200,4 @@ def _trace(
         leg(nxt, 0.0, t)
         t += float(net.edge_length_m[nxt]) / route.edge_speed[nxt]
         node = int(route.out_node[j])
-    return _Track(*map(np.array, (edge, u0, sign, speed, t0)), t, gone, diameter, length_m, volume_m3)
+    return track(t, node == outlet)

@@ -103,7 +103,8 @@ def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
         network = build_venous_network(
             params.patient.level, params.veins, rngs["veins"], ct_meta.get("ivc_diameter_m")
         )
-    lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
+    with g("lungs"):
+        lodging = law_class("lodging", laws.lodging).from_params(params.lungs)
     with g("venous_system"):
         venous = VenousSystem(
             network,

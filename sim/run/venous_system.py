@@ -56,7 +56,7 @@ from sim.physics import rheology
 from sim.physics.cure_clock import AgePool, CureClock
 from sim.physics.fluoroscopy import LeakDetector
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
-from sim.physics.fragment_tracks import MAX_LEGS, FragmentTracks, TransitModel
+from sim.physics.fragment_tracks import FragmentTracks, TransitModel
 from sim.physics.fragment_transport import venous_routing
 from sim.physics.fragmentation import DragStrengthBreakup, DragVsStrength
 from sim.physics.injection import mark_leak_onsets
@@ -291,6 +291,9 @@ class VenousSystem:
             self._push_flux = np.zeros(self.network.n_edges)
             if self.dynamics is not None:  # the veins move in time even when no cement does
                 self.flow = self.dynamics.advance(t_new, self._extra)
+            self.detector.update(
+                t_new, self.columns, before=True
+            )  # frames inside the step: before its shedding
         self._shed(t_new)
         self._update_exit_coupling(qc, bp)
         self.detector.update(t_new, self.columns)
@@ -301,6 +304,7 @@ class VenousSystem:
         if self.set_time_s is None and rheology.is_set(self.cement, self.cement_age_s(t)):
             self.set_time_s = t
         self._resolve(np.zeros(self.network.n_edges), t)
+        self.detector.update(t, self.columns, before=True)  # frames inside the step: before its shedding
         self._shed(t)
         self.detector.update(t, self.columns)
         self._check_mass()
@@ -349,9 +353,12 @@ class VenousSystem:
         """Fragments just shed, moved on in the image with the blood flow that shed them."""
         route = venous_routing(flow_snapshot(self.network, self.flow), self.transit.slip_factor)
         margin = self.transit.lodging.margin(self.cement, new.cure_age_s)
-        uniforms = self.transit.rng.random((len(new), MAX_LEGS))
+        uniforms = self.transit.rng.random((len(new), max(route.max_steps, 1)))
+        length = self.network.edge_length_m[new.edge]
+        # offsets run with the blood flow that shed them (from v where it ran v -> u)
+        from_u = np.where(self.flow.edge_flow_m3_s[new.edge] >= 0.0, new.offset_m, length - new.offset_m)
         self.detector.tracks.add(
-            route, int(self.network.right_atrium), new.edge, new.offset_m, new.diameter_m, new.length_m,
+            route, int(self.network.right_atrium), new.edge, from_u, new.diameter_m, new.length_m,
             new.volume_m3, margin, new.birth_time_s, uniforms,
         )  # fmt: skip
 

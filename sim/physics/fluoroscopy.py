@@ -185,10 +185,6 @@ def fragment_samples(
     return np.vstack(pts), np.concatenate(rad), np.concatenate(vol), np.vstack(tan)
 
 
-def _join(a: tuple, b: tuple) -> tuple:
-    return tuple(np.concatenate([x, y]) for x, y in zip(a, b, strict=True))
-
-
 def project_points(
     det: Detector,
     pts: np.ndarray,
@@ -304,14 +300,11 @@ class LeakDetector:
         det = self.detectors[view]
         return project_points(det, *column_samples(columns, 0.5 * self.pixel_size_m))
 
-    def visible_m3(self, columns: CementColumns, transit: tuple | None = None) -> float:
-        """Largest visible extra-vertebral volume over the views (columns plus fragments in transit)."""
-        has_transit = transit is not None and transit[0].shape[0] > 0
-        if columns.total_m3() <= 0.0 and not has_transit:
+    def visible_m3(self, columns: CementColumns) -> float:
+        """Largest visible extra-vertebral volume of the vein columns over the views."""
+        if columns.total_m3() <= 0.0:
             return 0.0
         samples = column_samples(columns, 0.5 * self.pixel_size_m)
-        if has_transit:
-            samples = _join(samples, transit)
         return self._visible({v: project_points(d, *samples) for v, d in self.detectors.items()})
 
     def _visible(self, images: dict[str, np.ndarray]) -> float:

@@ -122,21 +122,18 @@ class FragmentTracks:
     def positions(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Edge, centre distance from the edge's u end, and index into ``tracks`` of each fragment born
         by time t and not yet in the heart."""
-        edges, from_u, idx = [], [], []
-        for i, k in enumerate(self.tracks):
-            if k.t0_s[0] > t or (k.gone and k.t_end_s <= t):
-                continue
-            e, u = k.from_u_at(t, self.network)
-            edges.append(e)
-            from_u.append(u)
-            idx.append(i)
-        return np.array(edges, dtype=np.int64), np.array(from_u), np.array(idx, dtype=np.int64)
+        idx = self._in_veins(t)
+        edges, from_u, *_ = self._columns([self.tracks[i] for i in idx], t)
+        return edges, from_u, np.array(idx, dtype=np.int64)
 
     def at(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Edge, centre distance from its u end, diameter, length and volume of each fragment in the
         veins at time t (the arguments of :func:`sim.physics.fluoroscopy.fragment_samples`)."""
-        _e, _u, idx = self.positions(t)
-        return self._columns([self.tracks[i] for i in idx], t)
+        return self._columns([self.tracks[i] for i in self._in_veins(t)], t)
+
+    def _in_veins(self, t: float) -> list[int]:
+        """Indices of the fragments born by time t and not yet in the heart."""
+        return [i for i, k in enumerate(self.tracks) if k.t0_s[0] <= t and not (k.gone and k.t_end_s <= t)]
 
     def _columns(self, ks: list[_Track], t: float) -> tuple:
         where = [k.from_u_at(t, self.network) for k in ks]

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from sim.physics.kernel_cover import ball_cover, cylinder_cover
+from sim.physics.kernel_cover import ball_cover, piece_covers, segment_cover
 
 RHO = 2.0e-3
 
@@ -39,13 +39,14 @@ def test_ball_cover_sums_to_the_ball_volume(h, offset):
 
 @pytest.mark.parametrize("h", [1.0e-3, 0.5e-3])
 @pytest.mark.parametrize("offset", [(0.0, 0.0), (0.31, 0.17), (0.5, 0.5)])
-def test_cylinder_cover_sums_to_the_cylinder_volume(h, offset):
-    """A cylinder along z through a generic point of the cross-section: the shares of the cells of
-    4 mm of it (whole cell layers) sum to pi rho^2 4 mm."""
+def test_segment_cover_sums_to_the_cylinder_volume(h, offset):
+    """A cylinder piece along z, 4 mm of whole cell layers, through a generic point of the
+    cross-section: its shares sum to pi rho^2 4 mm, and cells outside the piece get none."""
     ctr = _grid(h, 4.5e-3, np.array([offset[0], offset[1], 0.5]) * h)
-    cover = cylinder_cover(ctr, h, np.zeros(3), np.array([0.0, 0.0, 1.0]), RHO)
-    layers = (ctr[:, 2] > 0.0) & (ctr[:, 2] < 4.0e-3)
-    assert cover[layers].sum() * h**3 == pytest.approx(math.pi * RHO**2 * 4.0e-3, rel=1e-2)
+    cover = segment_cover(ctr, h, np.zeros(3), np.array([0.0, 0.0, 4.0e-3]), RHO)
+    assert np.all((cover >= 0.0) & (cover <= 1.0))
+    assert cover.sum() * h**3 == pytest.approx(math.pi * RHO**2 * 4.0e-3, rel=1e-2)
+    assert np.all(cover[(ctr[:, 2] < 0.0) | (ctr[:, 2] > 4.0e-3)] == 0.0)
 
 
 def test_overlap_of_ball_and_cylinder_converges_where_centre_membership_does_not():
@@ -55,15 +56,15 @@ def test_overlap_of_ball_and_cylinder_converges_where_centre_membership_does_not
     axis_point = np.array([2.0e-3, 0.0, 0.0])
     h_ref = 0.125e-3
     ctr = _grid(h_ref, 4.0e-3, np.array([0.5, 0.5, 0.5]) * h_ref)
-    ref = np.sum(
-        ball_cover(ctr, h_ref, np.zeros(3), RHO) * cylinder_cover(ctr, h_ref, axis_point, direction, RHO)
-    )
+    # a piece that crosses the whole box stands for the infinite cylinder
+    start, end = axis_point - 8.0e-3 * direction, axis_point + 8.0e-3 * direction
+    ref = np.sum(ball_cover(ctr, h_ref, np.zeros(3), RHO) * segment_cover(ctr, h_ref, start, end, RHO))
     ref *= h_ref**3
     err_cover, err_centre = [], []
     for h in (1.0e-3, 0.5e-3):
         ctr = _grid(h, 4.0e-3, np.array([0.37, 0.11, 0.23]) * h)
         ball = ball_cover(ctr, h, np.zeros(3), RHO)
-        cyl = cylinder_cover(ctr, h, axis_point, direction, RHO)
+        cyl = segment_cover(ctr, h, start, end, RHO)
         err_cover.append(abs(np.sum(ball * cyl) * h**3 / ref - 1.0))
         rel = ctr - axis_point
         d_line = np.linalg.norm(rel - (rel @ direction)[:, None] * direction, axis=1)
@@ -75,11 +76,13 @@ def test_overlap_of_ball_and_cylinder_converges_where_centre_membership_does_not
 
 
 def test_degenerate_inputs():
-    """No cells give no shares; a zero direction is refused instead of silently covering nothing."""
+    """No cells give no shares; a zero-length piece is refused instead of silently covering nothing."""
     assert ball_cover(np.empty(0), 1.0e-3, np.zeros(3), RHO).shape == (0,)
-    assert cylinder_cover(np.empty((0, 3)), 1.0e-3, np.zeros(3), np.array([0.0, 0.0, 1.0]), RHO).shape == (0,)
+    assert segment_cover(np.empty((0, 3)), 1.0e-3, np.zeros(3), np.array([0.0, 0.0, 1.0e-3]), RHO).shape == (
+        0,
+    )
     with pytest.raises(ValueError, match="non-zero"):
-        cylinder_cover(np.zeros((1, 3)), 1.0e-3, np.zeros(3), np.zeros(3), RHO)
+        segment_cover(np.zeros((1, 3)), 1.0e-3, np.zeros(3), np.zeros(3), RHO)
 
 
 @pytest.mark.parametrize("h", [1.0e-3, 0.5e-3])
@@ -87,8 +90,6 @@ def test_cylinder_pieces_sum_to_the_piece_volume_and_share_out_each_cell(h):
     """An oblique 4 mm cylinder piece: its covered shares sum to pi rho^2 L within 1 %; split into
     n pieces shorter than a cell, every piece has cells, each piece holds about pi rho^2 L / n, and each
     cell's shares over the pieces add up to its share of the whole piece (each sub-cell counted once)."""
-    from sim.physics.kernel_cover import piece_covers, segment_cover
-
     direction = np.array([1.0, 2.0, 2.0]) / 3.0
     start = np.array([0.37, -0.21, 0.13]) * h - 2.0e-3 * direction
     end = start + 4.0e-3 * direction
@@ -104,8 +105,6 @@ def test_cylinder_pieces_sum_to_the_piece_volume_and_share_out_each_cell(h):
 
 
 def test_piece_covers_refuses_a_zero_length_or_no_pieces():
-    from sim.physics.kernel_cover import piece_covers
-
     with pytest.raises(ValueError, match="non-zero length"):
         piece_covers(np.zeros((1, 3)), 1.0e-3, np.zeros(3), np.zeros(3), RHO)
     with pytest.raises(ValueError, match="n_pieces"):

@@ -33,28 +33,26 @@ SUB_CELLS = 8  # sub-cells per axis in a cut cell (512 midpoints; at most 1/16 o
 
 
 @numba.njit(cache=True, inline="always")
-def _sq_distance(dx: float, dy: float, dz: float, axis: np.ndarray, line: bool) -> float:
-    """Squared distance of the offset (dx, dy, dz) from the kernel's centre point, or from its axis."""
-    if line:
-        s = dx * axis[0] + dy * axis[1] + dz * axis[2]
-        dx -= s * axis[0]
-        dy -= s * axis[1]
-        dz -= s * axis[2]
+def _sq_distance_to_axis(dx: float, dy: float, dz: float, axis: np.ndarray) -> float:
+    """Squared distance of the offset (dx, dy, dz) from a point on the axis to the axis (unit vector)."""
+    s = dx * axis[0] + dy * axis[1] + dz * axis[2]
+    dx -= s * axis[0]
+    dy -= s * axis[1]
+    dz -= s * axis[2]
     return dx * dx + dy * dy + dz * dz
 
 
 @numba.njit(cache=True)
-def _cover_kernel(
-    centres: np.ndarray, h: float, p0: np.ndarray, axis: np.ndarray, radius: float, line: bool, n_sub: int
+def _ball_cover_kernel(
+    centres: np.ndarray, h: float, p0: np.ndarray, radius: float, n_sub: int
 ) -> np.ndarray:
     n = centres.shape[0]
     out = np.zeros(n)
     half_diag = 0.5 * np.sqrt(3.0) * h
     r2 = radius * radius
     for c in range(n):
-        d = np.sqrt(
-            _sq_distance(centres[c, 0] - p0[0], centres[c, 1] - p0[1], centres[c, 2] - p0[2], axis, line)
-        )
+        dx, dy, dz = centres[c, 0] - p0[0], centres[c, 1] - p0[1], centres[c, 2] - p0[2]
+        d = np.sqrt(dx * dx + dy * dy + dz * dz)
         if d + half_diag <= radius:
             out[c] = 1.0
             continue
@@ -67,7 +65,7 @@ def _cover_kernel(
                 oy = centres[c, 1] + h * ((j + 0.5) / n_sub - 0.5) - p0[1]
                 for k in range(n_sub):
                     oz = centres[c, 2] + h * ((k + 0.5) / n_sub - 0.5) - p0[2]
-                    if _sq_distance(ox, oy, oz, axis, line) <= r2:
+                    if ox * ox + oy * oy + oz * oz <= r2:
                         inside += 1
         out[c] = inside / (n_sub * n_sub * n_sub)
     return out
@@ -77,22 +75,7 @@ def ball_cover(centres_m: np.ndarray, spacing_m: float, centre_m: np.ndarray, ra
     """Share of each cell (centres (n, 3), cubes of side ``spacing_m``) inside the ball of radius rho."""
     c = np.ascontiguousarray(np.asarray(centres_m, dtype=np.float64).reshape(-1, 3))
     p = np.ascontiguousarray(centre_m, dtype=np.float64)
-    return _cover_kernel(c, float(spacing_m), p, np.zeros(3), float(radius_m), False, SUB_CELLS)
-
-
-def cylinder_cover(
-    centres_m: np.ndarray, spacing_m: float, point_m: np.ndarray, direction: np.ndarray, radius_m: float
-) -> np.ndarray:
-    """Share of each cell inside the infinite cylinder of radius rho about the line through
-    ``point_m`` along the unit vector ``direction`` (the caller bounds the cells along the axis)."""
-    c = np.ascontiguousarray(np.asarray(centres_m, dtype=np.float64).reshape(-1, 3))
-    p = np.ascontiguousarray(point_m, dtype=np.float64)
-    t = np.asarray(direction, dtype=np.float64)
-    norm = float(np.linalg.norm(t))
-    if not norm > 0.0:
-        raise ValueError(f"cylinder direction {direction!r} must be a non-zero vector")
-    t = np.ascontiguousarray(t / norm)
-    return _cover_kernel(c, float(spacing_m), p, t, float(radius_m), True, SUB_CELLS)
+    return _ball_cover_kernel(c, float(spacing_m), p, float(radius_m), SUB_CELLS)
 
 
 @numba.njit(cache=True)
@@ -111,7 +94,7 @@ def _piece_cover_kernel(
     per_len = n_pieces / length
     for c in range(n):
         cx, cy, cz = centres[c, 0] - p0[0], centres[c, 1] - p0[1], centres[c, 2] - p0[2]
-        d = np.sqrt(_sq_distance(cx, cy, cz, axis, True))
+        d = np.sqrt(_sq_distance_to_axis(cx, cy, cz, axis))
         if d - half_diag >= radius:
             continue
         s = cx * axis[0] + cy * axis[1] + cz * axis[2]
@@ -130,7 +113,7 @@ def _piece_cover_kernel(
                 oy = cy + h * ((j + 0.5) / n_sub - 0.5)
                 for k in range(n_sub):
                     oz = cz + h * ((k + 0.5) / n_sub - 0.5)
-                    if _sq_distance(ox, oy, oz, axis, True) > r2:
+                    if _sq_distance_to_axis(ox, oy, oz, axis) > r2:
                         continue
                     s_sub = ox * axis[0] + oy * axis[1] + oz * axis[2]
                     if s_sub < 0.0 or s_sub >= length:

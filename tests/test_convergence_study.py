@@ -29,8 +29,7 @@ def test_no_order_is_claimed_for_values_that_are_not_monotone():
     assert fit["uncertainty"] == pytest.approx(0.2)
 
 
-def _study(leak, pressure, detect, embolised):
-    hs = (2.0, 1.5, 1.0, 0.75, 0.5)
+def _study(leak, pressure, detect, embolised, hs=(2.0, 1.5, 1.0, 0.75, 0.5)):
     return [
         {"spacing_mm": h, "leaked_volume_ml": leak(h), "max_needle_pressure_kpa": pressure(h),
          "detection_time_s": detect(h), "embolised_volume_ml": embolised(h)}
@@ -61,3 +60,16 @@ def test_targets_are_met_by_a_converged_study_and_missed_by_one_grid_that_does_n
     assert [t["met"] for t in _targets({"a": drift}, (2, 1.5, 1, 0.75, 0.5))] == [True, True, True, True]
     far = _study(lambda h: 1.0 + 0.3 * h, lambda h: 15.0, lambda h: 1.5, lambda h: 0.8)  # 0.75 vs 0.5: 6.3 %
     assert [t["met"] for t in _targets({"a": far}, (2, 1.5, 1, 0.75, 0.5))][0] is False
+
+
+def test_detection_is_compared_with_the_finest_grid_on_every_grid_from_the_default_down():
+    """With 0.375 mm in the study, a leak seen one second later on the 0.375 mm grid than on the
+    0.5, 0.75 and 1 mm grids fails the detection target (compared with 0.5 mm it would pass), and a
+    grid coarser than the default does not count."""
+    hs = (2.0, 1.5, 1.0, 0.75, 0.5, 0.375)
+    late_fine = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 2.5 if h == 0.375 else 1.5, lambda h: 0.8, hs)
+    det = [t for t in _targets({"a": late_fine}, hs) if t["name"].startswith("detection")][0]
+    assert det["value"] == pytest.approx(1.0) and not det["met"]
+    assert "0.375 mm" in det["name"]
+    coarse_only = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 9.0 if h > 1.0 else 1.5, lambda h: 0.8, hs)
+    assert all(t["met"] for t in _targets({"a": coarse_only}, hs))

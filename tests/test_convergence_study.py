@@ -71,5 +71,10 @@ def test_detection_is_compared_with_the_finest_grid_on_every_grid_from_the_defau
     det = [t for t in _targets({"a": late_fine}, hs) if t["name"].startswith("detection")][0]
     assert det["value"] == pytest.approx(1.0) and not det["met"]
     assert "0.375 mm" in det["name"]
+    unseen_fine = _study(
+        lambda h: 1.0, lambda h: 15.0, lambda h: math.nan if h == 0.375 else 1.5, lambda h: 0.8, hs
+    )
+    det = [t for t in _targets({"a": unseen_fine}, hs) if t["name"].startswith("detection")][0]
+    assert det["value"] == math.inf and not det["met"]
     coarse_only = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 9.0 if h > 1.0 else 1.5, lambda h: 0.8, hs)
     assert all(t["met"] for t in _targets({"a": coarse_only}, hs))

@@ -71,18 +71,21 @@ def test_stopping_at_detection_cuts_the_leak_and_the_emboli_with_it(case, stoppe
 
 
 def test_leaked_volume_error_estimate_follows_the_size_of_the_leak():
-    """summary.json's error estimate is the study case's |leaked(h) - leaked(0.5 mm)| / leaked(0.5 mm) whose
-    leak at h is nearest on a log scale: a millilitre leak gets the seed case's, a microlitre leak a
-    microlitre case's; NaN off the study's spacings, at the reference spacing and without a leak."""
+    """summary.json's error estimate is the study case's |leaked(h) - leaked(h_ref)| / leaked(h_ref) whose
+    leak at h is nearest on a log scale (h_ref the study's finest grid): a millilitre leak gets the seed
+    case's, a microlitre leak a microlitre case's; NaN off the study's spacings, at the reference spacing
+    and without a leak."""
     import math
 
     from sim.core.geometry_data import load_geometry_yaml
     from sim.run.pipeline import leaked_volume_error_estimate
 
-    study = load_geometry_yaml("convergence.yaml")["leaked_volume_ml"]
+    data = load_geometry_yaml("convergence.yaml")
+    study, h_ref = data["leaked_volume_ml"], float(data["reference_spacing_mm"])
+    assert all(h_ref == min(values) for values in study.values())
 
     def err(case: str, h: float) -> float:
-        return abs(study[case][h] - study[case][0.5]) / study[case][0.5]
+        return abs(study[case][h] - study[case][h_ref]) / study[case][h_ref]
 
     assert leaked_volume_error_estimate(1.0, 1.2) == pytest.approx(err("seed case", 1.0), rel=1e-12)
     assert leaked_volume_error_estimate(2.0, 1.2) == pytest.approx(err("seed case", 2.0), rel=1e-12)
@@ -90,5 +93,5 @@ def test_leaked_volume_error_estimate_follows_the_size_of_the_leak():
     assert small != "seed case"
     assert leaked_volume_error_estimate(1.0, 2.0e-3) == pytest.approx(err(small, 1.0), rel=1e-12)
     assert leaked_volume_error_estimate(1.0, 2.0e-3) > 3.0 * leaked_volume_error_estimate(1.0, 1.2)
-    for h, leak in ((0.6, 1.0), (0.5, 1.0), (1.0, 0.0)):
+    for h, leak in ((0.6, 1.0), (h_ref, 1.0), (1.0, 0.0)):
         assert math.isnan(leaked_volume_error_estimate(h, leak))

@@ -98,15 +98,19 @@ def _leak_fraction(mu: float, r_m: float) -> float:
 def test_marrow_resistance_makes_the_thin_cement_leak_more():
     # without R_M the split of a Newtonian cement between the exit 3 mm from the tip and the bone is
     # viscosity-free (the marrow's own resistance is negligible). With R_M the displaced marrow loads
-    # the bone route only: the leak falls with viscosity and tends to the viscosity-free split as the
-    # cement's own resistance outgrows R_M (measured: 0.207, 0.111, 0.040, 0.029 vs 0.028 free)
+    # the bone route only: the leak does not rise with viscosity and tends to the viscosity-free split as
+    # the cement's own resistance outgrows R_M (measured: 0.058, 0.058, 0.054, 0.029 vs 0.028 free; before
+    # the exit carried cement only, December 2026, the exit cell passed its marrow out through the exit
+    # at the cement's mobility, bypassing R_M, filled faster and opened the route sooner: 0.207, 0.111,
+    # 0.040, 0.029)
     mus = (10.0, 100.0, 1000.0, 1.0e4)
     free = [_leak_fraction(mu, 0.0) for mu in mus]
     assert free[0] > 0.01
     assert max(free) == pytest.approx(min(free), rel=0.05)
     loaded = [_leak_fraction(mu, 1e11) for mu in mus]
-    assert all(a > 1.2 * b for a, b in zip(loaded, loaded[1:], strict=False))
-    assert loaded[0] > 5.0 * free[0]
+    assert all(a >= 0.99 * b for a, b in zip(loaded, loaded[1:], strict=False))
+    assert loaded[1] > 1.5 * loaded[-1]
+    assert loaded[0] > 1.8 * free[0]
     assert loaded[-1] == pytest.approx(free[-1], rel=0.15)
 
 

@@ -36,6 +36,26 @@ the cement leaving is R - V S. Limiting case (tests/test_injection.py): a chain 
 cement at rate q passes its first cement at t = (lumen volume) / q whatever the number of nodes, where
 the porous law with m = 286 lets cement through from the first step.
 
+Cement-only routes. Where the pressure solve gives a route the cement's mobility only (with the
+marrow-outflow law, :mod:`sim.physics.marrow_outflow`, a bone cell's faces to the embedded vein lumens
+and its exits: marrow does not enter the lumens, it leaves through the law's outlet), the flow along it
+is cement, and the transport sends cement along it, implicitly in S like the rest of the step: the
+pressure solve gave the route the conductance of the saturation S_r it started from, so at the new S it
+carries cement O_c S / S_r (O_c = dt * its outflow), and the cell solves (V + O_c / S_r) S + O f(S) = R,
+the fill root with a larger volume. The rest of the route's flow, O_c (1 - S / S_r), is fixed by the
+pressure solve and is marrow; it vanishes when S holds steady. Where the root would exceed S_r the
+route carries cement only, O_c of it (all the cell has if less), and the cell's other outflows take
+f(S) of what is left. Taking the route's cement at the step's start saturation instead (explicitly)
+made a bone cell at an exit flip between full and empty from step to step (needle pressure +-20 %).
+Before December 2026 these routes carried the upwind fractional flow too, so a front cell in a vein's
+kernel passed mostly marrow into the lumen (m = 500: f(0.99) = 0.17) at the cement's mobility, and the
+lumens passed it on to the foramina as if it were cement volume filling them; the share of such front
+cells in a 2 mm kernel shrinks with the grid (cohort patient 0: marrow 49 / 40 / 32 / 25 % of the
+foramen's outflow at 1 / 0.75 / 0.5 / 0.375 mm), so a microlitre leak grew with refinement. Limiting
+cases (tests/test_injection.py): without cement-only routes the step is bit for bit the fractional-flow
+step; a cell whose saturation holds steady sends pure cement along them whatever its saturation; a cell
+fed nothing empties along them as exp-like decay, never below zero, its cement all into the route.
+
 Arrays. Cells are numbered compactly 0..n-1. Face f joins ``face_a[f] -> face_b[f]`` with flux
 ``face_flux[f]`` positive from a to b. The per-cell adjacency is CSR: for cell i, entries
 ``cell_ptr[i]:cell_ptr[i+1]`` of ``cell_face`` (face index), ``cell_nbr`` (the other cell) and
@@ -83,33 +103,74 @@ def transport_step_kernel(
     dt: float,
     s_new: np.ndarray,
     f_out: np.ndarray,
+    cement_only_side: np.ndarray,
+    exit_cement_only: np.ndarray,
+    s_route: np.ndarray,
+    f_only: np.ndarray,
 ) -> None:
     """One implicit upwind step, sweeping cells in ``order`` (decreasing pressure).
 
     ``source`` is the cement injection rate per cell (m^3/s, pure cement), ``exit_out`` the
     total outflow per cell through venous exits (m^3/s, >= 0). Writes ``s_new`` and ``f_out``
     (effective cement fraction of every outflow of the cell) for all cells in ``order``.
+    Cement-only routes (module docstring): ``cement_only_side[f]`` is 1 (2) when the flow of face f
+    out of its a (b) side carries cement only, 0 otherwise; ``exit_cement_only`` is a cell's exit
+    outflow of that kind, ``s_route`` the saturation its conductance was computed with. ``f_only``
+    receives the cement fraction of each cell's cement-only outflow.
     """
     for idx in range(order.shape[0]):
         i = order[idx]
         cin = source[i]
         out = exit_out[i]
+        out_only = exit_cement_only[i]
         for j in range(cell_ptr[i], cell_ptr[i + 1]):
-            q = -cell_sign[j] * face_flux[cell_face[j]]
+            f = cell_face[j]
+            q = -cell_sign[j] * face_flux[f]
+            side = cement_only_side[f]
             if q > 0.0:
-                cin += q * f_out[cell_nbr[j]]
+                # the neighbour is upstream: a cement-only route if the flag names its side
+                up_only = side != 0 and (side == 1) == (cell_sign[j] < 0)
+                cin += q * (f_only[cell_nbr[j]] if up_only else f_out[cell_nbr[j]])
             elif q < 0.0:
-                out -= q
+                if side != 0 and (side == 1) == (cell_sign[j] > 0):
+                    out_only -= q
+                else:
+                    out -= q
         v = pore_volume[i]
         r = v * s_old[i] + dt * cin
         o = dt * out
-        s = _fill_root(v, r, o, visc_ratio[i])
+        m = visc_ratio[i]
+        o_only = dt * out_only
+        c = 0.0
+        if o_only > 0.0 and s_route[i] > 0.0:
+            # cement-only routes carry cement at the new saturation's mobility, O_c S / S_route
+            k = o_only / s_route[i]
+            s = _fill_root(v + k, r, o, m)
+            left = r - (v + k) * s
+            if left < 0.0 or o <= 0.0:
+                left = 0.0
+                s = r / (v + k)
+            if s <= s_route[i]:
+                s_new[i] = s
+                f_out[i] = left / o if o > 0.0 else 0.0
+                f_only[i] = s / s_route[i]
+                continue
+        if o_only > 0.0:
+            # full mobility: the routes carry cement only, all the cell has if they carry more
+            if r >= o_only:
+                c = 1.0
+                r -= o_only
+            else:
+                c = r / o_only
+                r = 0.0
+        s = _fill_root(v, r, o, m)
         left = r - v * s
         if left < 0.0 or o <= 0.0:
             left = 0.0
             s = r / v
         s_new[i] = s
         f_out[i] = left / o if o > 0.0 else 0.0
+        f_only[i] = c
 
 
 def transport_step(
@@ -125,13 +186,27 @@ def transport_step(
     visc_ratio: np.ndarray,
     s_old: np.ndarray,
     dt: float,
+    cement_only_side: np.ndarray | None = None,
+    exit_cement_only: np.ndarray | None = None,
+    f_only: np.ndarray | None = None,
+    s_route: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Numba implicit upwind step; returns ``(s_new, f_out)`` (cells outside ``order`` keep S)."""
+    """Numba implicit upwind step; returns ``(s_new, f_out)`` (cells outside ``order`` keep S).
+
+    ``cement_only_side`` (int8 per face) and ``exit_cement_only`` (per cell) mark the cement-only
+    routes (none by default), ``s_route`` the saturation their conductances were computed with
+    (default ``min(s_old, 1)``); ``f_only``, if given, receives the cement fraction of each cell's
+    cement-only outflow."""
     s_new = s_old.copy()
     f_out = np.zeros_like(s_old)
+    side = np.zeros(face_flux.shape[0], dtype=np.int8) if cement_only_side is None else cement_only_side
+    only = np.zeros_like(s_old) if exit_cement_only is None else np.ascontiguousarray(exit_cement_only)
+    f_c = np.zeros_like(s_old) if f_only is None else f_only
+    s_r = np.minimum(s_old, 1.0) if s_route is None else np.ascontiguousarray(s_route, dtype=np.float64)
     transport_step_kernel(
         order, cell_ptr, cell_face, cell_nbr, cell_sign, face_flux, source, exit_out,
-        pore_volume, visc_ratio, s_old, float(dt), s_new, f_out,
+        pore_volume, visc_ratio, s_old, float(dt), s_new, f_out, np.ascontiguousarray(side, dtype=np.int8),
+        only, s_r, f_c,
     )  # fmt: skip
     return s_new, f_out
 
@@ -163,6 +238,9 @@ def transport_step_numpy(
     visc_ratio: np.ndarray,
     s_old: np.ndarray,
     dt: float,
+    cement_only_side: np.ndarray | None = None,
+    exit_cement_only: np.ndarray | None = None,
+    s_route: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pure-numpy reference of :func:`transport_step`: same scheme, different algorithm.
 
@@ -171,13 +249,20 @@ def transport_step_numpy(
     baseline for the numba kernel).
     """
     n = s_old.shape[0]
+    side = np.zeros(face_flux.shape[0], dtype=np.int8) if cement_only_side is None else cement_only_side
+    only_exit = np.zeros(n) if exit_cement_only is None else exit_cement_only
     level = flow_levels(face_a, face_b, face_flux, n)
     up = np.where(face_flux > 0.0, face_a, face_b)
     down = np.where(face_flux > 0.0, face_b, face_a)
     mag = np.abs(face_flux)
-    outflow = exit_out + np.bincount(up, weights=mag, minlength=n)
+    # a face carries cement only when it flows out of the side its flag names
+    only = ((side == 1) & (face_flux > 0.0)) | ((side == 2) & (face_flux < 0.0))
+    outflow = exit_out + np.bincount(up[~only], weights=mag[~only], minlength=n)
+    outflow_only = only_exit + np.bincount(up[only], weights=mag[only], minlength=n)
+    s_ref = np.minimum(s_old, 1.0) if s_route is None else s_route
     s_new = s_old.copy()
     f_out = np.zeros(n)
+    f_only = np.zeros(n)
     face_level = level[down]
     order = np.argsort(face_level, kind="stable")
     bounds = np.searchsorted(face_level[order], np.arange(level.max() + 2))
@@ -185,26 +270,44 @@ def transport_step_numpy(
         cells = np.flatnonzero(level == lev)
         fl = order[bounds[lev] : bounds[lev + 1]]
         cin = source.copy()
-        np.add.at(cin, down[fl], mag[fl] * f_out[up[fl]])
+        np.add.at(cin, down[fl], mag[fl] * np.where(only[fl], f_only[up[fl]], f_out[up[fl]]))
         v = pore_volume[cells]
         r = v * s_old[cells] + dt * cin[cells]
         o = dt * outflow[cells]
         m = visc_ratio[cells]
-        piston = np.isinf(m)
-        with np.errstate(divide="ignore", invalid="ignore"):  # pistons (m = inf) are set below
-            a = v * (m - 1.0)
-            b = v * m + o + r * (m - 1.0)
-            c = r * m
-            s = 2.0 * c / (b + np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0)))
-            s = np.where(piston, np.minimum(r / v, 1.0), s)
-            s = np.where(r <= 0.0, 0.0, np.where(o <= 0.0, r / v, s))
-            left = r - v * s
-            bad = (left < 0.0) | (o <= 0.0)
-            left = np.where(bad, 0.0, left)
-            s = np.where(bad, r / v, s)
-            s_new[cells] = s
-            f_out[cells] = np.where(o > 0.0, left / np.where(o > 0.0, o, 1.0), 0.0)
+        o_only = dt * outflow_only[cells]
+        sr = s_ref[cells]
+        # routes at the new saturation's mobility (volume v + k), where that keeps S <= S_route
+        k = np.where((o_only > 0.0) & (sr > 0.0), o_only / np.where(sr > 0.0, sr, 1.0), 0.0)
+        s1, left1 = _fill_roots(v + k, r, o, m)
+        first = (k > 0.0) & (s1 <= sr)
+        # else full mobility: the routes take cement first, all the cell has if they carry more
+        enough = r >= o_only
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c2 = np.where(o_only > 0.0, np.where(enough, 1.0, r / np.where(o_only > 0.0, o_only, 1.0)), 0.0)
+        r2 = np.where(o_only > 0.0, np.where(enough, r - o_only, 0.0), r)
+        s2, left2 = _fill_roots(v, r2, o, m)
+        s = np.where(first, s1, s2)
+        left = np.where(first, left1, left2)
+        s_new[cells] = s
+        f_out[cells] = np.where(o > 0.0, left / np.where(o > 0.0, o, 1.0), 0.0)
+        f_only[cells] = np.where(first, s1 / np.where(sr > 0.0, sr, 1.0), c2)
     return s_new, f_out
+
+
+def _fill_roots(v: np.ndarray, r: np.ndarray, o: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`_fill_root` and the cement left for the outflow: the reference's per-level solve."""
+    piston = np.isinf(m)
+    with np.errstate(divide="ignore", invalid="ignore"):  # pistons (m = inf) are set below
+        a = v * (m - 1.0)
+        b = v * m + o + r * (m - 1.0)
+        c = r * m
+        s = 2.0 * c / (b + np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0)))
+        s = np.where(piston, np.minimum(r / v, 1.0), s)
+        s = np.where(r <= 0.0, 0.0, np.where(o <= 0.0, r / v, s))
+        left = r - v * s
+        bad = (left < 0.0) | (o <= 0.0)
+        return np.where(bad, r / v, s), np.where(bad, 0.0, left)
 
 
 def fractional_flow(s: np.ndarray, visc_ratio: np.ndarray) -> np.ndarray:

@@ -441,6 +441,7 @@ class StepPlan:
     q_outlet: float
     visc_ratio: np.ndarray
     mu_tip: float
+    s_route: np.ndarray  # min(S, 1) the step's conductances were computed with (cement-only routes)
 
 
 class InjectionSolver:
@@ -514,6 +515,11 @@ class InjectionSolver:
         self.well_cell = np.where(on_grid_a, graph.face_a, graph.face_b)[self.well_face]
         self.well_grid_is_a = on_grid_a[self.well_face]
         self.is_grid_exit = grid[self.exit_cell]
+        # with the marrow outlet a bone cell's well faces and exits carry cement only (cement_transport):
+        # the side of each face whose outflow does
+        self.cement_only_side = np.zeros(graph.face_a.size, dtype=np.int8)
+        if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
+            self.cement_only_side[self.well_face] = np.where(self.well_grid_is_a, 1, 2)
         self.is_grid = grid
         # the marrow outlet drains into the venous system at the exits in proportion to their conductance
         geo = np.bincount(self.exit_id, weights=self.exit_geo, minlength=self.n_exits)
@@ -743,6 +749,7 @@ class InjectionSolver:
             t=t, dt=dt, t_end=t + dt, t0=t, last=last, q=q, p_needle=p_needle, p_marrow=p_marrow,
             p_syringe=p_syr, dp_cannula=dp_can, p_vein=p_vein, flux=flux, src=src, exit_cell=exit_cell,
             q_ent=q_ent, q_outlet=q_outlet, visc_ratio=visc_ratio, mu_tip=float(np.dot(self.src_unit, mu_c)),
+            s_route=s_c,
         )  # fmt: skip
 
     def take_step(self, plan: StepPlan, until: float | None = None) -> str:
@@ -829,13 +836,19 @@ class InjectionSolver:
         graph, p_shifted = self.graph, self.state.pressure_shifted
         tt0 = time.perf_counter()
         order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
-        exit_out = np.bincount(plan.exit_cell, weights=np.maximum(plan.q_ent, 0.0), minlength=graph.n)
+        q_pos = np.maximum(plan.q_ent, 0.0)
+        # exits on bone cells carry cement only with the marrow outlet (as their conductance says)
+        only = self.is_grid_exit & (self.marrow_outflow.resistance_pa_s_per_m3 > 0.0)
+        exit_out = np.bincount(plan.exit_cell, weights=np.where(only, 0.0, q_pos), minlength=graph.n)
+        exit_only = np.bincount(plan.exit_cell, weights=np.where(only, q_pos, 0.0), minlength=graph.n)
+        f_only = np.zeros(graph.n)
         s_new, f_out = transport_step(
             order, graph.cell_ptr, graph.cell_face, graph.cell_nbr, graph.cell_sign, plan.flux, plan.src,
             exit_out, self.pore_vol, plan.visc_ratio, self.state.saturation, dt,
+            self.cement_only_side, exit_only, f_only, plan.s_route,
         )  # fmt: skip
         self._t_transport += time.perf_counter() - tt0
-        return s_new, np.maximum(plan.q_ent, 0.0) * f_out[plan.exit_cell]
+        return s_new, q_pos * np.where(only, f_only[plan.exit_cell], f_out[plan.exit_cell])
 
     def _marrow_outlet_rows(
         self,

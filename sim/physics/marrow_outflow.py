@@ -28,9 +28,10 @@ between steps). The marrow leaves through an outlet of resistance R_M spread ove
 cells by pore volume: a cell of volume share w_i drains to the mean venous pressure through
 w_i / R_M, so a marrow region at one pressure (the ``front`` method's isobaric lump) sees exactly R_M;
 once no cell is pure marrow, the outlet is spread over the cells by their marrow volume. The marrow
-drained by the outlet is booked to the exits in proportion to their conductance. What the transport
-sends through a route is its upwind fractional flow, so a front cell passes some marrow with its
-cement; that marrow is carried at the cement's mobility and does not pay R_M. Then
+drained by the outlet is booked to the exits in proportion to their conductance. The transport sends
+cement along these routes, as their conductance says (:mod:`sim.physics.cement_transport`,
+cement-only routes; until December 2026 it sent the cell's upwind fractional flow, so a front cell
+passed mostly marrow into the lumens at the cement's mobility, bypassing R_M). Then
 
     p_marrow - p_venous = Q_marrow R_M,
 

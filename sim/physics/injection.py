@@ -515,11 +515,13 @@ class InjectionSolver:
         self.well_cell = np.where(on_grid_a, graph.face_a, graph.face_b)[self.well_face]
         self.well_grid_is_a = on_grid_a[self.well_face]
         self.is_grid_exit = grid[self.exit_cell]
-        # with the marrow outlet a bone cell's well faces and exits carry cement only (cement_transport):
-        # the side of each face whose outflow does
+        # with the marrow outlet a bone cell's well faces and exits carry cement only (cement_transport),
+        # as their conductances say: the side of each face whose outflow does, and the exit rows that do
+        marrow_outlet = self.marrow_outflow.resistance_pa_s_per_m3 > 0.0
         self.cement_only_side = np.zeros(graph.face_a.size, dtype=np.int8)
-        if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
+        if marrow_outlet:
             self.cement_only_side[self.well_face] = np.where(self.well_grid_is_a, 1, 2)
+        self.exit_cement_only = self.is_grid_exit & marrow_outlet
         self.is_grid = grid
         # the marrow outlet drains into the venous system at the exits in proportion to their conductance
         geo = np.bincount(self.exit_id, weights=self.exit_geo, minlength=self.n_exits)
@@ -837,8 +839,7 @@ class InjectionSolver:
         tt0 = time.perf_counter()
         order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
         q_pos = np.maximum(plan.q_ent, 0.0)
-        # exits on bone cells carry cement only with the marrow outlet (as their conductance says)
-        only = self.is_grid_exit & (self.marrow_outflow.resistance_pa_s_per_m3 > 0.0)
+        only = self.exit_cement_only
         exit_out = np.bincount(plan.exit_cell, weights=np.where(only, 0.0, q_pos), minlength=graph.n)
         exit_only = np.bincount(plan.exit_cell, weights=np.where(only, q_pos, 0.0), minlength=graph.n)
         f_only = np.zeros(graph.n)

@@ -87,6 +87,17 @@ def _fill_root(pore_volume: float, r: float, o: float, m: float) -> float:
     return 2.0 * c / (b + np.sqrt(disc))
 
 
+@numba.njit(cache=True, inline="always")
+def _settle(pore_volume: float, r: float, o: float, m: float) -> tuple[float, float]:
+    """The cell's new S and the cement left for its outflow O (:func:`_fill_root`, then all of R kept
+    where the root's rounding would leave a negative remainder or there is no outflow)."""
+    s = _fill_root(pore_volume, r, o, m)
+    left = r - pore_volume * s
+    if left < 0.0 or o <= 0.0:
+        return r / pore_volume, 0.0
+    return s, left
+
+
 @numba.njit(cache=True)
 def transport_step_kernel(
     order: np.ndarray,
@@ -144,12 +155,7 @@ def transport_step_kernel(
         c = 0.0
         if o_only > 0.0 and s_route[i] > 0.0:
             # cement-only routes carry cement at the new saturation's mobility, O_c S / S_route
-            k = o_only / s_route[i]
-            s = _fill_root(v + k, r, o, m)
-            left = r - (v + k) * s
-            if left < 0.0 or o <= 0.0:
-                left = 0.0
-                s = r / (v + k)
+            s, left = _settle(v + o_only / s_route[i], r, o, m)
             if s <= s_route[i]:
                 s_new[i] = s
                 f_out[i] = left / o if o > 0.0 else 0.0
@@ -163,11 +169,7 @@ def transport_step_kernel(
             else:
                 c = r / o_only
                 r = 0.0
-        s = _fill_root(v, r, o, m)
-        left = r - v * s
-        if left < 0.0 or o <= 0.0:
-            left = 0.0
-            s = r / v
+        s, left = _settle(v, r, o, m)
         s_new[i] = s
         f_out[i] = left / o if o > 0.0 else 0.0
         f_only[i] = c

@@ -238,11 +238,53 @@ def _worst_detection_gap(studies: dict[str, list[dict[str, Any]]]) -> float:
     return worst
 
 
+ERROR_TABLE_NAMES = {"seed case (lai2025_case)": "seed case"}  # study case -> key in convergence.yaml
+
+
+def _yaml_row(rows: list[dict[str, Any]], metric: str) -> str:
+    def text(value: float) -> str:
+        return "null" if not math.isfinite(value) else f"{value:.6g}"
+
+    return ", ".join(f"{float(r['spacing_mm'])!r}: {text(float(r[metric]))}" for r in rows)
+
+
+def update_error_table(study: dict[str, Any], path: Path) -> None:
+    """Rewrite the ``leaked_volume_ml`` and ``detection_time_s`` rows of geometries/convergence.yaml (the
+    per-run error estimate's table) from a study's ``studies`` (the JSON this script prints); the file's
+    comments are kept, a case missing from the file is refused."""
+    import re
+
+    text = path.read_text()
+    for block, metric in (("leaked_volume_ml", "leaked_volume_ml"), ("detection_time_s", "detection_time_s")):
+        start = re.search(rf"^{block}:.*$", text, flags=re.M)
+        if start is None:
+            raise ValueError(f"{path}: no '{block}:' table")
+        for case, rows in study["studies"].items():
+            key = ERROR_TABLE_NAMES.get(case, case)
+            pattern = re.compile(rf"^  {re.escape(key)}: \{{.*\}}$", flags=re.M)
+            found = pattern.search(text, start.end())
+            if found is None:
+                raise ValueError(f"{path}: case {key!r} missing from the '{block}:' table")
+            row = f"  {key}: {{{_yaml_row(rows, metric)}}}"
+            text = text[: found.start()] + row + text[found.end() :]
+    path.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="seed case and default at 2, 1.5, 1 mm")
     ap.add_argument("--spacings", default=None, help="comma-separated spacings in mm")
+    ap.add_argument(
+        "--update-yaml",
+        type=Path,
+        default=None,
+        metavar="STUDY_JSON",
+        help="do not run: rewrite geometries/convergence.yaml's tables from a study's JSON",
+    )
     args = ap.parse_args()
+    if args.update_yaml is not None:
+        update_error_table(json.loads(args.update_yaml.read_text()), ROOT / "geometries" / "convergence.yaml")
+        return
     spacings = tuple(float(x) for x in args.spacings.split(",")) if args.spacings else None
     section = run(quick=args.quick, spacings=spacings)
     section["machine"] = {

@@ -78,3 +78,34 @@ def test_detection_is_compared_with_the_finest_grid_on_every_grid_from_the_defau
     assert det["value"] == math.inf and not det["met"]
     coarse_only = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 9.0 if h > 1.0 else 1.5, lambda h: 0.8, hs)
     assert all(t["met"] for t in _targets({"a": coarse_only}, hs))
+
+
+def test_update_error_table_rewrites_both_tables(tmp_path):
+    """`bench_convergence.py --update-yaml` rewrites the per-run error estimate's table from a study."""
+    import json
+    import math
+    import shutil
+
+    import yaml
+
+    from benchmarks.bench_convergence import ROOT, update_error_table
+
+    path = tmp_path / "convergence.yaml"
+    shutil.copy(ROOT / "geometries" / "convergence.yaml", path)
+    study = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
+    update_error_table(study, path)
+    assert path.read_text() == (ROOT / "geometries" / "convergence.yaml").read_text()  # round trip
+    rows = study["studies"]["default"]
+    rows[0]["leaked_volume_ml"] = 0.123456789
+    rows[1]["detection_time_s"] = 7.5
+    update_error_table(study, path)
+    data = yaml.safe_load(path.read_text())
+    assert data["leaked_volume_ml"]["default"][rows[0]["spacing_mm"]] == 0.123457
+    assert data["detection_time_s"]["default"][rows[1]["spacing_mm"]] == 7.5
+    seed = study["studies"]["seed case (lai2025_case)"]
+    assert [data["detection_time_s"]["seed case"][r["spacing_mm"]] for r in seed] == [
+        None if not math.isfinite(r["detection_time_s"]) else r["detection_time_s"] for r in seed
+    ]
+    study["studies"]["a new case"] = rows
+    with pytest.raises(ValueError, match="a new case"):
+        update_error_table(study, path)

@@ -87,11 +87,58 @@ def test_leaked_volume_error_estimate_follows_the_size_of_the_leak():
     def err(case: str, h: float) -> float:
         return abs(study[case][h] - study[case][h_ref]) / study[case][h_ref]
 
-    assert leaked_volume_error_estimate(1.0, 1.2) == pytest.approx(err("seed case", 1.0), rel=1e-12)
-    assert leaked_volume_error_estimate(2.0, 1.2) == pytest.approx(err("seed case", 2.0), rel=1e-12)
+    assert leaked_volume_error_estimate(1.0, 1.2) == (
+        pytest.approx(err("seed case", 1.0), rel=1e-12),
+        "seed case",
+    )
+    assert leaked_volume_error_estimate(2.0, 1.2)[0] == pytest.approx(err("seed case", 2.0), rel=1e-12)
     small = min(study, key=lambda c: abs(math.log(study[c][1.0] / 2.0e-3)))
     assert small != "seed case"
-    assert leaked_volume_error_estimate(1.0, 2.0e-3) == pytest.approx(err(small, 1.0), rel=1e-12)
-    assert leaked_volume_error_estimate(1.0, 2.0e-3) > 3.0 * leaked_volume_error_estimate(1.0, 1.2)
+    assert leaked_volume_error_estimate(1.0, 2.0e-3) == (pytest.approx(err(small, 1.0), rel=1e-12), small)
+    assert leaked_volume_error_estimate(1.0, 2.0e-3)[0] > 3.0 * leaked_volume_error_estimate(1.0, 1.2)[0]
     for h, leak in ((0.6, 1.0), (h_ref, 1.0), (1.0, 0.0)):
-        assert math.isnan(leaked_volume_error_estimate(h, leak))
+        value, case = leaked_volume_error_estimate(h, leak)
+        assert math.isnan(value) and case == ""
+
+
+def test_leaked_volume_error_estimate_compares_runs_in_the_same_situation():
+    """A run whose leak was seen takes the error of the nearest study case seen on its grid, a run not
+    seen that of the nearest case not seen (whose error includes a finer grid seeing it and stopping);
+    without the flag, or with no case in that situation, every case counts."""
+    import math
+
+    from sim.core.geometry_data import load_geometry_yaml
+    from sim.run.pipeline import leaked_volume_error_estimate
+
+    data = load_geometry_yaml("convergence.yaml")
+    study, detection = data["leaked_volume_ml"], data["detection_time_s"]
+    assert set(detection) == set(study)
+    h = 1.0
+    seen = {c for c in study if detection[c][h] is not None}
+    unseen = set(study) - seen
+    assert seen and unseen  # the study holds both situations at the default spacing
+    for leak in (1e-3, 3e-3, 0.02, 0.04, 0.1, 1.0):
+        near = {
+            flag: min(group, key=lambda c: abs(math.log(study[c][h] / leak)))
+            for flag, group in ((True, seen), (False, unseen))
+        }
+        everyone = min(study, key=lambda c: abs(math.log(study[c][h] / leak)))
+        assert leaked_volume_error_estimate(h, leak, True)[1] == near[True]
+        assert leaked_volume_error_estimate(h, leak, False)[1] == near[False]
+        assert leaked_volume_error_estimate(h, leak)[1] == everyone
+
+
+def test_leaked_volume_error_estimate_falls_back_to_every_case(monkeypatch):
+    """No study case in the run's situation: the nearest case of all is used."""
+    import sim.run.pipeline as pipeline
+
+    study = {
+        "reference_spacing_mm": 0.5,
+        "leaked_volume_ml": {"a": {1.0: 0.011, 0.5: 0.010}, "b": {1.0: 1.3, 0.5: 1.0}},
+        "detection_time_s": {"a": {1.0: 3.0, 0.5: 3.0}, "b": {1.0: 2.0, 0.5: 2.5}},
+    }
+    monkeypatch.setattr(pipeline, "load_geometry_yaml", lambda name: study)
+    assert pipeline.leaked_volume_error_estimate(1.0, 0.01, False) == (pytest.approx(0.1), "a")
+    assert pipeline.leaked_volume_error_estimate(1.0, 1.0, True) == (pytest.approx(0.3), "b")
+    study["detection_time_s"]["b"][1.0] = None
+    assert pipeline.leaked_volume_error_estimate(1.0, 0.01, False) == (pytest.approx(0.3), "b")

@@ -231,8 +231,9 @@ def _finish_run(
     summary = _summary(injection, venous.summary(), coupled.stop_time_s, transport)
     h_mm = params.grid.spacing_m / MM_M
     summary["grid_spacing_mm"] = h_mm
-    summary["leaked_volume_rel_error_estimate"] = leaked_volume_error_estimate(
-        h_mm, summary["leaked_volume_ml"]
+    seen = bool(np.isfinite(summary["detection_time_s"]))
+    summary["leaked_volume_rel_error_estimate"], summary["leaked_volume_error_case"] = (
+        leaked_volume_error_estimate(h_mm, summary["leaked_volume_ml"], seen)
     )
     summary["wall_time_s"] = time.perf_counter() - wall0
     bone = st.bone
@@ -261,25 +262,46 @@ def _finish_run(
     )
 
 
-def leaked_volume_error_estimate(spacing_mm: float, leaked_ml: float) -> float:
+def leaked_volume_error_estimate(
+    spacing_mm: float, leaked_ml: float, seen: bool | None = None
+) -> tuple[float, str]:
     """Relative discretisation error of a leaked volume at this spacing, from the convergence study
-    (geometries/convergence.yaml): |leaked_c(h) - leaked_c(h_ref)| / leaked_c(h_ref) of the study case c
-    whose leak at h is nearest to ``leaked_ml`` on a log scale (the error depends on the size of the
-    leak). NaN where the study has no such spacing, at the reference spacing, or without a leak."""
+    (geometries/convergence.yaml), and the study case it was taken from.
+
+    The estimate is |leaked_c(h) - leaked_c(h_ref)| / leaked_c(h_ref) of the study case c in the run's
+    situation whose leak at h is nearest to ``leaked_ml`` on a log scale (the error depends on the size
+    of the leak). The situation is whether fluoroscopy saw the leak (``seen``) on this grid: a run that
+    was seen and stopped is compared with cases seen on this grid, whose leak ends at a detection that
+    the finer grids reproduce; a run that was not seen with cases not seen, whose error includes a finer
+    grid seeing a threshold leak and stopping (the study's ``detection_time_s``). ``seen=None``, or no
+    case in that situation, compares with every case. NaN (and '') where the study has no such spacing,
+    at the reference spacing, or without a leak."""
     study = load_geometry_yaml("convergence.yaml")
     h_ref = float(study["reference_spacing_mm"])
     if not leaked_ml > 0.0 or abs(spacing_mm - h_ref) < 1e-9:
-        return float("nan")
-    best, best_dist = float("nan"), math.inf
-    for values in study["leaked_volume_ml"].values():
-        at_h = [v for h, v in values.items() if abs(float(h) - spacing_mm) < 1e-9]
-        ref = [v for h, v in values.items() if abs(float(h) - h_ref) < 1e-9]
-        if not at_h or not ref:
-            continue
-        dist = abs(math.log(float(at_h[0]) / leaked_ml))
-        if dist < best_dist:
-            best, best_dist = abs(float(at_h[0]) - float(ref[0])) / float(ref[0]), dist
-    return best
+        return float("nan"), ""
+
+    def at(values: dict, h: float) -> list:
+        return [v for k, v in values.items() if abs(float(k) - h) < 1e-9]
+
+    cases = {}
+    for name, values in study["leaked_volume_ml"].items():
+        if at(values, spacing_mm) and at(values, h_ref):
+            cases[name] = (float(at(values, spacing_mm)[0]), float(at(values, h_ref)[0]))
+    detection = study.get("detection_time_s", {})
+    if seen is not None:
+        alike = {
+            name: v
+            for name, v in cases.items()
+            if at(detection.get(name, {}), spacing_mm)
+            and (at(detection[name], spacing_mm)[0] is not None) == seen
+        }
+        cases = alike or cases
+    if not cases:
+        return float("nan"), ""
+    name = min(cases, key=lambda c: abs(math.log(cases[c][0] / leaked_ml)))
+    at_h, ref = cases[name]
+    return abs(at_h - ref) / ref, name
 
 
 def write_run(result: RunResult, out_dir: str | Path, overwrite: bool = False) -> Path:

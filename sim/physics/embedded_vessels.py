@@ -140,7 +140,9 @@ def embed(
         )
 
     node_len = per_node(el)
-    node_d = per_node(el * ed) / np.maximum(node_len, 1e-300)  # length-weighted mean of its half-edges
+    # the node's lumen is its half-edges' lumens: the diameter whose cross-section times the node's length
+    # is their volume, sum pi d^2 / 4 l (the rms of the half-edges' diameters, weighted by length)
+    node_d = np.sqrt(per_node(el * ed**2) / np.maximum(node_len, 1e-300))
 
     kflat = permeability.reshape(3, -1)
     porous_flat = porous.ravel()

@@ -288,7 +288,11 @@ def mark_leak_onsets(
 
 def cell_darcy_speed(graph, face_flux: np.ndarray, vein_diameter_m: np.ndarray | None = None) -> np.ndarray:
     """Speed per node (m/s): Darcy speed |u| of a cell (per direction the mean |flux| of its two grid
-    faces over h^2); mean lumen velocity of a vein node (half its summed |face flux| over pi d^2 / 4).
+    faces over h^2); mean lumen velocity of a vein node (half its summed |flux| through its faces to
+    other lumen nodes over pi d^2 / 4: what the bone adds or takes through the wall, the well faces,
+    does not cross its ends; counted as well, it raised the speed by half the node's wall exchange, a
+    share that shrinks with the node's length, so the cement's shear-thinned viscosity in the lumens
+    changed with the grid).
     One numba pass over the faces; :func:`cell_darcy_speed_numpy` is the array reference."""
     vein = np.zeros(0) if vein_diameter_m is None else np.ascontiguousarray(vein_diameter_m, dtype=np.float64)
     flux = np.ascontiguousarray(face_flux, dtype=np.float64)
@@ -303,12 +307,17 @@ def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diamete
     comp_b = np.zeros((3, n))
     thr_a = np.zeros(n)
     thr_b = np.zeros(n)
+    lumen = vein_diameter_m.shape[0] == n
     for f in range(face_a.shape[0]):
         mag = abs(face_flux[f])
         d = face_dir[f]
         if d >= 0 and d < 3:
             comp_a[d, face_a[f]] += mag
             comp_b[d, face_b[f]] += mag
+        # a lumen's cross-sections are its faces to other lumen nodes; what the bone adds or takes
+        # through its wall (well faces) does not cross them
+        if lumen and not (vein_diameter_m[face_a[f]] > 0.0 and vein_diameter_m[face_b[f]] > 0.0):
+            continue
         thr_a[face_a[f]] += mag
         thr_b[face_b[f]] += mag
     speed = np.empty(n)
@@ -341,9 +350,12 @@ def cell_darcy_speed_numpy(
         sq += (0.5 * comp) ** 2
     speed = np.sqrt(sq) / graph.spacing_m**2
     if vein_diameter_m is not None and np.any(vein_diameter_m > 0.0):
+        axial = np.where(
+            (vein_diameter_m[graph.face_a] > 0.0) & (vein_diameter_m[graph.face_b] > 0.0), mag, 0.0
+        )
         through = 0.5 * (
-            np.bincount(graph.face_a, weights=mag, minlength=n)
-            + np.bincount(graph.face_b, weights=mag, minlength=n)
+            np.bincount(graph.face_a, weights=axial, minlength=n)
+            + np.bincount(graph.face_b, weights=axial, minlength=n)
         )
         vein = vein_diameter_m > 0.0
         speed[vein] = through[vein] / (0.25 * np.pi * vein_diameter_m[vein] ** 2)

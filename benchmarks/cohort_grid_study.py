@@ -101,13 +101,14 @@ def compare_grids(
         if any(policy not in tables[h] for h in spacings):
             continue
         ref = tables[finest][policy]
+        for h in spacings:
+            if not np.array_equal(tables[h][policy]["patient"], ref["patient"]):
+                raise ValueError(f"grid {h:g} mm holds other patients than {finest:g} mm")
         for key, label in BINARY + CONTINUOUS:
             binary = (key, label) in BINARY
             row: dict[str, Any] = {"policy": policy, "endpoint": label, "reference_mm": finest}
             for h in spacings:
                 values = tables[h][policy][key]
-                if not np.array_equal(tables[h][policy]["patient"], ref["patient"]):
-                    raise ValueError(f"grid {h:g} mm holds other patients than {finest:g} mm")
                 row[f"{h:g} mm"] = float(np.mean(values > 0) if binary else np.mean(values))
                 if h == finest:
                     continue

@@ -281,20 +281,24 @@ def leaked_volume_error_estimate(
     if not leaked_ml > 0.0 or abs(spacing_mm - h_ref) < 1e-9:
         return float("nan"), ""
 
-    def at(values: dict, h: float) -> list:
-        return [v for k, v in values.items() if abs(float(k) - h) < 1e-9]
+    missing = object()
+
+    def at(values: dict, h: float) -> Any:
+        """The table's value at spacing h (its keys are floats written in YAML), or ``missing``."""
+        return next((v for k, v in values.items() if abs(float(k) - h) < 1e-9), missing)
 
     cases = {}
     for name, values in study["leaked_volume_ml"].items():
-        if at(values, spacing_mm) and at(values, h_ref):
-            cases[name] = (float(at(values, spacing_mm)[0]), float(at(values, h_ref)[0]))
+        at_h, ref = at(values, spacing_mm), at(values, h_ref)
+        if at_h is not missing and ref is not missing:
+            cases[name] = (float(at_h), float(ref))
     detection = study.get("detection_time_s", {})
     if seen is not None:
+        detected_at_h = {name: at(detection.get(name, {}), spacing_mm) for name in cases}
         alike = {
             name: v
             for name, v in cases.items()
-            if at(detection.get(name, {}), spacing_mm)
-            and (at(detection[name], spacing_mm)[0] is not None) == seen
+            if detected_at_h[name] is not missing and (detected_at_h[name] is not None) == seen
         }
         cases = alike or cases
     if not cases:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import ndimage
 
 from sim.anatomy.ct_bone import (
     TISSUE_MINERAL_DENSITY_MG_PER_CM3,
@@ -90,6 +91,28 @@ def test_ct_body_is_the_parametric_body(seed_case):
     assert np.median(np.abs(bone.porosity[both] - ref.porosity[both])) < 2e-3
     assert [e.name for e in bone.exits] == [e.name for e in ref.exits]
     assert bone.meta["anatomy"] == "ct" and bone.meta["ct"]["specks_dropped"] == 0
+
+
+def test_ct_silhouette_is_the_scan_s_and_the_same_on_every_grid(seed_case):
+    """The CT body hides leaks behind its segmented outline at the scan's voxels, whatever the
+    grid: the same pixels at 2 and 1.5 mm, and within one scan voxel of the parametric body's."""
+    from sim.physics.fluoroscopy import body_silhouette, make_detector
+
+    base, ct, labels, patient = seed_case
+    ref = build_vertebral_body(patient, H_M)
+    pat = _ct_patient(base, ct, labels)
+    bones = [build_ct_vertebral_body(pat, h) for h in (H_M, 1.5e-3)]
+    voxel = 0.5e-3  # the synthetic scan's voxel
+    for view in ("lateral", "ap"):
+        det = make_detector(view, np.asarray(ref.meta["center_m"]), 0.05, 0.25e-3)
+        sil = [body_silhouette(det, b) for b in bones]
+        assert np.array_equal(sil[0], sil[1])
+        par = body_silhouette(det, ref)
+        # every pixel where they differ is within one voxel of the parametric edge
+        grow = ndimage.binary_dilation(par, iterations=int(np.ceil(voxel / det.pixel_size_m)))
+        shrink = ndimage.binary_erosion(par, iterations=int(np.ceil(voxel / det.pixel_size_m)))
+        assert np.all(sil[0] <= grow) and np.all(shrink <= sil[0])
+        assert 0 < (sil[0] ^ par).sum() < 0.05 * par.sum()
 
 
 def test_synthetic_twin_reproduces_the_parametric_run(seed_case, tmp_path):

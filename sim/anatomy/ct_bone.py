@@ -56,7 +56,7 @@ from scipy import ndimage, optimize
 
 from sim.anatomy.ct_image import Volume, load_ct_pair
 from sim.core.errors import ConfigError, GeometryError
-from sim.core.grid import BoneGrid
+from sim.core.grid import BoneGrid, MaskOutline
 from sim.core.parameters import CtAnatomyParams, PatientParams
 from sim.core.units import MM_M
 from sim.physics.bone import (
@@ -411,6 +411,7 @@ def build_ct_vertebral_body(
                 "cancellous": canc,
             },
         },
+        outline=MaskOutline.from_mask(body, wg["origin_m"] + shift, w),
     )
     for ex in bone.exits:
         if ex.cells.size == 0:

@@ -9,6 +9,7 @@ the flat cell index is ``c = (i*ny + j)*nz + k``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -94,6 +95,52 @@ class VenousExit:
         return float(np.pi * self.diameter_m**4 / (128.0 * self.length_m))
 
 
+class BodyOutline(Protocol):
+    """The vertebral body in continuous space, for what must not depend on the grid spacing.
+
+    Its X-ray silhouette decides which pixels hide a small leak behind the body
+    (:mod:`sim.physics.fluoroscopy`); the grid's body cells would move that edge by up to half a
+    cell, and the more the coarser the grid.
+    """
+
+    def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
+        """Bool (len(u), len(v)): does the ray along patient axis ``ray_axis`` through the image
+        point (u, v) cross the body? u and v are patient coordinates (m) along the two other axes,
+        in increasing axis order."""
+        ...
+
+
+@dataclass(frozen=True)
+class MaskOutline:
+    """A body given as a voxel mask at its own resolution (a CT segmentation), independent of the
+    simulation grid: voxel (i, j, k) is the cube of side ``spacing_m`` centred at
+    ``origin_m + (i, j, k) * spacing_m`` (patient frame)."""
+
+    projections: tuple[np.ndarray, np.ndarray, np.ndarray]  # mask.any(axis=0), (axis=1), (axis=2)
+    origin_m: np.ndarray
+    spacing_m: float
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, origin_m: np.ndarray, spacing_m: float) -> MaskOutline:
+        m = np.asarray(mask, dtype=bool)
+        return cls(
+            (m.any(axis=0), m.any(axis=1), m.any(axis=2)),
+            np.asarray(origin_m, dtype=np.float64),
+            float(spacing_m),
+        )
+
+    def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
+        a, b = (k for k in range(3) if k != ray_axis)
+        plane = self.projections[ray_axis]
+        iu = np.rint((np.asarray(u_m) - self.origin_m[a]) / self.spacing_m).astype(np.int64)
+        iv = np.rint((np.asarray(v_m) - self.origin_m[b]) / self.spacing_m).astype(np.int64)
+        ok_u = np.flatnonzero((iu >= 0) & (iu < plane.shape[0]))
+        ok_v = np.flatnonzero((iv >= 0) & (iv < plane.shape[1]))
+        out = np.zeros((len(iu), len(iv)), dtype=bool)
+        out[np.ix_(ok_u, ok_v)] = plane[np.ix_(iu[ok_u], iv[ok_v])]
+        return out
+
+
 @dataclass
 class BoneGrid:
     """Rasterised vertebral body: where cement can go and how easily."""
@@ -109,6 +156,7 @@ class BoneGrid:
     channel: np.ndarray | None = None  # bool: cells a vein's well kernel reaches (for pictures)
     cleft: np.ndarray | None = None  # bool: fracture cleft
     vessels: EmbeddedVessels | None = None  # intraosseous veins as 1D nodes coupled to the cells
+    outline: BodyOutline | None = None  # the body in continuous space (its X-ray silhouette)
     meta: dict = field(default_factory=dict)  # dimensions, sources, etc.
 
     @property

@@ -75,7 +75,15 @@ from scipy import integrate, ndimage
 
 from sim.core.errors import ConfigError, GeometryError
 from sim.core.geometry_data import load_geometry_yaml
-from sim.core.grid import BoneGrid, EmbeddedVessels, Needle, VenousExit, VesselSegment, VesselTree
+from sim.core.grid import (
+    BodyOutline,
+    BoneGrid,
+    EmbeddedVessels,
+    Needle,
+    VenousExit,
+    VesselSegment,
+    VesselTree,
+)
 from sim.core.parameters import FractureCleftParams, NeedleParams, PatientParams
 from sim.core.units import MM_M
 from sim.physics.embedded_vessels import embed
@@ -254,6 +262,38 @@ class BodyShape:
     @classmethod
     def from_meta(cls, m: dict) -> BodyShape:
         return cls(m["a_m"], m["b_m"], m["half_height_m"], m["disc_radius_m"], m["disc_y_m"])
+
+
+@dataclass(frozen=True)
+class ShapeOutline:
+    """A :class:`BodyShape` placed at ``center_m`` (patient frame): the parametric body's outline.
+
+    Silhouettes in closed form. Along z the ray meets the section itself. A ray along x at height
+    y crosses the section iff |y| <= b and the ellipse's half-chord there reaches past the
+    posterior disc: a^2 (1 - y^2 / b^2) + (y - y_d)^2 >= R^2 (x^2 + (y - y_d)^2 >= R^2 at the
+    chord's end). A ray along y at x crosses iff |x| <= a and the chord end farther from the disc
+    centre, y = -+ b sqrt(1 - x^2 / a^2), lies outside the disc. Either way also |z| <= half height.
+    """
+
+    shape: BodyShape
+    center_m: np.ndarray
+
+    def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
+        s = self.shape
+        a_ax, b_ax = (k for k in range(3) if k != ray_axis)
+        u = np.asarray(u_m, dtype=np.float64) - self.center_m[a_ax]
+        v = np.asarray(v_m, dtype=np.float64) - self.center_m[b_ax]
+        if ray_axis == 2:  # u = x, v = y
+            return s.inside_xy(u[:, None], v[None, :])
+        r2 = s.disc_radius**2
+        if ray_axis == 0:  # u = y
+            half_x2 = s.a**2 * (1.0 - (u / s.b) ** 2)
+            across = (np.abs(u) <= s.b) & (half_x2 + (u - s.disc_y) ** 2 >= r2)
+        else:  # u = x
+            half_y = s.b * np.sqrt(np.clip(1.0 - (u / s.a) ** 2, 0.0, None))
+            far = np.maximum((-half_y - s.disc_y) ** 2, (half_y - s.disc_y) ** 2)
+            across = (np.abs(u) <= s.a) & (u**2 + far >= r2)
+        return across[:, None] & (np.abs(v) <= s.half_height)[None, :]
 
 
 # ----------------------------------------------------------------------------- grid helpers
@@ -496,6 +536,7 @@ def assemble_body(
     phi: np.ndarray,
     law: KozenyCarman,
     meta: dict[str, Any],
+    outline: BodyOutline | None = None,
 ) -> BoneGrid:
     """The BoneGrid of a body whose shape (``outer``, ``inner``), masks and porosity are known.
 
@@ -504,7 +545,9 @@ def assemble_body(
     permeability from ``law``, the fracture cleft, the intraosseous veins (placed relative to
     ``outer`` by :func:`vein_tree`), the exits, and drops porous cells no exit drains.
     ``axes`` are body-centred; ``center`` is the body centre in the patient frame; ``meta`` holds
-    the body's dimensions (``width_m``, ``depth_m``, ``height_m``) and model notes.
+    the body's dimensions (``width_m``, ``depth_m``, ``height_m``) and model notes. ``outline`` is
+    the body in continuous space (default: ``outer`` at ``center``; a CT body passes its
+    segmentation).
     """
     level = patient.level
     h = axes.h
@@ -571,6 +614,7 @@ def assemble_body(
         channel=channel,
         cleft=cleft,
         vessels=vessels,
+        outline=outline if outline is not None else ShapeOutline(outer, np.asarray(center, dtype=np.float64)),
         meta={},
     )
     dropped = _keep_drained_components(bone)

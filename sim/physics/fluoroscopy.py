@@ -25,9 +25,10 @@ is seen with its whole volume in every frame; columns and fragments add.
 Detection. A leak is "seen" when the extra-vertebral cement (vein columns and fragments in transit)
 of any view has a visible volume above ``visibility_threshold_m3``: the sum over pixels of thickness *
 pixel area, counting only pixels whose extra-vertebral thickness is at least ``min_thickness_m`` and (with a
-bone grid) that lie outside the projected vertebral body, where the body and its cement hide small
-leaks. Images are taken every ``frame_interval_s``; the detection time is the first frame above
-threshold; the operator's ``reaction_delay_s`` belongs to the stop policy
+bone grid) that lie outside the vertebral body's silhouette, where the body and its cement hide small
+leaks; the silhouette comes from the body's continuous outline, not its cells, so it is the same on
+every grid (:func:`body_silhouette`). Images are taken every ``frame_interval_s``; the detection
+time is the first frame above threshold; the operator's ``reaction_delay_s`` belongs to the stop policy
 (:class:`sim.physics.injection_control.StopPolicy`).
 
 Default threshold (config: 5 mm^3 above 0.5 mm thickness). A fluoroscopically visible leak needs
@@ -100,7 +101,22 @@ def project_bone(
         thick = np.zeros([s for k, s in enumerate(bone.shape) if k != ray])
     else:
         thick = (np.asarray(cement_fraction) * bone.porosity).sum(axis=ray) * bone.spacing_m
-    return _on_detector(det, bone, thick, 0.0), _on_detector(det, bone, bone.body.any(axis=ray), False)
+    return _on_detector(det, bone, thick, 0.0), body_silhouette(det, bone)
+
+
+def body_silhouette(det: Detector, bone: BoneGrid) -> np.ndarray:
+    """Pixels of ``det`` whose ray crosses the vertebral body (where the body hides small leaks).
+
+    From the body's continuous outline (``bone.outline``: the parametric shape, or the CT
+    segmentation at its own voxels), so the same image at any grid spacing; the grid's body cells
+    would put the edge up to half a cell outwards, more on coarser grids, and hide the first
+    millimetres of a vein leaving the body. A grid without an outline (built by hand) falls back
+    to its body cells.
+    """
+    ray = VIEW_AXES[det.view][0]
+    if bone.outline is not None:
+        return np.asarray(bone.outline.silhouette(ray, *det.pixel_centers()), dtype=bool)
+    return _on_detector(det, bone, bone.body.any(axis=ray), False)
 
 
 def project_bone_mineral(det: Detector, bone: BoneGrid) -> np.ndarray:
@@ -285,7 +301,7 @@ class LeakDetector:
             v: make_detector(v, np.asarray(center_m), half_extent_m, self.pixel_size_m) for v in views
         }
         self.hidden = {
-            v: project_bone(d, bone, None)[1] if bone is not None else None for v, d in self.detectors.items()
+            v: body_silhouette(d, bone) if bone is not None else None for v, d in self.detectors.items()
         }
         self.next_frame_s = 0.0
         self.detection_time_s: float | None = None

@@ -118,3 +118,15 @@ def test_golden_scenarios_match_todays_config_files(case: str) -> None:
     assert golden_scenario(case).model_dump(mode="json") == stored, (
         f"configs changed for golden case {case}: refresh on purpose (python tests/golden/refresh.py)"
     )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_leak_is_seen_exactly_when_its_peak_visible_volume_passes_the_threshold(name):
+    """summary.json's peak visible volume is the continuous quantity behind the detection time: a
+    golden run sees its leak if and only if that peak is above the case's threshold."""
+    summary = json.loads((GOLDEN / name / "summary.json").read_text())
+    summary = summary.get("summary", summary)
+    threshold = golden_scenario(name).fluoroscopy.visibility_threshold_mm3
+    seen = math.isfinite(float(summary["detection_time_s"]))
+    assert seen == (summary["peak_visible_leak_mm3"] > threshold)
+    assert summary["peak_visible_leak_mm3"] <= 1e3 * summary["leaked_volume_ml"] * (1 + 1e-9)

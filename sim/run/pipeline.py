@@ -345,6 +345,7 @@ def _summary(
         "injection_duration_s": float(injection.end_time_s),
         "leak_onset_s": _nan(vs.leak_onset_s),
         "detection_time_s": _nan(det),
+        "peak_visible_leak_mm3": vs.peak_visible_m3 / MM_M**3,
         "stop_time_s": _nan(stop_time_s),
         "injected_after_detection_ml": after / ML_M3,
         "leaked_volume_ml": vs.leaked_cement_m3 / ML_M3,

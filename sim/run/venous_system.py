@@ -439,6 +439,7 @@ class VenousSystem:
         return VenousSummary(
             leak_onset_s=self.leak_onset_s,
             detection_time_s=self.detection_time_s,
+            peak_visible_m3=max(self.detector.frames_visible_m3, default=0.0),
             cement_set_time_s=self.set_time_s,
             leaked_cement_m3=self.received_m3,
             leaked_marrow_m3=self.marrow_leaked_m3,
@@ -457,6 +458,9 @@ class VenousSummary:
 
     leak_onset_s: float | None
     detection_time_s: float | None
+    # largest visible extra-vertebral volume over the frames taken (they end at detection): how
+    # near the threshold a leak came, the continuous quantity behind the detection time
+    peak_visible_m3: float
     cement_set_time_s: float | None
     leaked_cement_m3: float
     leaked_marrow_m3: float  # net: blood drawn back into the bone counts negative

@@ -264,7 +264,7 @@ class BodyShape:
         return cls(m["a_m"], m["b_m"], m["half_height_m"], m["disc_radius_m"], m["disc_y_m"])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # ndarray field: identity, not elementwise, equality
 class ShapeOutline:
     """A :class:`BodyShape` placed at ``center_m`` (patient frame): the parametric body's outline.
 

@@ -458,8 +458,9 @@ class VenousSummary:
 
     leak_onset_s: float | None
     detection_time_s: float | None
-    # largest visible extra-vertebral volume over the frames taken (they end at detection): how
-    # near the threshold a leak came, the continuous quantity behind the detection time
+    # largest visible extra-vertebral volume over the frames taken. Frames end at detection, so for a
+    # seen leak it is the detecting frame's value (its overshoot), for an unseen one how near its
+    # threshold it came: the continuous quantity behind the detection time
     peak_visible_m3: float
     cement_set_time_s: float | None
     leaked_cement_m3: float

@@ -146,9 +146,11 @@ def run(quick: bool = False, spacings: tuple[float, ...] | None = None) -> dict[
         runs = run_case(cfg, spacings)
         studies[name] = runs
         for metric, unit in METRICS:
-            fit = richardson(runs, metric)
-            if metric in NOT_EXTRAPOLATED:
-                fit = {"order": None, "estimate": None, "uncertainty": None}
+            fit = (
+                {"order": None, "estimate": None, "uncertainty": None}
+                if metric in NOT_EXTRAPOLATED
+                else richardson(runs, metric)
+            )
             row: dict[str, Any] = {"case": name, "metric": metric + (f" ({unit})" if unit else "")}
             for r in runs:
                 row[f"h={r['spacing_mm']:g}"] = r[metric]

@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from sim.core.errors import PceSimError
+from sim.core.errors import ConfigError, PceSimError
 
 app = typer.Typer(
     name="pce-sim",
@@ -43,6 +43,28 @@ err_console = Console(stderr=True)
 console = Console()
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+RerunStaleOpt = Annotated[
+    bool,
+    typer.Option("--rerun-stale", help="On resume, run again the runs that other pce-sim code made."),
+]
+KeepStaleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-stale",
+        help="On resume, keep runs that other pce-sim code made (results.csv's 'code' says which).",
+    ),
+]
+
+
+def other_code_policy(rerun_stale: bool, keep_stale: bool) -> str:
+    """The ledger's policy for runs made by other code, from the two flags (both is an error)."""
+    if rerun_stale and keep_stale:
+        raise ConfigError(
+            "--rerun-stale and --keep-stale: choose one (re-run the other code's runs, or keep them)"
+        )
+    return "rerun" if rerun_stale else "keep" if keep_stale else "refuse"
+
+
 AllowLargeOpt = Annotated[
     bool,
     typer.Option("--allow-large", help="Start a study above the size limit (see the README, CLI tour)."),
@@ -191,6 +213,8 @@ def sweep(
     runner: Annotated[
         str, typer.Option("--runner", help="Advanced: 'module:function' mapping a Scenario to a RunResult.")
     ] = "sim.run.pipeline:run_scenario",
+    rerun_stale: RerunStaleOpt = False,
+    keep_stale: KeepStaleOpt = False,
     allow_large: AllowLargeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -207,6 +231,7 @@ def sweep(
     from sim.studies.sweep import expand_sweep, load_sweep, run_sweep
 
     with user_errors():
+        other_code = other_code_policy(rerun_stale, keep_stale)
         spec, base_dir = load_sweep(sweep_file)
         count = sweep_run_count(spec)
         estimate = sweep_estimate(count, workers or spec.executor.workers)
@@ -235,6 +260,7 @@ def sweep(
                 runner=runner,
                 force=force,
                 retry_failed=not skip_failed,
+                other_code=other_code,
                 progress=lambda finished, total, failed: prog.update(task, completed=finished, failed=failed),
             )
     if not quiet:
@@ -285,6 +311,8 @@ def cohort(
     no_sensitivity: Annotated[
         bool, typer.Option("--no-sensitivity", help="Skip the Morris/Sobol sensitivity design.")
     ] = False,
+    rerun_stale: RerunStaleOpt = False,
+    keep_stale: KeepStaleOpt = False,
     allow_large: AllowLargeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -301,6 +329,7 @@ def cohort(
     from sim.studies.sizing import COHORT_PATIENT_LIMIT, check_study_size, cohort_counts, cohort_estimate
 
     with user_errors():
+        other_code = other_code_policy(rerun_stale, keep_stale)
         spec, base_dir = load_cohort(cohort_file)
         n_patients = spec.n if n is None else n
         scenarios, design_rows = cohort_counts(spec, n_patients, sensitivity=not no_sensitivity)
@@ -341,7 +370,13 @@ def cohort(
                 prog.update(tasks[phase], completed=finished, total=total, failed=failed)
 
             result = run_cohort(
-                plan, out, workers=workers, force=force, sensitivity=not no_sensitivity, progress=update
+                plan,
+                out,
+                workers=workers,
+                force=force,
+                sensitivity=not no_sensitivity,
+                progress=update,
+                other_code=other_code,
             )
         files = write_cohort_report(result, out)
     if not quiet:

@@ -1,11 +1,23 @@
-"""Provenance of a run: package version, git hash, seed, library versions, time and command."""
+"""Provenance of a run: package version, git hash, code digest, seed, library versions, time and command.
+
+The **code digest** names the code that makes a result: a SHA-256 over the package's Python sources,
+the data files of ``geometries/`` it reads, and the versions of the numerical libraries. Unlike the
+git hash it does not change for a commit that touches only documentation, it does change for an
+edit not yet committed, and it exists for an installed wheel. Caches of results (a sweep's ledger,
+a cohort's stash of branched arms) record it, so a result made by other code is never silently
+taken for one made by this code.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +56,66 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+_RESULT_LIBRARIES = ("numpy", "scipy", "numba", "pyamg", "networkx")
+
+
+def source_digest(package_root: Path, data_root: Path, versions: Mapping[str, str]) -> str:
+    """SHA-256 (hex) of a package's ``*.py`` files, a data folder's files and library versions.
+
+    Each file enters by its path relative to its root and its bytes, in sorted order; data files
+    named ``*.md`` (documentation) and anything under ``__pycache__`` are left out; ``versions`` in
+    sorted key order.
+    """
+    digest = hashlib.sha256()
+    for tag, root, keep in (
+        ("sim", package_root, lambda path: path.suffix == ".py"),
+        ("data", data_root, lambda path: path.suffix not in (".md", ".py", ".pyc")),
+    ):
+        files = sorted(
+            path
+            for path in root.rglob("*")
+            if path.is_file() and "__pycache__" not in path.relative_to(root).parts and keep(path)
+        )
+        for path in files:
+            digest.update(f"{tag}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    for name in sorted(versions):
+        digest.update(f"{name}={versions[name]}\0".encode())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """The :func:`source_digest` of this ``sim`` package, its geometry data and its numerical libraries.
+
+    The libraries are those whose arithmetic can change a result's bits (their installed versions,
+    read without importing them). Computed once per process (a few milliseconds).
+    """
+    from sim.core.geometry_data import geometry_path
+
+    versions = {}
+    for name in _RESULT_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return source_digest(Path(sim.__file__).resolve().parent, geometry_path("."), versions)
+
+
+def code_label() -> str:
+    """Short human name of this code: version, git commit and the digest's first 12 hex digits."""
+    commit = git_hash()
+    where = f"git {commit[:12]}{'+dirty' if commit.endswith('+dirty') else ''}" if commit else "no git"
+    return f"pce-sim {sim.__version__} ({where}, code {code_digest()[:12]})"
+
+
 def provenance(seed: int | None) -> dict[str, Any]:
     """Everything needed to say which code and inputs made a result."""
     return {
         "pce_sim_version": sim.__version__,
         "git_hash": git_hash(),
+        "code_digest": code_digest(),
         "seed": seed,
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),

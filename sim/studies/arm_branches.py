@@ -6,9 +6,10 @@ policy arms whose run may differ. An arm differs from the never-stop run only in
 (:func:`sim.run.pipeline.run_with_branches`). :class:`NeverStopWithArms` runs a never-stop scenario
 with all of its arms as branches and leaves each arm that fired, finished from a copy of the state,
 in a stash folder; :class:`StashedArm`, the runner of the arms phase, takes an arm's result from the
-stash and runs the arm from t = 0 only when it is not there (a probe run by an older pce-sim, a
-stash removed). Either way the arm's numbers are the same bit for bit; only ``wall_time_s`` says
-which way it went (the branch's own work after the copy).
+stash and runs the arm from t = 0 only when it is not there or other code made it (a probe run by
+an older pce-sim, a stash removed; each stashed result carries the code digest of the process that
+made it, :func:`sim.core.provenance.code_digest`). Either way the arm's numbers are the same bit for
+bit; only ``wall_time_s`` says which way it went (the branch's own work after the copy).
 
 The runners travel to the workers inside every task, so they hold only the stash folder; the map
 from a never-stop run to its arms (content hashes and stop delays) is a JSON file in that folder.
@@ -25,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sim.core.config import Scenario, scenario_from_dict
+from sim.core.provenance import code_digest
 from sim.run.branching import STOP_FIELD
 from sim.run.results import RunResult
 
@@ -82,7 +84,8 @@ class NeverStopWithArms:
             # what the run folder gets: no stage objects (no VTK in cohorts), the fields only if written
             fields = arm_result.fields if arm_result.scenario.output.fields else {}
             stash = replace(arm_result, artifacts=None, fields=fields)
-            _atomic_write(Path(self.folder) / f"{arm_hash}.pkl", pickle.dumps(stash))
+            record = {"code_digest": code_digest(), "result": stash}
+            _atomic_write(Path(self.folder) / f"{arm_hash}.pkl", pickle.dumps(record))
         return result
 
 
@@ -99,7 +102,12 @@ class StashedArm:
         path = Path(self.folder) / f"{digest}.pkl"
         if path.is_file():
             with path.open("rb") as fh:
-                result = pickle.load(fh)  # written by NeverStopWithArms in this cohort folder
-            if isinstance(result, RunResult) and result.scenario.content_hash() == digest:
+                record = pickle.load(fh)  # written by NeverStopWithArms in this cohort folder
+            result = record.get("result") if isinstance(record, dict) else None
+            if (
+                isinstance(result, RunResult)
+                and record.get("code_digest") == code_digest()
+                and result.scenario.content_hash() == digest
+            ):
                 return result
         return run_scenario(scenario)

@@ -901,13 +901,15 @@ def run_cohort(
     force: bool = False,
     sensitivity: bool = True,
     progress: CohortProgress | None = None,
+    other_code: str = "refuse",
 ) -> CohortRun:
     """Run (or resume) a cohort in ``out_dir`` on the sweep machinery; returns per-arm results.
 
     ``executor_factory`` makes the executor (default: the cohort file's executor, ``workers``
     overriding its worker count). One executor serves every phase (never-stop runs, policy arms,
     sensitivity), made when the first task is submitted: worker processes start (imports, JIT
-    cache) once per cohort, not once per phase.
+    cache) once per cohort, not once per phase. Runs done by other code are refused, re-run or kept
+    as ``other_code`` says (see :func:`sim.studies.sweep.run_sweep`), phase by phase.
     """
     out = Path(out_dir)
     if executor_factory is None:
@@ -916,7 +918,9 @@ def run_cohort(
     pool = SharedExecutor(executor_factory)
     try:
         with OutputClaim(out):  # one cohort per folder for the whole run (the ledger lock is per phase)
-            return _run_cohort(plan, out, lambda: pool, workers, runner, writer, force, sensitivity, progress)
+            return _run_cohort(
+                plan, out, lambda: pool, workers, runner, writer, force, sensitivity, progress, other_code
+            )
     finally:
         pool.shutdown()
 
@@ -939,6 +943,7 @@ def _run_cohort(
     force: bool,
     sensitivity: bool,
     progress: CohortProgress | None,
+    other_code: str = "refuse",
 ) -> CohortRun:
     _guard_folder(plan, out, force)
     n_runs = 0
@@ -956,6 +961,7 @@ def _run_cohort(
             runner=phase_runner,
             writer=writer,
             force=True,
+            other_code=other_code,
             progress=cb,
             cost=run_cost,
         )
@@ -1003,7 +1009,7 @@ def _run_cohort(
     run = CohortRun(plan, arms, n_runs=n_runs)
     if sensitivity and plan.spec.sensitivity.method != "none":
         run.sensitivity = run_sensitivity(
-            plan, out / "sensitivity", executor_factory, workers, runner, writer, progress
+            plan, out / "sensitivity", executor_factory, workers, runner, writer, progress, other_code
         )
         run.n_runs += run.sensitivity.n_ran
     return run
@@ -1059,6 +1065,7 @@ def run_sensitivity(
     runner: Runner = DEFAULT_RUNNER,
     writer: Runner = DEFAULT_WRITER,
     progress: CohortProgress | None = None,
+    other_code: str = "refuse",
 ) -> SensitivityRun:
     """Run the sensitivity design (one ordinary scenario per distinct design row) in ``folder``."""
     spec = plan.spec
@@ -1094,6 +1101,7 @@ def run_sensitivity(
         runner=runner,
         writer=writer,
         force=True,
+        other_code=other_code,
         progress=cb,
         cost=run_cost,
     )

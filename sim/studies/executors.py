@@ -46,6 +46,7 @@ class RunTask:
     run_dir: str
     runner: Runner = DEFAULT_RUNNER
     writer: Runner = DEFAULT_WRITER
+    code_digest: str | None = None  # the parent's code; a worker running other code refuses the task
 
 
 @dataclass
@@ -83,6 +84,7 @@ def resolve_callable(spec: Runner) -> Callable[..., Any]:
 def execute_task(task: RunTask) -> Outcome:
     """Run one scenario and write its folder; never raises for a failing run (returns ok=False)."""
     from sim.core.config import scenario_from_dict
+    from sim.core.provenance import code_digest, code_label
 
     t0 = time.perf_counter()
     try:
@@ -91,6 +93,11 @@ def execute_task(task: RunTask) -> Outcome:
             raise ConfigError(
                 f"run {task.hash[:12]}: scenario hash differs on this worker "
                 f"({scenario.content_hash()[:12]}); worker and parent run different pce-sim versions"
+            )
+        if task.code_digest is not None and task.code_digest != code_digest():
+            raise ConfigError(
+                f"run {task.hash[:12]}: this worker runs other code ({code_label()}) than the sweep's "
+                f"parent (code {task.code_digest[:12]}); install the same pce-sim on every worker"
             )
         result = resolve_callable(task.runner)(scenario)
         resolve_callable(task.writer)(result, Path(task.run_dir), overwrite=True)

@@ -5,7 +5,10 @@ Tables
   so a different sweep is not silently mixed into the same folder.
 - ``scenarios``: the current expansion (index, hash, replicate, swept inputs, full config JSON).
 - ``runs``: per scenario hash, ``status`` (``running`` / ``done`` / ``failed``), attempt count, error
-  text, summary JSON, emboli table JSON, run folder, UTC start/finish and worker wall time.
+  text, summary JSON, emboli table JSON, run folder, UTC start/finish, worker wall time, and the
+  code that made a done run (:func:`sim.core.provenance.code_digest` and a readable label). A
+  scenario hash names the inputs, not the code: a sweep resumed by other code finds done runs it did
+  not make (:meth:`Ledger.other_code`) and the sweep refuses, re-runs or keeps them as asked.
 
 The database runs in WAL mode with ``synchronous=FULL``; every state change is one
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction, so a process killed at any instant leaves either the
@@ -55,9 +58,13 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir TEXT,
     started_utc TEXT,
     finished_utc TEXT,
-    wall_time_s REAL
+    wall_time_s REAL,
+    code_digest TEXT,
+    code_label TEXT
 );
 """
+# columns added after the first ledgers were written: (name, SQL type), added on open when missing
+_ADDED_RUN_COLUMNS = (("code_digest", "TEXT"), ("code_label", "TEXT"))
 
 
 def utc_now() -> str:
@@ -102,6 +109,8 @@ class LedgerRow:
     started_utc: str | None
     finished_utc: str | None
     wall_time_s: float | None
+    code_digest: str | None = None
+    code_label: str | None = None
 
 
 class Ledger:
@@ -116,6 +125,10 @@ class Ledger:
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
                     cur.execute(statement)
+            have = {row[1] for row in cur.execute("PRAGMA table_info(runs)")}
+            for name, kind in _ADDED_RUN_COLUMNS:
+                if name not in have:  # a ledger written before the column existed: its runs say NULL
+                    cur.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -174,15 +187,34 @@ class Ledger:
 
     # ------------------------------------------------------------------ run states
 
-    def pending(self, retry_failed: bool = True) -> list[str]:
-        """Hashes of the current expansion still to run, in index order (interrupted runs included)."""
+    def pending(self, retry_failed: bool = True, rerun_other_than: str | None = None) -> list[str]:
+        """Hashes of the current expansion still to run, in index order (interrupted runs included).
+
+        With ``rerun_other_than`` (a code digest), done runs made by other code are pending too.
+        """
         skip = ("done",) if retry_failed else ("done", "failed")
+        other = ""
+        if rerun_other_than is not None:
+            other = " OR (r.status = 'done' AND (r.code_digest IS NULL OR r.code_digest != ?))"
         rows = self._conn.execute(
             "SELECT s.hash FROM scenarios s LEFT JOIN runs r ON r.hash = s.hash "
-            f"WHERE r.status IS NULL OR r.status NOT IN ({','.join('?' * len(skip))}) ORDER BY s.idx",
-            skip,
+            f"WHERE r.status IS NULL OR r.status NOT IN ({','.join('?' * len(skip))}){other} "
+            "ORDER BY s.idx",
+            (*skip, rerun_other_than) if other else skip,
         ).fetchall()
         return [r[0] for r in rows]
+
+    def other_code(self, digest: str) -> list[tuple[str, str | None]]:
+        """Done runs of the current expansion not made by the code ``digest``: (hash, code label).
+
+        A run recorded before the ledger kept the code has label None (its code is unknown).
+        """
+        rows = self._conn.execute(
+            "SELECT s.hash, r.code_label FROM scenarios s JOIN runs r ON r.hash = s.hash "
+            "WHERE r.status = 'done' AND (r.code_digest IS NULL OR r.code_digest != ?) ORDER BY s.idx",
+            (digest,),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def mark_running(self, digest: str) -> int:
         """Record that a run is starting; returns its attempt number (1 for the first try)."""
@@ -202,12 +234,25 @@ class Ledger:
         emboli: dict[str, Any],
         run_dir: str,
         wall_time_s: float,
+        code: tuple[str, str] | None = None,
     ) -> None:
+        """Record a finished run; ``code`` = (digest, label) of the code that made it, default this one."""
+        code_digest, code_label = code if code is not None else _this_code()
         with self.transaction() as cur:
             cur.execute(
                 "UPDATE runs SET status = 'done', error = NULL, summary_json = ?, emboli_json = ?, "
-                "run_dir = ?, finished_utc = ?, wall_time_s = ? WHERE hash = ? AND status = 'running'",
-                (to_json(summary), to_json(emboli), run_dir, utc_now(), float(wall_time_s), digest),
+                "run_dir = ?, finished_utc = ?, wall_time_s = ?, code_digest = ?, code_label = ? "
+                "WHERE hash = ? AND status = 'running'",
+                (
+                    to_json(summary),
+                    to_json(emboli),
+                    run_dir,
+                    utc_now(),
+                    float(wall_time_s),
+                    code_digest,
+                    code_label,
+                    digest,
+                ),
             )
             if cur.rowcount != 1:
                 raise ConfigError(
@@ -243,7 +288,7 @@ class Ledger:
         cur = self._conn.execute(
             "SELECT s.idx, s.hash, s.replicate, s.inputs_json, s.config_json, r.status, "
             "COALESCE(r.attempts, 0), r.error, r.summary_json, r.emboli_json, r.run_dir, "
-            "r.started_utc, r.finished_utc, r.wall_time_s "
+            "r.started_utc, r.finished_utc, r.wall_time_s, r.code_digest, r.code_label "
             "FROM scenarios s LEFT JOIN runs r ON r.hash = s.hash ORDER BY s.idx"
         )
         out = []
@@ -264,9 +309,17 @@ class Ledger:
                     started_utc=row[11],
                     finished_utc=row[12],
                     wall_time_s=row[13],
+                    code_digest=row[14],
+                    code_label=row[15],
                 )
             )
         return out
+
+
+def _this_code() -> tuple[str, str]:
+    from sim.core.provenance import code_digest, code_label
+
+    return code_digest(), code_label()
 
 
 @contextmanager
@@ -312,7 +365,10 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def results_table(rows: Sequence[LedgerRow], input_names: Sequence[str]) -> dict[str, list[Any]]:
-    """One row per scenario: identity, status, swept inputs (dotted paths), summary metrics, error."""
+    """One row per scenario: identity, status, swept inputs (dotted paths), summary metrics, error, code.
+
+    ``code`` is the first 12 hex digits of the code digest that made a done run (empty if unknown).
+    """
     metric_names: list[str] = []
     flat_rows = []
     for row in rows:
@@ -326,6 +382,7 @@ def results_table(rows: Sequence[LedgerRow], input_names: Sequence[str]) -> dict
         name: [] for name in ("index", "run_id", "hash", "replicate", "status", *input_names, *metric_names)
     }
     table["error"] = []
+    table["code"] = []
     for row, flat in zip(rows, flat_rows, strict=True):
         table["index"].append(row.index)
         table["run_id"].append(row.hash[:12])
@@ -337,6 +394,7 @@ def results_table(rows: Sequence[LedgerRow], input_names: Sequence[str]) -> dict
         for name in metric_names:
             table[name].append(flat.get(name))
         table["error"].append(None if row.error is None else row.error.splitlines()[0])
+        table["code"].append(None if row.code_digest is None else row.code_digest[:12])
     return table
 
 

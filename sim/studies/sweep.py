@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sim.core.config import Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
+from sim.core.provenance import code_digest, code_label
 from sim.studies.executors import (
     DEFAULT_RUNNER,
     DEFAULT_WRITER,
@@ -528,6 +529,7 @@ def run_sweep(
     writer: Runner = DEFAULT_WRITER,
     force: bool = False,
     retry_failed: bool = True,
+    other_code: str = "refuse",
     progress: ProgressFn | None = None,
     cost: Callable[[Scenario], float] | None = None,
 ) -> SweepOutcome:
@@ -536,6 +538,9 @@ def run_sweep(
     ``executor`` defaults to the sweep file's (``workers`` overrides its worker count). Done runs are
     skipped; runs left ``running`` by a killed sweep are redone; failed runs are retried unless
     ``retry_failed`` is false. ``out_dir`` holding a different expansion is refused unless ``force``.
+    Done runs made by other code (another code digest, see :mod:`sim.core.provenance`) are handled as
+    ``other_code`` says: ``"refuse"`` (a :class:`ConfigError` before any run starts), ``"rerun"``
+    (run again with this code) or ``"keep"`` (the tables say which code made each row).
     ``cost`` (optional) estimates a run's cost: runs then start dearest first, so the workers finish
     together instead of one idling while the other runs a long last run (results do not depend on
     the order; tables stay in index order).
@@ -552,8 +557,10 @@ def run_sweep(
             ],
             force=force,
         )
+        check_other_code(ledger, out, len(expansion.points), other_code)
         files = write_sweep_manifest(expansion, out)
-        todo = ledger.pending(retry_failed=retry_failed)
+        rerun = code_digest() if other_code == "rerun" else None
+        todo = ledger.pending(retry_failed=retry_failed, rerun_other_than=rerun)
         total = len(expansion.points)
         skipped = total - len(todo)
         counts = ledger.counts()
@@ -564,7 +571,12 @@ def run_sweep(
             todo = sorted(todo, key=lambda h: -cost(by_hash[h].scenario))  # stable: ties keep index order
         tasks = [
             RunTask(
-                h, by_hash[h].scenario.model_dump(mode="json"), str(out / "runs" / h[:12]), runner, writer
+                h,
+                by_hash[h].scenario.model_dump(mode="json"),
+                str(out / "runs" / h[:12]),
+                runner,
+                writer,
+                code_digest(),
             )
             for h in todo
         ]
@@ -589,6 +601,28 @@ def run_sweep(
     ]
     done = sum(r.status == "done" for r in rows)
     return SweepOutcome(total, done, failed, skipped, len(tasks), files)
+
+
+OTHER_CODE_CHOICES = ("refuse", "rerun", "keep")
+
+
+def check_other_code(ledger: Any, out: Path, total: int, other_code: str) -> None:
+    """Refuse (``other_code="refuse"``) a folder holding done runs made by other code, in one line."""
+    if other_code not in OTHER_CODE_CHOICES:
+        raise ValueError(f"other_code must be one of {OTHER_CODE_CHOICES}, got {other_code!r}")
+    if other_code != "refuse":
+        return
+    stale = ledger.other_code(code_digest())
+    if stale:
+        unknown = "unrecorded code (a ledger from before pce-sim kept it)"
+        labels = sorted({label or unknown for _, label in stale})
+        shown = "; ".join(labels[:2]) + (f"; and {len(labels) - 2} more" if len(labels) > 2 else "")
+        raise ConfigError(
+            f"{out}: {len(stale)} of the {total} runs in this folder were made by other code ({shown}); "
+            f"this is {code_label()}; use --rerun-stale to run them again with this code, "
+            "--keep-stale to keep them (results.csv's 'code' column says which code made each run), "
+            "or another --out folder"
+        )
 
 
 def _record(ledger: Any, outcome: Outcome, out: Path) -> None:

@@ -1,0 +1,222 @@
+"""Which code made a cached result: the code digest, the ledger's record of it, and what a sweep,
+a cohort's arm stash and the command line do with results made by other code.
+
+A scenario's content hash names its inputs, not the code that ran it, so a sweep resumed after the
+physics changed used to mix results of two versions without a word. These tests make a ledger hold
+a run "made by other code" by rewriting its recorded digest, exactly what a real upgrade leaves.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.core.errors import ConfigError
+from sim.core.provenance import code_digest, code_label, source_digest
+from sim.studies import arm_branches
+from sim.studies.executors import SerialExecutor
+from sim.studies.ledger import open_ledger
+from sim.studies.sweep import expand_sweep, run_sweep, sweep_from_dict
+from tests.test_sweep import CALLS, TINY, deterministic_runner
+
+REPO = Path(__file__).resolve().parent.parent
+OTHER = "f" * 64
+
+
+def _tree(root: Path) -> tuple[Path, Path]:
+    pkg, data = root / "pkg", root / "data"
+    (pkg / "physics").mkdir(parents=True)
+    (data / "veins").mkdir(parents=True)
+    (pkg / "physics" / "law.py").write_text("K = 1.0\n")
+    (data / "veins" / "net.yaml").write_text("d_mm: 2.0\n")
+    (data / "README.md").write_text("notes\n")
+    return pkg, data
+
+
+def test_source_digest_follows_code_data_and_libraries_not_docs_or_bytecode(tmp_path):
+    pkg, data = _tree(tmp_path)
+    versions = {"numpy": "2.0", "scipy": "1.0"}
+    base = source_digest(pkg, data, versions)
+    assert base == source_digest(pkg, data, dict(reversed(versions.items())))  # order-free
+    (data / "README.md").write_text("other notes\n")
+    (pkg / "physics" / "__pycache__").mkdir()
+    (pkg / "physics" / "__pycache__" / "law.cpython-311.pyc").write_bytes(b"\x00\x01")
+    (pkg / "notes.txt").write_text("not code\n")
+    assert source_digest(pkg, data, versions) == base
+    changed = []
+    (pkg / "physics" / "law.py").write_text("K = 1.1\n")
+    changed.append(source_digest(pkg, data, versions))
+    (pkg / "physics" / "law.py").write_text("K = 1.0\n")
+    (data / "veins" / "net.yaml").write_text("d_mm: 2.5\n")
+    changed.append(source_digest(pkg, data, versions))
+    (data / "veins" / "net.yaml").write_text("d_mm: 2.0\n")
+    changed.append(source_digest(pkg, data, {**versions, "numpy": "2.1"}))
+    (pkg / "physics" / "law.py").rename(pkg / "physics" / "law2.py")  # same bytes, other module
+    changed.append(source_digest(pkg, data, versions))
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_code_digest_is_this_package_and_named_in_the_label():
+    digest = code_digest()
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert digest[:12] in code_label() and "pce-sim" in code_label()
+
+
+def _rows(n):
+    return [(i, f"h{i:063d}", 0, {"x": i}, {"name": i}) for i in range(n)]
+
+
+def test_ledger_records_the_code_and_finds_runs_of_other_code(tmp_path):
+    rows = _rows(3)
+    with open_ledger(tmp_path) as led:
+        led.register_expansion("t", "fp", rows)
+        for _, h, *_ in rows[:2]:
+            led.mark_running(h)
+        led.record_done(rows[0][1], {}, {}, "runs/0", 1.0)  # this process's code
+        led.record_done(rows[1][1], {}, {}, "runs/1", 1.0, code=(OTHER, "pce-sim 0.0 (old)"))
+        got = {r.hash: r for r in led.rows()}
+        assert got[rows[0][1]].code_digest == code_digest() and got[rows[0][1]].code_label == code_label()
+        assert led.other_code(code_digest()) == [(rows[1][1], "pce-sim 0.0 (old)")]
+        assert led.pending() == [rows[2][1]]
+        assert led.pending(rerun_other_than=code_digest()) == [rows[1][1], rows[2][1]]
+        assert led.other_code(OTHER) == [(rows[0][1], code_label())]
+
+
+def test_a_ledger_written_before_the_code_columns_is_upgraded_and_its_runs_count_as_other_code(tmp_path):
+    db = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(db) as con:  # the schema of the first ledgers
+        con.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE scenarios (idx INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE,
+                replicate INTEGER NOT NULL, inputs_json TEXT NOT NULL, config_json TEXT NOT NULL);
+            CREATE TABLE runs (hash TEXT PRIMARY KEY, status TEXT NOT NULL, attempts INTEGER NOT NULL
+                DEFAULT 0, error TEXT, summary_json TEXT, emboli_json TEXT, run_dir TEXT,
+                started_utc TEXT, finished_utc TEXT, wall_time_s REAL);
+            INSERT INTO scenarios VALUES (0, 'old', 0, '{}', '{}');
+            INSERT INTO runs (hash, status, attempts, summary_json, emboli_json)
+                VALUES ('old', 'done', 1, '{"n": 1}', '{}');
+            """
+        )
+    with open_ledger(tmp_path) as led:
+        (row,) = led.rows()
+        assert row.status == "done" and row.summary == {"n": 1} and row.code_digest is None
+        assert led.other_code(code_digest()) == [("old", None)]
+
+
+def _sweep(values=(0.3, 0.4, 0.5)):
+    return expand_sweep(
+        sweep_from_dict(
+            {
+                "overrides": TINY,
+                "method": "grid",
+                "parameters": {"injection.volume_ml": {"values": list(values)}},
+            }
+        )
+    )
+
+
+def _pretend_other_code(folder: Path, digest: str, label: str | None = "pce-sim 0.0 (git 0123456789ab)"):
+    with sqlite3.connect(folder / "ledger.sqlite") as con:
+        con.execute("UPDATE runs SET code_digest = ?, code_label = ? WHERE hash = ?", (OTHER, label, digest))
+
+
+def test_resume_refuses_runs_of_other_code_before_running_anything(tmp_path):
+    e = _sweep()
+    run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    _pretend_other_code(tmp_path, e.points[1].hash)
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:  # and one run never finished
+        con.execute("DELETE FROM runs WHERE hash = ?", (e.points[2].hash,))
+    CALLS.clear()
+    with pytest.raises(ConfigError) as info:
+        run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    text = str(info.value)
+    assert "\n" not in text and "1 of the 3 runs" in text and "pce-sim 0.0 (git 0123456789ab)" in text
+    assert code_label() in text and "--rerun-stale" in text and "--keep-stale" in text
+    assert CALLS == []  # refused before any run started
+
+
+def test_rerun_stale_runs_the_other_codes_runs_again_and_records_this_code(tmp_path):
+    e = _sweep()
+    run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    _pretend_other_code(tmp_path, e.points[1].hash, label=None)  # unrecorded code counts as other
+    CALLS.clear()
+    out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner, other_code="rerun")
+    assert CALLS == [e.points[1].hash] and out.ran == 1 and out.ok
+    with open_ledger(tmp_path) as led:
+        assert led.other_code(code_digest()) == []
+    codes = [r["code"] for r in csv.DictReader((tmp_path / "results.csv").open())]
+    assert codes == [code_digest()[:12]] * 3
+
+
+def test_keep_stale_keeps_them_and_the_table_says_which_code_made_each_row(tmp_path):
+    e = _sweep()
+    run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    _pretend_other_code(tmp_path, e.points[0].hash)
+    CALLS.clear()
+    out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner, other_code="keep")
+    assert CALLS == [] and out.ran == 0 and out.skipped == 3
+    codes = [r["code"] for r in csv.DictReader((tmp_path / "results.csv").open())]
+    assert codes == [OTHER[:12], code_digest()[:12], code_digest()[:12]]
+    with pytest.raises(ValueError, match="other_code"):
+        run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner, other_code="maybe")
+
+
+def test_cli_refuses_both_flags_in_one_line_with_exit_2(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"overrides": TINY, "method": "grid", "parameters": {}}))
+    for command in (["sweep", str(sweep), "--out", str(tmp_path / "o")], ["cohort", "nope.yaml"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sim.cli", *command, "--rerun-stale", "--keep-stale", "-q"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "--rerun-stale and --keep-stale" in lines[0]
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_arm_stashed_by_other_code_is_run_again(tmp_path, monkeypatch):
+    """The arms phase takes a stashed branch only if this code made it; else it runs the arm itself."""
+    from sim.core.config import scenario_from_dict
+    from sim.run import pipeline
+    from sim.run.results import RunResult
+
+    scenario = scenario_from_dict({**TINY, "name": "arm"}, source="test")
+    digest = scenario.content_hash()
+    stashed = RunResult(scenario=scenario, summary={"from": "stash"}, emboli={})
+    fresh = RunResult(scenario=scenario, summary={"from": "run"}, emboli={})
+    monkeypatch.setattr(pipeline, "run_scenario", lambda s: fresh)
+    runner = arm_branches.StashedArm(tmp_path)
+    path = tmp_path / f"{digest}.pkl"
+    path.write_bytes(pickle.dumps({"code_digest": code_digest(), "result": stashed}))
+    assert runner(scenario).summary == {"from": "stash"}
+    path.write_bytes(pickle.dumps({"code_digest": OTHER, "result": stashed}))
+    assert runner(scenario).summary == {"from": "run"}
+    path.write_bytes(pickle.dumps(stashed))  # a stash from before the record carried the code
+    assert runner(scenario).summary == {"from": "run"}
+
+
+def test_a_worker_running_other_code_fails_the_task_with_a_clear_error(tmp_path):
+    from sim.core.config import scenario_from_dict
+    from sim.studies.executors import RunTask, execute_task
+
+    scenario = scenario_from_dict(dict(TINY), source="test")
+    config = scenario.model_dump(mode="json")
+    task = RunTask(
+        scenario.content_hash(), config, str(tmp_path / "run"), deterministic_runner, code_digest=OTHER
+    )
+    outcome = execute_task(task)
+    assert not outcome.ok and "this worker runs other code" in outcome.error
+    assert not (tmp_path / "run").exists()

@@ -220,3 +220,51 @@ def test_a_worker_running_other_code_fails_the_task_with_a_clear_error(tmp_path)
     outcome = execute_task(task)
     assert not outcome.ok and "this worker runs other code" in outcome.error
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- input files
+
+
+def _ct_scenario(ct: Path, labels: Path):
+    from sim.core.config import scenario_from_dict
+
+    anatomy = {"ct_path": str(ct), "labels_path": str(labels), "vertebra_label": 1}
+    return scenario_from_dict({**TINY, "patient": {"anatomy": anatomy}}, source="test")
+
+
+def test_a_ct_scenarios_key_names_the_scan_not_only_its_path(tmp_path):
+    """Replacing a scan under the same path changes the key; copying it elsewhere changes only the path."""
+    import hashlib
+    import json
+    import os
+
+    from sim.core.config import scenario_from_dict
+
+    ct, labels = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
+    ct.write_bytes(b"scan one")
+    labels.write_bytes(b"labels")
+    first = _ct_scenario(ct, labels)
+    key = first.content_hash()
+    assert first.input_file_digests() == {
+        "patient.anatomy.ct_path": hashlib.sha256(b"scan one").hexdigest(),
+        "patient.anatomy.labels_path": hashlib.sha256(b"labels").hexdigest(),
+    }
+    ct.write_bytes(b"scan two")  # same path, same size, other bytes
+    os.utime(ct, ns=(1, 1))  # and whatever the clock says: the cache keys on the file's identity
+    assert _ct_scenario(ct, labels).content_hash() != key
+    ct.write_bytes(b"scan one")
+    assert _ct_scenario(ct, labels).content_hash() == key
+    # a scenario without input files keeps its config-only key (existing ledgers stay valid)
+    plain = scenario_from_dict(dict(TINY), source="test")
+    blob = json.dumps(plain.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    assert plain.content_hash() == hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_a_missing_scan_is_named_in_one_line(tmp_path):
+    labels = tmp_path / "labels.nii.gz"
+    labels.write_bytes(b"labels")
+    with pytest.raises(ConfigError) as info:
+        _ct_scenario(tmp_path / "gone.nii.gz", labels).content_hash()
+    text = str(info.value)
+    assert text.startswith(f"patient.anatomy.ct_path = '{tmp_path / 'gone.nii.gz'}': cannot read the file")
+    assert "\n" not in text

@@ -4,6 +4,7 @@ and a sweep on one CT. Images are written at test time into tmp_path (sim/anatom
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,14 +288,19 @@ def test_bad_ct_input_exit_2_from_the_cli(small_ct, tmp_path):
 # ----------------------------------------------------------------------------- studies
 
 
-def test_ct_sweep_expands_and_runs_on_one_ct(seed_case, tmp_path):
+def test_ct_sweep_expands_and_runs_on_one_ct(seed_case, tmp_path, monkeypatch):
     from sim.studies.sweep import expand_sweep, load_expansion, run_sweep, sweep_from_dict
 
+    base, ct, labels, _ = seed_case
+    work = tmp_path / "cwd"  # the shipped sweep's image paths are relative to the working directory
+    (work / "results" / "ct").mkdir(parents=True)
+    shutil.copy(ct, work / "results" / "ct" / "synthetic_L1_ct.nii.gz")
+    shutil.copy(labels, work / "results" / "ct" / "synthetic_L1_labels.nii.gz")
+    monkeypatch.chdir(work)
     shipped = load_expansion(ROOT / "configs" / "sweep_ct_volume_stoptime.yaml")
     assert len(shipped.points) == 9
     assert all(p.scenario.patient.anatomy != "parametric" for p in shipped.points)
 
-    base, ct, labels, _ = seed_case
     cfg = _with_ct(base, ct, labels)
     cfg["injection"] = {**cfg["injection"], "volume_ml": 0.6, "follow_up_s": 5.0}
     spec = sweep_from_dict(

@@ -254,7 +254,13 @@ def test_bad_sweep_files_give_clear_errors(data, expect):
     assert expect in str(err.value)
 
 
-def test_shipped_sweep_files_expand():
+def test_shipped_sweep_files_expand(tmp_path, monkeypatch):
+    # the CT sweep names images relative to the working directory; expanding hashes their bytes
+    # (a scenario's key names the scan, sim.core.input_files), so stand-ins are enough here
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "ct").mkdir(parents=True)
+    for name in ("synthetic_L1_ct.nii.gz", "synthetic_L1_labels.nii.gz"):
+        (tmp_path / "results" / "ct" / name).write_bytes(name.encode())
     files = sorted((REPO / "configs").glob("sweep_*.yaml"))
     assert files
     for f in files:

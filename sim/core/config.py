@@ -464,9 +464,28 @@ class Scenario(StrictModel):
         return to_si(self.model_dump(mode="json"))
 
     def content_hash(self) -> str:
-        """Stable SHA-256 of the resolved scenario (keys sorted), used to key sweep ledgers."""
+        """Stable SHA-256 of the resolved scenario (keys sorted), used to key sweep ledgers.
+
+        A CT anatomy adds the SHA-256 of its image files' bytes (:mod:`sim.core.input_files`), so the
+        key names the scan, not only its path; a scenario without input files hashes its config alone.
+        """
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        files = self.input_file_digests()
+        if files:
+            blob += "|input files:" + json.dumps(files, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def input_file_digests(self) -> dict[str, str]:
+        """{dotted field: SHA-256 of the file it names} for the files a run reads (a CT and its labels)."""
+        from sim.core.input_files import file_sha256
+
+        anatomy = self.patient.anatomy
+        if not isinstance(anatomy, CtAnatomyConfig):
+            return {}
+        return {
+            f"patient.anatomy.{name}": file_sha256(getattr(anatomy, name), f"patient.anatomy.{name}")
+            for name in ("ct_path", "labels_path")
+        }
 
 
 # ---------------------------------------------------------------------------- cross-field checks

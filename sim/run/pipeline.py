@@ -249,7 +249,7 @@ def _finish_run(
             "pressure_pa": injection.pressure_pa.astype(np.float32),
             "porosity": bone.porosity.astype(np.float32),
         },
-        provenance=provenance(int(params.patient.seed)),
+        provenance={**provenance(int(params.patient.seed)), "input_files": scenario.input_file_digests()},
         artifacts=RunArtifacts(
             bone=bone,
             needle=st.needle,

@@ -1,0 +1,37 @@
+"""Digests of the input files a scenario names (a patient's CT and label map).
+
+A scenario's content hash keys sweep ledgers and cohort stashes. A file named by its path alone
+would let a study resumed after the scan was replaced under the same path (or resumed from another
+working directory, where the same relative path names another file) reuse results made from the
+old scan. :meth:`sim.core.config.Scenario.content_hash` therefore includes the SHA-256 of each
+such file's bytes. The digest is cached per process by the file's identity (device, inode, size,
+modification time), so a cohort hashes a scan once per process, not once per scenario.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from sim.core.errors import ConfigError
+
+_CHUNK = 1 << 20
+_CACHE: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def file_sha256(path: str | Path, field: str) -> str:
+    """SHA-256 (hex) of the file at ``path``; unreadable: a one-line :class:`ConfigError` naming ``field``."""
+    try:
+        resolved = os.path.realpath(path)
+        st = os.stat(resolved)
+        key = (resolved, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _CACHE:
+            digest = hashlib.sha256()
+            with open(resolved, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+            _CACHE[key] = digest.hexdigest()
+        return _CACHE[key]
+    except OSError as exc:
+        raise ConfigError(f"{field} = '{path}': cannot read the file ({exc.strerror or exc})") from None

@@ -109,3 +109,68 @@ def test_update_error_table_rewrites_both_tables(tmp_path):
     study["studies"]["a new case"] = rows
     with pytest.raises(ValueError, match="a new case"):
         update_error_table(study, path)
+
+
+# ---------------------------------------------------------------------------- time steps
+
+
+def test_time_step_limit_and_error_columns_on_a_linear_law(monkeypatch):
+    """f = 24.6 - 1.5 cfl (backward Euler is first order): the dt -> 0 limit is 24.6 exactly, the
+    time-step error at cfl 0.8 -1.2 / 24.6, the whole error against the grid estimate beside it."""
+    import benchmarks.bench_convergence as bc
+
+    def law(c):
+        return {"leaked_volume_ml": 24.6 - 1.5 * c, "max_needle_pressure_kpa": 8.0 + 0.01 * c}
+
+    class Run:
+        def __init__(self, summary):
+            self.summary = summary
+
+    seen = []
+
+    def fake_run(scenario):
+        seen.append(
+            (scenario.grid.cfl, scenario.injection.max_duration_s, scenario.injection.stop_after_leak_s)
+        )
+        return Run(law(scenario.grid.cfl))
+
+    monkeypatch.setattr("sim.run.pipeline.run_scenario", fake_run)
+    reference = {"spacing_mm": 1.0, "cfl": 0.8, "stop_reason": "stop_signal", "injection_duration_s": 22.5,
+                 **law(0.8)}  # fmt: skip
+    study = bc.time_step_study({"injection": {"stop_after_leak_s": 0.0}}, reference)
+    assert seen == [(0.4, 22.5, None), (0.2, 22.5, None), (0.1, 22.5, None)]
+    assert study["limit"]["leaked_volume_ml"] == pytest.approx(24.6, rel=1e-12)
+    (leak, _) = bc.time_step_rows(
+        {"c": study}, {"c": {"leaked_volume_ml": 20.0, "max_needle_pressure_kpa": 8.0}}
+    )
+    assert list(leak)[2:7] == ["cfl=0.8", "cfl=0.4", "cfl=0.2", "cfl=0.1", "dt->0"]
+    assert leak["time-step error %"] == pytest.approx(-1.2 / 24.6 * 100, rel=1e-9)
+    assert leak["whole error %"] == pytest.approx((24.6 - 1.2 - 20.0) / 20.0 * 100, rel=1e-9)
+
+
+def test_a_stop_that_follows_detection_is_kept_by_its_duration_and_others_are_left_alone():
+    from benchmarks.bench_convergence import fixed_stop_config
+
+    cfg = {"injection": {"stop_after_leak_s": 5.0, "volume_ml": 3.0}}
+    fixed = fixed_stop_config(cfg, {"stop_reason": "stop_signal", "injection_duration_s": 12.25})
+    assert fixed["injection"] == {"stop_after_leak_s": None, "volume_ml": 3.0, "max_duration_s": 12.25}
+    assert cfg["injection"]["stop_after_leak_s"] == 5.0  # the case's own config is not changed
+    assert fixed_stop_config(cfg, {"stop_reason": "volume", "injection_duration_s": 40.0}) == cfg
+
+
+def test_stopping_at_the_reference_runs_duration_reproduces_it_exactly():
+    """The separation's premise: the same run with its stop given as a duration is the same run."""
+    from benchmarks.bench_convergence import ROOT, fixed_stop_config
+    from sim.core.config import read_yaml, scenario_from_dict
+    from sim.run.pipeline import run_scenario
+
+    cfg = read_yaml(ROOT / "configs" / "lai2025_stop_at_detection.yaml")
+    cfg["grid"] = {**cfg.get("grid", {}), "spacing_mm": 2.0}
+    cfg.setdefault("output", {}).update(vtk=False, fluoroscopy_png=False, fields=False, time_series=False)
+    ref = run_scenario(scenario_from_dict(cfg, source="ref")).summary
+    assert ref["stop_reason"] == "stop_signal"
+    reference = {"stop_reason": ref["stop_reason"], "injection_duration_s": ref["injection_duration_s"]}
+    again = run_scenario(scenario_from_dict(fixed_stop_config(cfg, reference), source="fixed")).summary
+    assert again["stop_reason"] != "stop_signal"
+    for m in ("leaked_volume_ml", "injected_volume_ml", "max_needle_pressure_kpa", "n_emboli"):
+        assert again[m] == ref[m], m

@@ -63,6 +63,32 @@ def test_source_digest_follows_code_data_and_libraries_not_docs_or_bytecode(tmp_
     assert base not in changed and len(set(changed)) == len(changed)
 
 
+def test_a_wheel_and_a_checkout_of_the_same_code_have_the_same_digest(tmp_path):
+    """A checkout has the data folder beside the package, a wheel inside it (sim.geometries)."""
+    import shutil
+
+    files = {"pkg/__init__.py": "", "pkg/physics/law.py": "K = 1.0\n"}
+    data = {"__init__.py": '"""data package"""\n', "veins/net.yaml": "d_mm: 2.0\n", "tree.graphml": "<g/>",
+            "lobes.csv": "lobe,share\n", "README.md": "notes\n"}  # fmt: skip
+    checkout, wheel = tmp_path / "checkout", tmp_path / "site"
+    for rel, text in files.items():
+        for root in (checkout, wheel):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+    for rel, text in data.items():
+        for where in (checkout / "geometries", wheel / "pkg" / "geometries"):
+            (where / rel).parent.mkdir(parents=True, exist_ok=True)
+            (where / rel).write_text(text)
+    versions = {"numpy": "2.0"}
+    beside = source_digest(checkout / "pkg", checkout / "geometries", versions)
+    assert source_digest(wheel / "pkg", wheel / "pkg" / "geometries", versions) == beside
+    (checkout / "geometries" / ".net.yaml.swp").write_bytes(b"editor")  # not a data file
+    (checkout / "geometries" / "veins" / "notes.txt").write_text("scratch")
+    assert source_digest(checkout / "pkg", checkout / "geometries", versions) == beside
+    shutil.copy(checkout / "geometries" / "lobes.csv", checkout / "geometries" / "lobes2.csv")
+    assert source_digest(checkout / "pkg", checkout / "geometries", versions) != beside
+
+
 def test_code_digest_is_this_package_and_named_in_the_label():
     digest = code_digest()
     assert len(digest) == 64 and int(digest, 16) >= 0
@@ -138,7 +164,7 @@ def test_resume_refuses_runs_of_other_code_before_running_anything(tmp_path):
     with pytest.raises(ConfigError) as info:
         run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
     text = str(info.value)
-    assert "\n" not in text and "1 of the 3 runs" in text and "pce-sim 0.0 (git 0123456789ab)" in text
+    assert "\n" not in text and "1 of its 3 runs" in text and "pce-sim 0.0 (git 0123456789ab)" in text
     assert code_label() in text and "--rerun-stale" in text and "--keep-stale" in text
     assert CALLS == []  # refused before any run started
 
@@ -154,6 +180,23 @@ def test_rerun_stale_runs_the_other_codes_runs_again_and_records_this_code(tmp_p
         assert led.other_code(code_digest()) == []
     codes = [r["code"] for r in csv.DictReader((tmp_path / "results.csv").open())]
     assert codes == [code_digest()[:12]] * 3
+
+
+def test_a_rerun_that_fails_records_no_code_and_is_not_listed_as_other_codes(tmp_path):
+    e = _sweep((0.3, 0.4))
+    run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    _pretend_other_code(tmp_path, e.points[1].hash)
+
+    def failing(scenario):
+        raise RuntimeError("boom")
+
+    out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=failing, other_code="rerun")
+    assert out.ran == 1 and len(out.failed) == 1
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["status"], r["code"]) for r in rows] == [("done", code_digest()[:12]), ("failed", "")]
+    with open_ledger(tmp_path) as led:
+        assert led.other_code(code_digest()) == []  # failed, not done by other code: retried as failed
+        assert {r.hash: r.code_digest for r in led.rows()}[e.points[1].hash] is None
 
 
 def test_keep_stale_keeps_them_and_the_table_says_which_code_made_each_row(tmp_path):
@@ -268,3 +311,59 @@ def test_a_missing_scan_is_named_in_one_line(tmp_path):
     text = str(info.value)
     assert text.startswith(f"patient.anatomy.ct_path = '{tmp_path / 'gone.nii.gz'}': cannot read the file")
     assert "\n" not in text
+
+
+# ---------------------------------------------------------------------------- cohorts
+
+
+def test_a_cohort_refuses_runs_of_other_code_before_its_first_phase_runs(tmp_path):
+    """Its phases share one ledger with different expansions: the refusal looks at every run first."""
+    from sim.studies.cohort import plan_cohort, run_cohort
+    from tests.test_cohort import ROOT, cohort, contract_runner, serial
+
+    plan = plan_cohort(cohort(n=6), ROOT / "configs")
+    run_cohort(plan, tmp_path, executor_factory=serial, runner=contract_runner)
+    probes = {s.content_hash() for s in plan.probes.values()}
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:  # the arms (second phase) by other code
+        hashes = [h for (h,) in con.execute("SELECT hash FROM runs WHERE status = 'done'") if h not in probes]
+        assert hashes
+        con.executemany(
+            "UPDATE runs SET code_digest = ?, code_label = 'old' WHERE hash = ?", [(OTHER, h) for h in hashes]
+        )
+    calls = []
+
+    def counting(scenario):
+        calls.append(scenario.content_hash())
+        return contract_runner(scenario)
+
+    grown = plan_cohort(cohort(n=9), ROOT / "configs")  # new patients: the first phase has runs to do
+    with pytest.raises(
+        ConfigError, match=f"{len(hashes)} finished runs of this cohort were made by other code"
+    ):
+        run_cohort(grown, tmp_path, executor_factory=serial, runner=counting)
+    assert calls == []
+    rerun = run_cohort(grown, tmp_path, executor_factory=serial, runner=counting, other_code="rerun")
+    assert not rerun.failed and set(hashes) <= set(calls)
+
+
+def test_a_cohort_on_a_ct_base_names_the_scan_in_its_fingerprint(tmp_path):
+    import dataclasses
+
+    from sim.studies.cohort import base_input_file_digests, plan_cohort
+    from tests.test_cohort import ROOT, cohort
+
+    plan = plan_cohort(cohort(n=2), ROOT / "configs")
+    assert base_input_file_digests(plan.base) == {}
+    ct, labels = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
+    ct.write_bytes(b"scan one")
+    labels.write_bytes(b"labels")
+    anatomy = {"ct_path": str(ct), "labels_path": str(labels), "vertebra_label": 1}
+    base = {**plan.base, "patient": {**plan.base["patient"], "anatomy": anatomy}}
+    on_ct = dataclasses.replace(plan, base=base)
+    first = on_ct.fingerprint
+    assert first != plan.fingerprint and set(base_input_file_digests(base)) == {
+        "patient.anatomy.ct_path",
+        "patient.anatomy.labels_path",
+    }
+    ct.write_bytes(b"scan two, longer")  # another size: a new file identity whatever the clock's tick
+    assert dataclasses.replace(plan, base=base).fingerprint != first

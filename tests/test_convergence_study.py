@@ -138,14 +138,26 @@ def test_time_step_limit_and_error_columns_on_a_linear_law(monkeypatch):
     reference = {"spacing_mm": 1.0, "cfl": 0.8, "stop_reason": "stop_signal", "injection_duration_s": 22.5,
                  **law(0.8)}  # fmt: skip
     study = bc.time_step_study({"injection": {"stop_after_leak_s": 0.0}}, reference)
-    assert seen == [(0.4, 22.5, None), (0.2, 22.5, None), (0.1, 22.5, None)]
+    assert seen == [(0.1, 22.5, None), (0.2, 22.5, None), (0.4, 22.5, None)]
     assert study["limit"]["leaked_volume_ml"] == pytest.approx(24.6, rel=1e-12)
-    (leak, _) = bc.time_step_rows(
-        {"c": study}, {"c": {"leaked_volume_ml": 20.0, "max_needle_pressure_kpa": 8.0}}
-    )
-    assert list(leak)[2:7] == ["cfl=0.8", "cfl=0.4", "cfl=0.2", "cfl=0.1", "dt->0"]
+    assert study["order"]["leaked_volume_ml"] == pytest.approx(1.0, rel=1e-6)  # linear in the step
+    grid = {
+        "leaked_volume_ml": {"estimate": 20.0, "order": 1.1},
+        "max_needle_pressure_kpa": {"estimate": 8.0, "order": None},
+    }
+    (leak, pressure) = bc.time_step_rows({"c": study}, {"c": grid})
+    assert list(leak)[2:8] == ["cfl=0.8", "cfl=0.4", "cfl=0.2", "cfl=0.1", "dt->0", "order in dt"]
     assert leak["time-step error %"] == pytest.approx(-1.2 / 24.6 * 100, rel=1e-9)
     assert leak["whole error %"] == pytest.approx((24.6 - 1.2 - 20.0) / 20.0 * 100, rel=1e-9)
+    assert leak["grid estimate"] == "Richardson" and pressure["grid estimate"] == "finest grid"
+    # a case run at a smaller cfl is reported at its own cfl, with only the smaller ones added
+    seen.clear()
+    low = bc.time_step_study({}, {**reference, "cfl": 0.3, **law(0.3)})
+    assert [c for c, *_ in seen] == [0.1, 0.2] and low["reference_cfl"] == 0.3
+    (leak, _) = bc.time_step_rows({"c": low}, {"c": grid})
+    assert leak["time-step error %"] == pytest.approx(-1.5 * 0.3 / 24.6 * 100, rel=1e-9)
+    with pytest.raises(ValueError, match="two cfl numbers"):
+        bc.time_step_study({}, {**reference, "cfl": 0.15})
 
 
 def test_a_stop_that_follows_detection_is_kept_by_its_duration_and_others_are_left_alone():

@@ -5,7 +5,9 @@ would let a study resumed after the scan was replaced under the same path (or re
 working directory, where the same relative path names another file) reuse results made from the
 old scan. :meth:`sim.core.config.Scenario.content_hash` therefore includes the SHA-256 of each
 such file's bytes. The digest is cached per process by the file's identity (device, inode, size,
-modification time), so a cohort hashes a scan once per process, not once per scenario.
+modification time), so a cohort hashes a scan once per process, not once per scenario; a file
+rewritten in place to the same size within one tick of the file system's clock keeps its identity,
+so a long-lived process (a Dask worker) would not see that rewrite.
 """
 
 from __future__ import annotations

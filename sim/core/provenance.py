@@ -59,18 +59,30 @@ def library_versions() -> dict[str, str]:
 _RESULT_LIBRARIES = ("numpy", "scipy", "numba", "pyamg", "networkx")
 
 
-def source_digest(package_root: Path, data_root: Path, versions: Mapping[str, str]) -> str:
-    """SHA-256 (hex) of a package's ``*.py`` files, a data folder's files and library versions.
+DATA_SUFFIXES = (".yaml", ".graphml", ".csv")  # the data files the wheel ships (pyproject package-data)
 
-    Each file enters by its path relative to its root and its bytes, in sorted order; data files
-    named ``*.md`` (documentation) and anything under ``__pycache__`` are left out; ``versions`` in
-    sorted key order.
+
+def source_digest(package_root: Path, data_root: Path, versions: Mapping[str, str]) -> str:
+    """SHA-256 (hex) of a package's ``*.py`` files, a data folder's data files and library versions.
+
+    Each file enters by its path relative to its root and its bytes, in sorted order; ``versions`` in
+    sorted key order. Package files under ``data_root`` (an installed wheel has the data folder inside
+    the package, a checkout beside it) and anything under ``__pycache__`` are left out; data files are
+    those named ``*.yaml``, ``*.graphml`` or ``*.csv`` (what the wheel ships besides documentation),
+    so a checkout and a wheel of the same commit have the same digest and an editor's stray files in
+    the data folder do not count.
     """
+    data_root = data_root.resolve()
+    package_root = package_root.resolve()
     digest = hashlib.sha256()
-    for tag, root, keep in (
-        ("sim", package_root, lambda path: path.suffix == ".py"),
-        ("data", data_root, lambda path: path.suffix not in (".md", ".py", ".pyc")),
-    ):
+
+    def package_file(path: Path) -> bool:
+        return path.suffix == ".py" and not path.is_relative_to(data_root)
+
+    def data_file(path: Path) -> bool:
+        return path.suffix in DATA_SUFFIXES
+
+    for tag, root, keep in (("sim", package_root, package_file), ("data", data_root, data_file)):
         files = sorted(
             path
             for path in root.rglob("*")
@@ -103,8 +115,12 @@ def code_digest() -> str:
     return source_digest(Path(sim.__file__).resolve().parent, geometry_path("."), versions)
 
 
+@functools.lru_cache(maxsize=1)
 def code_label() -> str:
-    """Short human name of this code: version, git commit and the digest's first 12 hex digits."""
+    """Short human name of this code: version, git commit and the digest's first 12 hex digits.
+
+    Computed once per process (the git state at that moment; the digest is what identifies the code).
+    """
     commit = git_hash()
     where = f"git {commit[:12]}{'+dirty' if commit.endswith('+dirty') else ''}" if commit else "no git"
     return f"pce-sim {sim.__version__} ({where}, code {code_digest()[:12]})"

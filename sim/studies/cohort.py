@@ -677,14 +677,33 @@ class CohortPlan:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of everything but n: growing a cohort in the same folder keeps its runs."""
+        """SHA-256 of everything but n (growing a cohort in the same folder keeps its runs), with the
+        bytes of the base scenario's input files (a replaced scan makes another cohort)."""
         doc = self.spec.model_dump(mode="json")
         doc.pop("n", None)
         doc.pop("executor", None)
         if doc.get("levels") is None:
             doc.pop("levels", None)  # a single-level cohort keeps its fingerprint (and its folder)
-        blob = json.dumps({"spec": doc, "base": self.base}, sort_keys=True, separators=(",", ":"))
+        key: dict[str, Any] = {"spec": doc, "base": self.base}
+        files = base_input_file_digests(self.base)
+        if files:  # a CT base: the scans' bytes, not only their paths (sim.core.input_files)
+            key["input_files"] = files
+        blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def base_input_file_digests(base: dict[str, Any]) -> dict[str, str]:
+    """{dotted field: SHA-256} of the CT and label map a base config names (empty for a parametric one)."""
+    from sim.core.input_files import file_sha256
+
+    anatomy = (base.get("patient") or {}).get("anatomy")
+    if not isinstance(anatomy, dict):
+        return {}
+    return {
+        f"patient.anatomy.{name}": file_sha256(anatomy[name], f"patient.anatomy.{name}")
+        for name in ("ct_path", "labels_path")
+        if name in anatomy
+    }
 
 
 def plan_cohort(
@@ -925,6 +944,31 @@ def run_cohort(
         pool.shutdown()
 
 
+def _refuse_other_code(plan: CohortPlan, out: Path, sensitivity: bool) -> None:
+    """Refuse, before any phase runs, a folder holding finished runs of this cohort made by other code.
+
+    The phases register their own expansions in one ledger (never-stop runs, then policy arms), so each
+    phase's own check (:func:`sim.studies.sweep.check_other_code`) would see only its runs and could
+    refuse after an earlier phase had run; this looks at every run the plan uses, and at the
+    sensitivity folder's ledger, first.
+    """
+    from sim.core.provenance import code_digest
+    from sim.studies.sweep import describe_codes, other_code_message
+
+    stale: list[tuple[str, str | None]] = []
+    if (out / "ledger.sqlite").exists():
+        used = {s.content_hash() for s in (*plan.probes.values(), *plan.arms.values())}
+        with open_ledger(out, exclusive=False) as ledger:
+            stale += [(h, c) for h, c in ledger.other_code(code_digest(), current_only=False) if h in used]
+    folder = out / "sensitivity"
+    if sensitivity and plan.spec.sensitivity.method != "none" and (folder / "ledger.sqlite").exists():
+        with open_ledger(folder, exclusive=False) as ledger:
+            stale += ledger.other_code(code_digest(), current_only=False)
+    if stale:
+        what = f"{len(stale)} finished runs of this cohort"
+        raise ConfigError(other_code_message(out, what, describe_codes(stale)))
+
+
 def run_cost(scenario: Scenario) -> float:
     """A run's relative cost for scheduling: its planned volume squared over its grid spacing cubed.
 
@@ -946,6 +990,8 @@ def _run_cohort(
     other_code: str = "refuse",
 ) -> CohortRun:
     _guard_folder(plan, out, force)
+    if other_code == "refuse":
+        _refuse_other_code(plan, out, sensitivity)
     n_runs = 0
 
     def sweep(expansion: CohortExpansion, folder: Path, phase: str, phase_runner: Runner = runner) -> None:

@@ -204,17 +204,23 @@ class Ledger:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def other_code(self, digest: str) -> list[tuple[str, str | None]]:
-        """Done runs of the current expansion not made by the code ``digest``: (hash, code label).
+    def other_code(self, digest: str, current_only: bool = True) -> list[tuple[str, str | None]]:
+        """Done runs not made by the code ``digest``: (hash, code label), of the current expansion
+        (in index order) or, with ``current_only`` false, of every expansion the ledger has held.
 
         A run recorded before the ledger kept the code has label None (its code is unknown).
         """
-        rows = self._conn.execute(
-            "SELECT s.hash, r.code_label FROM scenarios s JOIN runs r ON r.hash = s.hash "
-            "WHERE r.status = 'done' AND (r.code_digest IS NULL OR r.code_digest != ?) ORDER BY s.idx",
-            (digest,),
-        ).fetchall()
-        return [(r[0], r[1]) for r in rows]
+        if current_only:
+            query = (
+                "SELECT s.hash, r.code_label FROM scenarios s JOIN runs r ON r.hash = s.hash "
+                "WHERE r.status = 'done' AND (r.code_digest IS NULL OR r.code_digest != ?) ORDER BY s.idx"
+            )
+        else:
+            query = (
+                "SELECT hash, code_label FROM runs "
+                "WHERE status = 'done' AND (code_digest IS NULL OR code_digest != ?) ORDER BY hash"
+            )
+        return [(r[0], r[1]) for r in self._conn.execute(query, (digest,)).fetchall()]
 
     def mark_running(self, digest: str) -> int:
         """Record that a run is starting; returns its attempt number (1 for the first try)."""
@@ -222,7 +228,8 @@ class Ledger:
             cur.execute(
                 "INSERT INTO runs (hash, status, attempts, started_utc) VALUES (?, 'running', 1, ?) "
                 "ON CONFLICT(hash) DO UPDATE SET status = 'running', attempts = attempts + 1, "
-                "error = NULL, started_utc = excluded.started_utc, finished_utc = NULL",
+                "error = NULL, started_utc = excluded.started_utc, finished_utc = NULL, "
+                "code_digest = NULL, code_label = NULL",
                 (digest, utc_now()),
             )
             return int(cur.execute("SELECT attempts FROM runs WHERE hash = ?", (digest,)).fetchone()[0])
@@ -367,7 +374,8 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 def results_table(rows: Sequence[LedgerRow], input_names: Sequence[str]) -> dict[str, list[Any]]:
     """One row per scenario: identity, status, swept inputs (dotted paths), summary metrics, error, code.
 
-    ``code`` is the first 12 hex digits of the code digest that made a done run (empty if unknown).
+    ``code`` is the first 12 hex digits of the code digest that made a done run (empty for a run not
+    done, or one recorded before the ledger kept the code).
     """
     metric_names: list[str] = []
     flat_rows = []
@@ -394,7 +402,8 @@ def results_table(rows: Sequence[LedgerRow], input_names: Sequence[str]) -> dict
         for name in metric_names:
             table[name].append(flat.get(name))
         table["error"].append(None if row.error is None else row.error.splitlines()[0])
-        table["code"].append(None if row.code_digest is None else row.code_digest[:12])
+        done_code = row.code_digest if row.status == "done" else None
+        table["code"].append(None if done_code is None else done_code[:12])
     return table
 
 

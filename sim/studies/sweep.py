@@ -606,6 +606,22 @@ def run_sweep(
 OTHER_CODE_CHOICES = ("refuse", "rerun", "keep")
 
 
+def other_code_message(folder: Path, what: str, shown: str) -> str:
+    """The one-line refusal of a folder holding ``what`` (e.g. "3 of its 10 runs") made by other code."""
+    return (
+        f"{folder}: {what} were made by other code ({shown}); this is {code_label()}; use --rerun-stale "
+        "to run them again with this code, --keep-stale to keep them (results.csv's 'code' column says "
+        "which code made each run), or another --out folder"
+    )
+
+
+def describe_codes(stale: list[tuple[str, str | None]]) -> str:
+    """The distinct code labels of ``(hash, label)`` pairs, at most two named."""
+    unknown = "unrecorded code (a ledger from before pce-sim kept it)"
+    labels = sorted({label or unknown for _, label in stale})
+    return "; ".join(labels[:2]) + (f"; and {len(labels) - 2} more" if len(labels) > 2 else "")
+
+
 def check_other_code(ledger: Any, out: Path, total: int, other_code: str) -> None:
     """Refuse (``other_code="refuse"``) a folder holding done runs made by other code, in one line."""
     if other_code not in OTHER_CODE_CHOICES:
@@ -614,15 +630,8 @@ def check_other_code(ledger: Any, out: Path, total: int, other_code: str) -> Non
         return
     stale = ledger.other_code(code_digest())
     if stale:
-        unknown = "unrecorded code (a ledger from before pce-sim kept it)"
-        labels = sorted({label or unknown for _, label in stale})
-        shown = "; ".join(labels[:2]) + (f"; and {len(labels) - 2} more" if len(labels) > 2 else "")
-        raise ConfigError(
-            f"{out}: {len(stale)} of the {total} runs in this folder were made by other code ({shown}); "
-            f"this is {code_label()}; use --rerun-stale to run them again with this code, "
-            "--keep-stale to keep them (results.csv's 'code' column says which code made each run), "
-            "or another --out folder"
-        )
+        shown = describe_codes(stale)
+        raise ConfigError(other_code_message(out, f"{len(stale)} of its {total} runs", shown))
 
 
 def _record(ledger: Any, outcome: Outcome, out: Path) -> None:

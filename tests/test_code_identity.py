@@ -169,6 +169,18 @@ def test_resume_refuses_runs_of_other_code_before_running_anything(tmp_path):
     assert CALLS == []  # refused before any run started
 
 
+def test_a_refused_resume_leaves_the_ledger_as_it_was(tmp_path):
+    """Even with --force switching the folder to a grown sweep, the refusal comes before any change."""
+    e = _sweep((0.3, 0.4))
+    run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+    _pretend_other_code(tmp_path, e.points[0].hash)
+    grown = _sweep((0.3, 0.4, 0.5))
+    with pytest.raises(ConfigError, match="1 of its 3 runs"):
+        run_sweep(grown, tmp_path, executor=SerialExecutor(), runner=deterministic_runner, force=True)
+    with open_ledger(tmp_path) as led:
+        assert [r.hash for r in led.rows()] == [p.hash for p in e.points]  # the old expansion still
+
+
 def test_rerun_stale_runs_the_other_codes_runs_again_and_records_this_code(tmp_path):
     e = _sweep()
     run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)

@@ -548,6 +548,7 @@ def run_sweep(
     out = Path(out_dir)
     by_hash = {p.hash: p for p in expansion.points}
     with open_ledger(out) as ledger:
+        check_other_code(ledger, out, {p.hash for p in expansion.points}, other_code)
         ledger.register_expansion(
             expansion.spec.name,
             expansion.fingerprint,
@@ -557,7 +558,6 @@ def run_sweep(
             ],
             force=force,
         )
-        check_other_code(ledger, out, len(expansion.points), other_code)
         files = write_sweep_manifest(expansion, out)
         rerun = code_digest() if other_code == "rerun" else None
         todo = ledger.pending(retry_failed=retry_failed, rerun_other_than=rerun)
@@ -622,16 +622,17 @@ def describe_codes(stale: list[tuple[str, str | None]]) -> str:
     return "; ".join(labels[:2]) + (f"; and {len(labels) - 2} more" if len(labels) > 2 else "")
 
 
-def check_other_code(ledger: Any, out: Path, total: int, other_code: str) -> None:
-    """Refuse (``other_code="refuse"``) a folder holding done runs made by other code, in one line."""
+def check_other_code(ledger: Any, out: Path, hashes: set[str], other_code: str) -> None:
+    """Refuse (``other_code="refuse"``) a folder whose done runs among ``hashes`` (the sweep's scenarios)
+    were made by other code, in one line, before the ledger is changed."""
     if other_code not in OTHER_CODE_CHOICES:
         raise ValueError(f"other_code must be one of {OTHER_CODE_CHOICES}, got {other_code!r}")
     if other_code != "refuse":
         return
-    stale = ledger.other_code(code_digest())
+    stale = [(h, label) for h, label in ledger.other_code(code_digest(), current_only=False) if h in hashes]
     if stale:
         shown = describe_codes(stale)
-        raise ConfigError(other_code_message(out, f"{len(stale)} of its {total} runs", shown))
+        raise ConfigError(other_code_message(out, f"{len(stale)} of its {len(hashes)} runs", shown))
 
 
 def _record(ledger: Any, outcome: Outcome, out: Path) -> None:

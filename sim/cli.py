@@ -43,6 +43,32 @@ err_console = Console(stderr=True)
 console = Console()
 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from sim.core.provenance import code_digest, code_label
+
+        print(code_label())
+        print(f"code digest {code_digest()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version, git commit and code digest (the 'code' of results.csv) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Vertebroplasty cement injection -> venous leakage -> pulmonary cement embolism simulator."""
+
+
 RerunStaleOpt = Annotated[
     bool,
     typer.Option("--rerun-stale", help="On resume, run again the runs that other pce-sim code made."),

@@ -379,3 +379,11 @@ def test_a_cohort_on_a_ct_base_names_the_scan_in_its_fingerprint(tmp_path):
     }
     ct.write_bytes(b"scan two, longer")  # another size: a new file identity whatever the clock's tick
     assert dataclasses.replace(plan, base=base).fingerprint != first
+
+
+def test_version_names_the_code_that_results_csv_names():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim.cli", "--version"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [code_label(), f"code digest {code_digest()}"]

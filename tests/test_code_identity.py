@@ -361,11 +361,12 @@ def test_a_cohort_refuses_runs_of_other_code_before_its_first_phase_runs(tmp_pat
 def test_a_cohort_on_a_ct_base_names_the_scan_in_its_fingerprint(tmp_path):
     import dataclasses
 
-    from sim.studies.cohort import base_input_file_digests, plan_cohort
+    from sim.core.input_files import anatomy_file_digests
+    from sim.studies.cohort import plan_cohort
     from tests.test_cohort import ROOT, cohort
 
     plan = plan_cohort(cohort(n=2), ROOT / "configs")
-    assert base_input_file_digests(plan.base) == {}
+    assert anatomy_file_digests(plan.base["patient"].get("anatomy")) == {}
     ct, labels = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
     ct.write_bytes(b"scan one")
     labels.write_bytes(b"labels")
@@ -373,7 +374,7 @@ def test_a_cohort_on_a_ct_base_names_the_scan_in_its_fingerprint(tmp_path):
     base = {**plan.base, "patient": {**plan.base["patient"], "anatomy": anatomy}}
     on_ct = dataclasses.replace(plan, base=base)
     first = on_ct.fingerprint
-    assert first != plan.fingerprint and set(base_input_file_digests(base)) == {
+    assert first != plan.fingerprint and set(anatomy_file_digests(base["patient"]["anatomy"])) == {
         "patient.anatomy.ct_path",
         "patient.anatomy.labels_path",
     }

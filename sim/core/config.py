@@ -477,15 +477,10 @@ class Scenario(StrictModel):
 
     def input_file_digests(self) -> dict[str, str]:
         """{dotted field: SHA-256 of the file it names} for the files a run reads (a CT and its labels)."""
-        from sim.core.input_files import file_sha256
+        from sim.core.input_files import anatomy_file_digests
 
         anatomy = self.patient.anatomy
-        if not isinstance(anatomy, CtAnatomyConfig):
-            return {}
-        return {
-            f"patient.anatomy.{name}": file_sha256(getattr(anatomy, name), f"patient.anatomy.{name}")
-            for name in ("ct_path", "labels_path")
-        }
+        return anatomy_file_digests(anatomy.model_dump() if isinstance(anatomy, CtAnatomyConfig) else None)
 
 
 # ---------------------------------------------------------------------------- cross-field checks

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sim.core.errors import ConfigError
 
@@ -37,3 +39,17 @@ def file_sha256(path: str | Path, field: str) -> str:
         return _CACHE[key]
     except OSError as exc:
         raise ConfigError(f"{field} = '{path}': cannot read the file ({exc.strerror or exc})") from None
+
+
+ANATOMY_FILE_FIELDS = ("ct_path", "labels_path")  # the fields of a CT anatomy that name files
+
+
+def anatomy_file_digests(anatomy: Mapping[str, Any] | str | None) -> dict[str, str]:
+    """{dotted field: SHA-256} of the files a ``patient.anatomy`` config names (none if parametric)."""
+    if not isinstance(anatomy, Mapping):
+        return {}
+    return {
+        f"patient.anatomy.{name}": file_sha256(anatomy[name], f"patient.anatomy.{name}")
+        for name in ANATOMY_FILE_FIELDS
+        if name in anatomy
+    }

@@ -91,6 +91,7 @@ from scipy import stats as _st
 
 from sim.core.config import STOP_AFTER_LEAK_PATH, Level, Scenario, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
+from sim.core.input_files import anatomy_file_digests
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
 from sim.studies.arm_branches import STASH_DIR, NeverStopWithArms, StashedArm, write_arm_map
@@ -685,25 +686,11 @@ class CohortPlan:
         if doc.get("levels") is None:
             doc.pop("levels", None)  # a single-level cohort keeps its fingerprint (and its folder)
         key: dict[str, Any] = {"spec": doc, "base": self.base}
-        files = base_input_file_digests(self.base)
+        files = anatomy_file_digests((self.base.get("patient") or {}).get("anatomy"))
         if files:  # a CT base: the scans' bytes, not only their paths (sim.core.input_files)
             key["input_files"] = files
         blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def base_input_file_digests(base: dict[str, Any]) -> dict[str, str]:
-    """{dotted field: SHA-256} of the CT and label map a base config names (empty for a parametric one)."""
-    from sim.core.input_files import file_sha256
-
-    anatomy = (base.get("patient") or {}).get("anatomy")
-    if not isinstance(anatomy, dict):
-        return {}
-    return {
-        f"patient.anatomy.{name}": file_sha256(anatomy[name], f"patient.anatomy.{name}")
-        for name in ("ct_path", "labels_path")
-        if name in anatomy
-    }
 
 
 def plan_cohort(

@@ -153,10 +153,7 @@ def time_step_study(
     smaller, small = cfls[0], cfls[1]
     limit = {m: v[smaller] + (v[smaller] - v[small]) * smaller / (small - smaller) for m, v in values.items()}
     three = sorted(values[TIME_STEP_METRICS[0]])[:3]
-    order = {
-        m: observed_order(three, [v[c] for c in three]) if len(three) == 3 else None
-        for m, v in values.items()
-    }
+    order = {m: observed_order(three, [v[c] for c in three]) for m, v in values.items()}
     return {"reference_cfl": ref_cfl, "values": values, "limit": limit, "order": order}
 
 

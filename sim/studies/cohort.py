@@ -946,11 +946,11 @@ def _refuse_other_code(plan: CohortPlan, out: Path, sensitivity: bool) -> None:
     if (out / "ledger.sqlite").exists():
         used = {s.content_hash() for s in (*plan.probes.values(), *plan.arms.values())}
         with open_ledger(out, exclusive=False) as ledger:
-            stale += [(h, c) for h, c in ledger.other_code(code_digest(), current_only=False) if h in used]
+            stale += ledger.other_code(code_digest(), among=used)
     folder = out / "sensitivity"
     if sensitivity and plan.spec.sensitivity.method != "none" and (folder / "ledger.sqlite").exists():
         with open_ledger(folder, exclusive=False) as ledger:
-            stale += ledger.other_code(code_digest(), current_only=False)
+            stale += ledger.other_code(code_digest())
     if stale:
         what = f"{len(stale)} finished runs of this cohort"
         raise ConfigError(other_code_message(out, what, describe_codes(stale)))

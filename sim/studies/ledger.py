@@ -26,7 +26,7 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,23 +204,18 @@ class Ledger:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def other_code(self, digest: str, current_only: bool = True) -> list[tuple[str, str | None]]:
-        """Done runs not made by the code ``digest``: (hash, code label), of the current expansion
-        (in index order) or, with ``current_only`` false, of every expansion the ledger has held.
+    def other_code(self, digest: str, among: Collection[str] | None = None) -> list[tuple[str, str | None]]:
+        """Done runs not made by the code ``digest``: (hash, code label), in hash order; only those whose
+        hash is in ``among`` when given (a sweep's or cohort's scenarios), else every run the ledger holds.
 
         A run recorded before the ledger kept the code has label None (its code is unknown).
         """
-        if current_only:
-            query = (
-                "SELECT s.hash, r.code_label FROM scenarios s JOIN runs r ON r.hash = s.hash "
-                "WHERE r.status = 'done' AND (r.code_digest IS NULL OR r.code_digest != ?) ORDER BY s.idx"
-            )
-        else:
-            query = (
-                "SELECT hash, code_label FROM runs "
-                "WHERE status = 'done' AND (code_digest IS NULL OR code_digest != ?) ORDER BY hash"
-            )
-        return [(r[0], r[1]) for r in self._conn.execute(query, (digest,)).fetchall()]
+        rows = self._conn.execute(
+            "SELECT hash, code_label FROM runs "
+            "WHERE status = 'done' AND (code_digest IS NULL OR code_digest != ?) ORDER BY hash",
+            (digest,),
+        ).fetchall()
+        return [(h, label) for h, label in rows if among is None or h in among]
 
     def mark_running(self, digest: str) -> int:
         """Record that a run is starting; returns its attempt number (1 for the first try)."""

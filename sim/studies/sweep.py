@@ -629,7 +629,7 @@ def check_other_code(ledger: Any, out: Path, hashes: set[str], other_code: str) 
         raise ValueError(f"other_code must be one of {OTHER_CODE_CHOICES}, got {other_code!r}")
     if other_code != "refuse":
         return
-    stale = [(h, label) for h, label in ledger.other_code(code_digest(), current_only=False) if h in hashes]
+    stale = ledger.other_code(code_digest(), among=hashes)
     if stale:
         shown = describe_codes(stale)
         raise ConfigError(other_code_message(out, f"{len(stale)} of its {len(hashes)} runs", shown))

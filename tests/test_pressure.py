@@ -123,7 +123,7 @@ def test_direct_cg_and_amg_agree_on_a_3d_box():
     system = prob.full()
     assert system.n_unknowns == 9 * 8 * 7
     ref = prob.solve(system, "direct")
-    for method in ("cg", "amg", "auto"):
+    for method in ("cg", "iccg", "amg", "auto"):
         p = prob.solve(system, method)
         assert np.max(np.abs(p - ref)) <= 1e-9 * np.max(np.abs(ref)), method
     # volume balance: what the needle injects leaves through the exits
@@ -132,15 +132,15 @@ def test_direct_cg_and_amg_agree_on_a_3d_box():
 
 
 def test_auto_choice_follows_size_and_whether_a_hierarchy_can_be_reused():
-    """auto: LU for small systems; AMG where a hierarchy outlives a solve; Jacobi-CG where it cannot
+    """auto: LU for small systems; AMG where a hierarchy outlives a solve; IC(0)-CG where it cannot
     (front method) up to AUTO_CG_BELOW_WITHOUT_REUSE unknowns, AMG above."""
     from sim.physics.pressure import AUTO_CG_BELOW_WITHOUT_REUSE, AUTO_DIRECT_BELOW
 
     reusing, fresh = PressureSolver("auto"), PressureSolver("auto", reuses_hierarchy=False)
     assert reusing._choose(AUTO_DIRECT_BELOW) == fresh._choose(AUTO_DIRECT_BELOW) == "direct"
     assert reusing._choose(AUTO_DIRECT_BELOW + 1) == "amg"
-    assert fresh._choose(AUTO_DIRECT_BELOW + 1) == "cg"
-    assert fresh._choose(AUTO_CG_BELOW_WITHOUT_REUSE) == "cg"
+    assert fresh._choose(AUTO_DIRECT_BELOW + 1) == "iccg"
+    assert fresh._choose(AUTO_CG_BELOW_WITHOUT_REUSE) == "iccg"
     assert fresh._choose(AUTO_CG_BELOW_WITHOUT_REUSE + 1) == "amg"
     assert PressureSolver("amg", reuses_hierarchy=False)._choose(AUTO_DIRECT_BELOW + 1) == "amg"
 

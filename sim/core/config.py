@@ -262,7 +262,7 @@ class GridConfig(StrictModel):
             "hours without a more accurate answer.",
         ),
     ] = 0.8
-    pressure_solver: Literal["auto", "amg", "direct", "cg"] = "auto"
+    pressure_solver: Literal["auto", "amg", "direct", "cg", "iccg"] = "auto"
     method: Literal["front", "impes"] = "front"
 
 

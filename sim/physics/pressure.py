@@ -33,7 +33,9 @@ moulding, e.g. Bruschke & Advani 1990, Polym Compos 11:398).
 Solvers (OpenPNM-style: one ``solve(A, b, x0)``): "direct" (SuperLU; refused above 3e4
 unknowns, 3D fill-in makes it slow), "amg" (pyamg smoothed aggregation as CG preconditioner,
 hierarchy reused while the iteration count stays low, Bell, Olson & Schroder 2022, JOSS 7:4142),
-"cg" (Jacobi-preconditioned CG), "auto" (direct for small systems, else amg).
+"cg" (Jacobi-preconditioned CG), "iccg" (CG preconditioned by an incomplete Cholesky factorisation,
+:mod:`sim.physics.incomplete_cholesky`), "auto" (direct for small systems; else amg where a hierarchy
+can be reused, iccg where it cannot).
 """
 
 from __future__ import annotations
@@ -50,18 +52,19 @@ from scipy.sparse.csgraph import connected_components
 
 from sim.core.errors import GeometryError, SolverError
 from sim.core.grid import EmbeddedVessels
+from sim.physics.incomplete_cholesky import csr_index_arrays, ic0_cg, ic0_factor
 
 DIRECT_MAX_UNKNOWNS = 30_000
 AUTO_DIRECT_BELOW = 1_500
 ACCEPT_RESIDUAL = 1e-6  # largest true relative residual a pressure solve may return
 REFINEMENTS = 2  # correction solves on the true residual before a solve is refused
 # 'auto' for systems whose AMG hierarchy cannot be reused (the front method's cement block changes
-# at every step, so every solve would pay a set-up): Jacobi-CG up to this many unknowns. Measured on
-# whole runs: 1.43x faster on 6 cohort patients (1 mm), 1.5x on the seed case (1 mm), 1.14x on the
-# default at 0.5 mm (front systems up to about 45k unknowns); above it, AMG (unmeasured there).
-# Systems with a fixed block (impes) keep AMG with hierarchy reuse: there Jacobi-CG is 1.2x slower.
+# at every step, so every solve would pay a set-up): IC(0)-CG up to this many unknowns, AMG above
+# (unmeasured there). Jacobi-CG was 1.43x faster than AMG on whole runs of 6 cohort patients (1 mm);
+# IC(0)-CG needs 5-10x fewer iterations than Jacobi-CG at a factorisation of a few matvecs (ratios in
+# benchmarks/bench_pressure.py). Systems with a fixed block (impes) keep AMG with hierarchy reuse.
 AUTO_CG_BELOW_WITHOUT_REUSE = 60_000
-SOLVERS = ("auto", "amg", "direct", "cg")
+SOLVERS = ("auto", "amg", "direct", "cg", "iccg")
 
 
 VESSEL_FACE = 3  # face_dir of faces that are not grid faces (vein-vein, vein-cell)
@@ -460,6 +463,7 @@ class SolverStats:
     max_relative_residual: float = 0.0
     max_unknowns: int = 0
     n_refinements: int = 0  # correction solves on the true residual (PressureSolver.solve)
+    n_ic_fallbacks: int = 0  # iccg solves whose IC(0) factor broke down and which ran Jacobi-CG
     history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -552,13 +556,14 @@ def _seeded_amg_setup(mat: sp.csr_matrix):
 
 
 class PressureSolver:
-    """SPD solve ``A x = b`` by direct, AMG-CG (hierarchy reuse) or Jacobi-CG.
+    """SPD solve ``A x = b`` by direct, AMG-CG (hierarchy reuse), IC(0)-CG or Jacobi-CG.
 
     ``block`` (optional) is the number of leading unknowns forming the sparse cell block; the
     trailing unknowns (marrow lumps, dense rows) are then preconditioned by their diagonal and
     the AMG hierarchy is built on the cell block only. ``method='auto'``: a sparse LU up to
     AUTO_DIRECT_BELOW unknowns; then AMG-CG, or, when the caller's systems change structure at every
-    solve (``reuses_hierarchy=False``), Jacobi-CG up to AUTO_CG_BELOW_WITHOUT_REUSE unknowns.
+    solve (``reuses_hierarchy=False``), IC(0)-CG up to AUTO_CG_BELOW_WITHOUT_REUSE unknowns (Jacobi-CG
+    when its factorisation breaks down, which an M-matrix's cannot).
     """
 
     def __init__(
@@ -580,7 +585,7 @@ class PressureSolver:
         if self.method == "auto":
             if n <= AUTO_DIRECT_BELOW:
                 return "direct"
-            return "cg" if not self.reuses_hierarchy and n <= AUTO_CG_BELOW_WITHOUT_REUSE else "amg"
+            return "iccg" if not self.reuses_hierarchy and n <= AUTO_CG_BELOW_WITHOUT_REUSE else "amg"
         if self.method == "direct" and n > DIRECT_MAX_UNKNOWNS:
             raise SolverError(
                 f"pressure_solver='direct' refused for {n} unknowns (> {DIRECT_MAX_UNKNOWNS}): sparse direct "
@@ -643,6 +648,15 @@ class PressureSolver:
     def _preconditioner(self, mat, kind, block, key):
         n = mat.shape[0]
         nb = n if block is None else block
+        if kind == "iccg":
+            csr = mat if mat.has_sorted_indices else mat.sorted_indices()
+            indptr, indices = csr_index_arrays(csr.indptr, csr.indices)
+            data = np.ascontiguousarray(csr.data, dtype=np.float64)
+            lu, diag_pos, ok = ic0_factor(indptr, indices, data)
+            if ok:
+                return _IC0(indptr, indices, data, lu, diag_pos)
+            self.stats.n_ic_fallbacks += 1
+            kind = "cg"
         if kind == "cg" or nb < 50:
             d = mat.diagonal()
             if np.any(d <= 0.0):
@@ -676,6 +690,8 @@ class PressureSolver:
         return spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
 
     def _cg(self, mat, b, x0, prec):
+        if isinstance(prec, _IC0):
+            return self._ic0_cg(mat, b, x0, prec)
         count = [0]
 
         def cb(_xk):
@@ -697,3 +713,33 @@ class PressureSolver:
                     f"({mat.shape[0]} unknowns, relative residual {res:.2e})"
                 )
         return x
+
+    def _ic0_cg(self, mat, b, x0, ic: _IC0):
+        bn = np.linalg.norm(b)
+        if bn == 0.0:
+            return np.zeros_like(b)
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        x0 = np.zeros_like(b) if x0 is None else np.ascontiguousarray(x0, dtype=np.float64)
+        x, iterations, converged = ic0_cg(
+            ic.indptr, ic.indices, ic.data, ic.lu, ic.diag_pos, b, x0, self.rtol, self.max_iter
+        )
+        self.stats.n_iterations += iterations
+        if not converged:
+            res = np.linalg.norm(b - mat @ x) / bn
+            if not res <= 1e-9:
+                raise SolverError(
+                    f"pressure IC(0)-CG did not reach rtol {self.rtol:g} in {self.max_iter} iterations "
+                    f"({mat.shape[0]} unknowns, relative residual {res:.2e})"
+                )
+        return x
+
+
+@dataclass(frozen=True)
+class _IC0:
+    """An IC(0) factor of one matrix (:func:`sim.physics.incomplete_cholesky.ic0_factor`) and the matrix."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    lu: np.ndarray
+    diag_pos: np.ndarray

@@ -220,6 +220,39 @@ def test_lumen_speed_counts_the_flow_along_the_lumen_only():
         assert speed[2] == pytest.approx(q / area, rel=1e-12)
 
 
+def test_foramen_node_moves_at_the_speed_of_the_flow_through_it():
+    """Limiting case: a canal 1 -> 2 -> 3 carrying Q that leaves node 3 through its venous exit (the
+    foramen opening). Q crosses node 3's canal face and its opening, so it moves at Q / (pi d^2 / 4)
+    like nodes 1 and 2 (counting the canal face alone gave Q / 2); without an exit flow, node 3 is a
+    dead end and keeps half (as a node fed through one cross-section only)."""
+    import dataclasses
+
+    from sim.physics.injection import cell_darcy_speed, cell_darcy_speed_numpy
+    from sim.physics.pressure import VESSEL_FACE
+
+    d = 1.2 * MM
+    area = 0.25 * np.pi * d**2
+    q = 3.0e-9
+    base = build_cell_graph(
+        np.ones((4, 1, 1), dtype=bool), np.full((3, 4, 1, 1), 1e-9), 1e-3, np.array([0]), np.array([3])
+    )
+    graph = dataclasses.replace(
+        base,
+        face_a=np.array([0, 1, 2]),
+        face_b=np.array([1, 2, 3]),
+        face_dir=np.full(3, VESSEL_FACE, dtype=base.face_dir.dtype),
+    )
+    vein_d = np.array([0.0, d, d, d])
+    flux = np.array([q, q, q])
+    exit_out = np.array([0.0, 0.0, 0.0, q])
+    for fn in (cell_darcy_speed, cell_darcy_speed_numpy):
+        speed = fn(graph, flux, vein_d, exit_out)
+        assert speed[2] == pytest.approx(q / area, rel=1e-12)
+        assert speed[3] == pytest.approx(q / area, rel=1e-12)
+        assert fn(graph, flux, vein_d)[3] == pytest.approx(0.5 * q / area, rel=1e-12)
+        assert fn(graph, flux, vein_d, -exit_out)[3] == pytest.approx(q / area, rel=1e-12)  # |flow|
+
+
 # ----------------------------------------------------------------------------- permeability across
 
 

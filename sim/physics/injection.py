@@ -286,22 +286,37 @@ def mark_leak_onsets(
         onset_s[crossed] = t + np.clip((LEAK_ONSET_M3 - before_m3[crossed]) / grow, 0.0, 1.0) * dt
 
 
-def cell_darcy_speed(graph, face_flux: np.ndarray, vein_diameter_m: np.ndarray | None = None) -> np.ndarray:
+def cell_darcy_speed(
+    graph,
+    face_flux: np.ndarray,
+    vein_diameter_m: np.ndarray | None = None,
+    exit_outflow_m3_s: np.ndarray | None = None,
+) -> np.ndarray:
     """Speed per node (m/s): Darcy speed |u| of a cell (per direction the mean |flux| of its two grid
-    faces over h^2); mean lumen velocity of a vein node (half its summed |flux| through its faces to
-    other lumen nodes over pi d^2 / 4: what the bone adds or takes through the wall, the well faces,
-    does not cross its ends; counted as well, it raised the speed by half the node's wall exchange, a
-    share that shrinks with the node's length, so the cement's shear-thinned viscosity in the lumens
-    changed with the grid).
+    faces over h^2); mean lumen velocity of a vein node: half its summed |flow| through its
+    cross-sections over pi d^2 / 4. A lumen's cross-sections are its faces to other lumen nodes and,
+    at a foramen, the opening its venous exit drains through (``exit_outflow_m3_s``, per node, the
+    |flow| of its exit rows): what passes a node enters through one and leaves through another, so a
+    foramen node carrying Q from its canal out through its exit moves at Q / (pi d^2 / 4), as every
+    node of the canal does (limiting case, tested). Without the exit term a foramen node counted its
+    canal face only and moved at half the speed of the flow through it. What the bone adds or takes
+    through the wall, the well faces, does not cross a cross-section (counted, it raised the speed by
+    half the node's wall exchange, a share that shrinks with the node's length, so the cement's
+    shear-thinned viscosity in the lumens changed with the grid).
     One numba pass over the faces; :func:`cell_darcy_speed_numpy` is the array reference."""
     vein = np.zeros(0) if vein_diameter_m is None else np.ascontiguousarray(vein_diameter_m, dtype=np.float64)
+    out = (
+        np.zeros(0)
+        if exit_outflow_m3_s is None
+        else np.ascontiguousarray(exit_outflow_m3_s, dtype=np.float64)
+    )
     flux = np.ascontiguousarray(face_flux, dtype=np.float64)
     h2 = float(graph.spacing_m**2)
-    return _darcy_speed_kernel(graph.n, graph.face_a, graph.face_b, graph.face_dir, flux, h2, vein)
+    return _darcy_speed_kernel(graph.n, graph.face_a, graph.face_b, graph.face_dir, flux, h2, vein, out)
 
 
 @numba.njit(cache=True)
-def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diameter_m):
+def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diameter_m, exit_outflow):
     # per direction the sums over faces where the cell is a, then b (as np.bincount adds, in face order)
     comp_a = np.zeros((3, n))
     comp_b = np.zeros((3, n))
@@ -328,15 +343,20 @@ def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diamete
             sq += c * c
         speed[i] = np.sqrt(sq) / h2
     if vein_diameter_m.shape[0] == n:
+        exits = exit_outflow.shape[0] == n
         for i in range(n):
             d = vein_diameter_m[i]
             if d > 0.0:
-                speed[i] = 0.5 * (thr_a[i] + thr_b[i]) / (0.25 * np.pi * (d * d))
+                through = thr_a[i] + thr_b[i] + (abs(exit_outflow[i]) if exits else 0.0)
+                speed[i] = 0.5 * through / (0.25 * np.pi * (d * d))
     return speed
 
 
 def cell_darcy_speed_numpy(
-    graph, face_flux: np.ndarray, vein_diameter_m: np.ndarray | None = None
+    graph,
+    face_flux: np.ndarray,
+    vein_diameter_m: np.ndarray | None = None,
+    exit_outflow_m3_s: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`cell_darcy_speed` with numpy arrays: the tests' reference."""
     n = graph.n
@@ -356,6 +376,7 @@ def cell_darcy_speed_numpy(
         through = 0.5 * (
             np.bincount(graph.face_a, weights=axial, minlength=n)
             + np.bincount(graph.face_b, weights=axial, minlength=n)
+            + (0.0 if exit_outflow_m3_s is None else np.abs(exit_outflow_m3_s))
         )
         vein = vein_diameter_m > 0.0
         speed[vein] = through[vein] / (0.25 * np.pi * vein_diameter_m[vein] ** 2)
@@ -707,7 +728,12 @@ class InjectionSolver:
                 )  # fmt: skip
                 st.pressure_shifted = p0 + q * p1
             flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
-            st.darcy_speed = cell_darcy_speed(graph, flux, self.vein_diameter)
+            n_rows = (
+                self.exit_id.size
+            )  # the venous exits' rows (the marrow outlet's, after them, drain cells)
+            exit_flow = row_g[:n_rows] * (st.pressure_shifted[row_cell[:n_rows]] - row_pv[:n_rows])
+            exit_outflow = np.bincount(row_cell[:n_rows], weights=np.abs(exit_flow), minlength=n)
+            st.darcy_speed = cell_darcy_speed(graph, flux, self.vein_diameter, exit_outflow)
         self._t_pressure += time.perf_counter() - tp0
         p_shifted = st.pressure_shifted
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
@@ -130,3 +131,19 @@ def test_iccg_refines_the_captured_badly_scaled_front_system():
     assert solver.stats.n_ic_fallbacks == 0
     direct = PressureSolver("direct").solve(mat, rhs)
     assert np.linalg.norm(x - direct) / np.linalg.norm(direct) < 1e-6
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_singular_system_is_refused_not_returned():
+    """A pure-Neumann Laplacian (no exit reachable: singular) with an inconsistent right-hand side has
+    no solution: IC(0)'s last pivot is zero, so the solver falls back to Jacobi-CG, and when that
+    fails too it raises SolverError instead of returning whatever the iteration reached."""
+    from sim.core.errors import SolverError
+
+    n = 60
+    diag = np.r_[1.0, np.full(n - 2, 2.0), 1.0]
+    lap = sp.diags([diag, -np.ones(n - 1), -np.ones(n - 1)], [0, -1, 1]).tocsr()
+    solver = PressureSolver("iccg")
+    with pytest.raises(SolverError, match="did not"):
+        solver.solve(lap, np.ones(n))
+    assert solver.stats.n_ic_fallbacks == 1

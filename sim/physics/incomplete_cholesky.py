@@ -146,6 +146,8 @@ def ic0_cg(
     for it in range(1, max_iter + 1):
         _matvec(indptr, indices, data, p, q)
         alpha = rz / np.dot(p, q)
+        if not np.isfinite(alpha):  # a breakdown (a matrix that is not SPD): stop, the caller refuses it
+            return x, it, False
         for i in range(n):
             x[i] += alpha * p[i]
             r[i] -= alpha * q[i]

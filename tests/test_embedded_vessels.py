@@ -223,8 +223,9 @@ def test_lumen_speed_counts_the_flow_along_the_lumen_only():
 def test_foramen_node_moves_at_the_speed_of_the_flow_through_it():
     """Limiting case: a canal 1 -> 2 -> 3 carrying Q that leaves node 3 through its venous exit (the
     foramen opening). Q crosses node 3's canal face and its opening, so it moves at Q / (pi d^2 / 4)
-    like nodes 1 and 2 (counting the canal face alone gave Q / 2); without an exit flow, node 3 is a
-    dead end and keeps half (as a node fed through one cross-section only)."""
+    like node 2 (counting the canal face alone gave Q / 2); without an exit flow, node 3 is a dead end
+    and keeps half (as a node fed through one cross-section only). An exit array of the wrong length
+    is refused."""
     import dataclasses
 
     from sim.physics.injection import cell_darcy_speed, cell_darcy_speed_numpy
@@ -251,6 +252,8 @@ def test_foramen_node_moves_at_the_speed_of_the_flow_through_it():
         assert speed[3] == pytest.approx(q / area, rel=1e-12)
         assert fn(graph, flux, vein_d)[3] == pytest.approx(0.5 * q / area, rel=1e-12)
         assert fn(graph, flux, vein_d, -exit_out)[3] == pytest.approx(q / area, rel=1e-12)  # |flow|
+    with pytest.raises(ValueError, match="exit_outflow"):
+        cell_darcy_speed(graph, flux, vein_d, exit_out[:3])
 
 
 # ----------------------------------------------------------------------------- permeability across

@@ -20,8 +20,10 @@ here (a symmetric, weakly diagonally dominant Laplacian with Robin exits), IC(0)
 positive pivots (Meijerink & van der Vorst 1977, Math Comp 31:148); a non-positive pivot is
 reported so that the caller can fall back to Jacobi.
 
-CG stops on the recursively updated residual, ||r|| <= rtol ||b|| (as scipy's ``cg``); the caller
-checks the true residual and refines (:meth:`sim.physics.pressure.PressureSolver.solve`).
+CG stops on the recursively updated residual, ||r|| <= rtol ||b|| (as scipy's ``cg``), or reports a
+breakdown (p.Ap or r.z not positive: a singular or indefinite matrix); the caller checks the true
+residual, refines, and refuses what does not converge (:meth:`sim.physics.pressure.PressureSolver.solve`).
+The kernels need a canonical CSR matrix (sorted indices, no duplicates), which the caller provides.
 """
 
 from __future__ import annotations
@@ -145,9 +147,12 @@ def ic0_cg(
     rz = np.dot(r, z)
     for it in range(1, max_iter + 1):
         _matvec(indptr, indices, data, p, q)
-        alpha = rz / np.dot(p, q)
-        if not np.isfinite(alpha):  # a breakdown (a matrix that is not SPD): stop, the caller refuses it
+        pq = np.dot(p, q)
+        # breakdown (a singular or indefinite matrix): stop, the caller refuses the solve (numba raises
+        # ZeroDivisionError on x / 0.0, so the test comes before the division)
+        if not (pq > 0.0 and rz > 0.0 and np.isfinite(pq)):
             return x, it, False
+        alpha = rz / pq
         for i in range(n):
             x[i] += alpha * p[i]
             r[i] -= alpha * q[i]

@@ -305,11 +305,11 @@ def cell_darcy_speed(
     shear-thinned viscosity in the lumens changed with the grid).
     One numba pass over the faces; :func:`cell_darcy_speed_numpy` is the array reference."""
     vein = np.zeros(0) if vein_diameter_m is None else np.ascontiguousarray(vein_diameter_m, dtype=np.float64)
-    out = (
-        np.zeros(0)
-        if exit_outflow_m3_s is None
-        else np.ascontiguousarray(exit_outflow_m3_s, dtype=np.float64)
-    )
+    out = np.zeros(0)
+    if exit_outflow_m3_s is not None:
+        out = np.ascontiguousarray(exit_outflow_m3_s, dtype=np.float64)
+        if out.shape != (graph.n,):
+            raise ValueError(f"exit_outflow_m3_s has shape {out.shape}, expected ({graph.n},)")
     flux = np.ascontiguousarray(face_flux, dtype=np.float64)
     h2 = float(graph.spacing_m**2)
     return _darcy_speed_kernel(graph.n, graph.face_a, graph.face_b, graph.face_dir, flux, h2, vein, out)

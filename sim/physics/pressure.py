@@ -35,7 +35,7 @@ unknowns, 3D fill-in makes it slow), "amg" (pyamg smoothed aggregation as CG pre
 hierarchy reused while the iteration count stays low, Bell, Olson & Schroder 2022, JOSS 7:4142),
 "cg" (Jacobi-preconditioned CG), "iccg" (CG preconditioned by an incomplete Cholesky factorisation,
 :mod:`sim.physics.incomplete_cholesky`), "auto" (direct for small systems; else amg where a hierarchy
-can be reused, iccg where it cannot).
+can be reused, iccg where it cannot up to 60k unknowns, amg above).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ REFINEMENTS = 2  # correction solves on the true residual before a solve is refu
 # 'auto' for systems whose AMG hierarchy cannot be reused (the front method's cement block changes
 # at every step, so every solve would pay a set-up): IC(0)-CG up to this many unknowns, AMG above
 # (unmeasured there). Jacobi-CG was 1.43x faster than AMG on whole runs of 6 cohort patients (1 mm);
-# IC(0)-CG needs 5-10x fewer iterations than Jacobi-CG at a factorisation of a few matvecs (ratios in
+# IC(0)-CG needs 3-7x fewer iterations than Jacobi-CG at a factorisation of a few matvecs (ratios in
 # benchmarks/bench_pressure.py). Systems with a fixed block (impes) keep AMG with hierarchy reuse.
 AUTO_CG_BELOW_WITHOUT_REUSE = 60_000
 SOLVERS = ("auto", "amg", "direct", "cg", "iccg")
@@ -649,7 +649,10 @@ class PressureSolver:
         n = mat.shape[0]
         nb = n if block is None else block
         if kind == "iccg":
-            csr = mat if mat.has_sorted_indices else mat.sorted_indices()
+            csr = sp.csr_matrix(mat)  # canonical for the kernels: sorted, duplicates summed
+            if not csr.has_canonical_format:
+                csr = csr.copy()
+                csr.sum_duplicates()
             indptr, indices = csr_index_arrays(csr.indptr, csr.indices)
             data = np.ascontiguousarray(csr.data, dtype=np.float64)
             lu, diag_pos, ok = ic0_factor(indptr, indices, data)

@@ -190,29 +190,35 @@ def test_lumen_volume_is_exact_where_calibres_meet(h):
     assert np.any(np.isclose(vessels.node_diameter_m, 1.5 * MM, rtol=1e-12))
 
 
-def test_lumen_speed_counts_the_flow_along_the_lumen_only():
-    """Mean velocity of a lumen node = half the flow through its cross-sections (faces to other lumen
-    nodes) over pi d^2 / 4; what the bone adds through the wall does not cross them. A dead-end node
-    fed only through its wall by q and passing q on carries q / 2 on average along its length (the
-    wall inflow grows linearly from 0 to q), its downstream neighbour q."""
+def _bone_cell_and_lumen_chain():
+    """A graph of four nodes joined by vessel faces 0 - 1 - 2 - 3: node 0 a bone cell, 1-3 lumen nodes."""
     import dataclasses
 
-    from sim.physics.injection import cell_darcy_speed, cell_darcy_speed_numpy
     from sim.physics.pressure import VESSEL_FACE
 
-    # nodes: 0 = bone cell, 1 = dead-end lumen node, 2 = next lumen node, 3 = the one after
-    d = 1.0 * MM
-    area = 0.25 * np.pi * d**2
-    q = 2.0e-9
     base = build_cell_graph(
         np.ones((4, 1, 1), dtype=bool), np.full((3, 4, 1, 1), 1e-9), 1e-3, np.array([0]), np.array([3])
     )
-    graph = dataclasses.replace(
+    return dataclasses.replace(
         base,
         face_a=np.array([0, 1, 2]),
         face_b=np.array([1, 2, 3]),
         face_dir=np.full(3, VESSEL_FACE, dtype=base.face_dir.dtype),
     )
+
+
+def test_lumen_speed_counts_the_flow_along_the_lumen_only():
+    """Mean velocity of a lumen node = half the flow through its cross-sections (faces to other lumen
+    nodes) over pi d^2 / 4; what the bone adds through the wall does not cross them. A dead-end node
+    fed only through its wall by q and passing q on carries q / 2 on average along its length (the
+    wall inflow grows linearly from 0 to q), its downstream neighbour q."""
+    from sim.physics.injection import cell_darcy_speed, cell_darcy_speed_numpy
+
+    # nodes: 0 = bone cell, 1 = dead-end lumen node, 2 = next lumen node, 3 = the one after
+    d = 1.0 * MM
+    area = 0.25 * np.pi * d**2
+    q = 2.0e-9
+    graph = _bone_cell_and_lumen_chain()
     vein_d = np.array([0.0, d, d, d])
     flux = np.array([q, q, q])  # bone -> 1 through the wall, then along the lumen 1 -> 2 -> 3
     for speed in (cell_darcy_speed(graph, flux, vein_d), cell_darcy_speed_numpy(graph, flux, vein_d)):
@@ -226,23 +232,12 @@ def test_foramen_node_moves_at_the_speed_of_the_flow_through_it():
     like node 2 (counting the canal face alone gave Q / 2); without an exit flow, node 3 is a dead end
     and keeps half (as a node fed through one cross-section only). An exit array of the wrong length
     is refused."""
-    import dataclasses
-
     from sim.physics.injection import cell_darcy_speed, cell_darcy_speed_numpy
-    from sim.physics.pressure import VESSEL_FACE
 
     d = 1.2 * MM
     area = 0.25 * np.pi * d**2
     q = 3.0e-9
-    base = build_cell_graph(
-        np.ones((4, 1, 1), dtype=bool), np.full((3, 4, 1, 1), 1e-9), 1e-3, np.array([0]), np.array([3])
-    )
-    graph = dataclasses.replace(
-        base,
-        face_a=np.array([0, 1, 2]),
-        face_b=np.array([1, 2, 3]),
-        face_dir=np.full(3, VESSEL_FACE, dtype=base.face_dir.dtype),
-    )
+    graph = _bone_cell_and_lumen_chain()
     vein_d = np.array([0.0, d, d, d])
     flux = np.array([q, q, q])
     exit_out = np.array([0.0, 0.0, 0.0, q])

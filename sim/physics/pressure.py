@@ -614,7 +614,10 @@ class PressureSolver:
             out = lu.solve(np.ascontiguousarray(rhs2))
             self.stats.n_direct += 1
         else:
+            fallbacks = self.stats.n_ic_fallbacks
             prec = self._preconditioner(mat, kind, block, key)
+            if self.stats.n_ic_fallbacks > fallbacks:
+                kind = "cg after an IC(0) breakdown"
             out = np.empty_like(rhs2)
             for c in range(rhs2.shape[1]):
                 guess = None if x0s is None else x0s[:, min(c, x0s.shape[1] - 1)]

@@ -728,9 +728,9 @@ class InjectionSolver:
                 )  # fmt: skip
                 st.pressure_shifted = p0 + q * p1
             flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
-            n_rows = (
-                self.exit_id.size
-            )  # the venous exits' rows (the marrow outlet's, after them, drain cells)
+            # a foramen's outlet is its exit row: its |flow| crosses the node like a face's (the venous
+            # exits' rows come first; the marrow outlet's, after them, drain bone cells)
+            n_rows = self.exit_id.size
             exit_flow = row_g[:n_rows] * (st.pressure_shifted[row_cell[:n_rows]] - row_pv[:n_rows])
             exit_outflow = np.bincount(row_cell[:n_rows], weights=np.abs(exit_flow), minlength=n)
             st.darcy_speed = cell_darcy_speed(graph, flux, self.vein_diameter, exit_outflow)

@@ -733,8 +733,9 @@ class PressureSolver:
         if not converged:
             res = np.linalg.norm(b - mat @ x) / bn
             if not res <= 1e-9:
+                why = f"in {self.max_iter} iterations" if iterations >= self.max_iter else "(CG broke down)"
                 raise SolverError(
-                    f"pressure IC(0)-CG did not reach rtol {self.rtol:g} in {self.max_iter} iterations "
+                    f"pressure IC(0)-CG did not reach rtol {self.rtol:g} {why} "
                     f"({mat.shape[0]} unknowns, relative residual {res:.2e})"
                 )
         return x

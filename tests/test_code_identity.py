@@ -388,3 +388,47 @@ def test_version_names_the_code_that_results_csv_names():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [code_label(), f"code digest {code_digest()}"]
+
+
+# what a pce-sim of ledger schema 1 (before the code columns) ran to restart a done run
+_SCHEMA1_MARK_RUNNING = (
+    "INSERT INTO runs (hash, status, attempts, started_utc) VALUES (?, 'running', 1, 'now') "
+    "ON CONFLICT(hash) DO UPDATE SET status = 'running', attempts = attempts + 1, error = NULL, "
+    "started_utc = excluded.started_utc, finished_utc = NULL"
+)
+
+
+def test_schema1_code_cannot_restart_a_run_this_code_finished(tmp_path):
+    # it would leave the row naming this code for the result it is about to write: the ledger refuses
+    rows = _rows(2)
+    with open_ledger(tmp_path) as led:
+        led.register_expansion("t", "fp", rows)
+        for _, h, *_ in rows:
+            led.mark_running(h)
+            led.record_done(h, {"n": 1}, {}, "runs/x", 1.0)
+        led.mark_running(rows[1][1])  # this code restarts a run: allowed, its code cleared
+        assert {r.hash: r.code_digest for r in led.rows()}[rows[1][1]] is None
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
+        with pytest.raises(sqlite3.IntegrityError, match="ledger schema 2 records the code"):
+            con.execute(_SCHEMA1_MARK_RUNNING, (rows[0][1],))
+        con.execute(_SCHEMA1_MARK_RUNNING, (rows[1][1],))  # a run of unknown code: nothing to go stale
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+    with open_ledger(tmp_path) as led:
+        got = {r.hash: r for r in led.rows()}
+        assert got[rows[0][1]].status == "done" and got[rows[0][1]].code_digest == code_digest()
+
+
+def test_a_ledger_of_a_newer_schema_is_refused_by_name_and_its_lock_released(tmp_path):
+    with open_ledger(tmp_path) as led:
+        led.register_expansion("t", "fp", _rows(1))
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    with pytest.raises(
+        ConfigError, match=r"written by a newer pce-sim \(ledger schema '3'; this one reads schema 2"
+    ):
+        with open_ledger(tmp_path):
+            pass
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    with open_ledger(tmp_path) as led:  # the failed open left no lock behind
+        assert len(led.rows()) == 1

@@ -318,6 +318,7 @@ def test_kozeny_carman_normalisation_and_anisotropy(l1_1mm, si):
 def _check_embedded_veins(bone, patient) -> None:
     """Well connections of the embedded veins: porous cells within each vein's kernel, positive indices."""
     h = bone.spacing_m
+    rho_0 = patient.vein_kernel_radius_m
     v = bone.vessels
     n_well = v.well_cell.size
     assert n_well > 20
@@ -333,7 +334,7 @@ def _check_embedded_veins(bone, patient) -> None:
     exchanging = [s for s in bone.meta["veins"] if s["exchanges"]]
     assert {s["name"] for s in exchanging} >= {"basivertebral_trunk", "nutrient_anterior_left"}
     for seg in exchanging:
-        rho = max(1.5 * seg["diameter_m"], 2.0e-3, 2.0 * h)  # max(3 r_w, rho_0, 2 h)
+        rho = max(1.5 * seg["diameter_m"], rho_0, 2.0 * h)  # max(3 r_w, rho_0, 2 h)
         # a cell the kernel cuts (sim.physics.kernel_cover) has its centre within half a cell diagonal
         cut = _segment_distance(ctr, seg["start_m"], seg["end_m"]) - 0.5 * np.sqrt(3.0) * h
         reach = np.minimum(reach, cut / rho)
@@ -344,11 +345,11 @@ def _check_embedded_veins(bone, patient) -> None:
     a_mouth = 0.5 * np.sqrt(patient.basivertebral_foramen_width_m * patient.basivertebral_foramen_height_m)
     for seg in bone.meta["veins"]:
         if seg["name"].endswith("_canal"):
-            rho = max(2.0 * a_mouth, 2.0e-3, 2.0 * h)
+            rho = max(2.0 * a_mouth, rho_0, 2.0 * h)
             cut = np.linalg.norm(ctr - seg["end_m"], axis=1) - 0.5 * np.sqrt(3.0) * h
             reach = np.minimum(reach, cut / rho)
     assert np.all(reach <= 1.0 + 1e-9), f"{int(np.sum(reach > 1 + 1e-9))} well cells beyond the kernel"
-    assert bone.meta["well_kernel_radius_m"] == pytest.approx(max(2.0 * a_mouth, 2.0e-3, 2.0 * h), rel=1e-12)
+    assert bone.meta["well_kernel_radius_m"] == pytest.approx(max(2.0 * a_mouth, rho_0, 2.0 * h), rel=1e-12)
     # veins in cortical canals and foramina (no kernel) exchange nothing along their length
     for seg in bone.meta["veins"]:
         if seg["exchanges"]:
@@ -366,6 +367,17 @@ def _check_embedded_veins(bone, patient) -> None:
 def test_embedded_veins_reach_only_porous_cells_in_their_kernel(l1_1mm, l1_half_mm, si):
     for bone in (l1_1mm, l1_half_mm):
         _check_embedded_veins(bone, si.patient)
+
+
+def test_vein_kernel_radius_is_the_patients(si):
+    """patient.vein_kernel_radius_mm is rho_0 of every vein and canal-mouth kernel: a wider kernel spreads
+    the same veins' exchange over more cells, none beyond it (the same checks as at the 2 mm default)."""
+    narrow = build_vertebral_body(replace(si.patient, vein_kernel_radius_m=2.0e-3), 1.0e-3)
+    wide_patient = replace(si.patient, vein_kernel_radius_m=4.0e-3)
+    wide = build_vertebral_body(wide_patient, 1.0e-3)
+    _check_embedded_veins(wide, wide_patient)
+    assert wide.vessels.well_cell.size > 2 * narrow.vessels.well_cell.size
+    np.testing.assert_array_equal(wide.porous, narrow.porous)  # the anatomy itself is the same
     # the needle's shaft is carved out of the marrow: channel still marks exactly the porous well cells
     bone = build_vertebral_body(replace(si.patient, level="L1", seed=7), 1.0e-3)
     place_needle(bone, replace(si.needle, tip_ap_fraction=0.6, tip_lateral_fraction=0.0))

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from sim.core.grid import VesselSegment, VesselTree
-from sim.physics.embedded_vessels import embed, kernel_radius, perpendicular_permeability
+from sim.physics.embedded_vessels import KERNEL_MIN_RADIUS_M, embed, kernel_radius, perpendicular_permeability
 from sim.physics.pressure import build_cell_graph, face_transmissibility
 
 MM = 1e-3
@@ -62,7 +62,9 @@ def solve_with_fixed(graph, trans: np.ndarray, fixed: np.ndarray, value: np.ndar
     return p
 
 
-def line_source_exchange(h: float, r_w: float, axis_xy: tuple[float, float]) -> tuple[float, float]:
+def line_source_exchange(
+    h: float, r_w: float, axis_xy: tuple[float, float], rho_0: float = KERNEL_MIN_RADIUS_M
+) -> tuple[float, float]:
     """Total exchange (unit mobility) of a vein along z through ``axis_xy`` held at p_w = 1, p_R = 0 at
     distance >= R_FIX, and the analytic value 2 pi k L (p_w - p_R) / ln(R / r_w)."""
     origin, porous, perm = block(h)
@@ -70,7 +72,7 @@ def line_source_exchange(h: float, r_w: float, axis_xy: tuple[float, float]) -> 
     tree = VesselTree(
         np.array([[*axis_xy, 0.0], [*axis_xy, height]]), (VesselSegment("v", 0, 1, 2.0 * r_w, True),), {}
     )
-    vessels = embed(tree, origin, h, porous, perm)
+    vessels = embed(tree, origin, h, porous, perm, rho_0)
     n_grid = porous.size
     centres = origin + np.stack(np.unravel_index(np.arange(n_grid), porous.shape), axis=-1) * h
     outside = np.flatnonzero(np.hypot(centres[:, 0] - axis_xy[0], centres[:, 1] - axis_xy[1]) >= R_FIX)
@@ -101,6 +103,14 @@ def test_line_source_exchange_matches_the_analytic_solution(h, r_w, where):
     else:
         axis = (20.37 * MM, 19.71 * MM)  # not through cell centres at any of the spacings
     q, q_exact = line_source_exchange(h, r_w, axis)
+    assert q == pytest.approx(q_exact, rel=0.05)
+
+
+@pytest.mark.parametrize("h", [1 * MM, 0.5 * MM], ids=["1mm", "0.5mm"])
+def test_line_source_exchange_with_a_wider_kernel(h):
+    """A patient's wider kernel (rho_0 = 4 mm) leaves the line-source field outside it unchanged: the
+    exchange still matches 2 pi k L / ln(R / r_w) within 5 %."""
+    q, q_exact = line_source_exchange(h, 0.5 * MM, (20.37 * MM, 19.71 * MM), rho_0=4 * MM)
     assert q == pytest.approx(q_exact, rel=0.05)
 
 

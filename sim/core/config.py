@@ -161,6 +161,10 @@ class PatientConfig(StrictModel):
     # anterior/lateral nutrient foramina and their veins: not measured [U], cohort ranges.
     intraosseous_vein_diameter_mm: Annotated[float, Field(ge=0.3, le=4.0)] = 1.5
     nutrient_foramen_diameter_mm: Annotated[float, Field(ge=0.3, le=3.0)] = 1.0
+    # Radius about an intraosseous vein's axis over which its exchange with the bone is spread (the well
+    # kernel, sim.physics.embedded_vessels): the zone next to the vein wall where the bone is not yet a
+    # Darcy continuum, within 3-5 trabeculae of an interface (Harrigan et al. 1988) [U].
+    vein_kernel_radius_mm: Annotated[float, Field(ge=1.0, le=6.0)] = 2.0
     # Intravertebral pressure rise per ml/min of marrow displaced (sim.physics.marrow_outflow):
     # 2.28 = 6.83 kPa at 3 ml/min in intact cadaver vertebrae (Reidy et al. 2003); 0 = marrow leaves freely.
     marrow_outflow_kpa_per_ml_per_min: Annotated[float, Field(ge=0.0, le=20.0)] = 2.28

@@ -66,6 +66,7 @@ class PatientParams:
     basivertebral_foramina: int  # 1 or 2
     intraosseous_vein_diameter_m: float  # basivertebral trunk; branches by Murray's law
     nutrient_foramen_diameter_m: float  # anterior and lateral foramina and their veins
+    vein_kernel_radius_m: float  # rho_0 of the veins' well kernels (sim.physics.embedded_vessels)
     marrow_outflow_pa_s_per_m3: float  # resistance displaced marrow meets leaving the bone
     fracture_cleft: FractureCleftParams
     seed: int  # root of every random stream of the run

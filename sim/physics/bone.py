@@ -582,7 +582,7 @@ def assemble_body(
         phi[cleft] = np.minimum(1.0 - CLEFT_SOLID_RETAINED * (1.0 - phi[cleft]), POROSITY_CLIP[1])
 
     # --- the veins on this grid: nodes, Poiseuille edges, well connections to the cells.
-    vessels = embed(tree, axes.origin, h, porous, perm)
+    vessels = embed(tree, axes.origin, h, porous, perm, patient.vein_kernel_radius_m)
     channel = np.zeros(axes.shape, dtype=bool)
     channel.reshape(-1)[vessels.well_cell] = True
 

@@ -27,13 +27,18 @@ p_c), the same as the kernel's, while every connection keeps a positive transmis
 pressure matrix stays an SPD M-matrix and fluxes run down the pressure gradient (the transport
 sweep needs that). k_perp = sqrt(k_x k_y k_z / (t . K t)) for a vein along the unit vector t in the
 diagonal permeability K (sqrt(k_x k_y) for a vein along z). The kernel is part of the model, not of
-the grid: its radius is fixed (rho_0 = 2 mm, or 3 r_w for a wider vein, so that ln(rho / r_w) - 1/4 > 0),
-and grids with h <= rho / 2 resolve the same kernel, so refining them converges to one continuous
-problem (in distributed-source well models the kernel width is a parameter of the model, Koch et al.
-2020). Cement leaves the bone into a vein from the cells of its kernel, so rho
-also sets how close the front must come to a vein before the vein takes cement; 2 mm is about two
-trabecular spacings of osteoporotic vertebral bone (Tb.Sp about 0.7-1.2 mm [TB]), the scale below
-which the bone is not a Darcy continuum. On coarser grids (h > 1 mm) rho = 2 h keeps at least the
+the grid: its radius is fixed (rho_0, 2 mm by default, or 3 r_w for a wider vein, so that
+ln(rho / r_w) - 1/4 > 0), and grids with h <= rho / 2 resolve the same kernel, so refining them converges
+to one continuous problem (in distributed-source well models the kernel width is a parameter of the model,
+Koch et al. 2020). Cement leaves the bone into a vein from the cells of its kernel, so rho
+also sets how close the front must come to a vein before the vein takes cement; rho_0 is the patient's
+``vein_kernel_radius_mm`` [U], 2 mm by default: about two trabecular spacings of osteoporotic vertebral
+bone (Tb.Sp about 0.7-1.2 mm [TB]), the scale below which the bone is not a Darcy continuum. Harrigan,
+Jasty, Mann & Harris (1988, J Biomech 21:269) put that zone at three to five trabeculae from an interface,
+2-6 mm here, so the default is at the narrow end of the range. It matters for small leaks: at 1 mm, rho_0
+= 3 mm moved cohort patient 0's leak from 15.4 to 26.5 microlitres and patient 2's overflow from 19.7 to
+17.9 s, the seed case's 1.47 ml by 0.9 % (session 19; not yet a sampled cohort input).
+On coarser grids (h > 1 mm) rho = 2 h keeps at least the
 cells within two cell sizes in the kernel; those grids solve a slightly different problem. Before
 December 2026 rho = max(3 r_w, 2 h), which changed the problem between 1, 0.75 and 0.5 mm (rho 2, 1.5
 and 1.43 mm for a 0.95 mm vein) and kept small leaks from converging.
@@ -72,12 +77,12 @@ from sim.physics.kernel_cover import ball_cover, piece_covers
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel on coarse grids)
 CUT_CELL_REACH = 0.5 * math.sqrt(3.0)  # a cell whose centre is this many h outside can still be cut
-KERNEL_MIN_RADIUS_M = 2.0e-3  # rho_0: the grid-independent kernel radius (module docstring) [U]
+KERNEL_MIN_RADIUS_M = 2.0e-3  # rho_0 by default (patient.vein_kernel_radius_mm; module docstring) [U]
 
 
-def kernel_radius(radius_m: float, spacing_m: float) -> float:
+def kernel_radius(radius_m: float, spacing_m: float, min_radius_m: float = KERNEL_MIN_RADIUS_M) -> float:
     """rho = max(3 r_w, rho_0, 2 h): independent of h for h <= rho_0 / 2 (module docstring)."""
-    return max(KERNEL_RADII * float(radius_m), KERNEL_MIN_RADIUS_M, KERNEL_CELLS * float(spacing_m))
+    return max(KERNEL_RADII * float(radius_m), float(min_radius_m), KERNEL_CELLS * float(spacing_m))
 
 
 def perpendicular_permeability(k_xyz: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -94,6 +99,7 @@ def embed(
     spacing_m: float,
     porous: np.ndarray,
     permeability: np.ndarray,
+    kernel_min_radius_m: float = KERNEL_MIN_RADIUS_M,
 ) -> EmbeddedVessels:
     """Discretise ``tree`` on the grid (nodes about one cell apart) and connect it to the porous cells.
 
@@ -102,7 +108,8 @@ def embed(
     edges. The exchange of each edge that ``exchanges`` is spread over the porous cells its kernel
     (the cylinder piece of radius rho between its nodes) covers, each weighted by its covered share
     (cut cells included; :mod:`sim.physics.kernel_cover`), and connected to the nearer end node;
-    a node's connections to one cell are merged into one.
+    a node's connections to one cell are merged into one. ``kernel_min_radius_m`` is rho_0 (the patient's
+    ``vein_kernel_radius_mm``), the floor of every vein and canal-mouth kernel radius.
     """
     h = float(spacing_m)
     origin = np.asarray(origin_m, dtype=np.float64)
@@ -156,7 +163,7 @@ def embed(
         n_pieces = chain.size - 1
         piece_len = length / n_pieces
         r_w = 0.5 * float(seg.diameter_m)
-        rho = kernel_radius(r_w, h)
+        rho = kernel_radius(r_w, h, kernel_min_radius_m)
         rho_max = max(rho_max, rho)
         t = (p1 - p0) / length
         flat, ctr = _cells_near_segment(p0, p1, rho + CUT_CELL_REACH * h, origin, h, shape)
@@ -179,7 +186,7 @@ def embed(
         w_cell.append(flat[cell])
         w_val.append(2.0 * math.pi * k_perp * piece_len / denom * cover / piece_cover[piece])
     for point, a in tree.openings.items():
-        rho = max(2.0 * a, KERNEL_MIN_RADIUS_M, KERNEL_CELLS * h)
+        rho = max(2.0 * a, float(kernel_min_radius_m), KERNEL_CELLS * h)
         rho_max = max(rho_max, rho)
         centre = pos[point]
         flat, ctr = _cells_near_segment(centre, centre, rho + CUT_CELL_REACH * h, origin, h, shape)

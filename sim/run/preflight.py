@@ -40,6 +40,7 @@ PATIENT_FIELDS = (
     "patient.basivertebral_foramen_height_mm",
     "patient.intraosseous_vein_diameter_mm",
     "patient.nutrient_foramen_diameter_mm",
+    "patient.vein_kernel_radius_mm",
     "patient.fracture_cleft",
     "patient.porosity_mean",
     "patient.porosity_sd",

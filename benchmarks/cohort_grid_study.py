@@ -70,7 +70,9 @@ def run_cohort(cohort_file: Path, folder: Path, n: int, workers: int) -> None:
     """Run (or resume) one grid's cohort with the CLI; its errors stop the study."""
     cmd = [sys.executable, "-m", "sim.cli", "cohort", str(cohort_file), "-o", str(folder), "--n", str(n)]
     cmd += ["-w", str(workers), "--no-sensitivity", "--allow-large", "-q"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    done = subprocess.run(cmd, cwd=ROOT)
+    if done.returncode != 0:  # the CLI has said why on stderr, in one line
+        raise SystemExit(done.returncode)
 
 
 def read_patients(folder: Path) -> dict[str, dict[str, np.ndarray]]:

@@ -875,11 +875,23 @@ class InjectionSolver:
         exit row."""
         graph, p_shifted = self.graph, self.state.pressure_shifted
         tt0 = time.perf_counter()
-        order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
         q_pos = np.maximum(plan.q_ent, 0.0)
         only = self.exit_cement_only
         exit_out = np.bincount(plan.exit_cell, weights=np.where(only, 0.0, q_pos), minlength=graph.n)
         exit_only = np.bincount(plan.exit_cell, weights=np.where(only, q_pos, 0.0), minlength=graph.n)
+        if self.method == "front":
+            # Only cells that hold cement, receive it or pass any flow can change: a cell outside that
+            # set has S = 0, no source, no exit and no face with flux (inside a marrow lump, at one
+            # pressure), so the sweep leaves it at S = 0 with no outflow. The subset keeps the full
+            # sweep's relative order (a stable sort of the same keys), so the step is bit for bit the same.
+            active = (self.state.saturation > 0.0) | (plan.src > 0.0) | (exit_out > 0.0) | (exit_only > 0.0)
+            moving = plan.flux != 0.0
+            active[graph.face_a[moving]] = True
+            active[graph.face_b[moving]] = True
+            cells = np.flatnonzero(active)
+            order = cells[np.argsort(-p_shifted[cells], kind="stable")].astype(np.int64)
+        else:
+            order = np.argsort(-p_shifted, kind="stable").astype(np.int64)
         f_only = np.zeros(graph.n)
         s_new, f_out = transport_step(
             order, graph.cell_ptr, graph.cell_face, graph.cell_nbr, graph.cell_sign, plan.flux, plan.src,

@@ -135,6 +135,7 @@ def test_a_ledger_written_before_the_code_columns_is_upgraded_and_its_runs_count
         (row,) = led.rows()
         assert row.status == "done" and row.summary == {"n": 1} and row.code_digest is None
         assert led.other_code(code_digest()) == [("old", None)]
+        assert led.meta("schema") == "2"  # upgraded in place
 
 
 def _sweep(values=(0.3, 0.4, 0.5)):
@@ -390,36 +391,9 @@ def test_version_names_the_code_that_results_csv_names():
     assert proc.stdout.splitlines() == [code_label(), f"code digest {code_digest()}"]
 
 
-# what a pce-sim of ledger schema 1 (before the code columns) ran to restart a done run
-_SCHEMA1_MARK_RUNNING = (
-    "INSERT INTO runs (hash, status, attempts, started_utc) VALUES (?, 'running', 1, 'now') "
-    "ON CONFLICT(hash) DO UPDATE SET status = 'running', attempts = attempts + 1, error = NULL, "
-    "started_utc = excluded.started_utc, finished_utc = NULL"
-)
-
-
-def test_schema1_code_cannot_restart_a_run_this_code_finished(tmp_path):
-    # it would leave the row naming this code for the result it is about to write: the ledger refuses
-    rows = _rows(2)
-    with open_ledger(tmp_path) as led:
-        led.register_expansion("t", "fp", rows)
-        for _, h, *_ in rows:
-            led.mark_running(h)
-            led.record_done(h, {"n": 1}, {}, "runs/x", 1.0)
-        led.mark_running(rows[1][1])  # this code restarts a run: allowed, its code cleared
-        assert {r.hash: r.code_digest for r in led.rows()}[rows[1][1]] is None
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
-        with pytest.raises(sqlite3.IntegrityError, match="ledger schema 2 records the code"):
-            con.execute(_SCHEMA1_MARK_RUNNING, (rows[0][1],))
-        con.execute(_SCHEMA1_MARK_RUNNING, (rows[1][1],))  # a run of unknown code: nothing to go stale
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
-    with open_ledger(tmp_path) as led:
-        got = {r.hash: r for r in led.rows()}
-        assert got[rows[0][1]].status == "done" and got[rows[0][1]].code_digest == code_digest()
-
-
 def test_a_ledger_of_a_newer_schema_is_refused_by_name_and_its_lock_released(tmp_path):
     with open_ledger(tmp_path) as led:
+        assert led.meta("schema") == "2"  # recorded at the first open
         led.register_expansion("t", "fp", _rows(1))
     with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
         con.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
@@ -428,7 +402,13 @@ def test_a_ledger_of_a_newer_schema_is_refused_by_name_and_its_lock_released(tmp
     ):
         with open_ledger(tmp_path):
             pass
+    for odd in ("²", "2b"):  # not a schema this code reads either, still one line
+        with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (odd,))
+        with pytest.raises(ConfigError, match="written by a newer pce-sim"):
+            with open_ledger(tmp_path):
+                pass
     with sqlite3.connect(tmp_path / "ledger.sqlite") as con:
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
-    with open_ledger(tmp_path) as led:  # the failed open left no lock behind
+    with open_ledger(tmp_path) as led:  # the failed opens left no lock behind
         assert len(led.rows()) == 1

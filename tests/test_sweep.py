@@ -345,11 +345,7 @@ def test_resume_redoes_only_unfinished_runs(tmp_path):
     with sqlite3.connect(
         tmp_path / "ledger.sqlite"
     ) as con:  # simulate a kill: one running, one never started
-        # (as mark_running leaves a run: restarted, its code not yet known)
-        con.execute(
-            "UPDATE runs SET status = 'running', code_digest = NULL, code_label = NULL WHERE hash = ?",
-            (e.points[1].hash,),
-        )
+        con.execute("UPDATE runs SET status = 'running' WHERE hash = ?", (e.points[1].hash,))
         con.execute("DELETE FROM runs WHERE hash = ?", (e.points[3].hash,))
     CALLS.clear()
     out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)

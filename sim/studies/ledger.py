@@ -18,9 +18,7 @@ run again; ``done`` runs are skipped. An exclusive ``flock`` on ``<dir>/.sweep.l
 sweeps from driving the same ledger at once (the kernel drops it when the holder dies).
 
 Versions. ``meta`` records the ledger's schema (2 since the code columns); a ledger of a higher schema
-is refused on open by name, an older one is upgraded in place. A trigger stops a pce-sim of schema 1,
-which does not know the code columns, from restarting a run this code finished (it would leave the
-row naming this code for its own result).
+is refused on open by name (before anything is written to it), an older one is upgraded in place.
 """
 
 from __future__ import annotations
@@ -72,23 +70,11 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 # columns added after the first ledgers were written: (name, SQL type), added on open when missing
 _ADDED_RUN_COLUMNS = (("code_digest", "TEXT"), ("code_label", "TEXT"))
-# A pce-sim of schema 1 knows nothing of the code columns: re-running a done run, it would mark it running
-# and then done without touching them, so the row would go on naming the code of the run it replaced, and
-# a resume would trust a result of other code. This trigger makes such a write fail (the old code stops
-# with an error, nothing is recorded): this code clears the columns in the statement that marks a run
-# running, schema-1 code does not.
-_CODE_GUARD = """
-CREATE TRIGGER IF NOT EXISTS runs_restart_clears_code BEFORE UPDATE OF status ON runs
-WHEN NEW.status = 'running' AND NEW.code_digest IS NOT NULL
-BEGIN
-    SELECT RAISE(ABORT, 'ledger schema 2 records the code of each run: resume with a newer pce-sim');
-END
-"""
 
 
 def _schema_readable(schema: str) -> bool:
     """A recorded schema this code reads: a whole number up to :data:`SCHEMA_VERSION`."""
-    return schema.isdigit() and int(schema) <= int(SCHEMA_VERSION)
+    return schema.isascii() and schema.isdigit() and int(schema) <= int(SCHEMA_VERSION)
 
 
 def utc_now() -> str:
@@ -150,25 +136,28 @@ class Ledger:
             raise
 
     def _open(self) -> None:
-        """WAL mode, the tables, the columns and trigger added since schema 1, this code's schema."""
+        """Refuse a newer schema, then WAL mode, the tables, the columns added since schema 1, the schema."""
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        found = self.meta("schema") if has_meta else None
+        if found is not None and not _schema_readable(found):
+            raise ConfigError(
+                f"{self.path}: written by a newer pce-sim (ledger schema {found!r}; this one reads "
+                f"schema {SCHEMA_VERSION} and older): resume it with that version, or use another --out"
+            )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         with self.transaction() as cur:
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
                     cur.execute(statement)
-            found = cur.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if found is not None and not _schema_readable(found[0]):
-                raise ConfigError(
-                    f"{self.path}: written by a newer pce-sim (ledger schema {found[0]!r}; this one reads "
-                    f"schema {SCHEMA_VERSION} and older): resume it with that version, or use another --out"
-                )
             have = {row[1] for row in cur.execute("PRAGMA table_info(runs)")}
             for name, kind in _ADDED_RUN_COLUMNS:
                 if name not in have:  # a ledger written before the column existed: its runs say NULL
                     cur.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-            cur.execute(_CODE_GUARD)
-            cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            if found != SCHEMA_VERSION:  # written once, not at every open (readers open it too)
+                cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", [SCHEMA_VERSION])
 
     def close(self) -> None:
         self._conn.close()
@@ -379,10 +368,10 @@ def open_ledger(sweep_dir: str | Path, exclusive: bool = True) -> Iterator[Ledge
             raise ConfigError(f"{folder}: another pce-sim sweep is running in this folder") from None
     try:
         ledger = Ledger(folder / "ledger.sqlite")
-    except (sqlite3.DatabaseError, ConfigError) as exc:
+    except BaseException as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        if isinstance(exc, ConfigError):
+        if not isinstance(exc, sqlite3.DatabaseError):
             raise
         raise ConfigError(f"{folder / 'ledger.sqlite'}: not a usable sweep ledger ({exc})") from None
     try:

@@ -67,6 +67,7 @@ def test_si_names_and_none_passthrough():
         ({"grid": {"spacing_mm": "fine"}}, ["grid.spacing_mm", "fine", "number"]),
         ({"injection": {"stop_after_leak_s": -5}}, ["injection.stop_after_leak_s", "-5", "or null"]),
         ({"cement": {"preset": "super"}}, ["cement.preset", "low", "high"]),
+        ({"patient": {"vein_kernel_radius_mm": 1.5}}, ["patient.vein_kernel_radius_mm", "1.5", ">= 2"]),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(data, fragments):
@@ -116,3 +117,15 @@ def test_random_configs_either_validate_or_raise_config_error(data):
         return
     # anything accepted must be fully finite where it matters
     assert math.isfinite(s.injection.volume_ml)
+
+
+def test_vein_kernel_radius_reaches_the_stages_and_keeps_old_hashes_at_its_default():
+    """Left out of the dump at its 2 mm default (scenarios written before the field keep their content
+    hash), but always in the stages' SI parameters; any other value is dumped and hashed."""
+    default = scenario_from_dict({}, source="x.yaml")
+    assert "vein_kernel_radius_mm" not in default.model_dump(mode="json")["patient"]
+    assert default.si()["patient"]["vein_kernel_radius_m"] == pytest.approx(2.0e-3)
+    wide = scenario_from_dict({"patient": {"vein_kernel_radius_mm": 3.0}}, source="x.yaml")
+    assert wide.model_dump(mode="json")["patient"]["vein_kernel_radius_mm"] == 3.0
+    assert wide.si()["patient"]["vein_kernel_radius_m"] == pytest.approx(3.0e-3)
+    assert wide.content_hash() != default.content_hash()

@@ -136,7 +136,7 @@ def test_well_indices_add_up_to_the_kernel_well_index(h, angle_deg):
         (VesselSegment("v", 0, 1, 2.0 * r_w, True),),
         {},
     )
-    vessels = embed(tree, origin, h, porous, perm)
+    vessels = embed(tree, origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
     assert np.all(vessels.well_index_m3 > 0.0)
     rho = max(3.0 * r_w, 2.0 * MM, 2.0 * h)
     expected = 2.0 * math.pi * K * length / (math.log(rho / r_w) - 0.25)
@@ -160,7 +160,7 @@ def test_vein_without_kernel_conducts_poiseuille(h):
     p0, p1 = np.array([1.1, 2.3, 3.7]) * MM, np.array([9.2, 7.9, 4.4]) * MM
     length = float(np.linalg.norm(p1 - p0))
     tree = VesselTree(np.array([p0, p1]), (VesselSegment("canal", 0, 1, d, False),), {"end": 1})
-    vessels = embed(tree, origin, h, porous, perm)
+    vessels = embed(tree, origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
     assert vessels.well_cell.size == 0  # no kernel: no connection to the marrow
     assert vessels.n_nodes == 2 + math.ceil(length / h - 1e-9) - 1
     n_grid = porous.size
@@ -192,7 +192,7 @@ def test_lumen_volume_is_exact_where_calibres_meet(h):
         VesselSegment("trunk", 1, 2, 1.5 * MM, True),
         VesselSegment("branch", 1, 3, 0.9 * MM, True),
     )
-    vessels = embed(VesselTree(pts, segs, {}), origin, h, porous, perm)
+    vessels = embed(VesselTree(pts, segs, {}), origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
     lumen = np.sum(0.25 * np.pi * vessels.node_diameter_m**2 * vessels.node_length_m)
     exact = sum(0.25 * np.pi * s.diameter_m**2 * np.linalg.norm(pts[s.end] - pts[s.start]) for s in segs)
     assert lumen == pytest.approx(exact, rel=1e-12)
@@ -304,7 +304,7 @@ def test_well_index_is_shared_by_covered_volume(h):
     tree = VesselTree(
         np.array([start, start + 0.9 * h * direction]), (VesselSegment("v", 0, 1, 1.0 * MM, True),), {}
     )
-    vessels = embed(tree, origin, h, porous, perm)
+    vessels = embed(tree, origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
     ctr = origin + np.stack(np.unravel_index(vessels.well_cell, porous.shape), axis=-1) * h
     cover = segment_cover(ctr, h, start, start + 0.9 * h * direction, 2.0 * MM)
     assert np.all(cover > 0.0) and np.any(cover < 1.0)  # cut cells are in, by their share
@@ -337,7 +337,7 @@ def test_vein_along_a_grid_axis_keeps_its_whole_well_index(h, length_mm, z0_mm):
     )
     assert np.any(~in_slab.any(axis=1))  # the case the old rule got wrong is present
     tree = VesselTree(np.array([start, end]), (VesselSegment("v", 0, 1, 2.0 * r_w, True),), {})
-    vessels = embed(tree, origin, h, porous, perm)
+    vessels = embed(tree, origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
     rho = kernel_radius(r_w, h)
     expected = 2.0 * math.pi * K * length / (math.log(rho / r_w) - 0.25)
     assert vessels.well_index_m3.sum() == pytest.approx(expected, rel=1e-12)

@@ -14,7 +14,7 @@ from sim.core.grid import VenousExit, VesselSegment, VesselTree
 from sim.core.parameters import FragmentationParams, RunParameters
 from sim.physics import rheology
 from sim.physics.bone_vein_exchange import FORAMEN_PIN, EmbeddedVeinExchange, ForamenPoiseuille
-from sim.physics.embedded_vessels import embed
+from sim.physics.embedded_vessels import KERNEL_MIN_RADIUS_M, embed
 from sim.physics.fragment_transport import DiameterMargin
 from sim.physics.fragmentation import DragVsStrength
 from sim.physics.laws import LAW_HOMES, available, law_class, register
@@ -197,7 +197,7 @@ def vein_through_cortex(h, canal_len=5.7 * MM, d_canal=6 * MM, d_vein=1 * MM, n=
         (VesselSegment("canal", 0, 1, d_canal, False), VesselSegment("vein", 1, 2, d_vein, True)),
         {"f": 0},
     )
-    vessels = embed(tree, np.zeros(3), h, porous, perm)
+    vessels = embed(tree, np.zeros(3), h, porous, perm, KERNEL_MIN_RADIUS_M)
     exits = [VenousExit("f", "basivertebral", np.empty(0, np.int64), p_out, d_canal, canal_len, node=0)]
     exit_ext = np.array([porous.size + 0])
     graph = build_cell_graph(porous, perm, h, np.flatnonzero(porous.ravel())[:1], exit_ext, vessels)

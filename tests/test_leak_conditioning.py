@@ -22,15 +22,22 @@ def test_constant_rate_tail_has_fill_time_over_duration() -> None:
     assert amp == pytest.approx(t_o / (23.0 - t_on), rel=2e-2)  # the threshold's 0.27 s shift aside
 
 
-def test_leak_from_the_start_is_not_amplified() -> None:
+def test_leak_from_the_start_is_barely_amplified() -> None:
+    # a leak at q from t = 0: it passes the threshold at thr / q, and A = q t_o / V = thr / V is small
     t = np.linspace(0.0, 10.0, 101)
     v = 1e-9 * t
-    t_o, rate, amp = overflow_time_and_rate(t, v, 0.0)
-    assert t_o == 0.0 and rate == pytest.approx(1e-9) and amp == 0.0
+    t_o, rate, amp = overflow_time_and_rate(t, v, 2e-10)
+    assert t_o == pytest.approx(0.2, rel=1e-12) and rate == pytest.approx(1e-9, rel=1e-9)
+    assert amp == pytest.approx(2e-10 / 1e-8, rel=1e-9)
 
 
-def test_no_overflow_gives_nan_and_bad_series_is_refused() -> None:
+def test_no_crossing_to_time_gives_nan_and_bad_series_are_refused() -> None:
     t = np.linspace(0.0, 10.0, 11)
-    assert all(math.isnan(x) for x in overflow_time_and_rate(t, np.zeros(11), 2e-9))
+    assert all(math.isnan(x) for x in overflow_time_and_rate(t, np.zeros(11), 2e-9))  # never
+    assert all(math.isnan(x) for x in overflow_time_and_rate(t, np.full(11, 5e-9), 2e-9))  # from the start
+    last = np.where(t < 10.0, 0.0, 5e-9)
+    assert all(math.isnan(x) for x in overflow_time_and_rate(t, last, 2e-9))  # at the last sample only
     with pytest.raises(ValueError, match="equal-length"):
         overflow_time_and_rate(t, np.zeros(5), 2e-9)
+    with pytest.raises(ValueError, match="cannot fall"):
+        overflow_time_and_rate(t, np.array([0, 1, 2, 3, 2, 3, 4, 5, 6, 7, 8]) * 1e-9, 2e-9)

@@ -127,6 +127,9 @@ def _anatomy_kind(value: Any) -> str:
     return "ct" if isinstance(value, dict | CtAnatomyConfig) else "parametric"
 
 
+VEIN_KERNEL_RADIUS_DEFAULT_MM = 2.0
+
+
 class PatientConfig(StrictModel):
     """Patient anatomy and bone quality of the treated vertebral body.
 
@@ -163,8 +166,9 @@ class PatientConfig(StrictModel):
     nutrient_foramen_diameter_mm: Annotated[float, Field(ge=0.3, le=3.0)] = 1.0
     # Radius about an intraosseous vein's axis over which its exchange with the bone is spread (the well
     # kernel, sim.physics.embedded_vessels): the zone next to the vein wall where the bone is not yet a
-    # Darcy continuum, within 3-5 trabeculae of an interface (Harrigan et al. 1988) [U].
-    vein_kernel_radius_mm: Annotated[float, Field(ge=1.0, le=6.0)] = 2.0
+    # Darcy continuum, within 3-5 trabeculae of an interface (Harrigan et al. 1988), 2-6 mm [U]. Left out of
+    # the dumped scenario at its default, so scenarios written before the field keep their content hash.
+    vein_kernel_radius_mm: Annotated[float, Field(ge=2.0, le=6.0)] = VEIN_KERNEL_RADIUS_DEFAULT_MM
     # Intravertebral pressure rise per ml/min of marrow displaced (sim.physics.marrow_outflow):
     # 2.28 = 6.83 kPa at 3 ml/min in intact cadaver vertebrae (Reidy et al. 2003); 0 = marrow leaves freely.
     marrow_outflow_kpa_per_ml_per_min: Annotated[float, Field(ge=0.0, le=20.0)] = 2.28
@@ -176,6 +180,8 @@ class PatientConfig(StrictModel):
         data = handler(self)
         if isinstance(data, dict) and data.get("anatomy") == "parametric":
             data.pop("anatomy")
+        if isinstance(data, dict) and data.get("vein_kernel_radius_mm") == VEIN_KERNEL_RADIUS_DEFAULT_MM:
+            data.pop("vein_kernel_radius_mm")
         return data
 
 
@@ -465,7 +471,10 @@ class Scenario(StrictModel):
         """The scenario as a nested dict in SI units (see :mod:`sim.core.units`)."""
         from sim.core.units import to_si
 
-        return to_si(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        # the dump leaves the kernel radius out at its default (PatientConfig); the stages need it
+        data["patient"].setdefault("vein_kernel_radius_mm", self.patient.vein_kernel_radius_mm)
+        return to_si(data)
 
     def content_hash(self) -> str:
         """Stable SHA-256 of the resolved scenario (keys sorted), used to key sweep ledgers.

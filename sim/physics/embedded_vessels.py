@@ -36,7 +36,7 @@ also sets how close the front must come to a vein before the vein takes cement; 
 bone (Tb.Sp about 0.7-1.2 mm [TB]), the scale below which the bone is not a Darcy continuum. Harrigan,
 Jasty, Mann & Harris (1988, J Biomech 21:269) put that zone at three to five trabeculae from an interface,
 2-6 mm here, so the default is at the narrow end of the range. It matters for small leaks: at 1 mm, rho_0
-= 3 mm moved cohort patient 0's leak from 15.4 to 26.5 microlitres and patient 2's overflow from 19.7 to
+= 3 mm moved cohort patient 0's leak from 15.3 to 26.5 microlitres and patient 2's overflow from 19.7 to
 17.9 s, the seed case's 1.47 ml by 0.9 % (session 19; not yet a sampled cohort input).
 On coarser grids (h > 1 mm) rho = 2 h keeps at least the
 cells within two cell sizes in the kernel; those grids solve a slightly different problem. Before
@@ -77,7 +77,7 @@ from sim.physics.kernel_cover import ball_cover, piece_covers
 KERNEL_RADII = 3.0  # rho >= this many vessel radii (ln(rho / r_w) - 1/4 > 0 needs > 1.28)
 KERNEL_CELLS = 2.0  # rho >= this many cell sizes (enough cells in the kernel on coarse grids)
 CUT_CELL_REACH = 0.5 * math.sqrt(3.0)  # a cell whose centre is this many h outside can still be cut
-KERNEL_MIN_RADIUS_M = 2.0e-3  # rho_0 by default (patient.vein_kernel_radius_mm; module docstring) [U]
+KERNEL_MIN_RADIUS_M = 2.0e-3  # rho_0's default (patient.vein_kernel_radius_mm; module docstring) [U]
 
 
 def kernel_radius(radius_m: float, spacing_m: float, min_radius_m: float = KERNEL_MIN_RADIUS_M) -> float:
@@ -99,7 +99,7 @@ def embed(
     spacing_m: float,
     porous: np.ndarray,
     permeability: np.ndarray,
-    kernel_min_radius_m: float = KERNEL_MIN_RADIUS_M,
+    kernel_min_radius_m: float,
 ) -> EmbeddedVessels:
     """Discretise ``tree`` on the grid (nodes about one cell apart) and connect it to the porous cells.
 

@@ -12,10 +12,16 @@ multiplied by the amplification A in the leaked volume. Limiting cases: a leak t
 has A = 0 (V = Q t_s does not depend on any fill time); a leak that runs at a constant rate from t_o
 has A = t_o / (t_s - t_o), the fill time over the leak's duration.
 
-Here t_o is the time the leaked volume passes a fixed threshold (``THRESHOLD_UL``, the same on every
-grid), Q the mean leak rate from then to the stop. The script runs the cases of the convergence study
-(same configs, stop at detection as there) at the given spacings and reports t_o, Q, V and A, so a
-reader can see which part of a leak's grid error is the overflow time and which the rate.
+This holds with the stop t_s fixed. A stop at detection is not: it falls on a fluoroscopy frame, so an
+overflow that moves the detecting frame moves t_s by a whole frame interval and V by about Q times that
+interval, whatever A is. The script therefore holds every case's stop where its run on the first spacing
+stopped (``bench_convergence.fixed_stop_config``, as the convergence study's time-step table does):
+with patient 2 seen at 21.5 s on every grid from 1 mm, the same stop its own runs make.
+
+Here t_o is the time the leaked volume first exceeds a fixed threshold (``THRESHOLD_UL``, the same on
+every grid), Q the mean leak rate from then to the stop. The script runs the cases of the convergence
+study at the given spacings and reports t_o, Q, V and A, so a reader can see which part of a leak's grid
+error is the overflow time and which the rate.
 
     python benchmarks/leak_conditioning.py --out benchmarks/results/leak_conditioning.json
 """
@@ -41,24 +47,25 @@ SPACINGS = (1.0, 0.75, 0.5, 0.375)
 def overflow_time_and_rate(
     times_s: np.ndarray, leaked_m3: np.ndarray, threshold_m3: float
 ) -> tuple[float, float, float]:
-    """(t_o, Q, A) of a cumulative leak series: the time it passes ``threshold_m3`` (linear between
-    samples), the mean rate from then to the last sample and the amplification Q t_o / V.
+    """(t_o, Q, A) of a cumulative leak series: the time it first exceeds ``threshold_m3`` (linear
+    between samples), the mean rate from then to the last sample and the amplification Q t_o / V.
 
-    NaN for all three when the leak never passes the threshold or passes it at the last sample.
+    NaN for all three when the leak never exceeds the threshold, exceeds it only at the last sample, or
+    already at the first (no crossing to time). A cumulative leak cannot fall: a series that does is
+    refused.
     """
     t = np.asarray(times_s, dtype=np.float64)
     v = np.asarray(leaked_m3, dtype=np.float64)
     if t.shape != v.shape or t.size < 2:
         raise ValueError(f"times and leaked volumes must be equal-length series, got {t.shape} and {v.shape}")
-    above = np.flatnonzero(v >= threshold_m3)
+    if np.any(np.diff(v) < -1e-12 * max(float(np.max(np.abs(v))), 1e-300)):
+        raise ValueError("a cumulative leaked volume cannot fall")
+    above = np.flatnonzero(v > threshold_m3)
     nan = float("nan")
-    if above.size == 0 or above[0] == t.size - 1:
+    if above.size == 0 or above[0] == 0 or above[0] == t.size - 1:
         return nan, nan, nan
     i = int(above[0])
-    if i == 0:
-        t_o = float(t[0])
-    else:
-        t_o = float(np.interp(threshold_m3, v[i - 1 : i + 1], t[i - 1 : i + 1]))
+    t_o = float(np.interp(threshold_m3, v[i - 1 : i + 1], t[i - 1 : i + 1]))
     rate = (float(v[-1]) - threshold_m3) / (float(t[-1]) - t_o)
     return t_o, rate, rate * t_o / float(v[-1])
 
@@ -66,18 +73,23 @@ def overflow_time_and_rate(
 def run(cases: tuple[str, ...], spacings: tuple[float, ...]) -> dict[str, Any]:
     """The diagnostic for ``cases`` at ``spacings``: one row per case and spacing."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_convergence import case_configs
+    from benchmarks.bench_convergence import case_configs, fixed_stop_config
     from sim.core.config import scenario_from_dict
     from sim.run.pipeline import run_scenario
 
     configs = case_configs(False)
     rows = []
     for name in cases:
+        reference = None
         for h in spacings:
             cfg = copy.deepcopy(configs[name])
             cfg.setdefault("grid", {})["spacing_mm"] = h
+            if reference is not None:
+                cfg = fixed_stop_config(cfg, reference)
             t0 = time.perf_counter()
             result = run_scenario(scenario_from_dict(cfg, source=f"leak_conditioning {name} h={h}"))
+            if reference is None:
+                reference = result.summary
             inj = result.artifacts.injection
             t_o, rate, amp = overflow_time_and_rate(
                 np.asarray(inj.times_s), np.asarray(inj.cement_leaked_series_m3), THRESHOLD_UL * 1e-9
@@ -87,6 +99,7 @@ def run(cases: tuple[str, ...], spacings: tuple[float, ...]) -> dict[str, Any]:
                 "spacing_mm": h,
                 "leaked_ul": float(inj.cement_leaked_series_m3[-1]) * 1e9,
                 "stop_s": float(inj.times_s[-1]),
+                "stop_reason": str(result.summary["stop_reason"]),
                 "overflow_time_s": t_o,
                 "leak_rate_ul_per_s": rate * 1e9,
                 "amplification": amp,

@@ -10,14 +10,7 @@ paths) is printed literally, never read as rich markup. ``--quiet`` silences pro
 
 from __future__ import annotations
 
-import os
-
-# One BLAS thread per process: OpenBLAS's second thread gains nothing on our sparse solves, slows
-# runs when the other core is busy, and makes results depend on the thread count in the last bits.
-# Set before numpy is imported; sweep/cohort workers inherit it.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import json  # noqa: E402
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

@@ -70,3 +70,19 @@ def test_hypothesis_invalid_patient_values_never_traceback(tmp_path, key, value)
     res = pce_sim("validate", str(cfg))
     assert res.returncode in (0, 2)
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_importing_sim_pins_one_blas_thread_unless_the_user_chose():
+    """Results depend on OpenBLAS's thread count in the last bits: ``import sim`` sets one thread before
+    numpy loads, so library use, the CLI and workers run alike; a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, sim, numpy; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "1"
+    env["OPENBLAS_NUM_THREADS"] = "3"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "3"

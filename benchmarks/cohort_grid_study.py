@@ -51,6 +51,12 @@ def spacing_tag(spacing_mm: float) -> str:
 
 def derived_cohort_file(cohort_file: Path, spacing_mm: float, out: Path) -> Path:
     """Write the cohort file with ``grid.spacing_mm`` set in its overrides; return its path."""
+    return derive_cohort(cohort_file, "grid", "spacing_mm", float(spacing_mm), spacing_tag(spacing_mm), out)
+
+
+def derive_cohort(cohort_file: Path, section: str, field: str, value: float, tag: str, out: Path) -> Path:
+    """Write the cohort file with ``section.field`` set to ``value`` in its overrides, as
+    ``<out>/cohort_<tag>.yaml`` (a relative base made absolute); return its path."""
     import yaml
 
     from sim.core.config import read_yaml
@@ -59,9 +65,9 @@ def derived_cohort_file(cohort_file: Path, spacing_mm: float, out: Path) -> Path
     if data.get("base") is not None and not Path(data["base"]).is_absolute():
         data["base"] = str((cohort_file.parent / data["base"]).resolve())
     overrides = data.setdefault("overrides", {})
-    overrides.setdefault("grid", {})["spacing_mm"] = float(spacing_mm)
-    data["name"] = f"{data.get('name', 'cohort')}_{spacing_tag(spacing_mm)}"
-    path = out / f"cohort_{spacing_tag(spacing_mm)}.yaml"
+    overrides.setdefault(section, {})[field] = value
+    data["name"] = f"{data.get('name', 'cohort')}_{tag}"
+    path = out / f"cohort_{tag}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -72,3 +72,22 @@ def test_compare_grids_refuses_other_patients() -> None:
 
 def test_spacing_tag() -> None:
     assert spacing_tag(0.75) == "h0p75" and spacing_tag(1.0) == "h1" and spacing_tag(0.5) == "h0p5"
+
+
+def test_kernel_study_changes_only_the_vein_kernel_radius(tmp_path: Path) -> None:
+    from benchmarks.cohort_grid_study import derive_cohort
+    from benchmarks.cohort_kernel_study import radius_tag
+    from sim.studies.cohort import base_config, load_cohort, sample_patients
+
+    src = ROOT / "configs" / "cohort_default.yaml"
+    path = derive_cohort(src, "patient", "vein_kernel_radius_mm", 3.0, radius_tag(3.0), tmp_path)
+    assert path.name == "cohort_r3.yaml" and radius_tag(2.5) == "r2p5"
+    spec, base_dir = load_cohort(path)
+    ref_spec, ref_dir = load_cohort(src)
+    base, ref = base_config(spec, base_dir), base_config(ref_spec, ref_dir)
+    assert base["patient"]["vein_kernel_radius_mm"] == 3.0
+    base["patient"].pop("vein_kernel_radius_mm")
+    ref["patient"].pop("vein_kernel_radius_mm", None)
+    assert base == ref
+    a, b = sample_patients(spec, 5, base), sample_patients(ref_spec, 5, ref)
+    assert [(p.inputs, p.extra_levels) for p in a] == [(p.inputs, p.extra_levels) for p in b]

@@ -27,6 +27,7 @@ import csv
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,24 +164,46 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from sim.studies.cohort import load_cohort
 
     spacings = sorted({float(s) for s in args.spacings.split(",")}, reverse=True)
     if len(spacings) < 2:
         raise SystemExit("cohort_grid_study: --spacings needs at least two grids, e.g. 1,0.75")
     args.out.mkdir(parents=True, exist_ok=True)
-    spec, _ = load_cohort(args.cohort)
+    run_paired_study(
+        args.cohort, args.n, args.workers, args.out, spacings, ("grid", "spacing_mm"), spacing_tag,
+        "cohort on the {:g} mm grid", "cohort_grid_study", "spacings_mm",
+    )  # fmt: skip
+
+
+def run_paired_study(
+    cohort: Path,
+    n: int,
+    workers: int,
+    out: Path,
+    values: list[float],
+    field: tuple[str, str],
+    tag: Callable[[float], str],
+    say: str,
+    name: str,
+    values_key: str,
+) -> None:
+    """Run the cohort once per value of ``field`` (section, name) and compare the same patients against the
+    smallest value: ``<out>/<name>.json`` and ``.md`` (the grid study and the kernel study)."""
+    from sim.studies.cohort import load_cohort
+
+    spec, _ = load_cohort(cohort)
     tables = {}
-    for h in spacings:
-        folder = args.out / spacing_tag(h)
-        print(f"cohort on the {h:g} mm grid -> {folder}", flush=True)
-        run_cohort(derived_cohort_file(args.cohort.resolve(), h, args.out), folder, args.n, args.workers)
-        tables[h] = read_patients(folder)
+    for v in values:
+        folder = out / tag(v)
+        print(f"{say.format(v)} -> {folder}", flush=True)
+        derived = derive_cohort(cohort.resolve(), field[0], field[1], v, tag(v), out)
+        run_cohort(derived, folder, n, workers)
+        tables[v] = read_patients(folder)
     rows = compare_grids(tables, spec.seed)
-    doc = {"cohort": str(args.cohort), "n": args.n, "spacings_mm": spacings, "rows": rows}
-    (args.out / "cohort_grid_study.json").write_text(json.dumps(doc, indent=1))
-    table = markdown(rows, spacings, args.n)
-    (args.out / "cohort_grid_study.md").write_text(table)
+    doc = {"cohort": str(cohort), "n": n, values_key: values, "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
+    table = markdown(rows, values, n)
+    (out / f"{name}.md").write_text(table)
     print(table)
 
 

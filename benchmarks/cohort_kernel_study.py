@@ -15,20 +15,13 @@ patients; its tables label the radii in mm)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cohort_grid_study import (  # noqa: E402
-    compare_grids,
-    derive_cohort,
-    markdown,
-    read_patients,
-    run_cohort,
-)
+from benchmarks.cohort_grid_study import run_paired_study  # noqa: E402
 
 
 def radius_tag(radius_mm: float) -> str:
@@ -44,27 +37,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("results") / "cohort_kernel")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    from sim.studies.cohort import load_cohort
-
     radii = sorted({float(r) for r in args.radii.split(",")}, reverse=True)
     if len(radii) < 2:
         raise SystemExit("cohort_kernel_study: --radii needs at least two values, e.g. 2,3")
     args.out.mkdir(parents=True, exist_ok=True)
-    spec, _ = load_cohort(args.cohort)
-    tables = {}
-    for r in radii:
-        folder = args.out / radius_tag(r)
-        print(f"cohort with a {r:g} mm vein kernel -> {folder}", flush=True)
-        tag = radius_tag(r)
-        derived = derive_cohort(args.cohort.resolve(), "patient", "vein_kernel_radius_mm", r, tag, args.out)
-        run_cohort(derived, folder, args.n, args.workers)
-        tables[r] = read_patients(folder)
-    rows = compare_grids(tables, spec.seed)
-    doc = {"cohort": str(args.cohort), "n": args.n, "vein_kernel_radii_mm": radii, "rows": rows}
-    (args.out / "cohort_kernel_study.json").write_text(json.dumps(doc, indent=1))
-    table = markdown(rows, radii, args.n)
-    (args.out / "cohort_kernel_study.md").write_text(table)
-    print(table)
+    run_paired_study(
+        args.cohort, args.n, args.workers, args.out, radii, ("patient", "vein_kernel_radius_mm"), radius_tag,
+        "cohort with a {:g} mm vein kernel", "cohort_kernel_study", "vein_kernel_radii_mm",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

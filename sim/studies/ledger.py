@@ -211,7 +211,7 @@ class Ledger:
                 "VALUES (?, ?, ?, ?, ?)",
                 [(i, h, r, to_json(inp), to_json(cfg)) for i, h, r, inp, cfg in scenarios],
             )
-            for key, value in (("schema", SCHEMA_VERSION), ("name", name), ("fingerprint", fingerprint)):
+            for key, value in (("name", name), ("fingerprint", fingerprint)):  # the schema: written on open
                 cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------------ run states

@@ -37,7 +37,7 @@ bone (Tb.Sp about 0.7-1.2 mm [TB]), the scale below which the bone is not a Darc
 Jasty, Mann & Harris (1988, J Biomech 21:269) put that zone at three to five trabeculae from an interface,
 2-6 mm here, so the default is at the narrow end of the range. It matters for small leaks: at 1 mm, rho_0
 = 3 mm moved cohort patient 0's leak from 15.3 to 26.5 microlitres and patient 2's overflow from 19.7 to
-17.9 s, the seed case's 1.47 ml by 0.9 % (session 19; not yet a sampled cohort input).
+17.9 s, the seed case's 1.47 ml by 0.9 % (session 19). The cohort samples it per level, uniform 2-6 mm.
 On coarser grids (h > 1 mm) rho = 2 h keeps at least the
 cells within two cell sizes in the kernel; those grids solve a slightly different problem. Before
 December 2026 rho = max(3 r_w, 2 h), which changed the problem between 1, 0.75 and 0.5 mm (rho 2, 1.5

@@ -212,6 +212,14 @@ def test_coupled_mass_balance_under_synthetic_flux_history():
     ts = rec.venous_series()
     assert np.all(np.diff(ts["t_s"]) > 0)
     assert np.all(np.diff(ts["fragments_shed"]) >= 0)
+    # the recorder's cumulative cement per exit kind: never falls, ends at the venous side's totals
+    final = vs.leaked_by_exit_kind()
+    for kind in ("basivertebral", "anterior", "lateral"):
+        series = ts[f"leaked_{kind}_m3"]
+        assert series.shape == ts["t_s"].shape and np.all(np.diff(series) >= 0.0)
+        assert series[-1] == final.get(kind, 0.0)
+    kinds_total = sum(ts[f"leaked_{k}_m3"][-1] for k in ("basivertebral", "anterior", "lateral"))
+    assert kinds_total == pytest.approx(total, rel=1e-12)
 
 
 def test_columns_resist_exit_flow_and_reroute_blood():

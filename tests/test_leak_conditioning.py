@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.leak_conditioning import overflow_time_and_rate
+from benchmarks.leak_conditioning import THRESHOLD_UL, overflow_time_and_rate, per_exit_kind
 
 
 def test_constant_rate_tail_has_fill_time_over_duration() -> None:
@@ -41,3 +41,27 @@ def test_no_crossing_to_time_gives_nan_and_bad_series_are_refused() -> None:
         overflow_time_and_rate(t, np.zeros(5), 2e-9)
     with pytest.raises(ValueError, match="cannot fall"):
         overflow_time_and_rate(t, np.array([0, 1, 2, 3, 2, 3, 4, 5, 6, 7, 8]) * 1e-9, 2e-9)
+
+
+def test_per_exit_kind_separates_a_trickle_from_an_overflow() -> None:
+    """Two exits with different histories: each kind gets its own t_o, Q and A, the summed series the
+    trickle's t_o (as cohort patient 0's study row did); a kind below the threshold is left out."""
+    t = np.linspace(0.0, 24.0, 241)
+    ul = 1e-9
+    trickle = 0.25 * ul * t  # from the start: 2 microlitres at 8 s
+    overflow = np.where(t > 20.0, 7.0 * ul * (t - 20.0), 0.0)  # 28 microlitres over the last 4 s
+    series = {
+        "t_s": t,
+        "leaked_basivertebral_m3": overflow,
+        "leaked_anterior_m3": trickle,
+        "leaked_lateral_m3": np.full_like(t, 0.5 * THRESHOLD_UL * ul),
+    }
+    rows = per_exit_kind(series)
+    assert set(rows) == {"basivertebral", "anterior"}
+    b, a = rows["basivertebral"], rows["anterior"]
+    assert b["overflow_time_s"] == pytest.approx(20.0 + THRESHOLD_UL / 7.0, rel=1e-9)
+    assert b["leak_rate_ul_per_s"] == pytest.approx(7.0, rel=1e-9)
+    assert a["overflow_time_s"] == pytest.approx(8.0, rel=1e-9)
+    assert b["leaked_ul"] == pytest.approx(28.0, rel=1e-9)
+    t_sum, _, _ = overflow_time_and_rate(t, trickle + overflow + 0.5 * THRESHOLD_UL * ul, THRESHOLD_UL * ul)
+    assert t_sum < 8.0  # the summed leak's t_o says nothing of the overflow at 20 s

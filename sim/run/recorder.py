@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.core.grid import EXIT_KINDS
 from sim.physics.vein_columns import CementColumns, lumen_fill_fraction
 from sim.physics.venous_network import VenousNetwork
 from sim.run.venous_system import VenousSystem
@@ -25,6 +26,10 @@ VENOUS_SERIES = (
     "azygos_flow_m3_s",
     "ivc_flow_m3_s",
     "visible_m3",
+    # cement received through each kind of exit so far (basivertebral / anterior / lateral)
+    "leaked_basivertebral_m3",
+    "leaked_anterior_m3",
+    "leaked_lateral_m3",
 )
 
 
@@ -67,6 +72,9 @@ class RunRecorder:
         s["ivc_flow_m3_s"].append(float(flow.edge_flow_m3_s[net.ivc_edge]))
         frames = venous.detector.frames_visible_m3
         s["visible_m3"].append(frames[-1] if frames else 0.0)
+        by_kind = venous.leaked_by_exit_kind()
+        for kind in EXIT_KINDS:
+            s[f"leaked_{kind}_m3"].append(by_kind.get(kind, 0.0))
         self.edge_frames.append(
             EdgeFrame(
                 float(t),

@@ -74,18 +74,23 @@ def overflow_time_and_rate(
     return t_o, rate, rate * t_o / float(v[-1])
 
 
-def per_exit_kind(venous_series: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """t_o, Q and A of every exit kind whose cumulative cement passes ``THRESHOLD_UL`` (microlitres, s).
+def per_exit_kind(venous_series: dict[str, np.ndarray], stop_s: float) -> dict[str, dict[str, float]]:
+    """t_o, Q and A of every exit kind whose cumulative cement passes ``THRESHOLD_UL`` by the injection's
+    stop ``stop_s`` (microlitres, s).
 
     ``venous_series`` is :meth:`sim.run.recorder.RunRecorder.venous_series`: ``t_s`` and one
-    ``leaked_<kind>_m3`` series per exit kind.
+    ``leaked_<kind>_m3`` series per exit kind. It runs on through the follow-up after the stop, so it
+    is cut at ``stop_s`` (the last value interpolated there), as the injection's leak series ends.
     """
     from sim.core.grid import EXIT_KINDS
 
-    t = np.asarray(venous_series["t_s"], dtype=np.float64)
+    t_all = np.asarray(venous_series["t_s"], dtype=np.float64)
+    keep = t_all < stop_s
+    t = np.append(t_all[keep], stop_s)
     out: dict[str, dict[str, float]] = {}
     for kind in EXIT_KINDS:
-        v = np.asarray(venous_series[f"leaked_{kind}_m3"], dtype=np.float64)
+        v_all = np.asarray(venous_series[f"leaked_{kind}_m3"], dtype=np.float64)
+        v = np.append(v_all[keep], np.interp(stop_s, t_all, v_all))
         if v.size < 2 or float(v[-1]) <= THRESHOLD_UL * 1e-9:
             continue
         t_o, rate, amp = overflow_time_and_rate(t, v, THRESHOLD_UL * 1e-9)
@@ -122,7 +127,7 @@ def run(cases: tuple[str, ...], spacings: tuple[float, ...]) -> dict[str, Any]:
             t_o, rate, amp = overflow_time_and_rate(
                 np.asarray(inj.times_s), np.asarray(inj.cement_leaked_series_m3), THRESHOLD_UL * 1e-9
             )
-            by_kind = per_exit_kind(result.artifacts.recording.venous_series())
+            by_kind = per_exit_kind(result.artifacts.recording.venous_series(), float(inj.times_s[-1]))
             rows.append({
                 "case": name,
                 "spacing_mm": h,

@@ -46,22 +46,26 @@ def test_no_crossing_to_time_gives_nan_and_bad_series_are_refused() -> None:
 def test_per_exit_kind_separates_a_trickle_from_an_overflow() -> None:
     """Two exits with different histories: each kind gets its own t_o, Q and A, the summed series the
     trickle's t_o (as cohort patient 0's study row did); a kind below the threshold is left out."""
-    t = np.linspace(0.0, 24.0, 241)
+    t = np.linspace(0.0, 54.0, 541)  # the venous series runs on through a 30 s follow-up after the stop
     ul = 1e-9
-    trickle = 0.25 * ul * t  # from the start: 2 microlitres at 8 s
-    overflow = np.where(t > 20.0, 7.0 * ul * (t - 20.0), 0.0)  # 28 microlitres over the last 4 s
+    stop = 24.0
+    trickle = 0.25 * ul * np.minimum(t, stop)  # from the start: 2 microlitres at 8 s
+    overflow = np.where(t > 20.0, 7.0 * ul * (np.minimum(t, stop) - 20.0), 0.0)  # 28 microlitres by the stop
     series = {
         "t_s": t,
         "leaked_basivertebral_m3": overflow,
         "leaked_anterior_m3": trickle,
         "leaked_lateral_m3": np.full_like(t, 0.5 * THRESHOLD_UL * ul),
     }
-    rows = per_exit_kind(series)
+    rows = per_exit_kind(series, stop)
     assert set(rows) == {"basivertebral", "anterior"}
     b, a = rows["basivertebral"], rows["anterior"]
     assert b["overflow_time_s"] == pytest.approx(20.0 + THRESHOLD_UL / 7.0, rel=1e-9)
     assert b["leak_rate_ul_per_s"] == pytest.approx(7.0, rel=1e-9)
     assert a["overflow_time_s"] == pytest.approx(8.0, rel=1e-9)
     assert b["leaked_ul"] == pytest.approx(28.0, rel=1e-9)
-    t_sum, _, _ = overflow_time_and_rate(t, trickle + overflow + 0.5 * THRESHOLD_UL * ul, THRESHOLD_UL * ul)
+    assert per_exit_kind(series, 40.0)["basivertebral"]["leak_rate_ul_per_s"] < 3.0  # not cut: diluted
+    cut = t <= stop
+    summed = (trickle + overflow)[cut] + 0.5 * THRESHOLD_UL * ul
+    t_sum, _, _ = overflow_time_and_rate(t[cut], summed, THRESHOLD_UL * ul)
     assert t_sum < 8.0  # the summed leak's t_o says nothing of the overflow at 20 s

@@ -27,9 +27,7 @@ VENOUS_SERIES = (
     "ivc_flow_m3_s",
     "visible_m3",
     # cement received through each kind of exit so far (basivertebral / anterior / lateral)
-    "leaked_basivertebral_m3",
-    "leaked_anterior_m3",
-    "leaked_lateral_m3",
+    *(f"leaked_{kind}_m3" for kind in EXIT_KINDS),
 )
 
 

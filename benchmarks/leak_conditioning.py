@@ -15,8 +15,10 @@ has A = t_o / (t_s - t_o), the fill time over the leak's duration.
 This holds with the stop t_s fixed. A stop at detection is not: it falls on a fluoroscopy frame, so an
 overflow that moves the detecting frame moves t_s by a whole frame interval and V by about Q times that
 interval, whatever A is. The script therefore holds every case's stop where its run on the first spacing
-stopped (``bench_convergence.fixed_stop_config``, as the convergence study's time-step table does):
-with patient 2 seen at 21.5 s on every grid from 1 mm, the same stop its own runs make.
+stopped (``bench_convergence.fixed_stop_config``, as the convergence study's time-step table does). With
+2 mm kernels patient 2 was seen at 21.5 s on every grid from 1 mm, so that was the stop its own runs
+made; with its drawn 2.16 mm kernel the 1 mm run sees it at 21.0 s and the finer ones at 21.5 s, so
+the study's leaks differ from these fixed-stop ones by about Q times 0.5 s.
 
 Here t_o is the time the leaked volume first exceeds a fixed threshold (``THRESHOLD_UL``, the same on
 every grid), Q the mean leak rate from then to the stop. A case may leak through several kinds of exit
@@ -75,8 +77,9 @@ def overflow_time_and_rate(
 
 
 def per_exit_kind(venous_series: dict[str, np.ndarray], stop_s: float) -> dict[str, dict[str, float]]:
-    """t_o, Q and A of every exit kind whose cumulative cement passes ``THRESHOLD_UL`` by the injection's
-    stop ``stop_s`` (microlitres, s).
+    """Leaked volume, t_o, Q and A of every exit kind by the injection's stop ``stop_s`` (microlitres,
+    s); t_o, Q and A are NaN for a kind that does not pass ``THRESHOLD_UL``, so the kinds add up to the
+    whole leak.
 
     ``venous_series`` is :meth:`sim.run.recorder.RunRecorder.venous_series`: ``t_s`` and one
     ``leaked_<kind>_m3`` series per exit kind. It runs on through the follow-up after the stop, so it
@@ -87,13 +90,15 @@ def per_exit_kind(venous_series: dict[str, np.ndarray], stop_s: float) -> dict[s
     t_all = np.asarray(venous_series["t_s"], dtype=np.float64)
     keep = t_all < stop_s
     t = np.append(t_all[keep], stop_s)
+    nan = float("nan")
     out: dict[str, dict[str, float]] = {}
     for kind in EXIT_KINDS:
         v_all = np.asarray(venous_series[f"leaked_{kind}_m3"], dtype=np.float64)
         v = np.append(v_all[keep], np.interp(stop_s, t_all, v_all))
-        if v.size < 2 or float(v[-1]) <= THRESHOLD_UL * 1e-9:
-            continue
-        t_o, rate, amp = overflow_time_and_rate(t, v, THRESHOLD_UL * 1e-9)
+        if v.size < 2:  # the stop at or before the first record: nothing to time
+            t_o = rate = amp = nan
+        else:
+            t_o, rate, amp = overflow_time_and_rate(t, v, THRESHOLD_UL * 1e-9)
         out[kind] = {
             "leaked_ul": float(v[-1]) * 1e9,
             "overflow_time_s": t_o,
@@ -147,6 +152,8 @@ def run(cases: tuple[str, ...], spacings: tuple[float, ...]) -> dict[str, Any]:
                 flush=True,
             )
             for kind, k in by_kind.items():
+                if k["leaked_ul"] <= 0.0:
+                    continue
                 print(
                     f"    {kind}: V {k['leaked_ul']:.3f} ul, t_o {k['overflow_time_s']:.3f} s, "
                     f"Q {k['leak_rate_ul_per_s']:.3f} ul/s, A {k['amplification']:.2f}",

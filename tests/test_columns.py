@@ -188,11 +188,15 @@ def test_coupled_mass_balance_under_synthetic_flux_history():
     rng = np.random.default_rng(11)
     t, dt = 0.0, 0.25
     total = 0.0
+    kinds = np.array([ex.kind for ex in vs.exits])
+    by_kind = {k: [0.0] for k in ("basivertebral", "anterior", "lateral")}  # running totals per record
     for _ in range(200):
         qc = rng.uniform(0.0, 4e-9, 5) * (rng.random(5) < 0.6)
         qm = rng.uniform(0.0, 1e-9, 5)
         vs.accept_flux(t, dt, qc, qm)
         total += qc.sum() * dt
+        for k, run in by_kind.items():
+            run.append(run[-1] + float(qc[kinds == k].sum()) * dt)
         t += dt
         rec.record_venous(t, vs)
         p = vs.exit_pressure(t)
@@ -212,12 +216,17 @@ def test_coupled_mass_balance_under_synthetic_flux_history():
     ts = rec.venous_series()
     assert np.all(np.diff(ts["t_s"]) > 0)
     assert np.all(np.diff(ts["fragments_shed"]) >= 0)
-    # the recorder's cumulative cement per exit kind: never falls, ends at the venous side's totals
+    # the recorder's cumulative cement per exit kind follows the flux pushed through that kind's exits
+    # at every record (the follow-up adds nothing) and ends at the venous side's totals
     final = vs.leaked_by_exit_kind()
-    for kind in ("basivertebral", "anterior", "lateral"):
+    n_push = len(by_kind["anterior"])
+    for kind, run in by_kind.items():
         series = ts[f"leaked_{kind}_m3"]
         assert series.shape == ts["t_s"].shape and np.all(np.diff(series) >= 0.0)
-        assert series[-1] == final.get(kind, 0.0)
+        np.testing.assert_allclose(series[:n_push], run, rtol=1e-12, atol=1e-24)
+        assert np.all(series[n_push:] == series[n_push - 1])
+        assert series[-1] == pytest.approx(final.get(kind, 0.0), rel=1e-12)
+    assert sum(run[-1] > 0.0 for run in by_kind.values()) >= 2  # the fixture's exits are of several kinds
     kinds_total = sum(ts[f"leaked_{k}_m3"][-1] for k in ("basivertebral", "anterior", "lateral"))
     assert kinds_total == pytest.approx(total, rel=1e-12)
 

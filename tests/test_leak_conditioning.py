@@ -48,9 +48,10 @@ def test_per_exit_kind_separates_a_trickle_from_an_overflow() -> None:
     trickle's t_o (as cohort patient 0's study row did); a kind below the threshold is left out."""
     t = np.linspace(0.0, 54.0, 541)  # the venous series runs on through a 30 s follow-up after the stop
     ul = 1e-9
-    stop = 24.0
-    trickle = 0.25 * ul * np.minimum(t, stop)  # from the start: 2 microlitres at 8 s
-    overflow = np.where(t > 20.0, 7.0 * ul * (np.minimum(t, stop) - 20.0), 0.0)  # 28 microlitres by the stop
+    stop = 24.05  # between two records (24.0, 24.1): the value at the stop is interpolated
+    ramp_end = 24.1  # the venous records go on rising to the record after the stop, then stay
+    trickle = 0.25 * ul * np.minimum(t, ramp_end)  # from the start: 2 microlitres at 8 s
+    overflow = np.where(t > 20.0, 7.0 * ul * (np.minimum(t, ramp_end) - 20.0), 0.0)  # 28.35 by the stop
     series = {
         "t_s": t,
         "leaked_basivertebral_m3": overflow,
@@ -58,14 +59,38 @@ def test_per_exit_kind_separates_a_trickle_from_an_overflow() -> None:
         "leaked_lateral_m3": np.full_like(t, 0.5 * THRESHOLD_UL * ul),
     }
     rows = per_exit_kind(series, stop)
-    assert set(rows) == {"basivertebral", "anterior"}
-    b, a = rows["basivertebral"], rows["anterior"]
+    assert set(rows) == {"basivertebral", "anterior", "lateral"}
+    b, a, lat = rows["basivertebral"], rows["anterior"], rows["lateral"]
     assert b["overflow_time_s"] == pytest.approx(20.0 + THRESHOLD_UL / 7.0, rel=1e-9)
     assert b["leak_rate_ul_per_s"] == pytest.approx(7.0, rel=1e-9)
     assert a["overflow_time_s"] == pytest.approx(8.0, rel=1e-9)
-    assert b["leaked_ul"] == pytest.approx(28.0, rel=1e-9)
+    assert b["leaked_ul"] == pytest.approx(7.0 * 4.05, rel=1e-9)  # interpolated at the stop
+    assert a["leaked_ul"] == pytest.approx(0.25 * 24.05, rel=1e-9)
+    # a kind below the threshold keeps its volume (the kinds add up to the leak) and has no t_o
+    assert lat["leaked_ul"] == pytest.approx(0.5 * THRESHOLD_UL, rel=1e-9)
+    assert math.isnan(lat["overflow_time_s"]) and math.isnan(lat["amplification"])
     assert per_exit_kind(series, 40.0)["basivertebral"]["leak_rate_ul_per_s"] < 3.0  # not cut: diluted
-    cut = t <= stop
+    cut = t <= 24.0
     summed = (trickle + overflow)[cut] + 0.5 * THRESHOLD_UL * ul
     t_sum, _, _ = overflow_time_and_rate(t[cut], summed, THRESHOLD_UL * ul)
     assert t_sum < 8.0  # the summed leak's t_o says nothing of the overflow at 20 s
+
+
+def test_per_exit_kind_edge_cases() -> None:
+    """A stop before the first record or a one-record series gives volumes and no times."""
+    series = {
+        "t_s": np.array([0.0]),
+        **{f"leaked_{k}_m3": np.array([5e-9]) for k in ("basivertebral", "anterior", "lateral")},
+    }
+    one = per_exit_kind(series, 3.0)
+    assert all(
+        math.isnan(r["overflow_time_s"]) and r["leaked_ul"] == pytest.approx(5.0) for r in one.values()
+    )
+    t = np.array([1.0, 2.0, 3.0])
+    ramp = {
+        "t_s": t,
+        **{f"leaked_{k}_m3": np.array([0.0, 3e-9, 6e-9]) for k in ("basivertebral", "anterior", "lateral")},
+    }
+    early = per_exit_kind(ramp, 0.5)
+    assert all(math.isnan(r["overflow_time_s"]) for r in early.values())
+    assert per_exit_kind(ramp, 2.5)["anterior"]["leaked_ul"] == pytest.approx(4.5)

@@ -35,7 +35,7 @@ unknowns, 3D fill-in makes it slow), "amg" (pyamg smoothed aggregation as CG pre
 hierarchy reused while the iteration count stays low, Bell, Olson & Schroder 2022, JOSS 7:4142),
 "cg" (Jacobi-preconditioned CG), "iccg" (CG preconditioned by an incomplete Cholesky factorisation,
 :mod:`sim.physics.incomplete_cholesky`), "auto" (direct for small systems; else amg where a hierarchy
-can be reused, iccg where it cannot up to 60k unknowns, amg above).
+can be reused, iccg where it cannot up to 200k unknowns, amg above).
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ REFINEMENTS = 2  # correction solves on the true residual before a solve is refu
 # at every step, so every solve would pay a set-up): IC(0)-CG up to this many unknowns, AMG above
 # (unmeasured there). Jacobi-CG was 1.43x faster than AMG on whole runs of 6 cohort patients (1 mm);
 # IC(0)-CG needs 3-7x fewer iterations than Jacobi-CG at a factorisation of a few matvecs (ratios in
-# benchmarks/bench_pressure.py). Systems with a fixed block (impes) keep AMG with hierarchy reuse.
-AUTO_CG_BELOW_WITHOUT_REUSE = 60_000
+# benchmarks/bench_pressure.py). On the largest systems measured, cohort patient 1's 7.5 ml at 0.5 and
+# 0.375 mm (about 70k and 160k cement cells), IC(0)-CG took 52 / 194 s against AMG's 163 / about 3,100 s
+# per run, with the same results to 1e-10 (session 20; the cap was 60k before). Systems with a fixed block
+# (impes) keep AMG with hierarchy reuse.
+AUTO_CG_BELOW_WITHOUT_REUSE = 200_000
 SOLVERS = ("auto", "amg", "direct", "cg", "iccg")
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.leak_conditioning import THRESHOLD_UL, overflow_time_and_rate, per_exit_kind
+from benchmarks.leak_conditioning import THRESHOLD_UL, overflow_time_and_rate, per_exit_kind, strict_json
 
 
 def test_constant_rate_tail_has_fill_time_over_duration() -> None:
@@ -94,3 +94,18 @@ def test_per_exit_kind_edge_cases() -> None:
     early = per_exit_kind(ramp, 0.5)
     assert all(math.isnan(r["overflow_time_s"]) for r in early.values())
     assert per_exit_kind(ramp, 2.5)["anterior"]["leaked_ul"] == pytest.approx(4.5)
+
+
+def test_results_are_strict_json() -> None:
+    """Untimed kinds are written as null, so strict JSON parsers read the results file."""
+    import json
+
+    doc = {
+        "rows": [
+            {"t_o": float("nan"), "by": {"lateral": {"a": float("nan"), "v": 1.5}}, "l": [float("nan"), 2.0]}
+        ]
+    }
+    text = json.dumps(strict_json(doc), allow_nan=False)
+    assert json.loads(text) == {
+        "rows": [{"t_o": None, "by": {"lateral": {"a": None, "v": 1.5}}, "l": [None, 2.0]}]
+    }

@@ -164,17 +164,6 @@ def run(cases: tuple[str, ...], spacings: tuple[float, ...]) -> dict[str, Any]:
     return {"threshold_ul": THRESHOLD_UL, "git": git_hash(ROOT), "code": code_label(), "rows": rows}
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` with every NaN float replaced by None (JSON has no NaN; an untimed leak is null)."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
@@ -184,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     doc = run(tuple(args.cases.split(",")), tuple(float(x) for x in args.spacings.split(",")))
     if args.out is not None:
-        args.out.write_text(json.dumps(strict_json(doc), indent=1, allow_nan=False) + "\n")
+        from sim.studies.ledger import plain_json_value  # NaN -> null: strict JSON
+
+        args.out.write_text(json.dumps(plain_json_value(doc), indent=1, allow_nan=False) + "\n")
     return 0
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.leak_conditioning import THRESHOLD_UL, overflow_time_and_rate, per_exit_kind, strict_json
+from benchmarks.leak_conditioning import THRESHOLD_UL, overflow_time_and_rate, per_exit_kind
 
 
 def test_constant_rate_tail_has_fill_time_over_duration() -> None:
@@ -97,15 +97,18 @@ def test_per_exit_kind_edge_cases() -> None:
 
 
 def test_results_are_strict_json() -> None:
-    """Untimed kinds are written as null, so strict JSON parsers read the results file."""
+    """Untimed kinds are written as null (the script writes through plain_json_value), so strict JSON
+    parsers read the results file."""
     import json
+
+    from sim.studies.ledger import plain_json_value
 
     doc = {
         "rows": [
             {"t_o": float("nan"), "by": {"lateral": {"a": float("nan"), "v": 1.5}}, "l": [float("nan"), 2.0]}
         ]
     }
-    text = json.dumps(strict_json(doc), allow_nan=False)
+    text = json.dumps(plain_json_value(doc), allow_nan=False)
     assert json.loads(text) == {
         "rows": [{"t_o": None, "by": {"lateral": {"a": None, "v": 1.5}}, "l": [None, 2.0]}]
     }

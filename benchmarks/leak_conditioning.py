@@ -76,6 +76,29 @@ def overflow_time_and_rate(
     return t_o, rate, rate * t_o / float(v[-1])
 
 
+def leak_timing(times_s: np.ndarray, leaked_m3: np.ndarray) -> dict[str, float]:
+    """A cumulative leak's volume at its last sample and its t_o, Q and A (microlitres, s; NaN where
+    :func:`overflow_time_and_rate` has no crossing to time, or the series has a single sample)."""
+    nan = float("nan")
+    v = np.asarray(leaked_m3, dtype=np.float64)
+    t_o, rate, amp = (
+        (nan, nan, nan) if v.size < 2 else overflow_time_and_rate(times_s, v, THRESHOLD_UL * 1e-9)
+    )
+    return {
+        "leaked_ul": float(v[-1]) * 1e9,
+        "overflow_time_s": t_o,
+        "leak_rate_ul_per_s": rate * 1e9,
+        "amplification": amp,
+    }
+
+
+def _timing_text(k: dict[str, float]) -> str:
+    return (
+        f"V {k['leaked_ul']:.3f} ul, t_o {k['overflow_time_s']:.3f} s, "
+        f"Q {k['leak_rate_ul_per_s']:.3f} ul/s, A {k['amplification']:.2f}"
+    )
+
+
 def per_exit_kind(venous_series: dict[str, np.ndarray], stop_s: float) -> dict[str, dict[str, float]]:
     """Leaked volume, t_o, Q and A of every exit kind by the injection's stop ``stop_s`` (microlitres,
     s); t_o, Q and A are NaN for a kind that does not pass ``THRESHOLD_UL``, so the kinds add up to the
@@ -90,21 +113,10 @@ def per_exit_kind(venous_series: dict[str, np.ndarray], stop_s: float) -> dict[s
     t_all = np.asarray(venous_series["t_s"], dtype=np.float64)
     keep = t_all < stop_s
     t = np.append(t_all[keep], stop_s)
-    nan = float("nan")
     out: dict[str, dict[str, float]] = {}
     for kind in EXIT_KINDS:
         v_all = np.asarray(venous_series[f"leaked_{kind}_m3"], dtype=np.float64)
-        v = np.append(v_all[keep], np.interp(stop_s, t_all, v_all))
-        if v.size < 2:  # the stop at or before the first record: nothing to time
-            t_o = rate = amp = nan
-        else:
-            t_o, rate, amp = overflow_time_and_rate(t, v, THRESHOLD_UL * 1e-9)
-        out[kind] = {
-            "leaked_ul": float(v[-1]) * 1e9,
-            "overflow_time_s": t_o,
-            "leak_rate_ul_per_s": rate * 1e9,
-            "amplification": amp,
-        }
+        out[kind] = leak_timing(t, np.append(v_all[keep], np.interp(stop_s, t_all, v_all)))
     return out
 
 
@@ -129,36 +141,21 @@ def run(cases: tuple[str, ...], spacings: tuple[float, ...]) -> dict[str, Any]:
             if reference is None:
                 reference = result.summary
             inj = result.artifacts.injection
-            t_o, rate, amp = overflow_time_and_rate(
-                np.asarray(inj.times_s), np.asarray(inj.cement_leaked_series_m3), THRESHOLD_UL * 1e-9
-            )
+            whole = leak_timing(np.asarray(inj.times_s), np.asarray(inj.cement_leaked_series_m3))
             by_kind = per_exit_kind(result.artifacts.recording.venous_series(), float(inj.times_s[-1]))
             rows.append({
                 "case": name,
                 "spacing_mm": h,
-                "leaked_ul": float(inj.cement_leaked_series_m3[-1]) * 1e9,
+                **whole,
                 "stop_s": float(inj.times_s[-1]),
                 "stop_reason": str(result.summary["stop_reason"]),
-                "overflow_time_s": t_o,
-                "leak_rate_ul_per_s": rate * 1e9,
-                "amplification": amp,
                 "by_exit_kind": by_kind,
                 "wall_s": time.perf_counter() - t0,
             })  # fmt: skip
-            r = rows[-1]
-            print(
-                f"{name}, {h:g} mm: V {r['leaked_ul']:.3f} ul, t_o {t_o:.3f} s, "
-                f"Q {r['leak_rate_ul_per_s']:.3f} ul/s, A {amp:.2f}",
-                flush=True,
-            )
+            print(f"{name}, {h:g} mm: {_timing_text(whole)}", flush=True)
             for kind, k in by_kind.items():
-                if k["leaked_ul"] <= 0.0:
-                    continue
-                print(
-                    f"    {kind}: V {k['leaked_ul']:.3f} ul, t_o {k['overflow_time_s']:.3f} s, "
-                    f"Q {k['leak_rate_ul_per_s']:.3f} ul/s, A {k['amplification']:.2f}",
-                    flush=True,
-                )
+                if k["leaked_ul"] > 0.0:
+                    print(f"    {kind}: {_timing_text(k)}", flush=True)
     from sim.core.provenance import code_label, git_hash
 
     return {"threshold_ul": THRESHOLD_UL, "git": git_hash(ROOT), "code": code_label(), "rows": rows}

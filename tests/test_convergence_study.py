@@ -186,3 +186,51 @@ def test_stopping_at_the_reference_runs_duration_reproduces_it_exactly():
     assert again["stop_reason"] != "stop_signal"
     for m in ("leaked_volume_ml", "injected_volume_ml", "max_needle_pressure_kpa", "n_emboli"):
         assert again[m] == ref[m], m
+
+
+# ---------------------------------------------------------------------------- the same stop
+
+
+def test_same_stop_reruns_each_grid_to_the_finest_runs_stop(monkeypatch):
+    """Grids that stopped elsewhere are run again to the finest grid's stop (no stop on a leak); a run
+    already stopped on the stop signal at that time is kept; the gaps are the targets' measures with
+    the finest grid as the reference; a finest run that did not stop on the stop signal has nothing
+    to separate."""
+    import benchmarks.bench_convergence as bc
+
+    def law(h, stop):  # leak converging as h, pressure rising with the stop time
+        return {"leaked_volume_ml": 1.0 + 0.1 * h, "max_needle_pressure_kpa": 100.0 + 2.0 * stop,
+                "embolised_volume_ml": 0.0}  # fmt: skip
+
+    class Run:
+        def __init__(self, summary):
+            self.summary = summary
+
+    seen = []
+
+    def fake_run(scenario):
+        seen.append(
+            (scenario.grid.spacing_mm, scenario.injection.max_duration_s, scenario.injection.stop_after_leak_s)
+        )
+        return Run(law(scenario.grid.spacing_mm, scenario.injection.max_duration_s))
+
+    monkeypatch.setattr("sim.run.pipeline.run_scenario", fake_run)
+    stops = {1.0: 140.0, 0.75: 146.0, 0.5: 150.0}
+    runs = [
+        {"spacing_mm": h, "stop_reason": "stop_signal", "injection_duration_s": t, **law(h, t)}
+        for h, t in stops.items()
+    ]
+    runs[1]["injection_duration_s"] = 150.0  # 0.75 mm already stopped when the finest did: kept
+    runs[1]["max_needle_pressure_kpa"] = 123.0
+    values = bc.same_stop_study({"injection": {"stop_after_leak_s": 0.0}}, runs)
+    assert seen == [(1.0, 150.0, None)]
+    assert values["max_needle_pressure_kpa"] == {1.0: 400.0, 0.75: 123.0, 0.5: 400.0}
+    assert values["leaked_volume_ml"][1.0] == pytest.approx(1.1)
+    rows = bc.same_stop_rows({"c": values}, {"c": 150.0})
+    leak = rows[0]
+    assert leak["stop (s)"] == 150.0 and list(leak)[3:6] == ["h=1", "h=0.75", "h=0.5"]
+    assert leak["0.75 vs 0.5 %"] == pytest.approx(0.025 / 1.075 * 100, rel=1e-9)
+    assert leak["1 mm vs finest %"] == pytest.approx(0.05 / 1.05 * 100, rel=1e-9)
+    assert rows[1]["0.75 vs 0.5 %"] == pytest.approx(277.0 / 400.0 * 100, rel=1e-9)
+    runs[-1]["stop_reason"] = "target_volume"
+    assert bc.same_stop_study({}, runs) is None

@@ -209,10 +209,9 @@ def test_same_stop_reruns_each_grid_to_the_finest_runs_stop(monkeypatch):
     seen = []
 
     def fake_run(scenario):
-        seen.append(
-            (scenario.grid.spacing_mm, scenario.injection.max_duration_s, scenario.injection.stop_after_leak_s)
-        )
-        return Run(law(scenario.grid.spacing_mm, scenario.injection.max_duration_s))
+        inj = scenario.injection
+        seen.append((scenario.grid.spacing_mm, inj.max_duration_s, inj.stop_after_leak_s))
+        return Run(law(scenario.grid.spacing_mm, inj.max_duration_s))
 
     monkeypatch.setattr("sim.run.pipeline.run_scenario", fake_run)
     stops = {1.0: 140.0, 0.75: 146.0, 0.5: 150.0}

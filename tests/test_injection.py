@@ -722,6 +722,73 @@ def test_numba_step_kernels_equal_their_numpy_references_bit_for_bit():
             assert 0.0 < dt < np.inf and dt == front_time_step_numpy(*args)
 
 
+def test_front_faces_passes_equal_the_whole_face_passes_bit_for_bit():
+    """The front method's face passes restricted to the faces with a cement side (front_faces) give
+    bit for bit what the passes over every face give: transmissibility on those faces (0 elsewhere,
+    where the front system has no entry), the flux of the front system's pressure (exactly 0 between
+    two marrow cells of one isobaric lump), the Darcy speed, the time step and the assembled system.
+    The restriction can fail: a face outside the list that carried flux would be lost (checked)."""
+    import dataclasses
+
+    from sim.physics.cement_transport import front_time_step
+    from sim.physics.injection import cell_darcy_speed
+    from sim.physics.pressure import (
+        VESSEL_FACE,
+        assemble_front,
+        build_cell_graph,
+        face_transmissibility,
+        front_faces,
+        listed_face_flux,
+    )  # fmt: skip
+
+    rng = np.random.default_rng(5)
+    shape = (9, 8, 7)
+    perm = rng.uniform(0.5e-9, 2e-9, (3, *shape))
+    graph = build_cell_graph(np.ones(shape, dtype=bool), perm, 1e-3, np.array([0]), np.array([503]))
+    face_dir = graph.face_dir.copy()
+    face_dir[rng.random(face_dir.size) < 0.1] = VESSEL_FACE
+    graph = dataclasses.replace(graph, face_dir=face_dir)
+    n = graph.n
+    walls = np.zeros(shape, dtype=bool)
+    walls[4] = True  # a cement wall cuts the marrow in two lumps, plus scattered cement cells
+    in_cement = walls.ravel()[graph.cell_of] | (rng.random(n) < 0.15)
+    faces = front_faces(graph, in_cement)
+    side = in_cement[graph.face_a] | in_cement[graph.face_b]
+    assert np.array_equal(faces, np.flatnonzero(side)) and 0 < faces.size < graph.n_faces
+    mobility = np.where(rng.random(n) < 0.05, 0.0, rng.uniform(1e-4, 1.0, n)) / 0.01
+    whole = face_transmissibility(graph, mobility)
+    listed = face_transmissibility(graph, mobility, faces)
+    assert np.array_equal(listed[faces], whole[faces]) and not listed[~side].any()
+    exit_cell, exit_g = np.array([n - 1, 7]), np.array([1e-12, 2e-12])
+    a = assemble_front(graph, in_cement, whole, exit_cell, exit_g)
+    b = assemble_front(graph, in_cement, listed, exit_cell, exit_g, faces)
+    for x, y in (
+        (a.matrix.indptr, b.matrix.indptr),
+        (a.matrix.indices, b.matrix.indices),
+        (a.matrix.data, b.matrix.data),
+    ):
+        assert np.array_equal(x, y)
+    p = a.cell_values(rng.uniform(0.0, 1e4, a.n_unknowns))  # one pressure per lump
+    flux = whole * (p[graph.face_a] - p[graph.face_b])
+    assert not flux[~side].any()  # the premise: no flux between two marrow cells
+    assert np.array_equal(listed_face_flux(graph, listed, p, faces), flux)
+    vein_d = np.where(rng.random(n) < 0.2, rng.uniform(0.5e-3, 2e-3, n), 0.0)
+    assert np.array_equal(
+        cell_darcy_speed(graph, flux, vein_d, None, faces), cell_darcy_speed(graph, flux, vein_d)
+    )
+    s = np.where(in_cement, rng.choice([0.1, 0.5, 0.95, 1.0], n), 0.0)
+    m = rng.uniform(10.0, 1e4, n)
+    src, vol = np.where(np.arange(n) == 0, 1e-9, 0.0), rng.uniform(0.5e-9, 1e-9, n)
+    args = (graph.face_a, graph.face_b, flux, src, np.zeros(n), vol, s, m, 0.8, 0.99)
+    assert front_time_step(*args, faces) == front_time_step(*args)
+    # a face left out of the list that carried flux would change the speed: the check can fail
+    leaky = flux.copy()
+    leaky[np.flatnonzero(~side)[0]] = 1e-9
+    assert not np.array_equal(
+        cell_darcy_speed(graph, leaky, None, None, faces), cell_darcy_speed(graph, leaky)
+    )
+
+
 def test_the_solver_moves_cement_in_vein_lumens_as_a_piston():
     """The solver marks every vein lumen node m = inf (the transport's piston law) and no porous cell:
     on the default scenario's embedded veins at 2 mm the first step's plan says so."""

@@ -333,6 +333,7 @@ def front_time_step(
     visc_ratio: np.ndarray,
     cfl: float,
     full_s: float,
+    faces: np.ndarray | None = None,
 ) -> float:
     """Largest step that lets no filling cell gain more than ``cfl`` of its pore volume in cement.
 
@@ -347,21 +348,23 @@ def front_time_step(
     gets dt <= V (1 - S) / (whole inflow from cement-bearing cells), because within one implicit
     sweep a nearly full upstream cell may pass almost all its outflow as cement. Returns inf when
     no cell limits the step. One numba pass over faces and cells; :func:`front_time_step_numpy` is
-    the array reference (bit-identical: the same sums in the same order).
+    the array reference (bit-identical: the same sums in the same order). ``faces`` (ascending)
+    restricts the face pass to them when every other face has zero flux (a zero flux adds nothing).
     """
+    listed = np.arange(face_a.shape[0], dtype=np.int64) if faces is None else faces
     return _front_time_step_kernel(
         face_a, face_b, np.ascontiguousarray(face_flux, dtype=np.float64),
         np.ascontiguousarray(source, dtype=np.float64), np.ascontiguousarray(exit_out, dtype=np.float64),
         np.ascontiguousarray(pore_volume, dtype=np.float64), np.ascontiguousarray(s, dtype=np.float64),
-        np.ascontiguousarray(visc_ratio, dtype=np.float64), float(cfl), float(full_s),
+        np.ascontiguousarray(visc_ratio, dtype=np.float64), float(cfl), float(full_s), listed,
     )  # fmt: skip
 
 
 @numba.njit(cache=True)
 def _front_time_step_kernel(
-    face_a, face_b, face_flux, source, exit_out, pore_volume, s, visc_ratio, cfl, full_s
+    face_a, face_b, face_flux, source, exit_out, pore_volume, s, visc_ratio, cfl, full_s, faces
 ):
-    n, nf = s.shape[0], face_a.shape[0]
+    n, nf = s.shape[0], faces.shape[0]
     frac = np.empty(n)
     feed = np.empty(n)
     bearing = np.empty(n)
@@ -378,7 +381,8 @@ def _front_time_step_kernel(
     acc_in = np.zeros(n)
     acc_out = np.zeros(n)
     acc_max = np.zeros(n)
-    for f in range(nf):
+    for k in range(nf):
+        f = faces[k]
         q = face_flux[f]
         if q > 0.0:
             up, down = face_a[f], face_b[f]

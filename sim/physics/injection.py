@@ -87,6 +87,8 @@ from sim.physics.pressure import (
     assemble_full,
     build_cell_graph,
     face_transmissibility,
+    front_faces,
+    listed_face_flux,
 )
 from sim.physics.rheology import CementModel
 from sim.physics.well_index import ball_source_near_field_pa, point_source_near_field_pa
@@ -291,6 +293,7 @@ def cell_darcy_speed(
     face_flux: np.ndarray,
     vein_diameter_m: np.ndarray | None = None,
     exit_outflow_m3_s: np.ndarray | None = None,
+    faces: np.ndarray | None = None,
 ) -> np.ndarray:
     """Speed per node (m/s): Darcy speed |u| of a cell (per direction the mean |flux| of its two grid
     faces over h^2); mean lumen velocity of a vein node: half its summed |flow| through its
@@ -303,7 +306,8 @@ def cell_darcy_speed(
     through the wall, the well faces, does not cross a cross-section (counted, it raised the speed by
     half the node's wall exchange, a share that shrinks with the node's length, so the cement's
     shear-thinned viscosity in the lumens changed with the grid).
-    One numba pass over the faces; :func:`cell_darcy_speed_numpy` is the array reference."""
+    One numba pass over the faces (or over ``faces``, ascending, when every other face has zero flux:
+    bit for bit the same); :func:`cell_darcy_speed_numpy` is the array reference."""
     vein = np.zeros(0) if vein_diameter_m is None else np.ascontiguousarray(vein_diameter_m, dtype=np.float64)
     out = np.zeros(0)
     if exit_outflow_m3_s is not None:
@@ -312,18 +316,22 @@ def cell_darcy_speed(
             raise ValueError(f"exit_outflow_m3_s has shape {out.shape}, expected ({graph.n},)")
     flux = np.ascontiguousarray(face_flux, dtype=np.float64)
     h2 = float(graph.spacing_m**2)
-    return _darcy_speed_kernel(graph.n, graph.face_a, graph.face_b, graph.face_dir, flux, h2, vein, out)
+    listed = np.arange(graph.n_faces, dtype=np.int64) if faces is None else faces
+    return _darcy_speed_kernel(
+        graph.n, graph.face_a, graph.face_b, graph.face_dir, flux, h2, vein, out, listed
+    )
 
 
 @numba.njit(cache=True)
-def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diameter_m, exit_outflow):
+def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diameter_m, exit_outflow, faces):
     # per direction the sums over faces where the cell is a, then b (as np.bincount adds, in face order)
     comp_a = np.zeros((3, n))
     comp_b = np.zeros((3, n))
     thr_a = np.zeros(n)
     thr_b = np.zeros(n)
     lumen = vein_diameter_m.shape[0] == n
-    for f in range(face_a.shape[0]):
+    for k in range(faces.shape[0]):
+        f = faces[k]
         mag = abs(face_flux[f])
         d = face_dir[f]
         if d >= 0 and d < 3:
@@ -475,6 +483,7 @@ class StepPlan:
     visc_ratio: np.ndarray
     mu_tip: float
     s_route: np.ndarray  # min(S, 1) the step's conductances were computed with (cement-only routes)
+    faces: np.ndarray | None = None  # front method: the faces with a cement side (the others carry no flux)
 
 
 class InjectionSolver:
@@ -676,18 +685,22 @@ class InjectionSolver:
             s_c = np.minimum(s, 1.0)
             lam_c = s_c / mu_c
             lam = mixture_mobility(s_c, mu_c, self.mu_res, self.is_vein)
-            trans = face_transmissibility(graph, lam)
+            in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
+            with_outlet = self.marrow_outflow.resistance_pa_s_per_m3 > 0.0
+            if with_outlet:
+                in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
+            # front method: only faces with a cement side enter the system or carry flux (front_faces)
+            faces = front_faces(graph, in_cement) if self.method == "front" else None
+            trans = face_transmissibility(graph, lam, faces)
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
-            in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
             row_cell, row_g, row_pv = self.exit_cell, g, ent_pv
-            if self.marrow_outflow.resistance_pa_s_per_m3 > 0.0:
+            if with_outlet:
                 trans, row_cell, row_g, row_pv = self._marrow_outlet_rows(
                     trans, g, ent_pv, float(self.outlet_share @ (p_vein - shift)), lam, lam_c, s_c, r_cell
                 )
-                in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
             if self.method == "front":
-                system = assemble_front(graph, in_cement, trans, row_cell, row_g)
+                system = assemble_front(graph, in_cement, trans, row_cell, row_g, faces)
                 key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
                 self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
             else:
@@ -727,13 +740,16 @@ class InjectionSolver:
                     age_syr,
                 )  # fmt: skip
                 st.pressure_shifted = p0 + q * p1
-            flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
+            if faces is None:
+                flux = trans * (st.pressure_shifted[graph.face_a] - st.pressure_shifted[graph.face_b])
+            else:
+                flux = listed_face_flux(graph, trans, st.pressure_shifted, faces)
             # a foramen's outlet is its exit row: its |flow| crosses the node like a face's (the venous
             # exits' rows come first; the marrow outlet's, after them, drain bone cells)
             n_rows = self.exit_id.size
             exit_flow = row_g[:n_rows] * (st.pressure_shifted[row_cell[:n_rows]] - row_pv[:n_rows])
             exit_outflow = np.bincount(row_cell[:n_rows], weights=np.abs(exit_flow), minlength=n)
-            st.darcy_speed = cell_darcy_speed(graph, flux, self.vein_diameter, exit_outflow)
+            st.darcy_speed = cell_darcy_speed(graph, flux, self.vein_diameter, exit_outflow, faces)
         self._t_pressure += time.perf_counter() - tp0
         p_shifted = st.pressure_shifted
 
@@ -784,12 +800,12 @@ class InjectionSolver:
         visc_ratio = mu_c / self.mu_res
         visc_ratio[self.is_vein] = np.inf  # a lumen passes cement as a piston (cement_transport)
 
-        dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q)
+        dt, last = self._time_step(flux, src, exit_cell, q_ent, exit_cell_flux, visc_ratio, q, faces)
         return StepPlan(
             t=t, dt=dt, t_end=t + dt, t0=t, last=last, q=q, p_needle=p_needle, p_marrow=p_marrow,
             p_syringe=p_syr, dp_cannula=dp_can, p_vein=p_vein, flux=flux, src=src, exit_cell=exit_cell,
             q_ent=q_ent, q_outlet=q_outlet, visc_ratio=visc_ratio, mu_tip=float(np.dot(self.src_unit, mu_c)),
-            s_route=s_c,
+            s_route=s_c, faces=faces,
         )  # fmt: skip
 
     def take_step(self, plan: StepPlan, until: float | None = None) -> str:
@@ -885,7 +901,8 @@ class InjectionSolver:
             # pressure), so the sweep leaves it at S = 0 with no outflow. The subset keeps the full
             # sweep's relative order (a stable sort of the same keys), so the step is bit for bit the same.
             active = (self.state.saturation > 0.0) | (plan.src > 0.0) | (exit_out > 0.0) | (exit_only > 0.0)
-            moving = plan.flux != 0.0
+            listed = np.arange(graph.n_faces) if plan.faces is None else plan.faces
+            moving = listed[plan.flux[listed] != 0.0]  # no other face carries flux (front_faces)
             active[graph.face_a[moving]] = True
             active[graph.face_b[moving]] = True
             cells = np.flatnonzero(active)
@@ -959,8 +976,10 @@ class InjectionSolver:
         exit_cell_flux: np.ndarray,
         visc_ratio: np.ndarray,
         q: float,
+        faces: np.ndarray | None = None,
     ) -> tuple[float, bool]:
-        """Step length (CFL of the method) and whether it lands on the target volume."""
+        """Step length (CFL of the method) and whether it lands on the target volume (``faces``: the
+        only faces with flux, front method)."""
         graph, st, control = self.graph, self.state, self.control
         if self.method == "impes":
             thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)
@@ -970,7 +989,7 @@ class InjectionSolver:
             exit_out = np.bincount(row_cell, weights=np.maximum(q_ent, 0.0), minlength=graph.n)
             dt = front_time_step(
                 graph.face_a, graph.face_b, flux, src, exit_out, self.pore_vol, st.saturation, visc_ratio,
-                self.cfl, FULL_CELL_S,
+                self.cfl, FULL_CELL_S, faces,
             )  # fmt: skip
             if not math.isfinite(dt):
                 thr = throughput_rate(graph.face_a, graph.face_b, flux, src, exit_cell_flux)

@@ -219,13 +219,75 @@ def build_cell_graph(
     )
 
 
-def face_transmissibility(graph: CellGraph, mobility_rel: np.ndarray) -> np.ndarray:
-    """Series conductance 1 / (1/(g_a lambda_a) + 1/(g_b lambda_b)) of every face (m^3/(Pa s))."""
+def face_transmissibility(
+    graph: CellGraph, mobility_rel: np.ndarray, faces: np.ndarray | None = None
+) -> np.ndarray:
+    """Series conductance 1 / (1/(g_a lambda_a) + 1/(g_b lambda_b)) of every face (m^3/(Pa s)).
+
+    With ``faces`` (ascending indices, e.g. :func:`front_faces`) only those faces are computed, the
+    others are 0: one numba pass over the listed faces, each value bit for bit the array formula's.
+    """
+    if faces is not None:
+        return _listed_transmissibility(
+            graph.face_a, graph.face_b, graph.face_g_a, graph.face_g_b,
+            np.ascontiguousarray(mobility_rel, dtype=np.float64), faces,
+        )  # fmt: skip
     with np.errstate(divide="ignore"):
         inv = 1.0 / (graph.face_g_a * mobility_rel[graph.face_a]) + 1.0 / (
             graph.face_g_b * mobility_rel[graph.face_b]
         )
     return 1.0 / inv
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _listed_transmissibility(face_a, face_b, g_a, g_b, mobility, faces):
+    out = np.zeros(face_a.shape[0])
+    for k in range(faces.shape[0]):
+        f = faces[k]
+        inv = 1.0 / (g_a[f] * mobility[face_a[f]]) + 1.0 / (g_b[f] * mobility[face_b[f]])
+        out[f] = 1.0 / inv
+    return out
+
+
+def front_faces(graph: CellGraph, in_cement: np.ndarray) -> np.ndarray:
+    """Ascending indices of the faces with a cement cell on at least one side.
+
+    In the front system these are the only faces that matter: a face between two marrow cells lies
+    inside one isobaric region (one lump, one pressure), so it has no matrix entry and its flux is
+    exactly 0 whatever its transmissibility. Passes that only read such faces' fluxes (the Darcy
+    speed, the time step, the transport's active set) can skip the rest bit for bit.
+    """
+    return _front_face_kernel(graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_))
+
+
+@numba.njit(cache=True)
+def _front_face_kernel(face_a, face_b, in_cement):
+    nf = face_a.shape[0]
+    out = np.empty(nf, dtype=np.int64)
+    m = 0
+    for f in range(nf):
+        if in_cement[face_a[f]] or in_cement[face_b[f]]:
+            out[m] = f
+            m += 1
+    return out[:m].copy()
+
+
+def listed_face_flux(
+    graph: CellGraph, trans: np.ndarray, pressure: np.ndarray, faces: np.ndarray
+) -> np.ndarray:
+    """T (p_a - p_b) on the listed faces, 0 on the others (bit for bit the array formula there)."""
+    return _listed_flux(
+        graph.face_a, graph.face_b, trans, np.ascontiguousarray(pressure, dtype=np.float64), faces
+    )
+
+
+@numba.njit(cache=True)
+def _listed_flux(face_a, face_b, trans, pressure, faces):
+    out = np.zeros(face_a.shape[0])
+    for k in range(faces.shape[0]):
+        f = faces[k]
+        out[f] = trans[f] * (pressure[face_a[f]] - pressure[face_b[f]])
+    return out
 
 
 @dataclass
@@ -327,12 +389,15 @@ def _front_csr(
     trans: np.ndarray,
     exit_cell: np.ndarray,
     exit_cond: np.ndarray,
+    faces: np.ndarray,
 ):
     """CSR arrays (sorted columns, duplicates summed) of the front Laplacian: +T on both diagonals
-    and -T off them for every face with a cement side, +g on the diagonal of every exit row."""
-    nf = face_a.shape[0]
+    and -T off them for every face with a cement side (``faces``, ascending), +g on the diagonal of
+    every exit row."""
+    nf = faces.shape[0]
     count = np.zeros(nu + 1, dtype=np.int64)
-    for f in range(nf):
+    for k in range(nf):
+        f = faces[k]
         ua, ub = unknown[face_a[f]], unknown[face_b[f]]
         if ua == ub:  # inside one marrow region (cement cells have an unknown each)
             continue
@@ -343,7 +408,8 @@ def _front_csr(
     raw_col = np.empty(start[-1], dtype=np.int64)
     raw_val = np.empty(start[-1])
     diag = np.zeros(nu)
-    for f in range(nf):
+    for k in range(nf):
+        f = faces[k]
         ua, ub = unknown[face_a[f]], unknown[face_b[f]]
         if ua == ub:
             continue
@@ -394,6 +460,7 @@ def assemble_front(
     trans: np.ndarray,
     exit_cell: np.ndarray,
     exit_cond: np.ndarray,
+    faces: np.ndarray | None = None,
 ) -> PressureSystem:
     """Front system: cement cells + one isobaric unknown per connected marrow region.
 
@@ -402,7 +469,10 @@ def assemble_front(
     lump. Row sums are the same volume balances as in the full system, so conservation is exact.
     Assembled by two numba kernels on the flat face arrays (regions by union-find, CSR rows merged
     in place); :func:`assemble_front_reference` is the same system by scipy, for the tests.
+    ``faces``: :func:`front_faces` of ``in_cement`` when the caller has them.
     """
+    if faces is None:
+        faces = front_faces(graph, in_cement)
     unknown, nc, n_lumps = _front_unknowns(
         graph.n, graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_)
     )
@@ -415,6 +485,7 @@ def assemble_front(
         np.ascontiguousarray(trans, dtype=np.float64),
         np.ascontiguousarray(exit_cell, dtype=np.int64),
         np.ascontiguousarray(exit_cond, dtype=np.float64),
+        faces,
     )
     mat = sp.csr_matrix((data, indices, indptr), shape=(nu, nu))
     mat.has_sorted_indices = True

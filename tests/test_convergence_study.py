@@ -209,9 +209,10 @@ def test_same_stop_reruns_each_grid_to_the_finest_runs_stop(monkeypatch):
     seen = []
 
     def fake_run(scenario):
-        inj = scenario.injection
-        seen.append((scenario.grid.spacing_mm, inj.max_duration_s, inj.stop_after_leak_s))
-        return Run(law(scenario.grid.spacing_mm, inj.max_duration_s))
+        inj, h = scenario.injection, scenario.grid.spacing_mm
+        seen.append((h, inj.max_duration_s, inj.stop_after_leak_s))
+        ended = inj.max_duration_s if h != 1.5 else 149.0  # 1.5 mm ends early (its volume reached)
+        return Run({**law(h, ended), "injection_duration_s": ended})
 
     monkeypatch.setattr("sim.run.pipeline.run_scenario", fake_run)
     stops = {1.0: 140.0, 0.75: 146.0, 0.5: 150.0}
@@ -225,11 +226,36 @@ def test_same_stop_reruns_each_grid_to_the_finest_runs_stop(monkeypatch):
     assert seen == [(1.0, 150.0, None)]
     assert values["max_needle_pressure_kpa"] == {1.0: 400.0, 0.75: 123.0, 0.5: 400.0}
     assert values["leaked_volume_ml"][1.0] == pytest.approx(1.1)
+    assert values["injection_duration_s"] == {1.0: 150.0, 0.75: 150.0, 0.5: 150.0}
     rows = bc.same_stop_rows({"c": values}, {"c": 150.0})
     leak = rows[0]
     assert leak["stop (s)"] == 150.0 and list(leak)[3:6] == ["h=1", "h=0.75", "h=0.5"]
+    assert leak["ended before the stop (mm)"] is None
     assert leak["0.75 vs 0.5 %"] == pytest.approx(0.025 / 1.075 * 100, rel=1e-9)
     assert leak["1 mm vs finest %"] == pytest.approx(0.05 / 1.05 * 100, rel=1e-9)
     assert rows[1]["0.75 vs 0.5 %"] == pytest.approx(277.0 / 400.0 * 100, rel=1e-9)
+    # a rerun that ends before the stop is not at the same stop: NaN, named in its row
+    coarse = {
+        "spacing_mm": 1.5,
+        "stop_reason": "stop_signal",
+        "injection_duration_s": 130.0,
+        **law(1.5, 130.0),
+    }
+    values = bc.same_stop_study({}, [coarse, *runs])
+    assert math.isnan(values["leaked_volume_ml"][1.5]) and values["injection_duration_s"][1.5] == 149.0
+    assert bc.same_stop_rows({"c": values}, {"c": 150.0})[0]["ended before the stop (mm)"] == "1.5"
     runs[-1]["stop_reason"] = "target_volume"
     assert bc.same_stop_study({}, runs) is None
+
+
+def test_a_missing_or_unmeasured_grid_is_not_counted_as_met():
+    """A NaN value or a missing 0.75 / 0.5 / default grid gives a NaN gap, and a NaN worst case is
+    not met (it was a 0 % gap before)."""
+    import benchmarks.bench_convergence as bc
+
+    runs = [{"spacing_mm": h, "m": v} for h, v in ((1.0, 1.0), (0.75, math.nan), (0.5, 1.0), (0.375, 1.0))]
+    fine, default = bc._relative_gaps(runs, "m", estimate=1.0)
+    assert math.isnan(fine) and default == 0.0
+    assert math.isnan(bc._relative_gaps(runs[2:], "m", estimate=1.0)[1])  # no 1 mm grid
+    row = bc._target("t", "<= 5 %", bc._worst([0.01, math.nan]), 0.05, True)
+    assert row["met"] is False and math.isnan(row["value"]) and math.isnan(row["margin"])

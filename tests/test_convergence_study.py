@@ -70,7 +70,15 @@ def test_detection_is_compared_with_the_finest_grid_on_every_grid_from_the_defau
     late_fine = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 2.5 if h == 0.375 else 1.5, lambda h: 0.8, hs)
     det = [t for t in _targets({"a": late_fine}, hs) if t["name"].startswith("detection")][0]
     assert det["value"] == pytest.approx(1.0) and not det["met"]
-    assert "0.375 mm" in det["name"]
+    assert "each case's finest grid" in det["name"]
+    # a case refined once more (0.25 mm, DEEPER_CASES) is compared with its own finest grid, the others
+    # with theirs: one second late at 0.25 mm fails, though its 0.375 mm agrees with the coarser grids
+    deeper = _study(
+        lambda h: 1.0, lambda h: 15.0, lambda h: 2.5 if h == 0.25 else 1.5, lambda h: 0.8, (*hs, 0.25)
+    )
+    steady = _study(lambda h: 1.0, lambda h: 15.0, lambda h: 1.5, lambda h: 0.8, hs)
+    det = [t for t in _targets({"a": steady, "b": deeper}, hs) if t["name"].startswith("detection")][0]
+    assert det["value"] == pytest.approx(1.0) and not det["met"]
     unseen_fine = _study(
         lambda h: 1.0, lambda h: 15.0, lambda h: math.nan if h == 0.375 else 1.5, lambda h: 0.8, hs
     )

@@ -227,6 +227,20 @@ def same_stop_rows(studies: dict[str, dict[str, Any]], stops: dict[str, float]) 
     return rows
 
 
+def same_stop_table(studies: dict[str, dict[str, Any]], stops: dict[str, float]) -> dict[str, Any]:
+    """The same-stop extra table: its rows, and columns with every case's spacings in order (coarse to
+    fine, a case refined once more adding its grid after the others') before the gap columns."""
+    rows = same_stop_rows(studies, stops)
+    grids = sorted({float(k[2:]) for r in rows for k in r if k.startswith("h=")}, reverse=True)
+    tail = [k for k in dict.fromkeys(k for r in rows for k in r) if not k.startswith("h=")][3:]
+    return {
+        "title": "The same stop on every grid (each injection stopped when the finest grid's run did; "
+        "cases whose finest run stopped on the stop signal)",
+        "columns": ["case", "metric", "stop (s)", *[f"h={h:g}" for h in grids], *tail],
+        "rows": rows,
+    }
+
+
 def time_step_rows(
     time_steps: dict[str, dict[str, Any]], estimates: dict[str, dict[str, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
@@ -336,18 +350,11 @@ def run(quick: bool = False, spacings: tuple[float, ...] | None = None) -> dict[
         )
     if same_stop:
         stops = {n: min(studies[n], key=lambda r: r["spacing_mm"])["injection_duration_s"] for n in same_stop}
-        ss_rows = same_stop_rows(same_stop, stops)
-        extra.append(
-            {
-                "title": "The same stop on every grid (each injection stopped when the finest grid's run "
-                "did; cases whose finest run stopped on the stop signal)",
-                "columns": list(dict.fromkeys(k for r in ss_rows for k in r)),
-                "rows": ss_rows,
-            }
-        )
+        extra.append(same_stop_table(same_stop, stops))
     return {
         "name": "convergence",
-        "title": f"Grid convergence of the headline outputs at {', '.join(f'{h:g}' for h in spacings)} mm",
+        "title": f"Grid convergence of the headline outputs at {', '.join(f'{h:g}' for h in spacings)} mm"
+        + (f" ({DEEPER_SPACING:g} mm for {' and '.join(DEEPER_CASES)})" if deeper else ""),
         "columns": [
             "case",
             "metric",
@@ -497,13 +504,15 @@ def update_error_table(study: dict[str, Any], path: Path) -> None:
         start = re.search(rf"^{block}:.*$", text, flags=re.M)
         if start is None:
             raise ValueError(f"{path}: no '{block}:' table")
+        # the grids every case has (a case refined once more keeps its extra grid out of the table)
+        shared_h = set.intersection(*({r["spacing_mm"] for r in rs} for rs in study["studies"].values()))
         for case, rows in study["studies"].items():
             key = ERROR_TABLE_NAMES.get(case, case)
             pattern = re.compile(rf"^  {re.escape(key)}: \{{.*\}}$", flags=re.M)
             found = pattern.search(text, start.end())
             if found is None:
                 raise ValueError(f"{path}: case {key!r} missing from the '{block}:' table")
-            shared = [r for r in rows if r["spacing_mm"] in SPACINGS]  # the grids every case has
+            shared = [r for r in rows if r["spacing_mm"] in shared_h]
             row = f"  {key}: {{{_yaml_row(shared, metric)}}}"
             text = text[: found.start()] + row + text[found.end() :]
     path.write_text(text)

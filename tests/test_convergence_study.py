@@ -271,3 +271,47 @@ def test_a_missing_or_unmeasured_grid_is_not_counted_as_met():
     assert math.isnan(bc._relative_gaps(runs[2:], "m", estimate=1.0)[1])  # no 1 mm grid
     row = bc._target("t", "<= 5 %", bc._worst([0.01, math.nan]), 0.05, True)
     assert row["met"] is False and math.isnan(row["value"]) and math.isnan(row["margin"])
+
+
+def test_the_deeper_cases_get_one_more_grid_and_the_tables_keep_their_columns_in_order(monkeypatch):
+    """The full study runs DEEPER_CASES once more at 0.25 mm and no other case; the main and same-stop
+    tables list every grid coarse to fine before their other columns; the cases named are study cases."""
+    import benchmarks.bench_convergence as bc
+
+    assert set(bc.DEEPER_CASES) <= set(bc.case_configs(False))
+    names = ["seed case (lai2025_case)", "default", *bc.DEEPER_CASES]
+    monkeypatch.setattr(bc, "case_configs", lambda quick: {n: {} for n in names})
+
+    def fake_runs(cfg, spacings):
+        return [
+            {"spacing_mm": h, "wall_s": 0.1, "visibility_threshold_mm3": 5.0, "cfl": 0.8,
+             "stop_reason": "stop_signal", "injection_duration_s": 20.0,
+             **{m: 1.0 + 0.01 * h for m, _ in bc.METRICS}}
+            for h in spacings
+        ]  # fmt: skip
+
+    def fake_same_stop(cfg, runs):
+        v = {r["spacing_mm"]: 1.0 for r in runs}
+        return {**{m: dict(v) for m in bc.SAME_STOP_METRICS}, "injection_duration_s": dict(v)}
+
+    monkeypatch.setattr(bc, "run_case", fake_runs)
+    step = {"values": {}, "limit": {}, "order": {}, "reference_cfl": 0.8}
+    monkeypatch.setattr(bc, "time_step_study", lambda cfg, ref: step)
+    monkeypatch.setattr(bc, "time_step_rows", lambda ts, est: [{"case": "x"}])
+    monkeypatch.setattr(bc, "same_stop_study", fake_same_stop)
+    section = bc.run()
+    deeper = {r["case"] for r in section["rows"] if "h=0.25" in r}
+    assert deeper == set(bc.DEEPER_CASES)
+    cols = section["columns"]
+    assert cols.index("h=0.25") == cols.index("h=0.375") + 1 and cols[-3:] == [
+        "order",
+        "estimate",
+        "uncertainty",
+    ]
+    table = next(t for t in section["extra_tables"] if t["title"].startswith("The same stop"))
+    tcols = table["columns"]
+    assert tcols.index("h=0.25") == tcols.index("h=0.375") + 1 and tcols.index("h=0.25") < tcols.index(
+        "0.75 vs 0.5 %"
+    )
+    # a study with its own spacings runs no extra grid
+    assert not any("h=0.25" in r for r in bc.run(spacings=(2.0, 1.0, 0.75, 0.5))["rows"])

@@ -114,10 +114,10 @@ def test_update_error_table_rewrites_both_tables(tmp_path):
     assert [data["detection_time_s"]["seed case"][r["spacing_mm"]] for r in seed] == [
         None if not math.isfinite(r["detection_time_s"]) else r["detection_time_s"] for r in seed
     ]
-    # a case's extra refinement (0.25 mm) stays out: the table keeps the grids every case has
-    rows.append({**rows[-1], "spacing_mm": 0.25, "leaked_volume_ml": 9.0})
+    # a case's extra refinement (0.25 mm) is written: its finest grid is its reference
+    rows.append({**rows[-1], "spacing_mm": 0.125, "leaked_volume_ml": 9.0})
     update_error_table(study, path)
-    assert 0.25 not in yaml.safe_load(path.read_text())["leaked_volume_ml"]["default"]
+    assert yaml.safe_load(path.read_text())["leaked_volume_ml"]["default"][0.125] == 9.0
     study["studies"]["a new case"] = rows
     with pytest.raises(ValueError, match="a new case"):
         update_error_table(study, path)

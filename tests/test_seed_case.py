@@ -72,20 +72,22 @@ def test_stopping_at_detection_cuts_the_leak_and_the_emboli_with_it(case, stoppe
 
 def test_leaked_volume_error_estimate_follows_the_size_of_the_leak():
     """summary.json's error estimate is the study case's |leaked(h) - leaked(h_ref)| / leaked(h_ref) whose
-    leak at h is nearest on a log scale (h_ref the study's finest grid): a millilitre leak gets the seed
-    case's, a microlitre leak a microlitre case's; NaN off the study's spacings, at the reference spacing
-    and without a leak."""
+    leak at h is nearest on a log scale (h_ref that case's finest grid): a millilitre leak gets the seed
+    case's, a microlitre leak a microlitre case's; NaN off the study's spacings, at the finest spacing of
+    every case and without a leak; at 0.375 mm only the cases refined once more (0.25 mm) count."""
     import math
 
     from sim.core.geometry_data import load_geometry_yaml
     from sim.run.pipeline import leaked_volume_error_estimate
 
     data = load_geometry_yaml("convergence.yaml")
-    study, h_ref = data["leaked_volume_ml"], float(data["reference_spacing_mm"])
-    assert all(h_ref == min(values) for values in study.values())
+    study = data["leaked_volume_ml"]
+    h_ref = {case: min(values) for case, values in study.items()}
+    deeper = {case for case, h in h_ref.items() if h < 0.375}
+    assert deeper and deeper != set(study)  # some cases refined once more, not all
 
     def err(case: str, h: float) -> float:
-        return abs(study[case][h] - study[case][h_ref]) / study[case][h_ref]
+        return abs(study[case][h] - study[case][h_ref[case]]) / study[case][h_ref[case]]
 
     assert leaked_volume_error_estimate(1.0, 1.2) == (
         pytest.approx(err("seed case", 1.0), rel=1e-12),
@@ -96,9 +98,12 @@ def test_leaked_volume_error_estimate_follows_the_size_of_the_leak():
     assert small != "seed case"
     assert leaked_volume_error_estimate(1.0, 2.0e-3) == (pytest.approx(err(small, 1.0), rel=1e-12), small)
     assert leaked_volume_error_estimate(1.0, 2.0e-3)[0] > 3.0 * leaked_volume_error_estimate(1.0, 1.2)[0]
-    for h, leak in ((0.6, 1.0), (h_ref, 1.0), (1.0, 0.0)):
+    for h, leak in ((0.6, 1.0), (min(h_ref.values()), 1.0), (1.0, 0.0)):
         value, case = leaked_volume_error_estimate(h, leak)
         assert math.isnan(value) and case == ""
+    # at 0.375 mm a millilitre leak gets the nearest case that has a finer grid, against its 0.25 mm value
+    value, case = leaked_volume_error_estimate(0.375, 1.2)
+    assert case in deeper and value == pytest.approx(err(case, 0.375), rel=1e-12)
 
 
 def test_leaked_volume_error_estimate_compares_runs_in_the_same_situation():
@@ -133,7 +138,6 @@ def test_leaked_volume_error_estimate_falls_back_to_every_case(monkeypatch):
     import sim.run.pipeline as pipeline
 
     study = {
-        "reference_spacing_mm": 0.5,
         "leaked_volume_ml": {"a": {1.0: 0.011, 0.5: 0.010}, "b": {1.0: 1.3, 0.5: 1.0}},
         "detection_time_s": {"a": {1.0: 3.0, 0.5: 3.0}, "b": {1.0: 2.0, 0.5: 2.5}},
     }

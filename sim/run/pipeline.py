@@ -270,15 +270,16 @@ def leaked_volume_error_estimate(
 
     The estimate is |leaked_c(h) - leaked_c(h_ref)| / leaked_c(h_ref) of the study case c in the run's
     situation whose leak at h is nearest to ``leaked_ml`` on a log scale (the error depends on the size
-    of the leak). The situation is whether fluoroscopy saw the leak (``seen``) on this grid: a run that
-    was seen and stopped is compared with cases seen on this grid, whose leak ends at a detection that
-    the finer grids reproduce; a run that was not seen with cases not seen, whose error includes a finer
-    grid seeing a threshold leak and stopping (the study's ``detection_time_s``). ``seen=None``, or no
-    case in that situation, compares with every case. NaN (and '') where the study has no such spacing,
-    at the reference spacing, or without a leak."""
+    of the leak); h_ref is the case's finest grid (0.375 mm, 0.25 mm for the cases the study refines
+    once more), and a case counts only at spacings coarser than its own h_ref. The situation is
+    whether fluoroscopy saw the leak (``seen``) on this grid: a run that was seen and stopped is
+    compared with cases seen on this grid, whose leak ends at a detection that the finer grids
+    reproduce; a run that was not seen with cases not seen, whose error includes a finer grid seeing a
+    threshold leak and stopping (the study's ``detection_time_s``). ``seen=None``, or no
+    case in that situation, compares with every case. NaN (and '') where no case has this spacing and a
+    finer one, or without a leak."""
     study = load_geometry_yaml("convergence.yaml")
-    h_ref = float(study["reference_spacing_mm"])
-    if not leaked_ml > 0.0 or abs(spacing_mm - h_ref) < 1e-9:
+    if not leaked_ml > 0.0:
         return float("nan"), ""
 
     missing = object()
@@ -289,8 +290,9 @@ def leaked_volume_error_estimate(
 
     cases = {}
     for name, values in study["leaked_volume_ml"].items():
+        h_ref = min(float(k) for k in values)  # the case's finest grid
         at_h, ref = at(values, spacing_mm), at(values, h_ref)
-        if at_h is not missing and ref is not missing:
+        if spacing_mm > h_ref + 1e-9 and at_h is not missing:
             cases[name] = (float(at_h), float(ref))
     detection = study.get("detection_time_s", {})
     if seen is not None:

@@ -308,11 +308,15 @@ class PressureSystem:
         return int(self.matrix.shape[0])
 
     def rhs(self, source: np.ndarray, exit_cond: np.ndarray, exit_p_shifted: np.ndarray) -> np.ndarray:
-        """Right-hand side: cell sources (m^3/s) + Robin exit terms g * (p_vein - p_shift)."""
+        """Right-hand side: cell sources (m^3/s) + Robin exit terms g * (p_vein - p_shift).
+
+        The sources are summed over the cells that have one (a few needle cells): the zeros of the
+        others add nothing, so the sums are bit for bit those over every cell."""
         nu = self.n_unknowns
-        return np.bincount(self.unknown_of_cell, weights=source, minlength=nu) + np.bincount(
-            self.exit_unknown, weights=exit_cond * exit_p_shifted, minlength=nu
-        )
+        with_source = np.flatnonzero(source)
+        return np.bincount(
+            self.unknown_of_cell[with_source], weights=source[with_source], minlength=nu
+        ) + np.bincount(self.exit_unknown, weights=exit_cond * exit_p_shifted, minlength=nu)
 
     def cell_values(self, x: np.ndarray) -> np.ndarray:
         return x[self.unknown_of_cell]
@@ -447,9 +451,17 @@ def _front_csr(
                 k += 1
         for j in range(row0, k):
             slot[indices[j]] = -1
-        order = np.argsort(indices[row0:k], kind="mergesort")
-        indices[row0:k] = indices[row0:k][order]
-        data[row0:k] = data[row0:k][order]
+        # sort the row by column: insertion sort in place (rows hold a few entries; the columns are
+        # distinct after the merge, so any correct sort gives the same row)
+        for j in range(row0 + 1, k):
+            c, v = indices[j], data[j]
+            i = j - 1
+            while i >= row0 and indices[i] > c:
+                indices[i + 1] = indices[i]
+                data[i + 1] = data[i]
+                i -= 1
+            indices[i + 1] = c
+            data[i + 1] = v
         indptr[r + 1] = k
     return indptr, indices[:k].copy(), data[:k].copy()
 

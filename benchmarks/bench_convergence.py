@@ -231,12 +231,14 @@ def same_stop_table(studies: dict[str, dict[str, Any]], stops: dict[str, float])
     """The same-stop extra table: its rows, and columns with every case's spacings in order (coarse to
     fine, a case refined once more adding its grid after the others') before the gap columns."""
     rows = same_stop_rows(studies, stops)
-    grids = sorted({float(k[2:]) for r in rows for k in r if k.startswith("h=")}, reverse=True)
-    tail = [k for k in dict.fromkeys(k for r in rows for k in r) if not k.startswith("h=")][3:]
+    head = ["case", "metric", "stop (s)"]
+    keys = dict.fromkeys(k for r in rows for k in r)
+    grids = sorted((float(k[2:]) for k in keys if k.startswith("h=")), reverse=True)
+    tail = [k for k in keys if k not in head and not k.startswith("h=")]
     return {
         "title": "The same stop on every grid (each injection stopped when the finest grid's run did; "
         "cases whose finest run stopped on the stop signal)",
-        "columns": ["case", "metric", "stop (s)", *[f"h={h:g}" for h in grids], *tail],
+        "columns": [*head, *[f"h={h:g}" for h in grids], *tail],
         "rows": rows,
     }
 

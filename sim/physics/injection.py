@@ -901,8 +901,10 @@ class InjectionSolver:
             # pressure), so the sweep leaves it at S = 0 with no outflow. The subset keeps the full
             # sweep's relative order (a stable sort of the same keys), so the step is bit for bit the same.
             active = (self.state.saturation > 0.0) | (plan.src > 0.0) | (exit_out > 0.0) | (exit_only > 0.0)
-            listed = np.arange(graph.n_faces) if plan.faces is None else plan.faces
-            moving = listed[plan.flux[listed] != 0.0]  # no other face carries flux (front_faces)
+            if plan.faces is None:
+                moving = plan.flux != 0.0
+            else:  # no other face carries flux (front_faces)
+                moving = plan.faces[plan.flux[plan.faces] != 0.0]
             active[graph.face_a[moving]] = True
             active[graph.face_b[moving]] = True
             cells = np.flatnonzero(active)

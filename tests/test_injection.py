@@ -646,6 +646,13 @@ def test_lumen_column_conducts_poiseuille_of_its_length_on_any_chain(n_nodes):
         for s, mu in ((0.0, mu_b), (1.0, mu_c)):
             lam = mixture_mobility(np.array([s]), np.array([mu_c]), np.array([mu_b]), np.array([lumen]))
             assert lam[0] == pytest.approx(1.0 / mu, rel=1e-14)
+    # a node without cement is exactly 1 / mu_resident whatever the cement's viscosity (the solver
+    # evaluates the mixture where S > 0 only and takes 1 / mu_resident elsewhere, bit for bit)
+    rng = np.random.default_rng(2)
+    mu_any, mu_res = 10.0 ** rng.uniform(-1, 4, 50), 10.0 ** rng.uniform(-3, -1, 50)
+    for lumen in (True, False):
+        got = mixture_mobility(np.zeros(50), mu_any, mu_res, np.full(50, lumen))
+        assert np.array_equal(got, 1.0 / mu_res)
 
 
 def test_front_step_sees_a_nearly_full_lumen_node_as_feeding_its_neighbour():

@@ -138,3 +138,61 @@ def test_filling_the_whole_bone_leaves_the_marrow_a_way_out(method):
     res = _run(bone, needle, method=method, ctl=control(vol, rate=Q), marrow_outflow=LumpedMarrowOutlet(1e11))
     assert res.stop_reason == "target_volume"
     assert res.max_mass_balance_error < 1e-10
+
+
+def test_outlet_rows_summed_per_marrow_lump_give_the_per_cell_system():
+    """The front method drains each marrow lump through one outlet row on its first cell, with the
+    summed conductance of its cells' rows: the same matrix and right-hand side as a row per cell (to
+    round-off), so the same pressures; the first cells and volumes are those of each unknown, and
+    once no cell is pure marrow the partly filled cells drain their marrow, pore volume x (1 - S)."""
+    from sim.physics.injection import CEMENT_CELL_MIN_S, _marrow_outlet_volumes
+    from sim.physics.pressure import PressureSolver, assemble_front, front_unknowns
+    from tests.test_pressure import Problem, box_3d
+
+    perm, tip, exits = box_3d(seed=4)
+    rng = np.random.default_rng(8)
+    prob = Problem(perm, tip, exits, [1000.0, 1200.0], mobility=lambda g: rng.uniform(0.01, 1.0, g.n))
+    graph, n = prob.graph, prob.graph.n
+    walls = np.zeros(graph.shape, dtype=bool)
+    walls[3] = walls[:, 5] = True  # four marrow lumps
+    s = np.where(walls.ravel()[graph.cell_of] | (rng.random(n) < 0.2), rng.uniform(0.2, 1.0, n), 0.0)
+    in_cement = s > CEMENT_CELL_MIN_S
+    unknown, nc, n_lumps = front_unknowns(graph, in_cement)
+    assert n_lumps >= 4
+    is_grid, no_tip = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    pore = rng.uniform(0.5e-9, 1e-9, n)
+    law = LumpedMarrowOutlet(2e11)
+    per_cell, first_cell = _marrow_outlet_volumes(np.arange(n), is_grid, no_tip, s, pore, CEMENT_CELL_MIN_S)
+    assert np.array_equal(per_cell, np.where(in_cement, 0.0, pore)) and np.array_equal(
+        first_cell[~in_cement], np.flatnonzero(~in_cement)
+    )
+    per_lump, first = _marrow_outlet_volumes(unknown, is_grid, no_tip, s, pore, CEMENT_CELL_MIN_S)
+    rows = np.flatnonzero(per_lump > 0.0)
+    assert np.array_equal(rows, nc + np.arange(n_lumps))
+    for u in rows:  # the lump's volume and its first cell
+        assert per_lump[u] == pytest.approx(pore[unknown == u].sum(), rel=1e-14)
+        assert first[u] == np.flatnonzero(unknown == u)[0]
+    cells = np.flatnonzero(per_cell > 0.0)
+    g_cell = law.outlet_conductance(per_cell[cells] / per_cell[cells].sum())
+    g_lump = law.outlet_conductance(per_lump[rows] / per_lump[rows].sum())
+    pv_out = -150.0
+    systems = []
+    for c, g in ((cells, g_cell), (first[rows], g_lump)):
+        row_cell, row_g = np.concatenate([prob.ent.cell, c]), np.concatenate([prob.g, g])
+        row_pv = np.concatenate([prob.pv, np.full(c.size, pv_out)])
+        sys_ = assemble_front(graph, in_cement, prob.trans, row_cell, row_g, None, (unknown, nc, n_lumps))
+        systems.append((sys_, sys_.rhs(prob.source, row_g, row_pv)))
+    (a, ba), (b, bb) = systems
+    assert np.array_equal(a.matrix.indices, b.matrix.indices)
+    assert b.matrix.data == pytest.approx(a.matrix.data, rel=1e-13, abs=0.0)
+    assert bb == pytest.approx(ba, rel=1e-13, abs=1e-13 * np.abs(ba).max())
+    pa = a.cell_values(PressureSolver("direct").solve(a.matrix, ba))
+    pb = b.cell_values(PressureSolver("direct").solve(b.matrix, bb))
+    assert pb == pytest.approx(pa, rel=0.0, abs=1e-10 * np.ptp(pa))
+    # no pure marrow left: the marrow in the partly filled cells, pore volume x (1 - S)
+    full = np.clip(s + 0.5, 0.0, 1.0)
+    vol, first_full = _marrow_outlet_volumes(
+        np.arange(n), is_grid, no_tip, np.maximum(full, 1e-3), pore, CEMENT_CELL_MIN_S
+    )
+    assert vol == pytest.approx(pore * (1.0 - np.maximum(full, 1e-3)), rel=1e-14, abs=0.0)
+    assert np.array_equal(first_full[vol > 0.0], np.flatnonzero(vol > 0.0))

@@ -286,7 +286,14 @@ def test_front_assembly_kernel_equals_the_scipy_reference(seed):
         assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
         assert a.data == pytest.approx(b.data, rel=1e-14, abs=1e-14 * np.abs(b.data).max())
     assert want.n_unknowns == prob.graph.n  # the last mask: all cement
-    assert prob.front(cement).n_unknowns - int(cement.sum()) >= 4
+    system = prob.front(cement)
+    assert system.n_unknowns - int(cement.sum()) >= 4
+    # the initial guess: each unknown's mean of the cell pressures, bit for bit the bincount formula
+    p = rng.uniform(-1e3, 1e4, prob.graph.n)
+    u = system.unknown_of_cell
+    cnt = np.bincount(u, minlength=system.n_unknowns)
+    want_x0 = np.bincount(u, weights=p, minlength=system.n_unknowns) / np.maximum(cnt, 1)
+    assert np.array_equal(system.initial_guess(p), want_x0)
 
 
 def test_front_system_lumps_marrow_conserves_volume_and_converges_as_marrow_thins():

@@ -254,6 +254,15 @@ def test_kernels_equal_numpy(preset: rh.CementModel) -> None:
         np.testing.assert_allclose(out, ref, rtol=1e-12, atol=0)
         scalar = np.array([rh.viscosity_kernel(x, age, p) for x in g[:20]])
         np.testing.assert_allclose(scalar, ref[:20], rtol=1e-12, atol=0)
+    # the field listed on the cells with a nonzero rate is bit for bit the whole field (zero shear
+    # elsewhere), whatever the stale values the output held before
+    whole = np.where(rng.random(g.size) < 0.6, 0.0, g)
+    cells = np.flatnonzero(whole)
+    for age in (0.0, 0.3 * preset.setting_time_s, preset.setting_time_s):
+        rh.viscosity_field(whole, age, p, out)
+        sparse = rng.uniform(1.0, 2.0, g.size)
+        rh.viscosity_field_sparse(cells, whole[cells], age, p, sparse)
+        assert np.array_equal(sparse, out)
     ages = np.linspace(0, 1.1 * preset.setting_time_s, 200)
     s_ref = rh.cement_strength_pa(preset, ages)
     s_k = np.array([rh.strength_kernel(a, p) for a in ages])

@@ -88,6 +88,7 @@ from sim.physics.pressure import (
     build_cell_graph,
     face_transmissibility,
     front_faces,
+    front_unknowns,
     listed_face_flux,
 )
 from sim.physics.rheology import CementModel
@@ -323,10 +324,41 @@ def cell_darcy_speed(
 
 
 @numba.njit(cache=True)
+def _marrow_outlet_volumes(unknown, is_grid, tip, s, pore_vol, s_pure):
+    """Marrow volume drained by the outlet, summed per unknown (``nu`` = max unknown + 1), and each
+    unknown's first cell (-1 where none drains): the pore volume of the pure-marrow bone cells
+    (S <= ``s_pure``, not a needle tip cell) or, once none is left, the marrow still in the partly
+    filled bone cells, pore volume x (1 - S)."""
+    n = unknown.shape[0]
+    nu = 0
+    for i in range(n):
+        nu = max(nu, unknown[i] + 1)
+    vol = np.zeros(nu)
+    first = -np.ones(nu, dtype=np.int64)
+    total = 0.0
+    for i in range(n):
+        if is_grid[i] and not tip[i] and s[i] <= s_pure:
+            u = unknown[i]
+            vol[u] += pore_vol[i]
+            total += pore_vol[i]
+            if first[u] < 0:
+                first[u] = i
+    if not total > 0.0:
+        for i in range(n):
+            v = pore_vol[i] * min(max(1.0 - s[i], 0.0), 1.0) if is_grid[i] else 0.0
+            if v > 0.0:
+                u = unknown[i]
+                vol[u] += v
+                if first[u] < 0:
+                    first[u] = i
+    return vol, first
+
+
+@numba.njit(cache=True)
 def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diameter_m, exit_outflow, faces):
     # per direction the sums over faces where the cell is a, then b (as np.bincount adds, in face order)
-    comp_a = np.zeros((3, n))
-    comp_b = np.zeros((3, n))
+    comp_a = np.zeros((n, 3))  # cell-major: a cell's three components share a cache line
+    comp_b = np.zeros((n, 3))
     thr_a = np.zeros(n)
     thr_b = np.zeros(n)
     lumen = vein_diameter_m.shape[0] == n
@@ -335,21 +367,24 @@ def _darcy_speed_kernel(n, face_a, face_b, face_dir, face_flux, h2, vein_diamete
         mag = abs(face_flux[f])
         d = face_dir[f]
         if d >= 0 and d < 3:
-            comp_a[d, face_a[f]] += mag
-            comp_b[d, face_b[f]] += mag
+            comp_a[face_a[f], d] += mag
+            comp_b[face_b[f], d] += mag
         # a lumen's cross-sections are its faces to other lumen nodes; what the bone adds or takes
         # through its wall (well faces) does not cross them
         if lumen and not (vein_diameter_m[face_a[f]] > 0.0 and vein_diameter_m[face_b[f]] > 0.0):
             continue
         thr_a[face_a[f]] += mag
         thr_b[face_b[f]] += mag
-    speed = np.empty(n)
-    for i in range(n):
-        sq = 0.0
-        for d in range(3):
-            c = 0.5 * (comp_a[d, i] + comp_b[d, i])
-            sq += c * c
-        speed[i] = np.sqrt(sq) / h2
+    # a cell on none of the listed faces has speed 0: only the cells of the listed faces are computed
+    speed = np.zeros(n)
+    for k in range(faces.shape[0]):
+        f = faces[k]
+        for i in (face_a[f], face_b[f]):
+            sq = 0.0
+            for d in range(3):
+                c = 0.5 * (comp_a[i, d] + comp_b[i, d])
+                sq += c * c
+            speed[i] = np.sqrt(sq) / h2
     if vein_diameter_m.shape[0] == n:
         exits = exit_outflow.shape[0] == n
         for i in range(n):
@@ -588,6 +623,7 @@ class InjectionSolver:
             self.vein_diameter[~grid] = vessels.node_diameter_m[vein_idx]
         # the fluid the cement displaces: marrow in the bone, blood in the veins
         self.mu_res = np.where(grid, self.mu_m, float(vein_fluid_viscosity_pa_s))
+        self._inv_mu_res = 1.0 / self.mu_res  # the mobility of a cell without cement, either kind
         # needle as a well: p(tip surface) = the source-weighted pressure of the tip cells + the
         # analytic near field (sim.physics.well_index): of a point source per tip cell, or of a ball
         self.tip_radius_m = float(needle.tip_radius_m)
@@ -679,28 +715,36 @@ class InjectionSolver:
 
         tp0 = time.perf_counter()
         for _ in range(3 if st.step == 0 else 1):
-            shear = self._shear_rate(st.darcy_speed, age_bone)
-            # consistency and index once per call, not per cell (as viscosity_kernel would)
-            rheology.viscosity_field(np.ascontiguousarray(shear), age_bone, self.params, mu_c)
+            # the viscosity where the cement moves; every other cell is at zero shear (consistency and
+            # index once per call, not per cell as viscosity_kernel would)
+            moving, shear = self._shear_rate(st.darcy_speed, age_bone)
+            rheology.viscosity_field_sparse(moving, shear, age_bone, self.params, mu_c)
             s_c = np.minimum(s, 1.0)
-            lam_c = s_c / mu_c
-            lam = mixture_mobility(s_c, mu_c, self.mu_res, self.is_vein)
+            # a cell without cement has lambda_c = 0 and lambda = 1 / mu_res exactly (0 / mu_c = 0 and
+            # 0 * mu_c = 0 for a finite mu_c): the mixture's formulas are evaluated where S > 0 only
+            held = np.flatnonzero(s_c)
+            lam_c = np.zeros(n)
+            lam_c[held] = s_c[held] / mu_c[held]
+            lam = self._inv_mu_res.copy()
+            lam[held] = mixture_mobility(s_c[held], mu_c[held], self.mu_res[held], self.is_vein[held])
             in_cement = (s > CEMENT_CELL_MIN_S) | self.tip_mask
             with_outlet = self.marrow_outflow.resistance_pa_s_per_m3 > 0.0
             if with_outlet:
                 in_cement = in_cement | self.is_vein  # the vein lumens are not part of the marrow lump
             # front method: only faces with a cement side enter the system or carry flux (front_faces)
             faces = front_faces(graph, in_cement) if self.method == "front" else None
+            unknowns = front_unknowns(graph, in_cement) if self.method == "front" else None
             trans = face_transmissibility(graph, lam, faces)
             g = self.exit_geo * lam[self.exit_cell]
             g = g / (1.0 + g * r_cell)
             row_cell, row_g, row_pv = self.exit_cell, g, ent_pv
             if with_outlet:
                 trans, row_cell, row_g, row_pv = self._marrow_outlet_rows(
-                    trans, g, ent_pv, float(self.outlet_share @ (p_vein - shift)), lam, lam_c, s_c, r_cell
-                )
+                    trans, g, ent_pv, float(self.outlet_share @ (p_vein - shift)), lam, lam_c, s_c, r_cell,
+                    None if unknowns is None else unknowns[0],
+                )  # fmt: skip
             if self.method == "front":
-                system = assemble_front(graph, in_cement, trans, row_cell, row_g, faces)
+                system = assemble_front(graph, in_cement, trans, row_cell, row_g, faces, unknowns)
                 key = ("front", system.n_block, int(np.flatnonzero(in_cement).sum()))
                 self._max_cement_unknowns = max(self._max_cement_unknowns, system.n_block)
             else:
@@ -930,6 +974,7 @@ class InjectionSolver:
         lam_c: np.ndarray,
         s: np.ndarray,
         r_cell: np.ndarray,
+        unknown: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Route the displaced marrow out of the bone through the marrow-outflow law's outlet.
 
@@ -939,28 +984,35 @@ class InjectionSolver:
         ``outlet_pv`` (the exits' venous pressures weighted by the outlet's shares, shifted), spread
         over the pure-marrow cells by pore volume (``outlet_conductance``), so a marrow region at one
         pressure sees exactly R_M; once no cell is pure marrow, over the cells by their marrow volume.
-        Returns the faces' transmissibilities and the exit rows with the outlet rows appended (cells,
+        Returns the faces' transmissibilities (``trans``, a fresh array of the step, changed in place on
+        the well faces) and the exit rows with the outlet rows appended (cells,
         conductances, venous pressures).
+
+        ``unknown`` (front method): the front system's unknown of every cell. The outlet rows of the
+        cells of one unknown (a marrow lump, a few hundred thousand cells at 0.5 mm) are then one row
+        on the unknown's first cell with their summed conductance: the same diagonal and right-hand
+        side up to round-off, and a lump's cells share its pressure, so the same outlet flow.
         """
         graph, w = self.graph, self.well_face
         lam_a = np.where(self.well_grid_is_a, lam_c[graph.face_a[w]], lam[graph.face_a[w]])
         lam_b = np.where(self.well_grid_is_a, lam[graph.face_b[w]], lam_c[graph.face_b[w]])
-        trans = trans.copy()
         with np.errstate(divide="ignore"):
             trans[w] = 1.0 / (1.0 / (graph.face_g_a[w] * lam_a) + 1.0 / (graph.face_g_b[w] * lam_b))
         g = g.copy()
         ge = self.is_grid_exit
         g_c = self.exit_geo[ge] * lam_c[self.exit_cell[ge]]
         g[ge] = g_c / (1.0 + g_c * r_cell[ge])
-        pure = self.is_grid & (s <= CEMENT_CELL_MIN_S) & ~self.tip_mask
-        vol = np.where(pure, self.pore_vol, 0.0)
-        if not vol.sum() > 0.0:  # no pure marrow left: the marrow still in partly filled cells
-            vol = np.where(self.is_grid, self.pore_vol * np.clip(1.0 - s, 0.0, 1.0), 0.0)
-        cells = np.flatnonzero(vol > 0.0)
-        total = float(vol[cells].sum())
+        if unknown is None:
+            unknown = np.arange(graph.n, dtype=np.int64)
+        vol, first_cell = _marrow_outlet_volumes(
+            unknown, self.is_grid, self.tip_mask, s, self.pore_vol, CEMENT_CELL_MIN_S
+        )
+        rows = np.flatnonzero(vol > 0.0)
+        cells = first_cell[rows]
+        total = float(vol[rows].sum())
         if total <= 0.0:
             return trans, self.exit_cell, g, ent_pv
-        g_out = self.marrow_outflow.outlet_conductance(vol[cells] / total)
+        g_out = self.marrow_outflow.outlet_conductance(vol[rows] / total)
         pv_out = np.full(cells.size, outlet_pv)
         return (
             trans,
@@ -1094,15 +1146,22 @@ class InjectionSolver:
             total += w * point_source_near_field_pa(q * w, self.h, self.tip_radius_m, k_xyz, mu)
         return total
 
-    def _shear_rate(self, speed: np.ndarray, age_s: float) -> np.ndarray:
+    def _shear_rate(self, speed: np.ndarray, age_s: float) -> tuple[np.ndarray, np.ndarray]:
         """Shear rate the cement sees: pore shear rate in the bone (Christopher & Middleman), wall
-        shear rate (3n+1)/(4n) 8 u / d of a power-law fluid in the veins (Rabinowitsch)."""
+        shear rate (3n+1)/(4n) 8 u / d of a power-law fluid in the veins (Rabinowitsch). Returns the
+        cells with a nonzero speed and their rates; both laws give exactly 0 at the others."""
         n_idx = float(rheology.power_law_index(self.cement, age_s))
-        shear = np.asarray(rheology.porous_shear_rate(speed, self.k_mean, self.phi, n_idx), dtype=np.float64)
-        vein = self.is_vein
+        cells = np.flatnonzero(speed)
+        u = speed[cells]
+        shear = np.asarray(
+            rheology.porous_shear_rate(u, self.k_mean[cells], self.phi[cells], n_idx), dtype=np.float64
+        )
+        vein = self.is_vein[cells]
         if vein.any():
-            shear[vein] = (3.0 * n_idx + 1.0) / (4.0 * n_idx) * 8.0 * speed[vein] / self.vein_diameter[vein]
-        return shear
+            shear[vein] = (
+                (3.0 * n_idx + 1.0) / (4.0 * n_idx) * 8.0 * u[vein] / self.vein_diameter[cells[vein]]
+            )
+        return cells, np.ascontiguousarray(shear)
 
     # ------------------------------------------------------------------ views of the state
     def cement_fraction_grid(self) -> np.ndarray:

@@ -257,19 +257,28 @@ def front_faces(graph: CellGraph, in_cement: np.ndarray) -> np.ndarray:
     exactly 0 whatever its transmissibility. Passes that only read such faces' fluxes (the Darcy
     speed, the time step, the transport's active set) can skip the rest bit for bit.
     """
-    return _front_face_kernel(graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_))
+    cement = np.flatnonzero(in_cement)
+    return _front_face_kernel(graph.n_faces, graph.cell_ptr, graph.cell_face, cement)
 
 
 @numba.njit(cache=True)
-def _front_face_kernel(face_a, face_b, in_cement):
-    nf = face_a.shape[0]
-    out = np.empty(nf, dtype=np.int64)
+def _front_face_kernel(nf, cell_ptr, cell_face, cement_cells):
+    # the faces of the cement cells (their adjacency lists), marked, then read back in face order
+    mark = np.zeros(nf, dtype=np.bool_)
     m = 0
+    for c in cement_cells:
+        for j in range(cell_ptr[c], cell_ptr[c + 1]):
+            f = cell_face[j]
+            if not mark[f]:
+                mark[f] = True
+                m += 1
+    out = np.empty(m, dtype=np.int64)
+    k = 0
     for f in range(nf):
-        if in_cement[face_a[f]] or in_cement[face_b[f]]:
-            out[m] = f
-            m += 1
-    return out[:m].copy()
+        if mark[f]:
+            out[k] = f
+            k += 1
+    return out
 
 
 def listed_face_flux(
@@ -322,9 +331,23 @@ class PressureSystem:
         return x[self.unknown_of_cell]
 
     def initial_guess(self, cell_p: np.ndarray) -> np.ndarray:
-        nu = self.n_unknowns
-        cnt = np.bincount(self.unknown_of_cell, minlength=nu)
-        return np.bincount(self.unknown_of_cell, weights=cell_p, minlength=nu) / np.maximum(cnt, 1)
+        """Each unknown's mean of ``cell_p`` over its cells (the previous solve's pressures)."""
+        return _unknown_means(
+            self.n_unknowns, self.unknown_of_cell, np.ascontiguousarray(cell_p, dtype=np.float64)
+        )
+
+
+@numba.njit(cache=True)
+def _unknown_means(nu, unknown, cell_p):
+    # sums in cell order, as np.bincount adds its weights: bit for bit bincount(p) / max(count, 1)
+    total = np.zeros(nu)
+    count = np.zeros(nu, dtype=np.int64)
+    for i in range(unknown.shape[0]):
+        total[unknown[i]] += cell_p[i]
+        count[unknown[i]] += 1
+    for u in range(nu):
+        total[u] /= max(count[u], 1)
+    return total
 
 
 def _laplacian(nu, ua, ub, trans, ue, exit_cond) -> sp.csr_matrix:
@@ -341,6 +364,15 @@ def assemble_full(
     n = graph.n
     mat = _laplacian(n, graph.face_a, graph.face_b, trans, exit_cell, exit_cond)
     return PressureSystem(mat, np.arange(n, dtype=np.int64), n, exit_cell)
+
+
+def front_unknowns(graph: CellGraph, in_cement: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The front system's unknown of every cell, the number of cement cells and of marrow lumps
+    (:func:`_front_unknowns`)."""
+    unknown, nc, n_lumps = _front_unknowns(
+        graph.n, graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_)
+    )
+    return unknown, int(nc), int(n_lumps)
 
 
 @numba.njit(cache=True)
@@ -473,6 +505,7 @@ def assemble_front(
     exit_cell: np.ndarray,
     exit_cond: np.ndarray,
     faces: np.ndarray | None = None,
+    unknowns: tuple[np.ndarray, int, int] | None = None,
 ) -> PressureSystem:
     """Front system: cement cells + one isobaric unknown per connected marrow region.
 
@@ -481,13 +514,12 @@ def assemble_front(
     lump. Row sums are the same volume balances as in the full system, so conservation is exact.
     Assembled by two numba kernels on the flat face arrays (regions by union-find, CSR rows merged
     in place); :func:`assemble_front_reference` is the same system by scipy, for the tests.
-    ``faces``: :func:`front_faces` of ``in_cement`` when the caller has them.
+    ``faces`` and ``unknowns``: :func:`front_faces` and :func:`front_unknowns` of ``in_cement``
+    when the caller has them.
     """
     if faces is None:
         faces = front_faces(graph, in_cement)
-    unknown, nc, n_lumps = _front_unknowns(
-        graph.n, graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_)
-    )
+    unknown, nc, n_lumps = front_unknowns(graph, in_cement) if unknowns is None else unknowns
     nu = nc + n_lumps
     indptr, indices, data = _front_csr(
         nu,

@@ -434,6 +434,20 @@ def viscosity_field(shear_rate: np.ndarray, age_s: float, params: np.ndarray, ou
         out[i] = _clipped_power_law(shear_rate[i], k, n, params)
 
 
+@numba.njit(cache=True)
+def viscosity_field_sparse(
+    cells: np.ndarray, shear_rate: np.ndarray, age_s: float, params: np.ndarray, out: np.ndarray
+) -> None:
+    """:func:`viscosity_field` of a shear-rate field that is zero outside ``cells`` (``shear_rate[j]``
+    is the rate of cell ``cells[j]``): the zero-shear viscosity everywhere else, bit for bit the
+    whole-field values, at the cost of the listed cells (the cement's neighbourhood) only."""
+    k = consistency_kernel(age_s, params)
+    n = _power_law_index_kernel(age_s, params)
+    out[:] = _clipped_power_law(0.0, k, n, params)
+    for j in range(cells.shape[0]):
+        out[cells[j]] = _clipped_power_law(shear_rate[j], k, n, params)
+
+
 # --------------------------------------------------------------------------- porous media
 
 

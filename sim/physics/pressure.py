@@ -53,6 +53,7 @@ from scipy.sparse.csgraph import connected_components
 from sim.core.errors import GeometryError, SolverError
 from sim.core.grid import EmbeddedVessels
 from sim.physics.incomplete_cholesky import csr_index_arrays, ic0_cg, ic0_factor
+from sim.physics.marrow_lumps import MarrowBlocks, front_unknowns_by_blocks, marrow_blocks
 
 DIRECT_MAX_UNKNOWNS = 30_000
 AUTO_DIRECT_BELOW = 1_500
@@ -95,6 +96,9 @@ class CellGraph:
     cell_nbr: np.ndarray
     cell_sign: np.ndarray
     n_isolated: int  # porous cells not connected to the needle tip (excluded)
+    # the blocks of the marrow-region search (sim.physics.marrow_lumps), built on first use; not an
+    # init field, so dataclasses.replace never carries blocks over to changed faces
+    _marrow_blocks: MarrowBlocks | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -367,53 +371,12 @@ def assemble_full(
 
 
 def front_unknowns(graph: CellGraph, in_cement: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """The front system's unknown of every cell, the number of cement cells and of marrow lumps
-    (:func:`_front_unknowns`)."""
-    unknown, nc, n_lumps = _front_unknowns(
-        graph.n, graph.face_a, graph.face_b, np.ascontiguousarray(in_cement, dtype=np.bool_)
-    )
-    return unknown, int(nc), int(n_lumps)
-
-
-@numba.njit(cache=True)
-def _front_unknowns(n: int, face_a: np.ndarray, face_b: np.ndarray, in_cement: np.ndarray):
-    """Unknown of every cell: cement cells 0..nc-1 in cell order, then one per connected marrow
-    region, numbered in the order of each region's first cell (as scipy's connected_components)."""
-    parent = np.arange(n)
-    for f in range(face_a.shape[0]):
-        a, b = face_a[f], face_b[f]
-        if in_cement[a] or in_cement[b]:
-            continue
-        while parent[a] != a:  # union-find with path halving
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        while parent[b] != b:
-            parent[b] = parent[parent[b]]
-            b = parent[b]
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
-    unknown = np.empty(n, dtype=np.int64)
-    nc = 0
-    for i in range(n):
-        if in_cement[i]:
-            unknown[i] = nc
-            nc += 1
-    n_lumps = 0
-    label = -np.ones(n, dtype=np.int64)
-    for i in range(n):
-        if in_cement[i]:
-            continue
-        r = i
-        while parent[r] != r:
-            r = parent[r]
-        if label[r] < 0:
-            label[r] = n_lumps
-            n_lumps += 1
-        unknown[i] = nc + label[r]
-    return unknown, nc, n_lumps
+    """The front system's unknown of every cell (cement cells 0..nc-1 in cell order, then one per
+    connected marrow region, in the order of each region's first cell), nc and the number of
+    regions: :func:`sim.physics.marrow_lumps.front_unknowns_by_blocks`, blocks built once per graph."""
+    if graph._marrow_blocks is None:
+        graph._marrow_blocks = marrow_blocks(graph.shape, graph.cell_of, graph.face_a, graph.face_b)
+    return front_unknowns_by_blocks(graph._marrow_blocks, graph.face_a, graph.face_b, in_cement)
 
 
 @numba.njit(cache=True)
@@ -512,8 +475,9 @@ def assemble_front(
     Faces between two marrow cells drop out (their region is isobaric); faces between a cement
     cell and a marrow cell couple the cell to its region's lump; exits of marrow cells drain the
     lump. Row sums are the same volume balances as in the full system, so conservation is exact.
-    Assembled by two numba kernels on the flat face arrays (regions by union-find, CSR rows merged
-    in place); :func:`assemble_front_reference` is the same system by scipy, for the tests.
+    Assembled by numba kernels on the flat face arrays (regions by a union-find over blocks of cells,
+    :mod:`sim.physics.marrow_lumps`; CSR rows merged in place); :func:`assemble_front_reference` is
+    the same system by scipy, for the tests.
     ``faces`` and ``unknowns``: :func:`front_faces` and :func:`front_unknowns` of ``in_cement``
     when the caller has them.
     """

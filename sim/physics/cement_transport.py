@@ -352,32 +352,36 @@ def front_time_step(
     restricts the face pass to them when every other face has zero flux (a zero flux adds nothing).
     """
     listed = np.arange(face_a.shape[0], dtype=np.int64) if faces is None else faces
+    source = np.ascontiguousarray(source, dtype=np.float64)
     return _front_time_step_kernel(
-        face_a, face_b, np.ascontiguousarray(face_flux, dtype=np.float64),
-        np.ascontiguousarray(source, dtype=np.float64), np.ascontiguousarray(exit_out, dtype=np.float64),
-        np.ascontiguousarray(pore_volume, dtype=np.float64), np.ascontiguousarray(s, dtype=np.float64),
-        np.ascontiguousarray(visc_ratio, dtype=np.float64), float(cfl), float(full_s), listed,
+        face_a, face_b, np.ascontiguousarray(face_flux, dtype=np.float64), source,
+        np.ascontiguousarray(exit_out, dtype=np.float64), np.ascontiguousarray(pore_volume, dtype=np.float64),
+        np.ascontiguousarray(s, dtype=np.float64), np.ascontiguousarray(visc_ratio, dtype=np.float64),
+        float(cfl), float(full_s), listed, np.flatnonzero(source),
     )  # fmt: skip
 
 
 @numba.njit(cache=True)
+def _fractions(s, m, cfl, full_s):
+    """(f, feed, bearing) of one cell: its fractional flow, what it feeds downstream, holds cement."""
+    if m == np.inf:
+        frac = 1.0 if s >= 1.0 else 0.0
+        fills = (s > 1.0 - cfl) or (s >= full_s)
+        feed = 1.0 if fills else frac
+    else:
+        frac = s / (s + m * (1.0 - s))
+        feed = frac
+    return frac, feed, 1.0 if s > 0.0 else 0.0
+
+
+@numba.njit(cache=True)
 def _front_time_step_kernel(
-    face_a, face_b, face_flux, source, exit_out, pore_volume, s, visc_ratio, cfl, full_s, faces
+    face_a, face_b, face_flux, source, exit_out, pore_volume, s, visc_ratio, cfl, full_s, faces, sources
 ):
+    # Only a cell on a listed face or with a source can limit the step (any other has no inflow, so
+    # no positive accumulation and no closed-cell bound): the face pass and the minimum run over those
+    # cells, the same sums in the same order and the same minimum as over every cell.
     n, nf = s.shape[0], faces.shape[0]
-    frac = np.empty(n)
-    feed = np.empty(n)
-    bearing = np.empty(n)
-    for i in range(n):
-        m = visc_ratio[i]
-        if m == np.inf:
-            frac[i] = 1.0 if s[i] >= 1.0 else 0.0
-            fills = (s[i] > 1.0 - cfl) or (s[i] >= full_s)
-            feed[i] = 1.0 if fills else frac[i]
-        else:
-            frac[i] = s[i] / (s[i] + m * (1.0 - s[i]))
-            feed[i] = frac[i]
-        bearing[i] = 1.0 if s[i] > 0.0 else 0.0
     acc_in = np.zeros(n)
     acc_out = np.zeros(n)
     acc_max = np.zeros(n)
@@ -389,15 +393,21 @@ def _front_time_step_kernel(
         else:
             up, down = face_b[f], face_a[f]
         mag = abs(q)
-        acc_in[down] += mag * feed[up]
+        _, feed, bearing = _fractions(s[up], visc_ratio[up], cfl, full_s)
+        acc_in[down] += mag * feed
         acc_out[up] += mag
-        acc_max[down] += mag * bearing[up]
+        acc_max[down] += mag * bearing
     best = np.inf
     closed_dt = np.inf
-    for i in range(n):
+    for k in range(2 * nf + sources.shape[0]):
+        if k < 2 * nf:
+            i = face_a[faces[k // 2]] if k % 2 == 0 else face_b[faces[k // 2]]
+        else:
+            i = sources[k - 2 * nf]
+        frac = _fractions(s[i], visc_ratio[i], cfl, full_s)[0]
         cin = source[i] + acc_in[i]
         out = exit_out[i] + acc_out[i]
-        accum = cin - out * frac[i]
+        accum = cin - out * frac
         if s[i] < full_s and accum > 0.0:
             best = min(best, pore_volume[i] / accum)
         cin_max = source[i] + acc_max[i]

@@ -14,6 +14,8 @@ sim.physics.bone. Analytic references:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,7 @@ from sim.core.errors import ConfigError, GeometryError, SolverError
 from sim.core.grid import BoneGrid, Needle, VenousExit
 from sim.physics.cement_transport import transport_step, transport_step_numpy
 from sim.physics.cure_clock import CureClock
-from sim.physics.injection import ConstantPressureCoupling, run_injection
+from sim.physics.injection import ConstantPressureCoupling, mixture_mobility, run_injection
 from sim.physics.injection_control import InjectionControl
 from sim.physics.pressure import PressureSolver
 from sim.physics.rheology import CementModel
@@ -786,8 +788,21 @@ def test_front_faces_passes_equal_the_whole_face_passes_bit_for_bit():
     s = np.where(in_cement, rng.choice([0.1, 0.5, 0.95, 1.0], n), 0.0)
     m = rng.uniform(10.0, 1e4, n)
     src, vol = np.where(np.arange(n) == 0, 1e-9, 0.0), rng.uniform(0.5e-9, 1e-9, n)
-    args = (graph.face_a, graph.face_b, flux, src, np.zeros(n), vol, s, m, 0.8, 0.99)
+    exit_out = np.where(rng.random(n) < 0.1, 1e-10, 0.0)
+    args = (graph.face_a, graph.face_b, flux, src, exit_out, vol, s, m, 0.8, 0.99)
     assert front_time_step(*args, faces) == front_time_step(*args)
+    # a source on a cell off every listed face (its fill limits the step) is still seen
+    touched = np.zeros(n, dtype=bool)
+    touched[graph.face_a[faces]] = touched[graph.face_b[faces]] = True
+    off = np.flatnonzero(~touched)[0]
+    src_off, exit_off = src.copy(), exit_out.copy()
+    src_off[off], exit_off[off] = 1e-3, 0.0
+    args = (graph.face_a, graph.face_b, flux, src_off, exit_off, vol, np.minimum(s, 0.95), m, 0.8, 0.99)
+    assert (
+        front_time_step(*args, faces)
+        == front_time_step(*args)
+        == pytest.approx(0.8 * vol[off] / 1e-3, rel=1e-14)
+    )
     # a face left out of the list that carried flux would change the speed: the check can fail
     leaky = flux.copy()
     leaky[np.flatnonzero(~side)[0]] = 1e-9
@@ -812,3 +827,65 @@ def test_the_solver_moves_cement_in_vein_lumens_as_a_piston():
     assert vein.sum() > 10 and (~vein).sum() > 1000
     assert np.all(np.isinf(plan.visc_ratio[vein]))
     assert np.all(np.isfinite(plan.visc_ratio[~vein]) & (plan.visc_ratio[~vein] > 1.0))
+
+
+def test_plan_step_evaluates_the_laws_where_they_matter_bit_for_bit(monkeypatch):
+    """The solver evaluates the cement's viscosity on the cells that move and the mixture mobility on
+    the cells that hold cement only; on a run with veins, a shear-thinning cement and the marrow
+    outlet, every step's fields equal the whole-grid formulas bit for bit. The marrow outlet's rows,
+    one per marrow lump, carry the summed conductance of the per-cell rows of that lump."""
+    import sim.physics.injection as inj
+    from sim.core.config import read_yaml, scenario_from_dict
+    from sim.physics import rheology
+    from sim.run.pipeline import run_scenario
+
+    seen = {"steps": 0, "outlet": 0}
+    shear_rate, transmissibility, outlet_rows = (
+        inj.InjectionSolver._shear_rate,
+        inj.face_transmissibility,
+        inj.InjectionSolver._marrow_outlet_rows,
+    )
+
+    def spy_shear(self, speed, age_s):
+        seen.update(solver=self, speed=speed.copy(), age=age_s)
+        return shear_rate(self, speed, age_s)
+
+    def spy_transmissibility(graph, lam, faces=None):
+        sv = seen["solver"]
+        n_idx = float(rheology.power_law_index(sv.cement, seen["age"]))
+        shear = np.asarray(
+            rheology.porous_shear_rate(seen["speed"], sv.k_mean, sv.phi, n_idx), dtype=np.float64
+        )
+        v = sv.is_vein
+        shear[v] = (3.0 * n_idx + 1.0) / (4.0 * n_idx) * 8.0 * seen["speed"][v] / sv.vein_diameter[v]
+        mu = np.empty(graph.n)
+        rheology.viscosity_field(shear, seen["age"], sv.params, mu)
+        assert np.array_equal(sv._mu_c, mu)
+        s_c = np.minimum(sv.state.saturation, 1.0)
+        assert np.array_equal(lam, mixture_mobility(s_c, mu, sv.mu_res, sv.is_vein))
+        seen["steps"] += 1
+        return transmissibility(graph, lam, faces)
+
+    def spy_outlet(self, trans, g, ent_pv, outlet_pv, lam, lam_c, s, r_cell, unknown=None):
+        out = outlet_rows(self, trans, g, ent_pv, outlet_pv, lam, lam_c, s, r_cell, unknown)
+        if unknown is not None:
+            per_cell = outlet_rows(self, trans.copy(), g, ent_pv, outlet_pv, lam, lam_c, s, r_cell, None)
+            n_rows = self.exit_cell.size
+            cells, g_cell = per_cell[1][n_rows:], per_cell[2][n_rows:]
+            lumps = unknown[out[1][n_rows:]]
+            summed = np.bincount(unknown[cells], weights=g_cell, minlength=int(unknown.max()) + 1)[lumps]
+            assert out[2][n_rows:] == pytest.approx(summed, rel=1e-12, abs=0.0)
+            assert np.array_equal(np.unique(unknown[cells]), np.sort(lumps))
+            seen["outlet"] += 1
+        return out
+
+    monkeypatch.setattr(inj.InjectionSolver, "_shear_rate", spy_shear)
+    monkeypatch.setattr(inj, "face_transmissibility", spy_transmissibility)
+    monkeypatch.setattr(inj.InjectionSolver, "_marrow_outlet_rows", spy_outlet)
+    cfg = read_yaml(str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"))
+    cfg["grid"]["spacing_mm"] = 2.0
+    cfg["injection"].update(volume_ml=0.4, follow_up_s=0)
+    cfg.setdefault("output", {}).update(vtk=False, fluoroscopy_png=False, fields=False, time_series=False)
+    run_scenario(scenario_from_dict(cfg, source="test"))
+    assert seen["steps"] > 5 and seen["outlet"] == seen["steps"]
+    assert seen["solver"].is_vein.any() and float(rheology.power_law_index(seen["solver"].cement, 0.0)) < 1.0

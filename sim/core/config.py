@@ -261,7 +261,7 @@ class InjectionConfig(StrictModel):
 class GridConfig(StrictModel):
     """Uniform Cartesian grid of the vertebral body and the injection solver's numerics."""
 
-    spacing_mm: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
+    spacing_mm: Annotated[float, Field(ge=0.15, le=4.0)] = 1.0
     cfl: Annotated[
         float,
         Field(

@@ -28,7 +28,8 @@ BLOCK = 4  # cells per block edge: 64 cells, about 190 faces
 
 @dataclass(frozen=True)
 class MarrowBlocks:
-    """Blocks of the graph's nodes, built once per graph by :func:`marrow_blocks`."""
+    """Blocks of the graph's nodes, built once per graph by :func:`marrow_blocks` and kept on it
+    (about 8 bytes per node and 10 per face: 7 MB at 0.5 mm, 55 MB at 0.25 mm for an L1 body)."""
 
     block_of: np.ndarray  # int64 (n,): block of each node
     first: np.ndarray  # int64 (nb,): first (lowest) node of each block
@@ -97,6 +98,7 @@ def front_unknowns_by_blocks(
 
 @numba.njit(cache=True)
 def _find(parent, x):
+    """Root of ``x`` in the union-find forest ``parent``."""
     while parent[x] != x:  # path halving
         parent[x] = parent[parent[x]]
         x = parent[x]
@@ -105,6 +107,7 @@ def _find(parent, x):
 
 @numba.njit(cache=True)
 def _union(parent, a, b):
+    """Join the trees of ``a`` and ``b`` under the lower root (the lower root stays a root)."""
     a = _find(parent, a)
     b = _find(parent, b)
     if a < b:
@@ -117,6 +120,7 @@ def _union(parent, a, b):
 def _unknowns_kernel(
     block_of, first, connected, pair_a, pair_b, face_ptr, face_ids, face_a, face_b, in_cement
 ):
+    """:func:`front_unknowns_by_blocks` on the blocks' arrays: (unknown, nc, n_lumps)."""
     n = block_of.shape[0]
     nb = first.shape[0]
     # a block is visited face by face when it holds cement or is not connected through its own faces

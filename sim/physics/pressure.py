@@ -91,7 +91,9 @@ class CellGraph:
     face_dir: np.ndarray  # int8 (nf,): 0 x, 1 y, 2 z, VESSEL_FACE otherwise
     face_g_a: np.ndarray  # float64 (nf,): geometric half conductance on a's side (m^3; inf allowed)
     face_g_b: np.ndarray
-    cell_ptr: np.ndarray  # CSR adjacency per cell (see sim.physics.cement_transport)
+    # CSR adjacency per cell (see sim.physics.cement_transport): built from face_a / face_b, so a graph
+    # whose faces are replaced needs it rebuilt (front_faces reads it)
+    cell_ptr: np.ndarray
     cell_face: np.ndarray
     cell_nbr: np.ndarray
     cell_sign: np.ndarray
@@ -261,13 +263,19 @@ def front_faces(graph: CellGraph, in_cement: np.ndarray) -> np.ndarray:
     exactly 0 whatever its transmissibility. Passes that only read such faces' fluxes (the Darcy
     speed, the time step, the transport's active set) can skip the rest bit for bit.
     """
+    if graph.cell_ptr[-1] != 2 * graph.n_faces:
+        raise ValueError(
+            f"front_faces: the graph's adjacency lists hold {int(graph.cell_ptr[-1])} entries for "
+            f"{graph.n_faces} faces (expected twice as many): rebuilt faces need rebuilt lists"
+        )
     cement = np.flatnonzero(in_cement)
     return _front_face_kernel(graph.n_faces, graph.cell_ptr, graph.cell_face, cement)
 
 
 @numba.njit(cache=True)
 def _front_face_kernel(nf, cell_ptr, cell_face, cement_cells):
-    # the faces of the cement cells (their adjacency lists), marked, then read back in face order
+    """Ascending indices of the faces in the adjacency lists of ``cement_cells``: marked, then read
+    back in face order."""
     mark = np.zeros(nf, dtype=np.bool_)
     m = 0
     for c in cement_cells:
@@ -343,7 +351,9 @@ class PressureSystem:
 
 @numba.njit(cache=True)
 def _unknown_means(nu, unknown, cell_p):
-    # sums in cell order, as np.bincount adds its weights: bit for bit bincount(p) / max(count, 1)
+    """Mean of ``cell_p`` over the cells of each of the ``nu`` unknowns (0 for an unknown without
+    cells), summed in cell order as np.bincount adds its weights: bit for bit
+    bincount(unknown, p) / max(count, 1)."""
     total = np.zeros(nu)
     count = np.zeros(nu, dtype=np.int64)
     for i in range(unknown.shape[0]):

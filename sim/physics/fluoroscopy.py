@@ -309,6 +309,7 @@ class LeakDetector:
         self.frames_visible_m3: list[float] = []
         self._last_fill: np.ndarray | None = None  # columns of the kept column images
         self._column_img: dict[str, np.ndarray] = {}
+        self._column_drawn = False  # the kept column images have a positive pixel
         self._rest_img: dict[str, np.ndarray] = {}  # fragments at rest for good, drawn once
         self.tracks: FragmentTracks | None = None  # fragments in the veins (set by the venous system)
 
@@ -334,6 +335,7 @@ class LeakDetector:
         if self._last_fill is None or not np.array_equal(self._last_fill, columns.fill_m3):
             samples = column_samples(columns, 0.5 * self.pixel_size_m)
             self._column_img = {v: project_points(d, *samples) for v, d in self.detectors.items()}
+            self._column_drawn = any(np.any(img > 0.0) for img in self._column_img.values())
             self._last_fill = columns.fill_m3.copy()
         return self._column_img
 
@@ -360,6 +362,7 @@ class LeakDetector:
         while self.detection_time_s is None and self.next_frame_s <= limit:
             f = self.next_frame_s
             images = self._column_images(columns)
+            drawn = self._column_drawn
             if self.tracks is not None:
                 step = 0.5 * self.pixel_size_m
                 rest = self.tracks.take_at_rest(f)
@@ -370,12 +373,14 @@ class LeakDetector:
                 self.tracks.prune(f)
                 moving = self.tracks.at(f)
                 if moving[0].size or self._rest_img:
+                    drawn = True  # an image with nothing drawn sees 0 mm^3 either way
                     moving_samples = fragment_samples(self.tracks.network, *moving, step)
                     images = {
                         v: images[v] + self._rest_img.get(v, 0.0) + project_points(d, *moving_samples)
                         for v, d in self.detectors.items()
                     }
-            vis = self._visible(images) if any(np.any(img > 0.0) for img in images.values()) else 0.0
+            # images known to hold nothing are not read (a read of empty images gives 0 exactly as well)
+            vis = self._visible(images) if drawn else 0.0
             self.frames_t.append(f)
             self.frames_visible_m3.append(vis)
             if vis > self.threshold_m3:

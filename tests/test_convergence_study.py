@@ -274,7 +274,7 @@ def test_a_missing_or_unmeasured_grid_is_not_counted_as_met():
 
 
 def test_the_deeper_cases_get_one_more_grid_and_the_tables_keep_their_columns_in_order(monkeypatch):
-    """The full study runs DEEPER_CASES once more at 0.25 mm and no other case; the main and same-stop
+    """The full study runs DEEPER_CASES at 0.25 and 0.1875 mm and no other case; the main and same-stop
     tables list every grid coarse to fine before their other columns; the cases named are study cases."""
     import benchmarks.bench_convergence as bc
 
@@ -300,10 +300,10 @@ def test_the_deeper_cases_get_one_more_grid_and_the_tables_keep_their_columns_in
     monkeypatch.setattr(bc, "time_step_rows", lambda ts, est: [{"case": "x"}])
     monkeypatch.setattr(bc, "same_stop_study", fake_same_stop)
     section = bc.run()
-    deeper = {r["case"] for r in section["rows"] if "h=0.25" in r}
+    deeper = {r["case"] for r in section["rows"] if "h=0.25" in r and "h=0.1875" in r}
     assert deeper == set(bc.DEEPER_CASES)
     cols = section["columns"]
-    assert cols.index("h=0.25") == cols.index("h=0.375") + 1 and cols[-3:] == [
+    assert cols.index("h=0.25") == cols.index("h=0.375") + 1 == cols.index("h=0.1875") - 1 and cols[-3:] == [
         "order",
         "estimate",
         "uncertainty",

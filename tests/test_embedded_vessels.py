@@ -350,3 +350,106 @@ def test_vein_along_a_grid_axis_keeps_its_whole_well_index(h, length_mm, z0_mm):
     assert set(np.flatnonzero(per_cell)) == set(np.flatnonzero(whole))
     cells = np.flatnonzero(whole)
     np.testing.assert_allclose(per_cell[cells] / expected, whole[cells] / whole.sum(), rtol=0.15)
+
+
+# ----------------------------------------------------------------------------- shear-thinning lumens
+
+
+def _chain_conductance(graph, trans, ends) -> float:
+    """Flow between the two ``ends`` of a vessel graph per unit pressure difference."""
+    fixed = np.zeros(graph.n, dtype=bool)
+    fixed[ends] = True
+    value = np.zeros(graph.n)
+    value[ends[0]] = 1.0
+    p = solve_with_fixed(graph, trans, fixed, value)
+    first = (graph.face_a == ends[0]) | (graph.face_b == ends[0])
+    sign = np.where(graph.face_a[first] == ends[0], 1.0, -1.0)
+    return float(np.sum(sign * trans[first] * (p[graph.face_a[first]] - p[graph.face_b[first]])))
+
+
+@pytest.mark.parametrize("h", [2 * MM, 1 * MM, 0.5 * MM], ids=["2mm", "1mm", "0.5mm"])
+def test_shear_thinning_lumen_resists_as_its_segments_on_any_grid(h):
+    """Limiting case: a 3.2 mm canal joined to a 1.5 mm trunk, full of a shear-thinning cement carrying
+    Q, drops sum over segments of 128 mu(gamma_w(Q, d)) L Q / (pi d^4), each segment at the wall shear
+    rate of its own calibre, on every grid (each edge's viscosity from its own flow and diameter,
+    lumen_edge_transmissibility). The node rule (the node's flow over the node's mean diameter) gave
+    the junction node a viscosity of neither vessel: on the 2 mm grid it is off by more than 2 %, so
+    the test can fail."""
+    from sim.physics import rheology
+    from sim.physics.injection import cell_darcy_speed, lumen_edge_transmissibility, lumen_faces
+
+    origin, porous, perm = block(h, (24 * MM,) * 3)
+    pts = np.array([[3.1, 12.2, 11.7], [12.4, 12.1, 12.3], [20.2, 17.9, 12.8]]) * MM
+    segs = (VesselSegment("canal", 0, 1, 3.2 * MM, False), VesselSegment("trunk", 1, 2, 1.5 * MM, False))
+    vessels = embed(VesselTree(pts, segs, {"end": 2}), origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
+    n_grid = porous.size
+    graph = build_cell_graph(porous, perm, h, np.array([n_grid + 0]), np.array([n_grid + 2]), vessels)
+    ends = graph.compact[n_grid + np.array([0, 2])]
+    cement = rheology.load_cement_preset("low")
+    age = cement.reference_time_s
+    n_idx = float(rheology.power_law_index(cement, age))
+    assert n_idx < 0.7  # shear-thinning
+    q = 5.0e-9  # 5 microlitres/s: wall shear rates 1.5 and 15 1/s, inside the power-law range
+    mu_b = np.full(graph.n, 3.5e-3)
+    full = np.ones(graph.n)
+
+    def viscosity(flow, d):
+        return np.asarray(
+            rheology.cement_viscosity(cement, rheology.tube_wall_shear_rate(flow, d, n_idx), age)
+        )
+
+    exact = sum(
+        128.0
+        * viscosity(q, s.diameter_m)
+        * np.linalg.norm(pts[s.end] - pts[s.start])
+        * q
+        / (np.pi * s.diameter_m**4)
+        for s in segs
+    )
+    faces, d_face = lumen_faces(graph, vessels)
+    assert faces.size == graph.n_faces  # a vessel alone: every face is a lumen edge
+    assert set(np.unique(d_face)) == {3.2 * MM, 1.5 * MM}
+    trans = np.zeros(graph.n_faces)
+    trans[faces] = lumen_edge_transmissibility(
+        graph.face_g_a[faces],
+        full[graph.face_a[faces]],
+        full[graph.face_b[faces]],
+        viscosity(q, d_face),
+        mu_b[faces],
+    )
+    assert q / _chain_conductance(graph, trans, ends) == pytest.approx(exact, rel=1e-10)
+    # the node rule: each node's viscosity at its own mean speed and mean diameter
+    flux = np.full(graph.n_faces, q)
+    node_d = vessels.node_diameter_m[graph.cell_of - n_grid]
+    speed = cell_darcy_speed(graph, flux, node_d, np.where(np.isin(np.arange(graph.n), ends), q, 0.0))
+    mu_node = rheology.cement_viscosity(cement, (3 * n_idx + 1) / (4 * n_idx) * 8 * speed / node_d, age)
+    node_rule = q / _chain_conductance(graph, face_transmissibility(graph, 1.0 / mu_node), ends)
+    if h == 2 * MM:
+        assert abs(node_rule / exact - 1.0) > 0.02
+
+
+def test_lumen_edge_rule_limiting_cases():
+    """With the edge's viscosity equal to both nodes' the edge rule is the node rule (mixture_mobility
+    in series) to round-off; an edge without cement conducts g / (2 mu_b); the tube's wall shear rate is
+    32 Q / (pi d^3) for a Newtonian fluid and (3n+1)/(4n) times that for a power-law one."""
+    from sim.physics import rheology
+    from sim.physics.injection import lumen_edge_transmissibility, mixture_mobility
+
+    rng = np.random.default_rng(7)
+    g = rng.uniform(1e-12, 1e-10, 50)
+    s_a, s_b = rng.uniform(0, 1, 50), rng.uniform(0, 1, 50)
+    mu_c, mu_b = rng.uniform(1, 1e3, 50), np.full(50, 3.5e-3)
+    lam_a = mixture_mobility(s_a, mu_c, mu_b, np.ones(50, dtype=bool))
+    lam_b = mixture_mobility(s_b, mu_c, mu_b, np.ones(50, dtype=bool))
+    node_rule = 1.0 / (1.0 / (g * lam_a) + 1.0 / (g * lam_b))
+    np.testing.assert_allclose(lumen_edge_transmissibility(g, s_a, s_b, mu_c, mu_b), node_rule, rtol=1e-13)
+    zero = np.zeros(50)
+    np.testing.assert_allclose(
+        lumen_edge_transmissibility(g, zero, zero, mu_c, mu_b), g / (2 * mu_b), rtol=1e-14
+    )
+    q, d = 3e-9, 1.1e-3
+    assert rheology.tube_wall_shear_rate(q, d, 1.0) == pytest.approx(32 * q / (np.pi * d**3), rel=1e-14)
+    assert rheology.tube_wall_shear_rate(-q, d, 0.5) == pytest.approx(
+        1.25 * 32 * q / (np.pi * d**3), rel=1e-14
+    )
+    assert rheology.tube_wall_shear_rate(0.0, d, 0.5) == 0.0

@@ -485,6 +485,23 @@ def porous_shear_rate(darcy_speed: Any, permeability: Any, porosity: Any, n: flo
 # --------------------------------------------------------------------------- cannula
 
 
+def tube_wall_shear_rate(flow_m3_s: Any, diameter_m: Any, n: float) -> np.ndarray:
+    """Wall shear rate (1/s) of a power-law fluid carrying ``flow_m3_s`` through a tube of ``diameter_m``.
+
+        gamma_w = (3n + 1) / (4n) * 32 |Q| / (pi d^3)
+
+    the Newtonian wall rate 8 V / d (V = 4 Q / (pi d^2)) with the Rabinowitsch-Mooney correction of a
+    power-law fluid (Bird, Armstrong & Hassager 1987, Dynamics of Polymeric Liquids vol. 1, sec. 4.2):
+    the shear rate at which the intraosseous vein lumens evaluate the cement's viscosity. It depends
+    on the tube's own flow and diameter only, so a vessel's viscosity is that of its segment, not of
+    a node where segments of several diameters meet. Limiting case n = 1: 32 Q / (pi d^3) (tested);
+    zero flow gives 0.
+    """
+    q = np.abs(np.asarray(flow_m3_s, dtype=np.float64))
+    d = np.asarray(diameter_m, dtype=np.float64)
+    return (3.0 * n + 1.0) / (4.0 * n) * 32.0 * q / (np.pi * d**3)
+
+
 def _flow_curve_pieces(model: CementModel, age_s: float) -> list[tuple[float, float, float, float]]:
     """The clipped power law as stress pieces: (tau_lo, tau_hi, coefficient c, exponent m).
 

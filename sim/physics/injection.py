@@ -138,6 +138,8 @@ def mixture_mobility(
     Limits. S is a share of the node's volume and applies to all its half-edges alike, so at a node
     where the diameter changes (a tributary joining a wider vein) the column's resistance is that of
     the node's mean fill, not of the half it actually fills: one node per diameter change. The
+    cement's viscosity of a lumen is not the node's but each edge's (:func:`lumen_edge_transmissibility`,
+    the solver's lumen faces); here ``mu_cement`` is whatever the caller gives. The
     transport moves the column consistently as a piston: a lumen node passes cement on only once it
     is full (:mod:`sim.physics.cement_transport`). All arrays have the same shape.
     """
@@ -1220,9 +1222,11 @@ class InjectionSolver:
         trans[f] = lumen_edge_transmissibility(self.graph.face_g_a[f], s_c[a], s_c[b], mu_e, self.mu_res[a])
 
     def _shear_rate(self, speed: np.ndarray, age_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """Shear rate the cement sees: pore shear rate in the bone (Christopher & Middleman), wall
-        shear rate (3n+1)/(4n) 8 u / d of a power-law fluid in the veins (Rabinowitsch). Returns the
-        cells with a nonzero speed and their rates; both laws give exactly 0 at the others."""
+        """Shear rate the cement sees per node: pore shear rate in the bone (Christopher & Middleman), wall
+        shear rate (3n+1)/(4n) 8 u / d of a power-law fluid at a vein node (Rabinowitsch). Returns the
+        cells with a nonzero speed and their rates; both laws give exactly 0 at the others. A lumen's
+        edges take the viscosity of their own flow instead (:meth:`_lumen_edges`); the node's value
+        is left to the foramen's exit row, which pins the node to the venous pressure."""
         n_idx = float(rheology.power_law_index(self.cement, age_s))
         cells = np.flatnonzero(speed)
         u = speed[cells]

@@ -453,3 +453,21 @@ def test_lumen_edge_rule_limiting_cases():
         1.25 * 32 * q / (np.pi * d**3), rel=1e-14
     )
     assert rheology.tube_wall_shear_rate(0.0, d, 0.5) == 0.0
+
+
+def test_parallel_lumen_edges_keep_their_own_calibres():
+    """Two vessels between the same pair of nodes (each shorter than a cell, so one edge each) are two lumen
+    faces, each with its own vessel's diameter (told apart by edge order), not both with the last one's."""
+    from sim.physics.injection import lumen_faces
+
+    h = 2 * MM
+    origin, porous, perm = block(h, (12 * MM,) * 3)
+    pts = np.array([[5.1, 6.2, 5.7], [6.3, 6.0, 6.1]]) * MM
+    segs = (VesselSegment("wide", 0, 1, 2.0 * MM, False), VesselSegment("narrow", 1, 0, 0.5 * MM, False))
+    vessels = embed(VesselTree(pts, segs, {"end": 1}), origin, h, porous, perm, KERNEL_MIN_RADIUS_M)
+    assert vessels.edge_a.size == 2
+    n_grid = porous.size
+    graph = build_cell_graph(porous, perm, h, np.array([n_grid + 0]), np.array([n_grid + 1]), vessels)
+    faces, d_face = lumen_faces(graph, vessels)
+    assert faces.size == 2
+    np.testing.assert_array_equal(d_face, vessels.edge_diameter_m)

@@ -183,19 +183,24 @@ def lumen_edge_transmissibility(
 
 def lumen_faces(graph: CellGraph, vessels: EmbeddedVessels | None) -> tuple[np.ndarray, np.ndarray]:
     """The graph's vein-lumen edges (faces with a lumen node on both sides) and their vessel's diameter
-    (m), for :func:`lumen_edge_transmissibility`."""
+    (m), for :func:`lumen_edge_transmissibility`. Two vessel edges between the same pair of nodes (parallel
+    vessels) are told apart by their order: the graph adds the edges' faces in edge order."""
     grid = graph.is_grid_cell
     faces = np.flatnonzero(~grid[graph.face_a] & ~grid[graph.face_b])
     if vessels is None or faces.size == 0:
         return faces, np.zeros(faces.size)
     va = graph.cell_of[graph.face_a[faces]] - graph.n_grid
     vb = graph.cell_of[graph.face_b[faces]] - graph.n_grid
-    edge_of = {
-        (min(a, b), max(a, b)): e
-        for e, (a, b) in enumerate(zip(vessels.edge_a.tolist(), vessels.edge_b.tolist(), strict=True))
-    }
-    pairs = zip(va.tolist(), vb.tolist(), strict=True)
-    edges = np.array([edge_of[(min(a, b), max(a, b))] for a, b in pairs], dtype=np.int64)
+    edges_of: dict[tuple[int, int], list[int]] = {}
+    for e, (a, b) in enumerate(zip(vessels.edge_a.tolist(), vessels.edge_b.tolist(), strict=True)):
+        edges_of.setdefault((min(a, b), max(a, b)), []).append(e)
+    taken: dict[tuple[int, int], int] = {}
+    edges = np.empty(faces.size, dtype=np.int64)
+    for k, (a, b) in enumerate(zip(va.tolist(), vb.tolist(), strict=True)):
+        pair = (min(a, b), max(a, b))
+        i = taken.get(pair, 0)
+        edges[k] = edges_of[pair][i]
+        taken[pair] = i + 1
     return faces, np.asarray(vessels.edge_diameter_m, dtype=np.float64)[edges]
 
 
@@ -742,8 +747,8 @@ class InjectionSolver:
     def plan_step(self) -> StepPlan | str:
         """Solve the pressure of the step from the current state and choose its length.
 
-        Returns the plan, or 'pressure_limit' when the syringe cannot deliver. The state's pressure
-        and Darcy speed are those of the solve afterwards; nothing else changes until
+        Returns the plan, or 'pressure_limit' when the syringe cannot deliver. The state's pressure,
+        Darcy speed and lumen-edge flows are those of the solve afterwards; nothing else changes until
         :meth:`take_step`.
         """
         st, control, graph = self.state, self.control, self.graph

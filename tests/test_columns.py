@@ -296,3 +296,32 @@ def test_vein_cement_leaves_the_syringe_with_the_syringe_age_then_ages_at_body_r
     t = 80.0
     expect = 0.5 * (a0 + r_room * t1 + r_body * (t - t1)) + 0.5 * (a0 + r_room * t2 + r_body * (t - t2))
     assert vs.cement_age_s(t) == pytest.approx(expect, rel=1e-12)
+
+
+def test_pushed_column_resists_with_the_exact_laminar_drop_of_the_cement():
+    """A full-bore column pushed at Q drops what the cement's clipped power law drops in laminar flow
+    over the column's length (the cannula's Rabinowitsch-Mooney drop), not Poiseuille at the viscosity of
+    the Newtonian wall rate 8 V / d, which the medium cement's shear thinning puts more than 5 % lower."""
+    from sim.physics.rheology import cannula_pressure_drop_pa, cement_viscosity
+
+    vs = make_system("T8")
+    vs.fragmentation.strength_pa = lambda cement, age: np.inf  # a column that never sheds
+    q = np.array([0.0, 1e-8, 0.0, 0.0, 0.0])
+    t = 0.0
+    for _ in range(10):
+        vs.accept_flux(t, 0.2, q, np.zeros(5))
+        t += 0.2
+    full = np.flatnonzero(vs.columns.full_bore() & (vs.columns.fill_length_m() > 0.0))
+    assert full.size >= 1
+    flow = np.zeros(vs.network.n_edges)
+    flow[full] = 1e-8
+    age = vs.cement_age_s(t)
+    r = vs.columns.cement_resistance(vs._edge_viscosity(flow, t))
+    d = vs.network.edge_diameter_m[full]
+    length = vs.columns.fill_length_m()[full]
+    exact = [cannula_pressure_drop_pa(vs.cement, 1e-8, x, y, age) for x, y in zip(d, length, strict=True)]
+    np.testing.assert_allclose(r[full] * 1e-8, exact, rtol=1e-10)
+    old = (
+        128 * cement_viscosity(vs.cement, 8 * (1e-8 / (np.pi * d**2 / 4)) / d, age) * length / (np.pi * d**4)
+    )
+    assert np.all(old * 1e-8 < 0.95 * np.array(exact))

@@ -904,9 +904,9 @@ def seed_case_solver_2mm():
 
 def test_solver_lumen_edges_use_each_edges_own_flow_and_calibre(seed_case_solver_2mm):
     """The solver's lumen faces are the vessel edges that survive the graph's filter, in edge order; full of
-    cement and carrying Q, each conducts pi d^4 / (128 L mu) with d its own edge's diameter and mu the
-    cement's viscosity at (3n+1)/(4n) 32 |Q| / (pi d^3), written out here, also at junction nodes whose mean
-    diameter is another (the node rule would fail this)."""
+    cement and carrying Q, each conducts |Q| / dp with dp the exact laminar drop of the cement over its own
+    length and diameter (the cannula's Rabinowitsch-Mooney drop, written out here), also at junction nodes
+    whose mean diameter is another (the node rule would fail this)."""
     from sim.physics import rheology
 
     solver, vessels = seed_case_solver_2mm
@@ -920,16 +920,16 @@ def test_solver_lumen_edges_use_each_edges_own_flow_and_calibre(seed_case_solver
     d = vessels.edge_diameter_m[edges]
     assert np.any(solver.vein_diameter[graph.face_a[faces]] != d)  # junctions: node and edge calibres differ
     age = solver.cement.reference_time_s
-    n = float(rheology.power_law_index(solver.cement, age))
     rng = np.random.default_rng(3)
     q = rng.uniform(1e-9, 2e-8, edges.size) * rng.choice([-1.0, 1.0], edges.size)
     trans = np.ones(graph.n_faces)
     solver._lumen_edges(trans, np.ones(graph.n), q, age)
-    wall_rate = (3 * n + 1) / (4 * n) * 32 * np.abs(q) / (np.pi * d**3)
-    mu = rheology.cement_viscosity(solver.cement, wall_rate, age)
-    np.testing.assert_allclose(
-        trans[faces], np.pi * d**4 / (128 * vessels.edge_length_m[edges] * mu), rtol=1e-12
-    )
+    length = vessels.edge_length_m[edges]
+    drop = [
+        rheology.cannula_pressure_drop_pa(solver.cement, abs(x), y, z, age)
+        for x, y, z in zip(q, d, length, strict=True)
+    ]
+    np.testing.assert_allclose(trans[faces], np.abs(q) / np.array(drop), rtol=1e-12)
 
 
 def test_plan_step_keeps_the_lumen_flow_of_its_last_solve(seed_case_solver_2mm):

@@ -240,6 +240,47 @@ def test_cannula_with_clipped_preset_is_bounded_and_monotone(preset: rh.CementMo
     assert set_dp == pytest.approx(8 * preset.viscosity_max_pa_s * length * q / (math.pi * r**4), rel=1e-11)
 
 
+def test_tube_flow_viscosity_gives_the_exact_laminar_drop(preset: rh.CementModel) -> None:
+    """Hagen-Poiseuille with the Poiseuille-equivalent viscosity is the exact (Rabinowitsch-Mooney) drop of
+    the clipped flow curve, the cannula's, from the low-shear plateau through the power law to eta_min and
+    after setting; zero flow gives the plateau; the sign of Q does not matter; arrays broadcast."""
+    d, length = 1.6e-3, 0.01
+    qs = np.concatenate([[0.0], np.logspace(-14, -3, 45)])
+    for frac in (0.0, 0.3, 0.6, 0.9, 0.999, 1.5):
+        age = frac * preset.setting_time_s
+        mu = rh.tube_flow_viscosity(preset, np.concatenate([qs, -qs]), d, age)
+        np.testing.assert_array_equal(mu[: qs.size], mu[qs.size :])
+        assert mu[0] == pytest.approx(float(rh.cement_viscosity(preset, 0.0, age)), rel=1e-14)
+        tiny = rh.tube_flow_viscosity(preset, np.array([5e-324, 1e-300, 1e-200]), d, age)  # no underflow
+        np.testing.assert_allclose(tiny, mu[0], rtol=1e-14)
+        exact = np.array([rh.cannula_pressure_drop_pa(preset, q, d, length, age) for q in qs[1:]])
+        np.testing.assert_allclose(
+            128 * mu[1 : qs.size] * length * qs[1:] / (math.pi * d**4), exact, rtol=1e-11
+        )
+    grid = rh.tube_flow_viscosity(preset, np.full((3, 4), 1e-8), np.array([1e-3, 2e-3, 3e-3, 4e-3]), 600.0)
+    assert grid.shape == (3, 4) and np.all(np.diff(grid[0]) > 0.0)  # same Q, wider tube: lower rate
+
+
+@pytest.mark.parametrize("n", [0.35, 0.6, 1.0])
+def test_tube_flow_viscosity_power_law_limit(n: float) -> None:
+    """Unclipped power law: mu_P = K ((3n+1)/(4n))^n (8V/d)^(n-1) = eta(gamma_w) (3n+1)/(4n) with gamma_w the
+    Rabinowitsch wall rate; so Poiseuille at eta(gamma_w) falls short by (3n+1)/(4n) (1.46 at n = 0.35) and
+    at eta(8V/d) by its n-th power. n = 1: the Newtonian viscosity. A Newtonian model gives its viscosity."""
+    m = _power_law_model(n)
+    q, d = np.logspace(-10, -6, 9), 2.0e-3
+    rate_n = 32 * q / (math.pi * d**3)
+    c = (3 * n + 1) / (4 * n)
+    mu = rh.tube_flow_viscosity(m, q, d, 0.0)
+    np.testing.assert_allclose(mu, 200.0 * c**n * rate_n ** (n - 1), rtol=1e-11)
+    wall = rh.cement_viscosity(m, rh.tube_wall_shear_rate(q, d, n), 0.0)
+    np.testing.assert_allclose(mu / wall, c, rtol=1e-11)
+    if n < 1.0:
+        assert c > 1.15  # the correction matters at these indices
+    np.testing.assert_allclose(
+        rh.tube_flow_viscosity(rh.CementModel.newtonian(37.0), q, d, 0.0), 37.0, rtol=1e-13
+    )
+
+
 # ----------------------------------------------------------------------------- numba kernels
 
 

@@ -163,8 +163,9 @@ def lumen_edge_transmissibility(
 
     An edge between lumen nodes a and b is two half-tubes of conductance g = 2 pi d^4 / (128 L) each,
     filled to their node's S as a cement column in series with blood (:func:`mixture_mobility`), the
-    column at the edge's viscosity mu_e (the cement at the edge's wall shear rate,
-    :func:`sim.physics.rheology.tube_wall_shear_rate`, from the edge's flow and diameter):
+    column at the edge's viscosity mu_e (the cement's Poiseuille-equivalent viscosity at the edge's flow
+    and diameter, :func:`sim.physics.rheology.tube_flow_viscosity`, the exact laminar drop of its flow
+    curve):
 
         T = g / (S_a mu_e + (1 - S_a) mu_b + S_b mu_e + (1 - S_b) mu_b).
 
@@ -173,8 +174,8 @@ def lumen_edge_transmissibility(
     vessel: a resistance error of about half an edge per junction, first order in the spacing and
     of either sign, which kept cohort patient 0's leak from converging (December 2026). Limiting cases
     (tests/test_embedded_vessels.py): mu_e equal to the nodes' viscosity gives the node rule exactly;
-    a chain of two diameters carrying Q of a shear-thinning cement has the pressure drop of its two
-    segments at their own wall shear rates, on any number of nodes.
+    a chain of two diameters carrying Q of a shear-thinning cement has the exact laminar pressure drop
+    of its two segments, each at its own calibre, on any number of nodes.
     """
     mu_a = s_a * mu_cement_edge + (1.0 - s_a) * mu_blood
     mu_b = s_b * mu_cement_edge + (1.0 - s_b) * mu_blood
@@ -1212,17 +1213,16 @@ class InjectionSolver:
         return total
 
     def _lumen_edges(self, trans: np.ndarray, s_c: np.ndarray, lumen_flux: np.ndarray, age_s: float) -> None:
-        """Set the vein-lumen edges' transmissibilities in ``trans`` (in place) with the cement viscosity
-        of each edge's own flow (``lumen_flux``, the last solve's; :func:`lumen_edge_transmissibility`).
+        """Set the vein-lumen edges' transmissibilities in ``trans`` (in place) with the cement's
+        Poiseuille-equivalent viscosity at each edge's own flow (``lumen_flux``, the last solve's;
+        :func:`sim.physics.rheology.tube_flow_viscosity`, :func:`lumen_edge_transmissibility`).
         Edges the front method leaves out (transmissibility 0) stay out."""
         f = self.lumen_face
         if f.size == 0:
             return
         on = trans[f] != 0.0
         f = f[on]
-        n_idx = float(rheology.power_law_index(self.cement, age_s))
-        shear = rheology.tube_wall_shear_rate(lumen_flux[on], self.lumen_face_diameter[on], n_idx)
-        mu_e = np.asarray(rheology.cement_viscosity(self.cement, shear, age_s), dtype=np.float64)
+        mu_e = rheology.tube_flow_viscosity(self.cement, lumen_flux[on], self.lumen_face_diameter[on], age_s)
         a, b = self.graph.face_a[f], self.graph.face_b[f]
         trans[f] = lumen_edge_transmissibility(self.graph.face_g_a[f], s_c[a], s_c[b], mu_e, self.mu_res[a])
 

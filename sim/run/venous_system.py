@@ -311,12 +311,13 @@ class VenousSystem:
 
     # ------------------------------------------------------------------ internals
     def _edge_viscosity(self, push_flux_m3_s: np.ndarray, t: float) -> np.ndarray:
-        """Cement viscosity per edge at the wall shear rate 8 u / d of the pushed column."""
+        """The cement's Poiseuille-equivalent viscosity per edge at the pushed column's flow
+        (:func:`sim.physics.rheology.tube_flow_viscosity`: the exact laminar drop of the clipped power
+        law, where the viscosity at the Newtonian wall rate 8 u / d fell short by ((3n+1)/(4n))^n)."""
         d = np.where(
             self.columns.col_diameter_m > 0, self.columns.col_diameter_m, self.network.edge_diameter_m
         )
-        u = push_flux_m3_s / (0.25 * np.pi * d**2)
-        return np.asarray(rheology.cement_viscosity(self.cement, 8.0 * np.abs(u) / d, self.cement_age_s(t)))
+        return rheology.tube_flow_viscosity(self.cement, push_flux_m3_s, d, self.cement_age_s(t))
 
     def _resolve(self, push_flux_m3_s: np.ndarray, t: float) -> None:
         """Blood flow at t with the columns' resistance: steady solve, or compliant veins advanced to t."""

@@ -257,6 +257,17 @@ def test_tube_flow_viscosity_gives_the_exact_laminar_drop(preset: rh.CementModel
         np.testing.assert_allclose(
             128 * mu[1 : qs.size] * length * qs[1:] / (math.pi * d**4), exact, rtol=1e-11
         )
+    # near setting the wall stress is large (ln tau_w > 20): the iteration must still end, on the exact drop
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        age = rng.uniform(0.9, 0.99999) * preset.setting_time_s
+        q, dd = 10 ** rng.uniform(-9, 0), 10 ** rng.uniform(-4, -2)
+        mu = float(rh.tube_flow_viscosity(preset, q, dd, age)[()])
+        ref = rh.cannula_pressure_drop_pa(preset, q, dd, 1.0, age) * math.pi * dd**4 / (128 * q)
+        assert mu == pytest.approx(ref, rel=1e-11)
+    for bad_q, bad_d in ((np.nan, d), (np.inf, d), (1e-8, 0.0), (1e-8, np.nan), (1e-8, 1e-300), (1e-8, -d)):
+        with pytest.raises(ValueError, match="tube_flow_viscosity"):
+            rh.tube_flow_viscosity(preset, bad_q, bad_d, 600.0)
     grid = rh.tube_flow_viscosity(preset, np.full((3, 4), 1e-8), np.array([1e-3, 2e-3, 3e-3, 4e-3]), 600.0)
     assert grid.shape == (3, 4) and np.all(np.diff(grid[0]) > 0.0)  # same Q, wider tube: lower rate
 

@@ -528,6 +528,7 @@ def _tube_viscosity_kernel(
         b = math.log(eta_max * scale)
         target = math.log(q / (math.pi * r**3))
         x = 0.5 * (a + b)
+        converged = False
         for _ in range(200):
             tau = math.exp(x)
             integral = 0.0
@@ -543,11 +544,15 @@ def _tube_viscosity_kernel(
                 b = x
             else:
                 a = x
-            if abs(f) < 1e-14 or b - a < 1e-15:
+            # f has a round-off floor of a few ulps of 3 x: stop also once [a, b] is two ulps of x wide
+            if abs(f) < 1e-14 or b - a < max(1e-15, 4.5e-16 * abs(x)):
+                converged = True
                 break
             slope = tau**3 * rate / integral - 3.0  # d ln Q / d ln tau: the local 1 / n (>= 1)
             x_new = x - f / slope
             x = x_new if a < x_new < b else 0.5 * (a + b)
+        if not converged:  # bisection alone halves [a, b] ~ 60 times to round-off: cannot happen
+            raise ArithmeticError("tube_flow_viscosity: the wall stress did not converge")
         out[i] = math.exp(x) / scale
 
 
@@ -567,18 +572,19 @@ def tube_flow_viscosity(model: CementModel, flow_m3_s: Any, diameter_m: Any, age
     :func:`cannula_pressure_drop_pa`. Limiting cases (tested): a Newtonian cement gives its viscosity;
     zero flow the low-stress plateau; 128 mu_P L Q / (pi d^4) equals :func:`cannula_pressure_drop_pa`.
     """
-    q, d = (
-        np.ascontiguousarray(x)
-        for x in np.broadcast_arrays(
-            np.asarray(flow_m3_s, dtype=np.float64), np.asarray(diameter_m, dtype=np.float64)
-        )
+    q_in, d_in = np.broadcast_arrays(
+        np.asarray(flow_m3_s, dtype=np.float64), np.asarray(diameter_m, dtype=np.float64)
     )
+    shape = q_in.shape
+    q, d = np.array(q_in, dtype=np.float64).ravel(), np.array(d_in, dtype=np.float64).ravel()
+    if not (np.all(np.isfinite(q)) and np.all((d >= 1e-9) & (d <= 1.0))):
+        raise ValueError("tube_flow_viscosity: flows must be finite and diameters within 1e-9 to 1 m")
     pieces = _flow_curve_pieces(model, float(age_s))
     lo, hi, coef, expo = (np.array([p[j] for p in pieces], dtype=np.float64) for j in range(4))
     out = np.empty(q.size)
     _tube_viscosity_kernel(
-        q.ravel(),
-        d.ravel(),
+        q,
+        d,
         lo,
         hi,
         coef,
@@ -587,7 +593,7 @@ def tube_flow_viscosity(model: CementModel, flow_m3_s: Any, diameter_m: Any, age
         float(model.viscosity_max_pa_s),
         out,
     )
-    return out.reshape(q.shape)
+    return out.reshape(shape)
 
 
 def _flow_curve_pieces(model: CementModel, age_s: float) -> list[tuple[float, float, float, float]]:

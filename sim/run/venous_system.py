@@ -5,9 +5,10 @@ Per injection step the solver calls ``exit_pressure(t)`` and ``exit_resistance(t
 ``accept_flux``:
 1. pushes each exit's cement volume into the venous graph at the exit's node
    (:class:`sim.physics.vein_columns.CementColumns`); marrow is tallied (it mixes with blood);
-2. updates the cement viscosity per edge (rheology at the venous cement's equivalent age and the
-   wall shear rate 8 u / d of the pushed column) and re-solves blood flow with the columns'
-   extra resistance (:func:`sim.physics.venous_network.solve_blood_flow`);
+2. updates the cement viscosity per edge (the Poiseuille-equivalent viscosity of the pushed column's
+   flow at the venous cement's equivalent age, :func:`sim.physics.rheology.tube_flow_viscosity`)
+   and re-solves blood flow with the columns' extra resistance
+   (:func:`sim.physics.venous_network.solve_blood_flow`);
 3. sheds fragments by the fragmentation law (``laws.fragmentation``, :mod:`sim.physics.fragmentation`);
 4. takes the fluoroscopy frames due (:class:`sim.physics.fluoroscopy.LeakDetector`): the venous
    side reports when a leak is seen; the operator's stop policy

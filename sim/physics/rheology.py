@@ -520,7 +520,7 @@ def _tube_viscosity_kernel(
     for i in range(flow.shape[0]):
         q = abs(flow[i])
         r = 0.5 * diameter[i]
-        scale = 4.0 * q / (math.pi * r**3) if r > 0.0 else 0.0  # Newtonian wall rate 8 V / d
+        scale = 4.0 * q / (math.pi * r**3)  # Newtonian wall rate 8 V / d (the caller refuses r < 5e-10 m)
         if expo[0] == 1.0 and scale / coef[0] <= hi[0]:
             out[i] = 1.0 / coef[0]  # the wall stress on the low-stress plateau: the whole section Newtonian
             continue

@@ -404,3 +404,20 @@ def test_cannula_drop_on_the_newtonian_clip_does_not_lose_its_bracket():
     dp = cannula_pressure_drop_pa(model, q, d, length, age)
     hagen_poiseuille = 8.0 * model.viscosity_max_pa_s * length * q / (math.pi * (0.5 * d) ** 4)
     assert dp == pytest.approx(hagen_poiseuille, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["low", "medium", "high"])
+def test_cannula_drop_of_vanishing_flows_is_the_plateau_hagen_poiseuille(name: str) -> None:
+    """Flows far below the plateau (down to the smallest denormal) give the plateau viscosity's
+    Hagen-Poiseuille drop, linear in Q, and no ZeroDivisionError (tau_w**3 underflowed below
+    ~1e-107 m^3/s)."""
+    model = rh.load_cement_preset(name)
+    d, length, age = 2.6e-3, 0.125, 0.5 * model.setting_time_s
+    r = d / 2
+    eta_plateau = float(rh.cement_viscosity(model, np.array([0.0]), age)[0])
+    for q in (1e-12 * model.shear_rate_floor_per_s * r**3, 1e-120, 1e-300, 5e-324):
+        hp = 8.0 * eta_plateau * length * q / (math.pi * r**4)
+        dp = rh.cannula_pressure_drop_pa(model, q, d, length, age)
+        # Denormal results keep only a few significant digits.
+        assert dp == pytest.approx(hp, rel=1e-12 if hp > 1e-300 else 1e-3)
+        assert rh.cannula_pressure_drop_pa(model, -q, d, length, age) == -dp

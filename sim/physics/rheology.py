@@ -665,6 +665,11 @@ def cannula_pressure_drop_pa(
     if len(pieces) == 1:  # Newtonian
         mu = 1.0 / pieces[0][2]
         return sign * 8.0 * mu * length * q / (math.pi * r**4)
+    # The whole section on the low-shear plateau (the first piece is Newtonian): Hagen-Poiseuille in
+    # closed form, also for flows so small that tau_w**3 in the Rabinowitsch integral would underflow.
+    tau_plateau = 4.0 * q / (pieces[0][2] * math.pi * r**3)
+    if tau_plateau <= pieces[0][1]:
+        return sign * 2.0 * length * tau_plateau / r
     # Bracket tau_w between the two Newtonian bounds (eta_max and eta_min Hagen-Poiseuille).
     lo = 4.0 * model.viscosity_min_pa_s * q / (math.pi * r**3)
     hi = 4.0 * model.viscosity_max_pa_s * q / (math.pi * r**3)

@@ -305,7 +305,9 @@ class InjectionResult:
     end_time_s: float
     n_steps: int
     n_pressure_solves: int
-    cement_in_bone_m3: float
+    cement_in_bone_m3: float  # in the porous cells and the intraosseous vein lumens
+    # in the intraosseous vein lumens: with cement_leaked_m3, the cement the veins took up from the bone
+    cement_in_lumens_m3: float
     cement_leaked_m3: float
     marrow_leaked_m3: float
     max_mass_balance_error: float
@@ -1310,6 +1312,7 @@ class InjectionSolver:
             n_steps=st.step,
             n_pressure_solves=self.solver.stats.n_solves,
             cement_in_bone_m3=st.cement_in_bone_m3,
+            cement_in_lumens_m3=float(np.dot(st.saturation[self.is_vein], self.pore_vol[self.is_vein])),
             cement_leaked_m3=float(st.exit_cement_m3.sum()),
             marrow_leaked_m3=float(st.exit_marrow_m3.sum()),
             max_mass_balance_error=max(self._max_err_c, self._max_err_m),

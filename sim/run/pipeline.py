@@ -358,6 +358,8 @@ def _summary(
         "leaked_in_segmental_ml": vs.leaked_by_route_m3["segmental"] / ML_M3,
         "marrow_leaked_ml": vs.leaked_marrow_m3 / ML_M3,
         "cement_in_bone_ml": injection.cement_in_bone_m3 / ML_M3,
+        # held in the intraosseous vein lumens at the end; plus the leak, what those veins took from the bone
+        "cement_in_intraosseous_veins_ml": injection.cement_in_lumens_m3 / ML_M3,
         "cement_in_veins_ml": vs.vein_cement_m3 / ML_M3,
         "max_needle_pressure_kpa": float(np.max(injection.needle_pressure_pa, initial=0.0)) / KPA_PA,
         "max_intravertebral_pressure_kpa": float(np.nanmax(injection.intravertebral_pressure_pa, initial=0.0))

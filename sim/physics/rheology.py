@@ -662,11 +662,9 @@ def cannula_pressure_drop_pa(
     sign = 1.0 if q > 0.0 else -1.0
     q = abs(q)
     pieces = _flow_curve_pieces(model, float(age_s))
-    if len(pieces) == 1:  # Newtonian
-        mu = 1.0 / pieces[0][2]
-        return sign * 8.0 * mu * length * q / (math.pi * r**4)
-    # The whole section on the low-shear plateau (the first piece is Newtonian): Hagen-Poiseuille in
-    # closed form, also for flows so small that tau_w**3 in the Rabinowitsch integral would underflow.
+    # The whole section on the low-shear plateau (the first piece is always Newtonian; a Newtonian cement
+    # is one piece to infinite stress): Hagen-Poiseuille in closed form, also for flows so small that
+    # tau_w**3 in the Rabinowitsch integral would underflow.
     tau_plateau = 4.0 * q / (pieces[0][2] * math.pi * r**3)
     if tau_plateau <= pieces[0][1]:
         return sign * 2.0 * length * tau_plateau / r

@@ -58,6 +58,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sim.core.config import DEFAULT_SPACING_MM
+
 # one BLAS thread, as `pce-sim` sets it: threaded dot products sum in another order, and the study's
 # values would then differ from the CLI's (by up to 5e-6 relative on its smallest outputs, the
 # seed case's microlitres reaching the segmental vein)
@@ -82,7 +84,6 @@ SPACINGS = (2.0, 1.5, 1.0, 0.75, 0.5, 0.375)
 QUICK_SPACINGS = (2.0, 1.5, 1.0)
 DEEPER_SPACINGS = (0.25, 0.1875)  # refinements beyond the study's finest grid, for DEEPER_CASES (docstring)
 DEEPER_CASES = ("cohort patient 0", "cohort patient 2")
-DEFAULT_SPACING_MM = 1.0
 COHORT_PATIENTS = (0, 1, 2)
 FRAME_INTERVAL_S = 0.5  # the output interval of detection: one fluoroscopy frame (config default)
 TIME_STEP_CFLS = (0.4, 0.2, 0.1)  # the time-step study's cfl numbers below the default 0.8

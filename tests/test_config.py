@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.core.config import Scenario, load_scenario, scenario_from_dict
+from sim.core.config import DEFAULT_SPACING_MM, Scenario, load_scenario, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.core.units import MMHG_PA, si_name, to_si
 
@@ -44,7 +44,7 @@ def test_si_conversion_of_clinical_fields():
     assert si["veins"]["cvp_pa"] == pytest.approx(6.0 * MMHG_PA)
     assert si["cement"]["time_after_mixing_s"] == pytest.approx(360.0)
     assert si["cement"]["body_temperature_k"] == pytest.approx(310.15)
-    assert si["grid"]["spacing_m"] == pytest.approx(1.0e-3)
+    assert si["grid"]["spacing_m"] == pytest.approx(DEFAULT_SPACING_MM * 1.0e-3)
     assert si["veins"]["cardiac_output_m3_per_s"] == pytest.approx(5.0e-3 / 60.0)
     assert si["injection"]["stop_after_leak_s"] == 0.0
 

@@ -4,12 +4,34 @@ Richardson estimate and the issue-15 targets, on values with known answers."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from benchmarks.bench_convergence import _targets, observed_order, richardson
 
 H = [0.5, 0.75, 1.0]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _default_spacing_1mm(monkeypatch):
+    """The synthetic studies below are written for a 1 mm default (their late and missing grids sit
+    there); the study's own default is the configuration's, checked separately."""
+    import benchmarks.bench_convergence as bc
+
+    monkeypatch.setattr(bc, "DEFAULT_SPACING_MM", 1.0)
+
+
+def test_the_study_measures_its_targets_at_the_configurations_default_spacing(monkeypatch):
+    """Issue 15's second target is read at the spacing a run gets when it names none."""
+    import benchmarks.bench_convergence as bc
+    from sim.core.config import DEFAULT_SPACING_MM, Scenario, load_scenario
+
+    monkeypatch.undo()
+    assert bc.DEFAULT_SPACING_MM == DEFAULT_SPACING_MM == Scenario().grid.spacing_mm
+    assert load_scenario(ROOT / "configs" / "default.yaml").grid.spacing_mm == DEFAULT_SPACING_MM
+    assert DEFAULT_SPACING_MM in bc.SPACINGS
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0])

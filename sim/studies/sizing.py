@@ -11,8 +11,8 @@ Limits (README, "CLI tour"):
 - :data:`MAX_SCENARIOS` scenarios per study, always: every scenario is validated and held in memory
   (about 12 kB and 1.5 ms each) before the first run starts, so larger studies must be split.
 
-The time estimate uses the benchmark results (``benchmarks/results/bench.json``: the full 1 mm run
-for sweeps, the measured patients per hour for cohorts) when present, else
+The time estimate uses the benchmark results (``benchmarks/results/bench.json``: the full run at
+the default spacing for sweeps, the measured patients per hour for cohorts) when present, else
 :data:`DEFAULT_RUN_SECONDS` per run.
 """
 
@@ -28,7 +28,7 @@ from sim.core.errors import ConfigError
 SWEEP_RUN_LIMIT = 20_000
 COHORT_PATIENT_LIMIT = 10_000
 MAX_SCENARIOS = 200_000
-DEFAULT_RUN_SECONDS = 3.0  # one default 1 mm run on one core, start-up included
+DEFAULT_RUN_SECONDS = 3.0  # one default run (0.75 mm) on one core, start-up included
 ALLOW_FLAG = "--allow-large"
 BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "bench.json"
 
@@ -53,7 +53,7 @@ def seconds_per_run(path: Path | None = None) -> tuple[float, str]:
     for row in _section_rows(_bench(path), "full_run"):
         wall = row.get("wall_s")
         if isinstance(wall, int | float) and math.isfinite(wall) and wall > 0.0:
-            return float(wall), "benchmark full 1 mm run"
+            return float(wall), "benchmark full run"
     return DEFAULT_RUN_SECONDS, f"{DEFAULT_RUN_SECONDS:g} s per run"
 
 
@@ -98,7 +98,7 @@ def sweep_run_count(spec: Any) -> int:
 
 
 def sweep_estimate(count: int, workers: int) -> str:
-    """``about 3.2 h on 2 workers (benchmark full 1 mm run)``."""
+    """``about 3.2 h on 2 workers (benchmark full run)``."""
     per_run, source = seconds_per_run()
     seconds = count * per_run / max(1, workers)
     return f"about {format_duration(seconds)} on {workers} worker{'s' if workers > 1 else ''} ({source})"

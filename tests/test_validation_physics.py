@@ -1,4 +1,4 @@
-"""The published experiments, run for real (configs/validation, 1 mm grid): every verdict must PASS.
+"""The published experiments, run for real (configs/validation, 0.75 mm): every verdict must PASS.
 
 Each experiment runs once per session (33 model runs, about 1.5-3 min on 2 cores) and every check
 is its own test. Checks the current physics fails are marked ``xfail(strict=True)`` with what fails

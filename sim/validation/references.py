@@ -3,7 +3,8 @@
 ``configs/validation/<name>.yaml`` (:class:`ExperimentSpec`) says what to simulate: a pce-sim
 scenario ``base``, named ``groups`` of overrides (nested mappings as in a scenario file), for the
 syringe-pressure kind a factorial ``sampling`` of dotted fields, the grid spacing of every run
-(``grid_spacing_mm``, 1 mm unless given), how the model quantity maps to the measurement
+(``grid_spacing_mm``, the scenario default of 0.75 mm unless given), how the model quantity maps to
+the measurement
 (``measured_as``) and every assumption of the analogue. ``configs/validation/<name>.reference.yaml``
 (:class:`ReferenceSet`) holds the published numbers (value, sd, n, units, what exactly was
 measured, full citation; sd and n are written as null when the paper does not give them) and the
@@ -29,7 +30,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from sim.core.config import shown_value
+from sim.core.config import DEFAULT_SPACING_MM, shown_value
 from sim.core.errors import ConfigError
 from sim.core.safe_yaml import read_yaml_file
 from sim.core.units import KPA_PA, ML_M3, MPA_PA
@@ -203,7 +204,7 @@ class ExperimentSpec(_Strict):
     experiment: Annotated[str, Field(pattern=NAME_PATTERN)]
     kind: Literal["leakage", "intravertebral_pressure", "syringe_pressure", "cannula"]
     title: Text
-    grid_spacing_mm: Annotated[float, Field(strict=True, ge=0.25, le=4.0)] = 1.0
+    grid_spacing_mm: Annotated[float, Field(strict=True, ge=0.25, le=4.0)] = DEFAULT_SPACING_MM
     measured_as: Text
     assumptions: Annotated[list[Text], Field(min_length=1)]
     base: dict[str, Any] = {}

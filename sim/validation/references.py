@@ -4,10 +4,11 @@
 scenario ``base``, named ``groups`` of overrides (nested mappings as in a scenario file), for the
 syringe-pressure kind a factorial ``sampling`` of dotted fields, the grid spacing of every run
 (``grid_spacing_mm``, the scenario default of 0.75 mm unless given), how the model quantity maps to
-the measurement (``measured_as``) and every assumption of the analogue. ``configs/validation/<name>.reference.yaml``
-(:class:`ReferenceSet`) holds the published numbers (value, sd, n, units, what exactly was
-measured, full citation; sd and n are written as null when the paper does not give them) and the
-``checks`` that compare model and data (rules in :mod:`sim.validation.verdicts`).
+the measurement (``measured_as``) and every assumption of the analogue.
+``configs/validation/<name>.reference.yaml`` (:class:`ReferenceSet`) holds the published numbers
+(value, sd, n, units, what exactly was measured, full citation; sd and n are written as null when
+the paper does not give them) and the ``checks`` that compare model and data (rules in
+:mod:`sim.validation.verdicts`).
 
 Both files are read with :mod:`sim.core.safe_yaml` and validated strictly (unknown keys, booleans
 or text where numbers belong, missing fields are errors). Every problem is one

@@ -31,6 +31,17 @@ def test_derived_cohort_file_changes_only_the_spacing(tmp_path: Path) -> None:
     assert [(p.inputs, p.extra_levels) for p in a] == [(p.inputs, p.extra_levels) for p in b]
 
 
+def test_the_default_cohort_keeps_the_grid_its_grid_study_measured() -> None:
+    """The cohort names its spacing (1 mm, README: Virtual cohort, Grid dependence), so moving a single
+    run's default spacing does not move the cohort's incidences silently."""
+    from sim.core.config import read_yaml
+    from sim.studies.cohort import base_config, load_cohort
+
+    assert read_yaml(ROOT / "configs" / "cohort_default.yaml")["overrides"]["grid"]["spacing_mm"] == 1.0
+    spec, base_dir = load_cohort(ROOT / "configs" / "cohort_default.yaml")
+    assert base_config(spec, base_dir)["grid"]["spacing_mm"] == 1.0
+
+
 def _table(events: dict[str, list[int]], n: int) -> dict[str, dict[str, np.ndarray]]:
     cols = {"patient": np.arange(n, dtype=float)}
     for key in ("leak_any", "detected", "pce", "leaked_volume_ml", "embolised_volume_ml", "n_emboli"):

@@ -61,6 +61,16 @@ def test_reference_numbers_are_complete(name):
     assert spec.assumptions and spec.measured_as
 
 
+def test_every_experiment_runs_at_the_scenario_default_spacing():
+    """No shipped experiment sets its own grid: the report card follows the default spacing."""
+    from sim.core.config import DEFAULT_SPACING_MM
+
+    for name in EXPERIMENTS:
+        raw = yaml.safe_load((validation_dir() / f"{name}.yaml").read_text())
+        assert "grid_spacing_mm" not in raw, name
+        assert load_pair(name)[0].grid_spacing_mm == DEFAULT_SPACING_MM
+
+
 def test_plan_suite_checks_every_model_name_and_scenario():
     plans = plan_suite(None)
     assert [p.spec.experiment for p in plans] == list(EXPERIMENTS)

@@ -1,10 +1,10 @@
 """Full run end to end, second-process start-up (numba cache) and a profile of where the time goes.
 
-Full run: the default L1 scenario at the default spacing (0.75 mm) with 5 ml at 0.1 ml/s injected to the end
-(``stop_after_leak_s: null``), venous coupling (columns, fluoroscopy, fragmentation) and fragment
-transport to the lungs included, VTK off; ``sim.run.pipeline.run_scenario`` timed after a warm-up
-run (1 mm, 2 ml: JIT cache load and first AMG use), min of N, wall and process CPU time.
-Target: <= 5 s (issue 15).
+Full run: the default L1 scenario at the default spacing (``DEFAULT_SPACING_MM``) with 5 ml at 0.1
+ml/s injected to the end (``stop_after_leak_s: null``), venous coupling (columns, fluoroscopy,
+fragmentation) and fragment transport to the lungs included, VTK off;
+``sim.run.pipeline.run_scenario`` timed after a warm-up run (1 mm, 2 ml: JIT cache load and first
+AMG use), min of N, wall and process CPU time. Target: <= 5 s (issue 15).
 
 Start-up: a fresh ``python`` process importing the pipeline and running a tiny scenario
 (2 mm, 0.2 ml), timed from launch to exit, once with the numba on-disk cache populated

@@ -28,7 +28,7 @@ from sim.core.errors import ConfigError
 SWEEP_RUN_LIMIT = 20_000
 COHORT_PATIENT_LIMIT = 10_000
 MAX_SCENARIOS = 200_000
-DEFAULT_RUN_SECONDS = 3.0  # one default run (0.75 mm) on one core, start-up included
+DEFAULT_RUN_SECONDS = 3.0  # one default run (the default spacing) on one core, start-up included
 ALLOW_FLAG = "--allow-large"
 BENCH_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "bench.json"
 

@@ -3,8 +3,8 @@
 ``configs/validation/<name>.yaml`` (:class:`ExperimentSpec`) says what to simulate: a pce-sim
 scenario ``base``, named ``groups`` of overrides (nested mappings as in a scenario file), for the
 syringe-pressure kind a factorial ``sampling`` of dotted fields, the grid spacing of every run
-(``grid_spacing_mm``, the scenario default of 0.75 mm unless given), how the model quantity maps to
-the measurement (``measured_as``) and every assumption of the analogue.
+(``grid_spacing_mm``, the scenario default ``DEFAULT_SPACING_MM`` unless given), how the model
+quantity maps to the measurement (``measured_as``) and every assumption of the analogue.
 ``configs/validation/<name>.reference.yaml`` (:class:`ReferenceSet`) holds the published numbers
 (value, sd, n, units, what exactly was measured, full citation; sd and n are written as null when
 the paper does not give them) and the ``checks`` that compare model and data (rules in

@@ -194,6 +194,47 @@ def test_time_step_limit_and_error_columns_on_a_linear_law(monkeypatch):
         bc.time_step_study({}, {**reference, "cfl": 0.15})
 
 
+def test_detection_is_recorded_per_cfl_and_its_spread_and_gap_read_from_the_runs(monkeypatch):
+    """Detection times at every cfl, not extrapolated: the spread over the cfl numbers, NaN once a run
+    does not see the leak, and the reference cfl's gap to the finest grid's detection."""
+    import benchmarks.bench_convergence as bc
+
+    seen_at = {0.8: 161.0, 0.4: 162.5, 0.2: 165.0, 0.1: 165.0}
+
+    class Run:
+        def __init__(self, summary):
+            self.summary = summary
+
+    def summary(c, never=()):
+        return {
+            "leaked_volume_ml": 58.0 + c,
+            "max_needle_pressure_kpa": 142.0,
+            "detection_time_s": math.nan if c in never else seen_at[c],
+            "peak_visible_leak_mm3": 2.3 + 0.01 * c,
+        }
+
+    monkeypatch.setattr("sim.run.pipeline.run_scenario", lambda sc: Run(summary(sc.grid.cfl)))
+    reference = {"spacing_mm": 0.75, "cfl": 0.8, "stop_reason": "target_volume",
+                 "injection_duration_s": 167.4, **summary(0.8)}  # fmt: skip
+    study = bc.time_step_study({}, reference)
+    assert study["detection"]["detection_time_s"] == seen_at
+    runs = [
+        {"spacing_mm": 0.75, "detection_time_s": 161.0, "visibility_threshold_mm3": 2.317},
+        {"spacing_mm": 0.375, "detection_time_s": 161.0, "visibility_threshold_mm3": 2.317},
+    ]
+    (row,) = bc.detection_step_rows({"p": study}, {"p": runs})
+    assert row["spread over cfl (s)"] == 4.0 and row["gap at the scenario's cfl (s)"] == 0.0
+    assert row["finest grid (0.375 mm) seen at (s)"] == 161.0
+    assert row["peak visible at cfl=0.1 (mm^3)"] == pytest.approx(2.301)
+    assert list(row)[2:6] == [f"seen at cfl={c:g} (s)" for c in (0.8, 0.4, 0.2, 0.1)]
+    monkeypatch.setattr("sim.run.pipeline.run_scenario", lambda sc: Run(summary(sc.grid.cfl, never=(0.4,))))
+    (row,) = bc.detection_step_rows({"p": bc.time_step_study({}, reference)}, {"p": runs})
+    assert math.isnan(row["seen at cfl=0.4 (s)"]) and math.isnan(row["spread over cfl (s)"])
+    # a reference without detection figures (older callers) gives no row
+    bare = {k: v for k, v in reference.items() if k not in bc.TIME_STEP_DETECTION}
+    assert bc.detection_step_rows({"p": bc.time_step_study({}, bare)}, {"p": runs}) == []
+
+
 def test_a_stop_that_follows_detection_is_kept_by_its_duration_and_others_are_left_alone():
     from benchmarks.bench_convergence import fixed_stop_config
 

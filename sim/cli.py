@@ -247,7 +247,7 @@ def sweep(
     from sim.run.output_folder import check_output_folder
     from sim.studies.executors import DEFAULT_WRITER, resolve_callable
     from sim.studies.sizing import SWEEP_RUN_LIMIT, check_study_size, sweep_estimate, sweep_run_count
-    from sim.studies.sweep import expand_sweep, load_sweep, run_sweep
+    from sim.studies.sweep import SWEEP_MARKERS, expand_sweep, load_sweep, run_sweep
 
     with user_errors():
         other_code = other_code_policy(rerun_stale, keep_stale)
@@ -257,7 +257,7 @@ def sweep(
         if not quiet:
             say(console, f"sweep '{spec.name}': {count:,} runs ({spec.method}), {estimate} -> {out}")
         check_study_size(str(sweep_file), "runs", count, SWEEP_RUN_LIMIT, allow_large, estimate)
-        check_output_folder(out, overwrite=False, resume=True)
+        check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep")
         resolve_callable(runner)
         resolve_callable(DEFAULT_WRITER)
         expansion = expand_sweep(spec, base_dir, source=str(sweep_file))
@@ -343,7 +343,7 @@ def cohort(
     from rich.progress import MofNCompleteColumn
 
     from sim.run.output_folder import check_output_folder
-    from sim.studies.cohort import load_cohort, plan_cohort, run_cohort
+    from sim.studies.cohort import COHORT_MARKERS, load_cohort, plan_cohort, run_cohort
     from sim.studies.cohort_report import write_cohort_report
     from sim.studies.sizing import COHORT_PATIENT_LIMIT, check_study_size, cohort_counts, cohort_estimate
 
@@ -370,7 +370,7 @@ def cohort(
             estimate,
             scenarios + design_rows,
         )
-        check_output_folder(out, overwrite=False, resume=True)
+        check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort")
         plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file))
         columns = (
             TextColumn("[progress.description]{task.description}"),

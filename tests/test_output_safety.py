@@ -341,3 +341,44 @@ def test_dask_cluster_start_and_close_print_nothing(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip() == "", res.stderr
+
+
+# ------------------------------------------------------------------------- sweep and cohort folders
+
+
+@pytest.mark.parametrize(
+    ("command", "study_file"), [("sweep", "sweep_smoke.yaml"), ("cohort", "cohort_small.yaml")]
+)
+@pytest.mark.parametrize("held", ["summary.json", "notes.txt"])
+def test_a_study_never_writes_into_a_folder_it_did_not_make(
+    tmp_path: Path, no_simulation: list[int], command: str, study_file: str, held: str
+) -> None:
+    """A sweep or cohort resumes its own folder but refuses a run folder or any other non-empty folder
+    (it would write its tables over the files there), in one line, before any work."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / held).write_text("{}")
+    res = CliRunner().invoke(app, [command, str(ROOT / "configs" / study_file), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"error: --out {out}: ")
+    assert f"holds no {command} to resume" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == [held] and not no_simulation
+
+
+@pytest.mark.parametrize(("study", "markers"), [("sweep", "SWEEP_MARKERS"), ("cohort", "COHORT_MARKERS")])
+def test_a_study_folder_is_resumable_by_any_of_its_markers(tmp_path: Path, study: str, markers: str) -> None:
+    import sim.studies.cohort
+    import sim.studies.sweep
+
+    names = getattr(sim.studies.sweep if study == "sweep" else sim.studies.cohort, markers)
+    assert "ledger.sqlite" in names
+    for name in names:
+        out = tmp_path / name.strip(".")
+        out.mkdir()
+        (out / name).write_text("")
+        (out / "results.csv").write_text("")
+        assert check_output_folder(out, overwrite=False, resume=names, study=study) == out
+    with pytest.raises(ConfigError, match=f"holds no {study} to resume"):
+        check_output_folder(
+            tmp_path / "ledger.sqlite".strip("."), overwrite=False, resume=("other",), study=study
+        )

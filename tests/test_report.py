@@ -191,3 +191,27 @@ def test_cli_report_headless(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expect"),
+    [
+        ("summary.json", b'{"a": "\xff"}', "cannot read run summary"),
+        ("summary.json", b"[1, 2]", "not a pce-sim run summary"),
+        ("summary.json", b"{}", "not a pce-sim run summary"),
+        ("results.csv", b"a,b\n1,2\n", "not a pce-sim sweep table"),
+        ("results.csv", b"run_id,x\n\xff\xfe,1\n", "cannot read the table"),
+    ],
+)
+def test_report_refuses_what_is_not_a_run_or_sweep_in_one_line(tmp_path, name, content, expect):
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    res = CliRunner().invoke(app, ["report", str(folder), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.count("\n") == 1 and expect in res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == [name]  # nothing made

@@ -66,13 +66,19 @@ UNITS = (
 
 # ---------------------------------------------------------------------------- reading
 
+RUN_SUMMARY_KEY = "stop_reason"  # every run's summary.json holds it
+SWEEP_TABLE_KEY = "run_id"  # every sweep's results.csv has this column
+
 
 def read_table(path: Path) -> dict[str, np.ndarray]:
     """CSV as columns: numeric columns float (empty cells NaN), other columns object arrays."""
     if not path.exists():
         return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: cannot read the table ({exc})") from None
     if not rows:
         return {}
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -192,9 +198,11 @@ def load_run(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[
     path = folder / "summary.json"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are not UTF-8
         raise ConfigError(f"{path}: cannot read run summary ({exc})") from None
-    summary = doc.get("summary", doc) if isinstance(doc, dict) else {}
+    summary = doc.get("summary", doc) if isinstance(doc, dict) else None
+    if not isinstance(summary, dict) or RUN_SUMMARY_KEY not in summary:
+        raise ConfigError(f"{path}: not a pce-sim run summary (no '{RUN_SUMMARY_KEY}' in it)")
     return summary, read_table(folder / "time_series.csv"), read_table(folder / "emboli.csv")
 
 
@@ -349,6 +357,7 @@ RUN_KEYS = (
 def report_run(folder: Path, out_dir: Path, pdf: bool = False) -> list[Path]:
     """Figures and report.md for one run folder."""
     summary, ts, emboli = load_run(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are read
     files: list[Path] = []
     with matplotlib.rc_context(STYLE):
         files += _save(timeline_figure(summary, ts), out_dir, "timeline", pdf)
@@ -534,8 +543,13 @@ def report_sweep(folder: Path, out_dir: Path, pdf: bool = False) -> list[Path]:
     results = read_table(folder / "results.csv")
     emboli = read_table(folder / "emboli.csv")
     n = _nrows(results)
+    if results and SWEEP_TABLE_KEY not in results:
+        raise ConfigError(
+            f"{folder / 'results.csv'}: not a pce-sim sweep table (no '{SWEEP_TABLE_KEY}' column)"
+        )
     if n == 0:
         raise ConfigError(f"{folder / 'results.csv'}: no runs to report (run `pce-sim sweep` first)")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are read
     status = results.get("status", np.array(["done"] * n, dtype=object))
     done = np.array([s == "done" for s in status])
     stop_groups = _sweep_groups(results, STOP_DELAY, n)
@@ -641,9 +655,7 @@ def write_report(folder: str | Path, pdf: bool = False, out_dir: str | Path | No
         raise ConfigError(f"{src}: not a folder (expected a run or sweep folder)")
     out = Path(out_dir) if out_dir is not None else src / "report"
     if (src / "results.csv").exists():
-        out.mkdir(parents=True, exist_ok=True)
         return report_sweep(src, out, pdf)
     if (src / "summary.json").exists():
-        out.mkdir(parents=True, exist_ok=True)
         return report_run(src, out, pdf)
     raise ConfigError(f"{src}: neither a run folder (summary.json) nor a sweep folder (results.csv)")

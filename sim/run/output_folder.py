@@ -89,10 +89,14 @@ def _undeletable(folder: Path) -> Path | None:
     return None
 
 
-def check_output_folder(out: Path, overwrite: bool, flag: str = "--out", resume: bool = False) -> Path:
+def check_output_folder(
+    out: Path, overwrite: bool, flag: str = "--out", resume: tuple[str, ...] = (), study: str = "study"
+) -> Path:
     """Refuse an output folder a run could not write (one line); returns it unchanged.
 
-    ``resume``: a study folder (sweep, cohort), where an existing non-empty folder is resumed.
+    ``resume``: the files that mark a ``study`` folder (a sweep's, a cohort's) an existing non-empty
+    folder must hold to be resumed; a non-empty folder holding none of them (a run folder, anything
+    else) is refused, so a study never writes its tables over files it did not make.
     """
     text = str(out)
     if text in ("", ".") or out.name in ("", ".", ".."):
@@ -105,7 +109,7 @@ def check_output_folder(out: Path, overwrite: bool, flag: str = "--out", resume:
             "the hidden temporary and lock names beside it)"
         )
     try:
-        _check_existing(out, text, flag, overwrite, resume)
+        _check_existing(out, text, flag, overwrite, resume, study)
     except OSError as exc:
         raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
     except RuntimeError as exc:  # a symlink loop while resolving
@@ -113,7 +117,9 @@ def check_output_folder(out: Path, overwrite: bool, flag: str = "--out", resume:
     return out
 
 
-def _check_existing(out: Path, text: str, flag: str, overwrite: bool, resume: bool) -> None:
+def _check_existing(
+    out: Path, text: str, flag: str, overwrite: bool, resume: tuple[str, ...], study: str
+) -> None:
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
@@ -135,6 +141,11 @@ def _check_existing(out: Path, text: str, flag: str, overwrite: bool, resume: bo
             non_empty = any(out.iterdir())
         except OSError as exc:
             raise ConfigError(f"{flag} {text}: cannot list the folder: {_describe(exc)}") from None
+        if non_empty and resume and not any((out / name).exists() for name in resume):
+            raise ConfigError(
+                f"{flag} {text}: folder exists, is not empty and holds no {study} to resume (none of "
+                f"{', '.join(resume)}); name a new folder"
+            )
         if non_empty and not overwrite and not resume:
             raise ConfigError(
                 f"{flag} {text}: output folder exists and is not empty (use --overwrite to replace it)"

@@ -121,6 +121,9 @@ from sim.studies.sweep import (
 
 STOP_PATH = STOP_AFTER_LEAK_PATH
 LEVEL_PATH = "patient.level"
+# files a cohort folder holds from its first moment (_guard_folder, the ledger); a folder with none
+# is not a cohort
+COHORT_MARKERS = ("ledger.sqlite", ".sweep.lock", "cohort.resolved.yaml")
 SPINE_LEVELS: tuple[str, ...] = get_args(Level)  # T5..L5, cranial to caudal
 MAX_LEVELS = 3
 MAX_GAP = 6  # (MAX_LEVELS - 1) * MAX_GAP < len(SPINE_LEVELS): a further level always fits on one side

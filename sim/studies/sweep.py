@@ -61,6 +61,9 @@ from sim.studies.executors import (
 from sim.studies.ledger import export_tables, open_ledger, write_csv
 
 SEED_PATH = "patient.seed"
+# files a sweep folder holds from its first moment (the ledger, write_sweep_manifest); a folder with
+# none is not a sweep
+SWEEP_MARKERS = ("ledger.sqlite", ".sweep.lock", "sweep.resolved.yaml")
 
 
 class _Strict(BaseModel):

@@ -253,7 +253,18 @@ class InjectionConfig(StrictModel):
     ] = 0.05
     max_syringe_pressure_mpa: Annotated[float, Field(gt=0.0, le=50.0)] = 10.0
     volume_ml: Annotated[float, Field(gt=0.0, le=20.0)] = 4.0
-    max_duration_s: Annotated[float, Field(gt=0.0, le=3600.0)] | None = None
+    max_duration_s: (
+        Annotated[
+            float,
+            Field(
+                ge=1e-3,
+                le=3600.0,
+                description="Longest injection (s). At least a millisecond: a syringe stroke takes seconds, "
+                "and a step of 1e-9 s is below the venous solve's round-off.",
+            ),
+        ]
+        | None
+    ) = None
     stop_after_leak_s: Annotated[float, Field(ge=0.0, le=3600.0)] | None = 0.0
     follow_up_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 60.0
 

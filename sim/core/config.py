@@ -71,11 +71,8 @@ def _is_number(annotation: Any) -> bool:
     return False
 
 
-class StrictModel(BaseModel):
-    """Base model: unknown keys are errors, values are validated on assignment too, and a boolean
-    is never taken for a number (pydantic's lax mode would read ``true`` as 1)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+class NoBoolForNumber(BaseModel):
+    """A boolean is never taken for a number (pydantic's lax mode would read ``true`` as 1)."""
 
     @field_validator("*", mode="before")
     @classmethod
@@ -85,6 +82,13 @@ class StrictModel(BaseModel):
             if field is not None and _is_number(field.annotation):
                 raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
         return value
+
+
+class StrictModel(NoBoolForNumber):
+    """Base model of the scenario: unknown keys are errors, values are validated on assignment too,
+    and a boolean is never a number."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 class FractureCleftConfig(StrictModel):
@@ -642,18 +646,34 @@ def _work_problem(scenario: Scenario) -> str | None:
 # ---------------------------------------------------------------------------- errors
 
 
+def _location_step(current: Any, part: Any) -> tuple[bool, Any, Any]:
+    """One step of a location through an annotation: (whether ``part`` is a field of one of its models,
+    a list index or a mapping key; the annotation it leads to; the field's FieldInfo, or None)."""
+    for member in _union_members(current):
+        origin = typing.get_origin(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            if isinstance(part, str) and part in member.model_fields:
+                info = member.model_fields[part]
+                return True, info.annotation, info
+        elif origin in (list, tuple, set, frozenset) and isinstance(part, int):
+            args = typing.get_args(member)
+            return True, args[0] if args else Any, None
+        elif origin is dict:
+            args = typing.get_args(member)
+            return True, args[1] if len(args) == 2 else Any, None
+    return False, current, None
+
+
 def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
-    """Walk ``loc`` through nested models and return the FieldInfo of the last key, if any."""
+    """Walk ``loc`` (a :func:`user_location`: fields, list indices, mapping keys) through nested models
+    and return the FieldInfo of the last field, if any (None when a part is no field)."""
     current: Any = model
     info = None
     for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return info
-        if part not in current.model_fields:
+        found, current, field = _location_step(current, part)
+        if not found:
             return None
-        info = current.model_fields[part]
-        ann = info.annotation
-        current = _unwrap_model(ann)
+        info = field or info
     return info
 
 
@@ -723,30 +743,78 @@ def summarise_lines(lines: list[str], limit: int = MAX_ERROR_LINES, what: str = 
     return "\n".join([*lines[:limit], f"... and {len(lines) - limit} more {what}"])
 
 
-def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+def _union_members(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation, Annotated and Optional layers removed."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _union_members(a)]
+    return [annotation]
+
+
+def user_location(root: type[BaseModel], loc: tuple[Any, ...], keep_last: bool = False) -> tuple[Any, ...]:
+    """``loc`` as the user wrote it: the field names, list indices and mapping keys along the models,
+    without pydantic's labels of union branches (``ct``, ``float``, ``literal['sampled']``, ...).
+    ``keep_last`` keeps a final part that names no field (an unknown key)."""
+    out: list[Any] = []
+    current: Any = root
+    for i, part in enumerate(loc):
+        found, current, _ = _location_step(current, part)
+        if found or (keep_last and i == len(loc) - 1):
+            out.append(part)  # otherwise a union branch's label
+    return tuple(out)
+
+
+def format_validation_error(
+    exc: ValidationError, source: str = "config", root: type[BaseModel] | None = None
+) -> str:
     """One line per problem (at most MAX_ERROR_LINES, then a count):
-    ``source: field.path = value: message (allowed: ...)``."""
-    lines = []
+    ``source: field.path = value: message (allowed: ...)``, the path as the user wrote it in a file of
+    ``root`` (the Scenario by default; the sweep and cohort files pass theirs). A value that fails every
+    branch of a union gets one line with the branches' messages."""
+    model = Scenario if root is None else root
+    lines: list[str] = []
+    by_path: dict[str, int] = {}  # a path's line, to merge the messages of a union's branches
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        raw = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        kind = err.get("type", "")
+        loc = user_location(model, raw, keep_last=kind == "extra_forbidden")
         path = shown_value(".".join(str(p) for p in loc), 80)[1:-1] if loc else "(top level)"
         value = err.get("input")
-        kind = err.get("type", "")
         msg = str(err.get("msg", "invalid"))
         if kind == "scenario_consistency":
             lines.append(f"{source}: {msg}")
             continue
         if kind == "extra_forbidden":
-            parent_info = _field_info(Scenario, loc[:-1]) if len(loc) > 1 else None
-            parent = Scenario if len(loc) <= 1 else _unwrap_model(getattr(parent_info, "annotation", None))
+            parent_info = _field_info(model, loc[:-1]) if len(loc) > 1 else None
+            parent = model if len(loc) <= 1 else _unwrap_model(getattr(parent_info, "annotation", None))
             known = ", ".join(parent.model_fields) if parent is not None else ""
-            lines.append(f"{source}: unknown key '{path}' (known keys here: {known})")
+            lines.append(
+                f"{source}: unknown key '{path}'" + (f" (known keys here: {known})" if known else "")
+            )
+            continue
+        if kind == "missing" and loc:
+            where = (
+                shown_value(".".join(str(p) for p in loc[:-1]), 80)[1:-1] if len(loc) > 1 else "(top level)"
+            )
+            lines.append(f"{source}: {where}: required key '{loc[-1]}' is missing")
             continue
         msg = re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
-        allowed = _allowed_text(_field_info(Scenario, loc))
+        if path in by_path:  # another branch of the same union
+            i = by_path[path]
+            if msg not in lines[i]:
+                lines[i] += f"; or {msg}"
+            continue
+        info = _field_info(model, loc)
+        allowed = _allowed_text(info)
         line = f"{source}: {path} = {shown_value(value)}: {msg}"
         if allowed and not msg.startswith("Input should be '"):
             line += f" ({allowed})"
+        forms = [m for m in _union_members(getattr(info, "annotation", None)) if isinstance(m, type)]
+        mapping = next((m for m in forms if issubclass(m, BaseModel)), None)
+        if mapping is not None and not isinstance(value, dict):
+            line += f" (or a mapping with keys {', '.join(mapping.model_fields)})"
+        by_path[path] = len(lines)
         lines.append(line)
     return summarise_lines(lines)
 

@@ -86,10 +86,18 @@ from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from scipy import stats as _st
 
-from sim.core.config import STOP_AFTER_LEAK_PATH, Level, Scenario, read_yaml, scenario_from_dict
+from sim.core.config import (
+    STOP_AFTER_LEAK_PATH,
+    Level,
+    NoBoolForNumber,
+    Scenario,
+    format_validation_error,
+    read_yaml,
+    scenario_from_dict,
+)
 from sim.core.errors import ConfigError
 from sim.core.input_files import anatomy_file_digests
 from sim.physics.injection_control import StopPolicy
@@ -142,7 +150,7 @@ DistName = Literal[
 ]  # fmt: skip
 
 
-class _Strict(BaseModel):
+class _Strict(NoBoolForNumber):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -404,15 +412,7 @@ def cohort_from_dict(data: Any, source: str = "cohort") -> CohortSpec:
     try:
         spec = CohortSpec.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            if err.get("type") == "extra_forbidden":
-                lines.append(f"{source}: unknown key '{loc}'")
-            else:
-                msg = err.get("msg", "invalid").removeprefix("Value error, ")
-                lines.append(f"{source}: {loc}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_validation_error(exc, source, root=CohortSpec)) from None
     for path in spec.distributions:
         check_value_path(path, f"{source}: distributions", "distribution")
     for path, dist in spec.distributions.items():

@@ -46,7 +46,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sim.core.config import Scenario, read_yaml, scenario_from_dict
+from sim.core.config import NoBoolForNumber, Scenario, format_validation_error, read_yaml, scenario_from_dict
 from sim.core.errors import ConfigError
 from sim.core.provenance import code_digest, code_label
 from sim.studies.executors import (
@@ -66,7 +66,7 @@ SEED_PATH = "patient.seed"
 SWEEP_MARKERS = ("ledger.sqlite", ".sweep.lock", "sweep.resolved.yaml")
 
 
-class _Strict(BaseModel):
+class _Strict(NoBoolForNumber):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -192,26 +192,7 @@ def sweep_from_dict(data: Any, source: str = "sweep") -> SweepSpec:
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            if err.get("type") == "extra_forbidden":
-                known = _known_sweep_keys(err["loc"])
-                lines.append(f"{source}: unknown key '{loc}' (known keys here: {known})")
-            else:
-                msg = err.get("msg", "invalid").removeprefix("Value error, ")
-                lines.append(f"{source}: {loc}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
-
-
-def _known_sweep_keys(loc: tuple[Any, ...]) -> str:
-    if len(loc) <= 1:
-        model: type[BaseModel] = SweepSpec
-    elif loc[0] == "executor":
-        model = ExecutorSpec
-    else:
-        model = ParameterSpec
-    return ", ".join(model.model_fields)
+        raise ConfigError(format_validation_error(exc, source, root=SweepSpec)) from None
 
 
 # ---------------------------------------------------------------------------- dotted paths

@@ -1,0 +1,108 @@
+"""Sweep and cohort files are held to the scenario's rules (fuzz pass, session 27): a boolean is not a
+number, every error line prints the value as written, and paths are the user's (no pydantic union
+labels such as ``ct`` or ``float``); a value that fails every branch of a union gets one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sim.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = f"base: {ROOT / 'configs' / 'default.yaml'}\n"
+
+
+def refused(tmp_path: Path, command: str, text: str) -> str:
+    path = tmp_path / f"{command}.yaml"
+    path.write_text(text)
+    if command == "validate":
+        args = [command, str(path)]
+    else:
+        args = [command, str(path), "--out", str(tmp_path / "out"), "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert not (tmp_path / "out").exists()
+    return res.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("replicates: true\n", "replicates = true: Input should be a number, not a boolean"),
+        ("seed: false\n", "seed = false: Input should be a number, not a boolean"),
+        ("executor: {workers: true}\n", "executor.workers = true: Input should be a number, not a boolean"),
+        ("replicates: abc\n", 'replicates = "abc": Input should be a valid integer'),
+        ("method: sobol\n", 'method = "sobol": Input should be'),
+    ],
+)
+def test_sweep_file_errors_print_the_value_and_refuse_booleans(
+    tmp_path: Path, text: str, expect: str
+) -> None:
+    body = "name: fz\n" + BASE + "parameters: {injection.volume_ml: {values: [0.3]}}\n" + text
+    err = refused(tmp_path, "sweep", body)
+    assert expect in err and err.count("\n") == 1, err
+
+
+def test_sweep_unknown_key_names_the_parameter_specs_keys(tmp_path: Path) -> None:
+    body = "name: fz\n" + BASE + "parameters: {injection.volume_ml: {values: [0.3], typo: 1}}\n"
+    err = refused(tmp_path, "sweep", body)
+    assert "unknown key 'parameters.injection.volume_ml.typo' (known keys here: values, range, scale" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("n: true\npolicies: [{name: a}]\n", "n = true: Input should be a number, not a boolean"),
+        (
+            "policies: [{name: a, stop_after_leak_s: true}]\n",
+            "policies.0.stop_after_leak_s = true: Input should be a number, not a boolean",
+        ),
+        (
+            "policies: [{name: a}]\n"
+            "distributions: {injection.volume_ml: {dist: uniform, low: true, high: 2}}\n",
+            "distributions.injection.volume_ml.low = true: Input should be a number, not a boolean",
+        ),
+    ],
+)
+def test_cohort_file_refuses_booleans_for_numbers(tmp_path: Path, text: str, expect: str) -> None:
+    err = refused(tmp_path, "cohort", "name: c\n" + BASE + text)
+    assert expect in err, err
+
+
+def test_a_union_value_gets_one_line_with_each_branchs_message(tmp_path: Path) -> None:
+    err = refused(tmp_path, "cohort", "name: c\n" + BASE + "policies: [{name: a, stop_after_leak_s: soon}]\n")
+    assert err.count("\n") == 1, err
+    assert 'policies.0.stop_after_leak_s = "soon": Input should be a valid number' in err
+    assert "or Input should be 'sampled'" in err and ".float" not in err and "literal" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expect", "lines"),
+    [
+        (
+            "{ct_path: a.nii, labels_path: b.nii, vertebra_label: 1, typo: 2}",
+            "unknown key 'patient.anatomy.typo' (known keys here: ct_path, labels_path",
+            1,
+        ),
+        ("{ct_pth: a.nii}", "patient.anatomy: required key 'ct_path' is missing", 4),
+        ("ct", "patient.anatomy = \"ct\": Input should be 'parametric' (or a mapping with keys ct_path", 1),
+    ],
+)
+def test_ct_anatomy_errors_name_the_fields_as_written(
+    tmp_path: Path, text: str, expect: str, lines: int
+) -> None:
+    err = refused(tmp_path, "validate", f"patient: {{anatomy: {text}}}\n")
+    assert expect in err and "anatomy.ct." not in err and "anatomy.parametric" not in err, err
+    assert err.count("\n") == lines, err
+
+
+def test_an_unknown_key_in_a_list_entry_lists_the_entrys_keys(tmp_path: Path) -> None:
+    err = refused(
+        tmp_path, "validate", "veins: {dynamics: {events: [{kind: cough, start_s: 1, bogus: 1}]}}\n"
+    )
+    assert "unknown key 'veins.dynamics.events.0.bogus' (known keys here: kind, start_s" in err

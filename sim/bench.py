@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.core.errors import ConfigError
+from sim.run.output_folder import check_output_folder
 
 # Order of the suite (module names in benchmarks/).
 CASES: tuple[str, ...] = (
@@ -40,6 +41,8 @@ CASES: tuple[str, ...] = (
     "bench_cohort",
     "bench_convergence",
 )
+# files a results folder of this suite holds; a non-empty folder with none of them is not one
+BENCH_MARKERS = ("bench.json", "bench_quick.json")
 
 
 def repo_root() -> Path:
@@ -172,6 +175,8 @@ def run_suite(
         sys.path.insert(0, str(root))
     cases = _select(only)
     out = Path(out_dir) if out_dir is not None else root / "benchmarks" / "results"
+    # before any case runs: a folder this suite writes, holding its results already or nothing
+    check_output_folder(out, overwrite=False, resume=BENCH_MARKERS, study="benchmark results to update")
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "suite": "pce-sim bench",
@@ -230,10 +235,14 @@ def _merge_previous(doc: dict[str, Any], path: Path) -> None:
 
 
 def _select(only: list[str] | None) -> list[str]:
-    if not only:
+    if only is None:
         return list(CASES)
     picked = []
     keys = [k.strip() for item in only for k in item.split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(
+            f"--only {','.join(only)!r}: name at least one case ({', '.join(c[6:] for c in CASES)})"
+        )
     for key in keys:
         hits = [c for c in CASES if c == key or c == f"bench_{key}" or key in c]
         if not hits:

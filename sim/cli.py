@@ -257,7 +257,7 @@ def sweep(
         if not quiet:
             say(console, f"sweep '{spec.name}': {count:,} runs ({spec.method}), {estimate} -> {out}")
         check_study_size(str(sweep_file), "runs", count, SWEEP_RUN_LIMIT, allow_large, estimate)
-        check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep")
+        check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep to resume")
         resolve_callable(runner)
         resolve_callable(DEFAULT_WRITER)
         expansion = expand_sweep(spec, base_dir, source=str(sweep_file))
@@ -370,7 +370,7 @@ def cohort(
             estimate,
             scenarios + design_rows,
         )
-        check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort")
+        check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort to resume")
         plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file))
         columns = (
             TextColumn("[progress.description]{task.description}"),

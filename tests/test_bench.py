@@ -183,3 +183,30 @@ def test_only_merges_into_previous_document(tmp_path, monkeypatch):
     assert [s["rows"][0]["v"] for s in doc["sections"]] == [1.0, 3.0]
     saved = json.loads((tmp_path / "bench_quick.json").read_text())
     assert saved["merged_from"] and [s["rows"][0]["v"] for s in saved["sections"]] == [1.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--only", ""], "--only '': name at least one case"),
+        (["--only", ","], "--only ',': name at least one case"),
+        (["--only", "transport", "--out", "afile"], "--out afile: exists and is not a folder"),
+        (["--only", "transport", "--out", "/proc/pce-bench"], "under /proc"),
+        (["--only", "transport", "--out", "foreign"], "holds no benchmark results to update"),
+    ],
+)
+def test_cli_bench_refuses_bad_arguments_before_any_case_runs(tmp_path, monkeypatch, args, expect):
+    """One line, exit 2, nothing run or written (an empty --only would have rewritten the results)."""
+    from sim.cli import app
+
+    ran = []
+    monkeypatch.setattr(bench.importlib, "import_module", lambda name: ran.append(name))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["bench", *args, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and expect in result.stderr, result.stderr
+    assert not ran and sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -377,8 +377,11 @@ def test_a_study_folder_is_resumable_by_any_of_its_markers(tmp_path: Path, study
         out.mkdir()
         (out / name).write_text("")
         (out / "results.csv").write_text("")
-        assert check_output_folder(out, overwrite=False, resume=names, study=study) == out
+        assert check_output_folder(out, overwrite=False, resume=names, study=f"{study} to resume") == out
     with pytest.raises(ConfigError, match=f"holds no {study} to resume"):
         check_output_folder(
-            tmp_path / "ledger.sqlite".strip("."), overwrite=False, resume=("other",), study=study
+            tmp_path / "ledger.sqlite".strip("."),
+            overwrite=False,
+            resume=("other",),
+            study=f"{study} to resume",
         )

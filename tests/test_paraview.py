@@ -151,3 +151,31 @@ def test_missing_paraview_and_missing_files_are_clear_errors(tmp_path, monkeypat
 def test_state_script_ships_inside_the_package():
     assert STATE_SCRIPT.is_file() and STATE_SCRIPT.parent.name == "paraview"
     assert "def build(" in STATE_SCRIPT.read_text()
+
+
+@pytest.mark.parametrize(
+    ("png", "expect"),
+    [
+        ("run", "is a folder"),
+        ("/proc/pce-view.png", "under /proc"),
+        ("afile/view.png", "afile is a file, not a folder"),
+        ("view.jpg", "name a file ending in .png"),
+    ],
+)
+def test_a_bad_png_is_refused_before_paraview_renders(tmp_path, monkeypatch, png, expect):
+    """`view --png` is checked first: one line naming --png, exit 2, ParaView never started."""
+    from typer.testing import CliRunner
+
+    import sim.output.view
+    from sim.cli import app
+
+    started = []
+    monkeypatch.setattr(sim.output.view, "paraview_executable", lambda: started.append(1) or "pvbatch")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "vtk").mkdir(parents=True)
+    (tmp_path / "run" / "vtk" / "bone.pvd").write_text("<VTKFile/>")
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(app, ["view", "run", "--png", png, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: --png ") and result.stderr.count("\n") == 1, result.stderr
+    assert expect in result.stderr and not started

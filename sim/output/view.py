@@ -19,7 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from sim.core.errors import PceSimError
+from sim.core.errors import ConfigError, PceSimError
+from sim.run.output_folder import check_output_file
 
 STATE_SCRIPT = Path(__file__).resolve().parent / "paraview" / "standard_view.py"
 DEFAULT_SIZE = (1800, 1000)
@@ -166,8 +167,13 @@ def render_view(
     if not run_dir.is_dir():
         raise PceSimError(f"{run_dir}: no such run folder")
     vtk_dir = vtk_folder(run_dir)
+    if png is not None:
+        check_output_file(Path(png), "--png", ".png")  # before ParaView renders anything
     png = (Path(png) if png is not None else run_dir / "view.png").resolve()
-    png.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        png.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--png {png}: cannot create its folder ({exc.strerror})") from None
     if png.exists():
         png.unlink()
     exe = paraview_executable()

@@ -90,7 +90,11 @@ def _undeletable(folder: Path) -> Path | None:
 
 
 def check_output_folder(
-    out: Path, overwrite: bool, flag: str = "--out", resume: tuple[str, ...] = (), study: str = "study"
+    out: Path,
+    overwrite: bool,
+    flag: str = "--out",
+    resume: tuple[str, ...] = (),
+    study: str = "study to resume",
 ) -> Path:
     """Refuse an output folder a run could not write (one line); returns it unchanged.
 
@@ -143,7 +147,7 @@ def _check_existing(
             raise ConfigError(f"{flag} {text}: cannot list the folder: {_describe(exc)}") from None
         if non_empty and resume and not any((out / name).exists() for name in resume):
             raise ConfigError(
-                f"{flag} {text}: folder exists, is not empty and holds no {study} to resume (none of "
+                f"{flag} {text}: folder exists, is not empty and holds no {study} (none of "
                 f"{', '.join(resume)}); name a new folder"
             )
         if non_empty and not overwrite and not resume:
@@ -160,6 +164,35 @@ def _check_existing(
     existing = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {text}: cannot create the folder in {existing} (permission denied)")
+
+
+def check_output_file(path: Path, flag: str, suffix: str) -> Path:
+    """Refuse, in one line naming ``flag``, an output file that could only fail after the work: not
+    ending in ``suffix``, an existing folder, under /proc or /sys, a path through a file, or a folder
+    that cannot be created or written. Returns ``path`` unchanged."""
+    text = str(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {text}: is a folder; name a {suffix} file")
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"{flag} {text!r}: name a file ending in {suffix}")
+    try:
+        resolved = path.resolve()
+        for root in SPECIAL_ROOTS:
+            if str(resolved).startswith(root + "/"):
+                raise ConfigError(
+                    f"{flag} {text}: is under {root}, a kernel folder where files cannot be written"
+                )
+        blocker = _first_file_on_path(path)
+        if blocker is not None:
+            raise ConfigError(f"{flag} {text}: {blocker} is a file, not a folder")
+        existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
+    except RuntimeError as exc:  # a symlink loop while resolving
+        raise ConfigError(f"{flag} {text}: cannot resolve the path ({exc})") from None
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {text}: cannot write in {existing} (permission denied)")
+    return path
 
 
 def _owner_pid(name: str, prefix: str) -> int | None:

@@ -106,3 +106,32 @@ def test_an_unknown_key_in_a_list_entry_lists_the_entrys_keys(tmp_path: Path) ->
         tmp_path, "validate", "veins: {dynamics: {events: [{kind: cough, start_s: 1, bogus: 1}]}}\n"
     )
     assert "unknown key 'veins.dynamics.events.0.bogus' (known keys here: kind, start_s" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("output: {vtk: 'yes'}\n", 'output.vtk = "yes": Input should be true or false'),
+        ("output: {vtk: 0}\n", "output.vtk = 0: Input should be true or false"),
+        (
+            "grid: {spacing_mm: '1.0'}\n",
+            'grid.spacing_mm = "1.0": Input should be a number, not a quoted string',
+        ),
+        ("grid: {spacing_mm: abc}\n", 'grid.spacing_mm = "abc": Input should be a valid number'),
+    ],
+)
+def test_values_keep_their_yaml_type(tmp_path: Path, text: str, expect: str) -> None:
+    """A flag takes true or false only, a number no quoted string (pydantic's lax mode took both)."""
+    err = refused(tmp_path, "validate", text)
+    assert expect in err and err.count("\n") == 1, err
+
+
+def test_a_text_alternative_still_takes_its_words(tmp_path: Path) -> None:
+    from sim.studies.cohort import cohort_from_dict
+
+    spec = cohort_from_dict(
+        {"name": "c", "base": str(ROOT / "configs" / "default.yaml"),
+         "policies": [{"name": "a", "stop_after_leak_s": "sampled"}]},
+        source="c.yaml",
+    )  # fmt: skip
+    assert spec.policies[0].stop_after_leak_s == "sampled"

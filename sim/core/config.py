@@ -71,16 +71,51 @@ def _is_number(annotation: Any) -> bool:
     return False
 
 
+def _takes_text(annotation: Any) -> bool:
+    """True when one alternative of the annotation is a string (``str`` or a Literal of strings)."""
+    for member in _union_members(annotation):
+        if member is str:
+            return True
+        if typing.get_origin(member) is Literal and any(isinstance(a, str) for a in typing.get_args(member)):
+            return True
+    return False
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_flag(annotation: Any) -> bool:
+    """True when the annotation is ``bool`` (or ``bool | None``)."""
+    members = _union_members(annotation)
+    return bool in members and all(m in (bool, type(None)) for m in members)
+
+
 class NoBoolForNumber(BaseModel):
-    """A boolean is never taken for a number (pydantic's lax mode would read ``true`` as 1)."""
+    """Values keep their YAML type: a boolean is never taken for a number (pydantic's lax mode would
+    read ``true`` as 1), a quoted string never for a number (``'1.0'``) nor anything but true/false for
+    a flag (``'yes'``, ``0``)."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None:
-            field = cls.model_fields.get(info.field_name)
-            if field is not None and _is_number(field.annotation):
+        field = cls.model_fields.get(info.field_name) if info.field_name is not None else None
+        if field is None:
+            return value
+        if _is_number(field.annotation):
+            if isinstance(value, bool):
                 raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
+            if isinstance(value, str) and not _takes_text(field.annotation) and _reads_as_number(value):
+                raise PydanticCustomError(
+                    "text_for_number",
+                    "Input should be a number, not a quoted string (write it without quotes)",
+                )
+        elif _is_flag(field.annotation) and value is not None and not isinstance(value, bool):
+            raise PydanticCustomError("flag", "Input should be true or false")
         return value
 
 

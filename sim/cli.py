@@ -533,14 +533,27 @@ def view(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A usage error (an unknown command or option, a bad or missing
+    option value) is one line naming it, exit 2, as a bad config is; ``--help`` prints the full usage."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        say(err_console, ("aborted", "bold red"))
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors (typer's vendored click)
+        message = str(exc.format_message()).strip()  # type: ignore[attr-defined]
+        if message:  # (none when a bare command printed its help)
+            path = getattr(getattr(exc, "ctx", None), "command_path", "") or ""
+            say(
+                err_console, ("error:", "bold red"), f" {message}" + (f" (see {path} --help)" if path else "")
+            )
+        sys.exit(int(getattr(exc, "exit_code", 2)))
     except SystemExit:
         raise
     except PceSimError as exc:  # errors escaping a command body
         say(err_console, ("error:", "bold red"), f" {exc}")
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,28 @@ def test_importing_sim_pins_one_blas_thread_unless_the_user_chose():
     env["OPENBLAS_NUM_THREADS"] = "3"
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert got.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["nosuch"], "No such command 'nosuch'. (see "),
+        (["run", "--bogus", "x"], "No such option: --bogus"),
+        (["sweep", "configs/sweep_smoke.yaml", "--workers", "0"], "Invalid value for '--workers'"),
+        (["cohort", "configs/cohort_small.yaml", "--n", "abc"], "Invalid value for '--n'"),
+        (["run"], "Missing argument 'config'."),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args, expect):
+    """The console script reports click's usage errors in one line, not a boxed usage text."""
+    from pathlib import Path
+
+    res = pce_sim(*args, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert expect in res.stderr and "Traceback" not in res.stderr and not res.stdout
+
+
+def test_a_bare_command_prints_its_help_only():
+    res = pce_sim()
+    assert res.returncode == 2 and "Usage" in res.stdout and not res.stderr

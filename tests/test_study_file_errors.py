@@ -135,3 +135,17 @@ def test_a_text_alternative_still_takes_its_words(tmp_path: Path) -> None:
         source="c.yaml",
     )  # fmt: skip
     assert spec.policies[0].stop_after_leak_s == "sampled"
+
+
+@pytest.mark.parametrize("command", ["sweep", "cohort"])
+@pytest.mark.parametrize(
+    ("base", "expect"), [(".", "is a directory"), ("nofile.yaml", "config file not found")]
+)
+def test_an_unreadable_base_is_named_as_base(tmp_path: Path, command: str, base: str, expect: str) -> None:
+    extra = (
+        "parameters: {injection.volume_ml: {values: [0.3]}}\n"
+        if command == "sweep"
+        else "policies: [{name: a}]\n"
+    )
+    err = refused(tmp_path, command, f"name: b\nbase: {base}\n{extra}")
+    assert f'{command}.yaml: base = "{base}": ' in err and expect in err and err.count("\n") == 1, err

@@ -118,10 +118,10 @@ from sim.studies.sweep import (
     Expansion,
     SweepPoint,
     SweepSpec,
-    apply_overrides,
     check_dotted_path,
     check_value_path,
     replicate_seeds,
+    resolve_base_scenario,
     run_sweep,
     set_dotted,
     summarise_problems,
@@ -435,14 +435,7 @@ def load_cohort(path: str | Path) -> tuple[CohortSpec, Path]:
 
 def base_config(spec: CohortSpec, base_dir: str | Path, source: str = "cohort") -> dict[str, Any]:
     """The resolved base scenario (base file + overrides) as a clinical-unit dict."""
-    config: dict[str, Any] = {}
-    if spec.base is not None:
-        base_path = Path(spec.base)
-        if not base_path.is_absolute():
-            base_path = Path(base_dir) / base_path
-        config = scenario_from_dict(read_yaml(base_path), source=str(base_path)).model_dump(mode="json")
-    apply_overrides(config, spec.overrides, f"{source}: overrides")
-    return scenario_from_dict(config, source=f"{source}: base scenario").model_dump(mode="json")
+    return resolve_base_scenario(spec.base, spec.overrides, base_dir, source)
 
 
 # ---------------------------------------------------------------------------- sampling

@@ -46,7 +46,14 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sim.core.config import NoBoolForNumber, Scenario, format_validation_error, read_yaml, scenario_from_dict
+from sim.core.config import (
+    NoBoolForNumber,
+    Scenario,
+    format_validation_error,
+    read_yaml,
+    scenario_from_dict,
+    shown_value,
+)
 from sim.core.errors import ConfigError
 from sim.core.provenance import code_digest, code_label
 from sim.studies.executors import (
@@ -348,14 +355,25 @@ def parameter_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def base_config(spec: SweepSpec, base_dir: Path, source: str = "sweep") -> dict[str, Any]:
     """The resolved base scenario (base file + overrides) as a clinical-unit dict."""
+    return resolve_base_scenario(spec.base, spec.overrides, base_dir, source)
+
+
+def resolve_base_scenario(
+    base: str | None, overrides: dict[str, Any], base_dir: str | Path, source: str
+) -> dict[str, Any]:
+    """A study file's base scenario: the ``base`` file (relative to ``base_dir``) with ``overrides``
+    applied, validated, as a clinical-unit dict. A base file that cannot be read is named as ``base``."""
     config: dict[str, Any] = {}
-    if spec.base is not None:
-        base_path = Path(spec.base)
+    if base is not None:
+        base_path = Path(base)
         if not base_path.is_absolute():
-            base_path = base_dir / base_path
-        data = read_yaml(base_path)
+            base_path = Path(base_dir) / base_path
+        try:
+            data = read_yaml(base_path)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: base = {shown_value(base)}: {exc}") from None
         config = scenario_from_dict(data, source=str(base_path)).model_dump(mode="json")
-    apply_overrides(config, spec.overrides, f"{source}: overrides")
+    apply_overrides(config, overrides, f"{source}: overrides")
     return scenario_from_dict(config, source=f"{source}: base scenario").model_dump(mode="json")
 
 

@@ -309,7 +309,8 @@ def detection_step_rows(
         row.update({f"peak visible at cfl={c:g} (mm^3)": peak[c] for c in sorted(peak, reverse=True)})
         times = list(seen.values())
         row["spread over cfl (s)"] = max(times) - min(times) if not any(map(math.isnan, times)) else math.nan
-        row[f"finest grid ({finest['spacing_mm']:g} mm) seen at (s)"] = finest["detection_time_s"]
+        row["finest grid (mm)"] = finest["spacing_mm"]
+        row["finest grid seen at (s)"] = finest["detection_time_s"]
         row["gap at the scenario's cfl (s)"] = seen[study["reference_cfl"]] - finest["detection_time_s"]
         rows.append(row)
     return rows

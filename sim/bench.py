@@ -274,8 +274,8 @@ def _fmt(value: Any) -> str:
             return "0"
         if a >= 1e5 or a < 1e-3:
             return f"{value:.3g}"
-        if a >= 100:
-            return f"{value:,.0f}"
+        if a >= 100:  # a tenth kept where there is one (a detection at 162.5 s is not 162 s)
+            return f"{value:,.0f}" if round(value, 1) == round(value) else f"{value:,.1f}"
         return f"{value:.3g}"
     if value is None:
         return "–"

@@ -210,3 +210,8 @@ def test_cli_bench_refuses_bad_arguments_before_any_case_runs(tmp_path, monkeypa
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and expect in result.stderr, result.stderr
     assert not ran and sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_fmt_keeps_a_tenth_above_100_only_where_there_is_one():
+    assert bench._fmt(162.5) == "162.5" and bench._fmt(161.0) == "161" and bench._fmt(1653.5) == "1,653.5"
+    assert bench._fmt(2999.04) == "2,999" and bench._fmt(19.42) == "19.4"

@@ -224,7 +224,7 @@ def test_detection_is_recorded_per_cfl_and_its_spread_and_gap_read_from_the_runs
     ]
     (row,) = bc.detection_step_rows({"p": study}, {"p": runs})
     assert row["spread over cfl (s)"] == 4.0 and row["gap at the scenario's cfl (s)"] == 0.0
-    assert row["finest grid (0.375 mm) seen at (s)"] == 161.0
+    assert row["finest grid (mm)"] == 0.375 and row["finest grid seen at (s)"] == 161.0
     assert row["peak visible at cfl=0.1 (mm^3)"] == pytest.approx(2.301)
     assert list(row)[2:6] == [f"seen at cfl={c:g} (s)" for c in (0.8, 0.4, 0.2, 0.1)]
     monkeypatch.setattr("sim.run.pipeline.run_scenario", lambda sc: Run(summary(sc.grid.cfl, never=(0.4,))))

@@ -176,7 +176,9 @@ def run_suite(
     cases = _select(only)
     out = Path(out_dir) if out_dir is not None else root / "benchmarks" / "results"
     # before any case runs: a folder this suite writes, holding its results already or nothing
-    check_output_folder(out, overwrite=False, resume=BENCH_MARKERS, study="benchmark results to update")
+    check_output_folder(
+        out, overwrite=False, resume=BENCH_MARKERS, study="benchmark results to update", allow_current=True
+    )
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "suite": "pce-sim bench",

@@ -371,17 +371,36 @@ def test_a_study_folder_is_resumable_by_any_of_its_markers(tmp_path: Path, study
     import sim.studies.sweep
 
     names = getattr(sim.studies.sweep if study == "sweep" else sim.studies.cohort, markers)
-    assert "ledger.sqlite" in names
+    assert ("ledger.sqlite" if study == "sweep" else "cohort.resolved.yaml") in names
     for name in names:
         out = tmp_path / name.strip(".")
         out.mkdir()
         (out / name).write_text("")
         (out / "results.csv").write_text("")
         assert check_output_folder(out, overwrite=False, resume=names, study=f"{study} to resume") == out
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("")
     with pytest.raises(ConfigError, match=f"holds no {study} to resume"):
-        check_output_folder(
-            tmp_path / "ledger.sqlite".strip("."),
-            overwrite=False,
-            resume=("other",),
-            study=f"{study} to resume",
-        )
+        check_output_folder(foreign, overwrite=False, resume=names, study=f"{study} to resume")
+
+
+def test_a_cohort_does_not_take_over_a_sweeps_folder(tmp_path: Path, no_simulation: list[int]) -> None:
+    out = tmp_path / "sweep_out"
+    out.mkdir()
+    for name in ("ledger.sqlite", "sweep.resolved.yaml", "results.csv"):
+        (out / name).write_text("")
+    res = CliRunner().invoke(
+        app, ["cohort", str(ROOT / "configs" / "cohort_small.yaml"), "--out", str(out), "-q"]
+    )
+    assert res.exit_code == 2 and "holds no cohort to resume" in res.stderr, res.stderr
+
+
+def test_bench_updates_the_current_folder_when_it_holds_bench_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bench.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert check_output_folder(Path("."), overwrite=False, resume=("bench.json",), allow_current=True)
+    with pytest.raises(ConfigError, match="not the current folder"):
+        check_output_folder(Path("."), overwrite=False, resume=("bench.json",))

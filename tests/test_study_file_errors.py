@@ -149,3 +149,41 @@ def test_an_unreadable_base_is_named_as_base(tmp_path: Path, command: str, base:
     )
     err = refused(tmp_path, command, f"name: b\nbase: {base}\n{extra}")
     assert f'{command}.yaml: base = "{base}": ' in err and expect in err and err.count("\n") == 1, err
+
+
+def test_exponent_numbers_are_numbers_and_quoted_ones_are_not(tmp_path: Path) -> None:
+    """YAML 1.2 floats without a dot or a signed exponent (4e-8, 7.5e4, 1E5) are read as numbers (PyYAML's
+    YAML 1.1 read them as strings, which the quoted-number rule then refused)."""
+    from sim.core.config import load_scenario
+    from sim.core.safe_yaml import load_yaml_text
+
+    doc = load_yaml_text("a: 4e-8\nb: 7.5e4\nc: 1e+4\nd: 1E5\ne: '4e-8'\nf: 123\ng: .5e3\nh: 1e\n", "x.yaml")
+    assert doc == {"a": 4e-8, "b": 7.5e4, "c": 1e4, "d": 1e5, "e": "4e-8", "f": 123, "g": 500.0, "h": "1e"}
+    assert type(doc["f"]) is int
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "patient: {permeability_ref_m2: 4e-8}\ncement: {overrides: {viscosity_max_pa_s: 7.5e4}}\n"
+    )
+    scenario = load_scenario(path)
+    assert scenario.patient.permeability_ref_m2 == 4e-8
+    err = refused(tmp_path, "validate", "patient: {permeability_ref_m2: '4e-8'}\n")
+    assert 'patient.permeability_ref_m2 = "4e-8": Input should be a number, not a quoted string' in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        (
+            "parameters: {injection.volume_ml: {range: [true, 2]}}\nmethod: lhs\nsamples: 2\n",
+            "parameters.injection.volume_ml.range = [true, 2]: Input should hold numbers, not booleans",
+        ),
+    ],
+)
+def test_booleans_inside_number_lists_are_refused(tmp_path: Path, text: str, expect: str) -> None:
+    err = refused(tmp_path, "sweep", "name: fz\n" + BASE + text)
+    assert expect in err, err
+
+
+def test_a_whole_file_check_prints_its_message_not_the_file(tmp_path: Path) -> None:
+    err = refused(tmp_path, "cohort", "name: c\n" + BASE + "policies: [{name: a}, {name: a}]\n")
+    assert err.startswith("error: ") and "(top level) =" not in err and "{" not in err, err

@@ -89,6 +89,18 @@ def _reads_as_number(text: str) -> bool:
     return True
 
 
+def _holds_numbers(annotation: Any) -> bool:
+    """True when an alternative of the annotation is a list, tuple or mapping of numbers."""
+    for member in _union_members(annotation):
+        origin = typing.get_origin(member)
+        args = [a for a in typing.get_args(member) if a is not Ellipsis]
+        if origin in (list, tuple) and args and all(_is_number(a) for a in args):
+            return True
+        if origin is dict and len(args) == 2 and _is_number(args[1]):
+            return True
+    return False
+
+
 def _is_flag(annotation: Any) -> bool:
     """True when the annotation is ``bool`` (or ``bool | None``)."""
     members = _union_members(annotation)
@@ -116,6 +128,16 @@ class NoBoolForNumber(BaseModel):
                 )
         elif _is_flag(field.annotation) and value is not None and not isinstance(value, bool):
             raise PydanticCustomError("flag", "Input should be true or false")
+        elif _holds_numbers(field.annotation):
+            items = (
+                value.values()
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, list | tuple)
+                else ()
+            )
+            if any(isinstance(v, bool) for v in items):
+                raise PydanticCustomError("bool_for_number", "Input should hold numbers, not booleans")
         return value
 
 
@@ -827,6 +849,9 @@ def format_validation_error(
             lines.append(
                 f"{source}: unknown key '{path}'" + (f" (known keys here: {known})" if known else "")
             )
+            continue
+        if not loc:  # a check of the whole file: its message says what, the file is not a value to print
+            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
             continue
         if kind == "missing" and loc:
             where = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._path.pop()
+
+
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent, so `4e-8`, `7.5e4` and `1E5` came
+# through as strings; YAML 1.2's core schema reads them as numbers, as every user expects. Resolved for
+# this loader only (PyYAML copies the resolver table to the subclass).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_BoundedLoader.add_implicit_resolver(_TAG + "float", _EXPONENT_FLOAT, list("-+0123456789."))
 
 
 def _line(mark: Any) -> str:

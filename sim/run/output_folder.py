@@ -95,15 +95,19 @@ def check_output_folder(
     flag: str = "--out",
     resume: tuple[str, ...] = (),
     study: str = "study to resume",
+    allow_current: bool = False,
 ) -> Path:
     """Refuse an output folder a run could not write (one line); returns it unchanged.
 
     ``resume``: the files that mark a ``study`` folder (a sweep's, a cohort's) an existing non-empty
     folder must hold to be resumed; a non-empty folder holding none of them (a run folder, anything
     else) is refused, so a study never writes its tables over files it did not make.
+    ``allow_current``: the current folder (or one holding it) may be named, for results updated in place.
     """
     text = str(out)
-    if text in ("", ".") or out.name in ("", ".", ".."):
+    if allow_current:  # a folder that is updated in place (benchmark results): `.` names it too
+        out = out.resolve()
+    if (text in ("", ".") and not allow_current) or out.name in ("", ".", ".."):
         raise ConfigError(f"{flag} {text!r}: name a new folder for the results (not the current folder)")
     if "\0" in text:
         raise ConfigError(f"{flag} {text!r}: a path cannot contain a NUL character")
@@ -113,7 +117,7 @@ def check_output_folder(
             "the hidden temporary and lock names beside it)"
         )
     try:
-        _check_existing(out, text, flag, overwrite, resume, study)
+        _check_existing(out, text, flag, overwrite, resume, study, allow_current)
     except OSError as exc:
         raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
     except RuntimeError as exc:  # a symlink loop while resolving
@@ -122,11 +126,11 @@ def check_output_folder(
 
 
 def _check_existing(
-    out: Path, text: str, flag: str, overwrite: bool, resume: tuple[str, ...], study: str
+    out: Path, text: str, flag: str, overwrite: bool, resume: tuple[str, ...], study: str, allow_current: bool
 ) -> None:
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents:
+    if not allow_current and (resolved == cwd or resolved in cwd.parents):
         raise ConfigError(
             f"{flag} {text}: is the current folder or holds it; name a new folder for the results"
         )

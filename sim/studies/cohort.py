@@ -129,9 +129,9 @@ from sim.studies.sweep import (
 
 STOP_PATH = STOP_AFTER_LEAK_PATH
 LEVEL_PATH = "patient.level"
-# files a cohort folder holds from its first moment (_guard_folder, the ledger); a folder with none
-# is not a cohort
-COHORT_MARKERS = ("ledger.sqlite", ".sweep.lock", "cohort.resolved.yaml")
+# files a cohort folder holds from its first moment (_guard_folder writes the resolved file before any
+# ledger): a folder without them is not a cohort (a sweep's folder has a ledger too, and is not one)
+COHORT_MARKERS = ("cohort.resolved.yaml", ".cohort.resolved.yaml.partial")
 SPINE_LEVELS: tuple[str, ...] = get_args(Level)  # T5..L5, cranial to caudal
 MAX_LEVELS = 3
 MAX_GAP = 6  # (MAX_LEVELS - 1) * MAX_GAP < len(SPINE_LEVELS): a further level always fits on one side

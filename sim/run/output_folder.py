@@ -97,7 +97,8 @@ def check_output_folder(
     study: str = "study to resume",
     allow_current: bool = False,
 ) -> Path:
-    """Refuse an output folder a run could not write (one line); returns it unchanged.
+    """Refuse an output folder a run could not write (one line); returns it (resolved with
+    ``allow_current``).
 
     ``resume``: the files that mark a ``study`` folder (a sweep's, a cohort's) an existing non-empty
     folder must hold to be resumed; a non-empty folder holding none of them (a run folder, anything

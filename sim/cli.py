@@ -532,6 +532,18 @@ def view(
             say(console, ("wrote", "green"), f" {out}")
 
 
+def _option_value(param: Any, argv: list[str]) -> str | None:
+    """The value the user typed for ``param`` (``--opt value``, ``--opt=value``, ``-o value``), or None."""
+    opts = [o for o in getattr(param, "opts", []) or [] if o.startswith("-")]
+    for i, token in enumerate(argv):
+        for opt in opts:
+            if token == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if token.startswith(opt + "="):
+                return token[len(opt) + 1 :]
+    return None
+
+
 def main() -> None:
     """Console-script entry point. A usage error (an unknown command or option, a bad or missing
     option value) is one line naming it, exit 2, as a bad config is; ``--help`` prints the full usage."""
@@ -542,6 +554,11 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as exc:  # click's usage errors (typer's vendored click)
         message = str(exc.format_message()).strip()  # type: ignore[attr-defined]
+        given = _option_value(getattr(exc, "param", None), sys.argv[1:])
+        if given is not None and ": " in message:  # the value as typed (click's message leaves it out)
+            from sim.core.config import shown_value
+
+            message = message.replace(": ", f" = {shown_value(given)[1:-1]}: ", 1)
         if message:  # (none when a bare command printed its help)
             path = getattr(getattr(exc, "ctx", None), "command_path", "") or ""
             say(

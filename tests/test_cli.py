@@ -94,8 +94,15 @@ def test_importing_sim_pins_one_blas_thread_unless_the_user_chose():
     [
         (["nosuch"], "No such command 'nosuch'. (see "),
         (["run", "--bogus", "x"], "No such option: --bogus"),
-        (["sweep", "configs/sweep_smoke.yaml", "--workers", "0"], "Invalid value for '--workers'"),
-        (["cohort", "configs/cohort_small.yaml", "--n", "abc"], "Invalid value for '--n'"),
+        (
+            ["sweep", "configs/sweep_smoke.yaml", "--workers", "0"],
+            "Invalid value for '--workers' / '-w' = 0: ",
+        ),
+        (
+            ["sweep", "configs/sweep_smoke.yaml", "--workers=1e9"],
+            "Invalid value for '--workers' / '-w' = 1e9: ",
+        ),
+        (["cohort", "configs/cohort_small.yaml", "--n", "abc"], "Invalid value for '--n' = abc: "),
         (["run"], "Missing argument 'config'."),
     ],
 )

@@ -71,6 +71,15 @@ def _is_number(annotation: Any) -> bool:
     return False
 
 
+def _union_members(annotation: Any) -> list[Any]:
+    """The alternatives of an annotation, Annotated and Optional layers removed."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _union_members(a)]
+    return [annotation]
+
+
 def _takes_text(annotation: Any) -> bool:
     """True when one alternative of the annotation is a string (``str`` or a Literal of strings)."""
     for member in _union_members(annotation):
@@ -800,15 +809,6 @@ def summarise_lines(lines: list[str], limit: int = MAX_ERROR_LINES, what: str = 
     return "\n".join([*lines[:limit], f"... and {len(lines) - limit} more {what}"])
 
 
-def _union_members(annotation: Any) -> list[Any]:
-    """The alternatives of an annotation, Annotated and Optional layers removed."""
-    while typing.get_origin(annotation) is Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [m for a in typing.get_args(annotation) for m in _union_members(a)]
-    return [annotation]
-
-
 def user_location(root: type[BaseModel], loc: tuple[Any, ...], keep_last: bool = False) -> tuple[Any, ...]:
     """``loc`` as the user wrote it: the field names, list indices and mapping keys along the models,
     without pydantic's labels of union branches (``ct``, ``float``, ``literal['sampled']``, ...).
@@ -853,7 +853,7 @@ def format_validation_error(
         if not loc:  # a check of the whole file: its message says what, the file is not a value to print
             lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
             continue
-        if kind == "missing" and loc:
+        if kind == "missing":
             where = (
                 shown_value(".".join(str(p) for p in loc[:-1]), 80)[1:-1] if len(loc) > 1 else "(top level)"
             )

@@ -350,3 +350,27 @@ def test_body_silhouette_is_the_same_on_every_grid():
         assert (cells[2] ^ sil[0]).sum() < (cells[0] ^ sil[0]).sum()  # and they converge to it
         detector = LeakDetector(fluoro_si(views=(view,)), center, bones[1])
         assert np.array_equal(detector.hidden[view], sil[0])
+
+
+def test_detection_shift_per_percent_of_a_linear_rise_and_its_edge_cases():
+    """A visible volume rising linearly at r per second shifts the crossing by 0.01 V_th / r per per cent of
+    error, over any window; a leak not seen has none; a flat last stretch is infinitely ill-conditioned."""
+    from sim.physics.fluoroscopy import RISE_WINDOW_S, detection_shift_per_percent_s
+
+    dt, rate, threshold = 0.5, 0.05e-9, 2.317e-9
+    frames = [rate * dt * k for k in range(0, 100)]
+    seen = [v for v in frames if v <= threshold] + [next(v for v in frames if v > threshold)]
+    assert detection_shift_per_percent_s(seen, threshold, dt) == pytest.approx(
+        0.01 * threshold / rate, rel=1e-9
+    )
+    assert detection_shift_per_percent_s(seen[-2:], threshold, dt) == pytest.approx(0.01 * threshold / rate)
+    # one pixel passing the visible thickness in the last frame does not dominate the 2 s window
+    jump = [*seen[:-1], seen[-1] + 0.1e-9]
+    assert RISE_WINDOW_S == 2.0
+    n = int(RISE_WINDOW_S / dt)
+    assert detection_shift_per_percent_s(jump, threshold, dt) == pytest.approx(
+        0.01 * threshold / ((jump[-1] - jump[-1 - n]) / (n * dt))
+    )
+    assert detection_shift_per_percent_s(seen[:-1], threshold, dt) is None  # not seen
+    assert detection_shift_per_percent_s([threshold * 2], threshold, dt) is None  # no frame before it
+    assert detection_shift_per_percent_s([threshold * 2] * 5, threshold, dt) == float("inf")

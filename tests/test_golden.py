@@ -130,3 +130,6 @@ def test_a_leak_is_seen_exactly_when_its_peak_visible_volume_passes_the_threshol
     seen = math.isfinite(float(summary["detection_time_s"]))
     assert seen == (summary["peak_visible_leak_mm3"] > threshold)
     assert summary["peak_visible_leak_mm3"] <= 1e3 * summary["leaked_volume_ml"] * (1 + 1e-9)
+    # the detection's conditioning is given exactly for a seen leak, and positive
+    shift = float(summary["detection_shift_per_percent_s"])
+    assert (shift > 0.0) if seen else math.isnan(shift)

@@ -348,6 +348,7 @@ def _summary(
         "leak_onset_s": _nan(vs.leak_onset_s),
         "detection_time_s": _nan(det),
         "peak_visible_leak_mm3": vs.peak_visible_m3 / MM_M**3,
+        "detection_shift_per_percent_s": _nan(vs.detection_shift_per_percent_s),
         "stop_time_s": _nan(stop_time_s),
         "injected_after_detection_ml": after / ML_M3,
         "leaked_volume_ml": vs.leaked_cement_m3 / ML_M3,

@@ -55,7 +55,7 @@ from sim.core.grid import BoneGrid, VenousExit
 from sim.core.parameters import FluoroscopyParams, VenousDynamicsParams
 from sim.physics import rheology
 from sim.physics.cure_clock import AgePool, CureClock
-from sim.physics.fluoroscopy import LeakDetector
+from sim.physics.fluoroscopy import LeakDetector, detection_shift_per_percent_s
 from sim.physics.fragment_set import FragmentSet, VenousFlowSnapshot
 from sim.physics.fragment_tracks import FragmentTracks, TransitModel
 from sim.physics.fragment_transport import venous_routing
@@ -442,6 +442,15 @@ class VenousSystem:
             leak_onset_s=self.leak_onset_s,
             detection_time_s=self.detection_time_s,
             peak_visible_m3=max(self.detector.frames_visible_m3, default=0.0),
+            detection_shift_per_percent_s=(
+                detection_shift_per_percent_s(
+                    self.detector.frames_visible_m3,
+                    self.detector.threshold_m3,
+                    self.detector.frame_interval_s,
+                )
+                if self.detection_time_s is not None
+                else None
+            ),
             cement_set_time_s=self.set_time_s,
             leaked_cement_m3=self.received_m3,
             leaked_marrow_m3=self.marrow_leaked_m3,
@@ -464,6 +473,8 @@ class VenousSummary:
     # seen leak it is the detecting frame's value (its overshoot), for an unseen one how near its
     # threshold it came: the continuous quantity behind the detection time
     peak_visible_m3: float
+    # seconds the detecting frame moves per 1 % error in the visible volume (None: not seen), its conditioning
+    detection_shift_per_percent_s: float | None
     cement_set_time_s: float | None
     leaked_cement_m3: float
     leaked_marrow_m3: float  # net: blood drawn back into the bone counts negative

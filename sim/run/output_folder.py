@@ -135,14 +135,7 @@ def _check_existing(
         raise ConfigError(
             f"{flag} {text}: is the current folder or holds it; name a new folder for the results"
         )
-    for root in SPECIAL_ROOTS:
-        if str(resolved) == root or str(resolved).startswith(root + "/"):
-            raise ConfigError(
-                f"{flag} {text}: is under {root}, a kernel folder where files cannot be written"
-            )
-    blocker = _first_file_on_path(out)
-    if blocker is not None:
-        raise ConfigError(f"{flag} {text}: {blocker} is a file, not a folder")
+    _check_location(out, text, flag)
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise ConfigError(f"{flag} {text}: exists and is not a folder")
@@ -166,9 +159,27 @@ def _check_existing(
                     f"{flag} {text}: --overwrite cannot remove {stuck} (permission denied); "
                     "remove the folder or choose another"
                 )
-    existing = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    _check_writable_ancestor(out, text, flag, "create the folder")
+
+
+def _check_location(path: Path, text: str, flag: str) -> None:
+    """Refuse a path under /proc or /sys, or one that runs through a file."""
+    resolved = str(path.resolve())
+    for root in SPECIAL_ROOTS:
+        if resolved == root or resolved.startswith(root + "/"):
+            raise ConfigError(
+                f"{flag} {text}: is under {root}, a kernel folder where files cannot be written"
+            )
+    blocker = _first_file_on_path(path)
+    if blocker is not None:
+        raise ConfigError(f"{flag} {text}: {blocker} is a file, not a folder")
+
+
+def _check_writable_ancestor(path: Path, text: str, flag: str, action: str) -> None:
+    """Refuse a path whose nearest existing folder this user cannot write into."""
+    existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {text}: cannot create the folder in {existing} (permission denied)")
+        raise ConfigError(f"{flag} {text}: cannot {action} in {existing} (permission denied)")
 
 
 def check_output_file(path: Path, flag: str, suffix: str) -> Path:
@@ -181,22 +192,12 @@ def check_output_file(path: Path, flag: str, suffix: str) -> Path:
     if path.suffix.lower() != suffix:
         raise ConfigError(f"{flag} {text!r}: name a file ending in {suffix}")
     try:
-        resolved = path.resolve()
-        for root in SPECIAL_ROOTS:
-            if str(resolved).startswith(root + "/"):
-                raise ConfigError(
-                    f"{flag} {text}: is under {root}, a kernel folder where files cannot be written"
-                )
-        blocker = _first_file_on_path(path)
-        if blocker is not None:
-            raise ConfigError(f"{flag} {text}: {blocker} is a file, not a folder")
-        existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+        _check_location(path, text, flag)
+        _check_writable_ancestor(path, text, flag, "write")
     except OSError as exc:
         raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
     except RuntimeError as exc:  # a symlink loop while resolving
         raise ConfigError(f"{flag} {text}: cannot resolve the path ({exc})") from None
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {text}: cannot write in {existing} (permission denied)")
     return path
 
 

@@ -442,14 +442,9 @@ class VenousSystem:
             leak_onset_s=self.leak_onset_s,
             detection_time_s=self.detection_time_s,
             peak_visible_m3=max(self.detector.frames_visible_m3, default=0.0),
-            detection_shift_per_percent_s=(
-                detection_shift_per_percent_s(
-                    self.detector.frames_visible_m3,
-                    self.detector.threshold_m3,
-                    self.detector.frame_interval_s,
-                )
-                if self.detection_time_s is not None
-                else None
+            # None for a leak not seen: frames end at the first one above the threshold
+            detection_shift_per_percent_s=detection_shift_per_percent_s(
+                self.detector.frames_visible_m3, self.detector.threshold_m3, self.detector.frame_interval_s
             ),
             cement_set_time_s=self.set_time_s,
             leaked_cement_m3=self.received_m3,

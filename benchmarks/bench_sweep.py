@@ -113,7 +113,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "ratio_vs_serial = serial wall time / this executor's wall time (parallel speed-up)",
             "OpenBLAS starts one thread per core in every process; they add CPU but no speed to these "
             "sparse solves, so 2 workers x 2 BLAS threads oversubscribe 2 cores. The last row spawns the "
-            "workers with OPENBLAS_NUM_THREADS=1 (results then differ from 2-thread runs in the last bits)",
+            "workers with OPENBLAS_NUM_THREADS=1 (the same results: a run limits BLAS to one thread itself)",
             f"grid over injection.stop_after_leak_s in {{0, null}} x {sweep_spec(quick)['replicates']} "
             "seed replicates",
         ],

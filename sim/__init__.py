@@ -4,10 +4,10 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 
 # One BLAS thread per process unless the user chose otherwise: OpenBLAS's extra threads gain nothing on
-# these sparse solves, slow runs when the other cores are busy, and make results depend on the thread
-# count in the last bits (the default 5 ml run at 1 mm: 1e-10 relative between 1 and 2 threads). Set
-# here, before numpy is imported by the package, so the CLI, library use that imports sim first, and
-# sweep and cohort workers (which inherit it) all run alike.
+# these sparse solves and slow runs when the other cores are busy. Set here, before numpy is imported by
+# the package, so the CLI, library use that imports sim first, and sweep and cohort workers (which inherit
+# it) run alike. Results do not depend on it: a run limits BLAS to one thread itself
+# (sim/core/blas_threads.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from sim.core.numba_cache import configure_numba_cache

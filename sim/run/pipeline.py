@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.core.blas_threads import with_one_blas_thread
 from sim.core.config import Scenario
 from sim.core.geometry_data import load_geometry_yaml
 from sim.core.grid import EXIT_KINDS, BoneGrid, Needle
@@ -71,6 +72,7 @@ class Stages:
 Guard = Callable[[str], AbstractContextManager[None]]
 
 
+@with_one_blas_thread
 def build_stages(scenario: Scenario, guard: Guard | None = None) -> Stages:
     """Build the stages of ``scenario`` in the order the run uses them, with its seeded streams.
 
@@ -152,6 +154,7 @@ def run_scenario(
     return run_with_branches(scenario, {}, progress, stages)[0]
 
 
+@with_one_blas_thread
 def run_with_branches(
     scenario: Scenario,
     branches: Mapping[str, Scenario],

@@ -37,7 +37,7 @@ def test_validate_prints_si():
         ("patient: {levle: L1}\n", "unknown key 'patient.levle'"),
         ("grid: {spacing_mm: [1, 2]}\n", "grid.spacing_mm"),
         ("patient: {level: L1\n", "YAML syntax error"),
-        ("injection: {max_duration_s: 1.0e-9}\n", "injection.max_duration_s = 1e-09"),
+        ("injection: {max_duration_s: 1.0e-9}\n", "injection.max_duration_s = 1.0e-9"),
     ],
 )
 def test_bad_config_one_line_exit_2(tmp_path, text, expect):

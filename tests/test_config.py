@@ -129,3 +129,44 @@ def test_vein_kernel_radius_reaches_the_stages_and_keeps_old_hashes_at_its_defau
     assert wide.model_dump(mode="json")["patient"]["vein_kernel_radius_mm"] == 3.0
     assert wide.si()["patient"]["vein_kernel_radius_m"] == pytest.approx(3.0e-3)
     assert wide.content_hash() != default.content_hash()
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("grid:\n  spacing_mm: 0.0010\n", "grid.spacing_mm = 0.0010: "),
+        ("grid:\n  spacing_mm: 7.50e+1\n", "grid.spacing_mm = 7.50e+1: "),
+        ("grid:\n  spacing_mm: 1e999\n", "grid.spacing_mm = 1e999: "),
+        ("grid:\n  spacing_mm: -.inf\n", "grid.spacing_mm = -.inf: "),
+        ("injection:\n  volume_ml: 25\n", "injection.volume_ml = 25: "),
+        ("output:\n  vtk: 0x1\n", "output.vtk = 0x1: "),
+        ("grid:\n  spacing_mm: [1, 2]\n", "grid.spacing_mm = [1, 2]: "),
+    ],
+)
+def test_error_messages_print_the_value_as_written(tmp_path, text, shown):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert f"{path}: {shown}" in str(err.value)
+
+
+def test_a_value_that_did_not_come_from_the_file_is_not_shown_as_the_files_text():
+    from sim.core.config import format_validation_error
+    from sim.core.safe_yaml import load_yaml_text
+
+    literals: dict = {}
+    data = load_yaml_text("grid:\n  spacing_mm: 0.0010\n", "f.yaml", literals)
+    assert literals[("grid", "spacing_mm")][0] == "0.0010"
+    data["grid"]["spacing_mm"] = 0.001  # an override: equal in value, another object, not read from the file
+    try:
+        Scenario.model_validate(data)
+    except Exception as exc:  # noqa: BLE001 - the ValidationError
+        message = format_validation_error(exc, "f.yaml", literals=literals)
+    assert "spacing_mm = 0.001: " in message
+    data["grid"]["spacing_mm"] = 5  # a different value at the same path
+    try:
+        Scenario.model_validate(data)
+    except Exception as exc:  # noqa: BLE001
+        message = format_validation_error(exc, "f.yaml", literals=literals)
+    assert "spacing_mm = 5: " in message

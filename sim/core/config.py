@@ -49,7 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from sim.core.errors import ConfigError
 from sim.core.geometry_data import load_geometry_yaml
-from sim.core.safe_yaml import read_yaml_file
+from sim.core.safe_yaml import Literals, literal_text, read_yaml_file
 
 LEVELS: tuple[str, ...] = (
     "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5",
@@ -790,6 +790,11 @@ def _allowed_text(info: Any) -> str:
 MAX_ERROR_LINES = 5
 
 
+def _shown_text(text: str, limit: int = 60) -> str:
+    """A value's text as the user wrote it, cut to ``limit``."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def shown_value(value: Any, limit: int = 60) -> str:
     """A user value as one literal line (JSON for scalars, never escaped non-ASCII), cut to ``limit``."""
     if isinstance(value, str | int | float | bool | type(None)):
@@ -823,12 +828,16 @@ def user_location(root: type[BaseModel], loc: tuple[Any, ...], keep_last: bool =
 
 
 def format_validation_error(
-    exc: ValidationError, source: str = "config", root: type[BaseModel] | None = None
+    exc: ValidationError,
+    source: str = "config",
+    root: type[BaseModel] | None = None,
+    literals: Literals | None = None,
 ) -> str:
     """One line per problem (at most MAX_ERROR_LINES, then a count):
     ``source: field.path = value: message (allowed: ...)``, the path as the user wrote it in a file of
-    ``root`` (the Scenario by default; the sweep and cohort files pass theirs). A value that fails every
-    branch of a union gets one line with the branches' messages."""
+    ``root`` (the Scenario by default; the sweep and cohort files pass theirs), the value as written
+    where ``literals`` (from the file's loader) hold it, else as JSON. A value that fails every branch
+    of a union gets one line with the branches' messages."""
     model = Scenario if root is None else root
     lines: list[str] = []
     by_path: dict[str, int] = {}  # a path's line, to merge the messages of a union's branches
@@ -867,7 +876,8 @@ def format_validation_error(
             continue
         info = _field_info(model, loc)
         allowed = _allowed_text(info)
-        line = f"{source}: {path} = {shown_value(value)}: {msg}"
+        written = literal_text(literals, loc, value)
+        line = f"{source}: {path} = {shown_value(value) if written is None else _shown_text(written)}: {msg}"
         if allowed and not msg.startswith("Input should be '"):
             line += f" ({allowed})"
         forms = [m for m in _union_members(getattr(info, "annotation", None)) if isinstance(m, type)]
@@ -879,8 +889,9 @@ def format_validation_error(
     return summarise_lines(lines)
 
 
-def scenario_from_dict(data: Any, source: str = "config") -> Scenario:
-    """Validate a mapping as a Scenario; raise ConfigError with one line per problem."""
+def scenario_from_dict(data: Any, source: str = "config", literals: Literals | None = None) -> Scenario:
+    """Validate a mapping as a Scenario; raise ConfigError with one line per problem (``literals``: the
+    file's text as written, :func:`sim.core.safe_yaml.load_yaml_text`)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -888,14 +899,16 @@ def scenario_from_dict(data: Any, source: str = "config") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, literals=literals)) from None
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, literals: Literals | None = None) -> Any:
     """Read a user YAML file (see :mod:`sim.core.safe_yaml`); every problem is one-line ConfigError."""
-    return read_yaml_file(path)
+    return read_yaml_file(path, literals=literals)
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Load and validate a scenario YAML file."""
-    return scenario_from_dict(read_yaml(path), source=str(path))
+    literals: Literals = {}
+    data = read_yaml(path, literals)
+    return scenario_from_dict(data, source=str(path), literals=literals)

@@ -37,6 +37,12 @@ MAX_INT_DIGITS = 40
 
 _TAG = "tag:yaml.org,2002:"
 ALLOWED_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")}
+_LITERAL_TAGS = {_TAG + t for t in ("int", "float", "bool", "null")}
+
+# The text as written of every plain number, boolean and null, by key path (keys and list indices), with the
+# value it was read as: error messages print a user's `0.0010`, `7.50e+1` or `1e999` as written, not as the
+# parsed 0.001, 75.0 or Infinity.
+Literals = dict[tuple[str | int, ...], tuple[str, Any]]
 
 
 class _Refused(Exception):
@@ -167,8 +173,39 @@ def _check_nodes(root: Node) -> None:
                 stack.append((value_node, _join(path, name)))
 
 
-def load_yaml_text(text: str, source: str) -> Any:
-    """Parse YAML text with the bounds of this module; ConfigError (one line) on any problem."""
+def _scalar_literals(root: Node, data: Any) -> Literals:
+    """Walk the composed nodes beside the constructed data; merged (``<<``) entries are left out."""
+    out: Literals = {}
+    stack: list[tuple[Node, Any, tuple[str | int, ...]]] = [(root, data, ())]
+    while stack:
+        node, value, path = stack.pop()
+        if isinstance(node, ScalarNode):
+            if node.style is None and node.tag in _LITERAL_TAGS:
+                out[path] = (node.value, value)
+        elif isinstance(node, MappingNode) and isinstance(value, dict):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if isinstance(key_node, ScalarNode) and key_node.tag == _TAG + "str" and key in value:
+                    stack.append((value_node, value[key], (*path, key)))
+        elif isinstance(node, SequenceNode) and isinstance(value, list):
+            stack.extend((n, v, (*path, i)) for i, (n, v) in enumerate(zip(node.value, value, strict=False)))
+    return out
+
+
+def literal_text(literals: Literals | None, path: tuple[Any, ...], value: Any) -> str | None:
+    """The text the user wrote at ``path`` if ``value`` is the object read there (None otherwise: a value
+    that came from elsewhere, such as a sweep's override of a base file's key, is never shown as the
+    file's text; pydantic's errors carry the input object itself)."""
+    if not literals or path not in literals:
+        return None
+    text, read = literals[path]
+    return text if read is value else None
+
+
+def load_yaml_text(text: str, source: str, literals: Literals | None = None) -> Any:
+    """Parse YAML text with the bounds of this module; ConfigError (one line) on any problem.
+
+    ``literals``, when given, receives the text as written of the plain scalars (:data:`Literals`)."""
     loader = None
     try:
         loader = _BoundedLoader(text)  # the reader checks the characters here already
@@ -181,7 +218,10 @@ def load_yaml_text(text: str, source: str) -> Any:
                 "write the values out"
             )
         _check_nodes(root)
-        return loader.construct_document(root)
+        data = loader.construct_document(root)
+        if literals is not None:
+            literals.update(_scalar_literals(root, data))
+        return data
     except _Refused as exc:
         raise ConfigError(f"{source}: {exc}{_where(exc.mark)}") from None
     except yaml.YAMLError as exc:
@@ -254,6 +294,7 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
         raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {bad!r})") from None
 
 
-def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
-    """Read and parse a user YAML file with every bound of this module."""
-    return load_yaml_text(read_text_file(path, what), str(path))
+def read_yaml_file(path: str | Path, what: str = "config file", literals: Literals | None = None) -> Any:
+    """Read and parse a user YAML file with every bound of this module (``literals``: as in
+    :func:`load_yaml_text`)."""
+    return load_yaml_text(read_text_file(path, what), str(path), literals)

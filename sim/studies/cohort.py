@@ -100,6 +100,7 @@ from sim.core.config import (
 )
 from sim.core.errors import ConfigError
 from sim.core.input_files import anatomy_file_digests
+from sim.core.safe_yaml import Literals
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
 from sim.studies.arm_branches import STASH_DIR, NeverStopWithArms, StashedArm, write_arm_map
@@ -405,14 +406,15 @@ class CohortSpec(_Strict):
 # ---------------------------------------------------------------------------- loading
 
 
-def cohort_from_dict(data: Any, source: str = "cohort") -> CohortSpec:
-    """Validate a mapping as a cohort file; one line per problem naming the key."""
+def cohort_from_dict(data: Any, source: str = "cohort", literals: Literals | None = None) -> CohortSpec:
+    """Validate a mapping as a cohort file; one line per problem naming the key (``literals``: the
+    file's values as written, for the messages)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a cohort file must be a mapping, got {type(data).__name__}")
     try:
         spec = CohortSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, root=CohortSpec)) from None
+        raise ConfigError(format_validation_error(exc, source, root=CohortSpec, literals=literals)) from None
     for path in spec.distributions:
         check_value_path(path, f"{source}: distributions", "distribution")
     for path, dist in spec.distributions.items():
@@ -430,7 +432,9 @@ def cohort_from_dict(data: Any, source: str = "cohort") -> CohortSpec:
 def load_cohort(path: str | Path) -> tuple[CohortSpec, Path]:
     """Read and validate a cohort file; returns the spec and the folder relative paths resolve from."""
     p = Path(path)
-    return cohort_from_dict(read_yaml(p), source=str(p)), p.resolve().parent
+    literals: Literals = {}
+    data = read_yaml(p, literals)
+    return cohort_from_dict(data, source=str(p), literals=literals), p.resolve().parent
 
 
 def base_config(spec: CohortSpec, base_dir: str | Path, source: str = "cohort") -> dict[str, Any]:

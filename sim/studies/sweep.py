@@ -56,6 +56,7 @@ from sim.core.config import (
 )
 from sim.core.errors import ConfigError
 from sim.core.provenance import code_digest, code_label
+from sim.core.safe_yaml import Literals
 from sim.studies.executors import (
     DEFAULT_RUNNER,
     DEFAULT_WRITER,
@@ -189,17 +190,20 @@ class Expansion:
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     """Read and validate a sweep file; returns the spec and the folder relative paths resolve from."""
     p = Path(path)
-    return sweep_from_dict(read_yaml(p), source=str(p)), p.resolve().parent
+    literals: Literals = {}
+    data = read_yaml(p, literals)
+    return sweep_from_dict(data, source=str(p), literals=literals), p.resolve().parent
 
 
-def sweep_from_dict(data: Any, source: str = "sweep") -> SweepSpec:
-    """Validate a mapping as a sweep file; one line per problem, naming the key."""
+def sweep_from_dict(data: Any, source: str = "sweep", literals: Literals | None = None) -> SweepSpec:
+    """Validate a mapping as a sweep file; one line per problem, naming the key (``literals``: the
+    file's values as written, for the messages)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a sweep file must be a mapping, got {type(data).__name__}")
     try:
         return SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, root=SweepSpec)) from None
+        raise ConfigError(format_validation_error(exc, source, root=SweepSpec, literals=literals)) from None
 
 
 # ---------------------------------------------------------------------------- dotted paths
@@ -368,11 +372,12 @@ def resolve_base_scenario(
         base_path = Path(base)
         if not base_path.is_absolute():
             base_path = Path(base_dir) / base_path
+        literals: Literals = {}
         try:
-            data = read_yaml(base_path)
+            data = read_yaml(base_path, literals)
         except ConfigError as exc:
             raise ConfigError(f"{source}: base = {shown_value(base)}: {exc}") from None
-        config = scenario_from_dict(data, source=str(base_path)).model_dump(mode="json")
+        config = scenario_from_dict(data, source=str(base_path), literals=literals).model_dump(mode="json")
     apply_overrides(config, overrides, f"{source}: overrides")
     return scenario_from_dict(config, source=f"{source}: base scenario").model_dump(mode="json")
 

@@ -3,9 +3,18 @@
 A change that should not alter the physics (refactoring, speed, output) must pass this unchanged.
 A change that should alter it refreshes the files on purpose (``python tests/golden/refresh.py``)
 and says why in the commit message. Every number of the summary, the emboli table and the time
-series is compared with relative tolerance 1e-9 (plus 1e-9 of the column's largest magnitude, or of
-the injected volume for summary volumes, so round-off-sized values near zero do not count as changes);
-strings must match exactly.
+series is compared with relative tolerance 1e-7 (plus 1e-7 of the column's largest magnitude, of the
+injected volume for summary volumes, or of 1 for summary fractions, so round-off-sized values near zero
+do not count as changes); strings must match exactly.
+
+Why 1e-7 and not the last bit: another CPU takes other SIMD paths in numpy and OpenBLAS (AVX-512 against
+AVX2), which round a few operations differently, and the solver's conditioning carries that into the
+results. Measured on the stored scenarios (goldens made on an AVX-512 Intel Xeon, run on an AVX2 AMD
+EPYC): up to 5.1e-9 (cohort patient 1's detection_shift_per_percent_s; 3.5e-9 the default's leak onset,
+1.7e-9 in the time series). 1e-7 keeps a margin of 20 over that and is far below any physics change
+this project has made. On one machine the results are the same bits in any process
+(tests/test_blas_threads.py). The cohort's drawn scenarios may differ by an ulp between CPUs and are
+compared to 1e-12.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ import yaml
 from tests.golden.cases import CASES, golden_run, golden_scenario
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-RTOL = 1e-9
+RTOL = 1e-7
+CONFIG_RTOL = 1e-12  # drawn cohort inputs: an ulp between CPUs (numpy's SIMD exp/log)
 # round-off measures: compared as "still at round-off" (below the solvers' own tolerance), not by value
 ROUNDOFF_KEYS = {"mass_balance_error": 1e-10}
 
@@ -79,6 +89,7 @@ def _compare_summary(case: str, want: dict, got: dict) -> list[str]:
             # volumes are compared against the injected volume too, as table columns against their
             # largest entry: a leak of 1e-55 ml is round-off, whatever its last digits
             floor = RTOL * float(want.get("injected_volume_ml", 0.0)) if key.endswith("_ml") else 0.0
+            floor = RTOL if key.endswith("_fraction") else floor  # fractions of at most 1
             same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= RTOL * max(abs(a), abs(b)) + floor
             if not same and not (abs(a) < 1e-300 and abs(b) < 1e-300):
                 problems.append(f"{case}/summary.{key}: {b!r} != golden {a!r}")
@@ -115,9 +126,28 @@ def test_golden_results_are_reproduced(case: str) -> None:
 def test_golden_scenarios_match_todays_config_files(case: str) -> None:
     """The stored scenarios are what today's config files and cohort sampling produce."""
     stored = yaml.safe_load((GOLDEN / case / "scenario.yaml").read_text(encoding="utf-8"))
-    assert golden_scenario(case).model_dump(mode="json") == stored, (
+    today = golden_scenario(case).model_dump(mode="json")
+    assert _same_config(today, stored), (
         f"configs changed for golden case {case}: refresh on purpose (python tests/golden/refresh.py)"
     )
+
+
+def _same_config(a: object, b: object) -> bool:
+    """Equal, floats to CONFIG_RTOL (an ulp of a drawn input is a CPU's rounding, not a change)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_config(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_config(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=CONFIG_RTOL) or (math.isnan(a) and math.isnan(b))
+    return type(a) is type(b) and a == b
+
+
+def test_the_config_comparison_takes_an_ulp_and_nothing_more():
+    assert _same_config({"k": [1.0, 2]}, {"k": [math.nextafter(1.0, 2.0), 2]})
+    assert not _same_config({"k": [1.0, 2]}, {"k": [1.0 + 1e-9, 2]})
+    assert not _same_config({"k": 1}, {"k": 1.0})
+    assert not _same_config({"k": 1.0}, {"j": 1.0})
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -133,3 +163,15 @@ def test_a_leak_is_seen_exactly_when_its_peak_visible_volume_passes_the_threshol
     # the detection's conditioning is given exactly for a seen leak, and positive
     shift = float(summary["detection_shift_per_percent_s"])
     assert (shift > 0.0) if seen else math.isnan(shift)
+
+
+def test_the_comparison_flags_a_change_of_1e_6_and_passes_cpu_rounding():
+    want = {"injected_volume_ml": 5.0, "leak_onset_s": 36.673887, "pvr_rise_fraction": 0.0, "x_ml": 1.0}
+    near = {**want, "leak_onset_s": 36.673887 * (1 + 5e-9), "pvr_rise_fraction": -6e-15}
+    assert _compare_summary("c", want, near) == []
+    far = {**want, "leak_onset_s": 36.673887 * (1 + 1e-6)}
+    problems = _compare_summary("c", want, far)
+    assert len(problems) == 1 and problems[0].startswith("c/summary.leak_onset_s: ")
+    col = ["1.0", "2.0", "4.0"]
+    assert _compare_column("c", "t", "v", col, [1.0, 2.0, 4.0 * (1 + 5e-9)]) == []
+    assert _compare_column("c", "t", "v", col, [1.0, 2.0 * (1 + 1e-6), 4.0]) != []

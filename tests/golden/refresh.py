@@ -5,7 +5,7 @@
 
 Run this only for a change that is meant to alter the physics, and say why in the commit message.
 A change that should not alter physics is checked against the stored files by
-``tests/test_golden.py`` (every number, relative 1e-9).
+``tests/test_golden.py`` (every number, relative 1e-7).
 
 Each case is a folder holding the resolved scenario it was run from (``scenario.yaml``), the
 summary metrics (``summary.json``, without wall time and provenance), and the emboli table and

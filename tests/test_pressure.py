@@ -319,21 +319,26 @@ def test_front_system_lumps_marrow_conserves_volume_and_converges_as_marrow_thin
 
 
 @pytest.mark.parametrize("method", ["cg", "iccg"])
-def test_cg_refines_when_its_residual_drifts_from_the_true_one(method):
+def test_cg_refines_when_its_residual_drifts_from_the_true_one(method, monkeypatch):
     """A front system whose recursively updated CG residual reaches rtol while the true one does not.
 
     Captured from the 1,000-patient cohort of December 2026 (patient 691, level 1, never stopped):
     4,147 unknowns, diagonal from 6e-12 to 10 (a pinned foramen node next to a cement column in a
-    vein lumen). Jacobi-CG stops after 319 iterations with a true relative residual of 1.5e-6, above
-    the 1e-6 the solver accepts; one correction solve on the true residual brings it to 2.6e-10.
-    IC(0)-CG (method "iccg", the front method's default) needs the same correction and gets it.
+    vein lumen). Jacobi-CG stops after 319 iterations with a true relative residual of 1.5e-6 on an
+    AVX-512 Intel Xeon (4.9e-7 after 316 on an AVX2 AMD EPYC: how far the residuals drift apart is
+    rounding), above the 1e-6 the solver accepts there; one correction solve on the true residual
+    brings it to 2.6e-10. IC(0)-CG (method "iccg", the front method's default) needs the same
+    correction and gets it. The acceptance is lowered to 1e-8 here so that the drift is above it on
+    any CPU and the refinement must act.
     """
     import pathlib
 
     import scipy.sparse as sp
 
-    from sim.physics.pressure import ACCEPT_RESIDUAL
+    import sim.physics.pressure as pressure
 
+    ACCEPT_RESIDUAL = 1e-8
+    monkeypatch.setattr(pressure, "ACCEPT_RESIDUAL", ACCEPT_RESIDUAL)
     z = np.load(pathlib.Path(__file__).parent / "data" / "pressure_residual_gap.npz")
     n = z["indptr"].size - 1
     mat = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=(n, n))

@@ -713,7 +713,7 @@ class PressureSolver:
             out = np.empty_like(rhs2)
             for c in range(rhs2.shape[1]):
                 guess = None if x0s is None else x0s[:, min(c, x0s.shape[1] - 1)]
-                out[:, c] = self._cg(mat, rhs2[:, c], guess, prec)
+                out[:, c] = self._named_cg(mat, rhs2[:, c], guess, prec, kind)
         self.stats.n_solves += rhs2.shape[1]
         for c in range(rhs2.shape[1]):
             bn = np.linalg.norm(rhs2[:, c])
@@ -728,7 +728,7 @@ class PressureSolver:
                 for _ in range(REFINEMENTS if prec is not None else 0):
                     if np.isfinite(res) and res <= ACCEPT_RESIDUAL:
                         break
-                    out[:, c] += self._cg(mat, r, None, prec)
+                    out[:, c] += self._named_cg(mat, r, None, prec, kind)
                     self.stats.n_refinements += 1
                     r = rhs2[:, c] - mat @ out[:, c]
                     res = np.linalg.norm(r) / bn
@@ -787,6 +787,14 @@ class PressureSolver:
 
         return spla.LinearOperator((n, n), matvec=apply, dtype=np.float64)
 
+    def _named_cg(self, mat, b, x0, prec, kind: str):
+        """:meth:`_cg`, its failure naming the solve's kind (whether CG ends on huge numbers or on NaN,
+        which depends on the CPU's rounding, the message is the same)."""
+        try:
+            return self._cg(mat, b, x0, prec)
+        except SolverError as exc:
+            raise SolverError(f"pressure solve ({kind}, {mat.shape[0]} unknowns): {exc}") from None
+
     def _cg(self, mat, b, x0, prec):
         if isinstance(prec, _IC0):
             return self._ic0_cg(mat, b, x0, prec)
@@ -805,7 +813,7 @@ class PressureSolver:
             self._setup_iters = count[0]
         if info != 0:
             res = np.linalg.norm(b - mat @ x) / bn
-            if res > 1e-9:
+            if not res <= 1e-9:  # NaN fails too
                 raise SolverError(
                     f"pressure CG did not reach rtol {self.rtol:g} in {self.max_iter} iterations "
                     f"({mat.shape[0]} unknowns, relative residual {res:.2e})"

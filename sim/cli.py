@@ -11,6 +11,7 @@ paths) is printed literally, never read as rich markup. ``--quiet`` silences pro
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -194,7 +195,38 @@ def run(
             write_run(result, out, overwrite=overwrite)
         if not quiet:
             _print_summary(result.summary)
+            for line in summary_reading(result.summary, scenario.fluoroscopy.frame_interval_s):
+                say(console, line)
             say(console, ("wrote", "green"), f" {out}")
+
+
+# a detection that moves by more than half a frame for a 1 % error in the visible volume is fragile
+FRAGILE_SHIFT_FRAMES = 0.5
+
+
+def summary_reading(summary: dict[str, Any], frame_interval_s: float) -> list[str]:
+    """How far to trust the run's two headline outputs, in words: the leaked volume's discretisation
+    error from the convergence study (when the run's spacing is one of the study's), and how many
+    seconds a 1 % error in the visible volume moves the detection (``detection_shift_per_percent_s``),
+    flagged as fragile above half a frame (a leak grazing its visibility threshold; README, Grid
+    convergence)."""
+    lines = []
+    err, case = summary.get("leaked_volume_rel_error_estimate"), summary.get("leaked_volume_error_case")
+    h = summary.get("grid_spacing_mm")
+    if isinstance(err, float) and math.isfinite(err) and case:
+        lines.append(
+            f"leaked volume {summary['leaked_volume_ml']:.4g} ml on the {h:g} mm grid: discretisation error "
+            f"about {100 * err:.1f} % (convergence study, case '{case}')"
+        )
+    seen, shift = summary.get("detection_time_s"), summary.get("detection_shift_per_percent_s")
+    if isinstance(seen, float) and math.isfinite(seen) and isinstance(shift, float) and math.isfinite(shift):
+        fragile = shift > FRAGILE_SHIFT_FRAMES * frame_interval_s
+        lines.append(
+            f"leak seen at {seen:.4g} s; a 1 % error in the visible volume moves it by {shift:.2g} s "
+            f"(frames every {frame_interval_s:g} s)"
+            + (": fragile, the leak grazes its visibility threshold" if fragile else "")
+        )
+    return lines
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -119,3 +119,25 @@ def test_usage_errors_are_one_line_exit_2(args, expect):
 def test_a_bare_command_prints_its_help_only():
     res = pce_sim()
     assert res.returncode == 2 and "Usage" in res.stdout and not res.stderr
+
+
+def test_the_summary_reading_gives_the_leaks_error_and_flags_a_fragile_detection():
+    from sim.cli import summary_reading
+
+    base = {"leaked_volume_ml": 0.0588, "grid_spacing_mm": 0.75, "leaked_volume_rel_error_estimate": 0.006}
+    base["leaked_volume_error_case"] = "cohort patient 1"
+    grazing = {**base, "detection_time_s": 161.0, "detection_shift_per_percent_s": 0.57}
+    lines = summary_reading(grazing, 0.5)
+    assert lines[0] == (
+        "leaked volume 0.0588 ml on the 0.75 mm grid: discretisation error about 0.6 % "
+        "(convergence study, case 'cohort patient 1')"
+    )
+    assert lines[1].startswith("leak seen at 161 s; a 1 % error in the visible volume moves it by 0.57 s")
+    assert lines[1].endswith(": fragile, the leak grazes its visibility threshold")
+    steep = {**grazing, "detection_shift_per_percent_s": 0.004}
+    assert not summary_reading(steep, 0.5)[1].endswith("threshold")
+    assert summary_reading(steep, 0.005)[1].endswith("threshold")  # half a frame is the line
+    unseen = {**base, "detection_time_s": float("nan"), "detection_shift_per_percent_s": float("nan")}
+    assert len(summary_reading(unseen, 0.5)) == 1
+    off_study = {**unseen, "leaked_volume_rel_error_estimate": float("nan"), "leaked_volume_error_case": ""}
+    assert summary_reading(off_study, 0.5) == []

@@ -351,3 +351,19 @@ def test_cg_refines_when_its_residual_drifts_from_the_true_one(method, monkeypat
     # the refined solution is the direct one
     direct = PressureSolver("direct").solve(mat, rhs)
     assert np.linalg.norm(x - direct) / np.linalg.norm(direct) < 1e-6
+
+
+def test_a_cg_that_ends_on_nan_is_refused_where_it_ends(monkeypatch):
+    """Whether a failing CG ends on huge numbers or on NaN is the CPU's rounding; both are refused with
+    the same message (a NaN residual had slipped past the check inside the CG)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    from sim.core.errors import SolverError
+
+    mat = sp.csr_matrix(np.array([[2.0, -1.0], [-1.0, 2.0]]))
+    monkeypatch.setattr(spla, "cg", lambda *a, **k: (np.full(2, np.nan), 1))
+    with pytest.raises(
+        SolverError, match=r"pressure solve \(cg\): pressure CG did not reach rtol .* residual nan"
+    ):
+        PressureSolver("cg").solve(mat, np.ones(2))

@@ -181,3 +181,30 @@ def test_booleans_inside_number_lists_are_refused(tmp_path: Path) -> None:
 def test_a_whole_file_check_prints_its_message_not_the_file(tmp_path: Path) -> None:
     err = refused(tmp_path, "cohort", "name: c\n" + BASE + "policies: [{name: a}, {name: a}]\n")
     assert err.startswith("error: ") and "(top level) =" not in err and "{" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "expect"),
+    [
+        ("sweep", "replicates: 1.50\n", "replicates = 1.50: "),
+        ("sweep", "overrides: {grid.spacing_mm: 0.0010}\n", "grid.spacing_mm = 0.0010: "),
+        ("sweep", "overrides:\n  grid: {spacing_mm: 7.50e+1}\n", "grid.spacing_mm = 7.50e+1: "),
+        ("cohort", "n: 2.50\n", "n = 2.50: "),
+        ("cohort", "overrides: {grid.spacing_mm: 0.0010}\n", "grid.spacing_mm = 0.0010: "),
+    ],
+)
+def test_study_files_print_values_and_overrides_as_written(
+    tmp_path: Path, command: str, text: str, expect: str
+):
+    body = {
+        "sweep": "parameters:\n  injection.volume_ml: {values: [1, 2]}\n",
+        "cohort": "distributions:\n  injection.volume_ml: {dist: uniform, low: 1, high: 2}\n"
+        "policies:\n  - {name: stop_at_detection, stop_after_leak_s: 0}\n",
+    }[command]
+    assert expect in refused(tmp_path, command, BASE + body + text)
+
+
+def test_a_base_files_value_is_printed_as_written(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("grid:\n  spacing_mm: 0.0010\n")
+    text = "base: base.yaml\nparameters:\n  injection.volume_ml: {values: [1, 2]}\n"
+    assert "grid.spacing_mm = 0.0010: " in refused(tmp_path, "sweep", text)

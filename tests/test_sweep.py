@@ -519,3 +519,14 @@ def test_real_pipeline_sweep_end_to_end(tmp_path):
     assert comparable(read_csv(tmp_path / "results.csv")) == comparable(rows)
     files = write_report(tmp_path)
     assert all(p.stat().st_size > 0 for p in files)
+
+
+def test_log_scale_draws_take_the_c_librarys_exp():
+    """Not numpy's SIMD exp (another code path on AVX-512 CPUs): the same bits on every x86 CPU."""
+    import math
+
+    from sim.studies.sweep import exp_each
+
+    x = np.random.default_rng(3).uniform(-20.0, 20.0, 1000)
+    assert [float(v) for v in exp_each(x)] == [math.exp(v) for v in x]
+    assert exp_each(np.float64(0.5)).shape == (1,)

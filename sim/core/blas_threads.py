@@ -9,22 +9,43 @@ gives bit-identical results in any process on a machine. The extra threads gain 
 sparse solves (benchmarks/results/bench.md, the sweep section).
 """
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from threadpoolctl import threadpool_limits
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# BLAS's thread count is a setting of the process, not of a thread: runs in several threads of one
+# process (a Dask worker with several threads) share one limit, set by the first block to enter and
+# restored by the last to leave. OpenBLAS does not always honour a setting made from a worker thread
+# (seen with numpy 2.4's OpenBLAS 0.3.31), so threaded workers should also start with
+# OPENBLAS_NUM_THREADS=1, which ``import sim`` sets unless the user chose otherwise.
+_lock = threading.Lock()
+_active = 0
+_limit: Any = None
+
 
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
     """Run the block with every loaded BLAS library at one thread (about 1 ms to set and restore)."""
-    with threadpool_limits(limits=1, user_api="blas"):
+    global _active, _limit
+    with _lock:
+        if _active == 0:
+            _limit = threadpool_limits(limits=1, user_api="blas")
+        _active += 1
+    try:
         yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                _limit.restore_original_limits()
+                _limit = None
 
 
 def with_one_blas_thread(func: Callable[P, R]) -> Callable[P, R]:

@@ -791,8 +791,12 @@ MAX_ERROR_LINES = 5
 
 
 def _shown_text(text: str, limit: int = 60) -> str:
-    """A value's text as the user wrote it, cut to ``limit``."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A value's text as the user wrote it; a longer one keeps its head and tail (a number's digits
+    that matter may be its last)."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return f"{text[: limit - tail - 3]}...{text[-tail:]}"
 
 
 def shown_value(value: Any, limit: int = 60) -> str:

@@ -174,19 +174,19 @@ def _check_nodes(root: Node) -> None:
 
 
 def _scalar_literals(root: Node, data: Any) -> Literals:
-    """Walk the composed nodes beside the constructed data; merged (``<<``) entries are left out."""
+    """Walk the composed nodes beside the constructed data. Constructing a mapping with a merge key
+    (``<<``) puts the merged pairs before its own in ``node.value``; the last pair of a key is the one
+    the data holds, as for PyYAML. An empty value (``key:``) has no text and is left out."""
     out: Literals = {}
     stack: list[tuple[Node, Any, tuple[str | int, ...]]] = [(root, data, ())]
     while stack:
         node, value, path = stack.pop()
         if isinstance(node, ScalarNode):
-            if node.style is None and node.tag in _LITERAL_TAGS:
+            if node.style is None and node.tag in _LITERAL_TAGS and node.value:
                 out[path] = (node.value, value)
         elif isinstance(node, MappingNode) and isinstance(value, dict):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                if isinstance(key_node, ScalarNode) and key_node.tag == _TAG + "str" and key in value:
-                    stack.append((value_node, value[key], (*path, key)))
+            last = {k.value: v for k, v in node.value if isinstance(k, ScalarNode) and k.tag == _TAG + "str"}
+            stack.extend((v, value[k], (*path, k)) for k, v in last.items() if k in value)
         elif isinstance(node, SequenceNode) and isinstance(value, list):
             stack.extend((n, v, (*path, i)) for i, (n, v) in enumerate(zip(node.value, value, strict=False)))
     return out
@@ -194,8 +194,10 @@ def _scalar_literals(root: Node, data: Any) -> Literals:
 
 def literal_text(literals: Literals | None, path: tuple[Any, ...], value: Any) -> str | None:
     """The text the user wrote at ``path`` if ``value`` is the object read there (None otherwise: a value
-    that came from elsewhere, such as a sweep's override of a base file's key, is never shown as the
-    file's text; pydantic's errors carry the input object itself)."""
+    that came from elsewhere, such as a sweep's override of a base file's key, is not shown as the
+    file's text; pydantic's errors carry the input object itself). Python shares ``True``, ``False``,
+    ``None`` and small integers, so for those identity shows the value, not where it came from: an
+    equal value put at the same path would print as the file's text (the same value)."""
     if not literals or path not in literals:
         return None
     text, read = literals[path]

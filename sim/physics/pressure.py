@@ -793,7 +793,7 @@ class PressureSolver:
         try:
             return self._cg(mat, b, x0, prec)
         except SolverError as exc:
-            raise SolverError(f"pressure solve ({kind}, {mat.shape[0]} unknowns): {exc}") from None
+            raise SolverError(f"pressure solve ({kind}): {exc}") from None
 
     def _cg(self, mat, b, x0, prec):
         if isinstance(prec, _IC0):

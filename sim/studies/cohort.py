@@ -86,7 +86,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from scipy import stats as _st
 
 from sim.core.config import (
@@ -121,6 +121,8 @@ from sim.studies.sweep import (
     SweepSpec,
     check_dotted_path,
     check_value_path,
+    exp_each,
+    override_literals,
     replicate_seeds,
     resolve_base_scenario,
     run_sweep,
@@ -239,7 +241,7 @@ class DistributionSpec(_Strict):
         if d == "uniform":
             x = self.low + u * (self.high - self.low)  # type: ignore[operator]
         elif d == "loguniform":
-            x = np.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))  # type: ignore[arg-type]
+            x = exp_each(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))  # type: ignore[arg-type]
         elif d == "normal":
             x = self.mean + self.sd * _st.norm.ppf(u)  # type: ignore[operator]
         elif d == "truncnormal":
@@ -247,7 +249,7 @@ class DistributionSpec(_Strict):
             b = (self.high - self.mean) / self.sd  # type: ignore[operator]
             x = _st.truncnorm.ppf(u, a, b, loc=self.mean, scale=self.sd)
         elif d == "lognormal":
-            x = self.median * np.exp(self.sigma * _st.norm.ppf(u))  # type: ignore[operator]
+            x = self.median * exp_each(self.sigma * _st.norm.ppf(u))  # type: ignore[operator]
         elif d == "bernoulli":
             return [bool(v) for v in (u < self.p)]
         else:  # categorical / choice
@@ -340,6 +342,9 @@ class LevelsSpec(_Strict):
 class CohortSpec(_Strict):
     """A validated cohort file."""
 
+    # the overrides' values as written in the file, by scenario path (sweep.override_literals)
+    _override_literals: Literals = PrivateAttr(default_factory=dict)
+
     name: str = "cohort"
     description: str = ""
     base: str | None = None
@@ -415,6 +420,7 @@ def cohort_from_dict(data: Any, source: str = "cohort", literals: Literals | Non
         spec = CohortSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, root=CohortSpec, literals=literals)) from None
+    spec._override_literals = override_literals(literals)
     for path in spec.distributions:
         check_value_path(path, f"{source}: distributions", "distribution")
     for path, dist in spec.distributions.items():
@@ -439,7 +445,7 @@ def load_cohort(path: str | Path) -> tuple[CohortSpec, Path]:
 
 def base_config(spec: CohortSpec, base_dir: str | Path, source: str = "cohort") -> dict[str, Any]:
     """The resolved base scenario (base file + overrides) as a clinical-unit dict."""
-    return resolve_base_scenario(spec.base, spec.overrides, base_dir, source)
+    return resolve_base_scenario(spec.base, spec.overrides, base_dir, source, spec._override_literals)
 
 
 # ---------------------------------------------------------------------------- sampling

@@ -44,7 +44,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from sim.core.config import (
     NoBoolForNumber,
@@ -118,6 +118,9 @@ class ExecutorSpec(_Strict):
 
 class SweepSpec(_Strict):
     """A validated sweep file."""
+
+    # the overrides' values as written in the file, by scenario path (:func:`override_literals`)
+    _override_literals: Literals = PrivateAttr(default_factory=dict)
 
     name: str = "sweep"
     description: str = ""
@@ -201,9 +204,22 @@ def sweep_from_dict(data: Any, source: str = "sweep", literals: Literals | None 
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a sweep file must be a mapping, got {type(data).__name__}")
     try:
-        return SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, root=SweepSpec, literals=literals)) from None
+    spec._override_literals = override_literals(literals)
+    return spec
+
+
+def override_literals(literals: Literals | None) -> Literals:
+    """A study file's ``overrides`` values as written, keyed by their scenario path: ``overrides:
+    {grid.spacing_mm: 0.0010}`` and ``overrides: {grid: {spacing_mm: 0.0010}}`` both give
+    ``("grid", "spacing_mm")``, so an override the base scenario refuses is printed as written."""
+    out: Literals = {}
+    for path, entry in (literals or {}).items():
+        if len(path) >= 2 and path[0] == "overrides" and isinstance(path[1], str):
+            out[(*path[1].split("."), *path[2:])] = entry
+    return out
 
 
 # ---------------------------------------------------------------------------- dotted paths
@@ -317,6 +333,13 @@ def unit_samples(method: str, n: int, n_params: int, rng: np.random.Generator) -
     raise ConfigError(f"unknown sampling method '{method}' (allowed: lhs, random)")
 
 
+def exp_each(x: np.ndarray) -> np.ndarray:
+    """exp of each value by the C library, not numpy's SIMD loop: numpy takes another code path on an
+    AVX-512 CPU than on an AVX2 one, and a drawn input one ulp apart changes a scenario's hash (a cached
+    run is not found on the other machine) and its last bits."""
+    return np.array([math.exp(v) for v in np.atleast_1d(np.asarray(x, dtype=float))])
+
+
 def map_unit(spec: ParameterSpec, u: np.ndarray) -> list[Any]:
     """Map unit samples to parameter values (linear/log range, or a categorical ``values`` list)."""
     if spec.values is not None:
@@ -324,7 +347,7 @@ def map_unit(spec: ParameterSpec, u: np.ndarray) -> list[Any]:
         return [copy.deepcopy(spec.values[i]) for i in idx]
     lo, hi = spec.range  # type: ignore[misc]
     if spec.scale == "log":
-        out = np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        out = exp_each(math.log(lo) + u * (math.log(hi) - math.log(lo)))
     else:
         out = lo + u * (hi - lo)
     return [float(v) for v in np.clip(out, lo, hi)]
@@ -359,14 +382,19 @@ def parameter_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def base_config(spec: SweepSpec, base_dir: Path, source: str = "sweep") -> dict[str, Any]:
     """The resolved base scenario (base file + overrides) as a clinical-unit dict."""
-    return resolve_base_scenario(spec.base, spec.overrides, base_dir, source)
+    return resolve_base_scenario(spec.base, spec.overrides, base_dir, source, spec._override_literals)
 
 
 def resolve_base_scenario(
-    base: str | None, overrides: dict[str, Any], base_dir: str | Path, source: str
+    base: str | None,
+    overrides: dict[str, Any],
+    base_dir: str | Path,
+    source: str,
+    written: Literals | None = None,
 ) -> dict[str, Any]:
     """A study file's base scenario: the ``base`` file (relative to ``base_dir``) with ``overrides``
-    applied, validated, as a clinical-unit dict. A base file that cannot be read is named as ``base``."""
+    applied, validated, as a clinical-unit dict. A base file that cannot be read is named as ``base``;
+    ``written`` are the overrides' values as written (:func:`override_literals`), for the messages."""
     config: dict[str, Any] = {}
     if base is not None:
         base_path = Path(base)
@@ -379,7 +407,9 @@ def resolve_base_scenario(
             raise ConfigError(f"{source}: base = {shown_value(base)}: {exc}") from None
         config = scenario_from_dict(data, source=str(base_path), literals=literals).model_dump(mode="json")
     apply_overrides(config, overrides, f"{source}: overrides")
-    return scenario_from_dict(config, source=f"{source}: base scenario").model_dump(mode="json")
+    return scenario_from_dict(config, source=f"{source}: base scenario", literals=written).model_dump(
+        mode="json"
+    )
 
 
 def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "sweep") -> Expansion:

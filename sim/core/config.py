@@ -49,7 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from sim.core.errors import ConfigError
 from sim.core.geometry_data import load_geometry_yaml
-from sim.core.safe_yaml import Literals, literal_text, read_yaml_file
+from sim.core.safe_yaml import Literals, literal_text, read_yaml_file, shown_text
 
 LEVELS: tuple[str, ...] = (
     "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5",
@@ -790,15 +790,6 @@ def _allowed_text(info: Any) -> str:
 MAX_ERROR_LINES = 5
 
 
-def _shown_text(text: str, limit: int = 60) -> str:
-    """A value's text as the user wrote it; a longer one keeps its head and tail (a number's digits
-    that matter may be its last)."""
-    if len(text) <= limit:
-        return text
-    tail = limit // 3
-    return f"{text[: limit - tail - 3]}...{text[-tail:]}"
-
-
 def shown_value(value: Any, limit: int = 60) -> str:
     """A user value as one literal line (JSON for scalars, never escaped non-ASCII), cut to ``limit``."""
     if isinstance(value, str | int | float | bool | type(None)):
@@ -881,7 +872,9 @@ def format_validation_error(
         info = _field_info(model, loc)
         allowed = _allowed_text(info)
         written = literal_text(literals, loc, value)
-        line = f"{source}: {path} = {shown_value(value) if written is None else _shown_text(written)}: {msg}"
+        line = (
+            f"{source}: {path} = {shown_value(value) if written is None else shown_text(written, 60)}: {msg}"
+        )
         if allowed and not msg.startswith("Input should be '"):
             line += f" ({allowed})"
         forms = [m for m in _union_members(getattr(info, "annotation", None)) if isinstance(m, type)]

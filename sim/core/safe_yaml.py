@@ -96,7 +96,8 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _shown(text: str, limit: int = 40) -> str:
+def shown_text(text: str, limit: int = 40) -> str:
+    """Text as written, a long one cut to its head and tail with its length."""
     return text if len(text) <= limit else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
 
 
@@ -148,7 +149,7 @@ def _check_nodes(root: Node) -> None:
                 digits = sum(ch.isdigit() for ch in node.value)
                 if digits > MAX_INT_DIGITS:
                     raise _Refused(
-                        f"{here} = {_shown(node.value)}: integer of {digits} digits "
+                        f"{here} = {shown_text(node.value)}: integer of {digits} digits "
                         f"(allowed: at most {MAX_INT_DIGITS} digits)",
                         node.start_mark,
                     )

@@ -206,7 +206,9 @@ FRAGILE_SHIFT_FRAMES = 0.5
 
 def summary_reading(summary: dict[str, Any], frame_interval_s: float) -> list[str]:
     """How far to trust the run's two headline outputs, in words: the leaked volume's discretisation
-    error from the convergence study (when the run's spacing is one of the study's), and how many
+    error as the convergence study gives it (the difference to its finest grid of the study case nearest
+    the run's situation, when the run's spacing is one of the study's: a lower bound for a case that
+    converges slowly), and how many
     seconds a 1 % error in the visible volume moves the detection (``detection_shift_per_percent_s``),
     flagged as fragile above half a frame (a leak grazing its visibility threshold; README, Grid
     convergence)."""
@@ -215,8 +217,9 @@ def summary_reading(summary: dict[str, Any], frame_interval_s: float) -> list[st
     h = summary.get("grid_spacing_mm")
     if isinstance(err, float) and math.isfinite(err) and case:
         lines.append(
-            f"leaked volume {summary['leaked_volume_ml']:.4g} ml on the {h:g} mm grid: discretisation error "
-            f"about {100 * err:.1f} % (convergence study, case '{case}')"
+            f"leaked volume {summary['leaked_volume_ml']:.4g} ml on the {h:g} mm grid: about "
+            f"{100 * err:.1f} % from the convergence study's finest grid "
+            f"(case '{case}'; README, Grid convergence)"
         )
     seen, shift = summary.get("detection_time_s"), summary.get("detection_shift_per_percent_s")
     if isinstance(seen, float) and math.isfinite(seen) and isinstance(shift, float) and math.isfinite(shift):

@@ -129,8 +129,8 @@ def test_the_summary_reading_gives_the_leaks_error_and_flags_a_fragile_detection
     grazing = {**base, "detection_time_s": 161.0, "detection_shift_per_percent_s": 0.57}
     lines = summary_reading(grazing, 0.5)
     assert lines[0] == (
-        "leaked volume 0.0588 ml on the 0.75 mm grid: discretisation error about 0.6 % "
-        "(convergence study, case 'cohort patient 1')"
+        "leaked volume 0.0588 ml on the 0.75 mm grid: about 0.6 % from the convergence study's finest grid "
+        "(case 'cohort patient 1'; README, Grid convergence)"
     )
     assert lines[1].startswith("leak seen at 161 s; a 1 % error in the visible volume moves it by 0.57 s")
     assert lines[1].endswith(": fragile, the leak grazes its visibility threshold")

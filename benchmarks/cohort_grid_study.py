@@ -200,7 +200,17 @@ def run_paired_study(
         run_cohort(derived, folder, n, workers)
         tables[v] = read_patients(folder)
     rows = compare_grids(tables, spec.seed)
-    doc = {"cohort": str(cohort), "n": n, values_key: values, "rows": rows}
+    from sim.core.provenance import cpu_info, git_hash
+
+    # the machine too: a re-run on another CPU may differ in the last bits (README, Performance)
+    doc = {
+        "cohort": str(cohort),
+        "n": n,
+        values_key: values,
+        "rows": rows,
+        "git": git_hash(),
+        "cpu": cpu_info(),
+    }
     (out / f"{name}.json").write_text(json.dumps(doc, indent=1))
     table = markdown(rows, values, n)
     (out / f"{name}.md").write_text(table)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.core.errors import ConfigError
+from sim.core.provenance import cpu_model
 from sim.run.output_folder import check_output_folder
 
 # Order of the suite (module names in benchmarks/).
@@ -100,16 +101,6 @@ def target(name: str, value: float, limit: float, unit: str, below: bool = True)
     }
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
     """CPU, cores, load and the versions that matter for the timings."""
     import numba
@@ -118,7 +109,7 @@ def machine_info() -> dict[str, Any]:
     import scipy
 
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

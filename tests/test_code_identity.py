@@ -412,3 +412,15 @@ def test_a_ledger_of_a_newer_schema_is_refused_by_name_and_its_lock_released(tmp
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     with open_ledger(tmp_path) as led:  # the failed opens left no lock behind
         assert len(led.rows()) == 1
+
+
+def test_a_runs_provenance_names_its_cpu_and_simd_paths():
+    """Results are the same bits in any process of one machine, not across CPUs whose SIMD paths round
+    differently: every run folder says which CPU made it."""
+    from numpy._core._multiarray_umath import __cpu_features__ as found
+
+    from sim.core.provenance import SIMD_FEATURES, cpu_info, provenance
+
+    info = provenance(1)["cpu"]
+    assert info == cpu_info() and info["model"]
+    assert info["simd"] == [f for f in SIMD_FEATURES if found.get(f)]

@@ -126,6 +126,30 @@ def code_label() -> str:
     return f"pce-sim {sim.__version__} ({where}, code {code_digest()[:12]})"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else what platform reports)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+SIMD_FEATURES = ("AVX512F", "AVX2", "FMA3", "NEON")  # those that change numpy's and OpenBLAS's rounding paths
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU and the SIMD extensions numpy found on it: results are the same bits in any process of one
+    machine, not across CPUs whose SIMD paths round differently (README, Performance)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as found
+    except ImportError:  # numpy's private table moved: the model name still says which machine
+        found = {}
+    return {"model": cpu_model(), "simd": [f for f in SIMD_FEATURES if found.get(f)]}
+
+
 def provenance(seed: int | None) -> dict[str, Any]:
     """Everything needed to say which code and inputs made a result."""
     return {
@@ -136,6 +160,7 @@ def provenance(seed: int | None) -> dict[str, Any]:
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "platform": platform.platform(),
+        "cpu": cpu_info(),
         "command": " ".join(sys.argv),
         "libraries": library_versions(),
     }

@@ -438,6 +438,9 @@ def test_report_tables_agree_with_the_runs(tmp_path):
     text = (tmp_path / "cohort_report.md").read_text()
     for heading in ("## Calibration table", "## Policy comparison", "## Risk factors", "Venmans"):
         assert heading in text
+    from sim.core.provenance import code_label, cpu_info
+
+    assert f"Report written by {code_label()} on {cpu_info()['model']} (" in text  # which code and CPU
     # location shares: the test double's orders 10-14 map to distal/subsegmental/segmental/central
     t = arm_table(run, "never_stop")
     assert np.all(

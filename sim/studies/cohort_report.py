@@ -898,6 +898,18 @@ def _levels_text(run: CohortRun) -> list[str]:
     ]
 
 
+def _made_by() -> str:
+    """Which code and CPU wrote the report (a run's bits are the same on one machine, not across CPUs)."""
+    from sim.core.provenance import code_label, cpu_info
+
+    cpu = cpu_info()
+    simd = ", ".join(cpu["simd"]) or "no SIMD extension listed"
+    return (
+        f"Report written by {code_label()} on {cpu['model']} ({simd}); each run's summary.json names the CPU "
+        "it ran on (`provenance.cpu`)."
+    )
+
+
 def _markdown(run, by_unit, results, calib, sens, sens_note) -> list[str]:  # noqa: ANN001
     spec = run.plan.spec
     multi = run.plan.multi_level
@@ -921,6 +933,8 @@ def _markdown(run, by_unit, results, calib, sens, sens_note) -> list[str]:  # no
         "run (no leak seen, or the stop would have come after the injection ended: identical by "
         f"the stop-policy contract). Calibration and risk factors use policy '{spec.calibration}'; "
         f"policy differences are paired against '{spec.reference}'.",
+        "",
+        _made_by(),
         "",
         f"Endpoints: leak counted above {spec.endpoints.leak_min_ml:g} ml (type B basivertebral, "
         "type S anterior/lateral foramina, Yeom 2003); PCE = >= 1 lodged embolus"

@@ -21,7 +21,7 @@ from sim.anatomy.ct_bone import (
     porosity_from_hu,
 )
 from sim.anatomy.synthetic_ct import VERTEBRA_LABEL, reorient, synthetic_arrays, write_synthetic_ct
-from sim.core.config import load_scenario, scenario_from_dict
+from sim.core.config import load_scenario, scenario_from_dict, shown_value
 from sim.core.errors import ConfigError
 from sim.core.parameters import RunParameters
 from sim.physics.bone import build_vertebral_body
@@ -389,3 +389,24 @@ def test_cohort_over_ct_anatomies(seed_case, tmp_path):
     assert all(s.patient.anatomy != "parametric" for s in plan.arms.values())
     run = run_cohort(plan, tmp_path / "cohort", executor_factory=SerialExecutor, sensitivity=False)
     assert not run.failed and len(run.arms) == 2
+
+
+def test_a_missing_scan_is_reported_on_its_own_field(small_ct, tmp_path):
+    """Not on every CT field the user wrote: the refusal names patient.anatomy.ct_path and says why."""
+    anatomy, _, path = _bad_cases(small_ct, tmp_path)["missing"]
+    scenario = scenario_from_dict(
+        {"patient": {"anatomy": anatomy}, "grid": {"spacing_mm": 1.0}, "output": QUIET}
+    )
+    with pytest.raises(ConfigError) as err:
+        preflight(scenario, "case.yaml")
+    shown = shown_value(str(path))
+    # a path too long to print whole keeps the stage's own message, which names the file
+    why = "no such file" if not shown.endswith("...") else f"{path}: no such file"
+    assert str(err.value) == f"case.yaml: patient.anatomy.ct_path = {shown}: {why}"
+    anatomy = {**anatomy, "ct_path": "no_such_scan.nii.gz"}  # a short name, as relative paths are
+    scenario = scenario_from_dict(
+        {"patient": {"anatomy": anatomy}, "grid": {"spacing_mm": 1.0}, "output": QUIET}
+    )
+    with pytest.raises(ConfigError) as err:
+        preflight(scenario, "case.yaml")
+    assert str(err.value) == 'case.yaml: patient.anatomy.ct_path = "no_such_scan.nii.gz": no such file'

@@ -129,6 +129,24 @@ def _named(scenario: Scenario, candidates: tuple[str, ...]) -> str:
     return " / ".join(sections[:2]) + " (defaults)"
 
 
+_FIELD_NOTE = re.compile(r"\s*\(([a-z_]+(?:\.[a-z_0-9]+)+)\)$")
+
+
+def _own_field(message: str, scenario: Scenario, candidates: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A refusal that ends by naming the one field at fault, ``... (patient.anatomy.ct_path)``, is
+    reported on that field alone (not on every field of the stage the user wrote), the note dropped."""
+    match = _FIELD_NOTE.search(message)
+    written = written_fields(scenario)
+    if match is None or match.group(1) not in written:
+        return message, candidates
+    field, message = match.group(1), message[: match.start()]
+    value = written[field]
+    # the line prints the value already, unless it is too long to print whole
+    if isinstance(value, str) and message.startswith(f"{value}: ") and not shown_value(value).endswith("..."):
+        message = message[len(value) + 2 :]
+    return message, (field,)
+
+
 @contextmanager
 def _stage(source: str, scenario: Scenario, candidates: tuple[str, ...]) -> Iterator[None]:
     """Turn a stage's refusal into one ConfigError line naming the user's fields."""
@@ -136,6 +154,7 @@ def _stage(source: str, scenario: Scenario, candidates: tuple[str, ...]) -> Iter
         yield
     except PceSimError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message, candidates = _own_field(message, scenario, candidates)
         line = _rephrase(message, scenario) or f"{_named(scenario, candidates)}: {message}"
         raise ConfigError(f"{source}: {line}") from None
     except (ArithmeticError, ValueError, IndexError) as exc:  # a stage that breaks on extreme values

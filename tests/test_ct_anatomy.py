@@ -410,3 +410,15 @@ def test_a_missing_scan_is_reported_on_its_own_field(small_ct, tmp_path):
     with pytest.raises(ConfigError) as err:
         preflight(scenario, "case.yaml")
     assert str(err.value) == 'case.yaml: patient.anatomy.ct_path = "no_such_scan.nii.gz": no such file'
+
+
+def test_a_label_absent_from_the_map_is_reported_on_its_field(small_ct, tmp_path):
+    anatomy, _, path = _bad_cases(small_ct, tmp_path)["label absent"]
+    scenario = scenario_from_dict(
+        {"patient": {"anatomy": anatomy}, "grid": {"spacing_mm": 1.0}, "output": QUIET}
+    )
+    with pytest.raises(ConfigError) as err:
+        preflight(scenario, "case.yaml")
+    text = str(err.value)
+    assert text.startswith("case.yaml: patient.anatomy.vertebra_label = 7: "), text
+    assert str(path) in text and "label value 7 is not in the label map" in text and "(patient." not in text

@@ -129,17 +129,18 @@ def _named(scenario: Scenario, candidates: tuple[str, ...]) -> str:
     return " / ".join(sections[:2]) + " (defaults)"
 
 
-_FIELD_NOTE = re.compile(r"\s*\(([a-z_]+(?:\.[a-z_0-9]+)+)\)$")
+_FIELD_NOTE = re.compile(r"\s*\(([a-z_]+(?:\.[a-z_0-9]+)+)\)")
 
 
 def _own_field(message: str, scenario: Scenario, candidates: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """A refusal that ends by naming the one field at fault, ``... (patient.anatomy.ct_path)``, is
-    reported on that field alone (not on every field of the stage the user wrote), the note dropped."""
-    match = _FIELD_NOTE.search(message)
+    """A refusal that names the one field at fault in parentheses, ``... no such file
+    (patient.anatomy.ct_path)``, is reported on that field alone (not on every field of the stage the
+    user wrote), the note dropped."""
     written = written_fields(scenario)
-    if match is None or match.group(1) not in written:
+    notes = [m for m in _FIELD_NOTE.finditer(message) if m.group(1) in written]
+    if len(notes) != 1:
         return message, candidates
-    field, message = match.group(1), message[: match.start()]
+    field, message = notes[0].group(1), message[: notes[0].start()] + message[notes[0].end() :]
     value = written[field]
     # the line prints the value already, unless it is too long to print whole
     if isinstance(value, str) and message.startswith(f"{value}: ") and not shown_value(value).endswith("..."):

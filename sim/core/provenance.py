@@ -126,8 +126,10 @@ def code_label() -> str:
     return f"pce-sim {sim.__version__} ({where}, code {code_digest()[:12]})"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; else what platform reports)."""
+    """The CPU's model name (Linux /proc/cpuinfo; else what platform reports), read once per process
+    (every run's provenance asks for it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.core.errors import ConfigError
-from sim.core.provenance import cpu_model
+from sim.core.provenance import cpu_info, cpu_model, git_hash
 from sim.run.output_folder import check_output_folder
 
 # Order of the suite (module names in benchmarks/).
@@ -101,6 +101,11 @@ def target(name: str, value: float, limit: float, unit: str, below: bool = True)
     }
 
 
+def _simd(machine: dict[str, Any]) -> str:
+    """' (AVX2, FMA3)': the SIMD paths that set a result's last bits (README, Performance), '' if none."""
+    return f" ({', '.join(machine['simd'])})" if machine.get("simd") else ""
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, load and the versions that matter for the timings."""
     import numba
@@ -110,6 +115,7 @@ def machine_info() -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu": cpu_model(),
+        "simd": cpu_info()["simd"],
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -138,18 +144,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _git_hash(root: Path) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run_suite(
     quick: bool = False,
     out_dir: str | Path | None = None,
@@ -175,7 +169,7 @@ def run_suite(
         "suite": "pce-sim bench",
         "mode": "quick" if quick else "full",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_hash(root),
+        "git": git_hash(root),
         "machine": machine_info(),
         "sections": [],
     }
@@ -289,7 +283,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
     parts = [
         f"# pce-sim benchmarks ({doc['mode']})",
         "",
-        f"{doc['started']}, git {doc.get('git') or '?'}; {m['cpu']}, {m['cores']} cores, "
+        f"{doc['started']}, git {doc.get('git') or '?'}; {m['cpu']}{_simd(m)}, {m['cores']} cores, "
         f"{m.get('memory_gb')} GB, load average {_fmt(m.get('load_average_1min'))} at start; "
         f"Python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}, numba {m['numba']}, "
         f"pyamg {m['pyamg']}, OpenPNM {m.get('openpnm') or 'not installed'}. "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +134,30 @@ def test_run_suite_writes_valid_json_markdown_and_plot(tmp_path, monkeypatch):
     assert "## fake scaling" in md and "### extra" in md and "- a note" in md
     assert (tmp_path / "scaling_quick.png").stat().st_size > 1000
     assert doc["files"][0].endswith("bench_quick.json")
+
+
+def test_results_name_the_checkout_as_runs_do_and_the_cpus_simd_paths(tmp_path, monkeypatch):
+    """A benchmark on a modified tree says so: its git field is the runs' full hash with '+dirty'
+    (a short clean hash named a commit whose code was not what ran), and the machine lists the SIMD
+    paths that set the last bits."""
+    from sim.core.provenance import cpu_info, git_hash
+
+    module = types.ModuleType("benchmarks.bench_fake")
+    module.run = _fake_case
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_fake", module)
+    monkeypatch.setattr(bench, "CASES", ("bench_fake",))
+    monkeypatch.setattr(bench, "git_hash", lambda root: "0123456789abcdef0123456789abcdef01234567+dirty")
+    bench.run_suite(quick=True, out_dir=tmp_path)
+    data = json.loads((tmp_path / "bench_quick.json").read_text())
+    assert data["git"] == "0123456789abcdef0123456789abcdef01234567+dirty"
+    assert data["machine"]["simd"] == cpu_info()["simd"]
+    md = (tmp_path / "bench_quick.md").read_text()
+    assert "git 0123456789abcdef0123456789abcdef01234567+dirty" in md
+    if cpu_info()["simd"]:
+        assert f"({', '.join(cpu_info()['simd'])})" in md
+    # the real one: this checkout's full hash, once per process
+    here = git_hash(Path(bench.__file__).resolve().parent.parent)
+    assert here is None or len(here.split("+")[0]) == 40
 
 
 def test_transport_kernel_case_numba_equals_numpy():

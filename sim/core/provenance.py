@@ -25,8 +25,18 @@ import sim
 
 
 def git_hash(start: Path | None = None) -> str | None:
-    """Commit hash of the checkout holding the ``sim`` package (or ``start``), '+dirty' if modified."""
-    where = start or Path(sim.__file__).resolve().parent.parent
+    """Commit hash of the checkout holding the ``sim`` package (or ``start``), '+dirty' if modified.
+
+    Asked once per process and folder (two git calls; a cohort's thousand run folders each record it),
+    like :func:`code_digest`: the state when the process first asked, which is the code it runs.
+    """
+    return _git_state(
+        str(Path(start).resolve() if start is not None else Path(sim.__file__).resolve().parent.parent)
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _git_state(where: str) -> str | None:
     try:
         head = subprocess.run(
             ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5

@@ -184,12 +184,12 @@ def run(
 
     with user_errors():
         scenario = load_scenario(config)
-        check_output_folder(out, overwrite)
+        check_output_folder(out, overwrite, replaces=RUN_FOLDER_FILES)
         report = preflight(scenario, source=str(config))
         from sim.run.pipeline import run_scenario, write_run
 
         with OutputClaim(out):
-            check_output_folder(out, overwrite)  # again, now that no other run can write it
+            check_output_folder(out, overwrite, replaces=RUN_FOLDER_FILES)  # again, under the claim
             with progress_bar(f"injecting {escape(scenario.name)}", quiet) as update:
                 result = run_scenario(scenario, progress=update, stages=report.stages)
             write_run(result, out, overwrite=overwrite)
@@ -199,6 +199,10 @@ def run(
                 say(console, line)
             say(console, ("wrote", "green"), f" {out}")
 
+
+# the files that mark a folder `run` and `report-card` wrote: --overwrite replaces only such a folder
+RUN_FOLDER_FILES = ("summary.json",)
+REPORT_CARD_FILES = ("report_card.json",)
 
 # a detection that moves by more than half a frame for a 1 % error in the visible volume is fragile
 FRAGILE_SHIFT_FRAMES = 0.5
@@ -520,13 +524,13 @@ def report_card(
 
     with user_errors():
         plans = plan_suite(only)
-        check_output_folder(out, overwrite)
+        check_output_folder(out, overwrite, replaces=REPORT_CARD_FILES)
         total = sum(p.n_runs for p in plans)
         if not quiet:
             names = ", ".join(p.spec.experiment for p in plans)
             say(err_console, f"report card: {len(plans)} experiments ({names}), {total} model runs -> {out}")
         with OutputClaim(out):
-            check_output_folder(out, overwrite)  # again, now that no other writer can take it
+            check_output_folder(out, overwrite, replaces=REPORT_CARD_FILES)  # again, under the claim
             columns = (
                 TextColumn("[progress.description]{task.description}"),
                 BarColumn(),

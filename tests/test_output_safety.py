@@ -150,6 +150,50 @@ def test_overwrite_refuses_a_folder_it_could_not_delete(
         check_output_folder(out, overwrite=True)
 
 
+@pytest.mark.parametrize(
+    "files",
+    [
+        ("thesis.tex",),
+        ("ledger.sqlite", "sweep.resolved.yaml", "runs/00000/summary.json"),
+        ("summary.json/x",),
+    ],
+    ids=["foreign", "a-sweep-folder", "summary-is-a-folder"],
+)
+def test_overwrite_replaces_only_a_run_folder(
+    tmp_path: Path, tiny: Path, no_simulation: list[int], files: tuple[str, ...]
+) -> None:
+    """`run --overwrite` deleted any folder: a running sweep's (its ledger and finished runs) or a thesis."""
+    out = tmp_path / "out"
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("keep")
+    res = CliRunner().invoke(app, ["run", str(tiny), "--out", str(out), "--overwrite", "--quiet"])
+    assert res.exit_code == 2 and not no_simulation
+    assert res.stderr.count("\n") == 1
+    assert "--overwrite replaces only a folder this command wrote (one holding summary.json)" in res.stderr
+    assert all((out / name).read_text() == "keep" for name in files)
+
+
+def test_overwrite_still_replaces_a_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / "emboli.csv").write_text("")
+    assert check_output_folder(out, overwrite=True, replaces=("summary.json",)) == out
+    assert check_output_folder(tmp_path / "new", overwrite=True, replaces=("summary.json",))
+    (tmp_path / "empty").mkdir()
+    assert check_output_folder(tmp_path / "empty", overwrite=True, replaces=("summary.json",))
+
+
+def test_report_card_overwrite_replaces_only_a_report_card(tmp_path: Path) -> None:
+    out = tmp_path / "card"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    res = CliRunner().invoke(app, ["report-card", "--out", str(out), "--overwrite", "--quiet"])
+    assert res.exit_code == 2 and "one holding report_card.json" in res.stderr
+    assert (out / "notes.txt").read_text() == "keep"
+
+
 # ------------------------------------------------------------------------------------ claims
 
 

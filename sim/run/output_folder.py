@@ -96,9 +96,14 @@ def check_output_folder(
     resume: tuple[str, ...] = (),
     study: str = "study to resume",
     allow_current: bool = False,
+    replaces: tuple[str, ...] = (),
 ) -> Path:
     """Refuse an output folder a run could not write (one line); returns it (resolved with
     ``allow_current``).
+
+    ``replaces``: the files that mark a folder this command writes (a run's ``summary.json``); with
+    ``overwrite`` an existing non-empty folder must hold one of them, so ``--overwrite`` never deletes a
+    folder the command did not make (a running sweep's, a thesis).
 
     ``resume``: the files that mark a ``study`` folder (a sweep's, a cohort's) an existing non-empty
     folder must hold to be resumed; a non-empty folder holding none of them (a run folder, anything
@@ -118,7 +123,7 @@ def check_output_folder(
             "the hidden temporary and lock names beside it)"
         )
     try:
-        _check_existing(out, text, flag, overwrite, resume, study, allow_current)
+        _check_existing(out, text, flag, overwrite, resume, study, allow_current, replaces)
     except OSError as exc:
         raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
     except RuntimeError as exc:  # a symlink loop while resolving
@@ -127,7 +132,14 @@ def check_output_folder(
 
 
 def _check_existing(
-    out: Path, text: str, flag: str, overwrite: bool, resume: tuple[str, ...], study: str, allow_current: bool
+    out: Path,
+    text: str,
+    flag: str,
+    overwrite: bool,
+    resume: tuple[str, ...],
+    study: str,
+    allow_current: bool,
+    replaces: tuple[str, ...],
 ) -> None:
     resolved = out.resolve()
     cwd = Path.cwd().resolve()
@@ -151,6 +163,11 @@ def _check_existing(
         if non_empty and not overwrite and not resume:
             raise ConfigError(
                 f"{flag} {text}: output folder exists and is not empty (use --overwrite to replace it)"
+            )
+        if non_empty and not resume and replaces and not any((out / name).is_file() for name in replaces):
+            raise ConfigError(
+                f"{flag} {text}: --overwrite replaces only a folder this command wrote (one holding "
+                f"{' or '.join(replaces)}); this one holds none, so name another folder"
             )
         if non_empty and not resume:
             stuck = _undeletable(out)

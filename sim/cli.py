@@ -200,6 +200,8 @@ def run(
             say(console, ("wrote", "green"), f" {out}")
 
 
+MAX_WORKERS = 1024  # as a study file's executor.workers (sim.studies.sweep.ExecutorSpec)
+
 # the files that mark a folder `run` and `report-card` wrote: --overwrite replaces only such a folder
 RUN_FOLDER_FILES = ("summary.json",)
 REPORT_CARD_FILES = ("report_card.json",)
@@ -260,7 +262,8 @@ def sweep(
         "results/sweep"
     ),
     workers: Annotated[
-        int | None, typer.Option("--workers", "-w", min=1, help="Override the executor's worker count.")
+        int | None,
+        typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="Override the executor's worker count."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Switch a folder holding a different sweep to this one.")
@@ -361,7 +364,8 @@ def cohort(
     ),
     n: Annotated[int | None, typer.Option("--n", min=1, help="Number of virtual patients.")] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", "-w", min=1, help="Override the executor's worker count.")
+        int | None,
+        typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="Override the executor's worker count."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Switch a folder holding a different cohort to this one.")

@@ -103,6 +103,14 @@ def test_importing_sim_pins_one_blas_thread_unless_the_user_chose():
             "Invalid value for '--workers' / '-w' = 1e9: ",
         ),
         (["cohort", "configs/cohort_small.yaml", "--n", "abc"], "Invalid value for '--n' = abc: "),
+        (
+            ["sweep", "configs/sweep_smoke.yaml", "--workers", "2147483648"],
+            "Invalid value for '--workers' / '-w' = 2147483648: Input should be less than or equal to 1024",
+        ),
+        (
+            ["cohort", "configs/cohort_small.yaml", "--workers", "5000"],
+            "Invalid value for '--workers' / '-w' = 5000: Input should be less than or equal to 1024",
+        ),
         (["run"], "Missing argument 'config'."),
     ],
 )

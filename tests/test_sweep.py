@@ -245,6 +245,15 @@ def test_bad_value_names_scenario_index_and_field():
         ),
         ({"parameters": {"a.b": {"values": [1], "rnage": [1, 2]}}}, "unknown key 'parameters.a.b.rnage'"),
         ({"executor": {"kind": "local", "address": "tcp://x:1"}}, "only used with kind 'dask'"),
+        (
+            {"executor": {"kind": "dask", "address": "garbage"}},
+            'executor.address = "garbage": allowed: a Dask',
+        ),
+        ({"executor": {"kind": "dask", "address": ""}}, 'executor.address = "": allowed'),
+        ({"executor": {"kind": "dask", "address": "inproc://x"}}, 'executor.address = "inproc://x": allowed'),
+        ({"executor": {"kind": "dask", "address": "http://127.0.0.1:8786"}}, "allowed: a Dask scheduler"),
+        ({"executor": {"kind": "dask", "address": "tcp://h:70000"}}, "port 1-65535"),
+        ({"executor": {"kind": "serial", "workers": 5}}, "kind 'serial' runs one run at a time"),
         ({"parameters": {"injection.volume_ml": {"values": [0.5, 0.5]}}}, "identical"),
     ],
 )
@@ -252,6 +261,13 @@ def test_bad_sweep_files_give_clear_errors(data, expect):
     with pytest.raises(ConfigError) as err:
         expand_sweep(sweep_from_dict(data, source="s.yaml"))
     assert expect in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://10.0.0.5:8786", "localhost:8786", "tls://[::1]:8786", "ucx://n-1:1"]
+)
+def test_scheduler_addresses_dask_takes_are_accepted(address):
+    assert sweep_from_dict({"executor": {"kind": "dask", "address": address}}).executor.address == address
 
 
 def test_shipped_sweep_files_expand(tmp_path, monkeypatch):

@@ -323,7 +323,7 @@ class DaskExecutor(Executor):
                 self._client = Client(self._cluster)
             else:
                 self._client = Client(address, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or an address dask cannot parse
             if self._cluster is not None:
                 self._cluster.close()
             self._quiet.__exit__()

@@ -36,6 +36,7 @@ import itertools
 import json
 import math
 import os
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,15 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sim.core.config import (
     NoBoolForNumber,
@@ -72,6 +81,9 @@ SEED_PATH = "patient.seed"
 # files a sweep folder holds from its first moment (the ledger, write_sweep_manifest); a folder with
 # none is not a sweep
 SWEEP_MARKERS = ("ledger.sqlite", ".sweep.lock", "sweep.resolved.yaml")
+MAX_WORKERS = 1024
+# a scheduler a Client can reach: [tcp|tls|ucx://]host:port, host a name, an IPv4 or a bracketed IPv6 address
+DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})")
 
 
 class _Strict(NoBoolForNumber):
@@ -106,13 +118,26 @@ class ExecutorSpec(_Strict):
     """Where runs execute: ``local`` process pool, ``dask`` cluster, or ``serial`` (in-process, debugging)."""
 
     kind: Literal["local", "dask", "serial"] = "local"
-    workers: Annotated[int, Field(ge=1, le=1024)] = 2
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 2
     address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _scheduler_address(cls, address: str | None) -> str | None:
+        match = None if address is None else DASK_ADDRESS.fullmatch(address)
+        if address is not None and (match is None or int(match.group(1)) > 65535):
+            raise ValueError(
+                "allowed: a Dask scheduler's address, host:port with an optional tcp://, tls:// or ucx:// "
+                "(e.g. tcp://10.0.0.5:8786; port 1-65535), or no address for a local cluster"
+            )
+        return address
 
     @model_validator(mode="after")
     def _address_for_dask(self) -> ExecutorSpec:
         if self.address is not None and self.kind != "dask":
             raise ValueError(f"'address' is only used with kind 'dask' (kind is '{self.kind}')")
+        if self.kind == "serial" and "workers" in self.model_fields_set and self.workers != 1:
+            raise ValueError("kind 'serial' runs one run at a time in this process: leave 'workers' out")
         return self
 
 

@@ -587,9 +587,18 @@ def _option_value(param: Any, argv: list[str]) -> str | None:
     return None
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (kill, a scheduler's time limit) ends a command as Ctrl-C does: 'interrupted', exit 130,
+    a sweep's or cohort's workers stopped, finished runs kept (the sweep resumes)."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point. A usage error (an unknown command or option, a bad or missing
     option value) is one line naming it, exit 2, as a bad config is; ``--help`` prints the full usage."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

@@ -454,6 +454,68 @@ def test_sigkilled_sweep_resumes_to_the_clean_result(tmp_path):
     assert not list((out / "runs").glob(".*partial*"))  # no half-written run folder is left visible
 
 
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_sweep_leaves_no_worker_behind(tmp_path, sig):
+    """A sweep killed alone (not its process group: kill, the OOM killer, a scheduler's time limit)
+    left its spawn workers (about 420 MB each) and their resource tracker waiting forever; SIGTERM
+    also ended it without a word. Now the workers end with their parent, and SIGTERM is an interruption."""
+    sweep = _write_sweep(tmp_path / "sweep.yaml", n_volumes=2, workers=2)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+        "PCE_TEST_RUN_SLEEP_S": "30",
+    }
+    args = ("sweep", str(sweep), "--quiet", "--runner", "test_sweep:deterministic_runner")
+    out = tmp_path / "killed"
+    proc = _cli(*args, "--out", str(out), env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = _children(proc.pid)
+            if len(workers) >= 3 and _done_count(out / "ledger.sqlite") == 0:  # two workers and the tracker
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and len(workers) >= 3, (
+            proc.communicate() if proc.poll() is not None else workers
+        )
+        time.sleep(1.0)  # the runs are under way
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for w in _children(proc.pid):
+            os.kill(w, signal.SIGKILL)
+
+
 def test_cli_exit_code_1_names_failed_runs(tmp_path):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(

@@ -933,6 +933,9 @@ def run_cohort(
             return _run_cohort(
                 plan, out, lambda: pool, workers, runner, writer, force, sensitivity, progress, other_code
             )
+    except KeyboardInterrupt:
+        pool.shutdown(interrupted=True)
+        raise
     finally:
         pool.shutdown()
 

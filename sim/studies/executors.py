@@ -144,11 +144,18 @@ class Executor:
                 in_flight.pop(handle)
                 yield outcome
 
+    def abort(self) -> None:
+        """Stop after an interruption (Ctrl-C, SIGTERM): by default as :meth:`close`."""
+        self.close()
+
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.abort()
+        else:
+            self.close()
 
 
 class SharedExecutor(Executor):
@@ -177,11 +184,11 @@ class SharedExecutor(Executor):
     def close(self) -> None:
         return None  # the end of one sweep; the workers stay for the next
 
-    def shutdown(self) -> None:
-        """Close the underlying executor, if one was made."""
+    def shutdown(self, interrupted: bool = False) -> None:
+        """Close the underlying executor, if one was made (``interrupted``: abort it)."""
         if self._inner is not None:
-            self._inner.close()
-            self._inner = None
+            inner, self._inner = self._inner, None
+            inner.abort() if interrupted else inner.close()
 
 
 class SerialExecutor(Executor):
@@ -201,8 +208,30 @@ class SerialExecutor(Executor):
         return [(h, self._results[h]) for h in handles]
 
 
+PARENT_POLL_S = 0.5  # how often a pool worker checks that the sweep that started it is alive
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this worker when its parent is gone.
+
+    A sweep killed with SIGKILL (or by the OOM killer, a scheduler's time limit) cannot shut its pool
+    down; its spawn workers, reparented, waited for tasks forever (about 420 MB each). A daemon thread
+    checks the parent every PARENT_POLL_S and ends the worker (its run is redone on resume: the ledger
+    still says ``running``).
+    """
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pce-exit-with-parent", daemon=True).start()
+
+
 class LocalExecutor(Executor):
-    """A spawn-based ProcessPoolExecutor with ``workers`` processes."""
+    """A spawn-based ProcessPoolExecutor with ``workers`` processes; they end with the parent."""
 
     def __init__(self, workers: int = 2) -> None:
         if workers < 1:
@@ -211,9 +240,18 @@ class LocalExecutor(Executor):
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
+        import os
+
         return cf.ProcessPoolExecutor(
-            max_workers=self.capacity, mp_context=multiprocessing.get_context("spawn")
+            max_workers=self.capacity,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
         )
+
+    def worker_pids(self) -> list[int]:
+        """The pool's worker processes now (for tests and for :meth:`abort`)."""
+        return [p.pid for p in list(getattr(self._pool, "_processes", {}).values()) if p.pid is not None]
 
     def submit(self, task: RunTask) -> Any:
         return self._pool.submit(execute_task, task)
@@ -240,6 +278,13 @@ class LocalExecutor(Executor):
         return out
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Stop at once: the workers' runs are abandoned (they stay ``running`` in the ledger and are
+        redone on resume), so an interrupted sweep does not wait for them."""
+        for proc in list(getattr(self._pool, "_processes", {}).values()):
+            proc.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

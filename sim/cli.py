@@ -414,7 +414,7 @@ def cohort(
             scenarios + design_rows,
         )
         check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort to resume")
-        plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file))
+        plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file), sensitivity=not no_sensitivity)
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

@@ -309,6 +309,27 @@ def test_sensitivity_design_maps_levels_to_valid_inputs():
     assert design_inputs(spec, names, design, {}, seed) == rows
 
 
+def test_invalid_sensitivity_rows_are_refused_with_the_plan():
+    """A design row outside a field's range stopped the cohort after all its patient runs (and every
+    resume); the plan now validates the design, naming the file and the row."""
+    lungs = {
+        "lungs.mean_pap_mmhg": {"dist": "uniform", "low": 8.0, "high": 20.0},
+        "lungs.left_atrial_pressure_mmhg": {"dist": "uniform", "low": 2.0, "high": 14.0},
+    }
+    spec = cohort(n=2, distributions=lungs, sensitivity={"method": "morris", "trajectories": 4, "levels": 4})
+    patients_only = plan_cohort(spec, ROOT / "configs", source="c.yaml")  # its patients are valid
+    assert patients_only.design_rows is None
+    with pytest.raises(ConfigError) as err:
+        plan_cohort(spec, ROOT / "configs", source="c.yaml", sensitivity=True)
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("c.yaml: sensitivity design row ") and "lungs.mean_pap_mmhg = " in first
+    assert "must be above lungs.left_atrial_pressure_mmhg" in first
+    valid = cohort(n=2, sensitivity={"method": "morris", "trajectories": 2, "levels": 4})
+    plan = plan_cohort(valid, ROOT / "configs", source="c.yaml", sensitivity=True)
+    names, design, _seed = sensitivity_design(valid)
+    assert plan.design_rows is not None and len(plan.design_rows) == design.shape[0]
+
+
 # ---------------------------------------------------------------------------- running (test double)
 
 

@@ -657,6 +657,8 @@ class CohortPlan:
     arms: dict[ArmKey, Scenario]
     probes: dict[tuple[int, int], Scenario]
     shareable: dict[ArmKey, bool]
+    # the sensitivity design's validated scenarios (one per design row), when planned with sensitivity
+    design_rows: list[tuple[dict[str, Any], Scenario]] | None = None
 
     @property
     def policy_names(self) -> list[str]:
@@ -700,12 +702,18 @@ class CohortPlan:
 
 
 def plan_cohort(
-    spec: CohortSpec, base_dir: str | Path = ".", n: int | None = None, source: str = "cohort"
+    spec: CohortSpec,
+    base_dir: str | Path = ".",
+    n: int | None = None,
+    source: str = "cohort",
+    sensitivity: bool = False,
 ) -> CohortPlan:
     """Sample the patients and validate every (patient, policy) scenario before anything runs.
 
     The scenario count is checked against :data:`sim.studies.sizing.MAX_SCENARIOS` first; invalid
-    arms are summarised (a few examples, then counts per field).
+    arms are summarised (a few examples, then counts per field). With ``sensitivity`` the sensitivity
+    design's scenarios are validated too (a design row outside a field's range used to stop the
+    cohort after all its patient runs, and again on every resume).
     """
     from sim.studies.sizing import MAX_SCENARIOS, check_study_size, cohort_counts, cohort_estimate
 
@@ -746,7 +754,10 @@ def plan_cohort(
                     problems.append((label, str(exc)))
     if problems:
         raise ConfigError(summarise_problems(problems, "patient-policy scenarios"))
-    return CohortPlan(spec, base, patients, arms, probes, shareable)
+    plan = CohortPlan(spec, base, patients, arms, probes, shareable)
+    if sensitivity and spec.sensitivity.method != "none":
+        plan.design_rows = sensitivity_scenarios(plan, source)
+    return plan
 
 
 def scenarios_per_patient(spec: CohortSpec, n: int) -> float:
@@ -1099,6 +1110,25 @@ def design_inputs(
     ]
 
 
+def sensitivity_scenarios(plan: CohortPlan, source: str) -> list[tuple[dict[str, Any], Scenario]]:
+    """(inputs, validated scenario) of every sensitivity design row; the invalid ones are refused together,
+    named by ``source`` (the cohort file) and row, before any run starts."""
+    spec = plan.spec
+    policy = spec.policy(spec.sensitivity.policy or spec.calibration)
+    names, design, seed = sensitivity_design(spec)
+    out: list[tuple[dict[str, Any], Scenario]] = []
+    problems: list[tuple[str, str]] = []
+    for r, inputs in enumerate(design_inputs(spec, names, design, plan.base, seed)):
+        label = f"{source}: sensitivity design row {r} ({_short(inputs)})"
+        try:
+            out.append((inputs, _validated(arm_config(plan.base, inputs, policy), label)))
+        except ConfigError as exc:
+            problems.append((label, str(exc)))
+    if problems:
+        raise ConfigError(summarise_problems(problems, "sensitivity design rows"))
+    return out
+
+
 def run_sensitivity(
     plan: CohortPlan,
     folder: Path,
@@ -1113,14 +1143,11 @@ def run_sensitivity(
     spec = plan.spec
     policy = spec.policy(spec.sensitivity.policy or spec.calibration)
     names, design, seed = sensitivity_design(spec)
-    rows = design_inputs(spec, names, design, plan.base, seed)
+    rows = plan.design_rows if plan.design_rows is not None else sensitivity_scenarios(plan, spec.name)
     points: list[SweepPoint] = []
     hashes: list[str] = []
     seen: set[str] = set()
-    for r, inputs in enumerate(rows):
-        scenario = _validated(
-            arm_config(plan.base, inputs, policy), f"{spec.name}: sensitivity design row {r}"
-        )
+    for r, (inputs, scenario) in enumerate(rows):
         digest = scenario.content_hash()
         hashes.append(digest)
         if digest not in seen:

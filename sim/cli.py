@@ -286,7 +286,7 @@ def sweep(
     """
     from rich.progress import MofNCompleteColumn
 
-    from sim.run.output_folder import check_output_folder
+    from sim.run.output_folder import OutputClaim, check_output_folder
     from sim.studies.executors import DEFAULT_WRITER, resolve_callable
     from sim.studies.sizing import SWEEP_RUN_LIMIT, check_study_size, sweep_estimate, sweep_run_count
     from sim.studies.sweep import SWEEP_MARKERS, expand_sweep, load_sweep, run_sweep
@@ -312,7 +312,10 @@ def sweep(
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=err_console, disable=quiet) as prog:
+        # the folder's claim, as a run's and a cohort's: of a run and a sweep (or two sweeps) started on
+        # one new folder, one writes it and the other stops here, before its progress bar
+        with OutputClaim(out), Progress(*columns, console=err_console, disable=quiet) as prog:
+            check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep to resume")
             task = prog.add_task("runs", total=n, failed=0)
             outcome = run_sweep(
                 expansion,

@@ -221,6 +221,29 @@ def test_claim_is_exclusive_reentrant_and_released(tmp_path: Path) -> None:
     assert not lock_path(out).exists()
 
 
+def test_a_sweep_respects_a_runs_claim_on_its_folder(tmp_path: Path) -> None:
+    """A sweep started on the folder a run had claimed (not yet written) took it; the run then lost
+    its finished result at the write. Now the sweep stops at the claim, before its progress bar."""
+    out = tmp_path / "shared"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+         "from sim.run.output_folder import OutputClaim; c = OutputClaim(sys.argv[1]).acquire();"
+         "print('held', flush=True); time.sleep(60)", str(out), str(ROOT)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        res = CliRunner().invoke(
+            app, ["sweep", str(ROOT / "configs" / "sweep_smoke.yaml"), "--out", str(out)]
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 2, res.output
+    assert f"another pce-sim run (pid {holder.pid}) is writing this folder" in res.stderr
+    assert res.stderr.count("\n") == 1 and not out.exists()  # no progress bar before the refusal
+
+
 def test_leftovers_of_dead_runs_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:
     out = tmp_path / "out"
     dead = dead_pid()

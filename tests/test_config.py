@@ -156,6 +156,36 @@ def test_error_messages_print_the_value_as_written(tmp_path, text, shown):
     assert f"{path}: {shown}" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [
+        (
+            "010",
+            "injection.follow_up_s = 010: YAML 1.1 reads a leading zero as octal (= 8); write the number",
+        ),
+        ("-010", "= -010: YAML 1.1 reads a leading zero as octal (= -8)"),
+        ("1:00", "injection.follow_up_s = 1:00: YAML 1.1 reads this as base 60 (= 60); write the number"),
+        ("1:30.5", "= 1:30.5: YAML 1.1 reads this as base 60 (= 90.5)"),
+        ("09", "Input should be a number: write it without the leading zero"),
+    ],
+)
+def test_yaml_11_numbers_that_read_as_another_value_are_refused(tmp_path, value, expect):
+    """`010` was read as 8 s, `1:00` as 60 s, silently; `09` (text to YAML 1.1) was told to lose quotes it
+    never had."""
+    path = tmp_path / "s.yaml"
+    path.write_text(f"injection:\n  follow_up_s: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert expect in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(("value", "read"), [("0x1F", 31), ("0b101", 5), ("0", 0), ("00", 0), ("10", 10)])
+def test_explicit_and_plain_integers_are_kept(value, read):
+    from sim.core.safe_yaml import load_yaml_text
+
+    assert load_yaml_text(f"a: {value}\n", "f.yaml") == {"a": read}
+
+
 def test_a_value_that_did_not_come_from_the_file_is_not_shown_as_the_files_text():
     from sim.core.config import format_validation_error
     from sim.core.safe_yaml import load_yaml_text

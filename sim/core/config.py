@@ -116,6 +116,9 @@ def _is_flag(annotation: Any) -> bool:
     return bool in members and all(m in (bool, type(None)) for m in members)
 
 
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]*[89][0-9_]*")  # not octal, so YAML 1.1 text: `09`, `-0089`
+
+
 class NoBoolForNumber(BaseModel):
     """Values keep their YAML type: a boolean is never taken for a number (pydantic's lax mode would
     read ``true`` as 1), a quoted string never for a number (``'1.0'``) nor anything but true/false for
@@ -130,6 +133,14 @@ class NoBoolForNumber(BaseModel):
         if _is_number(field.annotation):
             if isinstance(value, bool):
                 raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
+            if (
+                isinstance(value, str)
+                and not _takes_text(field.annotation)
+                and _LEADING_ZERO.fullmatch(value)
+            ):
+                raise PydanticCustomError(
+                    "leading_zero", "Input should be a number: write it without the leading zero"
+                )  # YAML 1.1 reads `09` as text (not octal), quoted or not
             if isinstance(value, str) and not _takes_text(field.annotation) and _reads_as_number(value):
                 raise PydanticCustomError(
                     "text_for_number",

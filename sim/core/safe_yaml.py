@@ -145,6 +145,8 @@ def _check_nodes(root: Node) -> None:
                 node.start_mark,
             )
         if isinstance(node, ScalarNode):
+            if node.style is None and node.tag in (_TAG + "int", _TAG + "float"):
+                _refuse_yaml11_number(here, node)
             if node.tag == _TAG + "int":
                 digits = sum(ch.isdigit() for ch in node.value)
                 if digits > MAX_INT_DIGITS:
@@ -172,6 +174,30 @@ def _check_nodes(root: Node) -> None:
                     first[ident] = key_node.start_mark
                 stack.append((key_node, _join(path, name)))
                 stack.append((value_node, _join(path, name)))
+
+
+_OCTAL_11 = re.compile(r"[-+]?0[0-7_]+")  # YAML 1.1 octal: `010` is 8
+
+
+def _refuse_yaml11_number(here: str, node: ScalarNode) -> None:
+    """Refuse the YAML 1.1 number forms that silently read as another value: `010` is octal 8 and `1:00`
+    base 60 (60); YAML 1.2 and every user read them otherwise. Hex (`0x1F`) and binary (`0b101`) say
+    what they are and are kept."""
+    text = node.value
+    if ":" in text:
+        value = yaml.load(text, Loader=_BoundedLoader)
+        raise _Refused(
+            f"{here} = {shown_text(text)}: YAML 1.1 reads this as base 60 (= {value}); write the number "
+            "in decimal, or quote it for text",
+            node.start_mark,
+        )
+    if node.tag == _TAG + "int" and _OCTAL_11.fullmatch(text) and text.strip("+-_0"):
+        value = yaml.load(text, Loader=_BoundedLoader)
+        raise _Refused(
+            f"{here} = {shown_text(text)}: YAML 1.1 reads a leading zero as octal (= {value}); write the "
+            "number without the leading zero",
+            node.start_mark,
+        )
 
 
 def _scalar_literals(root: Node, data: Any) -> Literals:

@@ -273,6 +273,10 @@ def test_policies_share_patients_and_differ_only_in_stop():
         ({"distributions": {"patient.seed": {"dist": "choice", "values": [1, 2]}}}, "do not sample it"),
         ({"policies": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({"reference_policy": "nope"}, "reference_policy 'nope'"),
+        (
+            {"policies": [{"name": "a", "stop_after_leak_s": "5"}]},
+            'policies.0.stop_after_leak_s = "5": Input should be a number, not a quoted string',
+        ),
     ],
 )
 def test_invalid_cohort_files_name_the_culprit(change, message):

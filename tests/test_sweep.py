@@ -255,6 +255,10 @@ def test_bad_value_names_scenario_index_and_field():
         ({"executor": {"kind": "dask", "address": "tcp://h:70000"}}, "port 1-65535"),
         ({"executor": {"kind": "serial", "workers": 5}}, "kind 'serial' runs one run at a time"),
         ({"parameters": {"injection.volume_ml": {"values": [0.5, 0.5]}}}, "identical"),
+        (
+            {"method": "lhs", "samples": 2, "parameters": {"injection.volume_ml": {"range": ["1e-1", 0.5]}}},
+            'range = ["1e-1", 0.5]: Input should hold numbers, not quoted strings',
+        ),
     ],
 )
 def test_bad_sweep_files_give_clear_errors(data, expect):

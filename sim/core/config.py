@@ -80,12 +80,13 @@ def _union_members(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _takes_text(annotation: Any) -> bool:
-    """True when one alternative of the annotation is a string (``str`` or a Literal of strings)."""
+def _accepts_text(annotation: Any, text: str) -> bool:
+    """True when the annotation takes this very string: a ``str`` alternative, or a Literal holding it
+    (``'5'`` is not ``'sampled'``, so a stop policy's quoted number is refused, not read as 5.0)."""
     for member in _union_members(annotation):
         if member is str:
             return True
-        if typing.get_origin(member) is Literal and any(isinstance(a, str) for a in typing.get_args(member)):
+        if typing.get_origin(member) is Literal and text in typing.get_args(member):
             return True
     return False
 
@@ -133,15 +134,12 @@ class NoBoolForNumber(BaseModel):
         if _is_number(field.annotation):
             if isinstance(value, bool):
                 raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
-            if (
-                isinstance(value, str)
-                and not _takes_text(field.annotation)
-                and _LEADING_ZERO.fullmatch(value)
-            ):
+            text = isinstance(value, str) and not _accepts_text(field.annotation, value)
+            if text and _LEADING_ZERO.fullmatch(value):
                 raise PydanticCustomError(
                     "leading_zero", "Input should be a number: write it without the leading zero"
                 )  # YAML 1.1 reads `09` as text (not octal), quoted or not
-            if isinstance(value, str) and not _takes_text(field.annotation) and _reads_as_number(value):
+            if text and _reads_as_number(value):
                 raise PydanticCustomError(
                     "text_for_number",
                     "Input should be a number, not a quoted string (write it without quotes)",
@@ -158,6 +156,11 @@ class NoBoolForNumber(BaseModel):
             )
             if any(isinstance(v, bool) for v in items):
                 raise PydanticCustomError("bool_for_number", "Input should hold numbers, not booleans")
+            if any(isinstance(v, str) and _reads_as_number(v) for v in items):
+                raise PydanticCustomError(
+                    "text_for_number",
+                    "Input should hold numbers, not quoted strings (write them without quotes)",
+                )
         return value
 
 

@@ -256,6 +256,10 @@ def test_bad_value_names_scenario_index_and_field():
         ({"executor": {"kind": "serial", "workers": 5}}, "kind 'serial' runs one run at a time"),
         ({"parameters": {"injection.volume_ml": {"values": [0.5, 0.5]}}}, "identical"),
         (
+            {"overrides": {"grid": {"spacing_mm": 2.0}, "grid.spacing_mm": 1.5}},
+            "overrides: grid.spacing_mm is given twice; each field may be set once",
+        ),
+        (
             {"method": "lhs", "samples": 2, "parameters": {"injection.volume_ml": {"range": ["1e-1", 0.5]}}},
             'range = ["1e-1", 0.5]: Input should hold numbers, not quoted strings',
         ),

@@ -324,15 +324,24 @@ def set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_overrides(config: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
-    """Merge overrides (nested mappings and/or dotted keys) into ``config`` in place."""
+def apply_overrides(
+    config: dict[str, Any], overrides: dict[str, Any], source: str, _set: set[str] | None = None
+) -> None:
+    """Merge overrides (nested mappings and/or dotted keys) into ``config`` in place.
+
+    A field may be set once: ``{grid: {spacing_mm: 2}, grid.spacing_mm: 1.5}`` names it twice (the YAML
+    loader refuses only a key repeated verbatim), and the last one used to win silently."""
+    written: set[str] = set() if _set is None else _set
     for key, value in overrides.items():
         check_dotted_path(key, source)
         if isinstance(value, dict) and _nested_model_at(key) is not None:
             for sub_key, sub_value in value.items():
-                apply_overrides(config, {f"{key}.{sub_key}": sub_value}, source)
-        else:
-            set_dotted(config, key, copy.deepcopy(value))
+                apply_overrides(config, {f"{key}.{sub_key}": sub_value}, source, written)
+            continue
+        if key in written:
+            raise ConfigError(f"{source}: {key} is given twice; each field may be set once")
+        written.add(key)
+        set_dotted(config, key, copy.deepcopy(value))
 
 
 def _nested_model_at(path: str) -> Any:

@@ -567,13 +567,14 @@ def view(
     png: Annotated[
         Path | None, typer.Option("--png", help="PNG to write (default RUN_DIR/view.png).")
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --png file.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Render the standard ParaView view (vertebra + cement, veins, lungs with emboli) to PNG."""
     from sim.output.view import render_view
 
     with user_errors():
-        out = render_view(run_dir, png, quiet=quiet)
+        out = render_view(run_dir, png, quiet=quiet, overwrite=overwrite)
         if not quiet:
             say(console, ("wrote", "green"), f" {out}")
 

@@ -160,6 +160,7 @@ def test_state_script_ships_inside_the_package():
         ("/proc/pce-view.png", "under /proc"),
         ("afile/view.png", "afile is a file, not a folder"),
         ("view.jpg", "name a file ending in .png"),
+        ("exists.png", "exists.png: exists (use --overwrite to replace it, or name another file)"),
     ],
 )
 def test_a_bad_png_is_refused_before_paraview_renders(tmp_path, monkeypatch, png, expect):
@@ -175,7 +176,40 @@ def test_a_bad_png_is_refused_before_paraview_renders(tmp_path, monkeypatch, png
     (tmp_path / "run" / "vtk").mkdir(parents=True)
     (tmp_path / "run" / "vtk" / "bone.pvd").write_text("<VTKFile/>")
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "exists.png").write_text("precious")
     result = CliRunner().invoke(app, ["view", "run", "--png", png, "--quiet"])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: --png ") and result.stderr.count("\n") == 1, result.stderr
     assert expect in result.stderr and not started
+
+
+def test_a_render_replaces_the_png_only_when_it_succeeded(tmp_path, monkeypatch):
+    """`view` deleted the PNG before ParaView drew (a failed render lost it) and said 'wrote' twice."""
+    from typer.testing import CliRunner
+
+    import sim.output.view
+    from sim.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run" / "vtk").mkdir(parents=True)
+    (tmp_path / "run" / "vtk" / "bone.pvd").write_text("<VTKFile/>")
+    target = tmp_path / "exists.png"
+    target.write_text("precious")
+
+    def failing(run_dir, vtk_dir, png, *args):
+        png.write_text("half")
+        raise PceSimError("ParaView could not render")
+
+    monkeypatch.setattr(sim.output.view, "_render", failing)
+    result = CliRunner().invoke(app, ["view", "run", "--png", "exists.png", "--overwrite"])
+    assert result.exit_code == 2 and target.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.png", "run"]  # no partial file left
+
+    def drawing(run_dir, vtk_dir, png, *args):
+        png.write_bytes(b"\x89PNG new")
+
+    monkeypatch.setattr(sim.output.view, "_render", drawing)
+    result = CliRunner().invoke(app, ["view", "run", "--png", "exists.png", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes() == b"\x89PNG new" and result.stdout.count("wrote") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.png", "run"]

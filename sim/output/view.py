@@ -156,24 +156,50 @@ def render_view(
     size: tuple[int, int] = DEFAULT_SIZE,
     time_s: float | None = None,
     timeout_s: float = 600.0,
+    overwrite: bool = False,
 ) -> Path:
     """Render the standard view of ``run_dir`` (a run folder or its ``vtk/``) to ``png``; returns the PNG.
 
-    ``png`` defaults to ``run_dir/view.png``; ``time_s`` picks the time shown (default: the last
-    output time). Raises :class:`~sim.core.errors.PceSimError` when ParaView is missing, the folder
-    holds no ParaView files, or rendering fails (with the end of ParaView's error output).
+    ``png`` defaults to ``run_dir/view.png`` (the run's own view, replaced by a new render); a ``png``
+    named by the user that exists already is refused unless ``overwrite``. ParaView draws to a hidden
+    file beside it, renamed into place when the render succeeded, so a failed render loses nothing.
+    ``time_s`` picks the time shown (default: the last output time). Raises
+    :class:`~sim.core.errors.PceSimError` when ParaView is missing, the folder holds no ParaView files, or
+    rendering fails (with the end of ParaView's error output).
     """
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
-        raise PceSimError(f"{run_dir}: no such run folder")
+        what = "is a file, not a run folder" if run_dir.exists() else "no such run folder"
+        raise PceSimError(f"{run_dir}: {what}")
     vtk_dir = vtk_folder(run_dir)
     if png is not None:
         check_output_file(Path(png), "--png", ".png")  # before ParaView renders anything
-    png = (Path(png) if png is not None else run_dir / "view.png").resolve()
+        if Path(png).exists() and not overwrite:
+            raise ConfigError(f"--png {png}: exists (use --overwrite to replace it, or name another file)")
+    final = (Path(png) if png is not None else run_dir / "view.png").resolve()
     try:
-        png.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"--png {png}: cannot create its folder ({exc.strerror})") from None
+        raise ConfigError(f"--png {final}: cannot create its folder ({exc.strerror})") from None
+    png = final.with_name(f".{final.stem}.partial-{os.getpid()}.png")
+    try:
+        _render(run_dir, vtk_dir, png, quiet, size, time_s, timeout_s)
+        os.replace(png, final)
+    finally:
+        png.unlink(missing_ok=True)
+    return final
+
+
+def _render(
+    run_dir: Path,
+    vtk_dir: Path,
+    png: Path,
+    quiet: bool,
+    size: tuple[int, int],
+    time_s: float | None,
+    timeout_s: float,
+) -> None:
+    """ParaView draws the standard view of ``vtk_dir`` to ``png`` (module docstring)."""
     if png.exists():
         png.unlink()
     exe = paraview_executable()
@@ -212,8 +238,7 @@ def render_view(
             f"ParaView could not render {vtk_dir} (tried: {tried}){hint}; last error output:\n"
             f"{_tail(last.stderr + last.stdout)}"
         )
-    if not quiet:
+    if not quiet:  # ParaView's notes (a file left out); the caller reports the PNG
         for line in last.stdout.splitlines():
-            if line.startswith("pce-sim view:"):
+            if line.startswith("pce-sim view:") and not line.startswith("pce-sim view: wrote "):
                 print(line)
-    return png

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -242,6 +243,21 @@ def test_a_sweep_respects_a_runs_claim_on_its_folder(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert f"another pce-sim run (pid {holder.pid}) is writing this folder" in res.stderr
     assert res.stderr.count("\n") == 1 and not out.exists()  # no progress bar before the refusal
+
+
+def test_a_run_folder_gets_the_mode_of_any_new_folder(tmp_path: Path) -> None:
+    """Run folders were private (0700, from mkdtemp) where sweep and cohort folders are 0755."""
+    from sim.run.output_folder import make_partial_folder
+
+    old = os.umask(0o027)
+    try:
+        folder = make_partial_folder(tmp_path / "run")
+        probe = tmp_path / "probe"
+        probe.mkdir()
+    finally:
+        os.umask(old)
+    assert folder.name.startswith(".run.partial-")
+    assert stat.S_IMODE(folder.stat().st_mode) == stat.S_IMODE(probe.stat().st_mode) == 0o750
 
 
 def test_leftovers_of_dead_runs_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:

@@ -34,6 +34,33 @@ MAX_NAME_BYTES = 200  # file systems allow 255; ".<name>.partial-<pid>-<random>"
 SPECIAL_ROOTS = ("/proc", "/sys")  # kernel views: nothing can be written there
 
 
+def make_partial_folder(out: Path) -> Path:
+    """The hidden ``.<name>.partial-<pid>-*`` folder a writer fills before renaming it to ``out``.
+
+    ``mkdtemp`` makes it private (mode 0700); it gets the mode any new folder would (0777 less the
+    umask, 0755 usually), as sweep and cohort folders have, so a run folder is readable by whom the
+    user's other folders are (a group sharing results on a cluster)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (changing it to read it is
+    process-wide, so another thread's file could be made in between)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def lock_path(out: Path) -> Path:
     """The lock file that claims run folder ``out``."""
     return out.parent / f".{out.name}.lock"

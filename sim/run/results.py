@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
-from sim.run.output_folder import OutputClaim, remove_tree
+from sim.run.output_folder import OutputClaim, make_partial_folder, remove_tree
 
 if TYPE_CHECKING:  # the stage types, without importing the physics (numba) into light tools
     from sim.core.grid import BoneGrid, Needle
@@ -82,7 +81,7 @@ class RunResult:
                 raise ConfigError(
                     f"{out}: output folder exists and is not empty (use --overwrite to replace it)"
                 )
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+            tmp = make_partial_folder(out)
             try:
                 self._write_files(tmp)
                 for writer in extra_writers or []:

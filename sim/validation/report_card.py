@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from typing import Any
 
 from sim.core.errors import ConfigError
 from sim.core.units import KPA_PA, ML_M3, MPA_PA
-from sim.run.output_folder import OutputClaim
+from sim.run.output_folder import OutputClaim, make_partial_folder
 from sim.run.results import replace_dir
 from sim.validation.experiments import ModelOutput, count_runs, model_keys, run_experiment, scenarios
 from sim.validation.figures import plot_experiment
@@ -280,7 +278,7 @@ def write_report_card(card: ReportCard, out_dir: str | Path, overwrite: bool = F
     with OutputClaim(out):
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
             raise ConfigError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        tmp = make_partial_folder(out)
         try:
             (tmp / FIGURES).mkdir()
             figures: dict[str, str] = {}

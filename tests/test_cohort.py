@@ -227,6 +227,13 @@ def test_conditional_volume_follows_level():
     bad["injection.volume_ml"]["cases"] = {"T*": {"dist": "uniform", "low": 1.0, "high": 2.0}}
     with pytest.raises(ConfigError, match="no case matches value 'L"):
         sample_patients(cohort(distributions=bad), 50)
+    # named by the file and the field (it named neither)
+    with pytest.raises(ConfigError) as err:
+        plan_cohort(cohort(distributions=bad), ROOT / "configs", source="c.yaml")
+    assert str(err.value).startswith(
+        "c.yaml: distributions.injection.volume_ml: conditional on 'patient.level'"
+    )
+    assert "add a case for it or a catch-all '*'" in str(err.value)
 
 
 def test_policies_share_patients_and_differ_only_in_stop():

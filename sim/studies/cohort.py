@@ -268,7 +268,18 @@ def _match_case(keys: list[str], value: Any, given: str) -> str:
     for key in keys:
         if fnmatch.fnmatchcase(text, key):
             return key
-    raise ConfigError(f"conditional on '{given}': no case matches value {text!r} (cases: {', '.join(keys)})")
+    raise ConfigError(
+        f"conditional on '{given}': no case matches value {text!r} (cases: {', '.join(keys)}); add a case "
+        "for it or a catch-all '*'"
+    )
+
+
+def _draw(path: str, dist: DistributionSpec, u: np.ndarray, parent: list[Any] | None) -> list[Any]:
+    """``dist.ppf`` with a refusal named by the distribution's field (``distributions.<path>``)."""
+    try:
+        return dist.ppf(u, parent)
+    except ConfigError as exc:
+        raise ConfigError(f"distributions.{path}: {exc}") from None
 
 
 class PolicySpec(_Strict):
@@ -550,7 +561,7 @@ def _extra_levels(
                     parent = values[given]
                 else:
                     parent = [pt.inputs.get(given, _get_dotted(base, given)) for pt in patients]
-            values[path] = dist.ppf(u, parent)
+            values[path] = _draw(path, dist, u, parent)
         seeds = level_seeds(spec.seed, n, k)
         for i, pt in enumerate(patients):
             if counts[i] >= k:
@@ -575,7 +586,7 @@ def map_inputs(spec: CohortSpec, u: dict[str, np.ndarray], base: dict[str, Any])
         if dist.dist == "conditional":
             given = dist.given or ""
             parent = out[given] if given in out else [_get_dotted(base, given)] * len(u[path])
-        out[path] = dist.ppf(u[path], parent)
+        out[path] = _draw(path, dist, u[path], parent)
     return out
 
 
@@ -724,7 +735,10 @@ def plan_cohort(
     )
     check_study_size(source, "patients", n_patients, MAX_SCENARIOS, True, estimate, scenarios)
     base = base_config(spec, Path(base_dir), source)
-    patients = sample_patients(spec, n, base)
+    try:
+        patients = sample_patients(spec, n, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     arms: dict[ArmKey, Scenario] = {}
     probes: dict[tuple[int, int], Scenario] = {}
     shareable: dict[ArmKey, bool] = {}

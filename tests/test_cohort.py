@@ -281,6 +281,10 @@ def test_policies_share_patients_and_differ_only_in_stop():
         ({"policies": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({"reference_policy": "nope"}, "reference_policy 'nope'"),
         (
+            {"sensitivity": {"method": "morris", "inputs": []}},
+            r"sensitivity.inputs = \[\]: List should have at least 1",
+        ),
+        (
             {"policies": [{"name": "a", "stop_after_leak_s": "5"}]},
             'policies.0.stop_after_leak_s = "5": Input should be a number, not a quoted string',
         ),

@@ -309,7 +309,7 @@ class SensitivitySpec(_Strict):
     levels: Annotated[int, Field(ge=2, le=20)] = 4
     base_samples: Annotated[int, Field(ge=2, le=65536)] = 64
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
-    inputs: list[str] | None = None
+    inputs: Annotated[list[str], Field(min_length=1)] | None = None  # [] meant all, and was counted as none
 
 
 class LevelsSpec(_Strict):

@@ -167,6 +167,9 @@ def test_report_rejects_other_folders(tmp_path):
         write_report(tmp_path)
     with pytest.raises(ConfigError, match="not a folder"):
         write_report(tmp_path / "missing")
+    (tmp_path / "ledger.sqlite").write_bytes(b"")  # a sweep killed before its first export
+    with pytest.raises(ConfigError, match="without its results.csv yet .*resume it with the same command"):
+        write_report(tmp_path)
 
 
 def test_cli_report_headless(tmp_path):

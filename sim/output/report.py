@@ -658,4 +658,9 @@ def write_report(folder: str | Path, pdf: bool = False, out_dir: str | Path | No
         return report_sweep(src, out, pdf)
     if (src / "summary.json").exists():
         return report_run(src, out, pdf)
+    if (src / "ledger.sqlite").exists():  # a sweep or cohort stopped before it wrote its tables
+        raise ConfigError(
+            f"{src}: a sweep or cohort folder without its results.csv yet (it stopped before its first "
+            "export); resume it with the same command, then report it"
+        )
     raise ConfigError(f"{src}: neither a run folder (summary.json) nor a sweep folder (results.csv)")

@@ -416,3 +416,23 @@ def test_a_ct_refusal_is_reported_on_its_own_field(small_ct, tmp_path, case, fie
     if case == "missing":  # a short name is printed once, as the value
         short = _refusal({**anatomy, "ct_path": "no_such_scan.nii.gz"})
         assert short == 'case.yaml: patient.anatomy.ct_path = "no_such_scan.nii.gz": no such file'
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        ({"ivc_label": 1}, "patient.anatomy.ivc_label = 1: also the vertebra_label's value"),
+        ({"lung_lobe_labels": {"RUL": 3, "RML": 3}}, "RML = 3 is also the RUL lobe's value"),
+        ({"ivc_label": 2, "lung_lobe_labels": {"LLL": 2}}, "LLL = 2 is also the ivc_label's value"),
+    ],
+)
+def test_one_label_value_names_one_structure(extra, expect):
+    """The IVC given the vertebra's label, or two lobes one label, were accepted without a word."""
+    from sim.core.config import scenario_from_dict
+
+    anatomy = {"ct_path": "a.nii.gz", "labels_path": "b.nii.gz", "vertebra_label": 1, **extra}
+    with pytest.raises(ConfigError) as err:
+        scenario_from_dict({"patient": {"anatomy": anatomy}}, source="s.yaml")
+    assert expect in str(err.value) and "each structure needs its own label value" in str(err.value)
+    ok = {"ct_path": "a.nii.gz", "labels_path": "b.nii.gz", "vertebra_label": 1, "ivc_label": 2}
+    assert scenario_from_dict({"patient": {"anatomy": {**ok, "lung_lobe_labels": {"RUL": 3, "LUL": 4}}}})

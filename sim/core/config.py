@@ -205,6 +205,25 @@ class CtAnatomyConfig(StrictModel):
         dict[Literal["RUL", "RML", "RLL", "LUL", "LLL"], Annotated[int, Field(ge=1, le=65535)]] | None
     ) = None
 
+    @field_validator("ivc_label", "lung_lobe_labels")
+    @classmethod
+    def _labels_name_different_structures(cls, value: Any, info: ValidationInfo) -> Any:
+        """One label value is one structure: the vertebra, the IVC and each lobe need their own."""
+        taken = {v: k for k, v in info.data.items() if k in ("vertebra_label", "ivc_label") and v is not None}
+        if info.field_name == "ivc_label" and value in taken:
+            raise ValueError(f"also the {taken[value]}'s value; each structure needs its own label value")
+        if info.field_name == "lung_lobe_labels" and value is not None:
+            lobes: dict[int, str] = {}
+            for lobe, label in value.items():
+                other = taken.get(label) or lobes.get(label)
+                if other is not None:
+                    raise ValueError(
+                        f"{lobe} = {label} is also the {other}'s value; each structure needs its own "
+                        "label value"
+                    )
+                lobes[label] = f"{lobe} lobe"
+        return value
+
 
 def _anatomy_kind(value: Any) -> str:
     """``parametric`` for a name, ``ct`` for a mapping (so errors name the CT fields, not both forms)."""

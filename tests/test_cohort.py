@@ -280,6 +280,8 @@ def test_policies_share_patients_and_differ_only_in_stop():
         ({"distributions": {"patient.seed": {"dist": "choice", "values": [1, 2]}}}, "do not sample it"),
         ({"policies": [{"name": "a"}, {"name": "a"}]}, "unique"),
         ({"reference_policy": "nope"}, "reference_policy 'nope'"),
+        ({"policies": [{"name": "a", "stop_after_leak_s": math.inf}]}, "policies.0.stop_after_leak_s = "),
+        ({"policies": [{"name": "a", "stop_after_leak_s": math.nan}]}, "less than or equal to 3600"),
         (
             {"sensitivity": {"method": "morris", "inputs": []}},
             r"sensitivity.inputs = \[\]: List should have at least 1",

@@ -117,6 +117,7 @@ def _is_flag(annotation: Any) -> bool:
     return bool in members and all(m in (bool, type(None)) for m in members)
 
 
+StopAfterLeakS = Annotated[float, Field(ge=0.0, le=3600.0)]  # seconds from detection to the stop (or null)
 _LEADING_ZERO = re.compile(r"[-+]?0[0-9_]*[89][0-9_]*")  # not octal, so YAML 1.1 text: `09`, `-0089`
 
 
@@ -368,7 +369,7 @@ class InjectionConfig(StrictModel):
         ]
         | None
     ) = None
-    stop_after_leak_s: Annotated[float, Field(ge=0.0, le=3600.0)] | None = 0.0
+    stop_after_leak_s: StopAfterLeakS | None = 0.0
     follow_up_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 60.0
 
 

@@ -94,6 +94,7 @@ from sim.core.config import (
     Level,
     NoBoolForNumber,
     Scenario,
+    StopAfterLeakS,
     format_validation_error,
     read_yaml,
     scenario_from_dict,
@@ -287,7 +288,7 @@ class PolicySpec(_Strict):
     patient's sampled/base value) plus optional further dotted-path ``overrides``."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)]
-    stop_after_leak_s: float | None | Literal["sampled"] = "sampled"
+    stop_after_leak_s: StopAfterLeakS | None | Literal["sampled"] = "sampled"  # the scenario's bounds
     overrides: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
 
@@ -636,6 +637,12 @@ def _validated(config: dict[str, Any], source: str) -> Scenario:
     return scenario_from_dict(config, source=source)
 
 
+def _drawn(inputs: dict[str, Any]) -> str:
+    """' (path=value, ...)' of the drawn inputs for a message, '' when nothing is drawn."""
+    text = _short(inputs)
+    return f" ({text})" if text else ""
+
+
 def _short(inputs: dict[str, Any]) -> str:
     text = ", ".join(f"{k}={json.dumps(v)}" for k, v in inputs.items() if k != SEED_PATH)
     return text if len(text) <= 160 else text[:157] + "..."
@@ -750,7 +757,7 @@ def plan_cohort(
             probe_cfg = arm_config(base, inputs, never)
             for pol in spec.policies:
                 cfg = arm_config(base, inputs, pol)
-                label = f"{source}: {where} policy '{pol.name}' ({_short(inputs)})"
+                label = f"{source}: {where} policy '{pol.name}'{_drawn(inputs)}"
                 try:
                     arms[(pt.index, k, pol.name)] = _validated(cfg, label)
                 except ConfigError as exc:
@@ -1133,7 +1140,7 @@ def sensitivity_scenarios(plan: CohortPlan, source: str) -> list[tuple[dict[str,
     out: list[tuple[dict[str, Any], Scenario]] = []
     problems: list[tuple[str, str]] = []
     for r, inputs in enumerate(design_inputs(spec, names, design, plan.base, seed)):
-        label = f"{source}: sensitivity design row {r} ({_short(inputs)})"
+        label = f"{source}: sensitivity design row {r}{_drawn(inputs)}"
         try:
             out.append((inputs, _validated(arm_config(plan.base, inputs, policy), label)))
         except ConfigError as exc:

@@ -93,7 +93,7 @@ def pce_sim(*args: str | Path, **kwargs: object) -> subprocess.Popen:
         (lambda d: None, "/proc/pce-sim-out", "under /proc"),
         (lambda d: None, "/sys/kernel/pce", "under /sys"),
         (lambda d: ((d / "full").mkdir(), (d / "full" / "x").write_text("x")), "full", "use --overwrite"),
-        (lambda d: None, "..", "not the current folder"),
+        (lambda d: None, "..", "not a parent folder, '..'"),
         (lambda d: None, "x" * 250, "folder name too long"),
     ],
 )
@@ -243,6 +243,27 @@ def test_a_sweep_respects_a_runs_claim_on_its_folder(tmp_path: Path) -> None:
     assert res.exit_code == 2, res.output
     assert f"another pce-sim run (pid {holder.pid}) is writing this folder" in res.stderr
     assert res.stderr.count("\n") == 1 and not out.exists()  # no progress bar before the refusal
+
+
+@pytest.mark.parametrize(
+    ("out", "expect"),
+    [
+        ("..", "--out '..': name a new folder for the results (not a parent folder, '..')"),
+        ("/", "--out '/': name a new folder for the results (not the root)"),
+        (".", "--out '.': name a new folder for the results (not the current folder)"),
+    ],
+)
+def test_folders_that_are_not_new_are_named_for_what_they_are(out: str, expect: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_output_folder(Path(out), overwrite=True)
+    assert str(err.value) == expect
+
+
+def test_a_dangling_link_is_named_as_one(tmp_path: Path) -> None:
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError, match=r"out: is a link to .*gone, which does not exist"):
+        check_output_folder(link, overwrite=False)
 
 
 def test_a_run_folder_gets_the_mode_of_any_new_folder(tmp_path: Path) -> None:

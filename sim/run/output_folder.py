@@ -141,7 +141,10 @@ def check_output_folder(
     if allow_current:  # a folder that is updated in place (benchmark results): `.` names it too
         out = out.resolve()
     if (text in ("", ".") and not allow_current) or out.name in ("", ".", ".."):
-        raise ConfigError(f"{flag} {text!r}: name a new folder for the results (not the current folder)")
+        what = (
+            "the current folder" if text in ("", ".") else "a parent folder, '..'" if out.name else "the root"
+        )
+        raise ConfigError(f"{flag} {text!r}: name a new folder for the results (not {what})")
     if "\0" in text:
         raise ConfigError(f"{flag} {text!r}: a path cannot contain a NUL character")
     if len(out.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
@@ -176,6 +179,8 @@ def _check_existing(
         )
     _check_location(out, text, flag)
     if out.exists() or out.is_symlink():
+        if out.is_symlink() and not out.exists():
+            raise ConfigError(f"{flag} {text}: is a link to {os.readlink(out)}, which does not exist")
         if not out.is_dir():
             raise ConfigError(f"{flag} {text}: exists and is not a folder")
         try:

@@ -405,6 +405,8 @@ def _refusal(anatomy: dict) -> str:
     [
         ("missing", "patient.anatomy.ct_path", "no such file"),
         ("label absent", "patient.anatomy.vertebra_label", "label value 7 is not in the label map"),
+        ("unreadable", "patient.anatomy.ct_path", "not a readable NIfTI"),
+        ("non-finite", "patient.anatomy.ct_path", "non-finite"),
     ],
 )
 def test_a_ct_refusal_is_reported_on_its_own_field(small_ct, tmp_path, case, field, why):

@@ -135,12 +135,26 @@ _FIELD_NOTE = re.compile(r"\s*\(([a-z_]+(?:\.[a-z_0-9]+)+)\)")
 def _own_field(message: str, scenario: Scenario, candidates: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
     """A refusal that names the one field at fault in parentheses, ``... no such file
     (patient.anatomy.ct_path)``, is reported on that field alone (not on every field of the stage the
-    user wrote), the note dropped."""
+    user wrote), the note dropped; so is one that starts with the file of exactly one of the stage's
+    fields (``<ct_path>: not a readable NIfTI image``)."""
     written = written_fields(scenario)
     notes = [m for m in _FIELD_NOTE.finditer(message) if m.group(1) in written]
-    if len(notes) != 1:
-        return message, candidates
-    field, message = notes[0].group(1), message[: notes[0].start()] + message[notes[0].end() :]
+    if len(notes) == 1:
+        field, message = notes[0].group(1), message[: notes[0].start()] + message[notes[0].end() :]
+    else:
+        # a refusal that starts with one field's file (an unreadable or malformed CT or label map) is
+        # that field's, not every field of the stage
+        files = [
+            name
+            for name, value in written.items()
+            if any(name == c or name.startswith(c + ".") for c in candidates)
+            and isinstance(value, str)
+            and value
+            and message.startswith(f"{value}: ")
+        ]
+        if notes or len(files) != 1:
+            return message, candidates
+        field = files[0]
     value = written[field]
     # the line prints the value already, unless it is too long to print whole
     if isinstance(value, str) and message.startswith(f"{value}: ") and not shown_value(value).endswith("..."):

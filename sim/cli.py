@@ -113,9 +113,9 @@ def user_errors() -> Iterator[None]:
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         fail(f"{where}{exc.strerror or exc}", code=1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         say(err_console, ("interrupted", "yellow"))
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
 
 @contextmanager
@@ -591,18 +591,27 @@ def _option_value(param: Any, argv: list[str]) -> str | None:
     return None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that it unwinds as Ctrl-C does."""
+
+
 def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (kill, a scheduler's time limit) ends a command as Ctrl-C does: 'interrupted', exit 130,
-    a sweep's or cohort's workers stopped, finished runs kept (the sweep resumes)."""
-    raise KeyboardInterrupt
+    """SIGTERM (kill, a scheduler's time limit) ends a command as Ctrl-C does: 'interrupted', a sweep's or
+    cohort's workers stopped, finished runs kept (the sweep resumes); exit 143 (128 + SIGTERM), as job
+    schedulers expect, where Ctrl-C exits 130."""
+    raise Terminated
 
 
 def main() -> None:
     """Console-script entry point. A usage error (an unknown command or option, a bad or missing
     option value) is one line naming it, exit 2, as a bad config is; ``--help`` prints the full usage."""
     import signal
+    import threading
 
-    signal.signal(signal.SIGTERM, _terminated)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    else:
+        previous = None
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
@@ -626,6 +635,9 @@ def main() -> None:
     except PceSimError as exc:  # errors escaping a command body
         say(err_console, ("error:", "bold red"), f" {exc}")
         sys.exit(2)
+    finally:
+        if previous is not None:  # an embedding process gets its own handler back
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -149,3 +149,27 @@ def test_the_summary_reading_gives_the_leaks_error_and_flags_a_fragile_detection
     assert len(summary_reading(unseen, 0.5)) == 1
     off_study = {**unseen, "leaked_volume_rel_error_estimate": float("nan"), "leaked_volume_error_case": ""}
     assert summary_reading(off_study, 0.5) == []
+
+
+def test_main_runs_in_any_thread_and_gives_sigterm_back():
+    """main() set its SIGTERM handler from any thread (ValueError outside the main one) and kept it."""
+    import signal
+    import threading
+
+    from sim.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    codes: list[object] = []
+
+    def call() -> None:
+        sys.argv = ["pce-sim", "--help"]
+        try:
+            main()
+        except SystemExit as exc:
+            codes.append(exc.code)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    worker.join()
+    call()
+    assert codes == [0, 0] and signal.getsignal(signal.SIGTERM) is before

@@ -326,6 +326,18 @@ def test_sensitivity_design_maps_levels_to_valid_inputs():
     assert design_inputs(spec, names, design, {}, seed) == rows
 
 
+def test_a_policy_sets_each_field_once_and_merges_its_sections():
+    """A policy's overrides went through set_dotted: a section replaced the base's whole section and a
+    field given twice under two spellings kept the last one."""
+    twice = {"name": "a", "overrides": {"grid": {"spacing_mm": 2.5}, "grid.spacing_mm": 1.5}}
+    spec = cohort(n=1, policies=[twice], reference_policy="a")
+    with pytest.raises(ConfigError, match="policy 'a': overrides: grid.spacing_mm is given twice"):
+        plan_cohort(spec, ROOT / "configs", source="c.yaml")
+    merged = cohort(n=1, policies=[{"name": "a", "overrides": {"grid": {"cfl": 0.4}}}], reference_policy="a")
+    arm = plan_cohort(merged, ROOT / "configs", source="c.yaml").arms[(0, 1, "a")]
+    assert arm.grid.cfl == 0.4 and arm.grid.spacing_mm == 2.0  # the base's spacing (TINY) is kept
+
+
 def test_invalid_sensitivity_rows_are_refused_with_the_plan():
     """A design row outside a field's range stopped the cohort after all its patient runs (and every
     resume); the plan now validates the design, naming the file and the row."""

@@ -157,8 +157,9 @@ def test_overwrite_refuses_a_folder_it_could_not_delete(
         ("thesis.tex",),
         ("ledger.sqlite", "sweep.resolved.yaml", "runs/00000/summary.json"),
         ("summary.json/x",),
+        ("summary.json", "thesis.tex"),  # a summary.json that is not pce-sim's ("keep")
     ],
-    ids=["foreign", "a-sweep-folder", "summary-is-a-folder"],
+    ids=["foreign", "a-sweep-folder", "summary-is-a-folder", "another-tools-summary"],
 )
 def test_overwrite_replaces_only_a_run_folder(
     tmp_path: Path, tiny: Path, no_simulation: list[int], files: tuple[str, ...]
@@ -178,7 +179,7 @@ def test_overwrite_replaces_only_a_run_folder(
 def test_overwrite_still_replaces_a_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.json").write_text("{}")
+    (out / "summary.json").write_text('{"provenance": {"pce_sim_version": "0.1"}}')
     (out / "emboli.csv").write_text("")
     assert check_output_folder(out, overwrite=True, replaces=("summary.json",)) == out
     assert check_output_folder(tmp_path / "new", overwrite=True, replaces=("summary.json",))

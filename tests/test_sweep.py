@@ -260,8 +260,16 @@ def test_bad_value_names_scenario_index_and_field():
             "overrides: grid.spacing_mm is given twice; each field may be set once",
         ),
         (
+            {"method": "lhs", "samples": 2, "parameters": {"injection.volume_ml": {"range": ["09", 1.5]}}},
+            "Input should hold numbers: write it without the leading zero",
+        ),
+        (
+            {"method": "lhs", "samples": 2, "parameters": {"injection.volume_ml": {"range": ["inf", 2]}}},
+            "YAML writes infinity .inf and not-a-number .nan",
+        ),
+        (
             {"method": "lhs", "samples": 2, "parameters": {"injection.volume_ml": {"range": ["1e-1", 0.5]}}},
-            'range = ["1e-1", 0.5]: Input should hold numbers, not quoted strings',
+            'range = ["1e-1", 0.5]: Input should hold numbers, not a quoted string',
         ),
     ],
 )
@@ -272,7 +280,7 @@ def test_bad_sweep_files_give_clear_errors(data, expect):
 
 
 @pytest.mark.parametrize(
-    "address", ["tcp://10.0.0.5:8786", "localhost:8786", "tls://[::1]:8786", "ucx://n-1:1"]
+    "address", ["tcp://10.0.0.5:8786", "localhost:8786", "tls://[::1]:8786", "ucx://n-1:1", "wss://h:443"]
 )
 def test_scheduler_addresses_dask_takes_are_accepted(address):
     assert sweep_from_dict({"executor": {"kind": "dask", "address": address}}).executor.address == address
@@ -497,11 +505,11 @@ def test_a_killed_sweep_leaves_no_worker_behind(tmp_path, sig):
     args = ("sweep", str(sweep), "--quiet", "--runner", "test_sweep:deterministic_runner")
     out = tmp_path / "killed"
     proc = _cli(*args, "--out", str(out), env=env, start_new_session=True)
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        workers: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
-            workers = _children(proc.pid)
+            workers[:] = _children(proc.pid)
             if len(workers) >= 3 and _done_count(out / "ledger.sqlite") == 0:  # two workers and the tracker
                 break
             time.sleep(0.1)
@@ -515,13 +523,14 @@ def test_a_killed_sweep_leaves_no_worker_behind(tmp_path, sig):
         while any(_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [w for w in workers if _alive(w)]
-        if sig == signal.SIGTERM:
-            assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)
+        if sig == signal.SIGTERM:  # 128 + SIGTERM, as job schedulers expect (Ctrl-C: 130)
+            assert proc.returncode == 143 and err.strip() == "interrupted", (proc.returncode, err)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for w in _children(proc.pid):
-            os.kill(w, signal.SIGKILL)
+        for w in workers:  # a failing run of this test leaves no orphan behind
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_cli_exit_code_1_names_failed_runs(tmp_path):

@@ -91,6 +91,20 @@ def _accepts_text(annotation: Any, text: str) -> bool:
     return False
 
 
+def _text_for_number(text: str) -> str | None:
+    """What to tell a user whose number arrived as text (None: text that is not a number at all).
+
+    YAML 1.1 reads `09` (a leading zero, not octal) and `inf` / `nan` as text, quoted or not, so only a
+    text that reads as a plain number was quoted by the user."""
+    if _LEADING_ZERO.fullmatch(text):
+        return ": write it without the leading zero"
+    if text.strip().lstrip("+-").lower() in ("inf", "infinity", "nan"):
+        return ": YAML writes infinity .inf and not-a-number .nan"
+    if _reads_as_number(text):
+        return ", not a quoted string (write it without quotes)"
+    return None
+
+
 def _reads_as_number(text: str) -> bool:
     try:
         float(text)
@@ -135,16 +149,10 @@ class NoBoolForNumber(BaseModel):
         if _is_number(field.annotation):
             if isinstance(value, bool):
                 raise PydanticCustomError("bool_for_number", "Input should be a number, not a boolean")
-            text = isinstance(value, str) and not _accepts_text(field.annotation, value)
-            if text and _LEADING_ZERO.fullmatch(value):
-                raise PydanticCustomError(
-                    "leading_zero", "Input should be a number: write it without the leading zero"
-                )  # YAML 1.1 reads `09` as text (not octal), quoted or not
-            if text and _reads_as_number(value):
-                raise PydanticCustomError(
-                    "text_for_number",
-                    "Input should be a number, not a quoted string (write it without quotes)",
-                )
+            if isinstance(value, str) and not _accepts_text(field.annotation, value):
+                advice = _text_for_number(value)
+                if advice is not None:
+                    raise PydanticCustomError("text_for_number", f"Input should be a number{advice}")
         elif _is_flag(field.annotation) and value is not None and not isinstance(value, bool):
             raise PydanticCustomError("flag", "Input should be true or false")
         elif _holds_numbers(field.annotation):
@@ -157,11 +165,9 @@ class NoBoolForNumber(BaseModel):
             )
             if any(isinstance(v, bool) for v in items):
                 raise PydanticCustomError("bool_for_number", "Input should hold numbers, not booleans")
-            if any(isinstance(v, str) and _reads_as_number(v) for v in items):
-                raise PydanticCustomError(
-                    "text_for_number",
-                    "Input should hold numbers, not quoted strings (write them without quotes)",
-                )
+            advice = next((a for v in items if isinstance(v, str) and (a := _text_for_number(v))), None)
+            if advice is not None:
+                raise PydanticCustomError("text_for_number", f"Input should hold numbers{advice}")
         return value
 
 

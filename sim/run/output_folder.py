@@ -129,8 +129,9 @@ def check_output_folder(
     ``allow_current``).
 
     ``replaces``: the files that mark a folder this command writes (a run's ``summary.json``); with
-    ``overwrite`` an existing non-empty folder must hold one of them, so ``--overwrite`` never deletes a
-    folder the command did not make (a running sweep's, a thesis).
+    ``overwrite`` an existing non-empty folder must hold one of them, as pce-sim wrote it
+    (:func:`_written_by_pce_sim`), so ``--overwrite`` never deletes a folder the command did not make (a
+    running sweep's, a thesis beside a ``summary.json`` of its own).
 
     ``resume``: the files that mark a ``study`` folder (a sweep's, a cohort's) an existing non-empty
     folder must hold to be resumed; a non-empty folder holding none of them (a run folder, anything
@@ -196,7 +197,7 @@ def _check_existing(
             raise ConfigError(
                 f"{flag} {text}: output folder exists and is not empty (use --overwrite to replace it)"
             )
-        if non_empty and not resume and replaces and not any((out / name).is_file() for name in replaces):
+        if non_empty and not resume and replaces and not any(_written_by_pce_sim(out / n) for n in replaces):
             raise ConfigError(
                 f"{flag} {text}: --overwrite replaces only a folder this command wrote (one holding "
                 f"{' or '.join(replaces)}); this one holds none, so name another folder"
@@ -209,6 +210,26 @@ def _check_existing(
                     "remove the folder or choose another"
                 )
     _check_writable_ancestor(out, text, flag, "create the folder")
+
+
+def _written_by_pce_sim(marker: Path) -> bool:
+    """True when ``marker`` is a JSON document pce-sim wrote: a run's ``summary.json`` or a report card's
+    ``report_card.json`` says so (``provenance.pce_sim_version``; ``suite``). A file of
+    that name holding anything else (``{}``, another tool's summary) does not make a folder replaceable."""
+    import json
+
+    try:
+        if not marker.is_file() or marker.stat().st_size > 64 * 1024 * 1024:
+            return False
+        doc = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    provenance = doc.get("provenance")
+    return (isinstance(provenance, dict) and "pce_sim_version" in provenance) or doc.get(
+        "suite"
+    ) == "pce-sim report-card"
 
 
 def _check_location(path: Path, text: str, flag: str) -> None:

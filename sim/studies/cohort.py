@@ -120,6 +120,7 @@ from sim.studies.sweep import (
     Expansion,
     SweepPoint,
     SweepSpec,
+    apply_overrides,
     check_dotted_path,
     check_value_path,
     exp_each,
@@ -626,8 +627,9 @@ def arm_config(base: dict[str, Any], inputs: dict[str, Any], policy: PolicySpec 
     for path, value in inputs.items():
         set_dotted(config, path, copy.deepcopy(value))
     if policy is not None:
-        for path, value in policy.overrides.items():
-            set_dotted(config, path, copy.deepcopy(value))
+        # as a study's overrides: a nested section is merged into the base's (not put in its place), and a
+        # field given twice under two spellings is refused
+        apply_overrides(config, policy.overrides, f"policy '{policy.name}': overrides")
         if policy.stop_after_leak_s != "sampled":
             set_dotted(config, STOP_PATH, policy.stop_after_leak_s)
     return config

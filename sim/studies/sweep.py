@@ -82,8 +82,10 @@ SEED_PATH = "patient.seed"
 # none is not a sweep
 SWEEP_MARKERS = ("ledger.sqlite", ".sweep.lock", "sweep.resolved.yaml")
 MAX_WORKERS = 1024
-# a scheduler a Client can reach: [tcp|tls|ucx://]host:port, host a name, an IPv4 or a bracketed IPv6 address
-DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})")
+# a scheduler a Client can reach: [scheme://]host:port, host a name, an IPv4 or a bracketed IPv6 address
+DASK_ADDRESS = re.compile(
+    r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})"
+)
 
 
 class _Strict(NoBoolForNumber):
@@ -127,8 +129,8 @@ class ExecutorSpec(_Strict):
         match = None if address is None else DASK_ADDRESS.fullmatch(address)
         if address is not None and (match is None or int(match.group(1)) > 65535):
             raise ValueError(
-                "allowed: a Dask scheduler's address, host:port with an optional tcp://, tls:// or ucx:// "
-                "(e.g. tcp://10.0.0.5:8786; port 1-65535), or no address for a local cluster"
+                "allowed: a Dask scheduler's address, host:port with an optional tcp://, tls://, ucx://, "
+                "ws:// or wss:// (e.g. tcp://10.0.0.5:8786; port 1-65535), or no address for a local cluster"
             )
         return address
 

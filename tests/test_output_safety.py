@@ -199,16 +199,22 @@ def test_report_card_overwrite_replaces_only_a_report_card(tmp_path: Path) -> No
 # ------------------------------------------------------------------------------------ claims
 
 
-def test_claim_is_exclusive_reentrant_and_released(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _claim_holder(out: Path) -> subprocess.Popen:
+    """Another process holding the claim on ``out`` (until killed)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
          "from sim.run.output_folder import OutputClaim; c = OutputClaim(sys.argv[1]).acquire();"
          "print('held', flush=True); time.sleep(60)", str(out), str(ROOT)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_claim_is_exclusive_reentrant_and_released(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    holder = _claim_holder(out)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match=rf"another pce-sim run \(pid {holder.pid}\) is writing"):
             OutputClaim(out).acquire()
     finally:
@@ -227,14 +233,8 @@ def test_a_sweep_respects_a_runs_claim_on_its_folder(tmp_path: Path) -> None:
     """A sweep started on the folder a run had claimed (not yet written) took it; the run then lost
     its finished result at the write. Now the sweep stops at the claim, before its progress bar."""
     out = tmp_path / "shared"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
-         "from sim.run.output_folder import OutputClaim; c = OutputClaim(sys.argv[1]).acquire();"
-         "print('held', flush=True); time.sleep(60)", str(out), str(ROOT)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = _claim_holder(out)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         res = CliRunner().invoke(
             app, ["sweep", str(ROOT / "configs" / "sweep_smoke.yaml"), "--out", str(out)]
         )

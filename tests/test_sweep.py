@@ -433,16 +433,22 @@ def _done_count(db: Path) -> int:
         return 0
 
 
-def test_sigkilled_sweep_resumes_to_the_clean_result(tmp_path):
-    sweep = _write_sweep(tmp_path / "sweep.yaml", n_volumes=5, workers=2)
+def _slow_sweep(tmp_path: Path, n_volumes: int, sleep_s: float):
+    """A sweep of 2 n_volumes test runs of ``sleep_s`` each on two workers, started in its own session
+    into ``tmp_path / 'killed'``: (process, CLI args, environment, folder)."""
+    sweep = _write_sweep(tmp_path / "sweep.yaml", n_volumes=n_volumes, workers=2)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
-        "PCE_TEST_RUN_SLEEP_S": "0.4",
+        "PCE_TEST_RUN_SLEEP_S": str(sleep_s),
     }
     args = ("sweep", str(sweep), "--quiet", "--runner", "test_sweep:deterministic_runner")
     out = tmp_path / "killed"
-    proc = _cli(*args, "--out", str(out), env=env, start_new_session=True)
+    return _cli(*args, "--out", str(out), env=env, start_new_session=True), args, env, out
+
+
+def test_sigkilled_sweep_resumes_to_the_clean_result(tmp_path):
+    proc, args, env, out = _slow_sweep(tmp_path, n_volumes=5, sleep_s=0.4)
     deadline = time.monotonic() + 120
     while _done_count(out / "ledger.sqlite") < 1 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -496,15 +502,7 @@ def test_a_killed_sweep_leaves_no_worker_behind(tmp_path, sig):
     """A sweep killed alone (not its process group: kill, the OOM killer, a scheduler's time limit)
     left its spawn workers (about 420 MB each) and their resource tracker waiting forever; SIGTERM
     also ended it without a word. Now the workers end with their parent, and SIGTERM is an interruption."""
-    sweep = _write_sweep(tmp_path / "sweep.yaml", n_volumes=2, workers=2)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
-        "PCE_TEST_RUN_SLEEP_S": "30",
-    }
-    args = ("sweep", str(sweep), "--quiet", "--runner", "test_sweep:deterministic_runner")
-    out = tmp_path / "killed"
-    proc = _cli(*args, "--out", str(out), env=env, start_new_session=True)
+    proc, _args, _env, out = _slow_sweep(tmp_path, n_volumes=2, sleep_s=30.0)
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 120

@@ -176,6 +176,20 @@ def test_overwrite_replaces_only_a_run_folder(
     assert all((out / name).read_text() == "keep" for name in files)
 
 
+def test_a_run_of_a_study_is_not_replaced_by_a_lone_run(tmp_path: Path) -> None:
+    """`run --out sweep/runs/<hash> --overwrite` replaced a run the sweep's ledger says it made."""
+    run = tmp_path / "sweep" / "runs" / "0123456789ab"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"provenance": {"pce_sim_version": "0.1"}}')
+    (tmp_path / "sweep" / "ledger.sqlite").write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match="is in the runs of the sweep or cohort in .*sweep, whose ledger owns them"
+    ):
+        check_output_folder(run, overwrite=True, replaces=("summary.json",))
+    with pytest.raises(ConfigError, match="whose ledger owns them"):  # a new run beside them too
+        check_output_folder(run.parent / "new", overwrite=False, replaces=("summary.json",))
+
+
 def test_overwrite_still_replaces_a_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

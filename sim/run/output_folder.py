@@ -179,6 +179,12 @@ def _check_existing(
             f"{flag} {text}: is the current folder or holds it; name a new folder for the results"
         )
     _check_location(out, text, flag)
+    owner = resolved.parent.parent
+    if replaces and resolved.parent.name == "runs" and (owner / "ledger.sqlite").exists():
+        raise ConfigError(
+            f"{flag} {text}: is in the runs of the sweep or cohort in {owner}, whose ledger owns them "
+            "(resume the study to redo a run); name a folder outside it"
+        )
     if out.exists() or out.is_symlink():
         if out.is_symlink() and not out.exists():
             raise ConfigError(f"{flag} {text}: is a link to {os.readlink(out)}, which does not exist")

@@ -172,7 +172,8 @@ def test_overwrite_replaces_only_a_run_folder(
     res = CliRunner().invoke(app, ["run", str(tiny), "--out", str(out), "--overwrite", "--quiet"])
     assert res.exit_code == 2 and not no_simulation
     assert res.stderr.count("\n") == 1
-    assert "--overwrite replaces only a folder this command wrote (one holding summary.json)" in res.stderr
+    expect = "--overwrite replaces only a folder this command wrote (one holding summary.json as pce-sim "
+    assert expect + "writes it); this one is not" in res.stderr
     assert all((out / name).read_text() == "keep" for name in files)
 
 

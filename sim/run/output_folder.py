@@ -206,7 +206,7 @@ def _check_existing(
         if non_empty and not resume and replaces and not any(_written_by_pce_sim(out / n) for n in replaces):
             raise ConfigError(
                 f"{flag} {text}: --overwrite replaces only a folder this command wrote (one holding "
-                f"{' or '.join(replaces)}); this one holds none, so name another folder"
+                f"{' or '.join(replaces)} as pce-sim writes it); this one is not, so name another folder"
             )
         if non_empty and not resume:
             stuck = _undeletable(out)

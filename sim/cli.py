@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.text import Text
 
 from sim.core.errors import ConfigError, PceSimError
+from sim.studies import MAX_WORKERS
 
 app = typer.Typer(
     name="pce-sim",
@@ -199,8 +200,6 @@ def run(
                 say(console, line)
             say(console, ("wrote", "green"), f" {out}")
 
-
-MAX_WORKERS = 1024  # as a study file's executor.workers (sim.studies.sweep.ExecutorSpec)
 
 # the files that mark a folder `run` and `report-card` wrote: --overwrite replaces only such a folder
 RUN_FOLDER_FILES = ("summary.json",)

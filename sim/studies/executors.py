@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import importlib
 import multiprocessing
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -188,7 +189,10 @@ class SharedExecutor(Executor):
         """Close the underlying executor, if one was made (``interrupted``: abort it)."""
         if self._inner is not None:
             inner, self._inner = self._inner, None
-            inner.abort() if interrupted else inner.close()
+            if interrupted:
+                inner.abort()
+            else:
+                inner.close()
 
 
 class SerialExecutor(Executor):
@@ -219,7 +223,6 @@ def _exit_with_parent(parent_pid: int) -> None:
     checks the parent every PARENT_POLL_S and ends the worker (its run is redone on resume: the ledger
     still says ``running``).
     """
-    import os
     import threading
 
     def watch() -> None:
@@ -240,18 +243,12 @@ class LocalExecutor(Executor):
         self._pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
-        import os
-
         return cf.ProcessPoolExecutor(
             max_workers=self.capacity,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_exit_with_parent,
             initargs=(os.getpid(),),
         )
-
-    def worker_pids(self) -> list[int]:
-        """The pool's worker processes now (for tests and for :meth:`abort`)."""
-        return [p.pid for p in list(getattr(self._pool, "_processes", {}).values()) if p.pid is not None]
 
     def submit(self, task: RunTask) -> Any:
         return self._pool.submit(execute_task, task)

@@ -66,6 +66,7 @@ from sim.core.config import (
 from sim.core.errors import ConfigError
 from sim.core.provenance import code_digest, code_label
 from sim.core.safe_yaml import Literals
+from sim.studies import MAX_WORKERS
 from sim.studies.executors import (
     DEFAULT_RUNNER,
     DEFAULT_WRITER,
@@ -81,7 +82,6 @@ SEED_PATH = "patient.seed"
 # files a sweep folder holds from its first moment (the ledger, write_sweep_manifest); a folder with
 # none is not a sweep
 SWEEP_MARKERS = ("ledger.sqlite", ".sweep.lock", "sweep.resolved.yaml")
-MAX_WORKERS = 1024
 # a scheduler a Client can reach: [scheme://]host:port, host a name, an IPv4 or a bracketed IPv6 address
 DASK_ADDRESS = re.compile(
     r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})"

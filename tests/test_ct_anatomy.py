@@ -237,7 +237,19 @@ def _bad_cases(small_ct, tmp: Path) -> dict[str, tuple[dict, str, Path]]:
     nan_hu[tuple(np.argwhere(labels == VERTEBRA_LABEL)[0])] = np.nan
     nan_ct = _save(tmp / "nan_ct.nii.gz", nan_hu, affine)
     missing = tmp / "missing_ct.nii.gz"
+    negative = hu.copy()
+    negative[0, 0, 0] = -1024  # air in a corner: a CT, not a label map
+    negative_lab = _save(tmp / "negative_labels.nii.gz", negative, affine)
+    many = (np.arange(labels.size, dtype=np.int32).reshape(labels.shape) % 3000 + 2).astype(np.int16)
+    many_lab = _save(tmp / "many_labels.nii.gz", many, affine)
     return {
+        "labels are a CT": (
+            _anatomy(ct, negative_lab),
+            "label values are negative (lowest -1024)",
+            negative_lab,
+        ),
+        "label absent from a CT": (_anatomy(ct, many_lab), "not in the label map", many_lab),
+        "ct is the labels": (_anatomy(lab, lab), "is this the label map instead?", lab),
         "missing": (_anatomy(missing, lab), "no such file", missing),
         "unreadable": (_anatomy(garbage, lab), "not a readable NIfTI", garbage),
         "label absent": (_anatomy(ct, lab, 7), "label value 7", lab),
@@ -258,6 +270,9 @@ def _bad_cases(small_ct, tmp: Path) -> dict[str, tuple[dict, str, Path]]:
         "too coarse",
         "geometry mismatch",
         "non-finite",
+        "labels are a CT",
+        "label absent from a CT",
+        "ct is the labels",
     ],
 )
 def test_bad_ct_input_is_one_line_naming_the_file(small_ct, tmp_path, case):
@@ -270,6 +285,8 @@ def test_bad_ct_input_is_one_line_naming_the_file(small_ct, tmp_path, case):
     text = str(err.value)
     assert len(text.splitlines()) == 1, text
     assert expect in text and str(path) in text, text
+    hinted = case in ("labels are a CT", "label absent from a CT")
+    assert text.endswith("(is this the CT instead?)") == hinted, text
 
 
 def test_bad_ct_input_exit_2_from_the_cli(small_ct, tmp_path):
@@ -407,6 +424,7 @@ def _refusal(anatomy: dict) -> str:
         ("label absent", "patient.anatomy.vertebra_label", "label value 7 is not in the label map"),
         ("unreadable", "patient.anatomy.ct_path", "not a readable NIfTI"),
         ("non-finite", "patient.anatomy.ct_path", "non-finite"),
+        ("labels are a CT", "patient.anatomy.labels_path", "is this the CT instead?"),
     ],
 )
 def test_a_ct_refusal_is_reported_on_its_own_field(small_ct, tmp_path, case, field, why):

@@ -315,7 +315,13 @@ def test_leftovers_of_dead_runs_are_cleaned_and_live_ones_kept(tmp_path: Path) -
 
 def test_overwrite_leaves_no_old_folder_behind(tmp_path: Path) -> None:
     scenario = Scenario.model_validate({"output": {"fields": False, "time_series": False}})
-    result = RunResult(scenario=scenario, summary={"a": 1.0}, emboli={"x": []}, fragments={"y": []})
+    result = RunResult(
+        scenario=scenario,
+        summary={"a": 1.0},
+        emboli={"x": []},
+        fragments={"y": []},
+        provenance={"pce_sim_version": "test"},
+    )
     out = tmp_path / "out"
     result.write(out)
     with pytest.raises(ConfigError, match="use --overwrite"):
@@ -326,6 +332,21 @@ def test_overwrite_leaves_no_old_folder_behind(tmp_path: Path) -> None:
     assert json.loads((out / "summary.json").read_text())["summary"] == {"a": 1.0}
     assert hidden_leftovers(tmp_path) == []
     assert not (out / "extra").exists()
+
+
+@pytest.mark.parametrize("files", [("thesis.tex",), ("summary.json",)], ids=["foreign", "foreign-summary"])
+def test_the_librarys_overwrite_replaces_only_a_run_folder(tmp_path: Path, files: tuple[str, ...]) -> None:
+    """`RunResult.write(overwrite=True)` deleted any folder a library caller named (only the CLI checked)."""
+    scenario = Scenario.model_validate({"output": {"fields": False, "time_series": False}})
+    result = RunResult(scenario=scenario, summary={"a": 1.0}, provenance={"pce_sim_version": "test"})
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in files:
+        (out / name).write_text("keep")
+    with pytest.raises(ConfigError, match="overwrite replaces only a run folder pce-sim wrote"):
+        result.write(out, overwrite=True)
+    assert all((out / name).read_text() == "keep" for name in files)
+    assert hidden_leftovers(tmp_path) == []
 
 
 def test_two_runs_into_one_folder_one_wins(tmp_path: Path, tiny: Path) -> None:

@@ -160,6 +160,8 @@ def test_state_script_ships_inside_the_package():
         ("/proc/pce-view.png", "under /proc"),
         ("afile/view.png", "afile is a file, not a folder"),
         ("view.jpg", "name a file ending in .png"),
+        (".png", "'.png': name a file with a name before .png, e.g. view.png"),
+        ("out/.PNG", "name a file with a name before .png"),
         ("exists.png", "exists.png: exists (use --overwrite to replace it, or name another file)"),
     ],
 )

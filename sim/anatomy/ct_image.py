@@ -30,6 +30,12 @@ from sim.core.units import MM_M
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 GEOMETRY_TOL_MM = 1.0e-3  # CT and label map must share the affine to this (mm)
 CROP_MARGIN_M = 12.0e-3  # context kept around the treated vertebra
+# A segmentation labels tens to a few hundred structures (TotalSegmentator: 117); a map with more
+# distinct values than this is more likely a CT given in its place (said in the refusal, not refused).
+MAX_LABELS = 1000
+# A "CT" holding the vertebra's label value on at least this share of the vertebra's voxels is a label
+# map (a CT's intensities vary over the bone).
+LABEL_MAP_SHARE = 0.9
 
 
 @dataclass
@@ -109,8 +115,10 @@ def load_ct_pair(
     vertebra with label ``vertebra_label`` (plus ``CROP_MARGIN_M``), the voxel count of every
     label in ``extra_labels`` over the whole map, and per extra label present the (n, 3) LPS
     centres of its voxels (keyed by the label value as text). Refuses: a missing or
-    unreadable file, CT and labels of different shape or affine, a label map that is not integer,
-    a vertebra label absent from the map, non-finite CT values around the vertebra.
+    unreadable file, CT and labels of different shape or affine, a label map that is not integer or
+    holds negative values (a CT in its place), a vertebra label absent from the map, non-finite CT
+    values around the vertebra, a "CT" holding the vertebra's label value on the vertebra (a label map
+    in its place).
     """
     ct_img = _open(ct_path, "ct_path")
     lab_img = _open(labels_path, "labels_path")
@@ -131,14 +139,21 @@ def load_ct_pair(
         if not np.all(np.isfinite(labels_all)) or np.any(labels_all != np.rint(labels_all)):
             raise ConfigError(f"{labels_path}: label values are not integers (is this the CT instead?)")
         labels_all = labels_all.astype(np.int64)
+    lowest = int(labels_all.min()) if labels_all.size else 0
+    if lowest < 0:
+        raise ConfigError(
+            f"{labels_path}: label values are negative (lowest {lowest}); a label map holds non-negative "
+            "integers (is this the CT instead?)"
+        )
     mask = labels_all == vertebra_label
     if not mask.any():
         present = np.unique(labels_all)
         present = present[present != 0]
         shown = ", ".join(str(int(v)) for v in present[:12]) + (" ..." if present.size > 12 else "")
+        hint = " (is this the CT instead?)" if present.size > MAX_LABELS else ""
         raise ConfigError(
             f"{labels_path}: label value {vertebra_label} (patient.anatomy.vertebra_label) is not in the "
-            f"label map (values present: {shown or 'none'})"
+            f"label map (values present: {shown or 'none'}){hint}"
         )
     counts = {int(v): int(np.count_nonzero(labels_all == v)) for v in extra_labels}
     extra_voxels = {}
@@ -159,6 +174,12 @@ def load_ct_pair(
     if bad:
         raise ConfigError(
             f"{ct_path}: {bad} non-finite intensities (NaN or inf) around label {vertebra_label}"
+        )
+    on_vertebra = ct[labels == vertebra_label]
+    if np.count_nonzero(on_vertebra == vertebra_label) >= LABEL_MAP_SHARE * on_vertebra.size:
+        raise ConfigError(
+            f"{ct_path}: holds the vertebra_label's value {vertebra_label} on the vertebra's voxels, as a "
+            "label map does (is this the label map instead? a CT holds Hounsfield units)"
         )
     shift = np.eye(4)
     shift[:3, 3] = lo

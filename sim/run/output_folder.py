@@ -130,7 +130,7 @@ def check_output_folder(
 
     ``replaces``: the files that mark a folder this command writes (a run's ``summary.json``); with
     ``overwrite`` an existing non-empty folder must hold one of them, as pce-sim wrote it
-    (:func:`_written_by_pce_sim`), so ``--overwrite`` never deletes a folder the command did not make (a
+    (:func:`written_by_pce_sim`), so ``--overwrite`` never deletes a folder the command did not make (a
     running sweep's, a thesis beside a ``summary.json`` of its own).
 
     ``resume``: the files that mark a ``study`` folder (a sweep's, a cohort's) an existing non-empty
@@ -203,7 +203,7 @@ def _check_existing(
             raise ConfigError(
                 f"{flag} {text}: output folder exists and is not empty (use --overwrite to replace it)"
             )
-        if non_empty and not resume and replaces and not any(_written_by_pce_sim(out / n) for n in replaces):
+        if non_empty and not resume and replaces and not any(written_by_pce_sim(out / n) for n in replaces):
             raise ConfigError(
                 f"{flag} {text}: --overwrite replaces only a folder this command wrote (one holding "
                 f"{' or '.join(replaces)} as pce-sim writes it); this one is not, so name another folder"
@@ -218,7 +218,7 @@ def _check_existing(
     _check_writable_ancestor(out, text, flag, "create the folder")
 
 
-def _written_by_pce_sim(marker: Path) -> bool:
+def written_by_pce_sim(marker: Path) -> bool:
     """True when ``marker`` is a JSON document pce-sim wrote: a run's ``summary.json`` or a report card's
     ``report_card.json`` says so (``provenance.pce_sim_version``; ``suite``). A file of
     that name holding anything else (``{}``, another tool's summary) does not make a folder replaceable."""
@@ -265,6 +265,8 @@ def check_output_file(path: Path, flag: str, suffix: str) -> Path:
     text = str(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {text}: is a folder; name a {suffix} file")
+    if path.name.lower() == suffix:  # '.png' is a hidden file with no suffix, not an empty name
+        raise ConfigError(f"{flag} {text!r}: name a file with a name before {suffix}, e.g. view{suffix}")
     if path.suffix.lower() != suffix:
         raise ConfigError(f"{flag} {text!r}: name a file ending in {suffix}")
     try:

@@ -26,7 +26,7 @@ import yaml
 
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
-from sim.run.output_folder import OutputClaim, make_partial_folder, remove_tree
+from sim.run.output_folder import OutputClaim, make_partial_folder, remove_tree, written_by_pce_sim
 
 if TYPE_CHECKING:  # the stage types, without importing the physics (numba) into light tools
     from sim.core.grid import BoneGrid, Needle
@@ -77,10 +77,16 @@ class RunResult:
         """
         out = Path(out_dir)
         with OutputClaim(out):
-            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-                raise ConfigError(
-                    f"{out}: output folder exists and is not empty (use --overwrite to replace it)"
-                )
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                if not overwrite:
+                    raise ConfigError(
+                        f"{out}: output folder exists and is not empty (use --overwrite to replace it)"
+                    )
+                if not out.is_dir() or not written_by_pce_sim(out / "summary.json"):
+                    raise ConfigError(
+                        f"{out}: overwrite replaces only a run folder pce-sim wrote (one holding its "
+                        "summary.json); this one is not, so name another folder"
+                    )
             tmp = make_partial_folder(out)
             try:
                 self._write_files(tmp)

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.text import Text
 
 from sim.core.errors import ConfigError, PceSimError
+from sim.run.output_folder import path_as_written
 from sim.studies import MAX_WORKERS
 
 app = typer.Typer(
@@ -170,7 +171,9 @@ def _print_tree(data: dict[str, Any], indent: int = 0) -> None:
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create.")] = Path("results/run"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder to create.", parser=path_as_written)
+    ] = Path("results/run"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -257,9 +260,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @app.command()
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML file (base scenario, method, parameters).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep folder (created, or resumed).")] = Path(
-        "results/sweep"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Sweep folder (created, or resumed).", parser=path_as_written)
+    ] = Path("results/sweep"),
     workers: Annotated[
         int | None,
         typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="Override the executor's worker count."),
@@ -361,9 +364,9 @@ def report(
 @app.command()
 def cohort(
     cohort_file: Annotated[Path, typer.Argument(help="Cohort YAML file (distributions, policies).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Cohort folder (created, or resumed).")] = Path(
-        "results/cohort"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Cohort folder (created, or resumed).", parser=path_as_written)
+    ] = Path("results/cohort"),
     n: Annotated[int | None, typer.Option("--n", min=1, help="Number of virtual patients.")] = None,
     workers: Annotated[
         int | None,
@@ -467,7 +470,10 @@ def cohort(
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes; finishes in about 2 minutes.")] = False,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for JSON, markdown, plot.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for JSON, markdown, plot.", parser=path_as_written),
+    ] = None,
     only: Annotated[
         list[str] | None,
         typer.Option(
@@ -506,7 +512,13 @@ def report_card(
         ),
     ] = None,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for report_card.md, report_card.json, figures/.")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for report_card.md, report_card.json, figures/.",
+            parser=path_as_written,
+        ),
     ] = Path("results/report_card"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing folder.")] = False,
     quiet: QuietOpt = False,
@@ -564,7 +576,8 @@ def report_card(
 def view(
     run_dir: Annotated[Path, typer.Argument(help="Run folder written by `pce-sim run`.")],
     png: Annotated[
-        Path | None, typer.Option("--png", help="PNG to write (default RUN_DIR/view.png).")
+        Path | None,
+        typer.Option("--png", help="PNG to write (default RUN_DIR/view.png).", parser=path_as_written),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --png file.")] = False,
     quiet: QuietOpt = False,

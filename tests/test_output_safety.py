@@ -21,7 +21,13 @@ from sim.cli import app
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
 from sim.core.numba_cache import choose_numba_cache_dir
-from sim.run.output_folder import OutputClaim, check_output_folder, clean_leftovers, lock_path
+from sim.run.output_folder import (
+    OutputClaim,
+    check_output_folder,
+    clean_leftovers,
+    lock_path,
+    path_as_written,
+)
 from sim.run.results import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,12 +273,34 @@ def test_a_sweep_respects_a_runs_claim_on_its_folder(tmp_path: Path) -> None:
         ("..", "--out '..': name a new folder for the results (not a parent folder, '..')"),
         ("/", "--out '/': name a new folder for the results (not the root)"),
         (".", "--out '.': name a new folder for the results (not the current folder)"),
+        ("", "--out '': name a new folder for the results (not the current folder)"),
+        ("./", "--out './': name a new folder for the results (not the current folder)"),
+        ("../", "--out '../': name a new folder for the results (not a parent folder, '..')"),
     ],
 )
 def test_folders_that_are_not_new_are_named_for_what_they_are(out: str, expect: str) -> None:
     with pytest.raises(ConfigError) as err:
-        check_output_folder(Path(out), overwrite=True)
+        check_output_folder(path_as_written(out), overwrite=True)
     assert str(err.value) == expect
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "cohort", "report-card"])
+@pytest.mark.parametrize("out", ["", "./"])
+def test_the_cli_prints_the_out_the_user_wrote(tiny: Path, command: str, out: str) -> None:
+    """Typer made `--out ""` and `--out ./` a Path('.'), so the refusal printed '.'."""
+    files = {"run": [str(tiny)], "sweep": [str(ROOT / "configs" / "sweep_smoke.yaml")]}
+    files["cohort"] = [str(ROOT / "configs" / "cohort_small.yaml")]
+    res = CliRunner().invoke(app, [command, *files.get(command, []), "--out", out, "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr == f"error: --out {out!r}: name a new folder for the results (not the current folder)\n"
+
+
+def test_a_png_is_refused_as_written(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "vtk").mkdir(parents=True)
+    (run / "vtk" / "bone.pvd").write_text("<VTKFile/>")
+    res = CliRunner().invoke(app, ["view", str(run), "--png", "", "--quiet"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: --png '': "), res.stderr
 
 
 def test_a_dangling_link_is_named_as_one(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sim.core.errors import ConfigError, PceSimError
-from sim.run.output_folder import check_output_file
+from sim.run.output_folder import check_output_file, written_text
 
 STATE_SCRIPT = Path(__file__).resolve().parent / "paraview" / "standard_view.py"
 DEFAULT_SIZE = (1800, 1000)
@@ -173,9 +173,12 @@ def render_view(
         raise PceSimError(f"{run_dir}: {what}")
     vtk_dir = vtk_folder(run_dir)
     if png is not None:
-        check_output_file(Path(png), "--png", ".png")  # before ParaView renders anything
-        if Path(png).exists() and not overwrite:
-            raise ConfigError(f"--png {png}: exists (use --overwrite to replace it, or name another file)")
+        png = png if isinstance(png, Path) else Path(png)  # a PathAsWritten keeps the text typed
+        check_output_file(png, "--png", ".png")  # before ParaView renders anything
+        if png.exists() and not overwrite:
+            raise ConfigError(
+                f"--png {written_text(png)}: exists (use --overwrite to replace it, or name another file)"
+            )
     final = (Path(png) if png is not None else run_dir / "view.png").resolve()
     try:
         final.parent.mkdir(parents=True, exist_ok=True)

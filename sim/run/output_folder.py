@@ -116,6 +116,25 @@ def _undeletable(folder: Path) -> Path | None:
     return None
 
 
+class PathAsWritten(type(Path())):  # type: ignore[misc]  # the platform's concrete Path class
+    """A path that keeps the text the user wrote: ``Path("")`` and ``Path("./")`` are both ``.``, and a
+    refusal must print what was typed (``--out ""``, ``--out ./``)."""
+
+    written: str
+
+
+def path_as_written(text: str) -> Path:
+    """The CLI's parser for path options: a :class:`PathAsWritten` of ``text``."""
+    path = PathAsWritten(text)
+    path.written = text
+    return path
+
+
+def written_text(path: Path) -> str:
+    """The path as the user wrote it (a :class:`PathAsWritten`), else ``str(path)``."""
+    return getattr(path, "written", str(path))
+
+
 def check_output_folder(
     out: Path,
     overwrite: bool,
@@ -138,12 +157,16 @@ def check_output_folder(
     else) is refused, so a study never writes its tables over files it did not make.
     ``allow_current``: the current folder (or one holding it) may be named, for results updated in place.
     """
-    text = str(out)
+    text = written_text(out)
     if allow_current:  # a folder that is updated in place (benchmark results): `.` names it too
         out = out.resolve()
-    if (text in ("", ".") and not allow_current) or out.name in ("", ".", ".."):
+    if (str(out) == "." and not allow_current) or out.name in ("", ".", ".."):
         what = (
-            "the current folder" if text in ("", ".") else "a parent folder, '..'" if out.name else "the root"
+            "a parent folder, '..'"
+            if out.name == ".."
+            else "the root"
+            if out.is_absolute() and out == Path(out.anchor)
+            else "the current folder"
         )
         raise ConfigError(f"{flag} {text!r}: name a new folder for the results (not {what})")
     if "\0" in text:
@@ -262,9 +285,9 @@ def check_output_file(path: Path, flag: str, suffix: str) -> Path:
     """Refuse, in one line naming ``flag``, an output file that could only fail after the work: not
     ending in ``suffix``, an existing folder, under /proc or /sys, a path through a file, or a folder
     that cannot be created or written. Returns ``path`` unchanged."""
-    text = str(path)
+    text = written_text(path)
     if path.is_dir():
-        raise ConfigError(f"{flag} {text}: is a folder; name a {suffix} file")
+        raise ConfigError(f"{flag} {text!r}: is a folder; name a {suffix} file")
     if path.name.lower() == suffix:  # '.png' is a hidden file with no suffix, not an empty name
         raise ConfigError(f"{flag} {text!r}: name a file with a name before {suffix}, e.g. view{suffix}")
     if path.suffix.lower() != suffix:

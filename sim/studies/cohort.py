@@ -679,6 +679,8 @@ class CohortPlan:
     shareable: dict[ArmKey, bool]
     # the sensitivity design's validated scenarios (one per design row), when planned with sensitivity
     design_rows: list[tuple[dict[str, Any], Scenario]] | None = None
+    # the design itself, (input names, unit design, seed), built once for the rows and the run
+    design: tuple[list[str], np.ndarray, int] | None = None
 
     @property
     def policy_names(self) -> list[str]:
@@ -1138,7 +1140,9 @@ def sensitivity_scenarios(plan: CohortPlan, source: str) -> list[tuple[dict[str,
     named by ``source`` (the cohort file) and row, before any run starts."""
     spec = plan.spec
     policy = spec.policy(spec.sensitivity.policy or spec.calibration)
-    names, design, seed = sensitivity_design(spec)
+    if plan.design is None:
+        plan.design = sensitivity_design(spec)
+    names, design, seed = plan.design
     out: list[tuple[dict[str, Any], Scenario]] = []
     problems: list[tuple[str, str]] = []
     for r, inputs in enumerate(design_inputs(spec, names, design, plan.base, seed)):
@@ -1165,8 +1169,8 @@ def run_sensitivity(
     """Run the sensitivity design (one ordinary scenario per distinct design row) in ``folder``."""
     spec = plan.spec
     policy = spec.policy(spec.sensitivity.policy or spec.calibration)
-    names, design, seed = sensitivity_design(spec)
     rows = plan.design_rows if plan.design_rows is not None else sensitivity_scenarios(plan, spec.name)
+    names, design, seed = plan.design if plan.design is not None else sensitivity_design(spec)
     points: list[SweepPoint] = []
     hashes: list[str] = []
     seen: set[str] = set()

@@ -208,6 +208,27 @@ def test_overwrite_still_replaces_a_run_folder(tmp_path: Path) -> None:
     assert check_output_folder(tmp_path / "empty", overwrite=True, replaces=("summary.json",))
 
 
+def test_the_librarys_report_card_overwrite_replaces_only_a_report_card(tmp_path: Path) -> None:
+    from sim.validation.report_card import write_report_card
+
+    out = tmp_path / "card"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="one holding its report_card.json"):
+        write_report_card(None, out, overwrite=True)  # type: ignore[arg-type]  # refused before it is read
+    assert (out / "notes.txt").read_text() == "keep"
+
+
+def test_a_run_without_a_version_of_its_own_is_still_pce_sims(tmp_path: Path) -> None:
+    """A runner that sets no provenance (a library user's, a test's fake): a study must still redo its run."""
+    scenario = Scenario.model_validate({"output": {"fields": False, "time_series": False}})
+    result = RunResult(scenario=scenario, summary={"a": 1.0})
+    out = tmp_path / "run"
+    result.write(out)
+    result.write(out, overwrite=True)
+    assert "pce_sim_version" in json.loads((out / "summary.json").read_text())["provenance"]
+
+
 def test_report_card_overwrite_replaces_only_a_report_card(tmp_path: Path) -> None:
     out = tmp_path / "card"
     out.mkdir()
@@ -295,6 +316,28 @@ def test_the_cli_prints_the_out_the_user_wrote(tiny: Path, command: str, out: st
     assert res.stderr == f"error: --out {out!r}: name a new folder for the results (not the current folder)\n"
 
 
+def test_the_default_out_is_checked_like_a_typed_one(
+    tmp_path: Path, tiny: Path, no_simulation: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Typer passes an option's default (a Path) through the parser too: it crashed the check (TypeError)."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["run", str(tiny), "--quiet"])
+    assert isinstance(res.exception, Started), res.output  # checked, claimed, and on to the simulation
+    assert no_simulation == [1]
+
+
+def test_a_typed_path_survives_pickle_and_copy() -> None:
+    import copy
+    import pickle
+
+    from sim.run.output_folder import written_text
+
+    typed = path_as_written("./")
+    for again in (pickle.loads(pickle.dumps(typed)), copy.deepcopy(typed), copy.copy(typed)):
+        assert again == Path(".") and written_text(again) == "./"
+    assert written_text(path_as_written(Path("results/run"))) == "results/run"
+
+
 def test_a_png_is_refused_as_written(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "vtk").mkdir(parents=True)
@@ -371,7 +414,7 @@ def test_the_librarys_overwrite_replaces_only_a_run_folder(tmp_path: Path, files
     out.mkdir()
     for name in files:
         (out / name).write_text("keep")
-    with pytest.raises(ConfigError, match="overwrite replaces only a run folder pce-sim wrote"):
+    with pytest.raises(ConfigError, match="overwrite replaces only a folder pce-sim wrote"):
         result.write(out, overwrite=True)
     assert all((out / name).read_text() == "keep" for name in files)
     assert hidden_leftovers(tmp_path) == []

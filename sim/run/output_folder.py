@@ -27,6 +27,7 @@ import stat
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from sim.core.errors import ConfigError
 
@@ -122,11 +123,15 @@ class PathAsWritten(type(Path())):  # type: ignore[misc]  # the platform's concr
 
     written: str
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:  # pickle and copy keep the text
+        return (path_as_written, (getattr(self, "written", str(self)),))
 
-def path_as_written(text: str) -> Path:
-    """The CLI's parser for path options: a :class:`PathAsWritten` of ``text``."""
+
+def path_as_written(text: str | os.PathLike[str]) -> Path:
+    """The CLI's parser for path options: a :class:`PathAsWritten` of ``text`` (an option's default
+    arrives as a Path)."""
     path = PathAsWritten(text)
-    path.written = text
+    path.written = os.fspath(text)
     return path
 
 
@@ -239,6 +244,20 @@ def _check_existing(
                     "remove the folder or choose another"
                 )
     _check_writable_ancestor(out, text, flag, "create the folder")
+
+
+def check_replaceable(out: Path, marker: str, overwrite: bool) -> None:
+    """For a library writer: refuse an existing non-empty ``out`` unless ``overwrite``, and with it any
+    folder whose ``marker`` file pce-sim did not write (:func:`written_by_pce_sim`)."""
+    if not (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
+    if not out.is_dir() or not written_by_pce_sim(out / marker):
+        raise ConfigError(
+            f"{out}: overwrite replaces only a folder pce-sim wrote (one holding its {marker}); this one is "
+            "not, so name another folder"
+        )
 
 
 def written_by_pce_sim(marker: Path) -> bool:

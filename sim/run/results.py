@@ -26,7 +26,7 @@ import yaml
 
 from sim.core.config import Scenario
 from sim.core.errors import ConfigError
-from sim.run.output_folder import OutputClaim, make_partial_folder, remove_tree, written_by_pce_sim
+from sim.run.output_folder import OutputClaim, check_replaceable, make_partial_folder, remove_tree
 
 if TYPE_CHECKING:  # the stage types, without importing the physics (numba) into light tools
     from sim.core.grid import BoneGrid, Needle
@@ -77,16 +77,7 @@ class RunResult:
         """
         out = Path(out_dir)
         with OutputClaim(out):
-            if out.exists() and (not out.is_dir() or any(out.iterdir())):
-                if not overwrite:
-                    raise ConfigError(
-                        f"{out}: output folder exists and is not empty (use --overwrite to replace it)"
-                    )
-                if not out.is_dir() or not written_by_pce_sim(out / "summary.json"):
-                    raise ConfigError(
-                        f"{out}: overwrite replaces only a run folder pce-sim wrote (one holding its "
-                        "summary.json); this one is not, so name another folder"
-                    )
+            check_replaceable(out, "summary.json", overwrite)
             tmp = make_partial_folder(out)
             try:
                 self._write_files(tmp)
@@ -103,7 +94,8 @@ class RunResult:
             "summary": _jsonable(self.summary),
             "config": self.scenario.model_dump(mode="json"),
             "config_si": self.scenario.si(),
-            "provenance": self.provenance,
+            # the writer's version marks the file as pce-sim's (what --overwrite may replace), any runner
+            "provenance": {"pce_sim_version": _version(), **self.provenance},
         }
 
     def _write_files(self, d: Path) -> None:
@@ -122,6 +114,12 @@ class RunResult:
             np.savez_compressed(d / "fields.npz", **self.fields)
         if self.scenario.output.parquet and self.emboli:
             write_table_parquet(d / "emboli.parquet", self.emboli)
+
+
+def _version() -> str:
+    import sim
+
+    return sim.__version__
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.core.errors import ConfigError
 from sim.core.units import KPA_PA, ML_M3, MPA_PA
-from sim.run.output_folder import OutputClaim, make_partial_folder
+from sim.run.output_folder import OutputClaim, check_replaceable, make_partial_folder
 from sim.run.results import replace_dir
 from sim.validation.experiments import ModelOutput, count_runs, model_keys, run_experiment, scenarios
 from sim.validation.figures import plot_experiment
@@ -276,8 +275,7 @@ def write_report_card(card: ReportCard, out_dir: str | Path, overwrite: bool = F
     """Write report_card.md, report_card.json and figures/<experiment>.png atomically into ``out_dir``."""
     out = Path(out_dir)
     with OutputClaim(out):
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise ConfigError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
+        check_replaceable(out, JSON, overwrite)
         tmp = make_partial_folder(out)
         try:
             (tmp / FIGURES).mkdir()

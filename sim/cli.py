@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from sim.core.errors import ConfigError, PceSimError
+from sim.core.errors import ConfigError, PceSimError, interruption_in
 from sim.run.output_folder import path_as_written
 from sim.studies import MAX_WORKERS
 
@@ -116,8 +116,17 @@ def user_errors() -> Iterator[None]:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         fail(f"{where}{exc.strerror or exc}", code=1)
     except KeyboardInterrupt as exc:
-        say(err_console, ("interrupted", "yellow"))
-        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+        _interrupted(exc)
+    except Exception as exc:  # an interrupt that landed inside numba arrives as a SystemError
+        interrupt = interruption_in(exc)
+        if interrupt is None:
+            raise
+        _interrupted(interrupt)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    say(err_console, ("interrupted", "yellow"))
+    raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
 
 @contextmanager

@@ -173,3 +173,52 @@ def test_main_runs_in_any_thread_and_gives_sigterm_back():
     worker.join()
     call()
     assert codes == [0, 0] and signal.getsignal(signal.SIGTERM) is before
+
+
+def _wrapped(interrupt: KeyboardInterrupt) -> SystemError:
+    """What numba raises when a signal handler's interrupt lands inside a compiled function."""
+    try:
+        try:
+            raise interrupt
+        except KeyboardInterrupt as inner:
+            text = "CPUDispatcher(<function ic0_cg>) returned a result with an exception set"
+            raise SystemError(text) from inner
+    except SystemError as outer:
+        return outer
+
+
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupt_inside_numba_is_an_interruption(signal_name: str, code: int) -> None:
+    """Ctrl-C or SIGTERM landing in a numba kernel came back as a SystemError: a traceback and exit 1."""
+    import typer
+
+    from sim.cli import Terminated, user_errors
+    from sim.core.errors import interruption_in
+
+    interrupt = Terminated() if signal_name == "SIGTERM" else KeyboardInterrupt()
+    wrapped = _wrapped(interrupt)
+    assert interruption_in(wrapped) is interrupt and interruption_in(SystemError("other")) is None
+    with pytest.raises(typer.Exit) as exit_info:
+        with user_errors():
+            raise wrapped
+    assert exit_info.value.exit_code == code
+    with pytest.raises(SystemError, match="other"):  # a real failure stays one
+        with user_errors():
+            raise SystemError("other")
+
+
+def test_an_interrupt_inside_numba_stops_a_serial_study_instead_of_failing_its_run(tmp_path) -> None:
+    """The serial executor recorded the wrapped Ctrl-C as the run's failure and went on with the sweep."""
+    from sim.core.config import scenario_from_dict
+    from sim.studies.executors import RunTask, execute_task
+
+    scenario = scenario_from_dict({"grid": {"spacing_mm": 2.0}}, source="test")
+    config = scenario.model_dump(mode="json")
+    task = RunTask(scenario.content_hash(), config, str(tmp_path / "run"), _interrupted_run)
+    with pytest.raises(KeyboardInterrupt):
+        execute_task(task)
+    assert not (tmp_path / "run").exists()
+
+
+def _interrupted_run(scenario: object) -> None:
+    raise _wrapped(KeyboardInterrupt())

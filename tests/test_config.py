@@ -179,6 +179,28 @@ def test_yaml_11_numbers_that_read_as_another_value_are_refused(tmp_path, value,
     assert expect in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["!!int '010'", "!!int '7'", "!!float '0:05'", "!!int '0:02'", '!!bool "on"', "!!null ''", "!!int 7"],
+)
+def test_a_tag_that_turns_a_value_into_a_number_or_switch_is_refused(tmp_path, value):
+    """`!!int '010'` was read as 8, `!!float '0:05'` as 300 s, `!!bool 'on'` as true, past the rules for
+    quoted numbers, switches and YAML 1.1 numbers; `!!int '0:02'` gave a Python ValueError with no field."""
+    path = tmp_path / "s.yaml"
+    path.write_text(f"injection:\n  follow_up_s: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    text = str(err.value)
+    assert f"injection.follow_up_s = {value}: a tag that makes a value a number, a switch or null" in text
+    assert len(text.splitlines()) == 1
+
+
+def test_a_string_tag_stays_text():
+    from sim.core.safe_yaml import load_yaml_text
+
+    assert load_yaml_text("a: !!str 5\nb: [!!str x]\n", "f.yaml") == {"a": "5", "b": ["x"]}
+
+
 @pytest.mark.parametrize(("value", "read"), [("0x1F", 31), ("0b101", 5), ("0", 0), ("00", 0), ("10", 10)])
 def test_explicit_and_plain_integers_are_kept(value, read):
     from sim.core.safe_yaml import load_yaml_text

@@ -17,3 +17,20 @@ class GeometryError(PceSimError):
 
 class SolverError(PceSimError):
     """A numerical solve failed (diverged, singular system, mass balance violated)."""
+
+
+def interruption_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) behind ``exc``, if any.
+
+    A signal handler's KeyboardInterrupt raised while a numba-compiled function runs comes back as a
+    ``SystemError`` ("returned a result with an exception set") whose cause is the interrupt; it must
+    end the command as an interruption, not as a failure of the run.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

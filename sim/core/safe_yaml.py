@@ -76,6 +76,17 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self._path.pop()
 
+    def compose_scalar_node(self, anchor: Any) -> Node:  # type: ignore[override]
+        event = self.peek_event()
+        node = super().compose_scalar_node(anchor)
+        if event.tag not in (None, "!"):  # a tag the user wrote (`!!int '7'`), not one resolved from the text
+            node.written_tag = event.tag  # type: ignore[attr-defined]
+        return node
+
+
+# A tag written on a scalar turns text into another type (`!!int '010'` is 8, `!!bool 'on'` true), past the
+# rules for quoted numbers, switches and YAML 1.1 numbers: a value is written as what it is.
+_TYPED_SCALAR_TAGS = {_TAG + t for t in ("int", "float", "bool", "null")}
 
 # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent, so `4e-8`, `7.5e4` and `1E5` came
 # through as strings; YAML 1.2's core schema reads them as numbers, as every user expects. Resolved for
@@ -145,6 +156,14 @@ def _check_nodes(root: Node) -> None:
                 node.start_mark,
             )
         if isinstance(node, ScalarNode):
+            if getattr(node, "written_tag", None) in _TYPED_SCALAR_TAGS:
+                tag = node.tag.replace(_TAG, "!!")
+                quoted = f"{node.style}{node.value}{node.style}" if node.style in ("'", '"') else node.value
+                raise _Refused(
+                    f"{here} = {tag} {shown_text(quoted)}: a tag that makes a value a number, a switch or "
+                    "null is not allowed; write the value itself (a number unquoted, true / false, null)",
+                    node.start_mark,
+                )
             if node.style is None and node.tag in (_TAG + "int", _TAG + "float"):
                 _refuse_yaml11_number(here, node)
             if node.tag == _TAG + "int":

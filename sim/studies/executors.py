@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.core.errors import ConfigError
+from sim.core.errors import ConfigError, interruption_in
 from sim.studies.ledger import plain_json_value
 
 DEFAULT_RUNNER = "sim.run.pipeline:run_scenario"
@@ -107,6 +107,9 @@ def execute_task(task: RunTask) -> Outcome:
             task.hash, True, plain_json_value(dict(result.summary)), emboli, None, time.perf_counter() - t0
         )
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, the sweep goes on
+        interrupt = interruption_in(exc)
+        if interrupt is not None:  # Ctrl-C inside numba, wrapped in a SystemError: not the run's failure
+            raise interrupt from None
         text = f"{type(exc).__name__}: {exc}".strip()
         tb = traceback.format_exc(limit=6)
         return Outcome(task.hash, False, error=f"{text}\n{tb}", wall_time_s=time.perf_counter() - t0)

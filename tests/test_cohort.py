@@ -198,6 +198,23 @@ def test_continuous_marginals_ks():
     assert np.median(ln) == pytest.approx(320.0, rel=0.03)
 
 
+def test_weights_whose_sum_overflows_are_shares_as_written(recwarn):
+    """Weights [1e308] * 3 took their sum to inf: every patient drew the last value, with a numpy warning."""
+    huge = cohort(
+        distributions={
+            "patient.level": {"dist": "categorical", "values": ["T8", "T12", "L1"], "weights": [1e308] * 3}
+        }
+    )
+    equal = cohort(
+        distributions={
+            "patient.level": {"dist": "categorical", "values": ["T8", "T12", "L1"], "weights": [1, 1, 1]}
+        }
+    )
+    draws = [p.inputs["patient.level"] for p in sample_patients(huge, 300)]
+    assert draws == [p.inputs["patient.level"] for p in sample_patients(equal, 300)]
+    assert set(draws) == {"T8", "T12", "L1"} and not recwarn.list
+
+
 def test_categorical_and_bernoulli_frequencies():
     spec = cohort(
         distributions={

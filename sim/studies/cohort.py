@@ -256,8 +256,8 @@ class DistributionSpec(_Strict):
             return [bool(v) for v in (u < self.p)]
         else:  # categorical / choice
             values = self.values or []
-            w = np.asarray(self.weights if self.weights is not None else [1.0] * len(values), dtype=float)
-            cum = np.cumsum(w / w.sum())
+            w = _normalised(self.weights if self.weights is not None else [1.0] * len(values))
+            cum = np.cumsum(w)
             idx = np.minimum(np.searchsorted(cum, u, side="right"), len(values) - 1)
             return [copy.deepcopy(values[i]) for i in idx]
         if self.low is not None and d in ("uniform", "loguniform", "truncnormal"):
@@ -344,8 +344,8 @@ class LevelsSpec(_Strict):
     @property
     def mean_count(self) -> float:
         values = np.asarray(self.count.values or [], dtype=np.float64)
-        w = np.asarray(self.count.weights or [1.0] * len(values), dtype=np.float64)
-        return float((values * w).sum() / w.sum())
+        w = _normalised(self.count.weights or [1.0] * len(values))
+        return float((values * w).sum())
 
     def counts(self, seed: int, n: int) -> list[int]:
         """Number of treated levels of the first n patients of a cohort with root ``seed``."""
@@ -665,6 +665,18 @@ class CohortExpansion(Expansion):
 
 
 ArmKey = tuple[int, int, str]  # (patient, level 1..3, policy)
+
+
+def _normalised(weights: list[float]) -> np.ndarray:
+    """Weights as shares summing to 1. Weights whose sum overflows (each finite, e.g. 1e308) are scaled by
+    their largest first (the sum was inf and every share 0, so every draw fell on the last value)."""
+    w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        total = w.sum()
+    if not math.isfinite(total):
+        w = w / w.max()
+        total = w.sum()
+    return w / total
 
 
 @dataclass

@@ -197,7 +197,7 @@ def run(
 
     with user_errors():
         scenario = load_scenario(config)
-        check_output_folder(out, overwrite, replaces=RUN_FOLDER_FILES)
+        out = check_output_folder(out, overwrite, replaces=RUN_FOLDER_FILES)
         report = preflight(scenario, source=str(config))
         from sim.run.pipeline import run_scenario, write_run
 
@@ -310,7 +310,7 @@ def sweep(
         if not quiet:
             say(console, f"sweep '{spec.name}': {count:,} runs ({spec.method}), {estimate} -> {out}")
         check_study_size(str(sweep_file), "runs", count, SWEEP_RUN_LIMIT, allow_large, estimate)
-        check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep to resume")
+        out = check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep to resume")
         resolve_callable(runner)
         resolve_callable(DEFAULT_WRITER)
         expansion = expand_sweep(spec, base_dir, source=str(sweep_file))
@@ -427,7 +427,7 @@ def cohort(
             estimate,
             scenarios + design_rows,
         )
-        check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort to resume")
+        out = check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort to resume")
         plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file), sensitivity=not no_sensitivity)
         columns = (
             TextColumn("[progress.description]{task.description}"),
@@ -551,7 +551,7 @@ def report_card(
 
     with user_errors():
         plans = plan_suite(only)
-        check_output_folder(out, overwrite, replaces=REPORT_CARD_FILES)
+        out = check_output_folder(out, overwrite, replaces=REPORT_CARD_FILES)
         total = sum(p.n_runs for p in plans)
         if not quiet:
             names = ", ".join(p.spec.experiment for p in plans)

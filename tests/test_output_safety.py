@@ -616,3 +616,27 @@ def test_bench_updates_the_current_folder_when_it_holds_bench_results(
     assert check_output_folder(Path("."), overwrite=False, resume=("bench.json",), allow_current=True)
     with pytest.raises(ConfigError, match="not the current folder"):
         check_output_folder(Path("."), overwrite=False, resume=("bench.json",))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_run_into_a_link_writes_the_folder_it_points_to(
+    tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    """`run --out LINK` replaced the user's link with a folder of its own and left `.LINK.old-PID` behind."""
+    import sim.run.pipeline
+
+    quiet = {"vtk": False, "fluoroscopy_png": False, "fields": False, "time_series": False}
+    fake = RunResult(scenario=Scenario.model_validate({"output": quiet}), summary={"a": 1.0})
+    monkeypatch.setattr(sim.run.pipeline, "run_scenario", lambda *a, **k: fake)
+    monkeypatch.setattr("sim.cli._print_summary", lambda *a: None)
+    target = tmp_path / "target"
+    target.mkdir()
+    if overwrite:
+        fake.write(target, overwrite=True)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    args = ["run", str(tiny), "--out", str(link), "--quiet"] + (["--overwrite"] if overwrite else [])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and (target / "summary.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target", "tiny.yaml"]

@@ -126,12 +126,17 @@ def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished temporary folder into place (replacing an old one only after success)."""
     if dst.exists() or dst.is_symlink():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        if old.exists():
+        if old.is_symlink():
+            old.unlink()
+        elif old.exists():
             remove_tree(old)
         os.replace(dst, old)
         os.replace(src, dst)
         try:
-            remove_tree(old)
+            if old.is_symlink():  # a library caller's link to a folder: the link goes, not its folder
+                old.unlink()
+            else:
+                remove_tree(old)
         except OSError:
             shutil.rmtree(old, ignore_errors=True)  # whatever is left, the next run into dst removes
     else:

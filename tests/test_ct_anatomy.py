@@ -215,6 +215,8 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 
 
 def _bad_cases(small_ct, tmp: Path) -> dict[str, tuple[dict, str, Path]]:
+    import nibabel as nib
+
     hu, labels, affine, paths = small_ct
     ct, lab = paths["ct"], paths["labels"]
     garbage = tmp / "garbage.nii.gz"
@@ -242,6 +244,12 @@ def _bad_cases(small_ct, tmp: Path) -> dict[str, tuple[dict, str, Path]]:
     negative_lab = _save(tmp / "negative_labels.nii.gz", negative, affine)
     many = (np.arange(labels.size, dtype=np.int32).reshape(labels.shape) % 3000 + 2).astype(np.int16)
     many_lab = _save(tmp / "many_labels.nii.gz", many, affine)
+    labels_copy = _save(tmp / "labels_as_ct.nii.gz", labels, affine)
+    huge = tmp / "huge.nii"  # a header declaring 1300^3 voxels and no data (a small gzip can do the same)
+    header = nib.Nifti1Header()
+    header.set_data_shape((1300, 1300, 1300))
+    header.set_data_dtype(np.uint8)
+    huge.write_bytes(header.binaryblock + b"\0" * 4)
     return {
         "labels are a CT": (
             _anatomy(ct, negative_lab),
@@ -249,7 +257,9 @@ def _bad_cases(small_ct, tmp: Path) -> dict[str, tuple[dict, str, Path]]:
             negative_lab,
         ),
         "label absent from a CT": (_anatomy(ct, many_lab), "not in the label map", many_lab),
-        "ct is the labels": (_anatomy(lab, lab), "is this the label map instead?", lab),
+        "ct is the labels": (_anatomy(labels_copy, lab), "is this the label map instead?", labels_copy),
+        "one file for both": (_anatomy(lab, lab), "is the file ct_path names too", lab),
+        "huge header": (_anatomy(huge, lab), "holds 2,197,000,000 voxels (allowed: at most", huge),
         "missing": (_anatomy(missing, lab), "no such file", missing),
         "unreadable": (_anatomy(garbage, lab), "not a readable NIfTI", garbage),
         "label absent": (_anatomy(ct, lab, 7), "label value 7", lab),
@@ -273,6 +283,8 @@ def _bad_cases(small_ct, tmp: Path) -> dict[str, tuple[dict, str, Path]]:
         "labels are a CT",
         "label absent from a CT",
         "ct is the labels",
+        "one file for both",
+        "huge header",
     ],
 )
 def test_bad_ct_input_is_one_line_naming_the_file(small_ct, tmp_path, case):

@@ -19,6 +19,7 @@ Every problem is a one-line :class:`~sim.core.errors.ConfigError` that starts wi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ CROP_MARGIN_M = 12.0e-3  # context kept around the treated vertebra
 # A segmentation labels tens to a few hundred structures (TotalSegmentator: 117); a map with more
 # distinct values than this is more likely a CT given in its place (said in the refusal, not refused).
 MAX_LABELS = 1000
+# A whole-body CT is about 512 x 512 x 2,000 voxels; the label map is read whole, so a header declaring more
+# (a small gzip can: 2 MB of zeros for 1300^3 voxels took 53 s and 4.4 GB) is refused before its data is read.
+MAX_CT_VOXELS = 580_000_000
 # A "CT" holding the vertebra's label value on at least this share of the vertebra's voxels is a label
 # map (a CT's intensities vary over the bone).
 LABEL_MAP_SHARE = 0.9
@@ -83,6 +87,12 @@ def _open(path: str, what: str):
         shape = shape[:3]
     if len(shape) != 3 or min(shape) < 2:
         raise ConfigError(f"{path}: image of shape {shape}, expected a 3D volume")
+    voxels = math.prod(shape)
+    if voxels > MAX_CT_VOXELS:  # before any data is read: a small .nii.gz can declare gigabytes
+        raise ConfigError(
+            f"{path}: image of shape {shape} holds {voxels:,} voxels (allowed: at most {MAX_CT_VOXELS:,}, "
+            "a 512 x 512 x 2,200 scan); crop the scan around the treated vertebra"
+        )
     aff = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise ConfigError(f"{path}: voxel-to-world affine is not finite or singular: {aff[:3].tolist()}")
@@ -120,6 +130,10 @@ def load_ct_pair(
     values around the vertebra, a "CT" holding the vertebra's label value on the vertebra (a label map
     in its place).
     """
+    if Path(ct_path).resolve() == Path(labels_path).resolve():
+        raise ConfigError(
+            f"{labels_path}: is the file ct_path names too; the label map is a second file on the CT's voxels"
+        )
     ct_img = _open(ct_path, "ct_path")
     lab_img = _open(labels_path, "labels_path")
     if tuple(ct_img.shape[:3]) != tuple(lab_img.shape[:3]):

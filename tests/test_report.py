@@ -172,6 +172,33 @@ def test_report_rejects_other_folders(tmp_path):
         write_report(tmp_path)
 
 
+def test_report_on_a_study_still_running_says_so(tmp_path):
+    """It was told the sweep had stopped and to resume it, which the live sweep's claim then refused."""
+    from sim.run.output_folder import OutputClaim
+
+    (tmp_path / "ledger.sqlite").write_bytes(b"")
+    with OutputClaim(tmp_path):
+        with pytest.raises(ConfigError, match=rf"a sweep or cohort still running \(pid {os.getpid()}\)"):
+            write_report(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link", "proc"])
+def test_report_checks_its_folder_before_drawing(tmp_path, kind):
+    """A file, a dangling link or /proc where report/ goes gave exit 1 and a bare errno text after drawing."""
+    run = synthetic_run(tmp_path / "run")
+    target = run / "report"
+    if kind == "file":
+        target.write_text("keep")
+    elif kind == "dangling link":
+        target.symlink_to(tmp_path / "gone")
+    else:
+        target.symlink_to("/proc/self")
+    expect = {"file": "is not a folder", "dangling link": "which does not exist", "proc": "under /proc"}
+    with pytest.raises(ConfigError, match=expect[kind]):
+        write_report(run)
+    assert not any(p.suffix == ".png" for p in run.rglob("*.png"))
+
+
 def test_cli_report_headless(tmp_path):
     run = synthetic_run(tmp_path / "run")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from sim.core.config import STOP_AFTER_LEAK_PATH
 from sim.core.errors import ConfigError
 from sim.core.labels import LOBE_NAMES
+from sim.run.output_folder import check_report_folder, writer_of
 
 LOBES = LOBE_NAMES
 LOBE_COLORS = {"RUL": "#1f4e79", "RML": "#2e75b6", "RLL": "#9dc3e6", "LUL": "#c55a11", "LLL": "#f4b183"}
@@ -654,11 +655,19 @@ def write_report(folder: str | Path, pdf: bool = False, out_dir: str | Path | No
     if not src.is_dir():
         raise ConfigError(f"{src}: not a folder (expected a run or sweep folder)")
     out = Path(out_dir) if out_dir is not None else src / "report"
+    check_report_folder(out)
     if (src / "results.csv").exists():
         return report_sweep(src, out, pdf)
     if (src / "summary.json").exists():
         return report_run(src, out, pdf)
-    if (src / "ledger.sqlite").exists():  # a sweep or cohort stopped before it wrote its tables
+    if (src / "ledger.sqlite").exists():  # a sweep or cohort before its first tables: running, or stopped
+        writer = writer_of(src)
+        if writer is not None:
+            who = f" (pid {writer})" if writer else ""
+            raise ConfigError(
+                f"{src}: a sweep or cohort still running{who}, without its results.csv yet; report it after "
+                "its first export"
+            )
         raise ConfigError(
             f"{src}: a sweep or cohort folder without its results.csv yet (it stopped before its first "
             "export); resume it with the same command, then report it"

@@ -67,6 +67,37 @@ def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
+def writer_of(out: Path) -> int | None:
+    """The pid of the pce-sim command holding ``out``'s claim now (0 when unknown), or None when none does."""
+    try:
+        fd = os.open(lock_path(out), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_pid(fd) or 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse, before anything is drawn, a report folder that could only fail: an existing file or a dangling
+    link in its place, or a path under /proc or /sys."""
+    text = str(out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"report folder {text}: is a link to {os.readlink(out)}, which does not exist")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"report folder {text}: exists and is not a folder; remove it or move it away")
+    try:
+        _check_location(out, text, "report folder")
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"report folder {text}: cannot resolve the path ({exc})") from None
+
+
 def pid_alive(pid: int) -> bool:
     """True when a process with this pid exists (whoever owns it)."""
     if pid <= 0:

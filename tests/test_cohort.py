@@ -253,6 +253,17 @@ def test_conditional_volume_follows_level():
     assert "add a case for it or a catch-all '*'" in str(err.value)
 
 
+@pytest.mark.parametrize(("keys", "shown"), [((True, False), "true, false"), ((11, None), "11, null")])
+def test_case_keys_read_as_booleans_or_numbers_are_named_as_written(keys, shown):
+    """`cases: {true: ..., false: ...}` was refused as `cases.1` / `cases.0`, keys the file does not have."""
+    from sim.studies.cohort import DistributionSpec
+
+    case = {"dist": "uniform", "low": 1.0, "high": 2.0}
+    spec = {"dist": "conditional", "given": "veins.hemiazygos_present", "cases": {k: case for k in keys}}
+    with pytest.raises(ValueError, match=f"case keys {shown} are read as YAML booleans, numbers or null"):
+        DistributionSpec.model_validate(spec)
+
+
 def test_policies_share_patients_and_differ_only_in_stop():
     plan = plan_cohort(cohort(), ROOT / "configs")
     for p in plan.patients:
@@ -543,6 +554,25 @@ def local_cli_cohort(tmp_path_factory):
     )
     assert res.exit_code == 0, res.output
     return out
+
+
+def test_a_resume_without_the_sensitivity_design_drops_its_figure(local_cli_cohort, tmp_path):
+    """The earlier call's cohort_sensitivity.png stayed beside a report that says no design was run."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    out = tmp_path / "cohort"
+    shutil.copytree(local_cli_cohort, out)
+    assert (out / "cohort_sensitivity.png").exists()
+    cohort_file = str(ROOT / "configs" / "cohort_small.yaml")
+    args = ["cohort", cohort_file, "--out", str(out), "--n", "2", "--no-sensitivity", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert not (out / "cohort_sensitivity.png").exists()
+    assert "cohort_sensitivity.png" not in (out / "cohort_report.md").read_text()
 
 
 def test_tiny_cohort_end_to_end_local_cli(local_cli_cohort):

@@ -170,6 +170,16 @@ def test_default_cohort_files_have_levels():
         assert cohort_counts(spec, 5, sensitivity=False)[0] == len(plan.arms) + len(plan.probes)
 
 
+def test_the_size_check_counts_in_integers():
+    """A float count printed 200,000,000,000,000,009,529,458,694 scenarios for 10^26 patients."""
+    from sim.studies.sizing import cohort_counts
+
+    spec, _ = load_cohort(ROOT / "configs" / "cohort_small.yaml")
+    single = spec.model_copy(update={"levels": None})
+    per_patient = len(spec.policies) + (1 if spec.share_runs else 0)
+    assert cohort_counts(single, 10**26, sensitivity=False)[0] == 10**26 * per_patient
+
+
 def test_growing_a_multi_level_cohort_reuses_runs(tmp_path):
     def summaries(run):
         return {k: {m: v for m, v in a.summary.items() if m != "wall_time_s"} for k, a in run.arms.items()}

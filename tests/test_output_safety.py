@@ -195,6 +195,9 @@ def test_a_run_of_a_study_is_not_replaced_by_a_lone_run(tmp_path: Path) -> None:
         check_output_folder(run, overwrite=True, replaces=("summary.json",))
     with pytest.raises(ConfigError, match="whose ledger owns them"):  # a new run beside them too
         check_output_folder(run.parent / "new", overwrite=False, replaces=("summary.json",))
+    for overwrite in (False, True):  # the runs folder itself: it was told to use --overwrite, then refused
+        with pytest.raises(ConfigError, match="is the runs folder of the sweep or cohort in .*sweep"):
+            check_output_folder(run.parent, overwrite=overwrite, replaces=("summary.json",))
 
 
 def test_overwrite_still_replaces_a_run_folder(tmp_path: Path) -> None:

@@ -241,6 +241,11 @@ def _check_existing(
             f"{flag} {text}: is the current folder or holds it; name a new folder for the results"
         )
     _check_location(out, text, flag)
+    if resolved.name == "runs" and (resolved.parent / "ledger.sqlite").exists():
+        raise ConfigError(
+            f"{flag} {text}: is the runs folder of the sweep or cohort in {resolved.parent}, whose ledger "
+            "owns it; name a folder outside it"
+        )
     owner = resolved.parent.parent
     if replaces and resolved.parent.name == "runs" and (owner / "ledger.sqlite").exists():
         raise ConfigError(

@@ -86,7 +86,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import yaml
-from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from scipy import stats as _st
 
 from sim.core.config import (
@@ -175,6 +175,22 @@ class DistributionSpec(_Strict):
     given: str | None = None
     cases: dict[str, DistributionSpec] | None = None
     source: str = ""
+
+    @field_validator("cases", mode="before")
+    @classmethod
+    def _case_keys_are_text(cls, cases: Any) -> Any:
+        """A case key YAML reads as a boolean, number or null (`true:`, `11:`) was named `cases.1`: ask for
+        quotes, since a case matches the given input's value written as text."""
+        if isinstance(cases, dict):
+            odd = [k for k in cases if not isinstance(k, str)]
+            if odd:
+                shown = ", ".join(_key_as_written(k) for k in odd)
+                quoted = ", ".join(f"'{_key_as_written(k)}'" for k in odd)
+                raise ValueError(
+                    f"case keys {shown} are read as YAML booleans, numbers or null; quote them ({quoted}): a "
+                    "case matches the given input's value as text"
+                )
+        return cases
 
     @model_validator(mode="after")
     def _params(self) -> DistributionSpec:
@@ -665,6 +681,10 @@ class CohortExpansion(Expansion):
 
 
 ArmKey = tuple[int, int, str]  # (patient, level 1..3, policy)
+
+
+def _key_as_written(key: Any) -> str:
+    return "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
 
 
 def _normalised(weights: list[float]) -> np.ndarray:

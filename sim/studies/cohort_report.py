@@ -855,6 +855,8 @@ def write_cohort_report(
     if sens:
         sensitivity_figure(sens, run.sensitivity.method).savefig(out / "cohort_sensitivity.png")  # type: ignore[union-attr]
         files.append(out / "cohort_sensitivity.png")
+    else:  # a resume without the design: an earlier call's figure would show what the report disowns
+        (out / "cohort_sensitivity.png").unlink(missing_ok=True)
     md = _markdown(run, by_unit, results, calib, sens, sens_note)
     (out / "cohort_report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     files.append(out / "cohort_report.md")

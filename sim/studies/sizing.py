@@ -110,11 +110,14 @@ def cohort_counts(spec: Any, n: int, sensitivity: bool) -> tuple[int, int]:
     With ``levels:`` every treated level is a run per policy; the level counts of the first n patients
     are drawn exactly (one uniform per patient; the expected count above a million patients).
     """
-    runs = float(n)
     levels = getattr(spec, "levels", None)
-    if levels is not None:
-        runs = n * levels.mean_count if n > 1_000_000 else float(sum(levels.counts(spec.seed, n)))
-    scenarios = math.ceil(runs) * (len(spec.policies) + (1 if spec.share_runs else 0))
+    if levels is None:
+        runs = int(n)  # integers: a float count printed 200,000,000,000,000,009,529,458,694 for 2e26
+    elif n > 1_000_000:
+        runs = math.ceil(n * levels.mean_count)
+    else:
+        runs = sum(levels.counts(spec.seed, n))
+    scenarios = runs * (len(spec.policies) + (1 if spec.share_runs else 0))
     rows = 0
     s = spec.sensitivity
     if sensitivity and s.method != "none":

@@ -33,6 +33,7 @@ from sim.studies.sweep import expand_sweep, load_expansion, run_sweep, sweep_fro
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "grid": {"spacing_mm": 2.0},
     "injection": {"volume_ml": 0.5, "follow_up_s": 5.0},
@@ -207,6 +208,47 @@ def test_dotted_paths_and_overrides_reach_nested_fields(tmp_path):
         0.91,
         2.0,
         False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("swept", "overrides"),
+    [
+        ("injection.volume_ml", {"injection.volume_ml": 0.6}),
+        ("injection.volume_ml", {"injection": {"volume_ml": 0.6}}),
+        ("cement.overrides.viscosity_ref_pa_s", {"cement.overrides": {"viscosity_ref_pa_s": 5.0}}),
+    ],
+)
+def test_a_field_both_swept_and_overridden_is_named(swept, overrides):
+    """The swept values replaced the override silently; the override is now named as one no run sees."""
+    tiny = {**TINY, "injection": {"follow_up_s": 5.0}}
+    s = sweep_from_dict({"overrides": {**tiny, **overrides}, "parameters": {swept: {"values": [0.3, 0.4]}}})
+    shadowed = expand_sweep(s, ROOT / "configs").shadowed_overrides
+    assert [p for p, _ in shadowed] == [swept] and shadowed[0][1].startswith(swept)
+    plain = sweep_from_dict({"overrides": tiny, "parameters": {swept: {"values": [0.3, 0.4]}}})
+    assert expand_sweep(plain, ROOT / "configs").shadowed_overrides == ()
+
+
+def test_a_sampled_sweep_says_how_many_repeated_runs_it_dropped(tmp_path):
+    """An lhs sweep announced 3 runs, ran 1, and never said why."""
+    from typer.testing import CliRunner
+
+    from sim.cli import app
+
+    path = tmp_path / "s.yaml"
+    doc = {
+        "base": str(ROOT / "configs" / "default.yaml"),
+        "overrides": TINY,
+        "method": "lhs",
+        "samples": 3,
+        "parameters": {"cement.preset": {"values": ["low"]}},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    expansion = expand_sweep(sweep_from_dict({k: v for k, v in doc.items() if k != "base"}), ROOT / "configs")
+    assert expansion.duplicates_dropped == 2 and len(expansion.points) == 1
+    res = CliRunner().invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert (
+        "2 of the 3 sampled runs repeat an earlier one (the same scenario) and run once: 1 runs" in res.output
     )
 
 

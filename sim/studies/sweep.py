@@ -202,6 +202,8 @@ class Expansion:
     base_config: dict[str, Any]
     points: list[SweepPoint]
     duplicates_dropped: int = 0
+    # (swept parameter, override it replaces): an override of a swept field never reaches a run
+    shadowed_overrides: tuple[tuple[str, str], ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -461,6 +463,14 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
     for path in spec.parameters:
         check_value_path(path, f"{source}: parameters", "parameter")
     base = base_config(spec, Path(base_dir), source)
+    overridden: set[str] = set()
+    apply_overrides(copy.deepcopy(base), spec.overrides, f"{source}: overrides", overridden)
+    shadowed = tuple(
+        (path, o)
+        for path in spec.parameters
+        for o in sorted(overridden)
+        if o == path or o.startswith(path + ".")
+    )
     if spec.replicates == 1 and spec.seed is None:
         seeds = [int(base["patient"]["seed"])]
     else:
@@ -501,7 +511,7 @@ def expand_sweep(spec: SweepSpec, base_dir: str | Path = ".", source: str = "swe
         raise ConfigError(summarise_problems(problems, "scenarios"))
     if not points:
         raise ConfigError(f"{source}: the sweep expands to no scenarios")
-    return Expansion(spec, base, points, dropped)
+    return Expansion(spec, base, points, dropped, shadowed)
 
 
 def _problem_key(label: str, text: str) -> str:

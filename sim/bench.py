@@ -230,10 +230,13 @@ def _select(only: list[str] | None) -> list[str]:
         raise ConfigError(
             f"--only {','.join(only)!r}: name at least one case ({', '.join(c[6:] for c in CASES)})"
         )
-    for key in keys:
-        hits = [c for c in CASES if c == key or c == f"bench_{key}" or key in c]
+    for key in keys:  # a case's name, or the start of one name (`--only a` picked every case holding an 'a')
+        hits = [c for c in CASES if key in (c, c[6:])] or [c for c in CASES if c[6:].startswith(key)]
         if not hits:
             raise ConfigError(f"bench: unknown case {key!r}; known: {', '.join(c[6:] for c in CASES)}")
+        if len(hits) > 1:
+            names = ", ".join(c[6:] for c in hits)
+            raise ConfigError(f"bench: --only {key!r} starts several cases ({names}); name one")
         picked += [h for h in hits if h not in picked]
     return [c for c in CASES if c in picked]
 

@@ -105,6 +105,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``: digits only (Python's int() read `1_0` as 10 workers), 1 to MAX_WORKERS."""
+    if not (text.isascii() and text.isdigit()):
+        raise typer.BadParameter("Input should be a whole number of workers, written in digits")
+    count = int(text)
+    if count < 1:
+        raise typer.BadParameter("Input should be greater than or equal to 1")
+    if count > MAX_WORKERS:
+        raise typer.BadParameter(f"Input should be less than or equal to {MAX_WORKERS}")
+    return count
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn pce-sim's own errors into one clear line and exit code 2 (1 for a failing disk)."""
@@ -274,7 +286,7 @@ def sweep(
     ] = Path("results/sweep"),
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="Override the executor's worker count."),
+        typer.Option("--workers", "-w", parser=_worker_count, help="Override the executor's worker count."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Switch a folder holding a different sweep to this one.")
@@ -388,7 +400,7 @@ def cohort(
     n: Annotated[int | None, typer.Option("--n", min=1, help="Number of virtual patients.")] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-w", min=1, max=MAX_WORKERS, help="Override the executor's worker count."),
+        typer.Option("--workers", "-w", parser=_worker_count, help="Override the executor's worker count."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Switch a folder holding a different cohort to this one.")

@@ -94,6 +94,13 @@ def test_markdown_table_shape():
 def test_unknown_case_is_named():
     with pytest.raises(ConfigError, match="nosuchcase"):
         bench._select(["nosuchcase"])
+    with pytest.raises(ConfigError, match=r"--only 'r' starts several cases|unknown case 'r'"):
+        bench._select(["r"])  # it picked every case whose name holds an 'r'
+    with pytest.raises(ConfigError, match="unknown case 'rates'"):
+        bench._select(["rates"])
+    with pytest.raises(ConfigError, match="--only 'f' starts several cases .fragment_rates, full_run."):
+        bench._select(["f"])
+    assert bench._select(["frag", "bench_scaling"]) == ["bench_fragment_rates", "bench_scaling"]
     assert bench._select(["pressure", "transport"]) == ["bench_transport", "bench_pressure"]
     assert bench._select(["pressure,transport", " cohort "]) == [
         "bench_transport",

@@ -112,6 +112,11 @@ def test_importing_sim_pins_one_blas_thread_unless_the_user_chose():
             "Invalid value for '--workers' / '-w' = 5000: Input should be less than or equal to 1024",
         ),
         (["run"], "Missing argument 'config'."),
+        (
+            ["sweep", "configs/sweep_smoke.yaml", "--workers", "1_0"],  # int() read it as 10 workers
+            "Invalid value for '--workers' / '-w' = 1_0: Input should be a whole number of workers",
+        ),
+        (["sweep", "configs/sweep_smoke.yaml", "--workers", " 2"], "Input should be a whole number"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(args, expect):

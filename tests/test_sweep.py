@@ -328,6 +328,20 @@ def test_scheduler_addresses_dask_takes_are_accepted(address):
     assert sweep_from_dict({"executor": {"kind": "dask", "address": address}}).executor.address == address
 
 
+@pytest.mark.parametrize(
+    ("key", "shown"), [("null", "overrides.null = null"), ("true", "overrides.true = true")]
+)
+def test_a_key_yaml_reads_as_null_or_a_boolean_is_named_as_written(tmp_path, key, shown):
+    """`overrides: {null: 2}` was named `overrides.None` (Python's name), `true:` `overrides.1`."""
+    from sim.studies.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"overrides: {{{key}: 2}}\nparameters:\n  injection.volume_ml: {{values: [0.3]}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert f"s.yaml: {shown}: Input should be a valid string" in str(err.value)
+
+
 def test_shipped_sweep_files_expand(tmp_path, monkeypatch):
     # the CT sweep names images relative to the working directory; expanding hashes their bytes
     # (a scenario's key names the scan, sim.core.input_files), so stand-ins are enough here

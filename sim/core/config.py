@@ -862,6 +862,15 @@ def user_location(root: type[BaseModel], loc: tuple[Any, ...], keep_last: bool =
     return tuple(out)
 
 
+def _key_text(part: Any) -> str:
+    """A location part as the file wrote it: YAML's `null:` / `true:` keys are None / True in Python."""
+    if part is None:
+        return "null"
+    if isinstance(part, bool):
+        return str(part).lower()
+    return str(part)
+
+
 def format_validation_error(
     exc: ValidationError,
     source: str = "config",
@@ -878,9 +887,11 @@ def format_validation_error(
     by_path: dict[str, int] = {}  # a path's line, to merge the messages of a union's branches
     for err in exc.errors():
         raw = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        if len(raw) >= 2 and raw[-1] == "[key]":  # a bad key: pydantic writes None as "None", True as 1
+            raw = (*raw[:-2], _key_text(err.get("input")))
         kind = err.get("type", "")
         loc = user_location(model, raw, keep_last=kind == "extra_forbidden")
-        path = shown_value(".".join(str(p) for p in loc), 80)[1:-1] if loc else "(top level)"
+        path = shown_value(".".join(_key_text(p) for p in loc), 80)[1:-1] if loc else "(top level)"
         value = err.get("input")
         msg = str(err.get("msg", "invalid"))
         if kind == "scenario_consistency":
@@ -899,7 +910,9 @@ def format_validation_error(
             continue
         if kind == "missing":
             where = (
-                shown_value(".".join(str(p) for p in loc[:-1]), 80)[1:-1] if len(loc) > 1 else "(top level)"
+                shown_value(".".join(_key_text(p) for p in loc[:-1]), 80)[1:-1]
+                if len(loc) > 1
+                else "(top level)"
             )
             lines.append(f"{source}: {where}: required key '{loc[-1]}' is missing")
             continue

@@ -100,7 +100,14 @@ def say(target: Console, *parts: str | tuple[str, str]) -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a one-line user error and exit without a traceback."""
+    """Print a one-line user error and exit without a traceback.
+
+    Bytes of a path that are not UTF-8 (Python keeps them as surrogates, printed `\\udcff`) are shown as the
+    file system has them (`\\xff`)."""
+    try:
+        message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     say(err_console, ("error:", "bold red"), " ", message)
     raise typer.Exit(code)
 

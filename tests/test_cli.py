@@ -227,3 +227,12 @@ def test_an_interrupt_inside_numba_stops_a_serial_study_instead_of_failing_its_r
 
 def _interrupted_run(scenario: object) -> None:
     raise _wrapped(KeyboardInterrupt())
+
+
+def test_a_path_that_is_not_utf8_is_shown_as_its_bytes(tmp_path):
+    """A non-UTF-8 byte in a path was printed as Python's surrogate, `\\udcff`."""
+    import os
+
+    name = os.fsdecode(b"\xff.yaml")
+    res = pce_sim("validate", name, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr == "error: \\xff.yaml: config file not found\n", res.stderr

@@ -286,7 +286,7 @@ def test_policies_share_patients_and_differ_only_in_stop():
         ({"distributions": {"patient.levle": {"dist": "choice", "values": ["L1"]}}}, "no key 'levle'"),
         (
             {"distributions": {"patient.porosity_mean": {"dist": "uniform", "low": 0.9, "high": 0.8}}},
-            "low < high",
+            "distributions.patient.porosity_mean.high = 0.8: must be greater than low = 0.9",
         ),
         ({"distributions": {"patient.porosity_mean": {"dist": "uniform", "low": 0.8}}}, "missing: high"),
         (

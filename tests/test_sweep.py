@@ -342,6 +342,24 @@ def test_a_key_yaml_reads_as_null_or_a_boolean_is_named_as_written(tmp_path, key
     assert f"s.yaml: {shown}: Input should be a valid string" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("{range: [0.3, 1e400]}", "parameters.injection.volume_ml.range = [0.3, 1e400]: must be [lo, hi]"),
+        ("{range: [0.3, .NaN]}", "parameters.injection.volume_ml.range = [0.3, .NaN]: must be [lo, hi]"),
+    ],
+)
+def test_a_bad_range_is_named_by_its_key_and_shown_as_written(tmp_path, text, shown):
+    """It was `parameters.injection.volume_ml = {"range": [0.3, Infinity]}: ... (got [0.3, inf])`."""
+    from sim.studies.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"parameters:\n  injection.volume_ml: {text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert f"s.yaml: {shown}" in str(err.value) and "inf" not in str(err.value).lower().replace("finite", "")
+
+
 def test_shipped_sweep_files_expand(tmp_path, monkeypatch):
     # the CT sweep names images relative to the working directory; expanding hashes their bytes
     # (a scenario's key names the scan, sim.core.input_files), so stand-ins are enough here

@@ -917,6 +917,18 @@ def format_validation_error(
             lines.append(f"{source}: {where}: required key '{loc[-1]}' is missing")
             continue
         msg = re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
+        named = re.match(r"'(\w+)' (.*)", msg)
+        if named and isinstance(value, dict) and named.group(1) in value:  # a check of one key of a mapping
+            key = named.group(
+                1
+            )  # `x = {"range": [0.3, Infinity]}: 'range' must ...` -> `x.range = [0.3, 1e400]`
+            loc, path, value = (*loc, key), f"{path}.{key}", value[key]
+            msg = re.sub(r" \(got [^)]*\)$", "", named.group(2))  # the value is shown, as written, before it
+            if isinstance(value, list):
+                items = [literal_text(literals, (*loc, i), v) or shown_value(v) for i, v in enumerate(value)]
+                value_text = "[" + ", ".join(items) + "]"
+                lines.append(f"{source}: {path} = {value_text}: {msg}")
+                continue
         if path in by_path:  # another branch of the same union
             i = by_path[path]
             if msg not in lines[i]:

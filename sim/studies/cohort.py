@@ -218,7 +218,7 @@ class DistributionSpec(_Strict):
             if v is not None and not math.isfinite(v):
                 raise ValueError(f"'{name}' must be finite (got {v})")
         if self.low is not None and self.high is not None and not self.low < self.high:
-            raise ValueError(f"need low < high (got low = {self.low}, high = {self.high})")
+            raise ValueError(f"'high' must be greater than low = {self.low} (got {self.high})")
         if self.dist == "loguniform" and self.low is not None and self.low <= 0.0:
             raise ValueError(f"loguniform needs low > 0 (got {self.low})")
         if self.sd is not None and self.sd <= 0.0:
@@ -838,7 +838,7 @@ def _expansion(plan: CohortPlan, keys: list[tuple[int, int, str]]) -> CohortExpa
         inputs = plan.point_inputs(i, k, pol or "never_stop_probe")
         points.append(SweepPoint(index, i, inputs, scenario, digest))
     spec = SweepSpec(name=plan.spec.name, description=plan.spec.description, executor=plan.spec.executor)
-    return CohortExpansion(spec, plan.base, points, 0, tuple(plan.input_names))
+    return CohortExpansion(spec, plan.base, points, columns=tuple(plan.input_names))
 
 
 # ---------------------------------------------------------------------------- running
@@ -1217,8 +1217,7 @@ def run_sensitivity(
         SweepSpec(name=f"{spec.name}-sensitivity", executor=spec.executor),
         plan.base,
         points,
-        0,
-        tuple(input_names),
+        columns=tuple(input_names),
     )
     cb = None if progress is None else (lambda f, t, k: progress("sensitivity", f, t, k))
     outcome = run_sweep(

@@ -374,6 +374,8 @@ def sweep(
             (str(len(outcome.failed)), "red"),
             f" failed, {outcome.skipped} already finished; wrote {out / 'results.csv'}",
         )
+        if outcome.lost:
+            say(console, f"{outcome.lost} finished runs ran again: their folders were gone or unreadable")
     if outcome.failed:
         for index, run_id, error in outcome.failed[:10]:
             say(err_console, f"failed: scenario {index} ({run_id}): {error}")

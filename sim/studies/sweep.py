@@ -66,6 +66,7 @@ from sim.core.config import (
 from sim.core.errors import ConfigError
 from sim.core.provenance import code_digest, code_label
 from sim.core.safe_yaml import Literals
+from sim.run.output_folder import remove_tree
 from sim.studies import MAX_WORKERS
 from sim.studies.executors import (
     DEFAULT_RUNNER,
@@ -563,6 +564,7 @@ class SweepOutcome:
     skipped: int
     ran: int
     files: list[Path] = field(default_factory=list)
+    lost: int = 0  # finished runs redone because their folder was gone or its summary.json unreadable
 
     @property
     def ok(self) -> bool:
@@ -644,6 +646,23 @@ def run_sweep(
         files = write_sweep_manifest(expansion, out)
         rerun = code_digest() if other_code == "rerun" else None
         todo = ledger.pending(retry_failed=retry_failed, rerun_other_than=rerun)
+        lost: set[str] = set()
+        if writer == DEFAULT_WRITER:  # a finished run whose folder is gone or broken is run again
+            waiting = set(todo)
+            rows = ledger.rows()
+            runs = out / "runs"
+            lost = {
+                r.hash
+                for r in rows
+                if r.status == "done" and r.hash not in waiting and not _readable_run(runs / r.hash[:12])
+            }
+            for (
+                h
+            ) in lost:  # the study's own folder (its ledger owns runs/): a broken one goes before the redo
+                if (runs / h[:12]).exists():
+                    remove_tree(runs / h[:12])
+            if lost:
+                todo = [r.hash for r in rows if r.hash in waiting or r.hash in lost]
         total = len(expansion.points)
         skipped = total - len(todo)
         counts = ledger.counts()
@@ -683,7 +702,16 @@ def run_sweep(
         if r.status == "failed"
     ]
     done = sum(r.status == "done" for r in rows)
-    return SweepOutcome(total, done, failed, skipped, len(tasks), files)
+    return SweepOutcome(total, done, failed, skipped, len(tasks), files, len(lost))
+
+
+def _readable_run(folder: Path) -> bool:
+    """A run folder whose summary.json is there and reads as pce-sim's JSON document."""
+    try:
+        doc = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("summary"), dict)
 
 
 OTHER_CODE_CHOICES = ("refuse", "rerun", "keep")

@@ -178,6 +178,8 @@ def test_the_size_check_counts_in_integers():
     single = spec.model_copy(update={"levels": None})
     per_patient = len(spec.policies) + (1 if spec.share_runs else 0)
     assert cohort_counts(single, 10**26, sensitivity=False)[0] == 10**26 * per_patient
+    # with levels (1.9 per patient) the expected count, in decimal: 1.9e26 levels, not a float's digits
+    assert cohort_counts(spec, 10**26, sensitivity=False)[0] == 19 * 10**25 * per_patient
 
 
 def test_growing_a_multi_level_cohort_reuses_runs(tmp_path):

@@ -643,3 +643,14 @@ def test_a_run_into_a_link_writes_the_folder_it_points_to(
     assert res.exit_code == 0, res.output
     assert link.is_symlink() and (target / "summary.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target", "tiny.yaml"]
+
+
+def test_a_study_into_a_link_claims_beside_the_link(tmp_path: Path) -> None:
+    """A study writes through a link (its target's parent need not be writable); only run and report-card,
+    which replace their folder, follow it."""
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert check_output_folder(link, overwrite=False, resume=("ledger.sqlite",)) == link
+    assert check_output_folder(link, overwrite=False, replaces=("summary.json",)) == target

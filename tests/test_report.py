@@ -182,6 +182,19 @@ def test_report_on_a_study_still_running_says_so(tmp_path):
             write_report(tmp_path)
 
 
+def test_report_through_a_link_to_a_running_study_says_so(tmp_path):
+    from sim.run.output_folder import OutputClaim
+
+    target = tmp_path / "study"
+    target.mkdir()
+    (target / "ledger.sqlite").write_bytes(b"")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with OutputClaim(target):
+        with pytest.raises(ConfigError, match="still running"):
+            write_report(link)
+
+
 @pytest.mark.parametrize("kind", ["file", "dangling link", "proc"])
 def test_report_checks_its_folder_before_drawing(tmp_path, kind):
     """A file, a dangling link or /proc where report/ goes gave exit 1 and a bare errno text after drawing."""

@@ -470,13 +470,13 @@ def test_resume_redoes_only_unfinished_runs(tmp_path):
 
 
 def test_a_resume_redoes_a_finished_run_whose_folder_is_gone_or_broken(tmp_path):
-    """The ledger said done, so a deleted run folder or a garbage summary.json stayed that way unnoticed."""
+    """The ledger said done, so a deleted run folder or summary.json stayed that way unnoticed."""
     import shutil
 
     e = expand_sweep(spec(parameters={"injection.volume_ml": {"values": [0.3, 0.4, 0.5]}}))
     run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
     shutil.rmtree(tmp_path / "runs" / e.points[0].hash[:12])
-    (tmp_path / "runs" / e.points[2].hash[:12] / "summary.json").write_text("garbage")
+    (tmp_path / "runs" / e.points[2].hash[:12] / "summary.json").unlink()  # the folder, without its summary
     CALLS.clear()
     out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
     assert sorted(CALLS) == sorted([e.points[0].hash, e.points[2].hash])

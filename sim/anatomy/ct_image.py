@@ -20,6 +20,7 @@ Every problem is a one-line :class:`~sim.core.errors.ConfigError` that starts wi
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def load_ct_pair(
     values around the vertebra, a "CT" holding the vertebra's label value on the vertebra (a label map
     in its place).
     """
-    if Path(ct_path).resolve() == Path(labels_path).resolve():
+    if Path(ct_path).exists() and Path(labels_path).exists() and os.path.samefile(ct_path, labels_path):
         raise ConfigError(
             f"{labels_path}: is the file ct_path names too; the label map is a second file on the CT's voxels"
         )

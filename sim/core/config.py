@@ -918,7 +918,8 @@ def format_validation_error(
             continue
         msg = re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
         named = re.match(r"'(\w+)' (.*)", msg)
-        if named and isinstance(value, dict) and named.group(1) in value:  # a check of one key of a mapping
+        named = named if named and isinstance(value, dict) and named.group(1) in value else None
+        if named:  # a check of one key of a mapping
             key = named.group(
                 1
             )  # `x = {"range": [0.3, Infinity]}: 'range' must ...` -> `x.range = [0.3, 1e400]`
@@ -940,7 +941,7 @@ def format_validation_error(
         line = (
             f"{source}: {path} = {shown_value(value) if written is None else shown_text(written, 60)}: {msg}"
         )
-        if allowed and not msg.startswith("Input should be '"):
+        if allowed and not msg.startswith("Input should be '") and not named:  # the mapping's, not the key's
             line += f" ({allowed})"
         forms = [m for m in _union_members(getattr(info, "annotation", None)) if isinstance(m, type)]
         mapping = next((m for m in forms if issubclass(m, BaseModel)), None)

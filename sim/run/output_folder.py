@@ -218,10 +218,10 @@ def check_output_folder(
         raise ConfigError(f"{flag} {text}: {_describe(exc)}") from None
     except RuntimeError as exc:  # a symlink loop while resolving
         raise ConfigError(f"{flag} {text}: cannot resolve the path ({exc})") from None
-    # a link to a folder names that folder: every command writes (and claims) the folder it points to, so
-    # a run does not replace the user's link with a folder of its own, and a run into the link and a sweep
-    # into the folder cannot both hold a claim on it
-    return out.resolve() if out.is_symlink() else out
+    # a command that replaces its folder (``replaces``: run, report-card) writes, claims and replaces the
+    # folder a link points to, not the link (it replaced the user's link with a folder of its own); a study
+    # writes through the link and claims beside it, so its target's parent need not be writable
+    return out.resolve() if replaces and out.is_symlink() else out
 
 
 def _check_existing(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,8 @@ def cohort_counts(spec: Any, n: int, sensitivity: bool) -> tuple[int, int]:
     levels = getattr(spec, "levels", None)
     if levels is None:
         runs = int(n)  # integers: a float count printed 200,000,000,000,000,009,529,458,694 for 2e26
-    elif n > 1_000_000:
-        runs = math.ceil(n * levels.mean_count)
+    elif n > 1_000_000:  # the expected count, in decimal: a float product prints a float's last digits
+        runs = math.ceil(Decimal(n) * Decimal(f"{levels.mean_count:.6f}"))
     else:
         runs = sum(levels.counts(spec.seed, n))
     scenarios = runs * (len(spec.policies) + (1 if spec.share_runs else 0))

@@ -72,9 +72,11 @@ from sim.studies.executors import (
     DEFAULT_RUNNER,
     DEFAULT_WRITER,
     Executor,
+    LocalExecutor,
     Outcome,
     Runner,
     RunTask,
+    SerialExecutor,
     make_executor,
 )
 from sim.studies.ledger import export_tables, open_ledger, write_csv
@@ -647,18 +649,16 @@ def run_sweep(
         rerun = code_digest() if other_code == "rerun" else None
         todo = ledger.pending(retry_failed=retry_failed, rerun_other_than=rerun)
         lost: set[str] = set()
-        if writer == DEFAULT_WRITER:  # a finished run whose folder is gone or broken is run again
-            waiting = set(todo)
+        if writer == DEFAULT_WRITER and _files_here(expansion, executor):  # a finished run whose folder
+            waiting = set(todo)  # or summary.json is gone is run again (one stat per run; not read)
             rows = ledger.rows()
             runs = out / "runs"
             lost = {
                 r.hash
                 for r in rows
-                if r.status == "done" and r.hash not in waiting and not _readable_run(runs / r.hash[:12])
+                if r.status == "done" and r.hash not in waiting and _lost(runs / r.hash[:12])
             }
-            for (
-                h
-            ) in lost:  # the study's own folder (its ledger owns runs/): a broken one goes before the redo
+            for h in lost:  # the study's own folder (its ledger owns runs/): what is left of it goes first
                 if (runs / h[:12]).exists():
                     remove_tree(runs / h[:12])
             if lost:
@@ -705,13 +705,24 @@ def run_sweep(
     return SweepOutcome(total, done, failed, skipped, len(tasks), files, len(lost))
 
 
-def _readable_run(folder: Path) -> bool:
-    """A run folder whose summary.json is there and reads as pce-sim's JSON document."""
+def _lost(folder: Path) -> bool:
+    """A finished run's folder whose summary.json is gone (deleted by hand, or the folder with it); any
+    other error (permissions, a passing I/O error) does not make a run lost."""
     try:
-        doc = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        os.stat(folder / "summary.json")
+    except FileNotFoundError:
+        return True
+    except OSError:
         return False
-    return isinstance(doc, dict) and isinstance(doc.get("summary"), dict)
+    return False
+
+
+def _files_here(expansion: Expansion, executor: Executor | None) -> bool:
+    """Run folders written on this machine: a serial or local executor (a Dask cluster's workers may write
+    where this process cannot see)."""
+    if executor is not None:
+        return isinstance(executor, SerialExecutor | LocalExecutor)
+    return expansion.spec.executor.kind in ("serial", "local")
 
 
 OTHER_CODE_CHOICES = ("refuse", "rerun", "keep")

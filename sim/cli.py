@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.text import Text
 
 from sim.core.errors import ConfigError, PceSimError, interruption_in
+from sim.core.safe_yaml import path_label
 from sim.run.output_folder import path_as_written
 from sim.studies import MAX_WORKERS
 
@@ -177,7 +178,7 @@ def validate(
 
     with user_errors():
         scenario = load_scenario(config)
-        preflight(scenario, source=str(config))
+        preflight(scenario, source=path_label(config))
         si = scenario.si()
         if as_json:
             print(json.dumps(si, indent=2))
@@ -217,7 +218,7 @@ def run(
     with user_errors():
         scenario = load_scenario(config)
         out = check_output_folder(out, overwrite, replaces=RUN_FOLDER_FILES)
-        report = preflight(scenario, source=str(config))
+        report = preflight(scenario, source=path_label(config))
         from sim.run.pipeline import run_scenario, write_run
 
         with OutputClaim(out):
@@ -332,7 +333,7 @@ def sweep(
         out = check_output_folder(out, overwrite=False, resume=SWEEP_MARKERS, study="sweep to resume")
         resolve_callable(runner)
         resolve_callable(DEFAULT_WRITER)
-        expansion = expand_sweep(spec, base_dir, source=str(sweep_file))
+        expansion = expand_sweep(spec, base_dir, source=path_label(sweep_file))
         n = len(expansion.points)
         if not quiet:
             for path, override in expansion.shadowed_overrides:
@@ -458,7 +459,9 @@ def cohort(
             scenarios + design_rows,
         )
         out = check_output_folder(out, overwrite=False, resume=COHORT_MARKERS, study="cohort to resume")
-        plan = plan_cohort(spec, base_dir, n=n, source=str(cohort_file), sensitivity=not no_sensitivity)
+        plan = plan_cohort(
+            spec, base_dir, n=n, source=path_label(cohort_file), sensitivity=not no_sensitivity
+        )
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

@@ -236,3 +236,16 @@ def test_a_path_that_is_not_utf8_is_shown_as_its_bytes(tmp_path):
     name = os.fsdecode(b"\xff.yaml")
     res = pce_sim("validate", name, cwd=tmp_path)
     assert res.returncode == 2 and res.stderr == "error: \\xff.yaml: config file not found\n", res.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"), [("a\nb.yaml", "a\\nb.yaml"), ("tab\there.yaml", "tab\\there.yaml")]
+)
+def test_a_path_with_a_control_character_stays_on_one_line(tmp_path, raw, shown):
+    """A newline in a file name broke the one-line refusal in two."""
+    res = pce_sim("validate", raw, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr == f"error: {shown}: config file not found\n", res.stderr
+    (tmp_path / raw).write_text("grid: {spacing_mm: -1}\n")
+    res = pce_sim("validate", raw, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith(f"error: {shown}: grid.spacing_mm = -1")
+    assert res.stderr.count("\n") == 1, res.stderr

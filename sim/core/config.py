@@ -49,7 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from sim.core.errors import ConfigError
 from sim.core.geometry_data import load_geometry_yaml
-from sim.core.safe_yaml import Literals, literal_text, read_yaml_file, shown_text
+from sim.core.safe_yaml import Literals, literal_text, path_label, read_yaml_file, shown_text
 
 LEVELS: tuple[str, ...] = (
     "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5",
@@ -974,4 +974,4 @@ def load_scenario(path: str | Path) -> Scenario:
     """Load and validate a scenario YAML file."""
     literals: Literals = {}
     data = read_yaml(path, literals)
-    return scenario_from_dict(data, source=str(path), literals=literals)
+    return scenario_from_dict(data, source=path_label(path), literals=literals)

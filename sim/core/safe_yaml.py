@@ -107,6 +107,16 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def path_label(path: str | os.PathLike[str]) -> str:
+    """A path as it names a file in a one-line message: control characters (a newline in a file name broke
+    the message in two) and bytes that are not UTF-8 written as escapes (``\\n``, ``\\xff``)."""
+    text = os.fspath(path)
+    if text.isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def shown_text(text: str, limit: int = 40) -> str:
     """Text as written, a long one cut to its head and tail with its length."""
     return text if len(text) <= limit else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
@@ -304,22 +314,23 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
     pipe or device never blocks and cannot be swapped in between the check and the read.
     """
     p = Path(path)
+    label = path_label(p)
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise ConfigError(f"{p}: {what} not found") from None
+        raise ConfigError(f"{label}: {what} not found") from None
     except OSError as exc:
-        raise ConfigError(f"{p}: cannot read {what}: {_os_reason(exc)}") from None
+        raise ConfigError(f"{label}: cannot read {what}: {_os_reason(exc)}") from None
     except ValueError as exc:  # e.g. an embedded NUL character
         raise ConfigError(f"{str(p)!r}: cannot read {what}: {exc}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"{p}: is a directory, expected a YAML file")
+            raise ConfigError(f"{label}: is a directory, expected a YAML file")
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{p}: not a regular file (a pipe, socket or device); expected a YAML file")
+            raise ConfigError(f"{label}: not a regular file (a pipe, socket or device); expected a YAML file")
         if st.st_size > limit:
-            raise ConfigError(f"{p}: {what} of {st.st_size:,} bytes (allowed: at most {limit:,} bytes)")
+            raise ConfigError(f"{label}: {what} of {st.st_size:,} bytes (allowed: at most {limit:,} bytes)")
         chunks = []
         total = 0
         while True:
@@ -328,10 +339,10 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
                 break
             total += len(chunk)
             if total > limit:
-                raise ConfigError(f"{p}: {what} larger than {limit:,} bytes")
+                raise ConfigError(f"{label}: {what} larger than {limit:,} bytes")
             chunks.append(chunk)
     except OSError as exc:
-        raise ConfigError(f"{p}: cannot read {what}: {_os_reason(exc)}") from None
+        raise ConfigError(f"{label}: cannot read {what}: {_os_reason(exc)}") from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
@@ -339,7 +350,7 @@ def read_text_file(path: str | Path, what: str = "config file", limit: int = MAX
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         bad = data[exc.start : exc.start + 1]
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {bad!r})") from None
+        raise ConfigError(f"{label}: not UTF-8 text (byte {exc.start}: {bad!r})") from None
 
 
 def read_yaml_file(path: str | Path, what: str = "config file", literals: Literals | None = None) -> Any:

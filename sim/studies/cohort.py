@@ -101,7 +101,7 @@ from sim.core.config import (
 )
 from sim.core.errors import ConfigError
 from sim.core.input_files import anatomy_file_digests
-from sim.core.safe_yaml import Literals
+from sim.core.safe_yaml import Literals, path_label
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
 from sim.studies.arm_branches import STASH_DIR, NeverStopWithArms, StashedArm, write_arm_map
@@ -469,7 +469,7 @@ def load_cohort(path: str | Path) -> tuple[CohortSpec, Path]:
     p = Path(path)
     literals: Literals = {}
     data = read_yaml(p, literals)
-    return cohort_from_dict(data, source=str(p), literals=literals), p.resolve().parent
+    return cohort_from_dict(data, source=path_label(p), literals=literals), p.resolve().parent
 
 
 def base_config(spec: CohortSpec, base_dir: str | Path, source: str = "cohort") -> dict[str, Any]:

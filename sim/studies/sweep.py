@@ -65,7 +65,7 @@ from sim.core.config import (
 )
 from sim.core.errors import ConfigError
 from sim.core.provenance import code_digest, code_label
-from sim.core.safe_yaml import Literals
+from sim.core.safe_yaml import Literals, path_label
 from sim.run.output_folder import remove_tree
 from sim.studies import MAX_WORKERS
 from sim.studies.executors import (
@@ -227,7 +227,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path]:
     p = Path(path)
     literals: Literals = {}
     data = read_yaml(p, literals)
-    return sweep_from_dict(data, source=str(p), literals=literals), p.resolve().parent
+    return sweep_from_dict(data, source=path_label(p), literals=literals), p.resolve().parent
 
 
 def sweep_from_dict(data: Any, source: str = "sweep", literals: Literals | None = None) -> SweepSpec:
@@ -446,7 +446,9 @@ def resolve_base_scenario(
             data = read_yaml(base_path, literals)
         except ConfigError as exc:
             raise ConfigError(f"{source}: base = {shown_value(base)}: {exc}") from None
-        config = scenario_from_dict(data, source=str(base_path), literals=literals).model_dump(mode="json")
+        config = scenario_from_dict(data, source=path_label(base_path), literals=literals).model_dump(
+            mode="json"
+        )
     apply_overrides(config, overrides, f"{source}: overrides")
     return scenario_from_dict(config, source=f"{source}: base scenario", literals=written).model_dump(
         mode="json"
@@ -545,7 +547,7 @@ def summarise_problems(problems: list[tuple[str, str]], what: str = "scenarios",
 def load_expansion(path: str | Path) -> Expansion:
     """Load, validate and expand a sweep file."""
     spec, base_dir = load_sweep(path)
-    return expand_sweep(spec, base_dir, source=str(path))
+    return expand_sweep(spec, base_dir, source=path_label(path))
 
 
 def _short(inputs: dict[str, Any]) -> str:

@@ -568,7 +568,7 @@ class SweepOutcome:
     skipped: int
     ran: int
     files: list[Path] = field(default_factory=list)
-    lost: int = 0  # finished runs redone because their folder was gone or its summary.json unreadable
+    lost: int = 0  # finished runs run again because their summary.json (or their whole folder) was gone
 
     @property
     def ok(self) -> bool:
@@ -651,8 +651,9 @@ def run_sweep(
         rerun = code_digest() if other_code == "rerun" else None
         todo = ledger.pending(retry_failed=retry_failed, rerun_other_than=rerun)
         lost: set[str] = set()
-        if writer == DEFAULT_WRITER and _files_here(expansion, executor):  # a finished run whose folder
-            waiting = set(todo)  # or summary.json is gone is run again (one stat per run; not read)
+        # a finished run whose summary.json (or folder) is gone runs again: one stat per run, local files only
+        if writer == DEFAULT_WRITER and _files_here(expansion, executor):
+            waiting = set(todo)
             rows = ledger.rows()
             runs = out / "runs"
             lost = {

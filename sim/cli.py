@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.text import Text
 
 from sim.core.errors import ConfigError, PceSimError, interruption_in
-from sim.core.safe_yaml import path_label
+from sim.core.safe_yaml import bytes_as_escapes, path_label
 from sim.run.output_folder import path_as_written
 from sim.studies import MAX_WORKERS
 
@@ -105,11 +105,7 @@ def fail(message: str, code: int = 2) -> None:
 
     Bytes of a path that are not UTF-8 (Python keeps them as surrogates, printed `\\udcff`) are shown as the
     file system has them (`\\xff`)."""
-    try:
-        message = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    say(err_console, ("error:", "bold red"), " ", message)
+    say(err_console, ("error:", "bold red"), " ", bytes_as_escapes(message))
     raise typer.Exit(code)
 
 

@@ -49,7 +49,7 @@ from pydantic_core import PydanticCustomError
 
 from sim.core.errors import ConfigError
 from sim.core.geometry_data import load_geometry_yaml
-from sim.core.safe_yaml import Literals, literal_text, path_label, read_yaml_file, shown_text
+from sim.core.safe_yaml import Literals, key_text, literal_text, path_label, read_yaml_file, shown_text
 
 LEVELS: tuple[str, ...] = (
     "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3", "L4", "L5",
@@ -862,15 +862,6 @@ def user_location(root: type[BaseModel], loc: tuple[Any, ...], keep_last: bool =
     return tuple(out)
 
 
-def _key_text(part: Any) -> str:
-    """A location part as the file wrote it: YAML's `null:` / `true:` keys are None / True in Python."""
-    if part is None:
-        return "null"
-    if isinstance(part, bool):
-        return str(part).lower()
-    return str(part)
-
-
 def format_validation_error(
     exc: ValidationError,
     source: str = "config",
@@ -888,10 +879,10 @@ def format_validation_error(
     for err in exc.errors():
         raw = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         if len(raw) >= 2 and raw[-1] == "[key]":  # a bad key: pydantic writes None as "None", True as 1
-            raw = (*raw[:-2], _key_text(err.get("input")))
+            raw = (*raw[:-2], key_text(err.get("input")))
         kind = err.get("type", "")
         loc = user_location(model, raw, keep_last=kind == "extra_forbidden")
-        path = shown_value(".".join(_key_text(p) for p in loc), 80)[1:-1] if loc else "(top level)"
+        path = shown_value(".".join(key_text(p) for p in loc), 80)[1:-1] if loc else "(top level)"
         value = err.get("input")
         msg = str(err.get("msg", "invalid"))
         if kind == "scenario_consistency":
@@ -910,7 +901,7 @@ def format_validation_error(
             continue
         if kind == "missing":
             where = (
-                shown_value(".".join(_key_text(p) for p in loc[:-1]), 80)[1:-1]
+                shown_value(".".join(key_text(p) for p in loc[:-1]), 80)[1:-1]
                 if len(loc) > 1
                 else "(top level)"
             )

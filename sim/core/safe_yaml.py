@@ -107,14 +107,31 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def key_text(key: Any) -> str:
+    """A mapping key or location part as the file wrote it: YAML's `null:` / `true:` are None / True here."""
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return str(key).lower()
+    return str(key)
+
+
+def bytes_as_escapes(text: str) -> str:
+    """Bytes of a path that are not UTF-8 (kept by Python as surrogates, printed `\\udcff`) as the file
+    system has them (`\\xff`)."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def path_label(path: str | os.PathLike[str]) -> str:
     """A path as it names a file in a one-line message: control characters (a newline in a file name broke
     the message in two) and bytes that are not UTF-8 written as escapes (``\\n``, ``\\xff``)."""
     text = os.fspath(path)
     if text.isprintable():
         return text
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in bytes_as_escapes(text))
 
 
 def shown_text(text: str, limit: int = 40) -> str:

@@ -661,7 +661,9 @@ def write_report(folder: str | Path, pdf: bool = False, out_dir: str | Path | No
     if (src / "summary.json").exists():
         return report_run(src, out, pdf)
     if (src / "ledger.sqlite").exists():  # a sweep or cohort before its first tables: running, or stopped
-        writer = writer_of(src) if writer_of(src) is not None else writer_of(src.resolve())
+        writer = writer_of(src)
+        if writer is None and src.is_symlink():  # a study started on the folder the link names
+            writer = writer_of(src.resolve())
         if writer is not None:
             who = f" (pid {writer})" if writer else ""
             raise ConfigError(

@@ -101,7 +101,7 @@ from sim.core.config import (
 )
 from sim.core.errors import ConfigError
 from sim.core.input_files import anatomy_file_digests
-from sim.core.safe_yaml import Literals, path_label
+from sim.core.safe_yaml import Literals, key_text, path_label
 from sim.physics.injection_control import StopPolicy
 from sim.run.output_folder import OutputClaim
 from sim.studies.arm_branches import STASH_DIR, NeverStopWithArms, StashedArm, write_arm_map
@@ -184,8 +184,8 @@ class DistributionSpec(_Strict):
         if isinstance(cases, dict):
             odd = [k for k in cases if not isinstance(k, str)]
             if odd:
-                shown = ", ".join(_key_as_written(k) for k in odd)
-                quoted = ", ".join(f"'{_key_as_written(k)}'" for k in odd)
+                shown = ", ".join(key_text(k) for k in odd)
+                quoted = ", ".join(f"'{key_text(k)}'" for k in odd)
                 raise ValueError(
                     f"case keys {shown} are read as YAML booleans, numbers or null; quote them ({quoted}): a "
                     "case matches the given input's value as text"
@@ -681,10 +681,6 @@ class CohortExpansion(Expansion):
 
 
 ArmKey = tuple[int, int, str]  # (patient, level 1..3, policy)
-
-
-def _key_as_written(key: Any) -> str:
-    return "null" if key is None else str(key).lower() if isinstance(key, bool) else str(key)
 
 
 def _normalised(weights: list[float]) -> np.ndarray:

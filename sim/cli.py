@@ -334,12 +334,12 @@ def sweep(
         if not quiet:
             for path, override in expansion.shadowed_overrides:
                 say(console, f"note: parameters.{path} is swept, so overrides.{override} never reaches a run")
-        if expansion.duplicates_dropped and not quiet:
-            say(
-                console,
-                f"{expansion.duplicates_dropped:,} of the {count:,} sampled runs repeat an earlier one "
-                f"(the same scenario) and run once: {n:,} runs",
-            )
+            if expansion.duplicates_dropped:
+                say(
+                    console,
+                    f"{expansion.duplicates_dropped:,} of the {count:,} sampled runs repeat an earlier one "
+                    f"(the same scenario) and run once: {n:,} runs",
+                )
         columns = (
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

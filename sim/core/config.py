@@ -910,10 +910,8 @@ def format_validation_error(
         msg = re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
         named = re.match(r"'(\w+)' (.*)", msg)
         named = named if named and isinstance(value, dict) and named.group(1) in value else None
-        if named:  # a check of one key of a mapping
-            key = named.group(
-                1
-            )  # `x = {"range": [0.3, Infinity]}: 'range' must ...` -> `x.range = [0.3, 1e400]`
+        if named:  # a check of one key of a mapping: `x = {"high": inf}: 'high' must ...` -> `x.high = 1e400`
+            key = named.group(1)
             loc, path, value = (*loc, key), f"{path}.{key}", value[key]
             msg = re.sub(r" \(got [^)]*\)$", "", named.group(2))  # the value is shown, as written, before it
             if isinstance(value, list):

@@ -179,7 +179,7 @@ def render_view(
             raise ConfigError(
                 f"--png {written_text(png)}: exists (use --overwrite to replace it, or name another file)"
             )
-    final = (Path(png) if png is not None else run_dir / "view.png").resolve()
+    final = (png if png is not None else run_dir / "view.png").resolve()
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

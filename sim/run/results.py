@@ -126,21 +126,25 @@ def replace_dir(src: Path, dst: Path) -> None:
     """Move a finished temporary folder into place (replacing an old one only after success)."""
     if dst.exists() or dst.is_symlink():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        if old.is_symlink():
-            old.unlink()
-        elif old.exists():
-            remove_tree(old)
+        if old.exists() or old.is_symlink():
+            _discard(old)
         os.replace(dst, old)
         os.replace(src, dst)
         try:
-            if old.is_symlink():  # a library caller's link to a folder: the link goes, not its folder
-                old.unlink()
-            else:
-                remove_tree(old)
+            _discard(old)
         except OSError:
             shutil.rmtree(old, ignore_errors=True)  # whatever is left, the next run into dst removes
     else:
         os.replace(src, dst)
+
+
+def _discard(path: Path) -> None:
+    """Remove a folder, or a link in its place (a library caller's link to a folder: the link goes, not its
+    folder)."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        remove_tree(path)
 
 
 def _jsonable(value: Any) -> Any:

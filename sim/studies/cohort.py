@@ -1198,7 +1198,8 @@ def run_sensitivity(
     spec = plan.spec
     policy = spec.policy(spec.sensitivity.policy or spec.calibration)
     rows = plan.design_rows if plan.design_rows is not None else sensitivity_scenarios(plan, spec.name)
-    names, design, seed = plan.design if plan.design is not None else sensitivity_design(spec)
+    assert plan.design is not None  # drawn with the rows (sensitivity_scenarios)
+    names, design, seed = plan.design
     points: list[SweepPoint] = []
     hashes: list[str] = []
     seen: set[str] = set()

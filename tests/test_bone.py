@@ -22,7 +22,7 @@ from sim.physics.bone import (
     place_needle,
 )
 from sim.physics.kernel_cover import ball_cover
-from sim.physics.permeability import KozenyCarman, kozeny_carman
+from sim.physics.permeability import KozenyCarman, RodArray, kozeny_carman, rod_network
 from sim.physics.random_field import FourierField
 from tests.helpers import run_params
 
@@ -300,10 +300,12 @@ def test_porosity_field_matches_targets(si):
     assert phi.std() == pytest.approx(0.03, rel=max(0.15, 4.0 / np.sqrt(2.0 * n_eff)))
 
 
-def test_kozeny_carman_normalisation_and_anisotropy(l1_1mm, si):
+def test_permeability_normalisation_and_anisotropy(l1_1mm, si):
+    """Every porous cell has the default (rod-network) law's k of its porosity, k_z = a k_x."""
     p = si.patient
     k_ref, phi_ref = p.permeability_ref_m2, p.porosity_mean
     assert KozenyCarman.from_params(p).transverse(np.array([phi_ref]))[0] == k_ref
+    assert RodArray.from_params(p).transverse(np.array([phi_ref]))[0] == k_ref
     assert kozeny_carman(0.9) == pytest.approx(0.729 / 0.01)
     # every porous cell, the ones around the veins included: veins are 1D vessels, not cells
     porous = l1_1mm.porous
@@ -312,7 +314,7 @@ def test_kozeny_carman_normalisation_and_anisotropy(l1_1mm, si):
     np.testing.assert_array_equal(kx, ky)
     np.testing.assert_allclose(kz / kx, p.permeability_anisotropy, rtol=1e-13)
     phi = l1_1mm.porosity[porous]
-    np.testing.assert_allclose(kx, k_ref * kozeny_carman(phi) / kozeny_carman(phi_ref), rtol=1e-12)
+    np.testing.assert_allclose(kx, k_ref * rod_network(phi) / rod_network(phi_ref), rtol=1e-12)
 
 
 def _check_embedded_veins(bone, patient) -> None:

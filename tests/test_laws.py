@@ -19,7 +19,15 @@ from sim.physics.fragment_transport import DiameterMargin
 from sim.physics.fragmentation import DragVsStrength
 from sim.physics.laws import LAW_HOMES, available, law_class, register
 from sim.physics.marrow_outflow import LumpedMarrowOutlet
-from sim.physics.permeability import KozenyCarman
+from sim.physics.permeability import (
+    DEFAULT_PERMEABILITY_LAW,
+    KozenyCarman,
+    RodArray,
+    default_permeability,
+    rod_array_parallel,
+    rod_array_transverse,
+    rod_network,
+)
 from sim.physics.pressure import build_cell_graph
 from sim.physics.rheology import CementModel, load_cement_preset
 from sim.physics.vein_columns import CementColumns
@@ -29,7 +37,7 @@ MM = 1e-3
 RHO, MU_BLOOD = 1055.0, 0.0035  # network_from_edges defaults
 
 LAWS = {
-    "permeability": ("kozeny_carman", KozenyCarman),
+    "permeability": ("rod_array", RodArray),
     "rheology": ("power_law_cure", CementModel),
     "exchange": ("embedded_veins", EmbeddedVeinExchange),
     "fragmentation": ("drag_vs_strength", DragVsStrength),
@@ -118,6 +126,52 @@ def test_kozeny_carman_reference_ratio_and_anisotropy():
     assert diag.shape == (3, phi.size)
     assert np.array_equal(diag[0], kt) and np.array_equal(diag[1], kt)
     assert np.array_equal(diag[2], 2.05 * kt)
+
+
+def test_rod_array_reference_ratio_and_anisotropy():
+    """k_t(phi_ref) = k_ref exactly; the ratio of two cells is N(phi_1)/N(phi_2); k_z = a k_t."""
+    law = RodArray(k_ref_m2=4e-8, phi_ref=0.939, anisotropy=2.05)
+    assert float(law.transverse(np.array(0.939))) == 4e-8
+    phi = np.array([0.5, 0.75, 0.85, 0.9, 0.939, 0.97, 0.99])
+    kt = law.transverse(phi)
+    assert kt == pytest.approx(4e-8 * rod_network(phi) / rod_network(0.939), rel=1e-13)
+    assert np.all(np.diff(kt) > 0)  # more porous bone is more permeable
+    assert np.array_equal(law.tensor_diagonal(phi)[2], 2.05 * kt)
+    # flatter than Kozeny-Carman about the reference: less at 0.99, more at 0.8 (numbers in its docstring)
+    kc = KozenyCarman(k_ref_m2=4e-8, phi_ref=0.939, anisotropy=2.05)
+    assert float(law.transverse(np.array(0.99)) / 4e-8) == pytest.approx(12.47, abs=0.01)
+    assert float(kc.transverse(np.array(0.99)) / 4e-8) == pytest.approx(43.6, abs=0.1)
+    assert law.transverse(np.array(0.8)) > kc.transverse(np.array(0.8))
+
+
+def test_rod_array_dilute_limit_is_the_drag_of_isolated_rods():
+    """c -> 0: N c = (3/20)(-ln c - 1.1) + o(1), the dilute form of Jackson & James (their fit: 0.931).
+
+    Happel's cells: c N_par -> (-ln c - 3/2)/4, c N_perp -> (-ln c - 1)/8; the network's resistances
+    (1/3 along, 2/3 across) give 3/20 and the constant (4/3 * 3/2 + 16/3 * 1) / (20/3) = 1.1.
+    """
+    for c in (1e-4, 1e-8, 1e-12):
+        assert c * rod_array_parallel(c) == pytest.approx((-math.log(c) - 1.5) / 4.0, abs=3 * c)
+        assert c * rod_array_transverse(c) == pytest.approx((-math.log(c) - 1.0) / 8.0, abs=3 * c)
+        constant = -(c * rod_network(1.0 - c) / 0.15) - math.log(c)
+        assert constant == pytest.approx(1.1, abs=0.1 / -math.log(c))
+    # k grows as -ln(1 - phi)/(1 - phi), not as Kozeny-Carman's 1/(1 - phi)^2
+    ratio = rod_network(1 - 1e-6) / rod_network(1 - 1e-3)
+    assert ratio == pytest.approx(1e3 * (math.log(1e6) - 1.1) / (math.log(1e3) - 1.1), rel=0.01)
+
+
+def test_rod_array_no_pore_space_limit():
+    """c -> 1 (phi -> 0): both Happel cells vanish as (1 - c)^3, N -> phi^3 / 20 (Kozeny-Carman: phi^3)."""
+    for phi in (1e-2, 1e-3):
+        assert rod_network(phi) / phi**3 == pytest.approx(0.05, rel=3 * phi)
+    assert np.all(rod_network(np.linspace(0.05, 0.999, 200)) > 0.0)
+
+
+def test_default_permeability_law_is_the_configs():
+    """The bone builders' default law is LawsConfig's default."""
+    assert LawsConfig().permeability == DEFAULT_PERMEABILITY_LAW
+    patient = RunParameters.from_scenario(Scenario()).patient
+    assert isinstance(default_permeability(patient), RodArray)
 
 
 def test_kozeny_carman_from_patient_parameters():

@@ -19,8 +19,9 @@ Steps (all in the patient frame, DICOM LPS metres; :mod:`sim.anatomy.ct_image` r
    the HU of cancellous voxels within 1.5 voxels of the shell are replaced by those of the nearest
    deeper voxel, so a bright cortex does not leak into the marrow's density.
 5. Density. Porosity from Hounsfield units (:func:`porosity_from_hu`), clipped to the parametric
-   model's 0.5 .. 0.99; permeability from it by the scenario's permeability law (Kozeny-Carman
-   normalised to ``permeability_ref_m2`` at ``porosity_mean``, :mod:`sim.physics.permeability`).
+   model's 0.5 .. 0.99; permeability from it by the scenario's permeability law (by default
+   a network of trabecular rods normalised to ``permeability_ref_m2`` at ``porosity_mean``,
+   :mod:`sim.physics.permeability`).
 6. Shape for placement. A kidney section (:class:`~sim.physics.bone.BodyShape`) is fitted to the
    body: width from its lateral extent, height from its axial extent, the anterior wall from its
    anterior extent, and the depth so that the shape's section area equals the body's mean
@@ -41,8 +42,9 @@ Assumptions and costs
     * No calibration phantom: the defaults BMD = 1.0 mg/cm^3 per HU (intercept 0) are [U] (scanner,
       kV and reconstruction kernel dependent; internal or asynchronous calibration against phantom
       QCT deviates by about 8 % RMS, Kaesmacher et al. 2017, J Comput Assist Tomogr 41:217). 8 % in
-      BMD is 8 % in BV/TV: at BV/TV = 0.10, phi = 0.900 +- 0.008 and, through Kozeny-Carman
-      (d ln k / d phi = 3/phi + 2/(1 - phi) = 23), the permeability +- 19 %. Contrast-enhanced scans
+      BMD is 8 % in BV/TV: at BV/TV = 0.10, phi = 0.900 +- 0.008 and, through the default
+      rod-network law (d ln k / d phi = 17.5 there; Kozeny-Carman's 3/phi + 2/(1 - phi) = 23), the
+      permeability +- 14 % (+- 19 % with Kozeny-Carman). Contrast-enhanced scans
       raise HU and bias porosity low. With a phantom, give its regression as
       ``bmd_slope_mg_per_cm3_per_hu`` and ``bmd_intercept_mg_per_cm3``.
 """
@@ -67,7 +69,7 @@ from sim.physics.bone import (
     assemble_body,
     load_vertebra,
 )
-from sim.physics.permeability import KozenyCarman
+from sim.physics.permeability import PermeabilityLaw, default_permeability
 
 # BV/TV = BMD / TMD with TMD = 1200 mg HA/cm^3, the fully mineralised trabecular tissue assumed by
 # the standard HR-pQCT density-derived BV/TV (Laib & Ruegsegger 1999, Comput Med Imaging Graph 23:69) [S~]
@@ -292,7 +294,7 @@ def _sample(field: np.ndarray, origin: np.ndarray, w: float, points: np.ndarray)
 
 
 def build_ct_vertebral_body(
-    patient: PatientParams, spacing_m: float, permeability: KozenyCarman | None = None
+    patient: PatientParams, spacing_m: float, permeability: PermeabilityLaw | None = None
 ) -> BoneGrid:
     """The patient's vertebral body from ``patient.anatomy`` (a CT source), on a grid of ``spacing_m``.
 
@@ -364,7 +366,7 @@ def build_ct_vertebral_body(
     # patient = world - world_centre + centre; the working grid's origin is at world wg["origin_m"]
     world_center = wg["origin_m"] + c_work
     shift = center - world_center
-    law = permeability or KozenyCarman.from_params(patient)
+    law = permeability or default_permeability(patient)
     bone = assemble_body(
         patient,
         dims,

@@ -542,7 +542,7 @@ class LungsConfig(StrictModel):
 class LawsConfig(StrictModel):
     """Which constitutive law each physics seam uses, by name (see ``sim.physics.laws``)."""
 
-    permeability: Literal["kozeny_carman"] = "kozeny_carman"
+    permeability: Literal["rod_array", "kozeny_carman"] = "rod_array"
     rheology: Literal["power_law_cure"] = "power_law_cure"
     exchange: Literal["embedded_veins"] = "embedded_veins"
     fragmentation: Literal["drag_vs_strength", "drag_vs_strength_breakup"] = "drag_vs_strength_breakup"

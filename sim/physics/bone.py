@@ -19,8 +19,9 @@ Cortex and endplates (impermeable)
 Porosity and permeability
     phi = clip(porosity_mean + porosity_sd * g, 0.5, 0.99), g a unit Gaussian random field with
     covariance exp(-(r/l)^2) (``sim.physics.random_field``). Permeability from porosity by the
-    permeability law (``laws.permeability``, :mod:`sim.physics.permeability`; Kozeny-Carman
-    normalised to permeability_ref at porosity_mean), kx = ky = k_t, kz = anisotropy * k_t.
+    permeability law (``laws.permeability``, :mod:`sim.physics.permeability`; by default a network
+    of trabecular rods, normalised to permeability_ref at porosity_mean), kx = ky = k_t,
+    kz = anisotropy * k_t.
 
 Venous exits (``sim.core.grid.VenousExit``)
     * basivertebral: foramen on the posterior wall at the midline, basivertebral_cc_fraction of
@@ -88,7 +89,7 @@ from sim.core.parameters import FractureCleftParams, NeedleParams, PatientParams
 from sim.core.units import MM_M
 from sim.physics.embedded_vessels import embed
 from sim.physics.kernel_cover import ball_cover
-from sim.physics.permeability import KozenyCarman
+from sim.physics.permeability import PermeabilityLaw, default_permeability
 from sim.physics.random_field import FourierField
 from sim.physics.well_index import tip_kernel_radius
 
@@ -453,14 +454,14 @@ def feature_rng(seed: int, feature: str) -> np.random.Generator:
 def build_vertebral_body(
     patient: PatientParams,
     spacing_m: float,
-    permeability: KozenyCarman | None = None,
+    permeability: PermeabilityLaw | None = None,
 ) -> BoneGrid:
     """The patient's osteoporotic vertebral body, defined in continuous space, sampled on a grid.
 
     Every random draw comes from the patient's seed through a named stream per feature
     (:func:`feature_rng`), and the porosity field is a function of position
     (:class:`~sim.physics.random_field.FourierField`), so the same patient comes out at any spacing.
-    ``permeability`` is the permeability law (``laws.permeability``; Kozeny-Carman by default).
+    ``permeability`` is the permeability law (``laws.permeability``; the trabecular rod network by default).
     See the module docstring for the models and sources.
     """
     level = patient.level
@@ -501,7 +502,7 @@ def build_vertebral_body(
     )
     phi = np.clip(phi_mean + phi_sd * g, *POROSITY_CLIP)
     del g
-    law = permeability or KozenyCarman.from_params(patient)
+    law = permeability or default_permeability(patient)
     return assemble_body(
         patient,
         dims,
@@ -534,7 +535,7 @@ def assemble_body(
     porous: np.ndarray,
     body: np.ndarray,
     phi: np.ndarray,
-    law: KozenyCarman,
+    law: PermeabilityLaw,
     meta: dict[str, Any],
     outline: BodyOutline | None = None,
 ) -> BoneGrid:

@@ -19,6 +19,7 @@ from sim.physics.injection_control import StopPolicy
 from sim.run.results import RunResult
 from sim.studies.cohort import (
     STOP_PATH,
+    DistributionSpec,
     cohort_from_dict,
     design_inputs,
     load_cohort,
@@ -28,6 +29,7 @@ from sim.studies.cohort import (
     run_cost,
     sample_patients,
     sensitivity_design,
+    support_values,
 )
 from sim.studies.cohort_report import arm_table, load_targets, location_class, write_cohort_report
 from sim.studies.executors import SerialExecutor
@@ -329,6 +331,40 @@ def test_out_of_range_draw_names_patient_and_field():
     spec = cohort(distributions={"patient.porosity_mean": {"dist": "normal", "mean": 0.97, "sd": 0.05}})
     with pytest.raises(ConfigError, match=r"patient \d+ policy 'practice'.*patient.porosity_mean"):
         plan_cohort(spec, ROOT / "configs")
+
+
+def test_a_value_no_patient_draws_is_still_checked_with_the_plan():
+    """A list value with a tiny weight, or one every policy overrides, was checked only if a patient drew it
+    and then with that patient's arm; every value a distribution can give is checked with the plan."""
+    rare = cohort(
+        distributions={
+            "cement.preset": {"dist": "categorical", "values": ["low", "ultra"], "weights": [1.0, 1e-12]}
+        }
+    )
+    assert all(pt.inputs["cement.preset"] == "low" for pt in sample_patients(rare, 12))
+    with pytest.raises(
+        ConfigError, match=r'distributions.cement.preset can give "ultra": cement.preset = "ultra"'
+    ):
+        plan_cohort(rare, ROOT / "configs")
+    every_policy_sets_it = cohort(
+        distributions={STOP_PATH: {"dist": "categorical", "values": [0.0, -5.0], "weights": [1, 1]}},
+        policies=[{"name": "a", "stop_after_leak_s": 0}, {"name": "b", "stop_after_leak_s": None}],
+        reference_policy="a",
+    )
+    with pytest.raises(ConfigError, match=rf"distributions.{STOP_PATH} can give -5.0"):
+        plan_cohort(every_policy_sets_it, ROOT / "configs")
+
+
+def test_support_values_are_the_draws_that_bound_a_distribution():
+    """A uniform on [0, 1) reaches 1 - 1e-12, never 1 (a field < 1 accepts it); unbounded ones give none."""
+    spec = cohort().distributions
+    assert support_values(spec["cement.preset"]) == ["low", "medium", "high"]
+    lo, hi = support_values(DistributionSpec(dist="uniform", low=0.0, high=1.0))
+    assert lo == pytest.approx(0.0, abs=1e-11) and 1.0 - 1e-11 < hi < 1.0
+    assert support_values(DistributionSpec(dist="normal", mean=0.9, sd=0.1)) == []
+    assert support_values(DistributionSpec(dist="bernoulli", p=0.5)) == [True, False]
+    volume = support_values(spec["injection.volume_ml"])
+    assert volume == pytest.approx([1.0, 3.0, 3.0, 8.0], abs=1e-10)
 
 
 def test_reuse_rule_follows_the_stop_contract():

@@ -655,6 +655,49 @@ def _validated(config: dict[str, Any], source: str) -> Scenario:
     return scenario_from_dict(config, source=source)
 
 
+def support_values(dist: DistributionSpec) -> list[Any]:
+    """The values a distribution can give that bound what it gives: every value of a list, both outcomes
+    of a coin, the extreme draws of a bounded range (its inverse CDF at the smallest and largest unit
+    draw, so a uniform on [0, 1) gives 1 - 1e-12, not 1), and these for each case of a conditional (an
+    unbounded normal or lognormal gives none: no finite value bounds it)."""
+    if dist.dist == "conditional":
+        return [v for case in (dist.cases or {}).values() for v in support_values(case)]
+    if dist.dist in ("categorical", "choice"):
+        return list(dist.values or [])
+    if dist.dist == "bernoulli":
+        return [True, False]
+    if dist.dist in ("uniform", "loguniform", "truncnormal"):
+        return dist.ppf(np.array([0.0, 1.0]))
+    return []
+
+
+def _support_problems(spec: CohortSpec, base: dict[str, Any], first: dict[str, Any], source: str) -> list:
+    """Every value a distribution can give, put into the first patient's scenario: a bad one is refused
+    now, not when (or if) a patient draws it, and a value every policy overrides is still checked. Only
+    the value's own range and type count here: whether it fits the other inputs (mean pulmonary pressure
+    above the left atrium's) depends on what else a patient draws, which each patient's arms check."""
+    problems: list[tuple[str, str]] = []
+    for path, dist in spec.distributions.items():
+        for value in support_values(dist):
+            label = f"{source}: distributions.{path} can give {json.dumps(value)}"
+            config = arm_config(base, {**first, path: copy.deepcopy(value)}, None)
+            try:
+                _validated(config, label)
+            except ConfigError as exc:
+                if not _only_consistency(config):
+                    problems.append((label, str(exc)))
+    return problems
+
+
+def _only_consistency(config: dict[str, Any]) -> bool:
+    """Whether every problem of ``config`` is one between fields (a consistency check), none of one field."""
+    try:
+        Scenario.model_validate(config)
+    except ValidationError as exc:
+        return all(err.get("type") == "scenario_consistency" for err in exc.errors())
+    return False
+
+
 def _drawn(inputs: dict[str, Any]) -> str:
     """' (path=value, ...)' of the drawn inputs for a message, '' when nothing is drawn."""
     text = _short(inputs)
@@ -781,7 +824,7 @@ def plan_cohort(
     arms: dict[ArmKey, Scenario] = {}
     probes: dict[tuple[int, int], Scenario] = {}
     shareable: dict[ArmKey, bool] = {}
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = _support_problems(spec, base, patients[0].inputs, source)
     never = PolicySpec(name="never_stop_probe", stop_after_leak_s=None)
     for pt in patients:
         for k, inputs in enumerate(pt.levels, start=1):

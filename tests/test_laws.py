@@ -145,7 +145,7 @@ def test_rod_array_reference_ratio_and_anisotropy():
 
 
 def test_rod_array_dilute_limit_is_the_drag_of_isolated_rods():
-    """c -> 0: N c = (3/20)(-ln c - 1.1) + o(1), the dilute form of Jackson & James (their fit: 0.931).
+    """c -> 0: N c = (3/20)(-ln c - 1.1) + o(1), the dilute form of Jackson & James (their constant: 0.931).
 
     Happel's cells: c N_par -> (-ln c - 3/2)/4, c N_perp -> (-ln c - 1)/8; the network's resistances
     (1/3 along, 2/3 across) give 3/20 and the constant (4/3 * 3/2 + 16/3 * 1) / (20/3) = 1.1.
@@ -451,3 +451,21 @@ def test_cannula_drop_of_unclipped_power_law_is_the_closed_form():
     for q in (1e-8, 5e-8, 2e-7):
         closed = 2.0 * k * length / r * ((3 * n + 1) / n * q / (math.pi * r**3)) ** n
         assert rheology.cannula_pressure_drop_pa(m, q, d, length, 0.0) == pytest.approx(closed, rel=1e-9)
+
+
+def test_the_scenario_permeability_law_reaches_the_bone():
+    """`laws: {permeability: kozeny_carman}` builds the bone with Kozeny-Carman; the default uses rods."""
+    from sim.run.pipeline import build_stages
+
+    cells = {}
+    for name in ("rod_array", "kozeny_carman"):
+        scenario = scenario_from_dict({"grid": {"spacing_mm": 2.0}, "laws": {"permeability": name}})
+        bone = build_stages(scenario).bone
+        patient = RunParameters.from_scenario(scenario).patient
+        phi = bone.porosity[bone.porous]
+        factor = rod_network if name == "rod_array" else (lambda p: p**3 / (1.0 - p) ** 2)
+        expected = patient.permeability_ref_m2 * factor(phi) / factor(patient.porosity_mean)
+        np.testing.assert_allclose(bone.permeability[0][bone.porous], expected, rtol=1e-12)
+        cells[name] = bone.permeability[0][bone.porous]
+    assert not np.allclose(cells["rod_array"], cells["kozeny_carman"])
+    assert Scenario().laws.permeability == "rod_array"

@@ -132,7 +132,7 @@ class RodArray(_NormalisedLaw):
 
     Limiting cases (tested): k_t(phi_ref) = k_ref exactly; dilute rods (c -> 0, the Stokes drag of
     isolated rods): N c -> (3/20)(-ln c - 1.1), the form of Jackson & James's dilute law, whose
-    constant fitted to fibrous-bed data is 0.931; no pore space (c -> 1): N -> 0 as (1 - c)^3.
+    constant is 0.931; no pore space (c -> 1): N -> 0 as (1 - c)^3.
     """
 
     @staticmethod

@@ -8,12 +8,13 @@ in how k changes with porosity inside one vertebra.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 import numpy as np
 
 from sim.core.parameters import PatientParams
-from sim.physics.laws import register
+from sim.physics.laws import law_class, register
 
 DEFAULT_PERMEABILITY_LAW = "rod_array"  # LawsConfig.permeability's default (a test keeps them equal)
 
@@ -63,13 +64,13 @@ class PermeabilityLaw(Protocol):
     def tensor_diagonal(self, phi: np.ndarray) -> np.ndarray: ...
 
 
-class _NormalisedLaw:
+class _NormalisedLaw(ABC):
     """k_t(phi) = k_ref * f(phi) / f(phi_ref), k_z = a k_t, for the porosity factor f of a subclass."""
 
     @staticmethod
+    @abstractmethod
     def factor(phi: np.ndarray | float) -> np.ndarray:
         """The law's porosity factor f(phi) (k up to a constant)."""
-        raise NotImplementedError
 
     def __init__(self, k_ref_m2: float, phi_ref: float, anisotropy: float):
         self.k_ref_m2, self.phi_ref, self.anisotropy = float(k_ref_m2), float(phi_ref), float(anisotropy)
@@ -142,6 +143,4 @@ class RodArray(_NormalisedLaw):
 
 def default_permeability(patient: PatientParams) -> PermeabilityLaw:
     """The default permeability law (``laws.permeability``) for ``patient``."""
-    from sim.physics.laws import law_class
-
     return law_class("permeability", DEFAULT_PERMEABILITY_LAW).from_params(patient)

@@ -671,7 +671,9 @@ def support_values(dist: DistributionSpec) -> list[Any]:
     return []
 
 
-def _support_problems(spec: CohortSpec, base: dict[str, Any], first: dict[str, Any], source: str) -> list:
+def _support_problems(
+    spec: CohortSpec, base: dict[str, Any], first: dict[str, Any], source: str
+) -> list[tuple[str, str]]:
     """Every value a distribution can give, put into the first patient's scenario: a bad one is refused
     now, not when (or if) a patient draws it, and a value every policy overrides is still checked. Only
     the value's own range and type count here: whether it fits the other inputs (mean pulmonary pressure

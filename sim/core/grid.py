@@ -101,7 +101,11 @@ class BodyOutline(Protocol):
     Its X-ray silhouette decides which pixels hide a small leak behind the body
     (:mod:`sim.physics.fluoroscopy`); the grid's body cells (which include a one-cell shell around the
     porous bone) would move that edge outwards by up to about a cell: 0.7 mm at 1 mm, 2.2 mm at 2 mm.
+    Its centre is where the C-arm is centred (the detector's pixel raster is placed about it), so the
+    raster too is the same on every grid.
     """
+
+    center_m: np.ndarray  # (3,) patient frame: the body's centre in continuous space
 
     def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
         """Bool (len(u), len(v)): does the ray along patient axis ``ray_axis`` through the image
@@ -115,20 +119,21 @@ class MaskOutline:
     """A body given as a voxel mask at its own resolution (a CT segmentation on the CT's working grid:
     axis-aligned, spacing the scan's finest voxel edge), independent of the simulation grid: voxel
     (i, j, k) is the cube of side ``spacing_m`` centred at ``origin_m + (i, j, k) * spacing_m``
-    (patient frame)."""
+    (patient frame). Its centre is the mask's centroid."""
 
     projections: tuple[np.ndarray, np.ndarray, np.ndarray]  # mask.any(axis=0), (axis=1), (axis=2)
     origin_m: np.ndarray
     spacing_m: float
+    center_m: np.ndarray
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, origin_m: np.ndarray, spacing_m: float) -> MaskOutline:
         m = np.asarray(mask, dtype=bool)
-        return cls(
-            (m.any(axis=0), m.any(axis=1), m.any(axis=2)),
-            np.asarray(origin_m, dtype=np.float64),
-            float(spacing_m),
-        )
+        origin = np.asarray(origin_m, dtype=np.float64)
+        # an empty mask (no body) is centred on its box
+        index = np.argwhere(m).mean(axis=0) if m.any() else 0.5 * (np.array(m.shape) - 1.0)
+        centroid = origin + index * float(spacing_m)
+        return cls((m.any(axis=0), m.any(axis=1), m.any(axis=2)), origin, float(spacing_m), centroid)
 
     def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
         a, b = (k for k in range(3) if k != ray_axis)

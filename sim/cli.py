@@ -372,7 +372,7 @@ def sweep(
             f" failed, {outcome.skipped} already finished; wrote {out / 'results.csv'}",
         )
         if outcome.lost:
-            say(console, f"{outcome.lost} finished runs ran again: their folders or summary.json were gone")
+            say(console, f"{outcome.lost} finished runs ran again: folder or summary.json gone or broken")
     if outcome.failed:
         for index, run_id, error in outcome.failed[:10]:
             say(err_console, f"failed: scenario {index} ({run_id}): {error}")

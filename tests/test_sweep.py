@@ -9,6 +9,7 @@ an interrupted and a clean sweep) that fails on purpose for ``injection.volume_m
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -481,6 +482,14 @@ def test_a_resume_redoes_a_finished_run_whose_folder_is_gone_or_broken(tmp_path)
     out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
     assert sorted(CALLS) == sorted([e.points[0].hash, e.points[2].hash])
     assert out.ok and out.lost == 2 and out.ran == 2 and out.skipped == 1
+    # a summary.json overwritten by hand: garbage, cut short, valid JSON but no run summary, bad UTF-8
+    for junk in (b"garbage", b'{"summary": {"stop_reason": "tar', b"[1]", b'{"summary": 1}', b"\xff\xfe"):
+        (tmp_path / "runs" / e.points[1].hash[:12] / "summary.json").write_bytes(junk)
+        CALLS.clear()
+        out = run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner)
+        assert CALLS == [e.points[1].hash] and out.lost == 1, junk
+        summary = json.loads((tmp_path / "runs" / e.points[1].hash[:12] / "summary.json").read_text())
+        assert "stop_reason" in summary["summary"]
     CALLS.clear()
     assert run_sweep(e, tmp_path, executor=SerialExecutor(), runner=deterministic_runner).lost == 0
     assert CALLS == []

@@ -568,7 +568,7 @@ class SweepOutcome:
     skipped: int
     ran: int
     files: list[Path] = field(default_factory=list)
-    lost: int = 0  # finished runs run again because their summary.json (or their whole folder) was gone
+    lost: int = 0  # finished runs run again: their summary.json (or whole folder) was gone or broken
 
     @property
     def ok(self) -> bool:
@@ -651,7 +651,7 @@ def run_sweep(
         rerun = code_digest() if other_code == "rerun" else None
         todo = ledger.pending(retry_failed=retry_failed, rerun_other_than=rerun)
         lost: set[str] = set()
-        # a finished run whose summary.json (or folder) is gone runs again: one stat per run, local files only
+        # a finished run whose summary.json (or folder) is gone or broken runs again: local files only
         if writer == DEFAULT_WRITER and _files_here(expansion, executor):
             waiting = set(todo)
             rows = ledger.rows()
@@ -709,15 +709,24 @@ def run_sweep(
 
 
 def _lost(folder: Path) -> bool:
-    """A finished run's folder whose summary.json is gone (deleted by hand, or the folder with it); any
-    other error (permissions, a passing I/O error) does not make a run lost."""
+    """A finished run's folder whose summary.json is gone (deleted by hand, or the folder with it) or is
+    not a run's any more (overwritten or cut short by hand: not JSON, or no ``summary.stop_reason``; a
+    run writes it atomically, so a resume never sees one half written); any other error (permissions,
+    a passing I/O error) does not make a run lost."""
+    from sim.output.report import RUN_SUMMARY_KEY
+
     try:
-        os.stat(folder / "summary.json")
+        text = (folder / "summary.json").read_bytes()
     except FileNotFoundError:
         return True
     except OSError:
         return False
-    return False
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return True
+    summary = doc.get("summary") if isinstance(doc, dict) else None
+    return not isinstance(summary, dict) or RUN_SUMMARY_KEY not in summary
 
 
 def _files_here(expansion: Expansion, executor: Executor | None) -> bool:

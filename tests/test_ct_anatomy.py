@@ -96,7 +96,8 @@ def test_ct_body_is_the_parametric_body(seed_case):
 
 def test_ct_silhouette_is_the_scan_s_and_the_same_on_every_grid(seed_case):
     """The CT body hides leaks behind its segmented outline on the CT's working grid, whatever the
-    grid: the same pixels at 2 and 1.5 mm, and within one scan voxel of the parametric body's."""
+    grid: the same pixels at 2 and 1.5 mm, and within one scan voxel of the parametric body's; so is
+    its centre, where the C-arm is centred."""
     from sim.physics.fluoroscopy import body_silhouette, make_detector
 
     base, ct, labels, patient = seed_case
@@ -104,6 +105,9 @@ def test_ct_silhouette_is_the_scan_s_and_the_same_on_every_grid(seed_case):
     pat = _ct_patient(base, ct, labels)
     bones = [build_ct_vertebral_body(pat, h) for h in (H_M, 1.5e-3)]
     voxel = bones[0].meta["ct"]["working_spacing_m"]  # the segmentation's voxel (0.5 mm here)
+    # the C-arm's centre (the segmentation's centroid) too, within a voxel of the parametric body's centre
+    np.testing.assert_array_equal(bones[0].outline.center_m, bones[1].outline.center_m)
+    assert np.linalg.norm(bones[0].outline.center_m - ref.outline.center_m) < voxel
     for view in ("lateral", "ap"):
         det = make_detector(view, np.asarray(ref.meta["center_m"]), 0.05, 0.25e-3)
         sil = [body_silhouette(det, b) for b in bones]

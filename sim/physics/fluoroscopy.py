@@ -2,7 +2,8 @@
 
 Images. A view projects cement thickness (metres of cement along the ray) on a detector plane
 in the patient frame (parallel projection, no magnification): ``lateral`` projects along x onto
-(y, z), ``ap`` along y onto (x, z). Two sources add up:
+(y, z), ``ap`` along y onto (x, z); the field is centred on the body's continuous outline (its
+``center_m``, where the C-arm is centred), so the pixel raster is the same on every grid. Two sources add up:
 - bone: cement fraction * porosity of each cell times the cell size, summed along the ray, on the
   BoneGrid raster, sampled at the detector pixels (nearest cell);
 - vein columns: each column is a cylinder along its edge polyline from the entry end to the front.

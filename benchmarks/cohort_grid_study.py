@@ -204,7 +204,7 @@ def run_paired_study(
 
     # the machine too: a re-run on another CPU may differ in the last bits (README, Performance)
     doc = {
-        "cohort": str(cohort),
+        "cohort": repo_path(cohort),
         "n": n,
         values_key: values,
         "rows": rows,
@@ -215,6 +215,15 @@ def run_paired_study(
     table = markdown(rows, values, n)
     (out / f"{name}.md").write_text(table)
     print(table)
+
+
+def repo_path(path: Path) -> str:
+    """A file as the repository names it (relative to its root), so a stored study names no machine's folders;
+    a file outside the repository keeps its path."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.cohort_grid_study import compare_grids, derived_cohort_file, markdown, spacing_tag
+from benchmarks.cohort_grid_study import compare_grids, derived_cohort_file, markdown, repo_path, spacing_tag
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +102,9 @@ def test_kernel_study_changes_only_the_vein_kernel_radius(tmp_path: Path) -> Non
     assert base == ref
     a, b = sample_patients(spec, 5, base), sample_patients(ref_spec, 5, ref)
     assert [(p.inputs, p.extra_levels) for p in a] == [(p.inputs, p.extra_levels) for p in b]
+
+
+def test_a_stored_study_names_its_cohort_file_relative_to_the_repository(tmp_path: Path) -> None:
+    assert repo_path(ROOT / "configs" / "cohort_default.yaml") == "configs/cohort_default.yaml"
+    outside = tmp_path / "cohort.yaml"
+    assert repo_path(outside) == str(outside)

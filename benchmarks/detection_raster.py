@@ -81,6 +81,7 @@ def run(cases: tuple[str, ...], spacing_mm: float, n_offsets: int) -> dict[str, 
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench_convergence import case_configs
     from sim.core.config import scenario_from_dict
+    from sim.core.parameters import RunParameters
     from sim.run.pipeline import run_scenario
 
     configs = case_configs(False)
@@ -89,7 +90,7 @@ def run(cases: tuple[str, ...], spacing_mm: float, n_offsets: int) -> dict[str, 
         cfg = copy.deepcopy(configs[name])
         cfg.setdefault("grid", {})["spacing_mm"] = spacing_mm
         scenario = scenario_from_dict(cfg, source=f"detection_raster {name}")
-        pixel_m = float(scenario.fluoroscopy.pixel_size_mm) * 1e-3
+        pixel_m = RunParameters.from_scenario(scenario).fluoroscopy.pixel_size_m  # SI from the one conversion
         threshold = float(scenario.fluoroscopy.visibility_threshold_mm3)
         frame = float(scenario.fluoroscopy.frame_interval_s)
         times: list[float | None] = []

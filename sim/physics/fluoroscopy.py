@@ -26,9 +26,14 @@ is seen with its whole volume in every frame; columns and fragments add.
 Detection. A leak is "seen" when the extra-vertebral cement (vein columns and fragments in transit)
 of any view has a visible volume above ``visibility_threshold_m3``: the sum over pixels of thickness *
 pixel area, counting only pixels whose extra-vertebral thickness is at least ``min_thickness_m`` and (with a
-bone grid) that lie outside the vertebral body's silhouette, where the body and its cement hide small
-leaks; the silhouette comes from the body's continuous outline, not its cells, so it is the same on
-every grid (:func:`body_silhouette`). Images are taken every ``frame_interval_s``; the detection
+bone grid) only the share of each pixel's area outside the vertebral body's silhouette, where the body
+and its cement hide small leaks. A detector pixel integrates the beam over its area, so a pixel the
+silhouette's edge crosses shows the cement over its uncovered share (:func:`body_hidden_share`, 8 x 8
+sub-samples per pixel); a rule that hid or showed the whole pixel by its centre made the visible volume
+of a vein along the body's projected edge jump with where the pixel raster falls (cohort patient 1: 1.8
+to 3.8 mm^3 over tenth-pixel shifts of the C-arm). The silhouette comes from the body's continuous
+outline, not its cells, so it is the same on every grid (:func:`body_silhouette`). Images are taken
+every ``frame_interval_s``; the detection
 time is the first frame above threshold; the operator's ``reaction_delay_s`` belongs to the stop policy
 (:class:`sim.physics.injection_control.StopPolicy`).
 
@@ -118,6 +123,36 @@ def body_silhouette(det: Detector, bone: BoneGrid) -> np.ndarray:
     if bone.outline is not None:
         return np.asarray(bone.outline.silhouette(ray, *det.pixel_centers()), dtype=bool)
     return _on_detector(det, bone, bone.body.any(axis=ray), False)
+
+
+HIDDEN_SUBSAMPLES = 8  # per pixel edge: a pixel's hidden share is read on 8 x 8 points (to 1/64)
+_HIDDEN_BLOCK = 2**22  # sub-samples evaluated at once (bounds the memory on fine detectors)
+
+
+def body_hidden_share(det: Detector, bone: BoneGrid, subsamples: int = HIDDEN_SUBSAMPLES) -> np.ndarray:
+    """Share (0-1) of each pixel's area that lies behind the body's silhouette.
+
+    The silhouette (:func:`body_silhouette`) evaluated at ``subsamples`` x ``subsamples`` points per
+    pixel (the centres of a regular sub-division), averaged per pixel: the midpoint rule for the
+    covered area, exact for a pixel wholly inside or outside and within 1/subsamples of the pixel for a
+    straight edge across it. Limiting cases (tested): ``subsamples=1`` gives the centre rule; an edge
+    through a pixel's centre parallel to its side gives 1/2; the hidden area summed over a band
+    across the edge does not depend on where the raster falls (to one sub-row).
+    """
+    s = int(subsamples)
+    if s < 1:
+        raise ValueError(f"subsamples = {subsamples}: must be >= 1")
+    n0, n1 = det.shape
+    rows = max(1, _HIDDEN_BLOCK // max(1, n1 * s * s))
+    fine_h = det.pixel_size_m / s
+    share = np.empty(det.shape)
+    for i0 in range(0, n0, rows):
+        nb = min(rows, n0 - i0)
+        origin = det.origin_m + np.array([i0 * det.pixel_size_m, 0.0])
+        fine = Detector(view=det.view, origin_m=origin, shape=(nb * s, n1 * s), pixel_size_m=fine_h)
+        covered = body_silhouette(fine, bone).reshape(nb, s, n1, s).sum(axis=(1, 3), dtype=np.int64)
+        share[i0 : i0 + nb] = covered / float(s * s)
+    return share
 
 
 def project_bone_mineral(det: Detector, bone: BoneGrid) -> np.ndarray:
@@ -266,11 +301,14 @@ def project_points(
 def visible_volume_m3(
     extra_thickness: np.ndarray, pixel_size_m: float, min_thickness_m: float, hidden: np.ndarray | None = None
 ) -> float:
-    """Cement volume in pixels where extra-vertebral thickness >= min_thickness (and not hidden)."""
+    """Cement volume in pixels where extra-vertebral thickness >= min_thickness, each pixel counted over
+    the share of its area not hidden: ``hidden`` is that share (0-1, :func:`body_hidden_share`) or a
+    bool mask (whole pixels hidden)."""
     seen = extra_thickness >= max(min_thickness_m, 1e-300)
-    if hidden is not None:
-        seen &= ~hidden
-    return float(extra_thickness[seen].sum() * pixel_size_m**2)
+    if hidden is None:
+        return float(extra_thickness[seen].sum() * pixel_size_m**2)
+    shown = 1.0 - np.asarray(hidden, dtype=np.float64)[seen]
+    return float((extra_thickness[seen] * shown).sum() * pixel_size_m**2)
 
 
 RISE_WINDOW_S = 2.0  # the visible volume's rise before detection is read over this long (four default frames)
@@ -325,8 +363,8 @@ class LeakDetector:
         self.detectors = {
             v: make_detector(v, np.asarray(center_m), half_extent_m, self.pixel_size_m) for v in views
         }
-        self.hidden = {
-            v: body_silhouette(d, bone) if bone is not None else None for v, d in self.detectors.items()
+        self.hidden = {  # each pixel's share of area behind the body
+            v: body_hidden_share(d, bone) if bone is not None else None for v, d in self.detectors.items()
         }
         self.next_frame_s = 0.0
         self.detection_time_s: float | None = None

@@ -476,3 +476,21 @@ def test_visible_volume_along_the_body_edge_does_not_depend_on_the_raster():
         err_centre.append(visible_volume_m3(img, h, 0.5 * MM, body_silhouette(det, body)) - exact)
     assert max(abs(e) for e in err_share) <= row / 16 * (1 + 1e-9)
     assert max(err_centre) - min(err_centre) >= 0.8 * row  # the centre rule: a whole row in or out
+
+
+def test_hidden_share_does_not_depend_on_the_block_size(monkeypatch):
+    """The share is evaluated in blocks of pixel rows; any block size, including a partial last block and
+    one row at a time, gives the same bits, with an outline and with the body cells of a hand-made grid."""
+    from sim.physics import fluoroscopy
+
+    body = _rectangle_body(0.013 * MM)
+    cells = box_bone()
+    h = 0.3 * MM
+    det = Detector(view="lateral", origin_m=np.array([8 * MM, -15 * MM]), shape=(37, 101), pixel_size_m=h)
+    whole = [body_hidden_share(det, b) for b in (body, cells)]
+    for share in whole:  # both edges of both bodies cross the detector
+        assert np.any((share > 0) & (share < 1)) and np.any(share == 0) and np.any(share == 1)
+    for rows in (1, 5, 7):  # rows per block
+        monkeypatch.setattr(fluoroscopy, "_HIDDEN_BLOCK", rows * 101 * 64)
+        for b, ref in zip((body, cells), whole, strict=True):
+            assert np.array_equal(body_hidden_share(det, b), ref)

@@ -119,10 +119,15 @@ def body_silhouette(det: Detector, bone: BoneGrid) -> np.ndarray:
     2.2 mm at 2 mm) and hide the first millimetres of a vein leaving the body. A grid without an
     outline (built by hand) falls back to its body cells.
     """
-    ray = VIEW_AXES[det.view][0]
+    return _silhouette_at(det.view, bone, *det.pixel_centers())
+
+
+def _silhouette_at(view: str, bone: BoneGrid, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
+    """Bool (len(u), len(v)): does the ray of ``view`` through image point (u, v) cross the body?"""
+    ray = VIEW_AXES[view][0]
     if bone.outline is not None:
-        return np.asarray(bone.outline.silhouette(ray, *det.pixel_centers()), dtype=bool)
-    return _on_detector(det, bone, bone.body.any(axis=ray), False)
+        return np.asarray(bone.outline.silhouette(ray, u_m, v_m), dtype=bool)
+    return _sample_plane(bone, VIEW_AXES[view][1], bone.body.any(axis=ray), u_m, v_m, False)
 
 
 HIDDEN_SUBSAMPLES = 8  # per pixel edge: a pixel's hidden share is read on 8 x 8 points (to 1/64)
@@ -137,21 +142,23 @@ def body_hidden_share(det: Detector, bone: BoneGrid, subsamples: int = HIDDEN_SU
     covered area, exact for a pixel wholly inside or outside and within 1/subsamples of the pixel for a
     straight edge across it. Limiting cases (tested): ``subsamples=1`` gives the centre rule; an edge
     through a pixel's centre parallel to its side gives 1/2; the hidden area summed over a band
-    across the edge does not depend on where the raster falls (to one sub-row).
+    across the edge does not depend on where the raster falls (to one sub-row). Evaluated in blocks of
+    pixel rows (bounded memory on fine detectors) at coordinates computed once for the whole detector,
+    so the result does not depend on the block size.
     """
     s = int(subsamples)
     if s < 1:
         raise ValueError(f"subsamples = {subsamples}: must be >= 1")
     n0, n1 = det.shape
-    rows = max(1, _HIDDEN_BLOCK // max(1, n1 * s * s))
     fine_h = det.pixel_size_m / s
+    u = det.origin_m[0] + (np.arange(n0 * s) + 0.5) * fine_h
+    v = det.origin_m[1] + (np.arange(n1 * s) + 0.5) * fine_h
+    rows = max(1, _HIDDEN_BLOCK // max(1, n1 * s * s))
     share = np.empty(det.shape)
     for i0 in range(0, n0, rows):
         nb = min(rows, n0 - i0)
-        origin = det.origin_m + np.array([i0 * det.pixel_size_m, 0.0])
-        fine = Detector(view=det.view, origin_m=origin, shape=(nb * s, n1 * s), pixel_size_m=fine_h)
-        covered = body_silhouette(fine, bone).reshape(nb, s, n1, s).sum(axis=(1, 3), dtype=np.int64)
-        share[i0 : i0 + nb] = covered / float(s * s)
+        covered = _silhouette_at(det.view, bone, u[i0 * s : (i0 + nb) * s], v)
+        share[i0 : i0 + nb] = covered.reshape(nb, s, n1, s).sum(axis=(1, 3), dtype=np.int64) / float(s * s)
     return share
 
 
@@ -164,14 +171,26 @@ def project_bone_mineral(det: Detector, bone: BoneGrid) -> np.ndarray:
 
 def _on_detector(det: Detector, bone: BoneGrid, plane: np.ndarray, fill: float | bool) -> np.ndarray:
     """A projection of the bone grid (its two image axes) sampled at the detector pixels (nearest cell)."""
+    return _sample_plane(bone, det.axes, plane, *det.pixel_centers(), fill)
+
+
+def _sample_plane(
+    bone: BoneGrid,
+    axes: tuple[int, int],
+    plane: np.ndarray,
+    u_m: np.ndarray,
+    v_m: np.ndarray,
+    fill: float | bool,
+) -> np.ndarray:
+    """A projection of the bone grid onto patient axes ``axes`` sampled at the image points u x v (nearest
+    cell; ``fill`` outside the grid)."""
     h = bone.spacing_m
-    a, b = det.axes
-    ca, cb = det.pixel_centers()
-    ia = np.rint((ca - bone.origin_m[a]) / h).astype(np.int64)
-    ib = np.rint((cb - bone.origin_m[b]) / h).astype(np.int64)
+    a, b = axes
+    ia = np.rint((np.asarray(u_m) - bone.origin_m[a]) / h).astype(np.int64)
+    ib = np.rint((np.asarray(v_m) - bone.origin_m[b]) / h).astype(np.int64)
     va = (ia >= 0) & (ia < plane.shape[0])
     vb = (ib >= 0) & (ib < plane.shape[1])
-    img = np.full(det.shape, fill, dtype=plane.dtype)
+    img = np.full((len(ia), len(ib)), fill, dtype=plane.dtype)
     img[np.ix_(np.flatnonzero(va), np.flatnonzero(vb))] = plane[np.ix_(ia[va], ib[vb])]
     return img
 

@@ -1,11 +1,12 @@
 """How much a case's detection time depends on where the C-arm's pixel raster falls on the anatomy.
 
 A leak is seen when the extra-vertebral cement's visible volume passes a threshold; the visible volume
-counts the pixels (0.3 mm by default) whose projected cement is at least ``min_thickness`` thick and that
-lie outside the body's silhouette (:mod:`sim.physics.fluoroscopy`). Which pixels those are depends on
-where the raster falls relative to a vein: a 1 mm vein seen side-on covers two or three pixels above 0.5
-mm of cement, and a vein that runs along the silhouette's edge moves in and out of the hidden pixels by
-fractions of a pixel. Where the C-arm is centred to a fraction of a pixel is not known in any patient, so
+counts the pixels (0.3 mm by default) whose projected cement is at least ``min_thickness`` thick, each
+over the share of its area outside the body's silhouette (:mod:`sim.physics.fluoroscopy`; until session
+33 a pixel was hidden or shown whole by its centre). Which pixels pass the thickness depends on where the
+raster falls relative to a vein: a 1 mm vein seen side-on covers two or three pixels above 0.5 mm of
+cement, and a vein that runs along the silhouette's edge is cut by it differently from pixel to pixel.
+Where the C-arm is centred to a fraction of a pixel is not known in any patient, so
 the spread of detection times over sub-pixel offsets is the part of a detection time the model cannot
 resolve, whatever the grid; the convergence study's detection target (one frame between grids) is only
 meaningful for a case whose spread is below a frame.

@@ -30,12 +30,11 @@ bone grid) only the share of each pixel's area outside the vertebral body's silh
 and its cement hide small leaks. A detector pixel integrates the beam over its area, so a pixel the
 silhouette's edge crosses shows the cement over its uncovered share (:func:`body_hidden_share`, 8 x 8
 sub-samples per pixel); a rule that hid or showed the whole pixel by its centre made the visible volume
-of a vein along the body's projected edge jump with where the pixel raster falls (cohort patient 1: 1.8
-to 3.8 mm^3 over tenth-pixel shifts of the C-arm). The silhouette comes from the body's continuous
-outline, not its cells, so it is the same on every grid (:func:`body_silhouette`). Images are taken
-every ``frame_interval_s``; the detection
-time is the first frame above threshold; the operator's ``reaction_delay_s`` belongs to the stop policy
-(:class:`sim.physics.injection_control.StopPolicy`).
+of a vein along the body's projected edge jump with where the pixel raster falls (session 32's cohort
+patient 1: 1.8 to 3.8 mm^3 over tenth-pixel shifts of the C-arm). The silhouette comes from the body's
+continuous outline, not its cells, so it is the same on every grid (:func:`body_silhouette`). Images are
+taken every ``frame_interval_s``; the detection time is the first frame above threshold; the operator's
+``reaction_delay_s`` belongs to the stop policy (:class:`sim.physics.injection_control.StopPolicy`).
 
 Default threshold (config: 5 mm^3 above 0.5 mm thickness). A fluoroscopically visible leak needs
 a radiopaque column of roughly a vein's diameter over a few millimetres: 5 mm^3 is ~1.6 mm of a

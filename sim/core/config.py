@@ -259,8 +259,10 @@ class PatientConfig(StrictModel):
 
     level: Level = "L1"
     porosity_mean: Annotated[float, Field(ge=0.5, le=0.99)] = 0.90
-    porosity_sd: Annotated[float, Field(ge=0.0, le=0.2)] = 0.02
-    porosity_correlation_mm: Annotated[float, Field(ge=0.5, le=20.0)] = 3.0
+    # The porosity field's spread and length are not measured [U]: the defaults are the centres of the
+    # cohort's ranges (sd uniform 0.005-0.025, length log-uniform 3-15 mm; docs/reference_values.md).
+    porosity_sd: Annotated[float, Field(ge=0.0, le=0.2)] = 0.015
+    porosity_correlation_mm: Annotated[float, Field(ge=0.5, le=20.0)] = 6.7
     permeability_ref_m2: Annotated[float, Field(ge=1.0e-11, le=1.0e-6)] = 4.0e-8
     permeability_anisotropy: Annotated[float, Field(ge=1.0, le=5.0)] = 2.0
     size_scale: Annotated[float, Field(ge=0.7, le=1.3)] = 1.0

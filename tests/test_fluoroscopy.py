@@ -494,3 +494,31 @@ def test_hidden_share_does_not_depend_on_the_block_size(monkeypatch):
         monkeypatch.setattr(fluoroscopy, "_HIDDEN_BLOCK", rows * 101 * 64)
         for b, ref in zip((body, cells), whole, strict=True):
             assert np.array_equal(body_hidden_share(det, b), ref)
+
+
+def test_hidden_share_window_changes_no_value(monkeypatch):
+    """The share is evaluated only over the pixels the body's box can reach; the whole detector gives
+    the same bits for the parametric outline (both views), a CT-like mask outline (a blob touching its
+    box's edges) and the cells of a hand-made grid, so the box holds every pixel the body covers."""
+    from types import SimpleNamespace
+
+    from sim.core.config import read_yaml, scenario_from_dict
+    from sim.core.grid import MaskOutline
+    from sim.core.parameters import RunParameters
+    from sim.physics import fluoroscopy
+    from sim.physics.bone import build_vertebral_body
+
+    cfg = read_yaml(ROOT / "configs" / "lai2025_case.yaml")
+    patient = RunParameters.from_scenario(scenario_from_dict(cfg)).patient
+    bone = build_vertebral_body(patient, 1.0 * MM)
+    centre = np.asarray(bone.meta["center_m"])
+    idx = np.indices((30, 24, 20)).astype(float)
+    blob = ((idx[0] - 14.5) / 15.0) ** 2 + ((idx[1] - 11.5) / 12.0) ** 2 + ((idx[2] - 9.5) / 10.0) ** 2 <= 1.0
+    blob[0, 12, 10] = blob[29, 0, 0] = True  # single voxels on the box's faces and corner
+    mask = SimpleNamespace(outline=MaskOutline.from_mask(blob, centre - 0.007, 0.5 * MM))
+    cases = [(bone, "lateral"), (bone, "ap"), (mask, "lateral"), (mask, "ap"), (box_bone(), "lateral")]
+    windowed = [body_hidden_share(make_detector(v, centre, 0.03, 0.3 * MM), b) for b, v in cases]
+    monkeypatch.setattr(fluoroscopy, "_body_window", lambda det, bone: ((0, det.shape[0]), (0, det.shape[1])))
+    for (b, v), share in zip(cases, windowed, strict=True):
+        whole = body_hidden_share(make_detector(v, centre, 0.03, 0.3 * MM), b)
+        assert whole.any() and np.array_equal(share, whole), v

@@ -113,6 +113,11 @@ class BodyOutline(Protocol):
         in increasing axis order."""
         ...
 
+    def bounds_m(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi): patient-frame corners of a box that holds the whole body, so its silhouette is
+        empty outside the box's projection on every view (lets a view skip the empty image)."""
+        ...
+
 
 @dataclass(frozen=True, eq=False)  # ndarray fields: identity, not elementwise, equality
 class MaskOutline:
@@ -134,6 +139,12 @@ class MaskOutline:
         index = np.argwhere(m).mean(axis=0) if m.any() else 0.5 * (np.array(m.shape) - 1.0)
         centroid = origin + index * float(spacing_m)
         return cls((m.any(axis=0), m.any(axis=1), m.any(axis=2)), origin, float(spacing_m), centroid)
+
+    def bounds_m(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mask's box: a point is read from voxel rint((p - origin) / spacing), so points up to half
+        a voxel beyond the outer voxel centres read the mask."""
+        n = np.array([self.projections[1].shape[0], *self.projections[0].shape], dtype=np.float64)
+        return self.origin_m - 0.5 * self.spacing_m, self.origin_m + (n - 0.5) * self.spacing_m
 
     def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
         a, b = (k for k in range(3) if k != ray_axis)

@@ -279,6 +279,11 @@ class ShapeOutline:
     shape: BodyShape
     center_m: np.ndarray
 
+    def bounds_m(self) -> tuple[np.ndarray, np.ndarray]:
+        """The section lies in |x| <= a, |y| <= b (an ellipse less a disc), the body in |z| <= half height."""
+        half = np.array([self.shape.a, self.shape.b, self.shape.half_height])
+        return self.center_m - half, self.center_m + half
+
     def silhouette(self, ray_axis: int, u_m: np.ndarray, v_m: np.ndarray) -> np.ndarray:
         s = self.shape
         a_ax, b_ax = (k for k in range(3) if k != ray_axis)

@@ -141,9 +141,10 @@ def body_hidden_share(det: Detector, bone: BoneGrid, subsamples: int = HIDDEN_SU
     covered area, exact for a pixel wholly inside or outside and within 1/subsamples of the pixel for a
     straight edge across it. Limiting cases (tested): ``subsamples=1`` gives the centre rule; an edge
     through a pixel's centre parallel to its side gives 1/2; the hidden area summed over a band
-    across the edge does not depend on where the raster falls (to one sub-row). Evaluated in blocks of
-    pixel rows (bounded memory on fine detectors) at coordinates computed once for the whole detector,
-    so the result does not depend on the block size.
+    across the edge does not depend on where the raster falls (to one sub-row). Evaluated only over the
+    pixels the body's box can reach (:func:`_body_window`; the rest of the image holds 0), in blocks of
+    pixel rows (bounded memory on fine detectors), at coordinates computed once for the whole detector,
+    so the result depends on neither the window nor the block size.
     """
     s = int(subsamples)
     if s < 1:
@@ -152,13 +153,40 @@ def body_hidden_share(det: Detector, bone: BoneGrid, subsamples: int = HIDDEN_SU
     fine_h = det.pixel_size_m / s
     u = det.origin_m[0] + (np.arange(n0 * s) + 0.5) * fine_h
     v = det.origin_m[1] + (np.arange(n1 * s) + 0.5) * fine_h
-    rows = max(1, _HIDDEN_BLOCK // max(1, n1 * s * s))
-    share = np.empty(det.shape)
-    for i0 in range(0, n0, rows):
-        nb = min(rows, n0 - i0)
-        covered = _silhouette_at(det.view, bone, u[i0 * s : (i0 + nb) * s], v)
-        share[i0 : i0 + nb] = covered.reshape(nb, s, n1, s).sum(axis=(1, 3), dtype=np.int64) / float(s * s)
+    (i_lo, i_hi), (j_lo, j_hi) = _body_window(det, bone)
+    share = np.zeros(det.shape)
+    if i_lo >= i_hi or j_lo >= j_hi:
+        return share
+    v_win = v[j_lo * s : j_hi * s]
+    rows = max(1, _HIDDEN_BLOCK // max(1, (j_hi - j_lo) * s * s))
+    for i0 in range(i_lo, i_hi, rows):
+        nb = min(rows, i_hi - i0)
+        covered = _silhouette_at(det.view, bone, u[i0 * s : (i0 + nb) * s], v_win)
+        share[i0 : i0 + nb, j_lo:j_hi] = covered.reshape(nb, s, j_hi - j_lo, s).sum(
+            axis=(1, 3), dtype=np.int64
+        ) / float(s * s)
     return share
+
+
+def _body_window(det: Detector, bone: BoneGrid) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pixel index ranges [lo, hi) per image axis that hold every pixel the body can cover: the box of
+    the outline's ``bounds_m`` (or of the grid's cells) widened by one pixel; the whole detector for an
+    outline that gives no box. Outside it the silhouette is empty, so the window changes no value."""
+    outline = bone.outline
+    if outline is None:
+        h = bone.spacing_m
+        lo = np.asarray(bone.origin_m) - 0.5 * h
+        hi = np.asarray(bone.origin_m) + (np.array(bone.body.shape) - 0.5) * h
+    elif hasattr(outline, "bounds_m"):
+        lo, hi = outline.bounds_m()
+    else:
+        return (0, det.shape[0]), (0, det.shape[1])
+    out = []
+    for k, ax in enumerate(det.axes):
+        first = int(np.floor((lo[ax] - det.origin_m[k]) / det.pixel_size_m)) - 1
+        last = int(np.ceil((hi[ax] - det.origin_m[k]) / det.pixel_size_m)) + 1
+        out.append((max(0, first), min(det.shape[k], last)))
+    return out[0], out[1]
 
 
 def project_bone_mineral(det: Detector, bone: BoneGrid) -> np.ndarray:

@@ -522,3 +522,5 @@ def test_hidden_share_window_changes_no_value(monkeypatch):
     for (b, v), share in zip(cases, windowed, strict=True):
         whole = body_hidden_share(make_detector(v, centre, 0.03, 0.3 * MM), b)
         assert whole.any() and np.array_equal(share, whole), v
+    far = make_detector("lateral", centre + 0.2, 0.03, 0.3 * MM)  # a field of view beside the body
+    assert not body_hidden_share(far, bone).any()

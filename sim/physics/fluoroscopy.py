@@ -170,17 +170,15 @@ def body_hidden_share(det: Detector, bone: BoneGrid, subsamples: int = HIDDEN_SU
 
 def _body_window(det: Detector, bone: BoneGrid) -> tuple[tuple[int, int], tuple[int, int]]:
     """Pixel index ranges [lo, hi) per image axis that hold every pixel the body can cover: the box of
-    the outline's ``bounds_m`` (or of the grid's cells) widened by one pixel; the whole detector for an
-    outline that gives no box. Outside it the silhouette is empty, so the window changes no value."""
+    the outline's ``bounds_m`` (or of the grid's cells) widened by one pixel. Outside it the silhouette
+    is empty, so the window changes no value."""
     outline = bone.outline
     if outline is None:
         h = bone.spacing_m
         lo = np.asarray(bone.origin_m) - 0.5 * h
         hi = np.asarray(bone.origin_m) + (np.array(bone.body.shape) - 0.5) * h
-    elif hasattr(outline, "bounds_m"):
-        lo, hi = outline.bounds_m()
     else:
-        return (0, det.shape[0]), (0, det.shape[1])
+        lo, hi = outline.bounds_m()
     out = []
     for k, ax in enumerate(det.axes):
         first = int(np.floor((lo[ax] - det.origin_m[k]) / det.pixel_size_m)) - 1

@@ -410,3 +410,21 @@ def test_a_step_of_nanoseconds_is_balanced_to_its_round_off(l1_network):
         wrong[np.flatnonzero(dyn.c_total > 0)[0]] += 1e-3  # a millipascal off on one compliant node
         with pytest.raises(SolverError, match="Kirchhoff residual"):
             dyn._flow(edge_conductance(net), p_old, wrong, 0.5, 0.5 + h, h)
+
+
+def test_mean_flow_of_an_advance_is_the_time_integral_of_its_substeps(l1_network):
+    """One advance over a breathing cycle reports each edge's flow averaged over it: the duration-weighted
+    mean of the flows the same substeps give one by one; an advance of no time reports the flow itself."""
+    swings = {"thoracic_swing_pa": -2.2 * MMHG_PA, "abdominal_swing_pa": 1.5 * MMHG_PA}
+    steady = solve_blood_flow(l1_network)
+    whole = CompliantVenousFlow(l1_network, dyn_params(max_step_s=0.1, **swings), steady)
+    whole.advance(4.0)
+    stepped = CompliantVenousFlow(l1_network, dyn_params(max_step_s=0.1, **swings), steady)
+    carried = np.zeros(l1_network.n_edges)
+    for k in range(1, 41):
+        carried += stepped.advance(0.1 * k).edge_flow_m3_s * 0.1
+    np.testing.assert_allclose(whole.mean_edge_flow_m3_s, carried / 4.0, rtol=1e-9, atol=1e-18)
+    swing = np.ptp([stepped.advance(4.0 + 0.1 * k).edge_flow_m3_s for k in range(1, 41)], axis=0)
+    assert np.max(swing) > 0.0  # the breathing moves the flows, so the mean is not any one instant's
+    whole.advance(4.0)
+    np.testing.assert_array_equal(whole.mean_edge_flow_m3_s, whole.flow.edge_flow_m3_s)

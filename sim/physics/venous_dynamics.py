@@ -228,6 +228,10 @@ class CompliantVenousFlow:
         self._hiatus_up = hiatus_upstream(net) if net.hiatus_edge >= 0 else (-1, 0.0)
         self.solves = 0
         self.factorisations = 0
+        # each edge's flow averaged over the last advance (its blood volume / the span; the instantaneous
+        # flow after an advance of no time): what carries cement along the veins over that span
+        self.mean_edge_flow_m3_s = np.asarray(initial.edge_flow_m3_s, dtype=np.float64)
+        self.mean_node_pressure_pa = self.p.copy()  # the same for the node pressures
 
     # ---------------------------------------------------------------- state
     def weighted_extramural(self, t: float) -> np.ndarray:
@@ -277,13 +281,23 @@ class CompliantVenousFlow:
         g = edge_conductance(self.network, extra_resistance)
         if span == 0.0:
             self.flow = self._flow(g, self.p, self.p, self.t, self.t, 0.0)
+            self.mean_edge_flow_m3_s = self.flow.edge_flow_m3_s
+            self.mean_node_pressure_pa = self.p.copy()
             return self.flow
+        carried = np.zeros(self.network.n_edges)  # blood volume through each edge over the span
+        p_time = np.zeros(self.network.n_nodes)  # pressure x time at each node over the span
+        t_start = self.t
         for t_end in self._breakpoints(float(t_new)):
             piece = t_end - self.t
             n = max(1, int(np.ceil(piece / self.params.max_step_s * (1.0 - 1e-12))))
             h = piece / n
             for k in range(n):
+                t0 = self.t
                 self._step(g, self.t + h if k < n - 1 else t_end)
+                carried += self.flow.edge_flow_m3_s * (self.t - t0)  # implicit Euler: the substep's end flow
+                p_time += self.p * (self.t - t0)
+        self.mean_edge_flow_m3_s = carried / (self.t - t_start)
+        self.mean_node_pressure_pa = p_time / (self.t - t_start)
         return self.flow
 
     def _breakpoints(self, t_new: float) -> list[float]:

@@ -268,6 +268,8 @@ class VenousSystem:
             n_sub = len(ends)
             t_prev = float(t)
             done = np.zeros_like(vol_c)  # pushed so far: the last piece takes the exact remainder
+            bp_time = np.zeros(n)  # back pressure x duration, summed over the pieces
+            p_exit_time = 0.0  # the exits' venous pressure x duration (compliant veins)
             for k, t_k in enumerate(ends):
                 h = t_k - t_prev
                 t_prev = t_k
@@ -277,31 +279,42 @@ class VenousSystem:
                 g = edge_conductance(self.network, self._extra)
                 mu_now = self._edge_viscosity(self._push_flux, t_k)
                 r_cem = self.columns.cement_resistance(mu_now)
+                carrier = self.flow.edge_flow_m3_s
+                if self.dynamics is not None:
+                    # the cement follows the blood that the veins carry over the piece (breathing moves it
+                    # within a piece): the flow averaged over the piece with the columns as they were, not
+                    # the flow at the piece's start, which sampled the breathing at the step ends
+                    self.flow = self.dynamics.advance(t_k, self._extra)
+                    carrier = self.dynamics.mean_edge_flow_m3_s
+                    p_exit_time += float(self.dynamics.mean_node_pressure_pa[self.exit_nodes].mean()) * h
                 for e in np.flatnonzero(vol_c > 0.0):
                     through = self.columns.push(
                         int(self.exit_nodes[e]),
                         float(piece[e]),
                         float(self.exits[e].diameter_m),
-                        self.flow.edge_flow_m3_s,
+                        carrier,
                         g,
                         exit_index=int(e),
                     )
                     through_sum += through
-                    bp[e] = back_pressure(through, r_cem, float(piece[e]), h)
+                    bp_time[e] += back_pressure(through, r_cem, float(piece[e]), h) * h
                 self._push_flux = through_sum / max(h, 1e-300)
                 self._resolve(self._push_flux, t_k)
                 if k < n_sub - 1:
                     self._shed(t_k)
                     self.detector.update(t_k, self.columns)
+            bp = bp_time / max(float(dt), 1e-300)  # the step's mean back pressure
+            p_exit_mean = p_exit_time / max(float(dt), 1e-300)
         else:
             self._push_flux = np.zeros(self.network.n_edges)
             if self.dynamics is not None:  # the veins move in time even when no cement does
                 self.flow = self.dynamics.advance(t_new, self._extra)
+                p_exit_mean = float(self.dynamics.mean_node_pressure_pa[self.exit_nodes].mean())
             self.detector.update(
                 t_new, self.columns, before=True
             )  # frames inside the step: before its shedding
         self._shed(t_new)
-        self._update_exit_coupling(qc, bp)
+        self._update_exit_coupling(qc, bp, p_exit_mean if self.dynamics is not None else None)
         self.detector.update(t_new, self.columns)
         self._check_mass()
 
@@ -385,9 +398,13 @@ class VenousSystem:
         p = self.flow.node_pressure_pa[self.exit_nodes]
         return np.full(p.shape, float(p.mean()))
 
-    def _update_exit_coupling(self, qc: np.ndarray, bp: np.ndarray) -> None:
-        """Static venous pressure at every exit; column resistance R = dp / q for exits that pushed cement."""
-        self._p_exit = self._static_exit_pressure()
+    def _update_exit_coupling(self, qc: np.ndarray, bp: np.ndarray, p_mean: float | None = None) -> None:
+        """Static venous pressure at every exit; column resistance R = dp / q for exits that pushed cement.
+
+        With compliant veins the pressure is the exits' mean over the step just taken (``p_mean``), not
+        the pressure at its end: the next step of the bone drains against it, and a pressure read at the
+        step ends would sample the breathing cycle at whatever times the steps end."""
+        self._p_exit = self._static_exit_pressure() if p_mean is None else np.full(len(self.exits), p_mean)
         pushed = qc > 0.0
         self._r_exit[pushed] = bp[pushed] / qc[pushed]
 

@@ -1,0 +1,190 @@
+"""Grid convergence of the study's two discrete outputs as ensembles over the draws that make them discrete.
+
+Issue 15's third and fourth targets compare, between grids, a detection time (the first 0.5 s frame whose
+visible volume passes the case's threshold) and an embolised volume (a sum of whole fragments). Both are
+step functions of the continuous state: a leak whose visible volume stays within a few per cent of its
+threshold is seen seconds apart or not at all (cohort patient 1), and a column that sheds three or four
+pieces of about 0.8 mm^3 embolises 25 % more or less (cohort patient 0). A grid study of one draw of a
+step function cannot converge in the usual sense; the distribution of the output over the draws that
+sit on the step can. This script runs, for one case on several grids, K members that differ only in one
+such draw:
+
+* ``--draw fragments``: the fragmentation stream (the plug lengths the break-up law draws,
+  :mod:`sim.physics.fragmentation`); member 0 keeps the case's own stream (it is the study's run), member
+  k > 0 takes ``default_rng(SeedSequence([seed, k]))``. The anatomy and every other stream are the case's.
+* ``--draw phase``: where in a breath the injection starts (``veins.dynamics.respiration_phase``, [U] and
+  drawn uniform over a breath by the cohort); member k starts at (phase_0 + k / K) mod 1, member 0 at the
+  case's own phase.
+
+Per grid it reports the members' mean, standard deviation and standard error of the embolised volume and
+of the number of emboli, the share of members whose leak is seen, and the detection times; and between
+each grid and the finest, the relative difference of the mean embolised volume with the standard error of
+that difference (members of one grid are independent draws, so the two grids' errors add in quadrature).
+
+    python benchmarks/discrete_outputs.py --case "cohort patient 0" --draw fragments \
+        --spacings 1,0.75,0.5 --members 12 --out benchmarks/results/discrete_outputs_fragments.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DRAWS = ("fragments", "phase")
+
+
+@contextmanager
+def fragmentation_stream(member: int) -> Iterator[None]:
+    """Inside, a run's fragmentation stream is member ``member``'s (member 0: the run's own stream).
+
+    Every other stream is spawned from the patient seed as always, so the anatomy, the veins, the lungs
+    and the fluoroscope are the same for every member.
+    """
+    import sim.run.pipeline as pipeline
+
+    original = pipeline.stage_rngs
+
+    def member_rngs(seed: int) -> dict[str, np.random.Generator]:
+        rngs = original(seed)
+        if member:
+            rngs["fragmentation"] = np.random.default_rng(np.random.SeedSequence([int(seed), int(member)]))
+        return rngs
+
+    pipeline.stage_rngs = member_rngs  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pipeline.stage_rngs = original  # type: ignore[assignment]
+
+
+def phase_member(cfg: dict[str, Any], member: int, members: int) -> dict[str, Any]:
+    """The scenario with the breath started ``member / members`` of a period after the case's phase."""
+    out = copy.deepcopy(cfg)
+    dyn = out.setdefault("veins", {}).setdefault("dynamics", {})
+    phase0 = float(dyn.get("respiration_phase", 0.0))
+    dyn["respiration_phase"] = math.fmod(phase0 + member / members, 1.0)
+    return out
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per grid: the members' statistics; against the finest grid: the difference of mean embolised volume."""
+    by_h: dict[float, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_h.setdefault(float(r["spacing_mm"]), []).append(r)
+    grids: dict[str, dict[str, Any]] = {}
+    for h in sorted(by_h, reverse=True):
+        rs = by_h[h]
+        n = len(rs)
+        ev = np.array([r["embolised_volume_ml"] for r in rs], dtype=np.float64) * 1e3
+        ne = np.array([r["n_emboli"] for r in rs], dtype=np.float64)
+        seen = [r["detection_time_s"] for r in rs if r["detection_time_s"] is not None]
+        sd = float(ev.std(ddof=1)) if n > 1 else math.nan
+        counts = np.unique(ne, return_counts=True)
+        grids[f"{h:g}"] = {
+            "members": n,
+            "embolised_microlitres_mean": float(ev.mean()),
+            "embolised_microlitres_sd": sd,
+            "embolised_microlitres_se": sd / math.sqrt(n) if n > 1 else math.nan,
+            "emboli_mean": float(ne.mean()),
+            "emboli_counts": {str(int(k)): int(v) for k, v in zip(*counts, strict=True)},
+            "seen_share": len(seen) / n,
+            "detection_time_s": sorted(seen),
+            "leaked_microlitres_mean": float(np.mean([r["leaked_volume_ml"] for r in rs])) * 1e3,
+        }
+    finest = min(by_h)
+    ref = grids[f"{finest:g}"]
+    for key, g in grids.items():
+        if float(key) == finest or ref["embolised_microlitres_mean"] == 0.0:
+            continue
+        diff = g["embolised_microlitres_mean"] - ref["embolised_microlitres_mean"]
+        se = math.hypot(g["embolised_microlitres_se"], ref["embolised_microlitres_se"])
+        g["embolised_vs_finest_pct"] = 100.0 * diff / ref["embolised_microlitres_mean"]
+        g["embolised_vs_finest_se_pct"] = 100.0 * se / ref["embolised_microlitres_mean"]
+    return {"finest_mm": finest, "grids": grids}
+
+
+def run(case: str, spacings: tuple[float, ...], members: int, draw: str) -> dict[str, Any]:
+    """Every member on every grid; one row per run."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_convergence import case_configs
+    from sim.core.config import scenario_from_dict
+    from sim.run.pipeline import run_scenario
+
+    if draw not in DRAWS:
+        raise SystemExit(f"--draw {draw!r}: must be one of {', '.join(DRAWS)}")
+    base = copy.deepcopy(case_configs(False)[case])
+    rows = []
+    for h in spacings:
+        for k in range(members):
+            cfg = phase_member(base, k, members) if draw == "phase" else copy.deepcopy(base)
+            cfg.setdefault("grid", {})["spacing_mm"] = h
+            scenario = scenario_from_dict(cfg, source=f"discrete_outputs {case} h={h} member {k}")
+            t0 = time.perf_counter()
+            with fragmentation_stream(k if draw == "fragments" else 0):
+                s = run_scenario(scenario).summary
+            t = s["detection_time_s"]
+            row = {
+                "spacing_mm": h,
+                "member": k,
+                "respiration_phase": float(scenario.veins.dynamics.respiration_phase),
+                "detection_time_s": None if t is None or not math.isfinite(t) else float(t),
+                "peak_visible_mm3": float(s["peak_visible_leak_mm3"]),
+                "leaked_volume_ml": float(s["leaked_volume_ml"]),
+                "n_emboli": int(s["n_emboli"]),
+                "embolised_volume_ml": float(s["embolised_volume_ml"]),
+                "wall_s": time.perf_counter() - t0,
+            }
+            rows.append(row)
+            print(
+                f"h {h} member {k}: {row['n_emboli']} emboli, {1e3 * row['embolised_volume_ml']:.3f} "
+                f"microlitres embolised, seen at {row['detection_time_s']}, peak visible "
+                f"{row['peak_visible_mm3']:.3f} mm^3 ({row['wall_s']:.0f} s)",
+                flush=True,
+            )
+    from sim.core.provenance import code_label, git_hash
+
+    return {
+        "git": git_hash(ROOT),
+        "code": code_label(),
+        "case": case,
+        "draw": draw,
+        "members": members,
+        "spacings_mm": list(spacings),
+        "summary": summarise(rows),
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default="cohort patient 0", help="a case of the convergence study")
+    parser.add_argument("--draw", default="fragments", choices=DRAWS, help="which draw the members differ in")
+    parser.add_argument("--spacings", default="1,0.75,0.5", help="comma-separated spacings, mm")
+    parser.add_argument("--members", type=int, default=12, help="members per grid (>= 2)")
+    parser.add_argument("--out", type=Path, default=None, help="write the rows and summary here as JSON")
+    args = parser.parse_args(argv)
+    if args.members < 2:
+        parser.error(f"--members {args.members}: must be at least 2")
+    doc = run(args.case, tuple(float(h) for h in args.spacings.split(",")), args.members, args.draw)
+    text = json.dumps(doc["summary"], indent=1)
+    print(text)
+    if args.out is not None:
+        from sim.studies.ledger import plain_json_value  # NaN -> null: strict JSON
+
+        args.out.write_text(json.dumps(plain_json_value(doc), indent=1, allow_nan=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

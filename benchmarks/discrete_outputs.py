@@ -15,11 +15,17 @@ such draw:
 * ``--draw phase``: where in a breath the injection starts (``veins.dynamics.respiration_phase``, [U] and
   drawn uniform over a breath by the cohort); member k starts at (phase_0 + k / K) mod 1, member 0 at the
   case's own phase.
+* ``--draw joint``: both at once, member k with the phase of ``phase`` and the stream of ``fragments``
+  (member 0 is the case itself): a sample of the two [U] inputs together, stratified over the breath. Where
+  a fragment's birth depends on the breath (a thread tip breaks when its free length passes the critical
+  length set by the blood speed, which breathing modulates), neither draw alone spans the output's spread.
 
 Per grid it reports the members' mean, standard deviation and standard error of the embolised volume and
-of the number of emboli, the share of members whose leak is seen, and the detection times; and between
-each grid and the finest, the relative difference of the mean embolised volume with the standard error of
-that difference (members of one grid are independent draws, so the two grids' errors add in quadrature).
+of the number of emboli, the share of members whose leak is seen, and the detection times with their mean;
+and between each grid and the finest, the relative difference of the mean embolised volume and the
+difference of the mean detection time (over the members seen on both grids' lists), each with the standard
+error of that difference (members of one grid are treated as independent draws, so the two grids' errors
+add in quadrature; for the stratified phases that is an upper bound).
 
     python benchmarks/discrete_outputs.py --case "cohort patient 0" --draw fragments \
         --spacings 1,0.75,0.5 --members 12 --out benchmarks/results/discrete_outputs_fragments.json
@@ -41,7 +47,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DRAWS = ("fragments", "phase")
+DRAWS = ("fragments", "phase", "joint")
 
 
 @contextmanager
@@ -100,18 +106,38 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "emboli_counts": {str(int(k)): int(v) for k, v in zip(*counts, strict=True)},
             "seen_share": len(seen) / n,
             "detection_time_s": sorted(seen),
+            "detection_mean_s": float(np.mean(seen)) if seen else math.nan,
+            "detection_se_s": (
+                float(np.std(seen, ddof=1) / math.sqrt(len(seen))) if len(seen) > 1 else math.nan
+            ),
             "leaked_microlitres_mean": float(np.mean([r["leaked_volume_ml"] for r in rs])) * 1e3,
         }
     finest = min(by_h)
     ref = grids[f"{finest:g}"]
     for key, g in grids.items():
-        if float(key) == finest or ref["embolised_microlitres_mean"] == 0.0:
+        if float(key) == finest:
+            continue
+        if ref["detection_time_s"] and g["detection_time_s"]:
+            g["detection_vs_finest_s"] = g["detection_mean_s"] - ref["detection_mean_s"]
+            g["detection_vs_finest_se_s"] = math.hypot(g["detection_se_s"], ref["detection_se_s"])
+        if ref["embolised_microlitres_mean"] == 0.0:
             continue
         diff = g["embolised_microlitres_mean"] - ref["embolised_microlitres_mean"]
         se = math.hypot(g["embolised_microlitres_se"], ref["embolised_microlitres_se"])
         g["embolised_vs_finest_pct"] = 100.0 * diff / ref["embolised_microlitres_mean"]
         g["embolised_vs_finest_se_pct"] = 100.0 * se / ref["embolised_microlitres_mean"]
+        paired = _paired_differences(by_h[float(key)], by_h[finest], "embolised_volume_ml")
+        if paired.size > 1:  # member k has the same draws on every grid: the paired difference's error
+            g["embolised_vs_finest_paired_se_pct"] = float(
+                1e5 * paired.std(ddof=1) / math.sqrt(paired.size) / ref["embolised_microlitres_mean"]
+            )
     return {"finest_mm": finest, "grids": grids}
+
+
+def _paired_differences(rows: list[dict[str, Any]], ref_rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    """``key`` of each member minus the same member's on the reference grid (members both grids ran)."""
+    ref = {r["member"]: r[key] for r in ref_rows if "member" in r}
+    return np.array([r[key] - ref[r["member"]] for r in rows if r.get("member") in ref], dtype=np.float64)
 
 
 def run(case: str, spacings: tuple[float, ...], members: int, draw: str) -> dict[str, Any]:
@@ -127,11 +153,11 @@ def run(case: str, spacings: tuple[float, ...], members: int, draw: str) -> dict
     rows = []
     for h in spacings:
         for k in range(members):
-            cfg = phase_member(base, k, members) if draw == "phase" else copy.deepcopy(base)
+            cfg = phase_member(base, k, members) if draw in ("phase", "joint") else copy.deepcopy(base)
             cfg.setdefault("grid", {})["spacing_mm"] = h
             scenario = scenario_from_dict(cfg, source=f"discrete_outputs {case} h={h} member {k}")
             t0 = time.perf_counter()
-            with fragmentation_stream(k if draw == "fragments" else 0):
+            with fragmentation_stream(k if draw in ("fragments", "joint") else 0):
                 s = run_scenario(scenario).summary
             t = s["detection_time_s"]
             row = {

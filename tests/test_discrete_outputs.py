@@ -76,3 +76,25 @@ def test_summarise_gives_member_statistics_and_the_difference_to_the_finest_grid
     assert coarse["embolised_vs_finest_pct"] == pytest.approx(75.0)
     assert coarse["embolised_vs_finest_se_pct"] == pytest.approx(25.0)
     assert "embolised_vs_finest_pct" not in fine
+
+
+def test_paired_error_uses_the_same_members_on_both_grids():
+    """Members with the same draws on both grids: the paired difference's spread, not the grids' spreads."""
+    rows = []
+    for k, (coarse, fine) in enumerate([(3e-3, 2e-3), (5e-3, 4e-3), (4e-3, 3e-3)]):
+        rows.append({**_row(1.0, coarse, 4, 22.5 + k), "member": k})
+        rows.append({**_row(0.5, fine, 3, 22.0 + k), "member": k})
+    coarse = summarise(rows)["grids"]["1"]
+    assert coarse["embolised_vs_finest_pct"] == pytest.approx(100.0 / 3.0)
+    assert coarse["embolised_vs_finest_paired_se_pct"] == pytest.approx(0.0, abs=1e-9)  # every member +1
+    assert coarse["embolised_vs_finest_se_pct"] > 10.0
+    assert coarse["detection_vs_finest_s"] == pytest.approx(0.5)
+    assert coarse["detection_mean_s"] == pytest.approx(23.5)
+
+
+def test_summarise_without_member_keys_has_no_paired_error():
+    rows = [_row(1.0, 3e-3, 4, None), _row(1.0, 4e-3, 5, None)]
+    rows += [_row(0.5, 2e-3, 3, None), _row(0.5, 3e-3, 3, None)]
+    coarse = summarise(rows)["grids"]["1"]
+    assert "embolised_vs_finest_paired_se_pct" not in coarse
+    assert "detection_vs_finest_s" not in coarse and math.isnan(coarse["detection_mean_s"])

@@ -120,6 +120,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if ref["detection_time_s"] and g["detection_time_s"]:
             g["detection_vs_finest_s"] = g["detection_mean_s"] - ref["detection_mean_s"]
             g["detection_vs_finest_se_s"] = math.hypot(g["detection_se_s"], ref["detection_se_s"])
+            seen_both = _paired_differences(
+                [r for r in by_h[float(key)] if r["detection_time_s"] is not None],
+                [r for r in by_h[finest] if r["detection_time_s"] is not None],
+                "detection_time_s",
+            )
+            if seen_both.size > 1:  # members seen on both grids, each against itself
+                g["detection_vs_finest_paired_s"] = float(seen_both.mean())
+                se_both = seen_both.std(ddof=1) / math.sqrt(seen_both.size)
+                g["detection_vs_finest_paired_se_s"] = float(se_both)
+                g["detection_seen_on_both"] = int(seen_both.size)
         if ref["embolised_microlitres_mean"] == 0.0:
             continue
         diff = g["embolised_microlitres_mean"] - ref["embolised_microlitres_mean"]
@@ -140,8 +150,10 @@ def _paired_differences(rows: list[dict[str, Any]], ref_rows: list[dict[str, Any
     return np.array([r[key] - ref[r["member"]] for r in rows if r.get("member") in ref], dtype=np.float64)
 
 
-def run(case: str, spacings: tuple[float, ...], members: int, draw: str) -> dict[str, Any]:
-    """Every member on every grid; one row per run."""
+def run(
+    case: str, spacings: tuple[float, ...], members: int, draw: str, cfl: float | None = None
+) -> dict[str, Any]:
+    """Every member on every grid (at ``grid.cfl`` = ``cfl`` where given); one row per run."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench_convergence import case_configs
     from sim.core.config import scenario_from_dict
@@ -155,6 +167,8 @@ def run(case: str, spacings: tuple[float, ...], members: int, draw: str) -> dict
         for k in range(members):
             cfg = phase_member(base, k, members) if draw in ("phase", "joint") else copy.deepcopy(base)
             cfg.setdefault("grid", {})["spacing_mm"] = h
+            if cfl is not None:
+                cfg["grid"]["cfl"] = cfl
             scenario = scenario_from_dict(cfg, source=f"discrete_outputs {case} h={h} member {k}")
             t0 = time.perf_counter()
             with fragmentation_stream(k if draw in ("fragments", "joint") else 0):
@@ -187,6 +201,7 @@ def run(case: str, spacings: tuple[float, ...], members: int, draw: str) -> dict
         "draw": draw,
         "members": members,
         "spacings_mm": list(spacings),
+        "cfl": cfl,
         "summary": summarise(rows),
         "rows": rows,
     }
@@ -198,11 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draw", default="fragments", choices=DRAWS, help="which draw the members differ in")
     parser.add_argument("--spacings", default="1,0.75,0.5", help="comma-separated spacings, mm")
     parser.add_argument("--members", type=int, default=12, help="members per grid (>= 2)")
+    parser.add_argument("--cfl", default=None, help="grid.cfl of every run (default: the case's)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows and summary here as JSON")
     args = parser.parse_args(argv)
     if args.members < 2:
         parser.error(f"--members {args.members}: must be at least 2")
-    doc = run(args.case, tuple(float(h) for h in args.spacings.split(",")), args.members, args.draw)
+    cfl = None
+    if args.cfl is not None:
+        try:
+            cfl = float(args.cfl)
+        except ValueError:
+            cfl = math.nan
+        if not 0.0 < cfl <= 1.0:
+            parser.error(f"--cfl {args.cfl}: must be a number in (0, 1]")
+    spacings = tuple(float(h) for h in args.spacings.split(","))
+    doc = run(args.case, spacings, args.members, args.draw, cfl)
     text = json.dumps(doc["summary"], indent=1)
     print(text)
     if args.out is not None:

@@ -89,6 +89,9 @@ def test_paired_error_uses_the_same_members_on_both_grids():
     assert coarse["embolised_vs_finest_paired_se_pct"] == pytest.approx(0.0, abs=1e-9)  # every member +1
     assert coarse["embolised_vs_finest_se_pct"] > 10.0
     assert coarse["detection_vs_finest_s"] == pytest.approx(0.5)
+    assert coarse["detection_vs_finest_paired_s"] == pytest.approx(0.5)
+    assert coarse["detection_vs_finest_paired_se_s"] == pytest.approx(0.0, abs=1e-12)
+    assert coarse["detection_seen_on_both"] == 3
     assert coarse["detection_mean_s"] == pytest.approx(23.5)
 
 

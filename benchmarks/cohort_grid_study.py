@@ -5,6 +5,9 @@ Standalone (about an hour for 150 patients at 1 and 0.75 mm on one worker; not p
 
     python benchmarks/cohort_grid_study.py --n 150 --spacings 1,0.75 --out results/cohort_grid
 
+``--cfl X`` runs every grid at ``grid.cfl`` X (folders ``h1_cfl0p4`` ...), to tell the grid's error from the
+time step's: the cohort's step is a fixed share of a cell, so it shrinks with the spacing.
+
 The single-case convergence study (``bench_convergence.py``) measures the discretisation error of one
 run's leak; a clinician reads the cohort's incidences (venous leak, leak seen, PCE per stop policy),
 and a run whose visible cement sits near the fluoroscopy threshold can flip between seen and not seen
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -162,6 +166,7 @@ def main() -> None:
     ap.add_argument("--spacings", default="1,0.75", help="comma-separated grid spacings (mm)")
     ap.add_argument("--out", type=Path, default=Path("results") / "cohort_grid")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--cfl", default=None, help="grid.cfl of every grid (default: the cohort's)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
 
@@ -169,9 +174,24 @@ def main() -> None:
     if len(spacings) < 2:
         raise SystemExit("cohort_grid_study: --spacings needs at least two grids, e.g. 1,0.75")
     args.out.mkdir(parents=True, exist_ok=True)
+    cohort, tag, say = args.cohort, spacing_tag, "cohort on the {:g} mm grid"
+    if args.cfl is not None:  # every grid at one time-step number: the grid's error without the step's
+        try:
+            cfl = float(args.cfl)
+        except ValueError:
+            cfl = math.nan
+        if not 0.0 < cfl <= 1.0:
+            raise SystemExit(f"cohort_grid_study: --cfl {args.cfl}: must be a number in (0, 1]")
+        suffix = "_cfl" + f"{cfl:g}".replace(".", "p")
+        cohort = derive_cohort(args.cohort, "grid", "cfl", cfl, suffix[1:], args.out)
+
+        def tag(h: float) -> str:
+            return spacing_tag(h) + suffix
+
+        say = f"cohort on the {{:g}} mm grid at cfl {cfl:g}"
     run_paired_study(
-        args.cohort, args.n, args.workers, args.out, spacings, ("grid", "spacing_mm"), spacing_tag,
-        "cohort on the {:g} mm grid", "cohort_grid_study", "spacings_mm",
+        cohort, args.n, args.workers, args.out, spacings, ("grid", "spacing_mm"), tag,
+        say, "cohort_grid_study", "spacings_mm",
     )  # fmt: skip
 
 

@@ -108,3 +108,25 @@ def test_a_stored_study_names_its_cohort_file_relative_to_the_repository(tmp_pat
     assert repo_path(ROOT / "configs" / "cohort_default.yaml") == "configs/cohort_default.yaml"
     outside = tmp_path / "cohort.yaml"
     assert repo_path(outside) == str(outside)
+
+
+def test_cfl_option_runs_every_grid_at_one_step_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import benchmarks.cohort_grid_study as study
+    from sim.studies.cohort import base_config, load_cohort
+
+    seen = {}
+
+    def fake_study(cohort, n, workers, out, values, field, tag, say, name, key):
+        seen.update(cohort=cohort, tags=[tag(v) for v in values], field=field, say=say.format(1))
+
+    monkeypatch.setattr(study, "run_paired_study", fake_study)
+    argv = ["cohort_grid_study.py", "--spacings", "1,0.5", "--cfl", "0.4", "--out", str(tmp_path), "--n", "3"]
+    monkeypatch.setattr("sys.argv", argv)
+    study.main()
+    assert seen["tags"] == ["h1_cfl0p4", "h0p5_cfl0p4"] and seen["field"] == ("grid", "spacing_mm")
+    assert "cfl 0.4" in seen["say"]
+    spec, base_dir = load_cohort(seen["cohort"])
+    assert base_config(spec, base_dir)["grid"]["cfl"] == 0.4
+    monkeypatch.setattr("sys.argv", argv[:4] + ["1.5", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--cfl 1.5: must be a number in \(0, 1\]"):
+        study.main()

@@ -108,8 +108,14 @@ def case_configs(quick: bool) -> dict[str, dict[str, Any]]:
         "default": read_yaml(ROOT / "configs" / "default.yaml"),
     }
     if not quick:
+        from sim.core.config import GridConfig
+
         for i in COHORT_PATIENTS:
-            cases[f"cohort patient {i}"] = golden_scenario(f"cohort_patient_{i}").model_dump(mode="json")
+            cfg = golden_scenario(f"cohort_patient_{i}").model_dump(mode="json")
+            # the study measures a single run's numerics: the patients run at a single run's cfl, not at the
+            # cohort's smaller one (configs/cohort_default.yaml), so they are the study's patients of before
+            cfg["grid"]["cfl"] = GridConfig().cfl
+            cases[f"cohort patient {i}"] = cfg
     for cfg in cases.values():
         cfg.setdefault("output", {}).update(vtk=False, fluoroscopy_png=False, fields=False, time_series=False)
     return cases

@@ -97,6 +97,22 @@ SAME_STOP_METRICS = ("leaked_volume_ml", "max_needle_pressure_kpa", "embolised_v
 ORDER_RANGE = (0.5, 4.0)  # observed orders outside it are not trusted for extrapolation
 
 
+def parse_cfl(text: str) -> float:
+    """A ``--cfl`` option's value as ``grid.cfl`` accepts it (the bounds of ``GridConfig.cfl``); a ValueError
+    names the value as written and the allowed range (the diagnostics that run cases at another cfl)."""
+    from sim.core.config import GridConfig
+
+    bounds = {type(m).__name__: m for m in GridConfig.model_fields["cfl"].metadata}
+    lo, hi = float(bounds["Ge"].ge), float(bounds["Le"].le)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not lo <= value <= hi:
+        raise ValueError(f"--cfl {text}: must be a number in [{lo:g}, {hi:g}]")
+    return value
+
+
 def case_configs(quick: bool) -> dict[str, dict[str, Any]]:
     """The scenarios of the study as dicts (outputs off)."""
     sys.path.insert(0, str(ROOT))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -173,15 +172,17 @@ def main() -> None:
     spacings = sorted({float(s) for s in args.spacings.split(",")}, reverse=True)
     if len(spacings) < 2:
         raise SystemExit("cohort_grid_study: --spacings needs at least two grids, e.g. 1,0.75")
+    cfl = None
+    if args.cfl is not None:  # every grid at one time-step number: the grid's error without the step's
+        from benchmarks.bench_convergence import parse_cfl
+
+        try:
+            cfl = parse_cfl(args.cfl)
+        except ValueError as exc:
+            raise SystemExit(f"cohort_grid_study: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     cohort, tag, say = args.cohort, spacing_tag, "cohort on the {:g} mm grid"
-    if args.cfl is not None:  # every grid at one time-step number: the grid's error without the step's
-        try:
-            cfl = float(args.cfl)
-        except ValueError:
-            cfl = math.nan
-        if not 0.0 < cfl <= 1.0:
-            raise SystemExit(f"cohort_grid_study: --cfl {args.cfl}: must be a number in (0, 1]")
+    if cfl is not None:
         suffix = "_cfl" + f"{cfl:g}".replace(".", "p")
         cohort = derive_cohort(args.cohort, "grid", "cfl", cfl, suffix[1:], args.out)
 

@@ -220,12 +220,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--members {args.members}: must be at least 2")
     cfl = None
     if args.cfl is not None:
+        sys.path.insert(0, str(ROOT))
+        from benchmarks.bench_convergence import parse_cfl
+
         try:
-            cfl = float(args.cfl)
-        except ValueError:
-            cfl = math.nan
-        if not 0.0 < cfl <= 1.0:
-            parser.error(f"--cfl {args.cfl}: must be a number in (0, 1]")
+            cfl = parse_cfl(args.cfl)
+        except ValueError as exc:
+            parser.error(str(exc))
     spacings = tuple(float(h) for h in args.spacings.split(","))
     doc = run(args.case, spacings, args.members, args.draw, cfl)
     text = json.dumps(doc["summary"], indent=1)

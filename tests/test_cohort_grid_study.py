@@ -128,5 +128,5 @@ def test_cfl_option_runs_every_grid_at_one_step_number(tmp_path: Path, monkeypat
     spec, base_dir = load_cohort(seen["cohort"])
     assert base_config(spec, base_dir)["grid"]["cfl"] == 0.4
     monkeypatch.setattr("sys.argv", argv[:4] + ["1.5", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"--cfl 1.5: must be a number in \(0, 1\]"):
+    with pytest.raises(SystemExit, match=r"--cfl 1.5: must be a number in \[0.05, 1\]"):
         study.main()

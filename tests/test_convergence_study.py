@@ -4,6 +4,7 @@ Richardson estimate and the issue-15 targets, on values with known answers."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,14 @@ def test_the_deeper_cases_get_one_more_grid_and_the_tables_keep_their_columns_in
     )
     # a study with its own spacings runs no extra grid
     assert not any("h=0.25" in r for r in bc.run(spacings=(2.0, 1.0, 0.75, 0.5))["rows"])
+
+
+def test_parse_cfl_takes_grid_cfl_bounds_and_names_the_value_as_written():
+    import benchmarks.bench_convergence as bc
+    from sim.core.config import GridConfig
+
+    assert bc.parse_cfl("0.4") == 0.4 and bc.parse_cfl("1") == 1.0 and bc.parse_cfl("0.05") == 0.05
+    for text in ("0.01", "1.5", "x", "nan", "-0.4"):
+        with pytest.raises(ValueError, match=rf"--cfl {re.escape(text)}: must be a number in \[0.05, 1\]"):
+            bc.parse_cfl(text)
+    GridConfig(cfl=bc.parse_cfl("0.05"))  # the bounds are the config's own

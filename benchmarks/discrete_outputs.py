@@ -138,8 +138,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         g["embolised_vs_finest_se_pct"] = 100.0 * se / ref["embolised_microlitres_mean"]
         paired = _paired_differences(by_h[float(key)], by_h[finest], "embolised_volume_ml")
         if paired.size > 1:  # member k has the same draws on every grid: the paired difference's error
+            se_paired_microlitres = 1e3 * paired.std(ddof=1) / math.sqrt(paired.size)  # rows hold ml
             g["embolised_vs_finest_paired_se_pct"] = float(
-                1e5 * paired.std(ddof=1) / math.sqrt(paired.size) / ref["embolised_microlitres_mean"]
+                100.0 * se_paired_microlitres / ref["embolised_microlitres_mean"]
             )
     return {"finest_mm": finest, "grids": grids}
 

@@ -13,7 +13,7 @@ from sim.core.units import MMHG_PA
 from sim.physics.cure_clock import CureClock
 from sim.physics.fragmentation import DragVsStrength
 from sim.physics.rheology import CementModel, age_rate, equivalent_age_s, load_cement_preset
-from sim.physics.vein_columns import CementColumns, adjacency, back_pressure, push_kernel
+from sim.physics.vein_columns import CementColumns, adjacency, back_pressure, midstep_resistance, push_kernel
 from sim.physics.venous_network import (
     build_venous_network,
     edge_conductance,
@@ -325,3 +325,50 @@ def test_pushed_column_resists_with_the_exact_laminar_drop_of_the_cement():
         128 * cement_viscosity(vs.cement, 8 * (1e-8 / (np.pi * d**2 / 4)) / d, age) * length / (np.pi * d**4)
     )
     assert np.all(old * 1e-8 < 0.95 * np.array(exact))
+
+
+def test_midstep_resistance_is_exact_for_a_column_growing_linearly_in_time():
+    # three step means of R = a + b t at the steps' midpoints: the prediction at any later time is exact
+    a, b = 2.0e11, 3.0e12
+    t_means = np.array([[0.1, 0.4], [0.3, 0.9], [0.6, 1.3]])  # uneven steps, two exits
+    r_means = a + b * t_means
+    got = midstep_resistance(1.0, t_means, r_means, np.array([True, True]))
+    np.testing.assert_allclose(got, a + b * 1.0, rtol=1e-12)
+
+
+def test_midstep_resistance_falls_back_to_the_last_mean_at_a_turn_or_without_history():
+    t_means = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    # exit 0 turns (a shed fragment), exit 1 grows unevenly (minmod: the smaller slope), exit 2 has no history
+    r_means = np.array([[1.0, 1.0, 1.0], [3.0, 2.0, 2.0], [2.0, 5.0, 3.0]]) * 1e12
+    got = midstep_resistance(3.0, t_means, r_means, np.array([True, True, False]))
+    np.testing.assert_allclose(got, np.array([2.0, 6.0, 3.0]) * 1e12, rtol=1e-12)
+    # a falling resistance is not extrapolated below zero
+    falling = np.array([[3.0], [2.0], [1.0]]) * 1e12
+    assert midstep_resistance(10.0, t_means[:, :1], falling, np.array([True]))[0] == 0.0
+
+
+def _column_pushed_by_the_bone(n_steps: int, lagged: bool) -> float:
+    """Cement (m^3) pushed into exit 1's vein over 10 s by a bone that drains through a foramen of
+    resistance R_f in series with the column: q = dp / (R_f + R_column), the column's resistance as
+    ``exit_resistance`` hands it to the bone's step (or, ``lagged``, the last step's mean)."""
+    vs = make_system("T8", cement=CementModel.newtonian(200.0))
+    vs.fragmentation.strength_pa = lambda cement, age: np.inf
+    dp, r_foramen, dt = 1.2e3, 1e12, 10.0 / n_steps
+    pushed = 0.0
+    for k in range(n_steps):
+        r = vs._r_mid[2] if lagged else vs.exit_resistance(k * dt)
+        qc = np.zeros(5)
+        qc[1] = dp / (r_foramen + r[1])
+        vs.accept_flux(k * dt, dt, qc, np.zeros(5))
+        pushed += qc[1] * dt
+    return pushed
+
+
+def test_column_resistance_handed_to_the_bone_is_second_order_in_time():
+    # dV/dt = dp / (R_f + k V) with the column growing inside its first vein (about half filled): the
+    # midpoint prediction converges at second order, the last step's mean (the former coupling) at first
+    for lagged, lo, hi in ((False, 1.8, 2.2), (True, 0.8, 1.2)):
+        ref = _column_pushed_by_the_bone(1280, lagged)
+        err = [abs(_column_pushed_by_the_bone(n, lagged) / ref - 1.0) for n in (20, 40, 80)]
+        orders = np.log2(np.array(err[:-1]) / np.array(err[1:]))
+        assert np.all((orders > lo) & (orders < hi)), (lagged, err, orders)

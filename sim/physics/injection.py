@@ -211,7 +211,8 @@ class ExitCoupling(Protocol):
 
     ``exit_pressure(t)`` gives the venous pressure (Pa) outside each exit before each pressure
     solve; ``exit_resistance(t)`` a resistance (Pa s/m^3) in series with each exit's foramen (a
-    cement column in the vein beyond it that any flow through the exit has to push);
+    cement column in the vein beyond it that any flow through the exit has to push; the venous
+    system gives its prediction for the midpoint of the step that starts at t);
     ``accept_flux`` receives the exact cement and marrow flows (m^3/s, positive out of the bone)
     that the solver removed through each exit over [t, t + dt]. A coupling may also offer
     ``step_end(t0, t1, cement_m3)``, the time at which a step over [t0, t1] that leaks ``cement_m3``

@@ -423,7 +423,7 @@ class VenousSystem:
         self, qc: np.ndarray, bp: np.ndarray, t_mid: float, p_mean: float | None = None
     ) -> None:
         """Static venous pressure at every exit; column resistance R = dp / q of the step just taken
-        (midpoint ``t_mid``) for exits that pushed cement, kept with the one before it.
+        (midpoint ``t_mid``) for exits that pushed cement, kept with the two before it.
 
         With compliant veins the pressure is the exits' mean over the step just taken (``p_mean``), not
         the pressure at its end: the next step of the bone drains against it, and a pressure read at the

@@ -156,6 +156,29 @@ def test_the_summary_reading_gives_the_leaks_error_and_flags_a_fragile_detection
     assert summary_reading(off_study, 0.5) == []
 
 
+def test_the_summary_reading_says_how_near_an_unseen_leak_came_to_its_threshold():
+    """An unseen leak's peak against the threshold, fragile within NEAR_MISS_FRACTION (5 %) of it; a run
+    whose leak left nothing visible, or a call without the threshold, says nothing about it."""
+    from sim.cli import NEAR_MISS_FRACTION, summary_reading
+
+    unseen = {"leaked_volume_ml": 0.0515, "detection_time_s": float("nan"), "peak_visible_leak_mm3": 2.211}
+    near = summary_reading(unseen, 0.5, 2.317)
+    assert near == [
+        "leak not seen: its visible volume peaked at 2.211 mm^3, 95.4 % of the 2.317 mm^3 threshold"
+        ": fragile, a finer grid or step may see it"
+    ]
+    edge = (1.0 - NEAR_MISS_FRACTION) * 2.317
+    assert summary_reading({**unseen, "peak_visible_leak_mm3": edge}, 0.5, 2.317)[0].endswith("see it")
+    below = summary_reading({**unseen, "peak_visible_leak_mm3": 0.999 * edge}, 0.5, 2.317)
+    assert below == [
+        "leak not seen: its visible volume peaked at 2.199 mm^3, 94.9 % of the 2.317 mm^3 threshold"
+    ]
+    assert summary_reading({**unseen, "peak_visible_leak_mm3": 0.0}, 0.5, 2.317) == []
+    assert summary_reading(unseen, 0.5) == []
+    seen = {**unseen, "detection_time_s": 158.5, "peak_visible_leak_mm3": 2.3195}
+    assert summary_reading(seen, 0.5, 2.317) == []  # a seen leak's reading is its detection shift
+
+
 def test_main_runs_in_any_thread_and_gives_sigterm_back():
     """main() set its SIGTERM handler from any thread (ValueError outside the main one) and kept it."""
     import signal

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,21 @@ def test_parse_cfl_takes_grid_cfl_bounds_and_names_the_value_as_written():
         with pytest.raises(ValueError, match=rf"--cfl {re.escape(text)}: must be a number in \[0.05, 1\]"):
             bc.parse_cfl(text)
     GridConfig(cfl=bc.parse_cfl("0.05"))  # the bounds are the config's own
+
+
+def test_the_study_at_another_cfl_sets_every_cases_step_and_refuses_a_bad_value(capsys, monkeypatch):
+    """``--cfl`` puts every case on that step (session 38's study at the cohort's cfl 0.4); a value
+    outside grid.cfl's bounds is one usage line naming it, exit 2, before any run."""
+    import benchmarks.bench_convergence as bc
+
+    own = bc.case_configs(False)
+    halved = bc.case_configs(False, 0.4)
+    assert set(halved) == set(own) and all(c["grid"]["cfl"] == 0.4 for c in halved.values())
+    assert {c.get("grid", {}).get("cfl") for c in own.values()} != {0.4}  # the cases' own steps otherwise
+    monkeypatch.setattr(bc, "run", lambda **kw: pytest.fail("ran before refusing the option"))
+    monkeypatch.setattr(sys, "argv", ["bench_convergence.py", "--cfl", "1.5"])
+    with pytest.raises(SystemExit) as exc:
+        bc.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("--cfl 1.5: must be a number in [0.05, 1]")

@@ -517,6 +517,27 @@ def test_resume_and_growing_the_cohort_reuse_runs(tmp_path):
             executor_factory=serial,
             runner=contract_runner,
         )
+    # fewer patients than the folder holds would rewrite its report for them: refused unless forced
+    marker = (tmp_path / "cohort.resolved.yaml").read_text()
+    with pytest.raises(
+        ConfigError,
+        match=r"holds a cohort of 9 patients; asking for 6 \(--n or the file's n\) would rewrite its report",
+    ):
+        run_cohort(
+            plan_cohort(cohort(n=6), ROOT / "configs"),
+            tmp_path,
+            executor_factory=serial,
+            runner=contract_runner,
+        )
+    assert (tmp_path / "cohort.resolved.yaml").read_text() == marker  # refused before touching the folder
+    forced = run_cohort(
+        plan_cohort(cohort(n=6), ROOT / "configs"),
+        tmp_path,
+        executor_factory=serial,
+        runner=contract_runner,
+        force=True,
+    )
+    assert forced.n_runs == 0 and len(forced.plan.patients) == 6
 
 
 def test_report_tables_agree_with_the_runs(tmp_path):

@@ -938,17 +938,28 @@ CohortProgress = Callable[[str, int, int, int], None]  # (phase, finished, total
 
 
 def _guard_folder(plan: CohortPlan, out: Path, force: bool) -> None:
-    """Refuse a folder holding a different cohort (other inputs, policies or base) unless forced."""
+    """Refuse a folder holding a different cohort (other inputs, policies or base) unless forced, and one
+    holding more patients than this call asks for (its report would be rewritten for fewer; a larger
+    ``--n`` extends the folder, an equal one resumes it)."""
     marker = out / "cohort.resolved.yaml"
     if marker.exists() and not force:
         try:
             old = yaml.safe_load(marker.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
             old = {}
+        if not isinstance(old, dict):
+            old = {}
         if old.get("fingerprint") not in (None, plan.fingerprint):
             raise ConfigError(
                 f"{out}: holds a different cohort ('{old.get('name')}'); use another --out folder, or "
                 "--force to switch this folder to the new cohort"
+            )
+        held, asked = old.get("n"), len(plan.patients)
+        if isinstance(held, int) and not isinstance(held, bool) and held > asked:
+            raise ConfigError(
+                f"{out}: holds a cohort of {held} patients; asking for {asked} (--n or the file's n) would "
+                f"rewrite its report for {asked}: ask for {held} or more to resume or extend it, use another "
+                "--out folder, or --force"
             )
     out.mkdir(parents=True, exist_ok=True)
     doc = {

@@ -109,6 +109,23 @@ def test_an_unknown_key_in_a_list_entry_lists_the_entrys_keys(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
+    ("entry", "expect"),
+    [
+        ("{kind: sneeze, start_s: 1}", 'veins.dynamics.events.0.kind = "sneeze": Input should be'),
+        ("{start_s: 1}", "veins.dynamics.events.0: required key 'kind' is missing"),
+    ],
+)
+def test_an_event_with_a_bad_kind_gets_one_line(tmp_path: Path, entry: str, expect: str) -> None:
+    """The fields a kind defaults (duration, thoracic and abdominal pressure) are not also reported
+    missing when the kind itself is the problem (fuzzing found three extra lines)."""
+    err = refused(tmp_path, "validate", f"veins: {{dynamics: {{events: [{entry}]}}}}\n")
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0]
+    both = refused(tmp_path, "validate", "veins: {dynamics: {events: [{kind: sneeze, start_s: -1}]}}\n")
+    assert len(both.strip().splitlines()) == 2 and "start_s = -1" in both  # a real second problem stays
+
+
+@pytest.mark.parametrize(
     ("text", "expect"),
     [
         ("output: {vtk: 'yes'}\n", 'output.vtk = "yes": Input should be true or false'),

@@ -430,6 +430,10 @@ class VenousEventConfig(StrictModel):
     def _kind_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("kind") in EVENT_DEFAULTS:
             data = {**EVENT_DEFAULTS[data["kind"]], **{k: v for k, v in data.items() if v is not None}}
+        elif isinstance(data, dict):
+            # a missing or unknown kind is the one problem: the fields it would default are not also
+            # reported missing (these stand-ins are never used, the kind fails validation)
+            data = {**EVENT_DEFAULTS["valsalva"], **data}
         return data
 
 

@@ -225,3 +225,20 @@ def test_a_base_files_value_is_printed_as_written(tmp_path: Path):
     (tmp_path / "base.yaml").write_text("grid:\n  spacing_mm: 0.0010\n")
     text = "base: base.yaml\nparameters:\n  injection.volume_ml: {values: [1, 2]}\n"
     assert "grid.spacing_mm = 0.0010: " in refused(tmp_path, "sweep", text)
+
+
+@pytest.mark.parametrize("command", ["validate", "sweep", "cohort"])
+def test_a_number_below_the_smallest_double_is_refused_not_read_as_zero(tmp_path: Path, command: str) -> None:
+    """`1e-400` read as 0 without a word (fuzzing); it is refused with the value as written, while a
+    written zero in exponent form and a subnormal number are kept."""
+    from sim.core.safe_yaml import load_yaml_text
+
+    text = {
+        "validate": "patient: {porosity_sd: 1e-400}\n",
+        "sweep": "seed: 2e-400\n",
+        "cohort": "seed: 5E-999\n",
+    }
+    err = refused(tmp_path, command, text[command])
+    assert "too small for a double (it would read as 0); write 0 if zero is meant" in err
+    assert ("1e-400" in err) or ("2e-400" in err) or ("5E-999" in err)
+    assert load_yaml_text("a: 0.0e-5\nb: 1e-310\n", "t") == {"a": 0.0, "b": 1e-310}

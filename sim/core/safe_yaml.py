@@ -193,6 +193,8 @@ def _check_nodes(root: Node) -> None:
                 )
             if node.style is None and node.tag in (_TAG + "int", _TAG + "float"):
                 _refuse_yaml11_number(here, node)
+            if node.style is None and node.tag == _TAG + "float":
+                _refuse_underflow(here, node)
             if node.tag == _TAG + "int":
                 digits = sum(ch.isdigit() for ch in node.value)
                 if digits > MAX_INT_DIGITS:
@@ -242,6 +244,22 @@ def _refuse_yaml11_number(here: str, node: ScalarNode) -> None:
         raise _Refused(
             f"{here} = {shown_text(text)}: YAML 1.1 reads a leading zero as octal (= {value}); write the "
             "number without the leading zero",
+            node.start_mark,
+        )
+
+
+def _refuse_underflow(here: str, node: ScalarNode) -> None:
+    """Refuse a nonzero number below the smallest a double holds: `1e-400` would read as 0 without a word
+    (an overflow, `1e400`, reads as inf and is refused by every number field)."""
+    mantissa = re.split(r"[eE]", node.value, maxsplit=1)[0]
+    try:
+        value = float(node.value.replace("_", ""))
+    except ValueError:
+        return
+    if value == 0.0 and any(ch in "123456789" for ch in mantissa):
+        raise _Refused(
+            f"{here} = {shown_text(node.value)}: too small for a double (it would read as 0); write 0 if "
+            "zero is meant",
             node.start_mark,
         )
 

@@ -632,6 +632,12 @@ def main() -> None:
         cfl = None if args.cfl is None else parse_cfl(args.cfl)
     except ValueError as exc:
         ap.error(str(exc))
+    below = sorted(TIME_STEP_CFLS)[1]
+    if cfl is not None and not args.quick and cfl <= below:
+        ap.error(
+            f"--cfl {args.cfl}: the time-step table needs two of the cfl numbers "
+            f"{' / '.join(f'{c:g}' for c in TIME_STEP_CFLS)} below it; give more than {below:g} (or --quick)"
+        )
     section = run(quick=args.quick, spacings=spacings, cfl=cfl)
     section["cfl"] = cfl
     section["machine"] = {

@@ -403,9 +403,13 @@ def test_the_study_at_another_cfl_sets_every_cases_step_and_refuses_a_bad_value(
     assert set(halved) == set(own) and all(c["grid"]["cfl"] == 0.4 for c in halved.values())
     assert {c.get("grid", {}).get("cfl") for c in own.values()} != {0.4}  # the cases' own steps otherwise
     monkeypatch.setattr(bc, "run", lambda **kw: pytest.fail("ran before refusing the option"))
-    monkeypatch.setattr(sys, "argv", ["bench_convergence.py", "--cfl", "1.5"])
-    with pytest.raises(SystemExit) as exc:
-        bc.main()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.endswith("--cfl 1.5: must be a number in [0.05, 1]")
+    for text, message in (
+        ("1.5", "--cfl 1.5: must be a number in [0.05, 1]"),
+        ("0.2", "--cfl 0.2: the time-step table needs two of the cfl numbers 0.4 / 0.2 / 0.1 below it; give "
+         "more than 0.2 (or --quick)"),
+    ):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", ["bench_convergence.py", "--cfl", text])
+        with pytest.raises(SystemExit) as exc:
+            bc.main()
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

@@ -428,7 +428,7 @@ class VenousEventConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _kind_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kind") in EVENT_DEFAULTS:
+        if isinstance(data, dict) and isinstance(data.get("kind"), str) and data["kind"] in EVENT_DEFAULTS:
             data = {**EVENT_DEFAULTS[data["kind"]], **{k: v for k, v in data.items() if v is not None}}
         elif isinstance(data, dict):
             # a missing or unknown kind is the one problem: the fields it would default are not also

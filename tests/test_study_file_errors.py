@@ -113,7 +113,7 @@ def test_an_unknown_key_in_a_list_entry_lists_the_entrys_keys(tmp_path: Path) ->
     [
         ("{kind: sneeze, start_s: 1}", 'veins.dynamics.events.0.kind = "sneeze": Input should be'),
         ("{start_s: 1}", "veins.dynamics.events.0: required key 'kind' is missing"),
-        ("{kind: [a], start_s: 1}", "veins.dynamics.events.0.kind = [\"a\"]: Input should be"),
+        ("{kind: [a], start_s: 1}", 'veins.dynamics.events.0.kind = ["a"]: Input should be'),
     ],
 )
 def test_an_event_with_a_bad_kind_gets_one_line(tmp_path: Path, entry: str, expect: str) -> None:

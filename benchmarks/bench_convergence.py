@@ -390,7 +390,7 @@ def run(
     spacings = spacings or (QUICK_SPACINGS if quick else SPACINGS)
     rows, studies, time_steps, estimates, same_stop = [], {}, {}, {}, {}
     deeper = not quick and tuple(spacings) == SPACINGS
-    for name, cfg in (case_configs(quick) if cfl is None else case_configs(quick, cfl)).items():
+    for name, cfg in case_configs(quick, cfl).items():
         runs = run_case(cfg, spacings)
         if deeper and name in DEEPER_CASES:
             runs += run_case(cfg, DEEPER_SPACINGS)

@@ -345,7 +345,7 @@ def test_the_deeper_cases_get_one_more_grid_and_the_tables_keep_their_columns_in
 
     assert set(bc.DEEPER_CASES) <= set(bc.case_configs(False))
     names = ["seed case (lai2025_case)", "default", *bc.DEEPER_CASES]
-    monkeypatch.setattr(bc, "case_configs", lambda quick: {n: {} for n in names})
+    monkeypatch.setattr(bc, "case_configs", lambda quick, cfl=None: {n: {} for n in names})
 
     def fake_runs(cfg, spacings):
         return [
